@@ -1,0 +1,38 @@
+//! The crate-level error: one enum that every layer's error converts into, and the exit code
+//! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
+
+use crate::journal::JournalError;
+use crate::meta::MetaError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { context: "I/O".into(), source }
+    }
+}
+
+impl Error {
+    /// Exit codes as INTERFACE.md promises: 1 refused or failed with nothing changed, 2 usage.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}

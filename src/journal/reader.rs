@@ -1,0 +1,302 @@
+//! Reading a journal forward from an LSN, across archived and live segments, and inspecting a
+//! journal directory offline (for `hotpair journal ls|dump|verify`) without changing it.
+//!
+//! A reader is bounded: it yields records up to the last LSN that had been appended when it was
+//! made, so it never parses bytes a writer is still putting down. A missing LSN range is an
+//! error ([`JournalError::RangeGone`]) — the caller decides whether a full copy is allowed.
+
+use std::path::{Path, PathBuf};
+
+use super::format::{self, DecodeError, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::record::{Epoch, Lsn, Record};
+use super::segment::{self, Tail};
+use super::JournalError;
+
+/// One segment file as the journal knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub first_lsn: Lsn,
+    /// `None` while the segment holds no record.
+    pub last_lsn: Option<Lsn>,
+    pub bytes: u64,
+    pub epoch: Epoch,
+    pub archived: bool,
+}
+
+/// One record read back, with the exact bytes it occupies on disk (what replication ships).
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub record: Record,
+    pub frame: Vec<u8>,
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// Iterator over records `from..=until`. Yields an error (and then stops) on damage or a gap.
+pub struct JournalReader {
+    segments: std::vec::IntoIter<SegmentInfo>,
+    next_lsn: Lsn,
+    until: Lsn,
+    current: Option<(PathBuf, Vec<u8>, usize)>,
+    done: bool,
+    /// An error to report on the first `next()` (the start of the range is already gone).
+    pending_error: Option<JournalError>,
+}
+
+impl JournalReader {
+    pub(crate) fn new(segments: Vec<SegmentInfo>, from: Lsn, until: Lsn) -> JournalReader {
+        let from = from.max(1);
+        let first = segments.iter().find(|s| s.last_lsn.is_some()).map(|s| s.first_lsn);
+        let pending_error = match first {
+            Some(first) if from < first && from <= until => {
+                Some(JournalError::RangeGone { from, first_available: first })
+            }
+            _ => None,
+        };
+        let keep: Vec<SegmentInfo> =
+            segments.into_iter().filter(|s| s.last_lsn.is_some_and(|last| last >= from)).collect();
+        JournalReader {
+            segments: keep.into_iter(),
+            next_lsn: from,
+            until,
+            current: None,
+            done: from > until,
+            pending_error,
+        }
+    }
+
+    /// The LSN the next yielded record will have.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    fn load_next_segment(&mut self) -> Result<bool, JournalError> {
+        let Some(seg) = self.segments.next() else {
+            return Ok(false);
+        };
+        if seg.first_lsn > self.next_lsn {
+            return Err(JournalError::RangeGone { from: self.next_lsn, first_available: seg.first_lsn });
+        }
+        let bytes = std::fs::read(&seg.path).map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
+        SegmentHeader::decode(&bytes).map_err(|err| JournalError::Corrupt {
+            path: seg.path.clone(),
+            offset: 0,
+            reason: match err {
+                DecodeError::Incomplete => "segment header cut short".into(),
+                DecodeError::Invalid(reason) => reason,
+            },
+        })?;
+        self.current = Some((seg.path, bytes, SEGMENT_HEADER_LEN));
+        Ok(true)
+    }
+
+    fn step(&mut self) -> Result<Option<JournalEntry>, JournalError> {
+        loop {
+            if self.next_lsn > self.until {
+                return Ok(None);
+            }
+            let Some((path, bytes, pos)) = &mut self.current else {
+                if !self.load_next_segment()? {
+                    return Err(JournalError::Missing { lsn: self.next_lsn });
+                }
+                continue;
+            };
+            if *pos == bytes.len() {
+                self.current = None;
+                continue;
+            }
+            let (record, used) = format::decode_record(&bytes[*pos..]).map_err(|err| JournalError::Corrupt {
+                path: path.clone(),
+                offset: *pos as u64,
+                reason: match err {
+                    DecodeError::Incomplete => "record is cut off by the end of the file".into(),
+                    DecodeError::Invalid(reason) => reason,
+                },
+            })?;
+            let offset = *pos as u64;
+            *pos += used;
+            if record.lsn < self.next_lsn {
+                continue;
+            }
+            if record.lsn != self.next_lsn {
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset,
+                    reason: format!("record has LSN {}, expected {}", record.lsn, self.next_lsn),
+                });
+            }
+            self.next_lsn += 1;
+            let frame = bytes[offset as usize..*pos].to_vec();
+            return Ok(Some(JournalEntry { record, frame, path: path.clone(), offset }));
+        }
+    }
+}
+
+impl Iterator for JournalReader {
+    type Item = Result<JournalEntry, JournalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some(err) = self.pending_error.take() {
+            self.done = true;
+            return Some(Err(err));
+        }
+        match self.step() {
+            Ok(Some(entry)) => Some(Ok(entry)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(err) => {
+                self.done = true;
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+/// Segments in the archive directory that precede the live ones (read-only listing).
+pub(crate) fn archived_segments(
+    archive: Option<&Path>,
+    live: &[SegmentInfo],
+) -> Result<Vec<SegmentInfo>, JournalError> {
+    let Some(archive) = archive else {
+        return Ok(Vec::new());
+    };
+    let live_first = live.first().map_or(Lsn::MAX, |s| s.first_lsn);
+    let files: Vec<_> = segment::list(archive)?.into_iter().filter(|(lsn, _)| *lsn < live_first).collect();
+    let mut out = Vec::with_capacity(files.len());
+    for (i, (first_lsn, path)) in files.iter().enumerate() {
+        // A closed segment ends where the next one (archived or live) begins.
+        let next_first = files.get(i + 1).map_or(live_first, |(lsn, _)| *lsn);
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        out.push(SegmentInfo {
+            path: path.clone(),
+            first_lsn: *first_lsn,
+            last_lsn: (next_first > *first_lsn && next_first != Lsn::MAX).then(|| next_first - 1),
+            bytes,
+            epoch: 0,
+            archived: true,
+        });
+    }
+    Ok(out)
+}
+
+/// What an offline look at one segment file found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentReport {
+    pub path: PathBuf,
+    pub kind: Option<format::JournalKind>,
+    pub node: Option<String>,
+    pub epoch: Option<Epoch>,
+    pub first_lsn: Option<Lsn>,
+    pub last_lsn: Option<Lsn>,
+    pub records: u64,
+    pub bytes: u64,
+    /// Bytes at the end that a read-write open would cut as a torn tail.
+    pub torn_tail_bytes: u64,
+    /// Damage that a read-write open would refuse, with its offset.
+    pub error: Option<String>,
+}
+
+/// Looks at every segment of a journal directory without changing anything. Damage is reported
+/// per segment (never stops the listing); only an unreadable directory is an error.
+pub fn inspect(dir: &Path) -> Result<Vec<SegmentReport>, JournalError> {
+    let files = segment::list(dir)?;
+    let mut reports = Vec::with_capacity(files.len());
+    let mut expected_next: Option<Lsn> = None;
+    for (index, (_, path)) in files.iter().enumerate() {
+        let is_last = index + 1 == files.len();
+        let mut report = SegmentReport {
+            path: path.clone(),
+            kind: None,
+            node: None,
+            epoch: None,
+            first_lsn: None,
+            last_lsn: None,
+            records: 0,
+            bytes: 0,
+            torn_tail_bytes: 0,
+            error: None,
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                report.error = Some(format!("cannot read: {err}"));
+                reports.push(report);
+                continue;
+            }
+        };
+        report.bytes = bytes.len() as u64;
+        match segment::scan(path, &bytes, is_last, |_| Ok(())) {
+            Ok(scanned) => {
+                report.kind = Some(scanned.header.kind);
+                report.node = Some(scanned.header.node.clone());
+                report.epoch = Some(scanned.header.epoch);
+                report.first_lsn = Some(scanned.header.first_lsn);
+                report.last_lsn = scanned.last_lsn;
+                report.records = scanned.record_count;
+                if let Tail::Torn { bytes, .. } = scanned.tail {
+                    report.torn_tail_bytes = bytes;
+                }
+                if let Some(expected) = expected_next {
+                    if scanned.header.first_lsn != expected {
+                        report.error = Some(format!(
+                            "gap: segment starts at LSN {}, the previous one ends before {expected}",
+                            scanned.header.first_lsn
+                        ));
+                    }
+                }
+                expected_next = Some(scanned.last_lsn.map_or(scanned.header.first_lsn, |l| l + 1));
+            }
+            Err(err) => {
+                report.error = Some(err.to_string());
+                expected_next = None;
+            }
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// A reader over a journal directory opened offline (no identity check, nothing cut or
+/// changed): records from `from` to the last whole record.
+pub fn read_dir_from(dir: &Path, from: Lsn) -> Result<JournalReader, JournalError> {
+    let reports = inspect(dir)?;
+    let mut segments = Vec::new();
+    let mut last = 0;
+    for report in reports {
+        if let Some(error) = report.error {
+            return Err(JournalError::Inspect { path: report.path, reason: error });
+        }
+        let first_lsn = report.first_lsn.unwrap_or(0);
+        if let Some(l) = report.last_lsn {
+            last = l;
+        }
+        segments.push(SegmentInfo {
+            path: report.path,
+            first_lsn,
+            last_lsn: report.last_lsn,
+            bytes: report.bytes - report.torn_tail_bytes,
+            epoch: report.epoch.unwrap_or(0),
+            archived: false,
+        });
+    }
+    Ok(JournalReader::new(segments, from, last))
+}
+
+/// The header of a segment file, for tools that want it without a full scan.
+pub fn read_header(path: &Path) -> Result<SegmentHeader, JournalError> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN];
+    let mut file = std::fs::File::open(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+    std::io::Read::read_exact(&mut file, &mut buf)
+        .map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+    SegmentHeader::decode(&buf).map_err(|err| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: format!("{err:?}"),
+    })
+}

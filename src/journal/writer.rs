@@ -1,0 +1,705 @@
+//! The journal a node writes to: recovery at open, appends, group commit, and the maintenance
+//! operations (truncate, reopen, trim).
+//!
+//! ## Group commit
+//! Appends only encode into an in-memory buffer under a short lock. One flusher thread per
+//! journal writes the buffer to the active segment and calls `fdatasync`; one fsync therefore
+//! covers every record appended before it started, however many committers are waiting. Waiters
+//! learn durability from `sync_to` (blocking) or from the `watch` channel (async).
+//!
+//! ## Invariants
+//! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
+//!   flusher after `sync_data` returns, to the last LSN written before the call.
+//! - Bytes reach the file in LSN order: every `write` happens under the state lock.
+//! - After an fsync error the journal is failed for good (an fsync error may have dropped dirty
+//!   pages; retrying could report lost data as durable). Appends and waits return `Failed`.
+//! - A new segment's header is fsynced, and then its directory, before any record goes into it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+use super::format::{self, JournalKind, SegmentHeader, MAX_RECORD_BODY, SEGMENT_HEADER_LEN};
+use super::reader::{self, JournalReader, SegmentInfo};
+use super::record::{Epoch, Lsn, Record};
+use super::segment::{self, Tail};
+use super::JournalError;
+
+/// Default size at which the active segment is closed and a new one started.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Buffered bytes past which an append writes the buffer out itself rather than leave it to the
+/// flusher, so that memory stays bounded under a burst.
+const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Who owns a journal: every segment header must match, or the journal refuses to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalIdentity {
+    pub cluster: [u8; 16],
+    pub node: String,
+    pub kind: JournalKind,
+}
+
+/// Tunables of one journal.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The active segment is closed once it reaches this size.
+    pub segment_bytes: u64,
+    /// Where `trim_below` moves closed segments; `None` deletes them.
+    pub archive_dir: Option<PathBuf>,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions { segment_bytes: DEFAULT_SEGMENT_BYTES, archive_dir: None }
+    }
+}
+
+/// What `open` found and did, for the log and for `status`.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub segments: usize,
+    pub records: u64,
+    /// Bytes cut from a torn tail, with where and why.
+    pub cut: Option<(PathBuf, u64, u64, String)>,
+}
+
+/// An open journal directory. Cloning shares the same journal.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+    _flusher: Arc<FlusherHandle>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    identity: JournalIdentity,
+    options: JournalOptions,
+    state: Mutex<State>,
+    /// Wakes the flusher: something was appended, or shutdown.
+    work: Condvar,
+    /// Wakes waiters: the durable LSN moved, a sync finished, or the journal failed.
+    durable: Condvar,
+    durable_tx: watch::Sender<Lsn>,
+    fsyncs: AtomicU64,
+}
+
+/// Counters for benchmarks and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct JournalStats {
+    /// fdatasync calls made by the flusher (group commits).
+    pub fsyncs: u64,
+}
+
+struct State {
+    /// Live segments in LSN order; the last one is the active segment, if any.
+    segments: Vec<SegmentInfo>,
+    active: Option<Arc<File>>,
+    /// Appended records not yet written to the active segment.
+    buffer: Vec<u8>,
+    /// LSN of the last record appended (buffered or written); `None` for an empty journal.
+    last_lsn: Option<Lsn>,
+    /// The first LSN the next append must have, when an empty segment or history pins it.
+    next_lsn: Option<Lsn>,
+    written_lsn: Lsn,
+    durable_lsn: Lsn,
+    /// A flusher fsync is in flight (maintenance operations wait for it to end).
+    syncing: bool,
+    failed: Option<String>,
+    shutdown: bool,
+}
+
+struct FlusherHandle {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for FlusherHandle {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            state.shutdown = true;
+        }
+        self.inner.work.notify_all();
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, checks every segment, and cuts a torn
+    /// tail back to the last whole record. Damage anywhere else is an error naming file and offset.
+    pub fn open(
+        dir: &Path,
+        identity: JournalIdentity,
+        options: JournalOptions,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        if identity.node.is_empty() || identity.node.len() > format::MAX_NODE_NAME {
+            return Err(JournalError::InvalidNodeName(identity.node.clone()));
+        }
+        create_dir_durably(dir)?;
+        let (segments, recovery) = recover(dir, &identity)?;
+        let last_lsn = segments.iter().rev().find_map(|s| s.last_lsn);
+        let next_lsn = segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
+        let active = match segments.last() {
+            Some(seg) => Some(Arc::new(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(|source| JournalError::Io { path: seg.path.clone(), source })?,
+            )),
+            None => None,
+        };
+        let durable = last_lsn.unwrap_or(0);
+        let (durable_tx, _) = watch::channel(durable);
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            identity,
+            options,
+            state: Mutex::new(State {
+                segments,
+                active,
+                buffer: Vec::new(),
+                last_lsn,
+                next_lsn,
+                written_lsn: durable,
+                durable_lsn: durable,
+                syncing: false,
+                failed: None,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            durable: Condvar::new(),
+            durable_tx,
+            fsyncs: AtomicU64::new(0),
+        });
+        let flusher_inner = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("journal-flush-{}", inner.identity.kind.name()))
+            .spawn(move || flusher_inner.flush_loop())
+            .map_err(|source| JournalError::Io { path: dir.to_path_buf(), source })?;
+        let handle = Arc::new(FlusherHandle { inner: inner.clone(), thread: Mutex::new(Some(thread)) });
+        Ok((Journal { inner, _flusher: handle }, recovery))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn identity(&self) -> &JournalIdentity {
+        &self.inner.identity
+    }
+
+    /// LSN of the last record appended, durable or not.
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        self.inner.lock().last_lsn
+    }
+
+    /// The LSN the next append must carry, if the journal pins it (it does unless it is empty).
+    pub fn next_lsn(&self) -> Option<Lsn> {
+        self.inner.lock().next_lsn
+    }
+
+    /// Every record up to this LSN is on stable storage.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.lock().durable_lsn
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        JournalStats { fsyncs: self.inner.fsyncs.load(Ordering::Relaxed) }
+    }
+
+    /// A channel that always holds the durable LSN, for async waiters.
+    pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
+        self.inner.durable_tx.subscribe()
+    }
+
+    /// Appends a record. It is durable once `sync_to(record.lsn)` returns (or the durable channel
+    /// reaches it). The LSN must follow the previous record's; an empty journal takes any LSN ≥ 1.
+    pub fn append(&self, record: &Record) -> Result<Lsn, JournalError> {
+        let size = format::encoded_len(record);
+        if size - format::FRAME_HEADER_LEN > MAX_RECORD_BODY {
+            return Err(JournalError::RecordTooLarge { size, max: MAX_RECORD_BODY });
+        }
+        let mut state = self.inner.lock();
+        self.inner.prepare_append(&mut state, record, size)?;
+        format::encode_record(record, &mut state.buffer);
+        self.inner.finish_append(state, record.lsn)
+    }
+
+    /// Appends one already-framed record byte for byte (the remote journal's path: what the peer
+    /// wrote is what we keep). The frame is fully decoded and checked first.
+    pub fn append_frame(&self, frame: &[u8]) -> Result<Lsn, JournalError> {
+        let (record, used) = format::decode_record(frame).map_err(|err| JournalError::BadFrame {
+            reason: match err {
+                format::DecodeError::Incomplete => "frame is cut short".into(),
+                format::DecodeError::Invalid(reason) => reason,
+            },
+        })?;
+        if used != frame.len() {
+            return Err(JournalError::BadFrame { reason: format!("{} bytes after the record", frame.len() - used) });
+        }
+        let mut state = self.inner.lock();
+        self.inner.prepare_append(&mut state, &record, frame.len())?;
+        state.buffer.extend_from_slice(frame);
+        self.inner.finish_append(state, record.lsn)
+    }
+
+    /// Blocks until every record up to `lsn` is durable.
+    pub fn sync_to(&self, lsn: Lsn) -> Result<(), JournalError> {
+        let mut state = self.inner.lock();
+        loop {
+            if state.durable_lsn >= lsn {
+                return Ok(());
+            }
+            if let Some(reason) = &state.failed {
+                return Err(self.inner.failed_error(reason));
+            }
+            if state.last_lsn.is_none_or(|last| last < lsn) {
+                return Err(JournalError::NotAppended { lsn, last: state.last_lsn });
+            }
+            self.inner.work.notify_one();
+            state = self.inner.wait_durable(state);
+        }
+    }
+
+    /// Appends and waits until the record is durable.
+    pub fn append_durable(&self, record: &Record) -> Result<Lsn, JournalError> {
+        let lsn = self.append(record)?;
+        self.sync_to(lsn)?;
+        Ok(lsn)
+    }
+
+    /// Reads records with LSN ≥ `from` up to the last one appended now, across live and archived
+    /// segments. Buffered records are written out first so the reader sees them.
+    pub fn read_from(&self, from: Lsn) -> Result<JournalReader, JournalError> {
+        let (segments, last) = {
+            let mut state = self.inner.lock();
+            self.inner.write_buffer(&mut state)?;
+            (state.segments.clone(), state.last_lsn)
+        };
+        let mut all = reader::archived_segments(self.inner.options.archive_dir.as_deref(), &segments)?;
+        all.extend(segments);
+        Ok(JournalReader::new(all, from, last.unwrap_or(0)))
+    }
+
+    /// Records with LSN > `after`, newest first (for rewinding an orphaned tail).
+    pub fn read_reverse_after(&self, after: Lsn) -> Result<Vec<Record>, JournalError> {
+        let mut records = Vec::new();
+        for entry in self.read_from(after + 1)? {
+            records.push(entry?.record);
+        }
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Segments as they are now: archived ones first, then live ones.
+    pub fn segments(&self) -> Result<Vec<SegmentInfo>, JournalError> {
+        let live = self.inner.lock().segments.clone();
+        let mut all = reader::archived_segments(self.inner.options.archive_dir.as_deref(), &live)?;
+        all.extend(live);
+        Ok(all)
+    }
+
+    /// The lowest LSN still readable (live or archived), if any.
+    pub fn first_lsn(&self) -> Result<Option<Lsn>, JournalError> {
+        Ok(self.segments()?.iter().find(|s| s.last_lsn.is_some()).map(|s| s.first_lsn))
+    }
+
+    /// Removes every record after `lsn` (durably). Used to drop an orphaned tail after it was
+    /// saved and rewound. Nobody may append while it runs; it waits for an in-flight fsync.
+    pub fn truncate_after(&self, lsn: Lsn) -> Result<(), JournalError> {
+        let mut state = self.inner.lock_idle();
+        self.inner.check_failed(&state)?;
+        if state.last_lsn.is_none_or(|last| last <= lsn) {
+            return Ok(());
+        }
+        self.inner.write_buffer(&mut state)?;
+        while let Some(seg) = state.segments.last().cloned() {
+            if seg.first_lsn > lsn {
+                state.segments.pop();
+                state.active = None;
+                remove_file(&seg.path)?;
+                continue;
+            }
+            let cut_at = offset_after(&seg.path, lsn)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
+                .map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
+            io(&seg.path, file.set_len(cut_at))?;
+            io(&seg.path, file.sync_all())?;
+            let last = state.segments.last_mut().expect("loop holds a segment");
+            last.last_lsn = (lsn >= seg.first_lsn).then_some(lsn);
+            last.bytes = cut_at;
+            state.active = Some(Arc::new(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(|source| JournalError::Io { path: seg.path.clone(), source })?,
+            ));
+            break;
+        }
+        sync_dir(&self.inner.dir)?;
+        state.last_lsn = state.segments.iter().rev().find_map(|s| s.last_lsn);
+        state.next_lsn = state.segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
+        let kept = state.last_lsn.unwrap_or(0);
+        state.written_lsn = state.written_lsn.min(kept);
+        state.durable_lsn = state.durable_lsn.min(kept);
+        self.inner.durable_tx.send_replace(state.durable_lsn);
+        Ok(())
+    }
+
+    /// Closes the current segment (written and fsynced) and starts a new, empty one. A no-op
+    /// when the active segment holds no record yet. Returns the new segment's path.
+    pub fn reopen_log(&self, epoch: Epoch, now_ms: u64) -> Result<Option<PathBuf>, JournalError> {
+        let mut state = self.inner.lock_idle();
+        self.inner.check_failed(&state)?;
+        let Some(next) = state.next_lsn else {
+            return Ok(None);
+        };
+        if state.segments.last().is_some_and(|s| s.last_lsn.is_none()) {
+            return Ok(None);
+        }
+        self.inner.roll(&mut state, next, epoch, now_ms).map(Some)
+    }
+
+    /// Removes closed segments whose records all lie below `lsn` — moving them to the archive
+    /// directory when one is configured. The active segment is never trimmed. Returns the files.
+    pub fn trim_below(&self, lsn: Lsn) -> Result<Vec<PathBuf>, JournalError> {
+        let mut state = self.inner.lock_idle();
+        let mut trimmed = Vec::new();
+        while state.segments.len() > 1 && state.segments[1].first_lsn <= lsn {
+            let seg = state.segments.remove(0);
+            match &self.inner.options.archive_dir {
+                Some(archive) => {
+                    create_dir_durably(archive)?;
+                    let target = archive.join(seg.path.file_name().unwrap_or_default());
+                    move_file(&seg.path, &target)?;
+                    sync_dir(archive)?;
+                }
+                None => remove_file(&seg.path)?,
+            }
+            trimmed.push(seg.path);
+        }
+        if !trimmed.is_empty() {
+            sync_dir(&self.inner.dir)?;
+        }
+        Ok(trimmed)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than the panic itself; keep serving the other threads.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The lock, once no fsync is in flight: maintenance must not race the flusher's update.
+    fn lock_idle(&self) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        while state.syncing {
+            state = self.wait_durable(state);
+        }
+        state
+    }
+
+    fn wait_durable<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.durable.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn failed_error(&self, reason: &str) -> JournalError {
+        JournalError::Failed { dir: self.dir.clone(), reason: reason.to_string() }
+    }
+
+    fn check_failed(&self, state: &State) -> Result<(), JournalError> {
+        match &state.failed {
+            Some(reason) => Err(self.failed_error(reason)),
+            None if state.shutdown => Err(JournalError::Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the sequence and makes room: creates the first segment or rolls a full one.
+    fn prepare_append(&self, state: &mut State, record: &Record, size: usize) -> Result<(), JournalError> {
+        self.check_failed(state)?;
+        let lsn = record.lsn;
+        if lsn == 0 {
+            return Err(JournalError::OutOfSequence { expected: state.next_lsn.unwrap_or(1), got: lsn });
+        }
+        if let Some(expected) = state.next_lsn {
+            if lsn != expected {
+                return Err(JournalError::OutOfSequence { expected, got: lsn });
+            }
+        }
+        let full = state.segments.last().is_some_and(|seg| {
+            seg.last_lsn.is_some() && seg.bytes + (state.buffer.len() + size) as u64 > self.options.segment_bytes
+        });
+        if state.active.is_none() || full {
+            self.roll(state, lsn, record.epoch, record.timestamp_ms)?;
+        }
+        Ok(())
+    }
+
+    fn finish_append(&self, mut state: MutexGuard<'_, State>, lsn: Lsn) -> Result<Lsn, JournalError> {
+        state.last_lsn = Some(lsn);
+        state.next_lsn = Some(lsn + 1);
+        if let Some(seg) = state.segments.last_mut() {
+            seg.last_lsn = Some(lsn);
+        }
+        if state.buffer.len() >= MAX_BUFFERED_BYTES {
+            self.write_buffer(&mut state)?;
+        }
+        drop(state);
+        self.work.notify_one();
+        Ok(lsn)
+    }
+
+    /// Writes the buffer to the active segment (no fsync). Caller holds the lock.
+    fn write_buffer(&self, state: &mut State) -> Result<(), JournalError> {
+        if state.buffer.is_empty() {
+            return Ok(());
+        }
+        let (Some(file), Some(seg)) = (state.active.clone(), state.segments.last().cloned()) else {
+            return Err(self.fail(state, "records buffered without an active segment".into()));
+        };
+        if let Err(err) = (&*file).write_all(&state.buffer) {
+            // A partial write leaves a torn record in the file; only a reopen may cut it back.
+            let reason = format!("write to {} failed: {err}", seg.path.display());
+            return Err(self.fail(state, reason));
+        }
+        let written = state.buffer.len() as u64;
+        state.buffer.clear();
+        if let Some(seg) = state.segments.last_mut() {
+            seg.bytes += written;
+        }
+        state.written_lsn = state.last_lsn.unwrap_or(0);
+        Ok(())
+    }
+
+    fn fail(&self, state: &mut State, reason: String) -> JournalError {
+        tracing::error!(dir = %self.dir.display(), %reason, "journal failed; it accepts no more writes");
+        state.failed = Some(reason.clone());
+        self.durable.notify_all();
+        self.failed_error(&reason)
+    }
+
+    /// Closes the active segment durably and creates a new one starting at `first_lsn`.
+    /// `created_ms` comes from the caller (the record that opens the segment), so that the same
+    /// records always produce the same bytes.
+    fn roll(&self, state: &mut State, first_lsn: Lsn, epoch: Epoch, created_ms: u64) -> Result<PathBuf, JournalError> {
+        if let Some(file) = state.active.take() {
+            self.write_buffer(state)?;
+            let path = state.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+            if let Err(err) = file.sync_data() {
+                return Err(self.fail(state, format!("fsync of {} failed: {err}", path.display())));
+            }
+            state.durable_lsn = state.written_lsn;
+            self.durable_tx.send_replace(state.durable_lsn);
+            self.durable.notify_all();
+        }
+        let path = self.dir.join(segment::file_name(first_lsn));
+        let header = SegmentHeader {
+            kind: self.identity.kind,
+            cluster: self.identity.cluster,
+            node: self.identity.node.clone(),
+            first_lsn,
+            epoch,
+            created_ms,
+        };
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        io(&path, (&file).write_all(&header.encode()))?;
+        io(&path, file.sync_all())?;
+        sync_dir(&self.dir)?;
+        state.segments.push(SegmentInfo {
+            path: path.clone(),
+            first_lsn,
+            last_lsn: None,
+            bytes: SEGMENT_HEADER_LEN as u64,
+            epoch,
+            archived: false,
+        });
+        state.active = Some(Arc::new(file));
+        state.next_lsn = Some(first_lsn);
+        Ok(path)
+    }
+
+    /// The flusher thread: write what was appended, fsync once, publish the durable LSN.
+    fn flush_loop(&self) {
+        let mut state = self.lock();
+        loop {
+            let pending = state.last_lsn.unwrap_or(0) > state.durable_lsn;
+            if !pending || state.failed.is_some() {
+                if state.shutdown {
+                    return;
+                }
+                state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            if self.write_buffer(&mut state).is_err() {
+                continue;
+            }
+            let target = state.written_lsn;
+            let Some(file) = state.active.clone() else {
+                continue;
+            };
+            state.syncing = true;
+            drop(state);
+            let result = file.sync_data();
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            state = self.lock();
+            state.syncing = false;
+            match result {
+                Ok(()) => {
+                    if target > state.durable_lsn {
+                        state.durable_lsn = target;
+                        self.durable_tx.send_replace(target);
+                    }
+                }
+                Err(err) => {
+                    let _ = self.fail(&mut state, format!("fsync of journal {} failed: {err}", self.dir.display()));
+                }
+            }
+            self.durable.notify_all();
+        }
+    }
+}
+
+/// Scans every segment of `dir`, checking identity and continuity, and cuts a torn tail of the
+/// last one. Returns the live segments.
+fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, Recovery), JournalError> {
+    let files = segment::list(dir)?;
+    let mut recovery = Recovery { segments: files.len(), ..Recovery::default() };
+    let mut segments: Vec<SegmentInfo> = Vec::new();
+    for (index, (named_lsn, path)) in files.iter().enumerate() {
+        let is_last = index + 1 == files.len();
+        let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        if is_last && bytes.len() < SEGMENT_HEADER_LEN {
+            // Created but never made durable: the crash came before the header's fsync.
+            tracing::warn!(path = %path.display(), bytes = bytes.len(), "removing a segment whose header was never completed");
+            remove_file(path)?;
+            sync_dir(dir)?;
+            recovery.segments -= 1;
+            continue;
+        }
+        let scanned = segment::scan(path, &bytes, is_last, |_| Ok(()))?;
+        check_identity(path, &scanned.header, identity)?;
+        if scanned.header.first_lsn != *named_lsn {
+            return Err(JournalError::Corrupt {
+                path: path.clone(),
+                offset: 28,
+                reason: format!("header says first LSN {}, file name says {named_lsn}", scanned.header.first_lsn),
+            });
+        }
+        if let Some(prev) = segments.last() {
+            let expected = prev.last_lsn.map_or(prev.first_lsn, |l| l + 1);
+            if scanned.header.first_lsn != expected {
+                return Err(JournalError::Gap { path: path.clone(), expected, found: scanned.header.first_lsn });
+            }
+        }
+        if let Tail::Torn { offset, bytes: torn, reason } = &scanned.tail {
+            tracing::warn!(path = %path.display(), offset, bytes = torn, %reason, "cutting a torn tail back to the last whole record");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| JournalError::Io { path: path.clone(), source })?;
+            io(path, file.set_len(*offset))?;
+            io(path, file.sync_all())?;
+            recovery.cut = Some((path.clone(), *offset, *torn, reason.clone()));
+        }
+        recovery.records += scanned.record_count;
+        segments.push(SegmentInfo {
+            path: path.clone(),
+            first_lsn: scanned.header.first_lsn,
+            last_lsn: scanned.last_lsn,
+            bytes: scanned.valid_len,
+            epoch: scanned.header.epoch,
+            archived: false,
+        });
+    }
+    Ok((segments, recovery))
+}
+
+fn check_identity(path: &Path, header: &SegmentHeader, identity: &JournalIdentity) -> Result<(), JournalError> {
+    if header.cluster != identity.cluster || header.node != identity.node || header.kind != identity.kind {
+        return Err(JournalError::Foreign {
+            path: path.to_path_buf(),
+            found: format!(
+                "{} journal of node {} in cluster {}",
+                header.kind.name(),
+                header.node,
+                hex(&header.cluster)
+            ),
+            expected: format!(
+                "{} journal of node {} in cluster {}",
+                identity.kind.name(),
+                identity.node,
+                hex(&identity.cluster)
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The byte offset just past record `lsn` in the segment at `path` (the header's end if `lsn` is
+/// before the segment's first record).
+fn offset_after(path: &Path, lsn: Lsn) -> Result<u64, JournalError> {
+    let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+    let mut end = SEGMENT_HEADER_LEN as u64;
+    segment::scan(path, &bytes, false, |frame| {
+        if frame.lsn <= lsn {
+            end = frame.offset + frame.bytes.len() as u64;
+        }
+        Ok(())
+    })?;
+    Ok(end)
+}
+
+fn io<T>(path: &Path, result: std::io::Result<T>) -> Result<T, JournalError> {
+    result.map_err(|source| JournalError::Io { path: path.to_path_buf(), source })
+}
+
+fn remove_file(path: &Path) -> Result<(), JournalError> {
+    io(path, std::fs::remove_file(path))
+}
+
+fn move_file(from: &Path, to: &Path) -> Result<(), JournalError> {
+    if std::fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    // Another filesystem: copy, make the copy durable, then remove the original.
+    io(to, std::fs::copy(from, to))?;
+    io(to, File::open(to).and_then(|f| f.sync_all()))?;
+    remove_file(from)
+}
+
+/// Creates `dir` (and parents) and fsyncs the parent so the new entry survives a crash.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    io(dir, std::fs::create_dir_all(dir))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so that created, renamed or removed entries in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    let path = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    io(path, File::open(path).and_then(|f| f.sync_all()))
+}

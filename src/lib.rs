@@ -1,0 +1,20 @@
+//! hotpair: a hot-backup pair for a key-value database.
+//!
+//! Applications write to the primary over the Redis protocol. Every committed change goes into
+//! the primary's local journal and is shipped into the backup's remote journal, from which the
+//! backup applies it. See `docs/architecture.md` for the map; each module opens with its job and
+//! its invariants.
+
+pub mod bench;
+pub mod cli;
+pub mod clock;
+pub mod demo;
+pub mod digest;
+mod error;
+pub mod journal;
+pub mod meta;
+pub mod store;
+pub mod tools;
+
+pub use digest::Digest;
+pub use error::Error;
