@@ -13,8 +13,10 @@ pub mod digest;
 mod error;
 pub mod journal;
 pub mod meta;
+pub mod pipeline;
 pub mod store;
 pub mod tools;
+pub mod value;
 
 pub use digest::Digest;
 pub use error::Error;
