@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod store;
 pub mod tools;
 pub mod value;
+pub mod wire;
 
 pub use digest::Digest;
 pub use error::Error;

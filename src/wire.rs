@@ -1,0 +1,218 @@
+//! The control port's wire format: length-prefixed frames carrying either a JSON message in an
+//! envelope (hello, acks, heartbeats, admin requests) or a batch of raw journal records.
+//!
+//! ## Frame
+//! ```text
+//! u32 LE  length N of what follows (1 ≤ N ≤ MAX_FRAME)
+//! u8      type: 1 = JSON envelope, 2 = records batch
+//! N-1     payload
+//! ```
+//! A records batch is journal record frames back to back, exactly as they lie in the sender's
+//! journal (`journals/README.md`); the receiver checks each one's CRC and LSN before it keeps it.
+//! A JSON envelope is `{"from": node, "epoch": n, "type": …, …}`: every message says who sent it
+//! and in which epoch, so a stale sender is recognised whatever it says.
+//!
+//! ## Limits
+//! A frame longer than [`MAX_FRAME`] or of an unknown type ends the connection with
+//! [`WireError::Invalid`]; nothing of it is read into memory first.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::digest::Digest;
+use crate::journal::{Epoch, HistoryEntry, Lsn, MAX_RECORD_BODY};
+use crate::meta::Role;
+
+/// Largest frame accepted: one maximal record plus room for its frame header.
+pub const MAX_FRAME: usize = MAX_RECORD_BODY + 1024;
+/// Batches of records are cut at about this many bytes (a single larger record still goes whole).
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+const TYPE_JSON: u8 = 1;
+const TYPE_RECORDS: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid frame from peer: {0}")]
+    Invalid(String),
+}
+
+/// One unit on the control port.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Message(Envelope),
+    /// Journal record frames back to back.
+    Records(Vec<u8>),
+}
+
+/// Who sent a message, in which epoch, and what it says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: String,
+    pub epoch: Epoch,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Message {
+    /// First message of a node-to-node connection: identity and where the sender stands.
+    Hello { cluster: Uuid, incarnation: Uuid, role: Role, history: Vec<HistoryEntry>, last_lsn: Lsn },
+    /// The primary accepts the backup: records from `start_lsn` on follow.
+    Welcome { start_lsn: Lsn, history: Vec<HistoryEntry>, last_lsn: Lsn },
+    /// The backup's history left the primary's after `at_lsn`: it must be rejoined.
+    Diverged { at_lsn: Lsn, history: Vec<HistoryEntry> },
+    /// The connection is refused, with the reason (also logged on both sides).
+    Refused { reason: String },
+    /// The backup's progress: received (in memory), durable (remote journal fsynced), applied.
+    Ack { received_lsn: Lsn, durable_lsn: Lsn, applied_lsn: Lsn, digest: Digest },
+    /// Liveness both ways; a gap in `seq` means lost messages.
+    Heartbeat { seq: u64, time_ms: u64, last_lsn: Lsn },
+    /// An admin request (the CLI is the sender).
+    Admin { request: AdminRequest },
+    /// The answer to an admin request.
+    AdminReply { ok: bool, body: serde_json::Value },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum AdminRequest {
+    Status,
+    ReplicateStart,
+    ReplicateStop,
+    ReopenLog,
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, WireError> {
+    let mut len_bytes = [0u8; 4];
+    match reader.read_exact(&mut len_bytes).await {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err.into()),
+    }
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(WireError::Invalid(format!("frame length {len} outside 1..={MAX_FRAME}")));
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).await?;
+    decode_payload(payload)
+}
+
+fn decode_payload(mut payload: Vec<u8>) -> Result<Option<Frame>, WireError> {
+    match payload[0] {
+        TYPE_JSON => serde_json::from_slice(&payload[1..])
+            .map(|envelope| Some(Frame::Message(envelope)))
+            .map_err(|e| WireError::Invalid(format!("bad JSON message: {e}"))),
+        TYPE_RECORDS => {
+            payload.remove(0);
+            Ok(Some(Frame::Records(payload)))
+        }
+        other => Err(WireError::Invalid(format!("unknown frame type {other}"))),
+    }
+}
+
+/// Encodes a frame (length, type, payload) into bytes ready to write.
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    let (kind, payload) = match frame {
+        // Serialising these plain data types cannot fail (no maps with non-string keys).
+        Frame::Message(envelope) => (TYPE_JSON, serde_json::to_vec(envelope).unwrap_or_default()),
+        Frame::Records(bytes) => (TYPE_RECORDS, bytes.clone()),
+    };
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    out.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&payload);
+    out
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<(), WireError> {
+    writer.write_all(&encode_frame(frame)).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Where a node with history `theirs` and last LSN `their_last` stands against `ours`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Everything they hold is on our history: continue from `next_lsn`.
+    OnHistory { next_lsn: Lsn },
+    /// They hold records after `at_lsn` that are not on our history (an orphaned tail).
+    Diverged { at_lsn: Lsn },
+}
+
+/// Compares histories. Two nodes agree on an LSN when both histories put it in the same epoch
+/// (one writer per epoch makes the records equal). `our_last` bounds what we hold.
+pub fn standing(ours: &[HistoryEntry], our_last: Lsn, theirs: &[HistoryEntry], their_last: Lsn) -> Standing {
+    let epoch_at =
+        |history: &[HistoryEntry], lsn: Lsn| history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.epoch);
+    // The epoch functions are step functions: the first disagreement is at a boundary of either.
+    let mut boundaries: Vec<Lsn> = ours.iter().chain(theirs).map(|h| h.first_lsn.max(1)).collect();
+    boundaries.push(1);
+    boundaries.sort_unstable();
+    boundaries.dedup();
+    let first_disagreement = boundaries
+        .into_iter()
+        .filter(|&lsn| lsn <= their_last)
+        .find(|&lsn| epoch_at(ours, lsn) != epoch_at(theirs, lsn));
+    // What we do not hold (past our last record) is not agreed either.
+    let agreed = first_disagreement.map_or(their_last, |lsn| lsn - 1).min(our_last);
+    if agreed == their_last {
+        Standing::OnHistory { next_lsn: their_last + 1 }
+    } else {
+        Standing::Diverged { at_lsn: agreed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(entries: &[(Epoch, Lsn, &str)]) -> Vec<HistoryEntry> {
+        entries.iter().map(|&(epoch, first_lsn, p)| HistoryEntry { epoch, first_lsn, primary: p.into() }).collect()
+    }
+
+    #[test]
+    fn standing_follows_the_histories() {
+        let one = h(&[(1, 1, "a")]);
+        let two = h(&[(1, 1, "a"), (2, 101, "b")]);
+        // A lagging backup in the same epoch continues.
+        assert_eq!(standing(&one, 500, &one, 120), Standing::OnHistory { next_lsn: 121 });
+        // The old primary wrote 101..120 in epoch 1 while b started epoch 2 at 101.
+        assert_eq!(standing(&two, 300, &one, 120), Standing::Diverged { at_lsn: 100 });
+        // The old primary had shipped everything: nothing to undo.
+        assert_eq!(standing(&two, 300, &one, 100), Standing::OnHistory { next_lsn: 101 });
+        // A backup that already followed into epoch 2.
+        assert_eq!(standing(&two, 300, &two, 250), Standing::OnHistory { next_lsn: 251 });
+        // They hold more of our own epoch than we do (should not happen: only durable records ship).
+        assert_eq!(standing(&one, 90, &one, 100), Standing::Diverged { at_lsn: 90 });
+        // An empty node is on every history.
+        assert_eq!(standing(&two, 300, &one, 0), Standing::OnHistory { next_lsn: 1 });
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_frames_are_refused() {
+        let envelope = Envelope {
+            from: "a".into(),
+            epoch: 3,
+            message: Message::Ack { received_lsn: 5, durable_lsn: 4, applied_lsn: 3, digest: Digest(9) },
+        };
+        for frame in [Frame::Message(envelope), Frame::Records(vec![1, 2, 3])] {
+            let bytes = encode_frame(&frame);
+            let mut reader = &bytes[..];
+            assert_eq!(read_frame(&mut reader).await.unwrap(), Some(frame));
+            assert_eq!(read_frame(&mut reader).await.unwrap(), None);
+        }
+        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert!(matches!(read_frame(&mut &huge[..]).await, Err(WireError::Invalid(_))));
+        let unknown = [1u8, 0, 0, 0, 9];
+        assert!(matches!(read_frame(&mut &unknown[..]).await, Err(WireError::Invalid(_))));
+        let bad_json = [3u8, 0, 0, 0, 1, b'{', b'x'];
+        assert!(matches!(read_frame(&mut &bad_json[..]).await, Err(WireError::Invalid(_))));
+    }
+}
