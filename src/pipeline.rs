@@ -24,10 +24,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-
 use tokio::sync::watch;
 
+use crate::applier::Applier;
 use crate::digest::Digest;
 use crate::journal::{Epoch, Journal, JournalError, Lsn, Record, RecordBody};
 use crate::store::{Applied, Store, StoreError};
@@ -56,11 +55,21 @@ pub struct Pipeline {
     store: Arc<Store>,
     writer: Mutex<Writer>,
     overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>>,
-    apply_tx: Mutex<Option<std::sync::mpsc::Sender<Record>>>,
-    applier: Mutex<Option<JoinHandle<()>>>,
-    applied_rx: watch::Receiver<Lsn>,
-    failure: Arc<Mutex<Option<String>>>,
+    applier: Applier,
+    recent: Mutex<RecentFrames>,
 }
+
+/// The most recently appended records as encoded frames, so that shipping the live tail never
+/// has to read the journal files back. Bounded by [`RECENT_FRAMES_BYTES`]; older records are
+/// read from the journal (catch-up).
+#[derive(Default)]
+struct RecentFrames {
+    frames: std::collections::VecDeque<(Lsn, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// Bytes of recent frames kept in memory for the live tail.
+pub const RECENT_FRAMES_BYTES: usize = 64 * 1024 * 1024;
 
 struct Writer {
     next_lsn: Lsn,
@@ -106,29 +115,27 @@ impl Pipeline {
     /// every durable record before `next_lsn` (see [`replay`]).
     pub fn start(journal: Journal, store: Arc<Store>, next_lsn: Lsn, epoch: Epoch) -> Pipeline {
         let digest = store.position().digest;
-        let overlay = Arc::new(Mutex::new(HashMap::new()));
-        let failure = Arc::new(Mutex::new(None));
-        let (apply_tx, apply_rx) = std::sync::mpsc::channel::<Record>();
-        let (applied_tx, applied_rx) = watch::channel(store.position().applied_lsn);
-        let applier = {
-            let (journal, store, overlay, failure) = (journal.clone(), store.clone(), overlay.clone(), failure.clone());
-            std::thread::Builder::new()
-                .name("pipeline-apply".into())
-                .spawn(move || apply_loop(apply_rx, journal, store, overlay, failure, applied_tx))
-                .ok()
-        };
-        if applier.is_none() {
-            *lock(&failure) = Some("could not start the applier thread".into());
-        }
+        let overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>> = Arc::new(Mutex::new(HashMap::new()));
+        let applied_overlay = overlay.clone();
+        // Once a record is in the store its writes leave the overlay — unless a later record
+        // already replaced them there.
+        let applier = Applier::start(journal.clone(), store.clone(), move |record| {
+            if let RecordBody::Txn { ops } = &record.body {
+                let mut overlay = lock(&applied_overlay);
+                for op in ops {
+                    if overlay.get(&op.key).is_some_and(|(lsn, _)| *lsn == record.lsn) {
+                        overlay.remove(&op.key);
+                    }
+                }
+            }
+        });
         Pipeline {
             journal,
             store,
             writer: Mutex::new(Writer { next_lsn, epoch, digest, refusing: None }),
             overlay,
-            apply_tx: Mutex::new(Some(apply_tx)),
-            applier: Mutex::new(applier),
-            applied_rx,
-            failure,
+            applier,
+            recent: Mutex::new(RecentFrames::default()),
         }
     }
 
@@ -156,7 +163,7 @@ impl Pipeline {
 
     /// A channel holding the LSN the store has applied.
     pub fn subscribe_applied(&self) -> watch::Receiver<Lsn> {
-        self.applied_rx.clone()
+        self.applier.subscribe()
     }
 
     /// Refuses (with `reason`) or accepts new writes. Transactions already appended are not
@@ -216,6 +223,7 @@ impl Pipeline {
             body: RecordBody::Txn { ops },
         };
         self.journal.append(&record)?;
+        self.remember(&record);
         for (key, after) in writes {
             overlay.insert(key, (record.lsn, after));
         }
@@ -239,82 +247,65 @@ impl Pipeline {
             body,
         };
         self.journal.append(&record)?;
+        self.remember(&record);
         writer.next_lsn += 1;
         let lsn = record.lsn;
         self.send_to_applier(record)?;
         Ok(lsn)
     }
 
-    fn send_to_applier(&self, record: Record) -> Result<(), CommitError> {
-        let sender = lock(&self.apply_tx);
-        match sender.as_ref().map(|tx| tx.send(record)) {
-            Some(Ok(())) => Ok(()),
-            _ => Err(CommitError::Stopped("the applier has stopped".into())),
+    fn remember(&self, record: &Record) {
+        let mut frame = Vec::with_capacity(crate::journal::format::encoded_len(record));
+        crate::journal::format::encode_record(record, &mut frame);
+        let mut recent = lock(&self.recent);
+        recent.bytes += frame.len();
+        recent.frames.push_back((record.lsn, frame));
+        while recent.bytes > RECENT_FRAMES_BYTES && recent.frames.len() > 1 {
+            if let Some((_, old)) = recent.frames.pop_front() {
+                recent.bytes -= old.len();
+            }
         }
     }
 
+    /// Frames `from..=until` from memory, up to about `max_bytes`, concatenated, with the last
+    /// LSN included; `None` if `from` is no longer (or not yet) in memory.
+    pub fn recent_frames(&self, from: Lsn, until: Lsn, max_bytes: usize) -> Option<(Vec<u8>, Lsn)> {
+        let recent = lock(&self.recent);
+        let first = recent.frames.front()?.0;
+        if from < first || from > until {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut last = from - 1;
+        for (lsn, frame) in recent.frames.iter().skip((from - first) as usize) {
+            if *lsn > until || (!out.is_empty() && out.len() + frame.len() > max_bytes) {
+                break;
+            }
+            out.extend_from_slice(frame);
+            last = *lsn;
+        }
+        (last >= from).then_some((out, last))
+    }
+
+    fn send_to_applier(&self, record: Record) -> Result<(), CommitError> {
+        self.applier.submit(record).map_err(CommitError::Stopped)
+    }
+
     fn check_running(&self) -> Result<(), CommitError> {
-        match lock(&self.failure).as_ref() {
-            Some(reason) => Err(CommitError::Stopped(reason.clone())),
+        match self.applier.failure() {
+            Some(reason) => Err(CommitError::Stopped(reason)),
             None => Ok(()),
         }
     }
 
     /// Why the pipeline stopped, if it did.
     pub fn failure(&self) -> Option<String> {
-        lock(&self.failure).clone()
+        self.applier.failure()
     }
 
     /// Stops the applier after it has applied every record that becomes durable.
     pub fn shutdown(&self) {
-        lock(&self.apply_tx).take();
-        if let Some(handle) = lock(&self.applier).take() {
-            let _ = handle.join();
-        }
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn apply_loop(
-    records: std::sync::mpsc::Receiver<Record>,
-    journal: Journal,
-    store: Arc<Store>,
-    overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>>,
-    failure: Arc<Mutex<Option<String>>>,
-    applied: watch::Sender<Lsn>,
-) {
-    for record in records {
-        let outcome = journal
-            .sync_to(record.lsn)
-            .map_err(|e| e.to_string())
-            .and_then(|()| store.apply(&record).map_err(|e| e.to_string()));
-        let problem = match outcome {
-            Ok(Applied::Done { digest_matches: false, digest }) => Some(format!(
-                "digest mismatch at LSN {}: store has {digest}, record says {}",
-                record.lsn, record.digest_after
-            )),
-            Ok(_) => None,
-            Err(reason) => Some(format!("cannot apply LSN {}: {reason}", record.lsn)),
-        };
-        if let Some(reason) = problem {
-            tracing::error!(%reason, "the pipeline stops");
-            *lock(&failure) = Some(reason);
-            return;
-        }
-        if let RecordBody::Txn { ops } = &record.body {
-            let mut overlay = lock(&overlay);
-            for op in ops {
-                if overlay.get(&op.key).is_some_and(|(lsn, _)| *lsn == record.lsn) {
-                    overlay.remove(&op.key);
-                }
-            }
-        }
-        applied.send_replace(record.lsn);
+        self.applier.shutdown();
     }
 }
 
