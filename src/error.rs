@@ -1,6 +1,7 @@
 //! The crate-level error: one enum that every layer's error converts into, and the exit code
 //! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
 
+use crate::config::ConfigError;
 use crate::journal::JournalError;
 use crate::meta::MetaError;
 use crate::store::StoreError;
@@ -13,6 +14,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]
