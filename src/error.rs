@@ -5,6 +5,7 @@ use crate::config::ConfigError;
 use crate::journal::JournalError;
 use crate::meta::MetaError;
 use crate::store::StoreError;
+use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +17,8 @@ pub enum Error {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -15,6 +15,7 @@ mod error;
 pub mod journal;
 pub mod meta;
 pub mod store;
+pub mod tls;
 pub mod tools;
 
 pub use digest::Digest;
