@@ -2,6 +2,7 @@
 //! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
 
 use crate::config::ConfigError;
+use crate::init::InitError;
 use crate::journal::JournalError;
 use crate::meta::MetaError;
 use crate::store::StoreError;
@@ -19,6 +20,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Init(#[from] InitError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]
@@ -38,6 +41,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Init(e) if e.is_usage() => 2,
             _ => 1,
         }
     }

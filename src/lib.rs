@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod digest;
 mod error;
+pub mod init;
 pub mod journal;
 pub mod meta;
 pub mod store;
