@@ -19,7 +19,7 @@
 //!   primary and `switchback` returns to); document order is kept.
 //! - Node names are 1..=32 characters of `[a-z0-9_-]`, not starting or ending with `-`: each
 //!   name becomes a DNS label in the node's certificate (`<node>.<cluster>.hotpair`), and a DNS
-//!   label may not start or end with a hyphen.
+//!   label may not start or end with a hyphen. `admin` is reserved: it is the admin's identity.
 //! - The four addresses (two control, two data) are pairwise distinct, also counting a wildcard
 //!   address (`0.0.0.0`, `::`) as clashing with any address on the same port. Port 0 is refused
 //!   (the peer must know where to connect). A node's `data` defaults to its control port + 1.
@@ -61,6 +61,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
 
+/// The one name a node may not have: the admin certificate's identity uses it.
+pub const RESERVED_NODE_NAME: &str = "admin";
 /// Longest node name accepted.
 pub const MAX_NODE_NAME: usize = 32;
 
@@ -392,13 +394,19 @@ impl PairConfig {
     }
 }
 
-/// Checks a node name: 1..=32 characters of `[a-z0-9_-]`, not starting or ending with `-`.
+/// Checks a node name: 1..=32 characters of `[a-z0-9_-]`, not starting or ending with `-`, and
+/// not `admin`.
 pub fn check_node_name(name: &str) -> Result<(), BadValue> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if name.is_empty() || name.len() > MAX_NODE_NAME || !ok_chars || name.starts_with('-') || name.ends_with('-') {
         return Err(BadValue(format!(
             "{name:?} is not a valid node name: use 1 to {MAX_NODE_NAME} characters of a-z, 0-9, _ and -, \
              not starting or ending with -"
+        )));
+    }
+    if name == RESERVED_NODE_NAME {
+        return Err(BadValue(format!(
+            "{name:?} cannot name a node: it is the admin's identity (admin.<cluster>.hotpair); pick another name"
         )));
     }
     Ok(())
@@ -485,12 +493,16 @@ impl Validator<'_> {
         }
         let sync = match raw.sync {
             None => DEFAULT_SYNC,
-            Some(text) => text.trim().parse().map_err(|e: BadValue| self.invalid("sync", e.0))?,
+            Some(text) => {
+                text.trim().parse().map_err(|e: BadValue| self.invalid("sync", format!("is invalid: {e}")))?
+            }
         };
         let sync_timeout = self.duration("sync_timeout", raw.sync_timeout, DEFAULT_SYNC_TIMEOUT)?;
         let on_peer_loss = match raw.on_peer_loss {
             None => PeerLossPolicy::Block,
-            Some(text) => text.trim().parse().map_err(|e: BadValue| self.invalid("on_peer_loss", e.0))?,
+            Some(text) => {
+                text.trim().parse().map_err(|e: BadValue| self.invalid("on_peer_loss", format!("is invalid: {e}")))?
+            }
         };
         let heartbeat = self.duration("heartbeat", raw.heartbeat, DEFAULT_HEARTBEAT)?;
 
@@ -640,7 +652,7 @@ mod tests {
         for ok in ["a", "node_1", "x-y", "_a", &"z".repeat(32)] {
             check_node_name(ok).unwrap();
         }
-        for bad in ["", "A", "a.b", "-a", "a-", "é", &"z".repeat(33)] {
+        for bad in ["", "A", "a.b", "-a", "a-", "é", "admin", &"z".repeat(33)] {
             assert!(check_node_name(bad).is_err(), "{bad:?}");
         }
     }
