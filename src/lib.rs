@@ -8,12 +8,15 @@
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod demo;
 pub mod digest;
 mod error;
+pub mod init;
 pub mod journal;
 pub mod meta;
 pub mod store;
+pub mod tls;
 pub mod tools;
 
 pub use digest::Digest;
