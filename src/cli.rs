@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::SyncLevel;
+use crate::init::NodeSpecs;
 use crate::Error;
 
 #[derive(Debug, Parser)]
@@ -17,6 +19,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Creates a new pair in DIR: pair.toml, a private CA with a certificate and key for each node
+    /// and the admin (DIR/tls/), and a data directory per node. Refuses if DIR already holds one.
+    Init {
+        /// Directory to create the pair in (made if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The two nodes as NAME=CONTROL_ADDRESS; the first starts as primary. Each node's data
+        /// (RESP) port is its control port + 1.
+        #[arg(long, default_value = crate::init::DEFAULT_NODES)]
+        nodes: NodeSpecs,
+        /// When a commit is acknowledged: async, received, durable or applied.
+        #[arg(long, default_value_t = SyncLevel::Durable)]
+        sync: SyncLevel,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -109,6 +125,11 @@ fn init_tracing() {
 
 fn dispatch(command: Command) -> Result<u8, Error> {
     match command {
+        Command::Init { dir, nodes, sync } => {
+            let report = crate::init::init(&dir, &nodes, sync)?;
+            print!("{}", report.text());
+            Ok(0)
+        }
         Command::Journal { action } => journal(action),
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
         Command::Bench { which: BenchWhich::Journal { dir, seconds, json } } => {

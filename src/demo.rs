@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -163,34 +164,54 @@ pub fn crash_test_identity() -> JournalIdentity {
     JournalIdentity { cluster: [0x11; 16], node: "crash".into(), kind: JournalKind::Local }
 }
 
+/// Segment size of the crash child's journal: small, so that kills often land near a roll.
+pub const CRASH_TEST_SEGMENT_BYTES: u64 = 256 * 1024;
+
 /// The crash tests' child: appends forever from `committers` threads and prints
 /// `durable LSN` once `sync_to(LSN)` has returned — a promise the parent checks after SIGKILL.
+/// It only returns on an error, which stops every committer (a child that keeps running with a
+/// failed journal, or exits 0, would hide the failure from the parent).
 pub fn append_loop(dir: &Path, committers: u64) -> Result<(), Error> {
-    let (journal, _) =
-        Journal::open(dir, crash_test_identity(), JournalOptions { segment_bytes: 256 * 1024, archive_dir: None })?;
-    let writer = Arc::new(Mutex::new(journal.next_lsn().unwrap_or(1)));
-    let stdout = Arc::new(Mutex::new(std::io::stdout()));
-    std::thread::scope(|scope| {
-        for _ in 0..committers.max(1) {
-            let (journal, writer, stdout) = (journal.clone(), writer.clone(), stdout.clone());
-            scope.spawn(move || -> Result<(), Error> {
-                loop {
-                    let lsn = {
-                        let mut next = writer.lock().map_err(|_| Error::Failed("poisoned".into()))?;
-                        let lsn = *next;
-                        journal.append(&crash_record(lsn))?;
-                        *next += 1;
-                        lsn
-                    };
-                    journal.sync_to(lsn)?;
-                    let mut out = stdout.lock().map_err(|_| Error::Failed("poisoned".into()))?;
-                    writeln!(out, "durable {lsn}")?;
-                    out.flush()?;
-                }
-            });
+    let options = JournalOptions { segment_bytes: CRASH_TEST_SEGMENT_BYTES, archive_dir: None };
+    let (journal, _) = Journal::open(dir, crash_test_identity(), options)?;
+    let writer = Mutex::new(journal.next_lsn().unwrap_or(1));
+    let stdout = Mutex::new(std::io::stdout());
+    let stop = AtomicBool::new(false);
+    let commit_forever = || -> Result<(), Error> {
+        while !stop.load(Ordering::Relaxed) {
+            let lsn = {
+                let mut next = writer.lock().map_err(|_| Error::Failed("a committer panicked".into()))?;
+                let lsn = *next;
+                journal.append(&crash_record(lsn))?;
+                *next += 1;
+                lsn
+            };
+            journal.sync_to(lsn)?;
+            let mut out = stdout.lock().map_err(|_| Error::Failed("a committer panicked".into()))?;
+            writeln!(out, "durable {lsn}")?;
+            out.flush()?;
         }
-    });
-    Ok(())
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..committers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let result = commit_forever();
+                    stop.store(true, Ordering::Relaxed);
+                    result
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for handle in handles {
+            let result = handle.join().unwrap_or_else(|_| Err(Error::Failed("a committer panicked".into())));
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
 }
 
 /// The record the crash child writes at `lsn`: its content is derivable, so the parent can check it.

@@ -1,9 +1,12 @@
 //! The crate-level error: one enum that every layer's error converts into, and the exit code
 //! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
 
+use crate::config::ConfigError;
+use crate::init::InitError;
 use crate::journal::JournalError;
 use crate::meta::MetaError;
 use crate::store::StoreError;
+use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -13,6 +16,12 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Init(#[from] InitError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]
@@ -32,6 +41,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Init(e) if e.is_usage() => 2,
             _ => 1,
         }
     }

@@ -47,7 +47,9 @@ pub struct JournalReader {
 impl JournalReader {
     pub(crate) fn new(segments: Vec<SegmentInfo>, from: Lsn, until: Lsn) -> JournalReader {
         let from = from.max(1);
-        let first = segments.iter().find(|s| s.last_lsn.is_some()).map(|s| s.first_lsn);
+        // Segments are contiguous, so the first one's first LSN is the oldest that can be read —
+        // even when that segment is still empty (everything before it was trimmed).
+        let first = segments.first().map(|s| s.first_lsn);
         let pending_error = match first {
             Some(first) if from < first && from <= until => {
                 Some(JournalError::RangeGone { from, first_available: first })

@@ -493,8 +493,10 @@ impl Inner {
     /// `created_ms` comes from the caller (the record that opens the segment), so that the same
     /// records always produce the same bytes.
     fn roll(&self, state: &mut State, first_lsn: Lsn, epoch: Epoch, created_ms: u64) -> Result<PathBuf, JournalError> {
+        // Buffered records belong to the segment being closed: write them out while it is still
+        // the active one (`write_buffer` writes to `state.active`).
+        self.write_buffer(state)?;
         if let Some(file) = state.active.take() {
-            self.write_buffer(state)?;
             let path = state.segments.last().map(|s| s.path.clone()).unwrap_or_default();
             if let Err(err) = file.sync_data() {
                 return Err(self.fail(state, format!("fsync of {} failed: {err}", path.display())));

@@ -1,0 +1,667 @@
+//! The pair file (`pair.toml`): one file that describes the whole pair, read by every command.
+//!
+//! ## Job
+//! Turns `pair.toml` (format in INTERFACE.md, written by `hotpair init`) into a typed
+//! [`PairConfig`]: the cluster id, the sync level and its timeout, what to do when the peer is
+//! lost, the heartbeat interval, the TLS files, the two nodes in file order, notification
+//! settings and resource limits. [`PairConfig::locate`] finds the file (`--pair`, then
+//! `$HOTPAIR_PAIR`, then `./pair.toml`).
+//!
+//! Reading is two-step: the TOML is deserialized into *raw* structs that keep every value as the
+//! text the admin wrote (`#[serde(deny_unknown_fields)]` everywhere), then [`PairConfig::load`]
+//! validates each raw value into its typed form. That split is what lets every error name the
+//! key it is about (`nodes.b.control`, `sync_timeout`, …) instead of a bare serde message.
+//!
+//! ## Invariants (checked at load, relied on by every caller)
+//! - Unknown keys are refused, anywhere in the file, naming the key, the line and the file: a
+//!   misspelt `sync_timout` must never silently fall back to a default.
+//! - Exactly two nodes. The first one listed is the *preferred primary* (the one `init` makes
+//!   primary and `switchback` returns to); document order is kept.
+//! - Node names are 1..=32 characters of `[a-z0-9_-]`, not starting or ending with `-`: each
+//!   name becomes a DNS label in the node's certificate (`<node>.<cluster>.hotpair`), and a DNS
+//!   label may not start or end with a hyphen. `admin` is reserved: it is the admin's identity.
+//! - The four addresses (two control, two data) are pairwise distinct, also counting a wildcard
+//!   address (`0.0.0.0`, `::`) as clashing with any address on the same port. Port 0 is refused
+//!   (the peer must know where to connect). A node's `data` defaults to its control port + 1.
+//! - The two nodes' data directories differ: two nodes sharing one directory would share one
+//!   journal.
+//! - Every path is absolute in the result, resolved relative to the pair file's own directory
+//!   (not the working directory), so a command behaves the same wherever it is run from.
+//! - Durations are humantime strings (`250ms`, `5s`, `2m`); `heartbeat` and `sync_timeout` must
+//!   be above zero.
+//!
+//! ## Caveats
+//! - Addresses are literal `IP:port` socket addresses; host names are not resolved.
+//! - Paths are not checked for existence here (a fresh node creates its data directory; a
+//!   missing certificate is reported by `tls`, which names the file).
+//! - The cluster id is only read here; refusing a peer of another cluster is the job of `tls`
+//!   (each cluster has its own CA, and certificates carry the cluster id).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
+
+/// The environment variable naming the pair file when `--pair` is not given.
+pub const PAIR_ENV: &str = "HOTPAIR_PAIR";
+/// The pair file looked for in the working directory when neither `--pair` nor `$HOTPAIR_PAIR`.
+pub const DEFAULT_PAIR_FILE: &str = "pair.toml";
+
+/// Defaults of the optional keys.
+pub const DEFAULT_SYNC: SyncLevel = SyncLevel::Durable;
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(200);
+pub const DEFAULT_INCIDENT_LOG: &str = "incidents.jsonl";
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
+
+/// The one name a node may not have: the admin certificate's identity uses it.
+pub const RESERVED_NODE_NAME: &str = "admin";
+/// Longest node name accepted.
+pub const MAX_NODE_NAME: usize = 32;
+
+/// When a commit is acknowledged to the client. Ordered from weakest to strongest, so
+/// `level >= SyncLevel::Durable` reads as "at least durable on the peer".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncLevel {
+    /// The local journal is durable; nothing is waited for on the peer.
+    Async,
+    /// The record is in the peer's memory.
+    Received,
+    /// The record is in the peer's remote journal, fsynced.
+    Durable,
+    /// The record is applied and visible on the peer.
+    Applied,
+}
+
+impl SyncLevel {
+    pub const ALL: [SyncLevel; 4] = [SyncLevel::Async, SyncLevel::Received, SyncLevel::Durable, SyncLevel::Applied];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncLevel::Async => "async",
+            SyncLevel::Received => "received",
+            SyncLevel::Durable => "durable",
+            SyncLevel::Applied => "applied",
+        }
+    }
+}
+
+impl fmt::Display for SyncLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A value that is not one of the accepted spellings; the message says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
+impl FromStr for SyncLevel {
+    type Err = BadValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SyncLevel::ALL
+            .into_iter()
+            .find(|level| level.name() == s)
+            .ok_or_else(|| BadValue(format!("{s:?} is not a sync level; use async, received, durable or applied")))
+    }
+}
+
+/// What a primary does with commits when it loses its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerLossPolicy {
+    /// Commits wait (up to `sync_timeout`, then fail) until the peer is back: no acknowledged
+    /// write can be lost, at the price of availability.
+    Block,
+    /// After this long without the peer, commits are acknowledged on the local journal alone.
+    /// Degrading is an incident, never silent.
+    DegradeAfter(Duration),
+}
+
+impl fmt::Display for PeerLossPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerLossPolicy::Block => f.write_str("block"),
+            PeerLossPolicy::DegradeAfter(after) => write!(f, "degrade-after:{}", humantime::format_duration(*after)),
+        }
+    }
+}
+
+impl FromStr for PeerLossPolicy {
+    type Err = BadValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "block" {
+            return Ok(PeerLossPolicy::Block);
+        }
+        if let Some(after) = s.strip_prefix("degrade-after:") {
+            return humantime::parse_duration(after.trim()).map(PeerLossPolicy::DegradeAfter).map_err(|e| {
+                BadValue(format!("{s:?} has a bad duration after `degrade-after:` ({e}); write e.g. degrade-after:10s"))
+            });
+        }
+        Err(BadValue(format!(
+            "{s:?} is not a peer-loss policy; use block or degrade-after:<duration> (e.g. degrade-after:10s)"
+        )))
+    }
+}
+
+impl serde::Serialize for PeerLossPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerLossPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One node of the pair, with every path absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Control port: mutual TLS, replication and admin requests.
+    pub control: SocketAddr,
+    /// Data port: RESP for applications.
+    pub data: SocketAddr,
+    /// The node's data directory (journals, store, `meta.json`).
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The pair's TLS files other than the nodes' own certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The pair's private CA certificate: the only trust anchor for either side.
+    pub ca: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// Shell commands; each is given every incident as JSON on stdin.
+    pub commands: Vec<String>,
+    /// Where incidents are appended, one JSON object per line.
+    pub incident_log: PathBuf,
+}
+
+/// Resource limits of the data port (optional `[limits]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value (and largest RESP bulk string) accepted; default 16 MiB.
+    pub max_value_bytes: usize,
+    /// Most client connections open at once on the data port; default 1024.
+    pub max_connections: usize,
+    /// Most arguments in one RESP command (e.g. `MSET`); default 1 Mi.
+    pub max_args: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_args: DEFAULT_MAX_ARGS,
+        }
+    }
+}
+
+/// The whole pair file, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairConfig {
+    /// The pair file itself, absolute.
+    pub path: PathBuf,
+    pub cluster: Uuid,
+    pub sync: SyncLevel,
+    pub sync_timeout: Duration,
+    pub on_peer_loss: PeerLossPolicy,
+    pub heartbeat: Duration,
+    pub tls: TlsFiles,
+    /// Exactly two, in file order; the first is the preferred primary.
+    pub nodes: Vec<NodeConfig>,
+    pub notify: NotifyConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read pair file {}: {source}; give --pair FILE, set {PAIR_ENV}, or create one with `hotpair init --dir DIR`",
+        path.display()
+    )]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("pair file {} {location}: {message}", path.display())]
+    Parse { path: PathBuf, location: String, message: String },
+    #[error("pair file {}: `{key}` {reason}", path.display())]
+    Invalid { path: PathBuf, key: String, reason: String },
+    #[error("pair file {}: no node is named {name:?} (its nodes are {})", path.display(), known.join(" and "))]
+    UnknownNode { path: PathBuf, name: String, known: Vec<String> },
+}
+
+impl ConfigError {
+    /// The key the error is about, when it is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file shape: every value as written, every table closed to unknown keys.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    cluster: Option<String>,
+    sync: Option<String>,
+    sync_timeout: Option<String>,
+    on_peer_loss: Option<String>,
+    heartbeat: Option<String>,
+    tls: Option<RawTls>,
+    nodes: Option<OrderedNodes>,
+    notify: Option<RawNotify>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<String>,
+    admin_cert: Option<String>,
+    admin_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    control: Option<String>,
+    data: Option<String>,
+    dir: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    commands: Option<Vec<String>>,
+    incident_log: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_value_bytes: Option<u64>,
+    max_connections: Option<u64>,
+    max_args: Option<u64>,
+}
+
+/// `[nodes.*]` in document order: the TOML parser keeps tables in the order it met them and
+/// hands them to `visit_map` in that order, so no ordered-map feature is needed.
+#[derive(Debug)]
+struct OrderedNodes(Vec<(String, RawNode)>);
+
+impl<'de> Deserialize<'de> for OrderedNodes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NodesVisitor;
+        impl<'de> Visitor<'de> for NodesVisitor {
+            type Value = OrderedNodes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of nodes, each one written as [nodes.NAME]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedNodes, A::Error> {
+                let mut nodes = Vec::new();
+                while let Some((name, node)) = map.next_entry::<String, RawNode>()? {
+                    nodes.push((name, node));
+                }
+                Ok(OrderedNodes(nodes))
+            }
+        }
+        deserializer.deserialize_map(NodesVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+impl PairConfig {
+    /// Reads and validates a pair file. Relative paths inside it are resolved against the
+    /// file's own directory.
+    pub fn load(path: &Path) -> Result<PairConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        PairConfig::from_toml_str(&text, path)
+    }
+
+    /// Validates pair-file text as if it had been read from `path` (used by `init` to check
+    /// what it is about to write, and by tests).
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<PairConfig, ConfigError> {
+        let path =
+            std::path::absolute(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let raw: RawPair = toml::from_str(text).map_err(|e| parse_error(&path, text, &e))?;
+        Validator { path: &path }.pair(raw)
+    }
+
+    /// The pair file to use: `--pair` if given, else `$HOTPAIR_PAIR` if set and non-empty, else
+    /// `./pair.toml`.
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        if let Some(path) = explicit {
+            return path.to_path_buf();
+        }
+        match std::env::var_os(PAIR_ENV) {
+            Some(value) if !value.is_empty() => PathBuf::from(value),
+            _ => PathBuf::from(DEFAULT_PAIR_FILE),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Result<&NodeConfig, ConfigError> {
+        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| self.unknown_node(name))
+    }
+
+    /// The other node of the pair.
+    pub fn peer_of(&self, name: &str) -> Result<&NodeConfig, ConfigError> {
+        self.node(name)?;
+        self.nodes.iter().find(|n| n.name != name).ok_or_else(|| self.unknown_node(name))
+    }
+
+    /// The first node in the file: primary of a fresh pair, target of `switchback`.
+    pub fn preferred_primary(&self) -> &NodeConfig {
+        // Invariant: `load` refuses any file without exactly two nodes; a PairConfig built by
+        // hand with no nodes is a programming error.
+        &self.nodes[0]
+    }
+
+    fn unknown_node(&self, name: &str) -> ConfigError {
+        ConfigError::UnknownNode {
+            path: self.path.clone(),
+            name: name.to_string(),
+            known: self.nodes.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
+}
+
+/// Checks a node name: 1..=32 characters of `[a-z0-9_-]`, not starting or ending with `-`, and
+/// not `admin`.
+pub fn check_node_name(name: &str) -> Result<(), BadValue> {
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if name.is_empty() || name.len() > MAX_NODE_NAME || !ok_chars || name.starts_with('-') || name.ends_with('-') {
+        return Err(BadValue(format!(
+            "{name:?} is not a valid node name: use 1 to {MAX_NODE_NAME} characters of a-z, 0-9, _ and -, \
+             not starting or ending with -"
+        )));
+    }
+    if name == RESERVED_NODE_NAME {
+        return Err(BadValue(format!(
+            "{name:?} cannot name a node: it is the admin's identity (admin.<cluster>.hotpair); pick another name"
+        )));
+    }
+    Ok(())
+}
+
+/// Two listening addresses clash when they share a port and either the same IP or a wildcard IP.
+pub fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let location = match err.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line_no = text[..start].bytes().filter(|&b| b == b'\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!("line {line_no} (`{line}`)")
+        }
+        None => "is not valid TOML".to_string(),
+    };
+    ConfigError::Parse { path: path.to_path_buf(), location, message: err.message().trim().to_string() }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.path.to_path_buf(), key: key.to_string(), reason: reason.into() }
+    }
+
+    fn required<T>(&self, key: &str, value: Option<T>, hint: &str) -> Result<T, ConfigError> {
+        value.ok_or_else(|| self.invalid(key, format!("is missing; {hint}")))
+    }
+
+    fn duration(&self, key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(text) = value else { return Ok(default) };
+        let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+            self.invalid(key, format!("is {text:?}, which is not a duration ({e}); write e.g. 250ms, 5s or 2m"))
+        })?;
+        if duration.is_zero() {
+            return Err(self.invalid(key, format!("is {text:?}; it must be above zero")));
+        }
+        Ok(duration)
+    }
+
+    /// A path from the file, made absolute against the pair file's directory.
+    fn file_path(&self, key: &str, value: String) -> Result<PathBuf, ConfigError> {
+        if value.trim().is_empty() {
+            return Err(self.invalid(key, "is empty; give a path (relative paths are relative to the pair file)"));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("/"));
+        Ok(base.join(value))
+    }
+
+    fn address(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = text.trim().parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!("is {text:?}, which is not an IP:port address; write e.g. 127.0.0.1:7401 or [::1]:7401"),
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(self.invalid(key, format!("is {text:?}; port 0 cannot be used, the peer must know the port")));
+        }
+        Ok(addr)
+    }
+
+    fn limit(&self, key: &str, value: Option<u64>, default: usize) -> Result<usize, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(0) => Err(self.invalid(key, "is 0; it must be at least 1 (leave the key out for the default)")),
+            Some(n) => usize::try_from(n).map_err(|_| self.invalid(key, format!("is {n}, too large for this machine"))),
+        }
+    }
+
+    fn pair(&self, raw: RawPair) -> Result<PairConfig, ConfigError> {
+        let cluster_text = self.required("cluster", raw.cluster, "it is the pair's id, written by `hotpair init`")?;
+        let cluster = Uuid::parse_str(cluster_text.trim())
+            .map_err(|e| self.invalid("cluster", format!("is {cluster_text:?}, which is not a UUID ({e})")))?;
+        if cluster.is_nil() {
+            return Err(self.invalid("cluster", "is the nil UUID; use the id `hotpair init` wrote"));
+        }
+        let sync = match raw.sync {
+            None => DEFAULT_SYNC,
+            Some(text) => {
+                text.trim().parse().map_err(|e: BadValue| self.invalid("sync", format!("is invalid: {e}")))?
+            }
+        };
+        let sync_timeout = self.duration("sync_timeout", raw.sync_timeout, DEFAULT_SYNC_TIMEOUT)?;
+        let on_peer_loss = match raw.on_peer_loss {
+            None => PeerLossPolicy::Block,
+            Some(text) => {
+                text.trim().parse().map_err(|e: BadValue| self.invalid("on_peer_loss", format!("is invalid: {e}")))?
+            }
+        };
+        let heartbeat = self.duration("heartbeat", raw.heartbeat, DEFAULT_HEARTBEAT)?;
+
+        let tls_hint = "the [tls] table names ca, admin_cert and admin_key";
+        let raw_tls = self.required("tls", raw.tls, tls_hint)?;
+        let tls = TlsFiles {
+            ca: self.file_path("tls.ca", self.required("tls.ca", raw_tls.ca, tls_hint)?)?,
+            admin_cert: self
+                .file_path("tls.admin_cert", self.required("tls.admin_cert", raw_tls.admin_cert, tls_hint)?)?,
+            admin_key: self.file_path("tls.admin_key", self.required("tls.admin_key", raw_tls.admin_key, tls_hint)?)?,
+        };
+
+        let raw_nodes = self.required("nodes", raw.nodes, "list the two nodes as [nodes.NAME] tables")?.0;
+        if raw_nodes.len() != 2 {
+            let names: Vec<&str> = raw_nodes.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(self.invalid(
+                "nodes",
+                format!("lists {} node(s) ({}); a pair has exactly two", raw_nodes.len(), names.join(", ")),
+            ));
+        }
+        let mut nodes = Vec::with_capacity(2);
+        for (name, raw_node) in raw_nodes {
+            nodes.push(self.node(name, raw_node)?);
+        }
+        self.check_nodes(&nodes)?;
+
+        let notify = match raw.notify {
+            None => NotifyConfig {
+                commands: Vec::new(),
+                incident_log: self.file_path("notify.incident_log", DEFAULT_INCIDENT_LOG.into())?,
+            },
+            Some(n) => NotifyConfig {
+                commands: n.commands.unwrap_or_default(),
+                incident_log: self
+                    .file_path("notify.incident_log", n.incident_log.unwrap_or_else(|| DEFAULT_INCIDENT_LOG.into()))?,
+            },
+        };
+        if let Some(i) = notify.commands.iter().position(|c| c.trim().is_empty()) {
+            return Err(self.invalid(&format!("notify.commands[{i}]"), "is empty; remove it or give a command"));
+        }
+
+        let limits = match raw.limits {
+            None => Limits::default(),
+            Some(l) => Limits {
+                max_value_bytes: self.limit("limits.max_value_bytes", l.max_value_bytes, DEFAULT_MAX_VALUE_BYTES)?,
+                max_connections: self.limit("limits.max_connections", l.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+                max_args: self.limit("limits.max_args", l.max_args, DEFAULT_MAX_ARGS)?,
+            },
+        };
+
+        Ok(PairConfig {
+            path: self.path.to_path_buf(),
+            cluster,
+            sync,
+            sync_timeout,
+            on_peer_loss,
+            heartbeat,
+            tls,
+            nodes,
+            notify,
+            limits,
+        })
+    }
+
+    fn node(&self, name: String, raw: RawNode) -> Result<NodeConfig, ConfigError> {
+        let key = |field: &str| format!("nodes.{name}.{field}");
+        check_node_name(&name).map_err(|e| self.invalid(&format!("nodes.{name}"), e.0))?;
+        let control_text =
+            self.required(&key("control"), raw.control, "give the control address, e.g. 127.0.0.1:7401")?;
+        let control = self.address(&key("control"), &control_text)?;
+        let data = match raw.data {
+            Some(text) => self.address(&key("data"), &text)?,
+            None => {
+                let port = control.port().checked_add(1).ok_or_else(|| {
+                    self.invalid(
+                        &key("data"),
+                        "is missing and the control port + 1 is not a port; give `data` explicitly",
+                    )
+                })?;
+                SocketAddr::new(control.ip(), port)
+            }
+        };
+        let hint = "give a path relative to the pair file";
+        Ok(NodeConfig {
+            dir: self.file_path(&key("dir"), self.required(&key("dir"), raw.dir, hint)?)?,
+            cert: self.file_path(&key("cert"), self.required(&key("cert"), raw.cert, hint)?)?,
+            key: self.file_path(&key("key"), self.required(&key("key"), raw.key, hint)?)?,
+            name,
+            control,
+            data,
+        })
+    }
+
+    fn check_nodes(&self, nodes: &[NodeConfig]) -> Result<(), ConfigError> {
+        let mut addresses = Vec::new();
+        for node in nodes {
+            addresses.push((format!("nodes.{}.control", node.name), node.control));
+            addresses.push((format!("nodes.{}.data", node.name), node.data));
+        }
+        for (i, (key_a, a)) in addresses.iter().enumerate() {
+            for (key_b, b) in &addresses[i + 1..] {
+                if addresses_clash(*a, *b) {
+                    return Err(self.invalid(
+                        key_b,
+                        format!("is {b}, which clashes with `{key_a}` ({a}); all four addresses must differ"),
+                    ));
+                }
+            }
+        }
+        if let [first, second] = nodes {
+            if first.dir == second.dir {
+                return Err(self.invalid(
+                    &format!("nodes.{}.dir", second.name),
+                    format!(
+                        "is {}, the same as node {}'s; each node needs its own data directory",
+                        second.dir.display(),
+                        first.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_levels_and_policies_round_trip() {
+        for level in SyncLevel::ALL {
+            assert_eq!(level.to_string().parse::<SyncLevel>().unwrap(), level);
+        }
+        assert!(SyncLevel::Async < SyncLevel::Applied);
+        assert!("fast".parse::<SyncLevel>().unwrap_err().0.contains("durable"));
+        assert_eq!("block".parse::<PeerLossPolicy>().unwrap(), PeerLossPolicy::Block);
+        let p: PeerLossPolicy = "degrade-after:1m 30s".parse().unwrap();
+        assert_eq!(p, PeerLossPolicy::DegradeAfter(Duration::from_secs(90)));
+        assert_eq!(p.to_string().parse::<PeerLossPolicy>().unwrap(), p);
+        assert!("degrade-after:soon".parse::<PeerLossPolicy>().is_err());
+        assert!("never".parse::<PeerLossPolicy>().is_err());
+    }
+
+    #[test]
+    fn node_names() {
+        for ok in ["a", "node_1", "x-y", "_a", &"z".repeat(32)] {
+            check_node_name(ok).unwrap();
+        }
+        for bad in ["", "A", "a.b", "-a", "a-", "é", "admin", &"z".repeat(33)] {
+            assert!(check_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wildcard_addresses_clash() {
+        let p = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(addresses_clash(p("0.0.0.0:7401"), p("127.0.0.1:7401")));
+        assert!(!addresses_clash(p("127.0.0.2:7401"), p("127.0.0.1:7401")));
+        assert!(!addresses_clash(p("127.0.0.1:7402"), p("127.0.0.1:7401")));
+    }
+}

@@ -1,0 +1,274 @@
+//! The pair file: what loads, and that every refusal names the key and the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hotpair::config::{ConfigError, Limits, PairConfig, PeerLossPolicy, SyncLevel};
+
+const CLUSTER: &str = "6f1c1f0e-8a43-4d2b-9b1e-3c2a7d5e9f10";
+
+/// The example from INTERFACE.md, with a real cluster id.
+fn good() -> String {
+    format!(
+        r#"
+cluster = "{CLUSTER}"
+sync = "durable"
+sync_timeout = "5s"
+on_peer_loss = "block"
+heartbeat = "200ms"
+
+[tls]
+ca = "tls/ca.pem"
+admin_cert = "tls/admin.pem"
+admin_key = "tls/admin.key"
+
+[nodes.a]
+control = "127.0.0.1:7401"
+data = "127.0.0.1:7402"
+dir = "a"
+cert = "tls/a.pem"
+key = "tls/a.key"
+
+[nodes.b]
+control = "127.0.0.1:7501"
+data = "127.0.0.1:7502"
+dir = "b"
+cert = "tls/b.pem"
+key = "tls/b.key"
+
+[notify]
+commands = []
+incident_log = "incidents.jsonl"
+"#
+    )
+}
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("pair.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Loads `text` from a fresh file; returns the error and the file's path.
+fn refused(text: &str) -> (ConfigError, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), text);
+    let err = PairConfig::load(&path).expect_err("the pair file should be refused");
+    (err, path)
+}
+
+fn assert_names(err: &ConfigError, path: &Path, words: &[&str]) {
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "does not name the file: {message}");
+    for word in words {
+        assert!(message.contains(word), "does not mention {word:?}: {message}");
+    }
+}
+
+#[test]
+fn the_interface_example_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &good());
+    let pair = PairConfig::load(&path).unwrap();
+    assert_eq!(pair.path, path);
+    assert_eq!(pair.cluster.to_string(), CLUSTER);
+    assert_eq!(pair.sync, SyncLevel::Durable);
+    assert_eq!(pair.sync_timeout, Duration::from_secs(5));
+    assert_eq!(pair.on_peer_loss, PeerLossPolicy::Block);
+    assert_eq!(pair.heartbeat, Duration::from_millis(200));
+    assert_eq!(pair.tls.ca, dir.path().join("tls/ca.pem"));
+    assert_eq!(pair.tls.admin_key, dir.path().join("tls/admin.key"));
+    let names: Vec<&str> = pair.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    let b = pair.node("b").unwrap();
+    assert_eq!(b.control, "127.0.0.1:7501".parse().unwrap());
+    assert_eq!(b.data, "127.0.0.1:7502".parse().unwrap());
+    assert_eq!(b.dir, dir.path().join("b"));
+    assert_eq!(b.cert, dir.path().join("tls/b.pem"));
+    assert_eq!(pair.peer_of("a").unwrap().name, "b");
+    assert_eq!(pair.peer_of("b").unwrap().name, "a");
+    assert_eq!(pair.preferred_primary().name, "a");
+    assert_eq!(pair.notify.incident_log, dir.path().join("incidents.jsonl"));
+    assert!(pair.notify.commands.is_empty());
+    assert_eq!(pair.limits, Limits::default());
+    assert_eq!(pair.limits.max_value_bytes, 16 * 1024 * 1024);
+
+    let err = pair.node("c").unwrap_err();
+    assert_names(&err, &path, &["\"c\"", "a and b"]);
+    assert!(pair.peer_of("c").is_err());
+}
+
+#[test]
+fn node_order_is_the_file_order_and_optional_keys_take_defaults() {
+    let text = format!(
+        r#"
+cluster = "{CLUSTER}"
+on_peer_loss = "degrade-after:1m 30s"
+[tls]
+ca = "/etc/hotpair/ca.pem"
+admin_cert = "../admin.pem"
+admin_key = "../admin.key"
+[nodes.zulu]
+control = "10.0.0.2:7000"
+dir = "data/zulu"
+cert = "z.pem"
+key = "z.key"
+[nodes.alpha]
+control = "10.0.0.1:7000"
+dir = "data/alpha"
+cert = "a.pem"
+key = "a.key"
+[limits]
+max_connections = 10
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PairConfig::load(&write(dir.path(), &text)).unwrap();
+    assert_eq!(pair.preferred_primary().name, "zulu");
+    assert_eq!(pair.nodes[1].name, "alpha");
+    // data port defaults to control + 1
+    assert_eq!(pair.nodes[0].data, "10.0.0.2:7001".parse().unwrap());
+    assert_eq!(pair.sync, SyncLevel::Durable);
+    assert_eq!(pair.sync_timeout, Duration::from_secs(5));
+    assert_eq!(pair.heartbeat, Duration::from_millis(200));
+    assert_eq!(pair.on_peer_loss, PeerLossPolicy::DegradeAfter(Duration::from_secs(90)));
+    assert_eq!(pair.limits.max_connections, 10);
+    assert_eq!(pair.limits.max_args, Limits::default().max_args);
+    // relative paths are relative to the pair file, absolute ones are kept
+    assert_eq!(pair.tls.ca, Path::new("/etc/hotpair/ca.pem"));
+    assert_eq!(pair.tls.admin_cert, dir.path().join("../admin.pem"));
+    assert_eq!(pair.nodes[0].dir, dir.path().join("data/zulu"));
+    assert!(pair.nodes.iter().all(|n| n.dir.is_absolute() && n.cert.is_absolute() && n.key.is_absolute()));
+}
+
+#[test]
+fn relative_paths_follow_the_pair_file_not_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("elsewhere/deeper");
+    std::fs::create_dir_all(&sub).unwrap();
+    let path = write(&sub, &good());
+    let pair = PairConfig::load(&path).unwrap();
+    assert_eq!(pair.nodes[0].dir, sub.join("a"));
+    assert_eq!(pair.tls.ca, sub.join("tls/ca.pem"));
+    // A relative pair-file path is made absolute too.
+    let pair = PairConfig::from_toml_str(&good(), Path::new("some/pair.toml")).unwrap();
+    assert!(pair.path.is_absolute());
+    assert_eq!(pair.nodes[1].dir, std::env::current_dir().unwrap().join("some/b"));
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name_anywhere() {
+    let cases = [("colour = \"red\"\n", "colour"), ("sync_timout = \"5s\"\n", "sync_timout")];
+    for (line, key) in cases {
+        let (err, path) = refused(&format!("{line}{}", good()));
+        assert_names(&err, &path, &[key, "unknown"]);
+    }
+    let in_table = [
+        ("[tls]\n", "[tls]\nca_file = \"x\"\n", "ca_file"),
+        ("[nodes.b]\n", "[nodes.b]\nport = 1\n", "port"),
+        ("[notify]\n", "[notify]\nemail = \"ops@example.com\"\n", "email"),
+    ];
+    for (anchor, replacement, key) in in_table {
+        let (err, path) = refused(&good().replace(anchor, replacement));
+        assert_names(&err, &path, &[key, "unknown"]);
+    }
+    let (err, path) = refused(&format!("{}\n[limits]\nmax_keys = 3\n", good()));
+    assert_names(&err, &path, &["max_keys"]);
+    let (err, path) = refused(&format!("{}\n[extra]\nx = 1\n", good()));
+    assert_names(&err, &path, &["extra"]);
+}
+
+#[test]
+fn ill_typed_values_name_their_key() {
+    let cases = [
+        ("heartbeat = \"200ms\"", "heartbeat = \"fast\"", "heartbeat"),
+        ("sync_timeout = \"5s\"", "sync_timeout = \"5 parsecs\"", "sync_timeout"),
+        ("sync_timeout = \"5s\"", "sync_timeout = \"0s\"", "sync_timeout"),
+        ("sync = \"durable\"", "sync = \"fast\"", "sync"),
+        ("on_peer_loss = \"block\"", "on_peer_loss = \"degrade-after:soon\"", "on_peer_loss"),
+        ("on_peer_loss = \"block\"", "on_peer_loss = \"panic\"", "on_peer_loss"),
+        ("control = \"127.0.0.1:7501\"", "control = \"nowhere:7501\"", "nodes.b.control"),
+        ("data = \"127.0.0.1:7402\"", "data = \"127.0.0.1\"", "nodes.a.data"),
+        ("data = \"127.0.0.1:7402\"", "data = \"127.0.0.1:0\"", "nodes.a.data"),
+        (CLUSTER, "not-a-uuid", "cluster"),
+    ];
+    for (from, to, key) in cases {
+        let text = good().replacen(from, to, 1);
+        assert_ne!(text, good(), "{from} not found in the example");
+        let (err, path) = refused(&text);
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert_names(&err, &path, &[&format!("`{key}`")]);
+    }
+    // A value of the wrong TOML type is caught by the parser, which names the line.
+    let (err, path) = refused(&good().replace("heartbeat = \"200ms\"", "heartbeat = 5"));
+    assert_names(&err, &path, &["heartbeat = 5", "line"]);
+}
+
+#[test]
+fn a_pair_is_exactly_two_well_formed_distinct_nodes() {
+    let b_table_start = good().find("[nodes.b]").unwrap();
+    let b_table_end = good().find("[notify]").unwrap();
+    let one_node = format!("{}{}", &good()[..b_table_start], &good()[b_table_end..]);
+    let (err, path) = refused(&one_node);
+    assert_eq!(err.key(), Some("nodes"));
+    assert_names(&err, &path, &["exactly two", "1 node"]);
+
+    let three = format!(
+        "{}\n[nodes.c]\ncontrol = \"127.0.0.1:7601\"\ndir = \"c\"\ncert = \"c.pem\"\nkey = \"c.key\"\n",
+        good()
+    );
+    let (err, _) = refused(&three);
+    assert_eq!(err.key(), Some("nodes"));
+
+    let (err, path) = refused(&good().replace("[nodes.b]", "[nodes.B]"));
+    assert_eq!(err.key(), Some("nodes.B"));
+    assert_names(&err, &path, &["not a valid node name"]);
+
+    let (err, path) = refused(&good().replace("[nodes.b]", "[nodes.admin]"));
+    assert_eq!(err.key(), Some("nodes.admin"));
+    assert_names(&err, &path, &["admin's identity"]);
+
+    let (err, _) = refused(&good().replace("[nodes.b]", "[nodes.-b]"));
+    assert_eq!(err.key(), Some("nodes.-b"));
+
+    let clash = good().replace("data = \"127.0.0.1:7502\"", "data = \"127.0.0.1:7401\"");
+    let (err, path) = refused(&clash);
+    assert_eq!(err.key(), Some("nodes.b.data"));
+    assert_names(&err, &path, &["nodes.a.control", "clashes"]);
+
+    let wildcard = good().replace("control = \"127.0.0.1:7501\"", "control = \"0.0.0.0:7402\"");
+    let (err, _) = refused(&wildcard);
+    assert_eq!(err.key(), Some("nodes.b.control"));
+
+    let same_dir = good().replace("dir = \"b\"", "dir = \"./a/../a\"").replace("dir = \"a\"", "dir = \"./a/../a\"");
+    let (err, _) = refused(&same_dir);
+    assert_eq!(err.key(), Some("nodes.b.dir"));
+
+    let (err, path) = refused(&good().replace("dir = \"b\"\n", ""));
+    assert_eq!(err.key(), Some("nodes.b.dir"));
+    assert_names(&err, &path, &["missing"]);
+
+    let (err, _) = refused(&good().replacen(&format!("cluster = \"{CLUSTER}\""), "", 1));
+    assert_eq!(err.key(), Some("cluster"));
+}
+
+#[test]
+fn a_missing_file_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let err = PairConfig::load(&path).unwrap_err();
+    assert_names(&err, &path, &["hotpair init", "--pair", "HOTPAIR_PAIR"]);
+}
+
+#[test]
+fn locate_prefers_the_flag_then_the_environment_then_the_working_directory() {
+    // The only test in this binary that touches HOTPAIR_PAIR.
+    assert_eq!(PairConfig::locate(Some(Path::new("/x/p.toml"))), Path::new("/x/p.toml"));
+    std::env::set_var("HOTPAIR_PAIR", "/from/env.toml");
+    assert_eq!(PairConfig::locate(Some(Path::new("/x/p.toml"))), Path::new("/x/p.toml"));
+    assert_eq!(PairConfig::locate(None), Path::new("/from/env.toml"));
+    std::env::set_var("HOTPAIR_PAIR", "");
+    assert_eq!(PairConfig::locate(None), Path::new("pair.toml"));
+    std::env::remove_var("HOTPAIR_PAIR");
+    assert_eq!(PairConfig::locate(None), Path::new("pair.toml"));
+}
