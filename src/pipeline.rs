@@ -172,6 +172,11 @@ impl Pipeline {
         lock(&self.writer).refusing = reason;
     }
 
+    /// Why writes are refused right now, if they are.
+    pub fn refusing(&self) -> Option<String> {
+        lock(&self.writer).refusing.clone()
+    }
+
     /// The current value of `key` as stored bytes: unapplied writes first, then the store.
     pub fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CommitError> {
         if let Some((_, value)) = lock(&self.overlay).get(key) {

@@ -1,0 +1,226 @@
+//! The control port: mutual TLS, then either the peer's replication session or admin requests.
+//!
+//! Every connection is identified by its client certificate ([`crate::tls::identify_peer`]):
+//! the peer node may replicate, the admin certificate may send admin requests, anything else is
+//! refused and logged with the reason. A bad frame closes only that connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::{status, Node};
+use crate::meta::Role;
+use crate::replication::{self, ShipContext};
+use crate::tls::Peer;
+use crate::wire::{self, AdminRequest, Envelope, Frame, Message, Standing};
+use crate::Error;
+
+/// How long a new connection may take for its TLS handshake and first frame.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once on the control port; more wait to be accepted.
+const MAX_CONTROL_CONNECTIONS: usize = 64;
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), Error> {
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(&node.pair, node.name())?);
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let mut shutdown = node.shutdown.subscribe();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            permit = limit.clone().acquire_owned() => permit.map_err(|_| Error::Failed("control port limiter closed".into()))?,
+        };
+        let (socket, address) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "control port accept failed");
+                    continue;
+                }
+            },
+        };
+        let (node, acceptor) = (node.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            if let Err(reason) = connection(node, acceptor, socket).await {
+                tracing::warn!(%address, %reason, "control connection refused or ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(node: Arc<Node>, acceptor: TlsAcceptor, socket: tokio::net::TcpStream) -> Result<(), String> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
+    let peer = crate::tls::identify_peer(&node.pair, &certs).map_err(|e| e.to_string())?;
+    match peer {
+        Peer::Admin => admin(node, stream).await,
+        Peer::Node(name) if name == node.peer_config.name => peer_session(node, stream).await,
+        Peer::Node(name) => Err(format!("node certificate {name} is not this node's peer")),
+    }
+}
+
+async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S) -> Result<(), String> {
+    while let Some(frame) = wire::read_frame(&mut stream).await.map_err(|e| e.to_string())? {
+        let Frame::Message(Envelope { message: Message::Admin { request }, .. }) = frame else {
+            return Err("admin connection sent something other than an admin request".into());
+        };
+        let (ok, body) = handle_admin(&node, request);
+        let reply = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::AdminReply { ok, body } };
+        wire::write_frame(&mut stream, &Frame::Message(reply)).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn handle_admin(node: &Node, request: AdminRequest) -> (bool, serde_json::Value) {
+    match request {
+        AdminRequest::Status => (true, status::node_status(node)),
+        AdminRequest::ReplicateStop => {
+            node.replicating.send_replace(false);
+            (true, serde_json::json!({ "replicating": false }))
+        }
+        AdminRequest::ReplicateStart => {
+            node.replicating.send_replace(true);
+            (true, serde_json::json!({ "replicating": true }))
+        }
+        AdminRequest::ReopenLog => {
+            let journal = if node.role() == Role::Primary { &node.local } else { &node.remote };
+            match journal.reopen_log(node.meta().epoch, crate::clock::now_ms()) {
+                Ok(path) => (true, serde_json::json!({ "new_segment": path })),
+                Err(err) => (false, serde_json::json!({ "error": err.to_string() })),
+            }
+        }
+    }
+}
+
+/// The peer connected to us: it must say hello; if we are the primary it becomes our backup.
+async fn peer_session<S>(node: Arc<Node>, mut stream: S) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream))
+        .await
+        .map_err(|_| "peer sent no hello in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some(Frame::Message(Envelope { from, epoch, message: Message::Hello { cluster, incarnation, history, last_lsn, .. } })) = first
+    else {
+        return Err("peer's first frame was not a hello".into());
+    };
+    let refuse = |reason: String| {
+        let node = node.clone();
+        async move {
+            let reply = Envelope {
+                from: node.name().to_string(),
+                epoch: node.meta().epoch,
+                message: Message::Refused { reason: reason.clone() },
+            };
+            (reply, reason)
+        }
+    };
+    let verdict = check_hello(&node, &from, epoch, cluster, incarnation);
+    if let Err(reason) = verdict {
+        let (reply, reason) = refuse(reason).await;
+        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+        return Err(reason);
+    }
+    let meta = node.meta();
+    let Some(pipeline) = node.pipeline() else {
+        let (reply, reason) = refuse("this node is not the primary".into()).await;
+        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+        return Err(reason);
+    };
+    // The peer is not ahead of our epoch: a restarted primary may take writes again.
+    node.peer_confirmed();
+    if !*node.replicating.borrow() {
+        let (reply, reason) = refuse("replication is stopped by the admin (hotpair replicate start)".into()).await;
+        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+        return Err(reason);
+    }
+    let our_last = node.local.durable_lsn();
+    let start_lsn = match wire::standing(&meta.history, our_last, &history, last_lsn) {
+        Standing::OnHistory { next_lsn } => next_lsn,
+        Standing::Diverged { at_lsn } => {
+            let reply = Envelope {
+                from: node.name().to_string(),
+                epoch: meta.epoch,
+                message: Message::Diverged { at_lsn, history: meta.history.clone() },
+            };
+            let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+            return Err(format!("peer {from} diverged from our history after LSN {at_lsn}; it needs `hotpair rejoin {from}`"));
+        }
+    };
+    if node.session_active.swap(true, Ordering::SeqCst) {
+        let (reply, reason) = refuse(format!("a session for {from} is already active; a second live connection is refused")).await;
+        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+        return Err(reason);
+    }
+    let welcome = Envelope {
+        from: node.name().to_string(),
+        epoch: meta.epoch,
+        message: Message::Welcome { start_lsn, history: meta.history.clone(), last_lsn: our_last },
+    };
+    let result = match wire::write_frame(&mut stream, &Frame::Message(welcome)).await {
+        Ok(()) => {
+            tracing::info!(peer = %from, start_lsn, "backup connected; shipping");
+            replication::set_connected(&node.peer, true);
+            let ctx = ShipContext {
+                name: node.name().to_string(),
+                epoch: meta.epoch,
+                journal: node.local.clone(),
+                pipeline,
+                peer: node.peer.clone(),
+                heartbeat: node.pair.heartbeat,
+            };
+            let stop = stop_signal(&node);
+            let result = replication::ship(stream, ctx, start_lsn, stop).await.map_err(|e| e.to_string());
+            replication::set_connected(&node.peer, false);
+            result
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    node.session_active.store(false, Ordering::SeqCst);
+    result
+}
+
+fn check_hello(node: &Node, from: &str, epoch: u64, cluster: uuid::Uuid, incarnation: uuid::Uuid) -> Result<(), String> {
+    if from != node.peer_config.name {
+        return Err(format!("hello claims to be {from}, but the certificate is {}", node.peer_config.name));
+    }
+    if cluster != node.pair.cluster {
+        return Err(format!("peer is in cluster {cluster}, this pair is {}", node.pair.cluster));
+    }
+    node.check_incarnation(incarnation)?;
+    let ours = node.meta().epoch;
+    if epoch > ours {
+        node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
+        return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}); this node fenced itself"));
+    }
+    Ok(())
+}
+
+/// A channel that turns true when the node shuts down, replication is stopped, or the role changes.
+fn stop_signal(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (mut shutdown, mut replicating, mut role) = (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+                _ = replicating.changed() => if !*replicating.borrow() { break },
+                _ = role.changed() => if *role.borrow() != Role::Primary { break },
+                _ = tx.closed() => return,
+            }
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}

@@ -1,0 +1,336 @@
+//! The node: one `hotpair run NODE` process — its journals, store, role, ports and replication.
+//!
+//! ## Job
+//! Opens the data directory (metadata, local and remote journals, store), replays whatever the
+//! store is missing from the journals, and then runs, until shutdown:
+//! - the control port (mutual TLS): the peer's replication connection, and admin requests;
+//! - the data port (RESP) through [`backend`];
+//! - as backup, the follower loop that connects to the primary and keeps up with it.
+//!
+//! ## Invariants
+//! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
+//!   moved to a higher epoch. Only a brand-new pair, whose journals are empty, starts accepting.
+//! - A node that hears of a higher epoch than its own stops taking writes at once (role `fenced`).
+//! - One backup session at a time: a second connection claiming the peer's name is refused.
+//! - Shutdown: the ports stop, in-flight commits finish or fail, the appliers drain what is
+//!   durable, journals are synced and the store flushed before the process exits.
+
+pub mod backend;
+mod control;
+mod follow;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::applier::Applier;
+use crate::config::{NodeConfig, PairConfig};
+use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
+use crate::meta::{NodeMeta, Role};
+use crate::pipeline::Pipeline;
+use crate::replication::PeerState;
+use crate::store::Store;
+use crate::Error;
+
+/// Everything one running node shares between its tasks.
+pub struct Node {
+    pub pair: PairConfig,
+    pub config: NodeConfig,
+    pub peer_config: NodeConfig,
+    meta: Mutex<NodeMeta>,
+    pub local: Journal,
+    pub remote: Journal,
+    pub store: Arc<Store>,
+    role: watch::Sender<Role>,
+    /// The commit pipeline, while this node is primary.
+    pipeline: Mutex<Option<Arc<Pipeline>>>,
+    /// The applier of received records, while this node is backup.
+    applier: Mutex<Option<Arc<Applier>>>,
+    /// The peer as this node sees it (on a primary: the backup's acks).
+    pub peer: watch::Sender<PeerState>,
+    /// `false` after `replicate stop`, until `replicate start`.
+    pub replicating: watch::Sender<bool>,
+    /// Whether a backup session is being served right now (one at a time).
+    session_active: std::sync::atomic::AtomicBool,
+    /// The remote journal's state as the follower last found it (`diverged` stops following).
+    pub diverged_at: Mutex<Option<Lsn>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Opens the node's data directory and brings the store up to date with its journals.
+    pub fn open(pair: PairConfig, name: &str) -> Result<Arc<Node>, Error> {
+        let config = pair.node(name)?.clone();
+        let peer_config = pair.peer_of(name)?.clone();
+        let meta = NodeMeta::load(&config.dir)?;
+        if meta.cluster != pair.cluster || meta.node != name {
+            return Err(Error::Failed(format!(
+                "{} belongs to node {} of cluster {}, not node {name} of cluster {}",
+                config.dir.display(),
+                meta.node,
+                meta.cluster,
+                pair.cluster
+            )));
+        }
+        let identity = |kind| JournalIdentity { cluster: *pair.cluster.as_bytes(), node: name.to_string(), kind };
+        let (local, local_recovery) =
+            Journal::open(&journal_dir(&config.dir, JournalKind::Local), identity(JournalKind::Local), JournalOptions::default())?;
+        let (remote, remote_recovery) =
+            Journal::open(&journal_dir(&config.dir, JournalKind::Remote), identity(JournalKind::Remote), JournalOptions::default())?;
+        for (kind, recovery) in [("local", &local_recovery), ("remote", &remote_recovery)] {
+            if let Some((path, offset, bytes, reason)) = &recovery.cut {
+                tracing::warn!(journal = kind, path = %path.display(), offset, bytes, %reason, "cut a torn journal tail at open");
+            }
+        }
+        let store = Arc::new(Store::open(&config.dir.join("store"))?);
+        let role = meta.role;
+        let node = Arc::new(Node {
+            pair,
+            config,
+            peer_config,
+            meta: Mutex::new(meta),
+            local,
+            remote,
+            store,
+            role: watch::channel(role).0,
+            pipeline: Mutex::new(None),
+            applier: Mutex::new(None),
+            peer: watch::channel(PeerState::default()).0,
+            replicating: watch::channel(true).0,
+            session_active: std::sync::atomic::AtomicBool::new(false),
+            diverged_at: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+        });
+        let replayed = node.replay()?;
+        tracing::info!(node = name, role = role.name(), replayed, applied = node.store.position().applied_lsn, "node opened");
+        node.start_role()?;
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.borrow()
+    }
+
+    pub fn subscribe_role(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    pub fn meta(&self) -> NodeMeta {
+        lock(&self.meta).clone()
+    }
+
+    pub fn pipeline(&self) -> Option<Arc<Pipeline>> {
+        lock(&self.pipeline).clone()
+    }
+
+    pub fn applier(&self) -> Option<Arc<Applier>> {
+        lock(&self.applier).clone()
+    }
+
+    /// The last LSN this node holds in the pair's history (either journal).
+    pub fn last_lsn(&self) -> Lsn {
+        self.local.last_lsn().unwrap_or(0).max(self.remote.last_lsn().unwrap_or(0))
+    }
+
+    /// The journal that holds `lsn`: the local one for epochs this node was primary in.
+    fn journal_for(&self, lsn: Lsn) -> &Journal {
+        let meta = lock(&self.meta);
+        let owner = meta.history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.primary.as_str());
+        if owner == Some(self.name()) {
+            &self.local
+        } else {
+            &self.remote
+        }
+    }
+
+    /// Applies every journal record the store does not have yet (after a crash the store may be
+    /// behind: it is not flushed per record).
+    fn replay(&self) -> Result<u64, Error> {
+        let mut total = 0;
+        loop {
+            let next = self.store.position().applied_lsn + 1;
+            let records = self.journal_for(next).read_from(next)?.map(|entry| entry.map(|e| e.record));
+            let applied = crate::pipeline::replay(&self.store, records).map_err(|e| Error::Failed(e.to_string()))?;
+            if applied == 0 {
+                return Ok(total);
+            }
+            total += applied;
+        }
+    }
+
+    /// Starts what the persisted role needs: the pipeline (primary) or the applier (backup).
+    fn start_role(&self) -> Result<(), Error> {
+        match self.role() {
+            Role::Primary => {
+                let fresh = self.last_lsn() == 0;
+                let meta = self.meta();
+                let pipeline = Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
+                if fresh {
+                    // A brand-new pair: the history starts the journal, and nobody can be ahead.
+                    pipeline
+                        .append_control(crate::clock::now_ms(), RecordBody::EpochStart { history: meta.history.clone() })
+                        .map_err(|e| Error::Failed(e.to_string()))?;
+                } else {
+                    pipeline.set_refusing(Some(format!(
+                        "restarted primary waits for {} to confirm it has not been promoted past epoch {}",
+                        self.peer_config.name, meta.epoch
+                    )));
+                }
+                *lock(&self.pipeline) = Some(pipeline);
+            }
+            Role::Backup => {
+                *lock(&self.applier) = Some(Arc::new(Applier::start(self.remote.clone(), self.store.clone(), |_| {})));
+            }
+            other => tracing::warn!(role = other.name(), "node starts in a role that takes no writes and follows nobody"),
+        }
+        Ok(())
+    }
+
+    /// Stops taking writes because the peer is in a higher epoch (invariant 2).
+    pub fn fence(&self, reason: &str) {
+        tracing::error!(%reason, "fencing: this node stops taking writes");
+        if let Some(pipeline) = self.pipeline() {
+            pipeline.set_refusing(Some(format!("fenced: {reason}")));
+        }
+        self.role.send_replace(Role::Fenced);
+        let mut meta = lock(&self.meta);
+        meta.role = Role::Fenced;
+        if let Err(err) = meta.save(&self.config.dir) {
+            tracing::error!(%err, "could not persist the fenced role");
+        }
+    }
+
+    /// Takes the peer's confirmation that it is not ahead of our epoch: a restarted primary may
+    /// take writes again.
+    fn peer_confirmed(&self) {
+        if let Some(pipeline) = self.pipeline() {
+            if self.role() == Role::Primary {
+                pipeline.set_refusing(None);
+            }
+        }
+    }
+
+    /// Records the peer's incarnation the first time we see it; refuses a different one later.
+    fn check_incarnation(&self, incarnation: uuid::Uuid) -> Result<(), String> {
+        let mut meta = lock(&self.meta);
+        match &meta.peer {
+            Some(known) if known.incarnation != incarnation => Err(format!(
+                "peer {} presents incarnation {incarnation}, but this pair knows it as {} — a restored copy or second installation; refused",
+                self.peer_config.name, known.incarnation
+            )),
+            Some(_) => Ok(()),
+            None => {
+                meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch: meta.epoch, durable_lsn: 0 });
+                meta.save(&self.config.dir).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Adopts a longer history heard from the primary (the backup follows it into new epochs).
+    fn adopt_history(&self, epoch: u64, history: &[crate::journal::HistoryEntry]) -> Result<(), Error> {
+        let mut meta = lock(&self.meta);
+        if epoch > meta.epoch || history.len() > meta.history.len() {
+            meta.epoch = meta.epoch.max(epoch);
+            meta.history = history.to_vec();
+            meta.save(&self.config.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: stop the tasks, drain the appliers, sync journals, flush the store.
+    pub fn close(&self) -> Result<(), Error> {
+        self.shutdown.send_replace(true);
+        if let Some(pipeline) = lock(&self.pipeline).take() {
+            if let Some(last) = self.local.last_lsn() {
+                self.local.sync_to(last)?;
+            }
+            pipeline.shutdown();
+        }
+        if let Some(applier) = lock(&self.applier).take() {
+            if let Some(last) = self.remote.last_lsn() {
+                self.remote.sync_to(last)?;
+            }
+            applier.shutdown();
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+}
+
+pub fn journal_dir(node_dir: &Path, kind: JournalKind) -> PathBuf {
+    node_dir.join("journal").join(kind.name())
+}
+
+/// Runs node `name` of the pair until SIGINT or SIGTERM.
+pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
+    runtime.block_on(async move {
+        let node = Node::open(pair, name)?;
+        let result = serve(node.clone()).await;
+        node.close()?;
+        tracing::info!(node = name, "stopped cleanly");
+        result
+    })
+}
+
+async fn serve(node: Arc<Node>) -> Result<(), Error> {
+    let control = bind(node.config.control, "control").await?;
+    let data = bind(node.config.data, "data").await?;
+    eprintln!(
+        "hotpair node {} ({}, epoch {}) control {} data {}",
+        node.name(),
+        node.role().name(),
+        node.meta().epoch,
+        node.config.control,
+        node.config.data
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::serve(node.clone(), control));
+    tasks.spawn(backend::serve(node.clone(), data));
+    if node.role() == Role::Backup {
+        tasks.spawn(follow::run(node.clone()));
+    }
+    wait_for_signal().await;
+    node.shutdown.send_replace(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(err)) = done {
+            tracing::warn!(%err, "task ended with an error during shutdown");
+        }
+    }
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr, port: &str) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Io { context: format!("binding the {port} port {address}"), source })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data behind the lock; a panicked holder leaves nothing half-done that matters more.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,61 @@
+//! What `hotpair status` shows for one node, as the JSON object INTERFACE.md promises.
+
+use serde_json::{json, Value};
+
+use super::Node;
+use crate::meta::Role;
+
+pub fn node_status(node: &Node) -> Value {
+    let meta = node.meta();
+    let role = node.role();
+    let peer = node.peer.borrow().clone();
+    let now = crate::clock::now_ms();
+    let (lsn, received_lsn, digest, lag_records) = match role {
+        Role::Primary | Role::Draining => {
+            let last = node.pipeline().map_or(node.last_lsn(), |p| p.last_lsn());
+            let digest = node.pipeline().map_or(node.store.position().digest, |p| p.digest());
+            (last, node.local.last_lsn().unwrap_or(0), digest, last.saturating_sub(peer.applied_lsn))
+        }
+        _ => {
+            let position = node.store.position();
+            let received = node.remote.last_lsn().unwrap_or(0);
+            (position.applied_lsn, received, position.digest, peer.peer_last_lsn.saturating_sub(position.applied_lsn))
+        }
+    };
+    let diverged = *super::lock(&node.diverged_at);
+    let (local_journal, remote_journal) = match role {
+        Role::Primary | Role::Draining => ("active", "dormant"),
+        _ if diverged.is_some() => ("dormant", "diverged"),
+        _ if peer.connected && lag_records > 0 => ("dormant", "catching-up"),
+        _ => ("dormant", "active"),
+    };
+    json!({
+        "reachable": true,
+        "node": node.name(),
+        "role": role.name(),
+        "epoch": meta.epoch,
+        "lsn": lsn,
+        "received_lsn": received_lsn,
+        "durable_lsn": if role == Role::Primary { node.local.durable_lsn() } else { node.remote.durable_lsn() },
+        "digest": digest.to_hex(),
+        "sync": node.pair.sync.name(),
+        "lag_records": lag_records,
+        "lag_ms": if lag_records == 0 || peer.last_heard_ms == 0 { 0 } else { now.saturating_sub(peer.last_heard_ms) },
+        "local_journal": local_journal,
+        "remote_journal": remote_journal,
+        "diverged_at": diverged,
+        "replicating": *node.replicating.borrow(),
+        "peer": {
+            "name": node.peer_config.name,
+            "connected": peer.connected,
+            "received_lsn": peer.received_lsn,
+            "durable_lsn": peer.durable_lsn,
+            "applied_lsn": peer.applied_lsn,
+            "last_heartbeat_ms_ago": if peer.last_heard_ms == 0 { Value::Null } else { json!(now.saturating_sub(peer.last_heard_ms)) },
+            "heartbeat_gaps": peer.heartbeat_gaps,
+        },
+        "writes": node.pipeline().map(|p| match p.refusing() { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true}) }),
+        "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
+        "incidents": [],
+    })
+}

@@ -1,0 +1,359 @@
+//! Replication between the two nodes: the primary ships its durable journal records, the
+//! backup keeps them byte for byte in its remote journal, applies the durable ones and
+//! acknowledges how far it got.
+//!
+//! ## Job
+//! - [`ship`] runs on the primary for one connected backup, after the handshake (done by the
+//!   node, which owns the metadata): catch-up from the journal files, then the live tail from
+//!   memory, heartbeats, and the backup's acks published as [`PeerState`].
+//! - [`follow`] runs on the backup for one connection: writes received frames into the remote
+//!   journal, queues them for the applier, and acks received / durable / applied LSNs.
+//!
+//! ## Invariants
+//! - Only records that are durable in the primary's local journal are shipped: a backup never
+//!   holds a record its primary could still lose in a crash.
+//! - Records go out in LSN order with no gap and no duplicate, across the hand-over from files to
+//!   memory: one cursor (`next`) decides both.
+//! - The backup refuses a record whose LSN is not the next one (its journal checks) and checks
+//!   every record's CRC before keeping it; a bad frame ends the connection, never the node.
+//! - Heartbeats carry a sequence number; a gap is counted and logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::applier::Applier;
+use crate::digest::Digest;
+use crate::journal::{format, Epoch, Journal, JournalError, JournalReader, Lsn};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::wire::{self, Envelope, Frame, Message, WireError, BATCH_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("applier stopped: {0}")]
+    Applier(String),
+}
+
+/// What one node knows of the other's progress and liveness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerState {
+    pub connected: bool,
+    /// When `connected` last changed.
+    pub since: Instant,
+    pub received_lsn: Lsn,
+    pub durable_lsn: Lsn,
+    pub applied_lsn: Lsn,
+    pub applied_digest: Digest,
+    /// Wall-clock ms of the last message heard.
+    pub last_heard_ms: u64,
+    /// The peer's last LSN as of its last heartbeat (the primary's, on a backup).
+    pub peer_last_lsn: Lsn,
+    /// Heartbeat sequence numbers that never arrived.
+    pub heartbeat_gaps: u64,
+}
+
+impl Default for PeerState {
+    fn default() -> Self {
+        PeerState {
+            connected: false,
+            since: Instant::now(),
+            received_lsn: 0,
+            durable_lsn: 0,
+            applied_lsn: 0,
+            applied_digest: Digest::EMPTY,
+            last_heard_ms: 0,
+            peer_last_lsn: 0,
+            heartbeat_gaps: 0,
+        }
+    }
+}
+
+/// Marks the peer connected or not (and when that changed), keeping its last known positions.
+pub fn set_connected(peer: &watch::Sender<PeerState>, connected: bool) {
+    peer.send_modify(|state| {
+        if state.connected != connected {
+            state.connected = connected;
+            state.since = Instant::now();
+        }
+    });
+}
+
+/// Tracks heartbeat sequence numbers from one peer.
+#[derive(Default)]
+struct HeartbeatTracker {
+    last_seq: Option<u64>,
+}
+
+impl HeartbeatTracker {
+    /// Returns how many heartbeats were skipped before `seq`.
+    fn observe(&mut self, seq: u64) -> u64 {
+        let gap = match self.last_seq {
+            Some(last) if seq > last + 1 => seq - last - 1,
+            _ => 0,
+        };
+        self.last_seq = Some(seq);
+        gap
+    }
+}
+
+/// What the primary needs to ship to one backup.
+pub struct ShipContext {
+    pub name: String,
+    pub epoch: Epoch,
+    pub journal: Journal,
+    pub pipeline: Arc<Pipeline>,
+    pub peer: watch::Sender<PeerState>,
+    pub heartbeat: Duration,
+}
+
+/// Ships records from `start_lsn` on until the connection ends or `stop` turns true.
+pub async fn ship<S>(stream: S, ctx: ShipContext, start_lsn: Lsn, mut stop: watch::Receiver<bool>) -> Result<(), ReplicationError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let peer = ctx.peer.clone();
+    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer).await });
+    let mut durable = ctx.journal.subscribe_durable();
+    let mut ticker = tokio::time::interval(ctx.heartbeat);
+    let mut next = start_lsn;
+    let mut files: Option<std::iter::Peekable<JournalReader>> = None;
+    let mut seq = 0u64;
+    let result = loop {
+        let durable_lsn = *durable.borrow_and_update();
+        if next <= durable_lsn {
+            match next_batch(&ctx, &mut files, next, durable_lsn) {
+                Ok((batch, last)) => {
+                    if let Err(err) = wire::write_frame(&mut writer, &Frame::Records(batch)).await {
+                        break Err(err.into());
+                    }
+                    next = last + 1;
+                    continue;
+                }
+                Err(err) => break Err(err),
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+            ended = &mut acks => break ended.unwrap_or_else(|e| Err(ReplicationError::Protocol(format!("ack reader failed: {e}")))),
+            _ = durable.changed() => {}
+            _ = ticker.tick() => {
+                seq += 1;
+                let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn };
+                let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message: heartbeat };
+                if let Err(err) = wire::write_frame(&mut writer, &Frame::Message(envelope)).await {
+                    break Err(err.into());
+                }
+            }
+        }
+    };
+    acks.abort();
+    result
+}
+
+/// The next batch of frames `next..=until`: from memory when the live tail holds them, else
+/// from the journal files through a reader kept across batches (each segment is read once).
+fn next_batch(
+    ctx: &ShipContext,
+    files: &mut Option<std::iter::Peekable<JournalReader>>,
+    next: Lsn,
+    until: Lsn,
+) -> Result<(Vec<u8>, Lsn), ReplicationError> {
+    if let Some(batch) = ctx.pipeline.recent_frames(next, until, BATCH_BYTES) {
+        *files = None;
+        return Ok(batch);
+    }
+    if files.as_mut().and_then(|f| f.peek()).is_none_or(|e| e.as_ref().is_ok_and(|e| e.record.lsn != next)) {
+        *files = Some(ctx.journal.read_from(next)?.peekable());
+    }
+    let reader = files.as_mut().ok_or_else(|| ReplicationError::Protocol("no journal reader".into()))?;
+    let mut batch = Vec::new();
+    let mut last = next - 1;
+    while let Some(entry) = reader.next_if(|e| e.as_ref().map_or(true, |e| e.record.lsn <= until)) {
+        let entry = entry?;
+        batch.extend_from_slice(&entry.frame);
+        last = entry.record.lsn;
+        if batch.len() >= BATCH_BYTES {
+            break;
+        }
+    }
+    if last < next {
+        return Err(ReplicationError::Journal(JournalError::Missing { lsn: next }));
+    }
+    Ok((batch, last))
+}
+
+async fn read_acks<R: AsyncRead + Unpin>(reader: &mut R, peer: &watch::Sender<PeerState>) -> Result<(), ReplicationError> {
+    let mut heartbeats = HeartbeatTracker::default();
+    loop {
+        let Some(frame) = wire::read_frame(reader).await? else {
+            return Ok(());
+        };
+        let Frame::Message(envelope) = frame else {
+            return Err(ReplicationError::Protocol("a backup sent records".into()));
+        };
+        let now = crate::clock::now_ms();
+        match envelope.message {
+            Message::Ack { received_lsn, durable_lsn, applied_lsn, digest } => peer.send_modify(|s| {
+                s.received_lsn = s.received_lsn.max(received_lsn);
+                s.durable_lsn = s.durable_lsn.max(durable_lsn);
+                s.applied_lsn = s.applied_lsn.max(applied_lsn);
+                s.applied_digest = digest;
+                s.last_heard_ms = now;
+            }),
+            Message::Heartbeat { seq, last_lsn, .. } => {
+                let gap = heartbeats.observe(seq);
+                if gap > 0 {
+                    tracing::warn!(gap, "heartbeats from the backup went missing");
+                }
+                peer.send_modify(|s| {
+                    s.heartbeat_gaps += gap;
+                    s.last_heard_ms = now;
+                    s.peer_last_lsn = last_lsn;
+                });
+            }
+            other => return Err(ReplicationError::Protocol(format!("unexpected message from the backup: {other:?}"))),
+        }
+    }
+}
+
+/// What the backup needs to follow its primary.
+pub struct FollowContext {
+    pub name: String,
+    pub epoch: Epoch,
+    pub remote: Journal,
+    pub store: Arc<Store>,
+    pub applier: Arc<Applier>,
+    /// The primary as this backup sees it: link state, its last LSN, and our own progress.
+    pub primary: watch::Sender<PeerState>,
+    pub heartbeat: Duration,
+}
+
+/// Receives records after a successful handshake until the connection ends or `stop` is true.
+pub async fn follow<S>(stream: S, ctx: &FollowContext, mut stop: watch::Receiver<bool>) -> Result<(), ReplicationError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Result<Option<Frame>, WireError>>(4);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let frame = wire::read_frame(&mut reader).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut durable = ctx.remote.subscribe_durable();
+    let mut applied = ctx.applier.subscribe();
+    let mut ticker = tokio::time::interval(ctx.heartbeat);
+    let mut heartbeats = HeartbeatTracker::default();
+    let mut received = ctx.remote.last_lsn().unwrap_or(0);
+    let mut seq = 0u64;
+    let mut sent: Option<(Lsn, Lsn, Lsn)> = None;
+    let result = loop {
+        let progress = (received, *durable.borrow_and_update(), *applied.borrow_and_update());
+        if sent != Some(progress) {
+            let digest = ctx.store.position().digest;
+            let ack = Message::Ack { received_lsn: progress.0, durable_lsn: progress.1, applied_lsn: progress.2, digest };
+            if let Err(err) = send(&mut writer, ctx, ack).await {
+                break Err(err);
+            }
+            ctx.primary.send_modify(|s| {
+                (s.received_lsn, s.durable_lsn, s.applied_lsn, s.applied_digest) = (progress.0, progress.1, progress.2, digest)
+            });
+            sent = Some(progress);
+        }
+        if let Some(reason) = ctx.applier.failure() {
+            break Err(ReplicationError::Applier(reason));
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+            frame = frames.recv() => match frame {
+                Some(Ok(Some(Frame::Records(bytes)))) => match keep_records(ctx, &bytes) {
+                    Ok(Some(last)) => received = last,
+                    Ok(None) => {}
+                    Err(err) => break Err(err),
+                },
+                Some(Ok(Some(Frame::Message(envelope)))) => match envelope.message {
+                    Message::Heartbeat { seq, last_lsn, .. } => {
+                        let gap = heartbeats.observe(seq);
+                        if gap > 0 {
+                            tracing::warn!(gap, "heartbeats from the primary went missing");
+                        }
+                        let now = crate::clock::now_ms();
+                        ctx.primary.send_modify(|s| { s.heartbeat_gaps += gap; s.last_heard_ms = now; s.peer_last_lsn = last_lsn; });
+                    }
+                    other => break Err(ReplicationError::Protocol(format!("unexpected message from the primary: {other:?}"))),
+                },
+                Some(Ok(None)) | None => break Ok(()),
+                Some(Err(err)) => break Err(err.into()),
+            },
+            _ = durable.changed() => {}
+            _ = applied.changed() => {}
+            _ = ticker.tick() => {
+                seq += 1;
+                let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received };
+                if let Err(err) = send(&mut writer, ctx, heartbeat).await {
+                    break Err(err);
+                }
+            }
+        }
+    };
+    read_task.abort();
+    result
+}
+
+async fn send<W: AsyncWrite + Unpin>(writer: &mut W, ctx: &FollowContext, message: Message) -> Result<(), ReplicationError> {
+    let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message };
+    Ok(wire::write_frame(writer, &Frame::Message(envelope)).await?)
+}
+
+/// Checks, keeps (remote journal) and queues (applier) every record of a batch. Returns the last
+/// LSN kept. Records at or below what we already hold are skipped (a resent tail after a
+/// reconnect); anything else out of order is refused by the journal.
+fn keep_records(ctx: &FollowContext, bytes: &[u8]) -> Result<Option<Lsn>, ReplicationError> {
+    let mut pos = 0;
+    let mut last = None;
+    while pos < bytes.len() {
+        let (record, used) = format::decode_record(&bytes[pos..]).map_err(|err| {
+            ReplicationError::Protocol(format!("record at byte {pos} of a batch is not valid: {err:?}"))
+        })?;
+        let frame = &bytes[pos..pos + used];
+        pos += used;
+        if ctx.remote.last_lsn().is_some_and(|held| record.lsn <= held) {
+            continue;
+        }
+        ctx.remote.append_frame(frame)?;
+        last = Some(record.lsn);
+        ctx.applier.submit(record).map_err(ReplicationError::Applier)?;
+    }
+    Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_gaps_are_counted() {
+        let mut tracker = HeartbeatTracker::default();
+        assert_eq!(tracker.observe(1), 0);
+        assert_eq!(tracker.observe(2), 0);
+        assert_eq!(tracker.observe(5), 2);
+        assert_eq!(tracker.observe(5), 0);
+    }
+}
