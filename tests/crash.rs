@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hotpair::demo::{crash_record, crash_test_identity, CRASH_TEST_SEGMENT_BYTES};
 use hotpair::journal::format::encode_record;
-use hotpair::journal::{Journal, JournalOptions, Lsn};
+use hotpair::journal::{segment, Journal, JournalOptions, Lsn};
 
 const ROUNDS: u32 = 25;
 const COMMITTERS: &str = "8";
@@ -168,13 +168,7 @@ fn kill(mut running: Running, context: &str) -> (Vec<Lsn>, String) {
 }
 
 fn last_segment(dir: &Path) -> Option<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "hpj"))
-        .collect();
-    files.sort();
-    files.pop()
+    segment::list(dir).unwrap().pop().map(|(_, path)| path)
 }
 
 /// A torn tail left on purpose, and where it starts.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hotpair::journal::format::{encode_record, FRAME_HEADER_LEN, MAX_RECORD_BODY, SEGMENT_HEADER_LEN};
 use hotpair::journal::reader::read_header;
-use hotpair::journal::segment::file_name;
+use hotpair::journal::segment::{self, file_name};
 use hotpair::journal::{
     Journal, JournalEntry, JournalError, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
 };
@@ -72,14 +72,9 @@ fn lsns(entries: &[JournalEntry]) -> Vec<Lsn> {
     entries.iter().map(|e| e.record.lsn).collect()
 }
 
+/// The segment files of `dir` in LSN order, as the journal itself lists them.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "hpj"))
-        .collect();
-    files.sort();
-    files
+    segment::list(dir).unwrap().into_iter().map(|(_, path)| path).collect()
 }
 
 fn copy_journal(from: &Path, to: &Path) {
