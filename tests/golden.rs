@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use hotpair::journal::{
-    read_dir_from, HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
+    read_dir_from, segment, HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record,
+    RecordBody,
 };
 use hotpair::Digest;
 
@@ -115,14 +116,9 @@ fn write_golden(dir: &Path) {
     journal.sync_to(journal.last_lsn().unwrap()).unwrap();
 }
 
+/// The segment files of `dir` in LSN order, as the journal itself lists them.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "hpj"))
-        .collect();
-    files.sort();
-    files
+    segment::list(dir).unwrap().into_iter().map(|(_, path)| path).collect()
 }
 
 fn dump_json(dir: &Path) -> String {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hotpair::journal::format::{encode_record, FRAME_HEADER_LEN, MAX_RECORD_BODY, SEGMENT_HEADER_LEN};
 use hotpair::journal::reader::read_header;
-use hotpair::journal::segment::file_name;
+use hotpair::journal::segment::{self, file_name};
 use hotpair::journal::{
     Journal, JournalEntry, JournalError, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
 };
@@ -72,14 +72,9 @@ fn lsns(entries: &[JournalEntry]) -> Vec<Lsn> {
     entries.iter().map(|e| e.record.lsn).collect()
 }
 
+/// The segment files of `dir` in LSN order, as the journal itself lists them.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "hpj"))
-        .collect();
-    files.sort();
-    files
+    segment::list(dir).unwrap().into_iter().map(|(_, path)| path).collect()
 }
 
 fn copy_journal(from: &Path, to: &Path) {
@@ -613,20 +608,22 @@ fn out_of_sequence_and_oversized_records_are_refused_and_harmless() {
     journal.append(&record(1)).unwrap();
     assert!(matches!(journal.append(&record(3)), Err(JournalError::OutOfSequence { expected: 2, got: 3 })));
     assert!(matches!(journal.append(&record(1)), Err(JournalError::OutOfSequence { expected: 2, got: 1 })));
+    // A body one byte over the limit: 41 fixed bytes, op count 4, flags 1, key 4 + 3, value 4 + v.
+    let over = MAX_RECORD_BODY + 1 - (41 + 4 + 1 + 4 + 3 + 4);
     let huge = Record {
-        body: RecordBody::Txn {
-            ops: vec![Op { key: b"big".to_vec(), before: None, after: Some(vec![0u8; MAX_RECORD_BODY]) }],
-        },
+        body: RecordBody::Txn { ops: vec![Op { key: b"big".to_vec(), before: None, after: Some(vec![0u8; over]) }] },
         ..record(2)
     };
+    assert_eq!(hotpair::journal::format::encoded_len(&huge), FRAME_HEADER_LEN + MAX_RECORD_BODY + 1);
     match journal.append(&huge) {
-        Err(err @ JournalError::RecordTooLarge { .. }) => {
+        Err(err @ JournalError::RecordTooLarge { size, max }) => {
+            assert_eq!((size, max), (FRAME_HEADER_LEN + MAX_RECORD_BODY + 1, MAX_RECORD_BODY));
             assert!(!err.is_fatal());
             assert!(err.to_string().contains(&MAX_RECORD_BODY.to_string()), "{err}");
         }
         other => panic!("expected RecordTooLarge, got {other:?}"),
     }
-    // One byte under the limit is fine in the format; the journal still works after the refusals.
+    // Nothing was written, and the journal still takes the right LSN after the refusals.
     journal.append(&record(2)).unwrap();
     journal.sync_to(2).unwrap();
     assert_eq!(lsns(&entries(&journal, 1)), vec![1, 2]);
@@ -838,6 +835,36 @@ fn cli_dump_json_prints_one_object_per_record() {
     let out = hotpair(&["journal", "dump", arg(dir.path())]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout).lines().filter(|l| l.starts_with("lsn=")).count() as u64, RECORDS);
+}
+
+#[test]
+fn cli_takes_a_node_data_directory_with_both_journals() {
+    let data = tempfile::tempdir().unwrap();
+    let local = data.path().join("journal").join("local");
+    let remote = data.path().join("journal").join("remote");
+    write_journal(&local, 12);
+    let (copy, _) =
+        Journal::open(&remote, JournalIdentity { kind: JournalKind::Remote, ..identity() }, options()).unwrap();
+    for entry in entries(&open(&local).0, 1).iter().take(7) {
+        copy.append_frame(&entry.frame).unwrap();
+    }
+    copy.sync_to(7).unwrap();
+    drop(copy);
+    let out = hotpair(&["journal", "verify", arg(data.path())]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("local journal") && stdout.contains("12 records, LSN 1..12"), "{stdout}");
+    assert!(stdout.contains("remote journal") && stdout.contains("7 records, LSN 1..7"), "{stdout}");
+    let out = hotpair(&["journal", "dump", "--json", arg(data.path())]);
+    let labels: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["journal"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(labels.iter().filter(|l| *l == "local").count(), 12);
+    assert_eq!(labels.iter().filter(|l| *l == "remote").count(), 7);
+    let out = hotpair(&["journal", "ls", "--json", arg(data.path())]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
 }
 
 #[test]
