@@ -117,7 +117,12 @@ pub struct ShipContext {
 }
 
 /// Ships records from `start_lsn` on until the connection ends or `stop` turns true.
-pub async fn ship<S>(stream: S, ctx: ShipContext, start_lsn: Lsn, mut stop: watch::Receiver<bool>) -> Result<(), ReplicationError>
+pub async fn ship<S>(
+    stream: S,
+    ctx: ShipContext,
+    start_lsn: Lsn,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -194,7 +199,10 @@ fn next_batch(
     Ok((batch, last))
 }
 
-async fn read_acks<R: AsyncRead + Unpin>(reader: &mut R, peer: &watch::Sender<PeerState>) -> Result<(), ReplicationError> {
+async fn read_acks<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    peer: &watch::Sender<PeerState>,
+) -> Result<(), ReplicationError> {
     let mut heartbeats = HeartbeatTracker::default();
     loop {
         let Some(frame) = wire::read_frame(reader).await? else {
@@ -267,12 +275,14 @@ where
         let progress = (received, *durable.borrow_and_update(), *applied.borrow_and_update());
         if sent != Some(progress) {
             let digest = ctx.store.position().digest;
-            let ack = Message::Ack { received_lsn: progress.0, durable_lsn: progress.1, applied_lsn: progress.2, digest };
+            let ack =
+                Message::Ack { received_lsn: progress.0, durable_lsn: progress.1, applied_lsn: progress.2, digest };
             if let Err(err) = send(&mut writer, ctx, ack).await {
                 break Err(err);
             }
             ctx.primary.send_modify(|s| {
-                (s.received_lsn, s.durable_lsn, s.applied_lsn, s.applied_digest) = (progress.0, progress.1, progress.2, digest)
+                (s.received_lsn, s.durable_lsn, s.applied_lsn, s.applied_digest) =
+                    (progress.0, progress.1, progress.2, digest)
             });
             sent = Some(progress);
         }
@@ -317,7 +327,11 @@ where
     result
 }
 
-async fn send<W: AsyncWrite + Unpin>(writer: &mut W, ctx: &FollowContext, message: Message) -> Result<(), ReplicationError> {
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    ctx: &FollowContext,
+    message: Message,
+) -> Result<(), ReplicationError> {
     let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message };
     Ok(wire::write_frame(writer, &Frame::Message(envelope)).await?)
 }

@@ -35,6 +35,8 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Buffered bytes past which an append writes the buffer out itself rather than leave it to the
 /// flusher, so that memory stays bounded under a burst.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
+/// Longest pause the flusher takes between fsyncs to let active committers join the next one.
+const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Who owns a journal: every segment header must match, or the journal refuses to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +145,8 @@ impl Journal {
         }
         create_dir_durably(dir)?;
         let (segments, recovery) = recover(dir, &identity)?;
-        let last_lsn = segments.iter().rev().find_map(|s| s.last_lsn);
         let next_lsn = segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
+        let last_lsn = last_of(&segments, next_lsn);
         let active = match segments.last() {
             Some(seg) => Some(Arc::new(
                 OpenOptions::new()
@@ -154,6 +156,11 @@ impl Journal {
             )),
             None => None,
         };
+        // Bytes a killed process left in the page cache are in the file but not yet on disk:
+        // make them durable before calling them durable.
+        if let (Some(file), Some(seg)) = (&active, segments.last()) {
+            io(&seg.path, file.sync_data())?;
+        }
         let durable = last_lsn.unwrap_or(0);
         let (durable_tx, _) = watch::channel(durable);
         let inner = Arc::new(Inner {
@@ -262,7 +269,6 @@ impl Journal {
             if state.last_lsn.is_none_or(|last| last < lsn) {
                 return Err(JournalError::NotAppended { lsn, last: state.last_lsn });
             }
-            self.inner.work.notify_one();
             state = self.inner.wait_durable(state);
         }
     }
@@ -345,8 +351,8 @@ impl Journal {
             break;
         }
         sync_dir(&self.inner.dir)?;
-        state.last_lsn = state.segments.iter().rev().find_map(|s| s.last_lsn);
         state.next_lsn = state.segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
+        state.last_lsn = last_of(&state.segments, state.next_lsn);
         let kept = state.last_lsn.unwrap_or(0);
         state.written_lsn = state.written_lsn.min(kept);
         state.durable_lsn = state.durable_lsn.min(kept);
@@ -536,6 +542,13 @@ impl Inner {
     }
 
     /// The flusher thread: write what was appended, fsync once, publish the durable LSN.
+    ///
+    /// After an fsync that covered more than one record (so several committers are active) the
+    /// flusher waits up to half that fsync's duration, capped at [`MAX_GATHER`], *without the
+    /// lock*, so that the committers it just released can append before the next fsync. Without
+    /// the pause they miss it and the committers split into two alternating halves, each fsync
+    /// carrying only half of them (measured: N/2 records per fsync at N committers). A lone
+    /// committer never pauses, so its latency stays one fsync.
     fn flush_loop(&self) {
         let mut state = self.lock();
         loop {
@@ -551,12 +564,15 @@ impl Inner {
                 continue;
             }
             let target = state.written_lsn;
+            let covered = target.saturating_sub(state.durable_lsn);
             let Some(file) = state.active.clone() else {
                 continue;
             };
             state.syncing = true;
             drop(state);
+            let started = std::time::Instant::now();
             let result = file.sync_data();
+            let took = started.elapsed();
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             state = self.lock();
             state.syncing = false;
@@ -572,8 +588,19 @@ impl Inner {
                 }
             }
             self.durable.notify_all();
+            if covered > 1 && state.failed.is_none() && !state.shutdown {
+                drop(state);
+                std::thread::sleep((took / 2).min(MAX_GATHER));
+                state = self.lock();
+            }
         }
     }
+}
+
+/// The last LSN a journal holds: its last record's, or — when trimming left only an empty
+/// active segment — the one before the LSN that segment waits for.
+fn last_of(segments: &[SegmentInfo], next_lsn: Option<Lsn>) -> Option<Lsn> {
+    segments.iter().rev().find_map(|s| s.last_lsn).or(next_lsn.map(|n| n - 1)).filter(|&l| l > 0)
 }
 
 /// Scans every segment of `dir`, checking identity and continuity, and cuts a torn tail of the

@@ -1,1 +1,3 @@
-pub async fn serve(_node: std::sync::Arc<super::Node>, _l: tokio::net::TcpListener) -> Result<(), crate::Error> { Ok(()) }
+pub async fn serve(_node: std::sync::Arc<super::Node>, _l: tokio::net::TcpListener) -> Result<(), crate::Error> {
+    Ok(())
+}

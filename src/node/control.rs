@@ -75,7 +75,11 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
             return Err("admin connection sent something other than an admin request".into());
         };
         let (ok, body) = handle_admin(&node, request);
-        let reply = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::AdminReply { ok, body } };
+        let reply = Envelope {
+            from: node.name().to_string(),
+            epoch: node.meta().epoch,
+            message: Message::AdminReply { ok, body },
+        };
         wire::write_frame(&mut stream, &Frame::Message(reply)).await.map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -111,7 +115,11 @@ where
         .await
         .map_err(|_| "peer sent no hello in time".to_string())?
         .map_err(|e| e.to_string())?;
-    let Some(Frame::Message(Envelope { from, epoch, message: Message::Hello { cluster, incarnation, history, last_lsn, .. } })) = first
+    let Some(Frame::Message(Envelope {
+        from,
+        epoch,
+        message: Message::Hello { cluster, incarnation, history, last_lsn, .. },
+    })) = first
     else {
         return Err("peer's first frame was not a hello".into());
     };
@@ -155,11 +163,14 @@ where
                 message: Message::Diverged { at_lsn, history: meta.history.clone() },
             };
             let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
-            return Err(format!("peer {from} diverged from our history after LSN {at_lsn}; it needs `hotpair rejoin {from}`"));
+            return Err(format!(
+                "peer {from} diverged from our history after LSN {at_lsn}; it needs `hotpair rejoin {from}`"
+            ));
         }
     };
     if node.session_active.swap(true, Ordering::SeqCst) {
-        let (reply, reason) = refuse(format!("a session for {from} is already active; a second live connection is refused")).await;
+        let (reply, reason) =
+            refuse(format!("a session for {from} is already active; a second live connection is refused")).await;
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     }
@@ -191,7 +202,13 @@ where
     result
 }
 
-fn check_hello(node: &Node, from: &str, epoch: u64, cluster: uuid::Uuid, incarnation: uuid::Uuid) -> Result<(), String> {
+fn check_hello(
+    node: &Node,
+    from: &str,
+    epoch: u64,
+    cluster: uuid::Uuid,
+    incarnation: uuid::Uuid,
+) -> Result<(), String> {
     if from != node.peer_config.name {
         return Err(format!("hello claims to be {from}, but the certificate is {}", node.peer_config.name));
     }
@@ -210,7 +227,8 @@ fn check_hello(node: &Node, from: &str, epoch: u64, cluster: uuid::Uuid, incarna
 /// A channel that turns true when the node shuts down, replication is stopped, or the role changes.
 fn stop_signal(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let (mut shutdown, mut replicating, mut role) = (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role());
+    let (mut shutdown, mut replicating, mut role) =
+        (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role());
     tokio::spawn(async move {
         loop {
             tokio::select! {

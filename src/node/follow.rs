@@ -87,7 +87,9 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector) -> Result<(), Strin
     wire::write_frame(&mut stream, &Frame::Message(hello)).await.map_err(|e| e.to_string())?;
     let reply = wire::read_frame(&mut stream).await.map_err(|e| e.to_string())?;
     match reply {
-        Some(Frame::Message(Envelope { epoch, message: Message::Welcome { start_lsn, history, last_lsn }, .. })) => {
+        Some(Frame::Message(Envelope {
+            epoch, message: Message::Welcome { start_lsn, history, last_lsn }, ..
+        })) => {
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
             *super::lock(&node.diverged_at) = None;
             tracing::info!(start_lsn, primary_last = last_lsn, "following the primary");
@@ -113,7 +115,9 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector) -> Result<(), Strin
             *super::lock(&node.diverged_at) = Some(at_lsn);
             Err(format!("our history left the primary's after LSN {at_lsn}; run `hotpair rejoin {}`", node.name()))
         }
-        Some(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => Err(format!("primary refused: {reason}")),
+        Some(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+            Err(format!("primary refused: {reason}"))
+        }
         Some(other) => Err(format!("unexpected answer to hello: {other:?}")),
         None => Err("primary closed the connection after hello".into()),
     }

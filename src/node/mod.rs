@@ -75,10 +75,16 @@ impl Node {
             )));
         }
         let identity = |kind| JournalIdentity { cluster: *pair.cluster.as_bytes(), node: name.to_string(), kind };
-        let (local, local_recovery) =
-            Journal::open(&journal_dir(&config.dir, JournalKind::Local), identity(JournalKind::Local), JournalOptions::default())?;
-        let (remote, remote_recovery) =
-            Journal::open(&journal_dir(&config.dir, JournalKind::Remote), identity(JournalKind::Remote), JournalOptions::default())?;
+        let (local, local_recovery) = Journal::open(
+            &journal_dir(&config.dir, JournalKind::Local),
+            identity(JournalKind::Local),
+            JournalOptions::default(),
+        )?;
+        let (remote, remote_recovery) = Journal::open(
+            &journal_dir(&config.dir, JournalKind::Remote),
+            identity(JournalKind::Remote),
+            JournalOptions::default(),
+        )?;
         for (kind, recovery) in [("local", &local_recovery), ("remote", &remote_recovery)] {
             if let Some((path, offset, bytes, reason)) = &recovery.cut {
                 tracing::warn!(journal = kind, path = %path.display(), offset, bytes, %reason, "cut a torn journal tail at open");
@@ -104,7 +110,13 @@ impl Node {
             shutdown: watch::channel(false).0,
         });
         let replayed = node.replay()?;
-        tracing::info!(node = name, role = role.name(), replayed, applied = node.store.position().applied_lsn, "node opened");
+        tracing::info!(
+            node = name,
+            role = role.name(),
+            replayed,
+            applied = node.store.position().applied_lsn,
+            "node opened"
+        );
         node.start_role()?;
         Ok(node)
     }
@@ -170,11 +182,15 @@ impl Node {
             Role::Primary => {
                 let fresh = self.last_lsn() == 0;
                 let meta = self.meta();
-                let pipeline = Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
+                let pipeline =
+                    Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
                 if fresh {
                     // A brand-new pair: the history starts the journal, and nobody can be ahead.
                     pipeline
-                        .append_control(crate::clock::now_ms(), RecordBody::EpochStart { history: meta.history.clone() })
+                        .append_control(
+                            crate::clock::now_ms(),
+                            RecordBody::EpochStart { history: meta.history.clone() },
+                        )
                         .map_err(|e| Error::Failed(e.to_string()))?;
                 } else {
                     pipeline.set_refusing(Some(format!(
@@ -187,7 +203,9 @@ impl Node {
             Role::Backup => {
                 *lock(&self.applier) = Some(Arc::new(Applier::start(self.remote.clone(), self.store.clone(), |_| {})));
             }
-            other => tracing::warn!(role = other.name(), "node starts in a role that takes no writes and follows nobody"),
+            other => {
+                tracing::warn!(role = other.name(), "node starts in a role that takes no writes and follows nobody")
+            }
         }
         Ok(())
     }
