@@ -13,6 +13,7 @@ pub mod digest;
 mod error;
 pub mod journal;
 pub mod meta;
+pub mod resp;
 pub mod store;
 pub mod tools;
 
