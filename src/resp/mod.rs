@@ -31,8 +31,10 @@
 //! RESP2 only: `HELLO` is refused with `-NOPROTO`, which RESP3 clients take as "fall back to RESP2".
 //! `SET` takes `EX`/`PX`; `NX`, `XX`, `GET`, `KEEPTTL`, `EXAT` and `PXAT` are refused by name.
 
+pub mod command;
 pub mod frame;
 pub mod limits;
 
+pub use command::{request_arguments, Command, CommandError, ConnectionCommand, Request};
 pub use frame::{encode, parse, Frame, ProtocolError, ProtocolErrorKind};
 pub use limits::Limits;
