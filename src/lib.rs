@@ -14,6 +14,7 @@ mod error;
 pub mod journal;
 pub mod meta;
 pub mod resp;
+pub mod server;
 pub mod store;
 pub mod tools;
 
