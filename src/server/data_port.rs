@@ -68,14 +68,20 @@ const CONFIG_PARAMETERS: &[(&str, &str)] = &[
 ];
 
 /// What executes commands: the node's commit pipeline, or a map in tests.
+///
+/// Contract: within one connection, `execute` is called for one command at a time, in request
+/// order; different connections call it concurrently. Shutdown waits for calls in flight, so
+/// each must end in bounded time (a write by `sync_timeout`, `WAIT` by its own timeout or a cap).
+/// The backend gets no connection context: `WAIT` means "everything committed so far", and
+/// `SET`'s `expire` is a time to live the primary turns into a deadline when it commits.
 pub trait DataBackend: Send + Sync + 'static {
     /// Executes one command; returns the reply. Errors are reply frames (-READONLY, -TRYAGAIN, -ERR …).
     fn execute(&self, command: Command) -> impl Future<Output = Frame> + Send;
 }
 
 /// Serves the data port on `listener` until `shutdown` completes, then waits for every
-/// connection to finish (see the module docs). Errors of single connections are logged, not
-/// returned.
+/// connection to finish (see the module docs). Errors of single connections and of `accept` are
+/// logged, not returned; today it always returns `Ok`.
 pub async fn serve(
     listener: TcpListener,
     backend: Arc<impl DataBackend>,
