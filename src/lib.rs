@@ -19,6 +19,8 @@ pub mod meta;
 pub mod node;
 pub mod pipeline;
 pub mod replication;
+pub mod resp;
+pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tools;
