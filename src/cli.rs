@@ -13,6 +13,9 @@ use crate::Error;
 #[derive(Debug, Parser)]
 #[command(name = "hotpair", version, about = "A hot-backup pair for a key-value database")]
 pub struct Cli {
+    /// The pair file (default: $HOTPAIR_PAIR, then ./pair.toml).
+    #[arg(long, global = true)]
+    pub pair: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,6 +35,26 @@ pub enum Command {
         /// When a commit is acknowledged: async, received, durable or applied.
         #[arg(long, default_value_t = SyncLevel::Durable)]
         sync: SyncLevel,
+    },
+    /// Runs one node in the foreground until SIGINT/SIGTERM (clean shutdown, journal synced).
+    Run {
+        /// The node's name in the pair file.
+        node: String,
+    },
+    /// Both nodes at a glance: role, epoch, LSNs, lag, sync level, journals, peer link.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start or stop shipping to the backup, or close the current journal segment.
+    Replicate {
+        #[arg(value_enum)]
+        action: ReplicateAction,
+        /// The node to ask (default: both for start/stop, the primary's pair-file name otherwise).
+        node: Option<String>,
     },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
@@ -63,6 +86,13 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         committers: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplicateAction {
+    Start,
+    Stop,
+    ReopenLog,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,7 +138,7 @@ pub enum BenchWhich {
 /// Runs a parsed command; prints errors as one sentence and returns the exit code.
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing();
-    match dispatch(cli.command) {
+    match dispatch(cli.pair, cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("hotpair: {err}");
@@ -123,8 +153,12 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-fn dispatch(command: Command) -> Result<u8, Error> {
+fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
+    let load_pair = || crate::config::PairConfig::load(&crate::config::PairConfig::locate(pair.as_deref()));
     match command {
+        Command::Run { node } => crate::node::run(load_pair()?, &node).map(|_| 0),
+        Command::Status { json, watch } => status(&load_pair()?, json, watch),
+        Command::Replicate { action, node } => replicate(&load_pair()?, action, node),
         Command::Init { dir, nodes, sync } => {
             let report = crate::init::init(&dir, &nodes, sync)?;
             print!("{}", report.text());
@@ -137,6 +171,49 @@ fn dispatch(command: Command) -> Result<u8, Error> {
         }
         Command::AppendLoop { dir, committers } => crate::demo::append_loop(&dir, committers).map(|_| 0),
     }
+}
+
+fn status(pair: &crate::config::PairConfig, json: bool, watch: bool) -> Result<u8, Error> {
+    loop {
+        let status = crate::admin::block_on(crate::admin::status(pair))?;
+        if json {
+            println!("{status}");
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", crate::admin::render_status(&status));
+        }
+        if !watch {
+            let all_reachable = status["nodes"].as_object().is_some_and(|n| n.values().all(|v| v["reachable"] == true));
+            return Ok(if all_reachable { 0 } else { 1 });
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+fn replicate(pair: &crate::config::PairConfig, action: ReplicateAction, node: Option<String>) -> Result<u8, Error> {
+    use crate::wire::AdminRequest;
+    let request = match action {
+        ReplicateAction::Start => AdminRequest::ReplicateStart,
+        ReplicateAction::Stop => AdminRequest::ReplicateStop,
+        ReplicateAction::ReopenLog => AdminRequest::ReopenLog,
+    };
+    let targets: Vec<String> = match node {
+        Some(node) => vec![node],
+        None => pair.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    let mut failed = false;
+    for target in targets {
+        match crate::admin::block_on(crate::admin::request(pair, &target, request.clone()))? {
+            Ok(body) => println!("{target}: {body}"),
+            Err(reason) => {
+                eprintln!("hotpair: {reason}");
+                failed = true;
+            }
+        }
+    }
+    Ok(u8::from(failed))
 }
 
 fn journal(action: JournalAction) -> Result<u8, Error> {

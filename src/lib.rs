@@ -5,6 +5,7 @@
 //! backup applies it. See `docs/architecture.md` for the map; each module opens with its job and
 //! its invariants.
 
+pub mod admin;
 pub mod applier;
 pub mod bench;
 pub mod cli;

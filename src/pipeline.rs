@@ -75,6 +75,8 @@ struct Writer {
     next_lsn: Lsn,
     epoch: Epoch,
     digest: Digest,
+    /// Keys after the last appended record (the store's count once everything is applied).
+    key_count: u64,
     /// `Some(reason)` while writes are refused (draining, fenced, awaiting the peer…).
     refusing: Option<String>,
 }
@@ -115,6 +117,7 @@ impl Pipeline {
     /// every durable record before `next_lsn` (see [`replay`]).
     pub fn start(journal: Journal, store: Arc<Store>, next_lsn: Lsn, epoch: Epoch) -> Pipeline {
         let digest = store.position().digest;
+        let key_count = store.position().key_count;
         let overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>> = Arc::new(Mutex::new(HashMap::new()));
         let applied_overlay = overlay.clone();
         // Once a record is in the store its writes leave the overlay — unless a later record
@@ -132,7 +135,7 @@ impl Pipeline {
         Pipeline {
             journal,
             store,
-            writer: Mutex::new(Writer { next_lsn, epoch, digest, refusing: None }),
+            writer: Mutex::new(Writer { next_lsn, epoch, digest, key_count, refusing: None }),
             overlay,
             applier,
             recent: Mutex::new(RecentFrames::default()),
@@ -159,6 +162,11 @@ impl Pipeline {
     /// The digest after the last appended record.
     pub fn digest(&self) -> Digest {
         lock(&self.writer).digest
+    }
+
+    /// Keys after the last appended record.
+    pub fn key_count(&self) -> u64 {
+        lock(&self.writer).key_count
     }
 
     /// A channel holding the LSN the store has applied.
@@ -206,6 +214,7 @@ impl Pipeline {
             return Ok((None, result));
         }
         let mut digest = writer.digest;
+        let mut key_count = writer.key_count;
         let mut seen: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
         let mut ops = Vec::with_capacity(writes.len());
         for (key, after) in &writes {
@@ -217,6 +226,11 @@ impl Pipeline {
                 },
             };
             digest = digest.updated(key, before.as_deref(), after.as_deref());
+            match (before.is_some(), after.is_some()) {
+                (false, true) => key_count += 1,
+                (true, false) => key_count -= 1,
+                _ => {}
+            }
             seen.insert(key, after.clone());
             ops.push(crate::journal::Op { key: key.clone(), before, after: after.clone() });
         }
@@ -235,6 +249,7 @@ impl Pipeline {
         drop(overlay);
         writer.next_lsn += 1;
         writer.digest = digest;
+        writer.key_count = key_count;
         let lsn = record.lsn;
         self.send_to_applier(record)?;
         Ok((Some(lsn), result))

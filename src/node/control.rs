@@ -183,6 +183,7 @@ where
         Ok(()) => {
             tracing::info!(peer = %from, start_lsn, "backup connected; shipping");
             replication::set_connected(&node.peer, true);
+            node.note_restored();
             let ctx = ShipContext {
                 name: node.name().to_string(),
                 epoch: meta.epoch,

@@ -57,6 +57,8 @@ pub struct Node {
     /// The remote journal's state as the follower last found it (`diverged` stops following).
     pub diverged_at: Mutex<Option<Lsn>>,
     pub shutdown: watch::Sender<bool>,
+    /// Set once commits were acknowledged without the peer (`on_peer_loss = degrade-after`).
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -108,6 +110,7 @@ impl Node {
             session_active: std::sync::atomic::AtomicBool::new(false),
             diverged_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
+            degraded: std::sync::atomic::AtomicBool::new(false),
         });
         let replayed = node.replay()?;
         tracing::info!(
@@ -222,6 +225,24 @@ impl Node {
         if let Err(err) = meta.save(&self.config.dir) {
             tracing::error!(%err, "could not persist the fenced role");
         }
+    }
+
+    /// Notes that a commit was acknowledged without the peer; logged loudly the first time.
+    pub fn note_degraded(&self) {
+        if !self.degraded.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::error!(peer = %self.peer_config.name, "INCIDENT sync level degraded: acknowledging commits without the peer (on_peer_loss = degrade-after)");
+        }
+    }
+
+    /// The peer is back: commits wait for it again.
+    pub fn note_restored(&self) {
+        if self.degraded.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(peer = %self.peer_config.name, "INCIDENT resolved: sync level restored, the peer is back");
+        }
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Takes the peer's confirmation that it is not ahead of our epoch: a restarted primary may

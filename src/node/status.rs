@@ -45,6 +45,7 @@ pub fn node_status(node: &Node) -> Value {
         "remote_journal": remote_journal,
         "diverged_at": diverged,
         "replicating": *node.replicating.borrow(),
+        "degraded": node.is_degraded(),
         "peer": {
             "name": node.peer_config.name,
             "connected": peer.connected,
