@@ -21,6 +21,7 @@ pub mod node;
 pub mod pipeline;
 pub mod replication;
 pub mod resp;
+pub mod role;
 pub mod server;
 pub mod store;
 pub mod tls;
