@@ -1,0 +1,448 @@
+//! A running pair of real `hotpair run` processes on 127.0.0.1, for end-to-end tests.
+//!
+//! [`Pair::start`] runs `hotpair init` in a temporary directory on free ports, optionally edits
+//! the pair file, spawns both nodes (stdout and stderr appended to `<node>.log` in that
+//! directory) and waits — by polling `hotpair status --json` against a deadline, never by
+//! sleeping — until both answer, the backup follows and the primary takes writes.
+//!
+//! Each `Pair` owns its ports, its directory and its children: tests are independent and may run
+//! in parallel. Dropping a `Pair` SIGKILLs whatever still runs; if the test is failing, the tail
+//! of each node's log is printed first, so a failure shows what the nodes said.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use hotpair::config::{PairConfig, SyncLevel};
+use serde_json::Value;
+
+/// Bound on every wait: a bug fails a test with a message instead of hanging it.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+/// Interval between two looks at a condition that is being waited for.
+pub const POLL: Duration = Duration::from_millis(20);
+/// Read and write timeout of the redis connections: a hung node fails the test.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(15);
+/// The primary and the backup of a fresh pair (the first node listed starts as primary).
+pub const PRIMARY: &str = "a";
+pub const BACKUP: &str = "b";
+/// Ports are picked below Linux's default ephemeral range (32768..), so that no outgoing
+/// connection of any process on the machine gets one as its source port meanwhile.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// Set this variable to keep each pair's directory (pair file, node logs, data) after the test.
+pub const KEEP_ENV: &str = "HOTPAIR_TEST_KEEP";
+/// Attempts at starting a pair when a node could not bind its ports (another process took one
+/// between our check and the node's bind).
+const START_ATTEMPTS: u32 = 3;
+
+/// What to change in the pair file `init` wrote (`None`: keep init's value).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub sync_timeout: Option<&'static str>,
+    pub on_peer_loss: Option<&'static str>,
+    pub heartbeat: Option<&'static str>,
+}
+
+pub struct Pair {
+    dir: tempfile::TempDir,
+    pub pair_file: PathBuf,
+    pub config: PairConfig,
+    children: HashMap<String, Child>,
+}
+
+impl Pair {
+    /// A fresh pair at `sync`, both nodes running and connected.
+    pub fn start(sync: SyncLevel) -> Pair {
+        Pair::start_with(sync, Options::default())
+    }
+
+    pub fn start_with(sync: SyncLevel, options: Options) -> Pair {
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut pair = Pair::init(sync, &options);
+            match pair.spawn_both() {
+                Ok(()) => {
+                    pair.wait_ready();
+                    return pair;
+                }
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("could not start a pair in {START_ATTEMPTS} attempts; last: {last_failure}");
+    }
+
+    fn init(sync: SyncLevel, options: &Options) -> Pair {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (a, b) = (free_control_port(), free_control_port());
+        let nodes = format!("{PRIMARY}=127.0.0.1:{a},{BACKUP}=127.0.0.1:{b}");
+        let out = Command::new(env!("CARGO_BIN_EXE_hotpair"))
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .args(["--nodes", &nodes, "--sync", sync.name()])
+            .output()
+            .expect("run hotpair init");
+        assert!(out.status.success(), "hotpair init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let pair_file = dir.path().join("pair.toml");
+        let mut text = std::fs::read_to_string(&pair_file).expect("read pair.toml");
+        for (key, value) in [
+            ("sync_timeout", options.sync_timeout),
+            ("on_peer_loss", options.on_peer_loss),
+            ("heartbeat", options.heartbeat),
+        ] {
+            if let Some(value) = value {
+                text = set_top_level_key(&text, key, value);
+            }
+        }
+        std::fs::write(&pair_file, text).expect("write pair.toml");
+        let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
+        Pair { dir, pair_file, config, children: HashMap::new() }
+    }
+
+    /// Spawns both nodes and waits until both answer `status`. `Err` if a node died at start
+    /// because its port was taken (the caller tries again on other ports).
+    fn spawn_both(&mut self) -> Result<(), String> {
+        for node in [PRIMARY, BACKUP] {
+            self.spawn(node);
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            for node in [PRIMARY, BACKUP] {
+                if let Some(status) = self.exited(node) {
+                    let log = self.log(node);
+                    if log.contains("binding the") {
+                        return Err(format!("{node} could not bind ({status}): {log}"));
+                    }
+                    panic!("node {node} exited at start ({status}):\n{log}");
+                }
+            }
+            let status = self.status();
+            if [PRIMARY, BACKUP].iter().all(|n| status["nodes"][n]["reachable"] == true) {
+                return Ok(());
+            }
+            assert!(Instant::now() < deadline, "the nodes did not answer status in time: {status}");
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts `node`'s process (it must not be running).
+    fn spawn(&mut self, node: &str) {
+        assert!(!self.children.contains_key(node), "{node} is already running");
+        let log_path = self.log_path(node);
+        let mut log = OpenOptions::new().create(true).append(true).open(&log_path).expect("open the node log");
+        let _ = writeln!(log, "===== hotpair run {node} =====");
+        let child = Command::new(env!("CARGO_BIN_EXE_hotpair"))
+            .arg("--pair")
+            .arg(&self.pair_file)
+            .args(["run", node])
+            .env("HOTPAIR_LOG", "hotpair=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn hotpair run");
+        self.children.insert(node.to_string(), child);
+    }
+
+    /// The exit status of `node` if its process has ended (it is then forgotten).
+    fn exited(&mut self, node: &str) -> Option<std::process::ExitStatus> {
+        let status = self.children.get_mut(node)?.try_wait().expect("try_wait")?;
+        self.children.remove(node);
+        Some(status)
+    }
+
+    /// Waits until both nodes answer, the backup's link to the primary is up, the primary sees
+    /// its backup and takes writes. Returns that status.
+    pub fn wait_ready(&mut self) -> Value {
+        self.wait_for("both nodes up, the backup connected, the primary accepting writes", |s| {
+            let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+            a["reachable"] == true
+                && b["reachable"] == true
+                && b["peer"]["connected"] == true
+                && a["peer"]["connected"] == true
+                && a["writes"]["accepting"] == true
+        })
+    }
+
+    /// Polls `status --json` until `condition` holds; panics with the last status and the logs
+    /// at the deadline, or as soon as a node that should be running has died.
+    pub fn wait_for(&mut self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let status = self.status();
+            if condition(&status) {
+                return status;
+            }
+            for node in [PRIMARY, BACKUP] {
+                if let Some(exit) = self.exited(node) {
+                    panic!("waiting for {what}: node {node} died ({exit})\nlast status: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "waiting for {what}: not within {DEADLINE:?}\nlast status: {status}");
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until the backup has applied everything the primary committed, then returns that
+    /// LSN after checking that both report the same digest there.
+    pub fn wait_caught_up(&mut self) -> u64 {
+        let status = self.wait_for("the backup at the primary's LSN", |s| {
+            let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+            a["reachable"] == true && b["reachable"] == true && a["lsn"].as_u64().is_some() && a["lsn"] == b["lsn"]
+        });
+        let (a, b) = (&status["nodes"][PRIMARY], &status["nodes"][BACKUP]);
+        assert_eq!(a["digest"], b["digest"], "same LSN {}, different digests: {status}", a["lsn"]);
+        a["lsn"].as_u64().expect("lsn is a number")
+    }
+
+    /// `hotpair status --json` for both nodes.
+    pub fn status(&self) -> Value {
+        let out = self.hotpair(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("status --json is not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), stderr(&out))
+        })
+    }
+
+    /// Runs `hotpair --pair <this pair> ARGS`.
+    pub fn hotpair(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hotpair"))
+            .arg("--pair")
+            .arg(&self.pair_file)
+            .args(args)
+            .output()
+            .expect("run hotpair")
+    }
+
+    /// Runs `hotpair --pair <this pair> ARGS` and checks it succeeded.
+    pub fn hotpair_ok(&self, args: &[&str]) -> String {
+        let out = self.hotpair(args);
+        assert!(out.status.success(), "hotpair {args:?} failed: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILL: the process gets no chance to sync or flush anything.
+    pub fn kill(&mut self, node: &str) {
+        let mut child = self.children.remove(node).unwrap_or_else(|| panic!("{node} is not running"));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap the killed node");
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0).
+    pub fn stop(&mut self, node: &str) {
+        self.signal(node, libc::SIGTERM);
+        let mut child = self.children.remove(node).unwrap_or_else(|| panic!("{node} is not running"));
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{node} did not stop within {DEADLINE:?} of SIGTERM:\n{}", self.log(node));
+            }
+            std::thread::sleep(POLL);
+        };
+        assert!(status.success(), "{node} exited with {status} after SIGTERM:\n{}", self.log(node));
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, and it answers nothing (a hung node,
+    /// or one cut off by a partition that drops packets).
+    pub fn pause(&mut self, node: &str) {
+        self.signal(node, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Pair::pause`].
+    pub fn resume(&mut self, node: &str) {
+        self.signal(node, libc::SIGCONT);
+    }
+
+    fn signal(&self, node: &str, signal: libc::c_int) {
+        let child = self.children.get(node).unwrap_or_else(|| panic!("{node} is not running"));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; the child is not reaped yet, so the pid is ours.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal} to {node}");
+    }
+
+    /// One node's status through the admin client (does not wait for the other node, which may
+    /// be paused: `status` would spend its whole timeout on it).
+    pub fn node_status(&self, node: &str) -> Value {
+        hotpair::admin::block_on(hotpair::admin::request(&self.config, node, hotpair::wire::AdminRequest::Status))
+            .expect("runtime")
+            .unwrap_or_else(|e| panic!("status of {node}: {e}"))
+    }
+
+    /// Polls one node's status until `condition` holds (see [`Pair::wait_for`]).
+    pub fn wait_for_node(&self, node: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let status = self.node_status(node);
+            if condition(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {what}: not within {DEADLINE:?}\nlast status of {node}: {status}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts `node` again on the same directory and waits until it answers `status` (not until
+    /// the pair is whole again: see [`Pair::wait_ready`]).
+    pub fn restart(&mut self, node: &str) {
+        self.spawn(node);
+        let node_name = node.to_string();
+        self.wait_for(&format!("{node} to answer after its restart"), |s| s["nodes"][&node_name]["reachable"] == true);
+    }
+
+    pub fn is_running(&self, node: &str) -> bool {
+        self.children.contains_key(node)
+    }
+
+    /// A redis client for `node`'s data port.
+    pub fn client(&self, node: &str) -> redis::Client {
+        redis::Client::open(format!("redis://{}/", self.data_address(node))).expect("redis URL")
+    }
+
+    /// A fresh connection to `node`'s data port, with timeouts.
+    pub fn redis(&self, node: &str) -> redis::Connection {
+        let connection =
+            self.client(node).get_connection_with_timeout(REDIS_TIMEOUT).expect("connect to the data port");
+        connection.set_read_timeout(Some(REDIS_TIMEOUT)).expect("read timeout");
+        connection.set_write_timeout(Some(REDIS_TIMEOUT)).expect("write timeout");
+        connection
+    }
+
+    pub fn data_address(&self, node: &str) -> SocketAddr {
+        self.config.node(node).expect("node of this pair").data
+    }
+
+    pub fn control_address(&self, node: &str) -> SocketAddr {
+        self.config.node(node).expect("node of this pair").control
+    }
+
+    /// The node's data directory (journals, store, meta).
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.config.node(node).expect("node of this pair").dir.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.log"))
+    }
+
+    /// Everything `node` wrote on stdout and stderr, over all its runs.
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os(KEEP_ENV).is_some() {
+            eprintln!("{KEEP_ENV}: keeping {}", self.dir.path().display());
+            // Leak the directory on purpose: the variable asks to look at it afterwards.
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temporary directory")).keep();
+        }
+        if std::thread::panicking() {
+            for node in [PRIMARY, BACKUP] {
+                let log = self.log(node);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("----- last lines of node {node}'s log -----");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// A control port P with P and P + 1 (the data port) both free on 127.0.0.1. Ports handed out
+/// are never handed out again by this process.
+pub fn free_control_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start where the process id points, so that test binaries running at the same time begin
+    // far apart; the bind check below catches the rest.
+    let span = PORTS.end - PORTS.start;
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(span / 2)) as u16 * 2,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span / 2 {
+        let offset = NEXT.fetch_add(2, Ordering::SeqCst) % span;
+        let port = PORTS.start + offset;
+        if port + 1 < PORTS.end && [port, port + 1].iter().all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports in {PORTS:?}");
+}
+
+/// Replaces the line `key = …` at the top level of a pair file.
+fn set_top_level_key(text: &str, key: &str, value: &str) -> String {
+    let prefix = format!("{key} =");
+    let mut found = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.starts_with(&prefix) {
+                found = true;
+                format!("{key} = \"{value}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    assert!(found, "pair.toml has no top-level `{key}` line:\n{text}");
+    lines.join("\n") + "\n"
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every record of a journal directory, through `hotpair journal dump PATH --json`.
+pub fn journal_dump(path: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_hotpair"))
+        .args(["journal", "dump"])
+        .arg(path)
+        .arg("--json")
+        .output()
+        .expect("run hotpair journal dump");
+    assert!(out.status.success(), "journal dump {} failed: {}", path.display(), stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("journal dump line is not JSON ({e}): {line}"))
+        })
+        .collect()
+}
+
+/// Bytes as `journal dump --json` prints them: a string when UTF-8, else `{"hex": "…"}`.
+pub fn dumped_bytes(value: &Value) -> Vec<u8> {
+    if let Some(text) = value.as_str() {
+        return text.as_bytes().to_vec();
+    }
+    let hex = value["hex"].as_str().unwrap_or_else(|| panic!("not dumped bytes: {value}"));
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit")).collect()
+}
+
+/// The client's value in a stored value (`hotpair::value` format: tag, optional expiry, data).
+pub fn client_value(stored: &[u8]) -> Vec<u8> {
+    hotpair::value::StoredValue::decode(stored).expect("a stored value").data
+}
