@@ -17,6 +17,13 @@
 //! - The backup refuses a record whose LSN is not the next one (its journal checks) and checks
 //!   every record's CRC before keeping it; a bad frame ends the connection, never the node.
 //! - Heartbeats carry a sequence number; a gap is counted and logged.
+//! - Each side ends the session when it has heard nothing from the other — no record, ack or
+//!   heartbeat — for [`silence_limit`] (a few heartbeat intervals), also while it is blocked
+//!   writing to a peer that has stopped reading. A hung peer, or a partition that drops packets,
+//!   keeps a TCP connection open for many minutes; without this the primary would go on
+//!   calling a vanished backup connected (so `degrade-after` never began, every write waited
+//!   out `sync_timeout`, and the backup's next hello was refused as a second session), and a
+//!   backup would wait forever on a vanished primary.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +49,47 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("applier stopped: {0}")]
     Applier(String),
+    #[error(
+        "nothing heard from the peer for {silent_ms} ms (no record, ack or heartbeat): it is gone, hung or cut off"
+    )]
+    Silent { silent_ms: u128 },
+}
+
+/// Heartbeat intervals without a word from the peer after which a session ends.
+pub const SILENT_HEARTBEATS: u32 = 10;
+/// A session never ends for silence sooner than this, however short the heartbeat: a loaded
+/// machine may delay a heartbeat or two, and a needless reconnect costs a blip of `connected`.
+pub const MIN_SILENCE: Duration = Duration::from_secs(1);
+
+/// How long a session may go without hearing from the peer (see the module invariants).
+pub fn silence_limit(heartbeat: Duration) -> Duration {
+    heartbeat.saturating_mul(SILENT_HEARTBEATS).max(MIN_SILENCE)
+}
+
+/// Resolves once nothing has been heard for `limit` (`heard` holds when the peer last spoke).
+async fn silence(heard: &watch::Receiver<Instant>, limit: Duration) -> ReplicationError {
+    loop {
+        let last = *heard.borrow();
+        let now = Instant::now();
+        if now >= last + limit {
+            return ReplicationError::Silent { silent_ms: (now - last).as_millis() };
+        }
+        tokio::time::sleep_until(last + limit).await;
+    }
+}
+
+/// Writes a frame, unless the peer falls silent first: a peer that stopped reading must not
+/// hold the session (and its `connected` state) in a write forever.
+async fn write_or_silence<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &Frame,
+    heard: &watch::Receiver<Instant>,
+    limit: Duration,
+) -> Result<(), ReplicationError> {
+    tokio::select! {
+        written = wire::write_frame(writer, frame) => Ok(written?),
+        silent = silence(heard, limit) => Err(silent),
+    }
 }
 
 /// What one node knows of the other's progress and liveness.
@@ -128,7 +176,9 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let peer = ctx.peer.clone();
-    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer).await });
+    let (heard_tx, heard) = watch::channel(Instant::now());
+    let limit = silence_limit(ctx.heartbeat);
+    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx).await });
     let mut durable = ctx.journal.subscribe_durable();
     let mut ticker = tokio::time::interval(ctx.heartbeat);
     let mut next = start_lsn;
@@ -139,8 +189,8 @@ where
         if next <= durable_lsn {
             match next_batch(&ctx, &mut files, next, durable_lsn) {
                 Ok((batch, last)) => {
-                    if let Err(err) = wire::write_frame(&mut writer, &Frame::Records(batch)).await {
-                        break Err(err.into());
+                    if let Err(err) = write_or_silence(&mut writer, &Frame::Records(batch), &heard, limit).await {
+                        break Err(err);
                     }
                     next = last + 1;
                     continue;
@@ -152,13 +202,14 @@ where
             biased;
             _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             ended = &mut acks => break ended.unwrap_or_else(|e| Err(ReplicationError::Protocol(format!("ack reader failed: {e}")))),
+            silent = silence(&heard, limit) => break Err(silent),
             _ = durable.changed() => {}
             _ = ticker.tick() => {
                 seq += 1;
                 let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn };
                 let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message: heartbeat };
-                if let Err(err) = wire::write_frame(&mut writer, &Frame::Message(envelope)).await {
-                    break Err(err.into());
+                if let Err(err) = write_or_silence(&mut writer, &Frame::Message(envelope), &heard, limit).await {
+                    break Err(err);
                 }
             }
         }
@@ -202,12 +253,14 @@ fn next_batch(
 async fn read_acks<R: AsyncRead + Unpin>(
     reader: &mut R,
     peer: &watch::Sender<PeerState>,
+    heard: &watch::Sender<Instant>,
 ) -> Result<(), ReplicationError> {
     let mut heartbeats = HeartbeatTracker::default();
     loop {
         let Some(frame) = wire::read_frame(reader).await? else {
             return Ok(());
         };
+        heard.send_replace(Instant::now());
         let Frame::Message(envelope) = frame else {
             return Err(ReplicationError::Protocol("a backup sent records".into()));
         };
@@ -255,9 +308,12 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Result<Option<Frame>, WireError>>(4);
+    let (heard_tx, heard) = watch::channel(Instant::now());
+    let limit = silence_limit(ctx.heartbeat);
     let read_task = tokio::spawn(async move {
         loop {
             let frame = wire::read_frame(&mut reader).await;
+            heard_tx.send_replace(Instant::now());
             let end = !matches!(frame, Ok(Some(_)));
             if frames_tx.send(frame).await.is_err() || end {
                 return;
@@ -277,7 +333,7 @@ where
             let digest = ctx.store.position().digest;
             let ack =
                 Message::Ack { received_lsn: progress.0, durable_lsn: progress.1, applied_lsn: progress.2, digest };
-            if let Err(err) = send(&mut writer, ctx, ack).await {
+            if let Err(err) = send(&mut writer, ctx, ack, &heard, limit).await {
                 break Err(err);
             }
             ctx.primary.send_modify(|s| {
@@ -312,12 +368,13 @@ where
                 Some(Ok(None)) | None => break Ok(()),
                 Some(Err(err)) => break Err(err.into()),
             },
+            silent = silence(&heard, limit) => break Err(silent),
             _ = durable.changed() => {}
             _ = applied.changed() => {}
             _ = ticker.tick() => {
                 seq += 1;
                 let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received };
-                if let Err(err) = send(&mut writer, ctx, heartbeat).await {
+                if let Err(err) = send(&mut writer, ctx, heartbeat, &heard, limit).await {
                     break Err(err);
                 }
             }
@@ -331,9 +388,11 @@ async fn send<W: AsyncWrite + Unpin>(
     writer: &mut W,
     ctx: &FollowContext,
     message: Message,
+    heard: &watch::Receiver<Instant>,
+    limit: Duration,
 ) -> Result<(), ReplicationError> {
     let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message };
-    Ok(wire::write_frame(writer, &Frame::Message(envelope)).await?)
+    write_or_silence(writer, &Frame::Message(envelope), heard, limit).await
 }
 
 /// Checks, keeps (remote journal) and queues (applier) every record of a batch. Returns the last

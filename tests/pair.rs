@@ -683,3 +683,40 @@ fn restarted_backup_resumes_from_its_durable_position_under_load() {
     assert_eq!(starts, [1, torn], "where b started following, run by run (it tore LSN {torn})");
     assert!(log.contains("cut a torn journal tail at open"), "the backup did not report the torn tail");
 }
+
+#[test]
+fn a_paused_peer_is_noticed_by_its_silence_and_the_pair_recovers() {
+    // SIGSTOP keeps a node's sockets open while it answers nothing, as a hung node or a
+    // partition that drops packets would. The other side must notice by the missing acks and
+    // heartbeats (not wait for TCP): the primary marks its backup gone, so degrade-after
+    // acknowledges on its own instead of failing every write at sync_timeout; the backup marks
+    // its primary gone. After SIGCONT the link is re-established and nothing is missing.
+    let options =
+        Options { sync_timeout: Some("10s"), on_peer_loss: Some("degrade-after:300ms"), heartbeat: Some("100ms") };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let mut a = pair.redis(PRIMARY);
+    let _: () = a.set("before", "1").unwrap();
+
+    pair.pause(BACKUP);
+    let started = Instant::now();
+    let _: () = a.set("while-b-paused", "2").expect("a write failed while the backup was paused");
+    assert!(started.elapsed() < Duration::from_secs(5), "acknowledged only after {:?}", started.elapsed());
+    let status = pair.node_status(PRIMARY);
+    assert_eq!(
+        (&status["peer"]["connected"], &status["degraded"]),
+        (&Value::Bool(false), &Value::Bool(true)),
+        "{status}"
+    );
+    pair.resume(BACKUP);
+    pair.wait_ready();
+    pair.wait_for("the degraded flag to clear", |s| s["nodes"][PRIMARY]["degraded"] == false);
+
+    pair.pause(PRIMARY);
+    pair.wait_for_node(BACKUP, "the backup to notice its primary is silent", |s| s["peer"]["connected"] == false);
+    pair.resume(PRIMARY);
+    pair.wait_ready();
+    let _: () = a.set("after", "3").unwrap();
+    pair.wait_caught_up();
+    let values: Vec<Option<String>> = pair.redis(BACKUP).mget(&["before", "while-b-paused", "after"]).unwrap();
+    assert_eq!(values, [Some("1".into()), Some("2".into()), Some("3".into())]);
+}

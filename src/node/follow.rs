@@ -19,6 +19,7 @@ use crate::Error;
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 const QUIET_ATTEMPTS: u32 = 10;
+/// Bound on each step of connecting: TCP, TLS, and the primary's answer to the hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(node: Arc<Node>) -> Result<(), Error> {
@@ -38,12 +39,19 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
             }
             continue;
         }
-        match session(&node, &connector).await {
+        let mut established = false;
+        match session(&node, &connector, &mut established).await {
             Ok(()) => {
                 delay = FIRST_RETRY;
                 failures = 0;
             }
             Err(reason) => {
+                if established {
+                    // The session was up and then ended (the primary went away or fell silent):
+                    // a fresh run of failures, retried quickly, not the tail of an old backoff.
+                    delay = FIRST_RETRY;
+                    failures = 0;
+                }
                 failures += 1;
                 if failures == QUIET_ATTEMPTS {
                     tracing::error!(%reason, attempts = failures, "primary unreachable; retrying every {:?}", MAX_RETRY);
@@ -60,18 +68,24 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     }
 }
 
-/// One connection: hello, then follow. `Ok` when the connection ended normally.
-async fn session(node: &Arc<Node>, connector: &TlsConnector) -> Result<(), String> {
+/// One connection: hello, then follow. `Ok` when the connection ended normally;
+/// `established` is set once the primary welcomed us.
+async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut bool) -> Result<(), String> {
     let primary = &node.peer_config;
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(primary.control))
         .await
         .map_err(|_| format!("connecting to {} timed out", primary.control))?
         .map_err(|e| format!("connecting to {}: {e}", primary.control))?;
     let _ = tcp.set_nodelay(true);
-    let mut stream = connector
-        .connect(crate::tls::server_name(&node.pair, &primary.name), tcp)
-        .await
-        .map_err(|e| format!("TLS with {}: {e}", primary.name))?;
+    // A hung primary accepts TCP (the kernel does) but never finishes TLS or answers the
+    // hello: bound both, so the loop goes on retrying instead of waiting on it forever.
+    let mut stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connector.connect(crate::tls::server_name(&node.pair, &primary.name), tcp),
+    )
+    .await
+    .map_err(|_| format!("TLS with {} timed out", primary.name))?
+    .map_err(|e| format!("TLS with {}: {e}", primary.name))?;
     let meta = node.meta();
     let hello = Envelope {
         from: node.name().to_string(),
@@ -85,11 +99,15 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector) -> Result<(), Strin
         },
     };
     wire::write_frame(&mut stream, &Frame::Message(hello)).await.map_err(|e| e.to_string())?;
-    let reply = wire::read_frame(&mut stream).await.map_err(|e| e.to_string())?;
+    let reply = tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))
+        .await
+        .map_err(|_| format!("{} did not answer the hello in time", primary.name))?
+        .map_err(|e| e.to_string())?;
     match reply {
         Some(Frame::Message(Envelope {
             epoch, message: Message::Welcome { start_lsn, history, last_lsn }, ..
         })) => {
+            *established = true;
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
             *super::lock(&node.diverged_at) = None;
             tracing::info!(start_lsn, primary_last = last_lsn, "following the primary");
