@@ -19,7 +19,7 @@ use hotpair::config::{PairConfig, SyncLevel};
 use hotpair::meta::{NodeMeta, Role};
 use hotpair::wire::{self, AdminRequest, Envelope, Frame, Message};
 use redis::{Commands, ErrorKind, RedisResult};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// What the remote journal at `path` holds: LSNs in order, and each key's last client value
 /// (`None` once deleted).
@@ -93,8 +93,21 @@ fn writes_through_redis_reach_the_backup_with_equal_digests_and_identical_journa
     let _: () = a.set("binary", &binary).unwrap();
     let _: () = a.set("empty", "").unwrap();
 
-    let lsn = pair.wait_caught_up();
+    // WAIT (as in Redis): once it counts the backup, every write before it is readable there.
+    let replicas: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(&mut a).unwrap();
+    assert_eq!(replicas, 1, "WAIT did not count the backup");
     let mut b = pair.redis(BACKUP);
+    assert_eq!(b.get::<_, Option<String>>("empty").unwrap().as_deref(), Some(""), "a write before WAIT is missing");
+    let lsn = pair.wait_caught_up();
+    let status = pair.status();
+    for (node, role, local, remote) in
+        [(PRIMARY, "primary", "active", "dormant"), (BACKUP, "backup", "dormant", "active")]
+    {
+        let fields = ["role", "epoch", "sync", "local_journal", "remote_journal"].map(|f| node_field(&status, node, f));
+        assert_eq!(fields, [json!(role), json!(1), json!("received"), json!(local), json!(remote)], "{node}: {status}");
+    }
+    assert_eq!(status["nodes"][PRIMARY]["writes"]["accepting"], true, "{status}");
+    assert_eq!(status["nodes"][BACKUP]["peer"]["connected"], true, "{status}");
     let expected: [(&str, Option<&[u8]>); 9] = [
         ("plain", Some(b"v2")),
         ("m1", Some(b"x")),
@@ -224,8 +237,9 @@ fn durable_writes_fail_unacknowledged_while_replication_is_stopped() {
 
 #[test]
 fn backup_catches_up_after_replicate_start_with_no_gap() {
-    // Shipping stopped, 10,000 keys written at `async`, shipping started: the backup catches up
-    // to the primary's LSN with a contiguous remote journal, every key, and the same digest.
+    // Shipping stopped, 10,000 keys written at `async`, both journals' segments closed
+    // (`replicate reopen-log`), shipping started: the backup catches up to the primary's LSN
+    // with a contiguous remote journal across its segments, every key, and the same digest.
     const WRITERS: usize = 40;
     const KEYS_PER_WRITER: usize = 250;
     let mut pair = Pair::start(SyncLevel::Async);
@@ -255,9 +269,13 @@ fn backup_catches_up_after_replicate_start_with_no_gap() {
     assert_eq!(node_field(&status, BACKUP, "lsn"), before, "the backup moved while shipping was stopped: {status}");
     assert_eq!(node_field(&status, BACKUP, "received_lsn"), before, "{status}");
 
+    // Both nodes close their journal segment: the catch-up lands in a fresh remote segment.
+    pair.hotpair_ok(&["replicate", "reopen-log"]);
     pair.hotpair_ok(&["replicate", "start"]);
     let caught_up = pair.wait_caught_up();
     assert_eq!(caught_up, written);
+    let segments = journal_segments(&pair.node_dir(BACKUP).join("journal/remote"));
+    assert!(segments >= 2, "the backup's remote journal has {segments} segment(s) after reopen-log");
 
     let journal = read_journal(&pair.node_dir(BACKUP).join("journal/remote"));
     assert_contiguous_from_one(&journal.lsns, "backup's remote journal");

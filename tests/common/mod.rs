@@ -189,12 +189,22 @@ impl Pair {
         }
     }
 
-    /// Waits until the backup has applied everything the primary committed, then returns that
+    /// Waits until the backup has applied everything the primary committed — by its own status
+    /// and by the acks the primary holds, with no lag left on either side — then returns that
     /// LSN after checking that both report the same digest there.
     pub fn wait_caught_up(&mut self) -> u64 {
         let status = self.wait_for("the backup at the primary's LSN", |s| {
             let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
-            a["reachable"] == true && b["reachable"] == true && a["lsn"].as_u64().is_some() && a["lsn"] == b["lsn"]
+            let lsn = &a["lsn"];
+            a["reachable"] == true
+                && b["reachable"] == true
+                && lsn.as_u64().is_some()
+                && b["lsn"] == *lsn
+                && b["received_lsn"] == *lsn
+                && b["durable_lsn"] == *lsn
+                && a["peer"]["applied_lsn"] == *lsn
+                && a["lag_records"] == 0
+                && b["lag_records"] == 0
         });
         let (a, b) = (&status["nodes"][PRIMARY], &status["nodes"][BACKUP]);
         assert_eq!(a["digest"], b["digest"], "same LSN {}, different digests: {status}", a["lsn"]);
