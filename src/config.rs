@@ -175,6 +175,9 @@ pub struct NodeConfig {
     pub control: SocketAddr,
     /// Data port: RESP for applications.
     pub data: SocketAddr,
+    /// Where the *peer* dials this node's control port (default: `control`). A drill points it
+    /// at a proxy it controls to cut or delay the node-to-node link; admin traffic goes direct.
+    pub peer_via: SocketAddr,
     /// The node's data directory (journals, store, `meta.json`).
     pub dir: PathBuf,
     pub cert: PathBuf,
@@ -291,6 +294,7 @@ struct RawTls {
 struct RawNode {
     control: Option<String>,
     data: Option<String>,
+    peer_via: Option<String>,
     dir: Option<String>,
     cert: Option<String>,
     key: Option<String>,
@@ -585,6 +589,10 @@ impl Validator<'_> {
                 SocketAddr::new(control.ip(), port)
             }
         };
+        let peer_via = match raw.peer_via {
+            Some(text) => self.address(&key("peer_via"), &text)?,
+            None => control,
+        };
         let hint = "give a path relative to the pair file";
         Ok(NodeConfig {
             dir: self.file_path(&key("dir"), self.required(&key("dir"), raw.dir, hint)?)?,
@@ -593,6 +601,7 @@ impl Validator<'_> {
             name,
             control,
             data,
+            peer_via,
         })
     }
 

@@ -72,10 +72,10 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
 /// `established` is set once the primary welcomed us.
 async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut bool) -> Result<(), String> {
     let primary = &node.peer_config;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(primary.control))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(primary.peer_via))
         .await
-        .map_err(|_| format!("connecting to {} timed out", primary.control))?
-        .map_err(|e| format!("connecting to {}: {e}", primary.control))?;
+        .map_err(|_| format!("connecting to {} timed out", primary.peer_via))?
+        .map_err(|e| format!("connecting to {}: {e}", primary.peer_via))?;
     let _ = tcp.set_nodelay(true);
     // A hung primary accepts TCP (the kernel does) but never finishes TLS or answers the
     // hello: bound both, so the loop goes on retrying instead of waiting on it forever.
