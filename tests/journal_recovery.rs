@@ -883,3 +883,68 @@ fn cli_refuses_a_path_that_is_not_a_directory() {
         }
     }
 }
+
+fn record_in(lsn: Lsn, epoch: u64) -> Record {
+    Record { epoch, ..record(lsn) }
+}
+
+/// A node's local journal skips the epochs its peer was primary in: 1..=10 in epoch 1, then
+/// 31..=35 in epoch 3. The gap is accepted only forward and only into a later epoch; it
+/// survives reopening, readers step over it, and truncating into it works.
+#[test]
+fn epoch_gap_is_accepted_forward_into_a_later_epoch_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    for lsn in 1..=10 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    let same_epoch = journal.append(&record_in(20, 1)).unwrap_err();
+    assert!(matches!(same_epoch, JournalError::OutOfSequence { expected: 11, got: 20 }), "{same_epoch}");
+    let backwards = journal.append(&record_in(5, 3)).unwrap_err();
+    assert!(matches!(backwards, JournalError::OutOfSequence { .. }), "{backwards}");
+    for lsn in 31..=35 {
+        journal.append(&record_in(lsn, 3)).unwrap();
+    }
+    journal.sync_to(35).unwrap();
+    drop(journal);
+
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.last_lsn(), Some(35));
+    let all: Vec<Lsn> = lsns(&entries(&journal, 1));
+    assert_eq!(all, (1..=10).chain(31..=35).collect::<Vec<_>>());
+    assert_eq!(lsns(&entries(&journal, 15)), (31..=35).collect::<Vec<_>>(), "a start inside the gap reads on");
+    assert_eq!(lsns(&entries(&journal, 33)), vec![33, 34, 35]);
+
+    journal.truncate_after(20).unwrap();
+    assert_eq!(journal.last_lsn(), Some(10));
+    journal.append(&record_in(41, 5)).unwrap();
+    journal.sync_to(41).unwrap();
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=10).chain([41]).collect::<Vec<_>>());
+    let report = hotpair::journal::inspect(dir.path()).unwrap();
+    assert!(report.iter().all(|s| s.error.is_none()), "offline inspection accepts the gap: {report:?}");
+}
+
+/// A gap without a later epoch is damage, and open names the file.
+#[test]
+fn gap_without_a_later_epoch_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    for lsn in 1..=5 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    for lsn in 21..=25 {
+        journal.append(&record_in(lsn, 2)).unwrap();
+    }
+    journal.sync_to(25).unwrap();
+    drop(journal);
+    // Rewrite the later segment's header to claim epoch 1: now the gap lies inside one epoch.
+    let gapped = dir.path().join(file_name(21));
+    let mut bytes = std::fs::read(&gapped).unwrap();
+    let mut header = hotpair::journal::SegmentHeader::decode(&bytes).unwrap();
+    header.epoch = 1;
+    bytes[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+    std::fs::write(&gapped, bytes).unwrap();
+    let err = Journal::open(dir.path(), identity(), options()).err().expect("a gap in one epoch must be refused");
+    assert!(matches!(err, JournalError::Gap { expected: 6, found: 21, .. }), "{err}");
+    assert!(err.to_string().contains(&file_name(21)), "{err}");
+}

@@ -9,7 +9,10 @@
 //! ## Invariants
 //! - Records are length-prefixed, CRC32C-checked, little-endian and versioned
 //!   ([`format`] and `journals/README.md`), and never rewritten in place.
-//! - LSNs are gap-free: each record's LSN is the previous one's plus one, across segments.
+//! - LSNs are gap-free within an epoch: each record's LSN is the previous one's plus one. The
+//!   one exception is an *epoch gap*: a segment of a later epoch may start past the previous
+//!   segment's end, because the pair shares one LSN sequence and the LSNs in between were
+//!   written by the peer (they are in this node's other journal). Readers step over it.
 //! - No record is reported durable before an fsync that covers it has returned (group commit:
 //!   one fsync serves every record appended before it started).
 //! - At open, a torn last record is cut back to the last whole record; damage anywhere else is

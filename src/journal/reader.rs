@@ -42,6 +42,9 @@ pub struct JournalReader {
     done: bool,
     /// An error to report on the first `next()` (the start of the range is already gone).
     pending_error: Option<JournalError>,
+    /// Whether the range start was found: after that, a later segment may begin past the
+    /// next LSN (an epoch gap), before it that would mean the start is gone.
+    started: bool,
 }
 
 impl JournalReader {
@@ -56,6 +59,8 @@ impl JournalReader {
             }
             _ => None,
         };
+        // `from` may fall into an epoch gap between two segments: reading starts after it.
+        let in_gap = first.is_some_and(|first| from >= first);
         let keep: Vec<SegmentInfo> =
             segments.into_iter().filter(|s| s.last_lsn.is_some_and(|last| last >= from)).collect();
         JournalReader {
@@ -65,6 +70,7 @@ impl JournalReader {
             current: None,
             done: from > until,
             pending_error,
+            started: in_gap,
         }
     }
 
@@ -78,8 +84,14 @@ impl JournalReader {
             return Ok(false);
         };
         if seg.first_lsn > self.next_lsn {
-            return Err(JournalError::RangeGone { from: self.next_lsn, first_available: seg.first_lsn });
+            if !self.started {
+                return Err(JournalError::RangeGone { from: self.next_lsn, first_available: seg.first_lsn });
+            }
+            // An epoch gap (the journal was opened and checked, so a gap between segments is
+            // one): the LSNs in between belong to the other journal. Step over them.
+            self.next_lsn = seg.first_lsn;
         }
+        self.started = true;
         let bytes = std::fs::read(&seg.path).map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
         SegmentHeader::decode(&bytes).map_err(|err| JournalError::Corrupt {
             path: seg.path.clone(),
@@ -209,7 +221,7 @@ pub struct SegmentReport {
 pub fn inspect(dir: &Path) -> Result<Vec<SegmentReport>, JournalError> {
     let files = segment::list(dir)?;
     let mut reports = Vec::with_capacity(files.len());
-    let mut expected_next: Option<Lsn> = None;
+    let mut expected_next: Option<(Lsn, Epoch)> = None;
     for (index, (_, path)) in files.iter().enumerate() {
         let is_last = index + 1 == files.len();
         let mut report = SegmentReport {
@@ -244,15 +256,17 @@ pub fn inspect(dir: &Path) -> Result<Vec<SegmentReport>, JournalError> {
                 if let Tail::Torn { bytes, .. } = scanned.tail {
                     report.torn_tail_bytes = bytes;
                 }
-                if let Some(expected) = expected_next {
-                    if scanned.header.first_lsn != expected {
+                if let Some((expected, epoch)) = expected_next {
+                    let found = scanned.header.first_lsn;
+                    if found != expected && !(found > expected && scanned.header.epoch > epoch) {
                         report.error = Some(format!(
                             "gap: segment starts at LSN {}, the previous one ends before {expected}",
                             scanned.header.first_lsn
                         ));
                     }
                 }
-                expected_next = Some(scanned.last_lsn.map_or(scanned.header.first_lsn, |l| l + 1));
+                expected_next =
+                    Some((scanned.last_lsn.map_or(scanned.header.first_lsn, |l| l + 1), scanned.header.epoch));
             }
             Err(err) => {
                 report.error = Some(err.to_string());

@@ -340,7 +340,8 @@ impl Journal {
             io(&seg.path, file.set_len(cut_at))?;
             io(&seg.path, file.sync_all())?;
             let last = state.segments.last_mut().expect("loop holds a segment");
-            last.last_lsn = (lsn >= seg.first_lsn).then_some(lsn);
+            // `lsn` may lie in an epoch gap past this segment's end: keep what the segment holds.
+            last.last_lsn = seg.last_lsn.map(|held| held.min(lsn)).filter(|&held| held >= seg.first_lsn);
             last.bytes = cut_at;
             state.active = Some(Arc::new(
                 OpenOptions::new()
@@ -440,7 +441,14 @@ impl Inner {
         }
         if let Some(expected) = state.next_lsn {
             if lsn != expected {
-                return Err(JournalError::OutOfSequence { expected, got: lsn });
+                if !is_epoch_gap(state.segments.last(), expected, lsn, record.epoch) {
+                    return Err(JournalError::OutOfSequence { expected, got: lsn });
+                }
+                // A later epoch begins past our end: the LSNs in between were written while the
+                // peer was primary and live in the other journal. The new epoch gets its own
+                // segment, so that the gap lies between segments and recovery can check it.
+                self.roll(state, lsn, record.epoch, record.timestamp_ms)?;
+                return Ok(());
             }
         }
         let full = state.segments.last().is_some_and(|seg| {
@@ -597,6 +605,14 @@ impl Inner {
     }
 }
 
+/// Whether a record (or segment) of `epoch` starting at `lsn` may follow a journal whose next LSN
+/// is `expected`: only forward, and only into a later epoch than the segment before it. One
+/// sequence of LSNs serves the pair, so a node's journal skips the epochs its peer was primary
+/// in; within an epoch there is never a gap.
+pub(crate) fn is_epoch_gap(previous: Option<&SegmentInfo>, expected: Lsn, lsn: Lsn, epoch: Epoch) -> bool {
+    lsn > expected && previous.is_some_and(|seg| epoch > seg.epoch)
+}
+
 /// The last LSN a journal holds: its last record's, or — when trimming left only an empty
 /// active segment — the one before the LSN that segment waits for.
 fn last_of(segments: &[SegmentInfo], next_lsn: Option<Lsn>) -> Option<Lsn> {
@@ -631,7 +647,8 @@ fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, 
         }
         if let Some(prev) = segments.last() {
             let expected = prev.last_lsn.map_or(prev.first_lsn, |l| l + 1);
-            if scanned.header.first_lsn != expected {
+            let found = scanned.header.first_lsn;
+            if found != expected && !is_epoch_gap(Some(prev), expected, found, scanned.header.epoch) {
                 return Err(JournalError::Gap { path: path.clone(), expected, found: scanned.header.first_lsn });
             }
         }
