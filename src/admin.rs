@@ -15,6 +15,16 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends one request to `node` and returns its reply body; `Err` names the node and why.
 pub async fn request(pair: &PairConfig, node: &str, request: AdminRequest) -> Result<Value, String> {
+    request_within(pair, node, request, ADMIN_TIMEOUT).await
+}
+
+/// [`request`] for requests that take longer than a status (waiting for a node to catch up).
+pub async fn request_within(
+    pair: &PairConfig,
+    node: &str,
+    request: AdminRequest,
+    timeout: Duration,
+) -> Result<Value, String> {
     let config = pair.node(node).map_err(|e| e.to_string())?;
     let connector = TlsConnector::from(crate::tls::admin_client_config(pair).map_err(|e| e.to_string())?);
     let exchange = async {
@@ -36,9 +46,9 @@ pub async fn request(pair: &PairConfig, node: &str, request: AdminRequest) -> Re
             other => Err(format!("{node} answered something unexpected: {other:?}")),
         }
     };
-    tokio::time::timeout(ADMIN_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("{node} did not answer within {}", humantime::format_duration(ADMIN_TIMEOUT))))
+        .unwrap_or_else(|_| Err(format!("{node} did not answer within {}", humantime::format_duration(timeout))))
 }
 
 /// `{"nodes": {name: status}}` for both nodes; an unreachable node shows `reachable: false`.

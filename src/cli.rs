@@ -56,6 +56,61 @@ pub enum Command {
         /// The node to ask (default: both for start/stop, the primary's pair-file name otherwise).
         node: Option<String>,
     },
+    /// Planned role swap with zero data loss: drain, wait until the backup applied everything,
+    /// demote, promote, reverse replication, verify. Refuses (changing nothing) when the backup
+    /// is not healthy or lags more than --max-lag. Re-running it after an interruption resumes.
+    Switchover {
+        /// The node to promote (default: the backup).
+        #[arg(long)]
+        to: Option<String>,
+        /// Bound on waiting for the backup; also the drain lease (the primary resumes by itself).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Refuse when the backup is further behind than this.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        max_lag: std::time::Duration,
+        /// Print the readiness report and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The primary is lost: promote NODE after it applied all it received. Refuses while the
+    /// primary is reachable and healthy unless --force. Prints how many transactions it missed.
+    Failover {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Catch-up + resynchronize NODE behind the current primary: save and undo its orphaned
+    /// tail, then replay the primary's journal into it. Prints the divergence point and the
+    /// orphans file.
+    Rejoin {
+        node: String,
+        /// Allow a full copy when the journals needed are gone (not built yet: refused).
+        #[arg(long)]
+        allow_full_copy: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rejoin the pair file's preferred primary if needed, wait until it caught up, and switch
+    /// over back to it.
+    Switchback {
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compares both nodes' digests at one LSN; --full also recomputes each from the stored data.
+    Verify {
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -159,6 +214,22 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         Command::Run { node } => crate::node::run(load_pair()?, &node).map(|_| 0),
         Command::Status { json, watch } => status(&load_pair()?, json, watch),
         Command::Replicate { action, node } => replicate(&load_pair()?, action, node),
+        Command::Switchover { to, timeout, max_lag, dry_run, json } => {
+            let options = crate::orchestrator::commands::SwitchoverOptions { to, timeout, max_lag, dry_run, json };
+            crate::admin::block_on(crate::orchestrator::switchover(&load_pair()?, options))
+        }
+        Command::Failover { to, force, json } => {
+            crate::admin::block_on(crate::orchestrator::failover(&load_pair()?, &to, force, json))
+        }
+        Command::Rejoin { node, allow_full_copy, json } => {
+            crate::admin::block_on(crate::orchestrator::rejoin(&load_pair()?, &node, allow_full_copy, json))
+        }
+        Command::Switchback { timeout, json } => {
+            crate::admin::block_on(crate::orchestrator::switchback(&load_pair()?, timeout, json))
+        }
+        Command::Verify { full, json } => {
+            crate::admin::block_on(crate::orchestrator::verify(&load_pair()?, full, json))
+        }
         Command::Init { dir, nodes, sync } => {
             let report = crate::init::init(&dir, &nodes, sync)?;
             print!("{}", report.text());

@@ -18,6 +18,7 @@ pub mod init;
 pub mod journal;
 pub mod meta;
 pub mod node;
+pub mod orchestrator;
 pub mod pipeline;
 pub mod replication;
 pub mod resp;

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::applier::Applier;
 use crate::digest::Digest;
-use crate::journal::{format, Epoch, Journal, JournalError, JournalReader, Lsn};
+use crate::journal::{format, Epoch, HistoryEntry, Journal, JournalError, JournalReader, Lsn};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::wire::{self, Envelope, Frame, Message, WireError, BATCH_BYTES};
@@ -158,7 +158,12 @@ impl HeartbeatTracker {
 pub struct ShipContext {
     pub name: String,
     pub epoch: Epoch,
+    /// The primary's local journal: the epochs it led, and the live tail.
     pub journal: Journal,
+    /// Its remote journal: the epochs its peer led (catch-up of a backup that is far behind).
+    pub remote: Journal,
+    /// The pair's history, which says which journal holds an LSN.
+    pub history: Vec<HistoryEntry>,
     pub pipeline: Arc<Pipeline>,
     pub peer: watch::Sender<PeerState>,
     pub heartbeat: Duration,
@@ -231,12 +236,16 @@ fn next_batch(
         return Ok(batch);
     }
     if files.as_mut().and_then(|f| f.peek()).is_none_or(|e| e.as_ref().is_ok_and(|e| e.record.lsn != next)) {
-        *files = Some(ctx.journal.read_from(next)?.peekable());
+        *files = Some(journal_holding(ctx, next).read_from(next)?.peekable());
     }
     let reader = files.as_mut().ok_or_else(|| ReplicationError::Protocol("no journal reader".into()))?;
     let mut batch = Vec::new();
     let mut last = next - 1;
-    while let Some(entry) = reader.next_if(|e| e.as_ref().map_or(true, |e| e.record.lsn <= until)) {
+    // A batch ends at an epoch gap: the LSNs after it are in the other journal.
+    let in_order = |e: &Result<crate::journal::JournalEntry, JournalError>, last: Lsn| {
+        e.as_ref().map_or(true, |e| e.record.lsn <= until && e.record.lsn == last + 1)
+    };
+    while let Some(entry) = reader.next_if(|e| in_order(e, last)) {
         let entry = entry?;
         batch.extend_from_slice(&entry.frame);
         last = entry.record.lsn;
@@ -248,6 +257,16 @@ fn next_batch(
         return Err(ReplicationError::Journal(JournalError::Missing { lsn: next }));
     }
     Ok((batch, last))
+}
+
+/// The journal that holds `lsn`: ours for the epochs we led, the remote one for our peer's.
+fn journal_holding(ctx: &ShipContext, lsn: Lsn) -> &Journal {
+    let owner = ctx.history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.primary.as_str());
+    if owner.is_none_or(|owner| owner == ctx.name) {
+        &ctx.journal
+    } else {
+        &ctx.remote
+    }
 }
 
 async fn read_acks<R: AsyncRead + Unpin>(

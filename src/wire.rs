@@ -78,6 +78,9 @@ pub enum Message {
     AdminReply { ok: bool, body: serde_json::Value },
 }
 
+/// What the admin CLI (and the orchestrator in it) may ask of a node. The orchestration
+/// primitives carry the id of the run (`op_id`) and the epoch the orchestrator saw the node in:
+/// a node whose epoch moved on refuses them, so a stale orchestrator changes nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum AdminRequest {
@@ -85,6 +88,62 @@ pub enum AdminRequest {
     ReplicateStart,
     ReplicateStop,
     ReopenLog,
+    /// Primary: refuse new writes (`-TRYAGAIN`) for `lease_ms`, let in-flight commits finish,
+    /// answer the last LSN. The node resumes by itself when the lease runs out.
+    Drain {
+        op_id: Uuid,
+        epoch: Epoch,
+        lease_ms: u64,
+    },
+    /// Draining primary: take writes again (a switchover rolled back).
+    Resume {
+        op_id: Uuid,
+        epoch: Epoch,
+    },
+    /// Draining primary: become the backup (and follow whoever is promoted).
+    Demote {
+        op_id: Uuid,
+        epoch: Epoch,
+    },
+    /// Backup: apply everything received, then become primary of `epoch + 1`. With
+    /// `expect_lsn`, refuse unless everything up to it was received (switchover).
+    Promote {
+        op_id: Uuid,
+        epoch: Epoch,
+        expect_lsn: Option<Lsn>,
+    },
+    /// A higher epoch exists (`primary` leads it): a node taking writes stops at once.
+    Fence {
+        epoch: Epoch,
+        primary: String,
+    },
+    /// Wait until the store has applied `lsn`; answer the applied LSN and digest.
+    WaitApplied {
+        lsn: Lsn,
+        timeout_ms: u64,
+    },
+    /// Catch-up + resynchronize behind the primary whose history, epoch and last LSN are given:
+    /// save and undo the orphaned tail, truncate, become backup. `dry_run` only reports the plan.
+    Rejoin {
+        op_id: Uuid,
+        history: Vec<HistoryEntry>,
+        epoch: Epoch,
+        last_lsn: Lsn,
+        first_available: Lsn,
+        dry_run: bool,
+    },
+    /// The digest at `lsn` (waiting to reach it); `full` also recomputes it from the stored data.
+    Verify {
+        lsn: Lsn,
+        full: bool,
+        timeout_ms: u64,
+    },
+    /// Primary: the lowest LSN it can still ship from its journals.
+    FirstAvailable,
+    /// Record (or clear) the orchestration in flight in `meta.json`.
+    SetProgress {
+        progress: Option<serde_json::Value>,
+    },
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.

@@ -74,7 +74,7 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
         let Frame::Message(Envelope { message: Message::Admin { request }, .. }) = frame else {
             return Err("admin connection sent something other than an admin request".into());
         };
-        let (ok, body) = handle_admin(&node, request);
+        let (ok, body) = handle_admin(&node, request).await;
         let reply = Envelope {
             from: node.name().to_string(),
             epoch: node.meta().epoch,
@@ -85,7 +85,7 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
     Ok(())
 }
 
-fn handle_admin(node: &Node, request: AdminRequest) -> (bool, serde_json::Value) {
+async fn handle_admin(node: &Arc<Node>, request: AdminRequest) -> (bool, serde_json::Value) {
     match request {
         AdminRequest::Status => (true, status::node_status(node)),
         AdminRequest::ReplicateStop => {
@@ -97,12 +97,19 @@ fn handle_admin(node: &Node, request: AdminRequest) -> (bool, serde_json::Value)
             (true, serde_json::json!({ "replicating": true }))
         }
         AdminRequest::ReopenLog => {
-            let journal = if node.role() == Role::Primary { &node.local } else { &node.remote };
+            let journal = if node.pipeline().is_some() { &node.local } else { &node.remote };
             match journal.reopen_log(node.meta().epoch, crate::clock::now_ms()) {
                 Ok(path) => (true, serde_json::json!({ "new_segment": path })),
                 Err(err) => (false, serde_json::json!({ "error": err.to_string() })),
             }
         }
+        primitive => match super::primitives::handle(node, primitive).await {
+            Ok(body) => (true, body),
+            Err(reason) => {
+                tracing::warn!(%reason, "refused an orchestration primitive");
+                (false, serde_json::json!({ "error": reason }))
+            }
+        },
     }
 }
 
@@ -118,7 +125,7 @@ where
     let Some(Frame::Message(Envelope {
         from,
         epoch,
-        message: Message::Hello { cluster, incarnation, history, last_lsn, .. },
+        message: Message::Hello { cluster, incarnation, history, last_lsn, role: hello_role },
     })) = first
     else {
         return Err("peer's first frame was not a hello".into());
@@ -140,6 +147,17 @@ where
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     }
+    if matches!(hello_role, Role::Primary | Role::Draining) {
+        // A probe from a node that believes it is primary: tell it where we stand. Our epoch
+        // in the envelope is what it needs (a higher one fences it); nothing is shipped.
+        let ours = node.meta().epoch;
+        if node.pipeline().is_some() && epoch <= ours {
+            tracing::error!(peer = %from, peer_epoch = epoch, our_epoch = ours, "INCIDENT split brain: the peer claims to be primary too; it is told our epoch and must fence");
+        }
+        let (reply, _) = refuse(format!("{} is {} at epoch {ours}", node.name(), node.role().name())).await;
+        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+        return Ok(());
+    }
     let meta = node.meta();
     let Some(pipeline) = node.pipeline() else {
         let (reply, reason) = refuse("this node is not the primary".into()).await;
@@ -153,7 +171,9 @@ where
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     }
-    let our_last = node.local.durable_lsn();
+    // What we hold durably across both journals (a new primary's local journal may not have
+    // fsynced its first record yet, while its remote journal holds everything before it).
+    let our_last = node.local.durable_lsn().max(node.remote.durable_lsn());
     let start_lsn = match wire::standing(&meta.history, our_last, &history, last_lsn) {
         Standing::OnHistory { next_lsn } => next_lsn,
         Standing::Diverged { at_lsn } => {
@@ -188,6 +208,8 @@ where
                 name: node.name().to_string(),
                 epoch: meta.epoch,
                 journal: node.local.clone(),
+                remote: node.remote.clone(),
+                history: meta.history.clone(),
                 pipeline,
                 peer: node.peer.clone(),
                 heartbeat: node.pair.heartbeat,
@@ -235,7 +257,8 @@ fn stop_signal(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
                 _ = replicating.changed() => if !*replicating.borrow() { break },
-                _ = role.changed() => if *role.borrow() != Role::Primary { break },
+                // A draining primary goes on shipping: the backup must reach the drain LSN.
+                _ = role.changed() => if !matches!(*role.borrow(), Role::Primary | Role::Draining) { break },
                 _ = tx.closed() => return,
             }
         }

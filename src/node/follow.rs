@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
 use super::Node;
+use crate::meta::Role;
 use crate::replication::{self, FollowContext};
 use crate::wire::{self, Envelope, Frame, Message};
 use crate::Error;
@@ -21,23 +22,42 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 const QUIET_ATTEMPTS: u32 = 10;
 /// Bound on each step of connecting: TCP, TLS, and the primary's answer to the hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a primary without a backup session asks its peer where it stands.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     let connector = TlsConnector::from(crate::tls::node_client_config(&node.pair, node.name())?);
     let mut shutdown = node.shutdown.subscribe();
     let mut replicating = node.replicating.subscribe();
+    let mut role = node.subscribe_role();
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        if !*replicating.borrow() {
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                _ = replicating.changed() => {}
+        let current = *role.borrow_and_update();
+        match current {
+            Role::Backup if *replicating.borrow() => {}
+            Role::Primary | Role::Draining => {
+                if !node.session_active.load(std::sync::atomic::Ordering::SeqCst) {
+                    probe(&node, &connector).await;
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = role.changed() => {}
+                    _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                }
+                continue;
             }
-            continue;
+            _ => {
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = replicating.changed() => {}
+                    _ = role.changed() => {}
+                }
+                continue;
+            }
         }
         let mut established = false;
         match session(&node, &connector, &mut established).await {
@@ -60,6 +80,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
                 }
                 tokio::select! {
                     _ = shutdown.changed() => {}
+                    _ = role.changed() => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(MAX_RETRY);
@@ -68,37 +89,72 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     }
 }
 
-/// One connection: hello, then follow. `Ok` when the connection ended normally;
-/// `established` is set once the primary welcomed us.
-async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut bool) -> Result<(), String> {
-    let primary = &node.peer_config;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(primary.peer_via))
+/// Connects to the peer's control port with TLS, bounded at each step.
+async fn connect(
+    node: &Arc<Node>,
+    connector: &TlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let peer = &node.peer_config;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(peer.peer_via))
         .await
-        .map_err(|_| format!("connecting to {} timed out", primary.peer_via))?
-        .map_err(|e| format!("connecting to {}: {e}", primary.peer_via))?;
+        .map_err(|_| format!("connecting to {} timed out", peer.peer_via))?
+        .map_err(|e| format!("connecting to {}: {e}", peer.peer_via))?;
     let _ = tcp.set_nodelay(true);
-    // A hung primary accepts TCP (the kernel does) but never finishes TLS or answers the
-    // hello: bound both, so the loop goes on retrying instead of waiting on it forever.
-    let mut stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        connector.connect(crate::tls::server_name(&node.pair, &primary.name), tcp),
-    )
-    .await
-    .map_err(|_| format!("TLS with {} timed out", primary.name))?
-    .map_err(|e| format!("TLS with {}: {e}", primary.name))?;
+    // A hung peer accepts TCP (the kernel does) but never finishes TLS or answers the hello:
+    // bound both, so the loop goes on retrying instead of waiting on it forever.
+    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(crate::tls::server_name(&node.pair, &peer.name), tcp))
+        .await
+        .map_err(|_| format!("TLS with {} timed out", peer.name))?
+        .map_err(|e| format!("TLS with {}: {e}", peer.name))
+}
+
+fn hello(node: &Node) -> Envelope {
     let meta = node.meta();
-    let hello = Envelope {
+    Envelope {
         from: node.name().to_string(),
         epoch: meta.epoch,
         message: Message::Hello {
             cluster: node.pair.cluster,
             incarnation: meta.incarnation,
-            role: meta.role,
+            role: node.role(),
             history: meta.history.clone(),
             last_lsn: node.last_lsn(),
         },
+    }
+}
+
+/// A primary without a backup asks the peer where it stands: a peer in a higher epoch means
+/// this node was failed over and must fence (invariant 2); a peer in our epoch or below has not
+/// been promoted past us, so a restarted primary may take writes again.
+async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
+    let answer = async {
+        let mut stream = connect(node, connector).await?;
+        wire::write_frame(&mut stream, &Frame::Message(hello(node))).await.map_err(|e| e.to_string())?;
+        tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))
+            .await
+            .map_err(|_| "no answer to the probe in time".to_string())?
+            .map_err(|e| e.to_string())
     };
-    wire::write_frame(&mut stream, &Frame::Message(hello)).await.map_err(|e| e.to_string())?;
+    match answer.await {
+        Ok(Some(Frame::Message(Envelope { epoch, from, .. }))) => {
+            let ours = node.meta().epoch;
+            if epoch > ours {
+                node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}: it was promoted past us"));
+            } else {
+                node.peer_confirmed();
+            }
+        }
+        Ok(other) => tracing::debug!(?other, "probe got no envelope"),
+        Err(reason) => tracing::debug!(%reason, "probe of the peer failed"),
+    }
+}
+
+/// One connection: hello, then follow. `Ok` when the connection ended normally;
+/// `established` is set once the primary welcomed us.
+async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut bool) -> Result<(), String> {
+    let primary = &node.peer_config;
+    let mut stream = connect(node, connector).await?;
+    wire::write_frame(&mut stream, &Frame::Message(hello(node))).await.map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))
         .await
         .map_err(|_| format!("{} did not answer the hello in time", primary.name))?
@@ -107,6 +163,13 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
         Some(Frame::Message(Envelope {
             epoch, message: Message::Welcome { start_lsn, history, last_lsn }, ..
         })) => {
+            let ours = node.meta().epoch;
+            if epoch < ours {
+                return Err(format!(
+                    "{} is primary of epoch {epoch}, behind ours ({ours}); its records are refused",
+                    primary.name
+                ));
+            }
             *established = true;
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
             *super::lock(&node.diverged_at) = None;
@@ -125,7 +188,9 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 heartbeat: node.pair.heartbeat,
             };
             let stop = stop_when_not_following(node);
+            node.following.send_replace(true);
             let result = replication::follow(stream, &ctx, stop).await.map_err(|e| e.to_string());
+            node.following.send_replace(false);
             replication::set_connected(&node.peer, false);
             result
         }
@@ -143,12 +208,14 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
 
 fn stop_when_not_following(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let (mut shutdown, mut replicating) = (node.shutdown.subscribe(), node.replicating.subscribe());
+    let (mut shutdown, mut replicating, mut role) =
+        (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role());
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
                 _ = replicating.changed() => if !*replicating.borrow() { break },
+                _ = role.changed() => if *role.borrow() != Role::Backup { break },
                 _ = tx.closed() => return,
             }
         }

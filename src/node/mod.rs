@@ -18,6 +18,7 @@
 pub mod backend;
 mod control;
 mod follow;
+pub mod primitives;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,12 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
     /// Set once commits were acknowledged without the peer (`on_peer_loss = degrade-after`).
     degraded: std::sync::atomic::AtomicBool,
+    /// Serialises orchestration primitives and role changes on this node.
+    role_change: tokio::sync::Mutex<()>,
+    /// Whether the follower is in a session with the primary right now.
+    pub following: watch::Sender<bool>,
+    /// The switchover whose drain lease is running, while draining.
+    drain_lease: Mutex<Option<uuid::Uuid>>,
 }
 
 impl Node {
@@ -93,6 +100,14 @@ impl Node {
             }
         }
         let store = Arc::new(Store::open(&config.dir.join("store"))?);
+        let mut meta = meta;
+        if meta.role == Role::Draining {
+            // The drain lease died with the process: a drained primary whose switchover did not
+            // complete resumes (and, being restarted, waits for its peer before taking writes).
+            tracing::warn!("restarted while draining: the drain lease is over, resuming as primary");
+            meta.role = Role::Primary;
+            meta.save(&config.dir)?;
+        }
         let role = meta.role;
         let node = Arc::new(Node {
             pair,
@@ -111,6 +126,9 @@ impl Node {
             diverged_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
             degraded: std::sync::atomic::AtomicBool::new(false),
+            role_change: tokio::sync::Mutex::new(()),
+            following: watch::channel(false).0,
+            drain_lease: Mutex::new(None),
         });
         let replayed = node.replay()?;
         tracing::info!(
@@ -154,7 +172,7 @@ impl Node {
     }
 
     /// The journal that holds `lsn`: the local one for epochs this node was primary in.
-    fn journal_for(&self, lsn: Lsn) -> &Journal {
+    pub fn journal_for(&self, lsn: Lsn) -> &Journal {
         let meta = lock(&self.meta);
         let owner = meta.history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.primary.as_str());
         if owner == Some(self.name()) {
@@ -170,7 +188,18 @@ impl Node {
         let mut total = 0;
         loop {
             let next = self.store.position().applied_lsn + 1;
-            let records = self.journal_for(next).read_from(next)?.map(|entry| entry.map(|e| e.record));
+            // One journal holds a run of consecutive LSNs; at an epoch gap the other one goes on.
+            let mut expected = next;
+            let records = self.journal_for(next).read_from(next)?.map(|entry| entry.map(|e| e.record)).take_while(
+                move |record| match record {
+                    Ok(record) if record.lsn != expected => false,
+                    Ok(_) => {
+                        expected += 1;
+                        true
+                    }
+                    Err(_) => true,
+                },
+            );
             let applied = crate::pipeline::replay(&self.store, records).map_err(|e| Error::Failed(e.to_string()))?;
             if applied == 0 {
                 return Ok(total);
@@ -213,16 +242,77 @@ impl Node {
         Ok(())
     }
 
+    /// Persists `role` in `meta.json`, then publishes it to the node's tasks.
+    fn set_role(&self, role: Role) -> Result<(), Error> {
+        {
+            let mut meta = lock(&self.meta);
+            meta.role = role;
+            meta.save(&self.config.dir)?;
+        }
+        self.role.send_replace(role);
+        Ok(())
+    }
+
+    /// Changes the metadata with `change` and saves it (epoch and history only grow).
+    fn update_meta(&self, change: impl FnOnce(&mut NodeMeta)) -> Result<NodeMeta, Error> {
+        let mut meta = lock(&self.meta);
+        let mut next = meta.clone();
+        change(&mut next);
+        next.save(&self.config.dir)?;
+        *meta = next.clone();
+        Ok(next)
+    }
+
+    /// Stops the commit pipeline once every record it appended is durable and applied.
+    fn stop_pipeline(&self) -> Result<(), Error> {
+        if let Some(pipeline) = lock(&self.pipeline).take() {
+            if let Some(last) = self.local.last_lsn() {
+                self.local.sync_to(last)?;
+            }
+            pipeline.shutdown();
+            if let Some(reason) = pipeline.failure() {
+                return Err(Error::Failed(format!("the pipeline had stopped: {reason}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the backup's applier once everything received is durable and applied.
+    fn stop_applier(&self) -> Result<(), Error> {
+        if let Some(applier) = lock(&self.applier).take() {
+            if let Some(last) = self.remote.last_lsn() {
+                self.remote.sync_to(last)?;
+            }
+            applier.shutdown();
+            if let Some(reason) = applier.failure() {
+                return Err(Error::Failed(format!("the applier had stopped: {reason}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts applying what arrives in the remote journal (the backup's half of the node).
+    fn start_applier(&self) {
+        let mut slot = lock(&self.applier);
+        if slot.is_none() {
+            *slot = Some(Arc::new(Applier::start(self.remote.clone(), self.store.clone(), |_| {})));
+        }
+    }
+
     /// Stops taking writes because the peer is in a higher epoch (invariant 2).
+    /// A backup or rejoining node stays what it is: following a newer epoch is its job.
     pub fn fence(&self, reason: &str) {
-        tracing::error!(%reason, "fencing: this node stops taking writes");
+        let Ok(next) = crate::role::transition(self.role(), crate::role::Event::HigherEpochSeen) else {
+            return;
+        };
+        if next == self.role() {
+            return;
+        }
+        tracing::error!(%reason, "INCIDENT fenced: this node stops taking writes");
         if let Some(pipeline) = self.pipeline() {
             pipeline.set_refusing(Some(format!("fenced: {reason}")));
         }
-        self.role.send_replace(Role::Fenced);
-        let mut meta = lock(&self.meta);
-        meta.role = Role::Fenced;
-        if let Err(err) = meta.save(&self.config.dir) {
+        if let Err(err) = self.set_role(next) {
             tracing::error!(%err, "could not persist the fenced role");
         }
     }
@@ -335,9 +425,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
     tasks.spawn(backend::serve(node.clone(), data));
-    if node.role() == Role::Backup {
-        tasks.spawn(follow::run(node.clone()));
-    }
+    tasks.spawn(follow::run(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

@@ -58,5 +58,21 @@ pub fn node_status(node: &Node) -> Value {
         "writes": node.pipeline().map(|p| match p.refusing() { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true}) }),
         "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
         "incidents": [],
+        "last_lsn": node.last_lsn(),
+        "applied_lsn": node.store.position().applied_lsn,
+        "history": meta.history,
+        "orchestration": meta.orchestration,
+        "following": *node.following.borrow(),
+        "disk_free_bytes": disk_free(&node.config.dir),
     })
+}
+
+/// Free bytes on the file system of the data directory (for preflight checks).
+fn disk_free(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a properly sized, writable struct.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }

@@ -1,0 +1,503 @@
+//! The orchestration primitives as one node carries them out: drain, resume, demote, promote,
+//! fence, wait-applied, rejoin, verify.
+//!
+//! ## Job
+//! The orchestrator (in the admin CLI) drives the pair by sending these as admin requests; each
+//! changes at most this node's role, through the role state machine ([`crate::role`]), and
+//! persists the result before it answers.
+//!
+//! ## Invariants
+//! - One primitive at a time per node (`Node::role_change`).
+//! - Epoch-guarded: a request that names an epoch other than the node's is refused and changes
+//!   nothing — a stale orchestrator cannot undo a newer one's work.
+//! - Idempotent: repeating a primitive whose effect is already there answers the same result
+//!   ("already done"), so a re-run orchestrator resumes where the last one stopped.
+//! - Promote takes writes only after every received record is durable and applied; rejoin
+//!   saves the orphaned tail to a file (fsynced) *before* it undoes it in the store.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{lock, Node};
+use crate::journal::{Epoch, HistoryEntry, Lsn, Record, RecordBody};
+use crate::meta::Role;
+use crate::role::{transition, Event};
+use crate::wire::{self, AdminRequest, Standing};
+
+/// Carries out one primitive; `Err` is the refusal, in one sentence.
+pub async fn handle(node: &Arc<Node>, request: AdminRequest) -> Result<Value, String> {
+    match request {
+        AdminRequest::Drain { op_id, epoch, lease_ms } => drain(node, op_id, epoch, lease_ms).await,
+        AdminRequest::Resume { op_id, epoch } => resume(node, op_id, epoch).await,
+        AdminRequest::Demote { op_id, epoch } => demote(node, op_id, epoch).await,
+        AdminRequest::Promote { op_id, epoch, expect_lsn } => promote(node, op_id, epoch, expect_lsn).await,
+        AdminRequest::Fence { epoch, primary } => fence(node, epoch, &primary).await,
+        AdminRequest::WaitApplied { lsn, timeout_ms } => {
+            let (applied, digest) = wait_applied(node, lsn, Duration::from_millis(timeout_ms)).await?;
+            Ok(json!({ "applied_lsn": applied, "digest": digest.to_hex() }))
+        }
+        AdminRequest::Rejoin { op_id, history, epoch, last_lsn, first_available, dry_run } => {
+            let primary = PrimaryView { history, epoch, last_lsn, first_available };
+            rejoin(node, op_id, primary, dry_run).await
+        }
+        AdminRequest::Verify { lsn, full, timeout_ms } => {
+            verify(node, lsn, full, Duration::from_millis(timeout_ms)).await
+        }
+        AdminRequest::FirstAvailable => first_available(node).map(|lsn| json!({ "first_available": lsn })),
+        AdminRequest::SetProgress { progress } => {
+            node.update_meta(|meta| meta.orchestration = progress).map_err(|e| e.to_string())?;
+            Ok(json!({ "saved": true }))
+        }
+        other => Err(format!("{other:?} is not an orchestration primitive")),
+    }
+}
+
+fn check_epoch(node: &Node, epoch: Epoch) -> Result<(), String> {
+    let ours = node.meta().epoch;
+    if ours != epoch {
+        return Err(format!(
+            "{} is at epoch {ours}, but the orchestrator expected epoch {epoch}: the pair changed since it looked; run `hotpair status`",
+            node.name()
+        ));
+    }
+    Ok(())
+}
+
+fn next_role(node: &Node, event: Event) -> Result<Role, String> {
+    transition(node.role(), event).map_err(|e| format!("{}: {e}", node.name()))
+}
+
+/// Runs blocking work (fsync waits, thread joins, sled) without stalling the async runtime.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
+async fn drain(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, lease_ms: u64) -> Result<Value, String> {
+    let _one = node.role_change.lock().await;
+    check_epoch(node, epoch)?;
+    let role = next_role(node, Event::Drain)?;
+    let pipeline = node.pipeline().ok_or_else(|| format!("{} has no commit pipeline to drain", node.name()))?;
+    pipeline.set_refusing(Some(format!("draining for a switchover (op {op_id}); retry on the new primary")));
+    node.set_role(role).map_err(|e| e.to_string())?;
+    *lock(&node.drain_lease) = Some(op_id);
+    // In-flight commits were appended before the refusal; they finish once durable here and at
+    // their sync level on the backup. The drain LSN is the last of them.
+    let last = pipeline.last_lsn();
+    if let Some(local_last) = node.local.last_lsn() {
+        blocking(|| node.local.sync_to(local_last)).map_err(|e| e.to_string())?;
+    }
+    spawn_lease(node.clone(), op_id, Duration::from_millis(lease_ms));
+    tracing::info!(%op_id, lsn = last, lease_ms, "drained: new writes get TRYAGAIN");
+    Ok(json!({ "lsn": last, "digest": pipeline.digest().to_hex(), "lease_ms": lease_ms }))
+}
+
+/// Resumes writes when the lease of drain `op_id` runs out and nothing moved the node on.
+fn spawn_lease(node: Arc<Node>, op_id: Uuid, lease: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(lease).await;
+        let _one = node.role_change.lock().await;
+        if node.role() == Role::Draining && *lock(&node.drain_lease) == Some(op_id) {
+            tracing::warn!(%op_id, "drain lease expired before the switchover completed: resuming writes");
+            if let Err(err) = resume_writes(&node, Event::LeaseExpired) {
+                tracing::error!(%err, "could not resume after the drain lease expired");
+            }
+        }
+    });
+}
+
+fn resume_writes(node: &Node, event: Event) -> Result<(), String> {
+    let role = next_role(node, event)?;
+    node.set_role(role).map_err(|e| e.to_string())?;
+    *lock(&node.drain_lease) = None;
+    if let Some(pipeline) = node.pipeline() {
+        pipeline.set_refusing(None);
+    }
+    Ok(())
+}
+
+async fn resume(node: &Arc<Node>, op_id: Uuid, epoch: Epoch) -> Result<Value, String> {
+    let _one = node.role_change.lock().await;
+    check_epoch(node, epoch)?;
+    let was = node.role();
+    resume_writes(node, Event::Resume)?;
+    tracing::info!(%op_id, "resumed writes");
+    Ok(json!({ "resumed": was == Role::Draining }))
+}
+
+async fn demote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch) -> Result<Value, String> {
+    let _one = node.role_change.lock().await;
+    check_epoch(node, epoch)?;
+    let already = node.role() == Role::Backup;
+    let role = next_role(node, Event::Demote)?;
+    if !already {
+        blocking(|| node.stop_pipeline()).map_err(|e| e.to_string())?;
+        node.start_applier();
+        *lock(&node.drain_lease) = None;
+        *lock(&node.diverged_at) = None;
+        node.peer.send_replace(crate::replication::PeerState::default());
+        node.set_role(role).map_err(|e| e.to_string())?;
+        tracing::info!(%op_id, "demoted: this node is now the backup");
+    }
+    let position = node.store.position();
+    Ok(
+        json!({ "lsn": node.last_lsn(), "applied_lsn": position.applied_lsn, "digest": position.digest.to_hex(), "already": already }),
+    )
+}
+
+async fn promote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Value, String> {
+    let _one = node.role_change.lock().await;
+    let meta = node.meta();
+    let new_epoch = epoch + 1;
+    let ours = meta.history.last().is_some_and(|h| h.epoch == new_epoch && h.primary == node.name());
+    if meta.epoch == new_epoch && ours && node.role() == Role::Primary {
+        let first_lsn = meta.history.last().map_or(0, |h| h.first_lsn);
+        return Ok(json!({ "epoch": new_epoch, "first_lsn": first_lsn, "already": true }));
+    }
+    check_epoch(node, epoch)?;
+    if node.role() != Role::Backup {
+        return Err(format!("{} is {}; only a backup can be promoted", node.name(), node.role().name()));
+    }
+    let heard = node.peer.borrow().peer_last_lsn;
+    // Stop following first (the follower ends its session when the role is no longer backup),
+    // then apply everything received.
+    node.role.send_replace(Role::Primary);
+    let mut following = node.following.subscribe();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), following.wait_for(|f| !*f)).await;
+    let result = match stopped {
+        Ok(_) => blocking(|| take_over(node, new_epoch, expect_lsn)),
+        Err(_) => Err("the follower did not stop within 10s".to_string()),
+    };
+    match result {
+        Ok(first_lsn) => {
+            let received = first_lsn - 1;
+            tracing::info!(%op_id, epoch = new_epoch, first_lsn, "promoted: this node is the primary");
+            Ok(json!({
+                "epoch": new_epoch,
+                "first_lsn": first_lsn,
+                "last_received_lsn": received,
+                "last_heard_lsn": heard,
+                "not_received": heard.saturating_sub(received),
+                "already": false,
+            }))
+        }
+        Err(reason) => {
+            // Nothing was persisted: back to following.
+            node.start_applier();
+            node.role.send_replace(Role::Backup);
+            Err(reason)
+        }
+    }
+}
+
+/// The backup's half of a promotion; returns the new epoch's first LSN.
+fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Lsn, String> {
+    node.stop_applier().map_err(|e| e.to_string())?;
+    node.replay().map_err(|e| e.to_string())?;
+    let last = node.last_lsn();
+    let applied = node.store.position().applied_lsn;
+    if applied != last {
+        return Err(format!("{} applied LSN {applied} but holds {last}; cannot promote", node.name()));
+    }
+    if let Some(expect) = expect_lsn {
+        if last < expect {
+            return Err(format!("{} has only LSN {last}, but the drained primary ended at {expect}", node.name()));
+        }
+    }
+    let first_lsn = last + 1;
+    let name = node.name().to_string();
+    let meta = node
+        .update_meta(|meta| {
+            meta.epoch = new_epoch;
+            meta.history.push(HistoryEntry { epoch: new_epoch, first_lsn, primary: name });
+            meta.role = Role::Primary;
+            meta.orchestration = None;
+        })
+        .map_err(|e| e.to_string())?;
+    let pipeline =
+        Arc::new(crate::pipeline::Pipeline::start(node.local.clone(), node.store.clone(), first_lsn, new_epoch));
+    pipeline
+        .append_control(crate::clock::now_ms(), RecordBody::EpochStart { history: meta.history.clone() })
+        .map_err(|e| e.to_string())?;
+    node.peer.send_replace(crate::replication::PeerState::default());
+    *lock(&node.diverged_at) = None;
+    *lock(&node.pipeline) = Some(pipeline);
+    node.role.send_replace(Role::Primary);
+    Ok(first_lsn)
+}
+
+async fn fence(node: &Arc<Node>, epoch: Epoch, primary: &str) -> Result<Value, String> {
+    let _one = node.role_change.lock().await;
+    let ours = node.meta().epoch;
+    let writer = matches!(node.role(), Role::Primary | Role::Draining);
+    if epoch > ours && writer {
+        node.fence(&format!("the admin reports epoch {epoch} led by {primary}, ahead of our {ours}"));
+    }
+    Ok(json!({ "role": node.role().name(), "epoch": ours }))
+}
+
+/// Waits until the store has applied `lsn`; answers the applied LSN and the store's digest.
+pub async fn wait_applied(node: &Node, lsn: Lsn, timeout: Duration) -> Result<(Lsn, crate::Digest), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let position = node.store.position();
+        if position.applied_lsn >= lsn {
+            return Ok((position.applied_lsn, position.digest));
+        }
+        if let Some(reason) = node.applier().and_then(|a| a.failure()) {
+            return Err(format!("{} stopped applying: {reason}", node.name()));
+        }
+        let watcher = node.applier().map(|a| a.subscribe()).or_else(|| node.pipeline().map(|p| p.subscribe_applied()));
+        let wait = async {
+            match watcher {
+                Some(mut applied) => {
+                    let _ = applied.wait_for(|&applied| applied >= lsn).await;
+                }
+                // Between roles nothing publishes progress: look again shortly.
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            return Err(format!(
+                "{} applied only LSN {} of {lsn} within {}",
+                node.name(),
+                node.store.position().applied_lsn,
+                humantime::format_duration(timeout)
+            ));
+        }
+    }
+}
+
+/// The primary as the orchestrator saw it, for a rejoin.
+struct PrimaryView {
+    history: Vec<HistoryEntry>,
+    epoch: Epoch,
+    last_lsn: Lsn,
+    first_available: Lsn,
+}
+
+async fn rejoin(node: &Arc<Node>, op_id: Uuid, primary: PrimaryView, dry_run: bool) -> Result<Value, String> {
+    let _one = node.role_change.lock().await;
+    let meta = node.meta();
+    if primary.epoch < meta.epoch {
+        return Err(format!(
+            "{} is at epoch {}, ahead of the primary's {}: it cannot rejoin behind an older primary",
+            node.name(),
+            meta.epoch,
+            primary.epoch
+        ));
+    }
+    let our_last = node.last_lsn();
+    let divergence = match wire::standing(&primary.history, primary.last_lsn, &meta.history, our_last) {
+        Standing::OnHistory { next_lsn } => next_lsn - 1,
+        Standing::Diverged { at_lsn } => at_lsn,
+    };
+    let orphaned = our_last - divergence;
+    let needs_from = divergence + 1;
+    let shippable = primary.last_lsn < needs_from || primary.first_available <= needs_from;
+    let plan = json!({
+        "node": node.name(),
+        "divergence_lsn": divergence,
+        "orphaned": orphaned,
+        "needs_from": needs_from,
+        "primary_first_available": primary.first_available,
+        "shippable": shippable,
+    });
+    if dry_run {
+        return Ok(plan);
+    }
+    if !shippable {
+        return Err(format!(
+            "the primary's journals start at LSN {}, but {} needs them from LSN {needs_from}: a full copy is needed (--allow-full-copy)",
+            primary.first_available,
+            node.name()
+        ));
+    }
+    let writer = matches!(node.role(), Role::Primary | Role::Draining);
+    if writer && primary.epoch == meta.epoch && orphaned == 0 && primary.history == meta.history {
+        return Err(format!("{} is the primary of the current epoch; there is nothing to rejoin", node.name()));
+    }
+    if writer {
+        node.fence(&format!("rejoin {op_id}: epoch {} is led by another primary", primary.epoch));
+    }
+    let role = next_role(node, Event::RejoinStarted)?;
+    node.set_role(role).map_err(|e| e.to_string())?;
+    // A lagging backup may be in a session: it ends when the role is no longer backup.
+    let mut following = node.following.subscribe();
+    if tokio::time::timeout(Duration::from_secs(10), following.wait_for(|f| !*f)).await.is_err() {
+        return Err(format!("{} did not stop following within 10s; run rejoin again", node.name()));
+    }
+    let started = std::time::Instant::now();
+    let outcome = blocking(|| resynchronize(node, op_id, &primary, divergence));
+    let (orphans_file, rewound) = outcome.map_err(|e| format!("rejoin of {} failed while {e}", node.name()))?;
+    let role = next_role(node, Event::RejoinFinished)?;
+    node.start_applier();
+    node.set_role(role).map_err(|e| e.to_string())?;
+    tracing::info!(%op_id, divergence, orphaned, rewound, ms = started.elapsed().as_millis() as u64, "rejoined as backup; catching up");
+    let mut plan = plan;
+    plan["orphans_file"] = json!(orphans_file);
+    plan["rewound"] = json!(rewound);
+    Ok(plan)
+}
+
+/// Saves and undoes everything past `divergence`, truncates both journals there, and adopts the
+/// primary's history. Returns the orphans file (if there were orphans) and how many records
+/// were rewound in the store. Each step is safe to repeat after a crash: the file is rewritten
+/// whole, the store is rewound only down from where it stands, truncation is idempotent.
+fn resynchronize(
+    node: &Node,
+    op_id: Uuid,
+    primary: &PrimaryView,
+    divergence: Lsn,
+) -> Result<(Option<String>, u64), String> {
+    node.stop_pipeline().map_err(|e| format!("stopping the pipeline: {e}"))?;
+    node.stop_applier().map_err(|e| format!("stopping the applier: {e}"))?;
+    let mut orphans: Vec<Record> = Vec::new();
+    for journal in [&node.local, &node.remote] {
+        let tail = journal.read_reverse_after(divergence).map_err(|e| format!("reading the orphaned tail: {e}"))?;
+        orphans.extend(tail);
+    }
+    orphans.sort_by_key(|r| std::cmp::Reverse(r.lsn));
+    orphans.dedup_by_key(|r| r.lsn);
+    let file = if orphans.iter().any(|r| matches!(r.body, RecordBody::Txn { .. })) {
+        Some(save_orphans(node, op_id, &orphans).map_err(|e| format!("saving the orphans file: {e}"))?)
+    } else {
+        None
+    };
+    let mut rewound = 0;
+    for record in &orphans {
+        let applied = node.store.position().applied_lsn;
+        if record.lsn == applied {
+            node.store.rewind(record).map_err(|e| format!("rewinding LSN {}: {e}", record.lsn))?;
+            rewound += 1;
+        }
+    }
+    let applied = node.store.position().applied_lsn;
+    if applied > divergence {
+        return Err(format!(
+            "rewinding: the store is at LSN {applied}, but the journals no longer hold the records to undo it back to {divergence}"
+        ));
+    }
+    for journal in [&node.local, &node.remote] {
+        journal.truncate_after(divergence).map_err(|e| format!("truncating the journal: {e}"))?;
+    }
+    node.replay().map_err(|e| format!("replaying up to the divergence point: {e}"))?;
+    node.update_meta(|meta| {
+        if primary.history.len() >= meta.history.len() {
+            meta.history = primary.history.clone();
+        }
+        meta.epoch = meta.epoch.max(primary.epoch);
+        meta.orchestration = None;
+    })
+    .map_err(|e| format!("saving the primary's history: {e}"))?;
+    *lock(&node.diverged_at) = None;
+    node.peer.send_replace(crate::replication::PeerState::default());
+    Ok((file, rewound))
+}
+
+/// Writes the orphaned transactions, newest first as they were undone, one JSON object per
+/// line, into `DIR/orphans/`, and fsyncs it. Returns the path.
+fn save_orphans(node: &Node, op_id: Uuid, orphans: &[Record]) -> std::io::Result<String> {
+    let dir = node.config.dir.join("orphans");
+    std::fs::create_dir_all(&dir)?;
+    let (low, high) = (orphans.last().map_or(0, |r| r.lsn), orphans.first().map_or(0, |r| r.lsn));
+    let path = dir.join(format!("orphans-{low}-{high}-{}.jsonl", &op_id.to_string()[..8]));
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for record in orphans {
+        let RecordBody::Txn { ops } = &record.body else { continue };
+        let ops: Vec<Value> = ops
+            .iter()
+            .map(|op| {
+                json!({
+                    "key": text_or_hex(&op.key),
+                    "before": op.before.as_deref().map(value_json),
+                    "after": op.after.as_deref().map(value_json),
+                })
+            })
+            .collect();
+        let line = json!({ "lsn": record.lsn, "epoch": record.epoch, "time_ms": record.timestamp_ms, "ops": ops });
+        writeln!(out, "{line}")?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(path.display().to_string())
+}
+
+fn text_or_hex(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!(text),
+        Err(_) => json!({ "hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() }),
+    }
+}
+
+fn value_json(stored: &[u8]) -> Value {
+    match crate::value::StoredValue::decode(stored) {
+        Some(value) => json!({ "data": text_or_hex(&value.data), "expires_at_ms": value.expires_at_ms }),
+        None => json!({ "raw": text_or_hex(stored) }),
+    }
+}
+
+async fn verify(node: &Arc<Node>, lsn: Lsn, full: bool, timeout: Duration) -> Result<Value, String> {
+    wait_applied(node, lsn, timeout).await?;
+    let node = node.clone();
+    let work = move || -> Result<Value, String> {
+        let position = node.store.position();
+        // At exactly `lsn` the store's own digest answers; past it, the record's digest does —
+        // the applier compared it with the store's when it applied that record (and would have
+        // stopped on a mismatch), so it is this node's digest at `lsn` too.
+        let (digest, source) = if position.applied_lsn == lsn {
+            (position.digest, "store")
+        } else {
+            let record = node
+                .journal_for(lsn)
+                .read_from(lsn)
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| format!("record {lsn} is not in the journal"))?
+                .map_err(|e| e.to_string())?
+                .record;
+            (record.digest_after, "journal, checked against the store when applied")
+        };
+        let mut answer = json!({
+            "lsn": lsn,
+            "digest": digest.to_hex(),
+            "source": source,
+            "applied_lsn": position.applied_lsn,
+        });
+        if full {
+            let before = node.store.position();
+            let (scanned, keys) = node.store.full_digest().map_err(|e| e.to_string())?;
+            let after = node.store.position();
+            answer["full"] = if before == after {
+                json!({ "at_lsn": after.applied_lsn, "digest": scanned.to_hex(), "keys": keys, "matches": scanned == after.digest && keys == after.key_count })
+            } else {
+                json!({ "at_lsn": Value::Null, "matches": Value::Null, "note": "the store moved during the scan; run verify --full on a quiet pair" })
+            };
+        }
+        Ok(answer)
+    };
+    blocking(work)
+}
+
+/// The lowest LSN this node could ship from: the start of the pair's history that is still in
+/// its journals, following the history's epochs from the newest back.
+fn first_available(node: &Node) -> Result<Lsn, String> {
+    let meta = node.meta();
+    let mut first = node.last_lsn() + 1;
+    for entry in meta.history.iter().rev() {
+        let journal = node.journal_for(entry.first_lsn.max(1));
+        let held = journal.first_lsn().map_err(|e| e.to_string())?;
+        match held {
+            Some(held) if held <= entry.first_lsn.max(1) => first = entry.first_lsn.max(1),
+            Some(held) if held < first => return Ok(held),
+            _ => return Ok(first),
+        }
+    }
+    Ok(first)
+}

@@ -1,0 +1,205 @@
+//! The orchestrator: the admin CLI's side of switchover, failover, rejoin, switchback and
+//! verify. It looks at both nodes, then drives them through the primitives of
+//! [`crate::node::primitives`] one phase at a time, printing each phase with its duration.
+//!
+//! ## Invariants
+//! - Every primitive it sends carries the run's `op_id` and the epoch it saw; the nodes refuse
+//!   stale ones, so two orchestrators (or a re-run racing an old one) cannot both win.
+//! - Before the first step that changes anything, the run's [`Progress`] is saved on both
+//!   nodes; a re-run reads it and resumes (or says it rolls back) instead of starting blind.
+//! - Outcomes map to exit codes as INTERFACE.md promises: 0 done, 1 refused or failed with
+//!   nothing changed, 3 failed part-way (the message names the command that resumes it).
+//!
+//! ## Parts
+//! [`view`] reads where the pair stands; [`commands`] holds one function per command.
+
+pub mod commands;
+pub mod view;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::config::PairConfig;
+use crate::journal::{Epoch, Lsn};
+use crate::wire::AdminRequest;
+
+pub use commands::{failover, rejoin, switchback, switchover, verify};
+
+/// The phases of the orchestration commands, as they are printed and persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Preflight,
+    Drain,
+    WaitApplied,
+    Demote,
+    Promote,
+    Fence,
+    Rejoin,
+    CatchUp,
+    Reverse,
+    Verify,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Preflight => "preflight",
+            Step::Drain => "drain",
+            Step::WaitApplied => "wait-applied",
+            Step::Demote => "demote",
+            Step::Promote => "promote",
+            Step::Fence => "fence",
+            Step::Rejoin => "rejoin",
+            Step::CatchUp => "catch-up",
+            Step::Reverse => "reverse",
+            Step::Verify => "verify",
+        }
+    }
+}
+
+/// What a run saves on both nodes (`meta.orchestration`) before it changes anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub op_id: Uuid,
+    pub command: String,
+    pub from: String,
+    pub to: String,
+    /// The epoch the pair was in when the run began.
+    pub epoch: Epoch,
+    /// The step about to run.
+    pub step: Step,
+    /// The drained primary's last LSN, once known.
+    pub drain_lsn: Option<Lsn>,
+}
+
+/// How a command ended.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestrationError {
+    /// Refused before changing anything (exit 1).
+    #[error("{0}")]
+    Refused(String),
+    /// Failed after changing something; `resume` is the command that continues (exit 3).
+    #[error("{reason} — run `{resume}` to resume")]
+    PartWay { reason: String, resume: String },
+}
+
+impl OrchestrationError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OrchestrationError::Refused(_) => 1,
+            OrchestrationError::PartWay { .. } => 3,
+        }
+    }
+}
+
+/// The record of one command's run: phases with durations, details, the outcome line.
+pub struct Run {
+    pub command: &'static str,
+    pub pair: PairConfig,
+    pub op_id: Uuid,
+    quiet: bool,
+    started: Instant,
+    phases: std::cell::RefCell<Vec<(String, Duration)>>,
+    details: std::cell::RefCell<Map<String, Value>>,
+}
+
+impl Run {
+    pub fn new(command: &'static str, pair: &PairConfig, json: bool) -> Run {
+        Run {
+            command,
+            pair: pair.clone(),
+            op_id: Uuid::new_v4(),
+            quiet: json,
+            started: Instant::now(),
+            phases: Default::default(),
+            details: Default::default(),
+        }
+    }
+
+    /// Prints a line for people (not in `--json` mode).
+    pub fn say(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}", line.as_ref());
+        }
+    }
+
+    /// Runs one phase, printing its name, its duration and a note about what it found.
+    pub async fn phase<T, E>(
+        &self,
+        step: Step,
+        work: impl std::future::Future<Output = Result<(T, String), E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = work.await;
+        let took = started.elapsed();
+        self.phases.borrow_mut().push((step.name().to_string(), took));
+        let note = match &result {
+            Ok((_, note)) => note.clone(),
+            Err(_) => "FAILED".to_string(),
+        };
+        self.say(format!("  {:<13} {:>9}  {note}", step.name(), format_ms(took)));
+        result.map(|(value, _)| value)
+    }
+
+    pub fn detail(&self, key: &str, value: impl Serialize) {
+        self.details.borrow_mut().insert(key.to_string(), json!(value));
+    }
+
+    /// Sends a primitive to `node`, turning a refusal into `Err(reason)`.
+    pub async fn send(&self, node: &str, request: AdminRequest, timeout: Duration) -> Result<Value, String> {
+        crate::admin::request_within(&self.pair, node, request, timeout).await
+    }
+
+    /// Saves (or clears) this run's progress on both nodes; unreachable nodes are skipped
+    /// (the other one keeps it, and a re-run reads either).
+    pub async fn save_progress(&self, progress: Option<&Progress>) {
+        let value = progress.map(|p| json!(p));
+        for node in &self.pair.nodes {
+            let request = AdminRequest::SetProgress { progress: value.clone() };
+            if let Err(reason) = self.send(&node.name, request, crate::admin::ADMIN_TIMEOUT).await {
+                tracing::info!(node = %node.name, %reason, "could not save orchestration progress");
+            }
+        }
+    }
+
+    /// Prints the outcome (a line, or the JSON object) and returns the exit code.
+    pub fn finish(self, result: Result<String, OrchestrationError>) -> u8 {
+        let total = self.started.elapsed();
+        let (ok, outcome, code) = match &result {
+            Ok(line) => (true, line.clone(), 0),
+            Err(err) => (false, err.to_string(), err.exit_code()),
+        };
+        if self.quiet {
+            let phases: Vec<Value> = self
+                .phases
+                .borrow()
+                .iter()
+                .map(|(name, took)| json!({ "name": name, "ms": took.as_secs_f64() * 1000.0 }))
+                .collect();
+            let report = json!({
+                "command": self.command,
+                "ok": ok,
+                "exit_code": code,
+                "op_id": self.op_id,
+                "outcome": outcome,
+                "total_ms": total.as_secs_f64() * 1000.0,
+                "phases": phases,
+                "details": Value::Object(self.details.take()),
+            });
+            println!("{report}");
+        } else if ok {
+            println!("{} done in {}: {outcome}", self.command, format_ms(total));
+        } else {
+            eprintln!("hotpair {}: {outcome}", self.command);
+        }
+        code
+    }
+}
+
+pub fn format_ms(took: Duration) -> String {
+    format!("{:.1} ms", took.as_secs_f64() * 1000.0)
+}
