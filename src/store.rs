@@ -9,7 +9,10 @@
 //! ## Invariants
 //! - `apply` takes records in LSN order with no gap; a record at or below the applied LSN is
 //!   a no-op (applying twice changes nothing).
+//! - `apply_many` ends where `apply` of the same records one by one ends, in one batch; it
+//!   writes nothing of a record whose digest disagrees, nor of anything after it.
 //! - `rewind` takes exactly the last applied record and leaves the store as it was before it.
+//! - `position` never waits for a writer: it reads the position of the last batch sled accepted.
 //! - The kept digest always equals [`Store::full_digest`]: both are computed from the values
 //!   actually stored (not from the images in the record), so a store that diverged from its
 //!   primary shows it at the next digest comparison instead of hiding it.
