@@ -7,16 +7,33 @@
 //!   a record its journal could lose in a crash.
 //! - After each record the store's digest is compared with the record's; on a mismatch, or any
 //!   error, the applier stops for good and says why in [`Applier::failure`] — applying more on
-//!   top of a diverged store would only spread the damage.
+//!   top of a diverged store would only spread the damage. A mismatching record is not applied:
+//!   the store stays at the record before it.
+//! - `after_apply` runs once per record, in LSN order, after the record is in the store (or was
+//!   already there); the applied LSN is published after it.
+//!
+//! ## Batches
+//! The thread takes everything queued, up to [`MAX_RUN_RECORDS`] records or about
+//! [`MAX_RUN_BYTES`] bytes, and applies the part of it that is durable as one run
+//! ([`Store::apply_many`]: one sled batch). It waits (`sync_to`) only for the first queued record,
+//! then applies every queued record the journal's durable LSN covers, so a record is never held
+//! back for an fsync it did not need; records past the durable LSN wait for the next round. When
+//! the queue holds one record at a time this is the old one-record-per-batch behaviour; when it
+//! is long (catch-up, bursts) the cost of a sled batch and of the bookkeeping is shared.
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-use crate::journal::{Journal, Lsn, Record};
-use crate::store::{Applied, Store};
+use crate::journal::{Journal, Lsn, Record, RecordBody};
+use crate::store::Store;
+
+/// Most records applied as one run (one sled batch).
+pub const MAX_RUN_RECORDS: usize = 4096;
+/// About the most key and value bytes applied as one run (a single larger record still goes alone).
+pub const MAX_RUN_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct Applier {
     tx: Mutex<Option<Sender<Record>>>,
@@ -35,14 +52,14 @@ impl Applier {
         let thread = std::thread::Builder::new()
             .name("applier".into())
             .spawn(move || {
-                for record in rx {
-                    if let Err(reason) = apply_one(&journal, &store, &record) {
+                let mut queued = Vec::new();
+                while take_queued(&rx, &mut queued) {
+                    let result = apply_durable(&journal, &store, &mut queued, &after_apply, &applied_tx);
+                    if let Err(reason) = result {
                         tracing::error!(%reason, "the applier stops");
                         *lock(&thread_failure) = Some(reason);
                         return;
                     }
-                    after_apply(&record);
-                    applied_tx.send_replace(record.lsn);
                 }
             })
             .ok();
@@ -90,18 +107,201 @@ impl Drop for Applier {
     }
 }
 
-fn apply_one(journal: &Journal, store: &Store, record: &Record) -> Result<(), String> {
-    journal.sync_to(record.lsn).map_err(|e| format!("cannot apply LSN {}: {e}", record.lsn))?;
-    match store.apply(record).map_err(|e| format!("cannot apply LSN {}: {e}", record.lsn))? {
-        Applied::Done { digest_matches: false, digest } => Err(format!(
-            "digest mismatch at LSN {}: store has {digest}, record says {}",
-            record.lsn, record.digest_after
-        )),
-        _ => Ok(()),
+/// Tops `queued` up from the channel: waits for a record only if `queued` is empty, then takes
+/// whatever else is already there, within the run limits. False once the channel is closed and
+/// nothing is left to apply.
+fn take_queued(rx: &Receiver<Record>, queued: &mut Vec<Record>) -> bool {
+    if queued.is_empty() {
+        match rx.recv() {
+            Ok(record) => queued.push(record),
+            Err(_) => return false,
+        }
     }
+    let mut bytes: usize = queued.iter().map(record_bytes).sum();
+    while queued.len() < MAX_RUN_RECORDS && bytes < MAX_RUN_BYTES {
+        match rx.try_recv() {
+            Ok(record) => {
+                bytes += record_bytes(&record);
+                queued.push(record);
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    true
+}
+
+/// Key and value bytes of a record (what a run's sled batch will hold), roughly.
+fn record_bytes(record: &Record) -> usize {
+    match &record.body {
+        RecordBody::Txn { ops } => {
+            ops.iter().map(|op| op.key.len() + op.after.as_ref().map_or(0, Vec::len) + 16).sum::<usize>() + 64
+        }
+        _ => 64,
+    }
+}
+
+/// Waits until the first queued record is durable, then applies, as one run, every queued record
+/// the journal's durable LSN covers, removes them from `queued`, calls `after_apply` for each in
+/// order and publishes the last one's LSN. Records past the durable LSN stay queued for the next
+/// round. On a digest mismatch the records before it count as applied; the error names it.
+fn apply_durable(
+    journal: &Journal,
+    store: &Store,
+    queued: &mut Vec<Record>,
+    after_apply: &impl Fn(&Record),
+    applied_tx: &watch::Sender<Lsn>,
+) -> Result<(), String> {
+    let Some(first) = queued.first().map(|r| r.lsn) else {
+        return Ok(());
+    };
+    journal.sync_to(first).map_err(|e| format!("cannot apply LSN {first}: {e}"))?;
+    let durable = journal.durable_lsn().max(first);
+    let take = queued.iter().position(|r| r.lsn > durable).unwrap_or(queued.len());
+    let run = &queued[..take];
+    let run_last = run.last().map_or(first, |r| r.lsn);
+    let describe = || if first == run_last { format!("LSN {first}") } else { format!("LSNs {first} to {run_last}") };
+    let outcome = store.apply_many(run).map_err(|e| format!("cannot apply {}: {e}", describe()))?;
+    let good = outcome.mismatch.map_or(run.len(), |m| run.iter().position(|r| r.lsn >= m.lsn).unwrap_or(run.len()));
+    for record in &run[..good] {
+        after_apply(record);
+    }
+    if let Some(record) = run[..good].last() {
+        applied_tx.send_replace(record.lsn);
+    }
+    if let Some(m) = outcome.mismatch {
+        return Err(format!("digest mismatch at LSN {}: store has {}, record says {}", m.lsn, m.store, m.record));
+    }
+    queued.drain(..take);
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain data behind the lock; a panicked holder leaves nothing half-done that matters more.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::journal::{JournalIdentity, JournalKind, JournalOptions, Op};
+
+    fn setup(dir: &std::path::Path) -> (Journal, Arc<Store>) {
+        let identity = JournalIdentity { cluster: [7; 16], node: "b".into(), kind: JournalKind::Remote };
+        let (journal, _) = Journal::open(&dir.join("journal"), identity, JournalOptions::default()).unwrap();
+        (journal, Arc::new(Store::open(&dir.join("store")).unwrap()))
+    }
+
+    /// `count` single-key SETs over 50 keys, with the right digests, from a scratch store.
+    fn records(dir: &std::path::Path, count: u64) -> Vec<Record> {
+        let scratch = Store::open(&dir.join("scratch")).unwrap();
+        (1..=count)
+            .map(|lsn| {
+                let key = format!("k{}", lsn % 50).into_bytes();
+                let (ops, digest_after) = scratch.prepare(vec![(key, Some(lsn.to_le_bytes().to_vec()))]).unwrap();
+                let record = Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::Txn { ops } };
+                scratch.apply(&record).unwrap();
+                record
+            })
+            .collect()
+    }
+
+    fn wait_for(applier: &Applier, lsn: Lsn) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while applier.applied_lsn() < lsn && applier.failure().is_none() {
+            assert!(std::time::Instant::now() < deadline, "applier stuck at {}", applier.applied_lsn());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_burst_is_applied_in_order_with_after_apply_for_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, store) = setup(dir.path());
+        let records = records(dir.path(), 10_000);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_in = seen.clone();
+        let check_store = store.clone();
+        let applier = Applier::start(journal.clone(), store.clone(), move |record| {
+            // The record is in the store when after_apply runs.
+            assert!(check_store.position().applied_lsn >= record.lsn);
+            lock(&seen_in).push(record.lsn);
+        });
+        // Appended and queued faster than the applier takes them, so runs form; the last 100
+        // are queued before they are appended, so some runs must wait for the journal.
+        for record in &records[..9_900] {
+            journal.append(record).unwrap();
+            applier.submit(record.clone()).unwrap();
+        }
+        for record in &records[9_900..] {
+            applier.submit(record.clone()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        for record in &records[9_900..] {
+            journal.append(record).unwrap();
+        }
+        wait_for(&applier, 10_000);
+        assert_eq!(applier.failure(), None);
+        assert_eq!(*lock(&seen), (1..=10_000).collect::<Vec<Lsn>>());
+        assert!(journal.durable_lsn() >= 10_000);
+        assert_eq!(store.position().digest, records.last().unwrap().digest_after);
+        assert_eq!(store.full_digest().unwrap(), (store.position().digest, 50));
+        // Re-sent records are skipped, and after_apply still runs for them.
+        applier.submit(records[9_999].clone()).unwrap();
+        applier.shutdown();
+        assert_eq!(lock(&seen).len(), 10_001);
+        assert_eq!(store.position().applied_lsn, 10_000);
+    }
+
+    #[test]
+    fn a_digest_mismatch_stops_the_applier_before_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, store) = setup(dir.path());
+        let mut records = records(dir.path(), 300);
+        records[199].digest_after = Digest(records[199].digest_after.0.wrapping_add(1));
+        for record in &records {
+            journal.append(record).unwrap();
+        }
+        journal.sync_to(300).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_in = seen.clone();
+        let applier = Applier::start(journal.clone(), store.clone(), move |record| lock(&seen_in).push(record.lsn));
+        for record in &records {
+            applier.submit(record.clone()).unwrap();
+        }
+        wait_for(&applier, 300);
+        let failure = applier.failure().expect("the applier stopped");
+        assert!(failure.contains("digest mismatch at LSN 200"), "{failure}");
+        assert_eq!(applier.applied_lsn(), 199);
+        assert_eq!(*lock(&seen), (1..=199).collect::<Vec<Lsn>>());
+        assert_eq!(store.position().applied_lsn, 199);
+        assert_eq!(store.position().digest, records[198].digest_after);
+        assert!(applier.submit(records[0].clone()).is_err());
+    }
+
+    #[test]
+    fn control_records_pass_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, store) = setup(dir.path());
+        let op = Op { key: b"k".to_vec(), before: None, after: Some(b"v".to_vec()) };
+        let digest = Digest::EMPTY.updated(b"k", None, Some(b"v"));
+        let records = [
+            Record { lsn: 1, epoch: 1, timestamp_ms: 0, digest_after: digest, body: RecordBody::Txn { ops: vec![op] } },
+            Record {
+                lsn: 2,
+                epoch: 1,
+                timestamp_ms: 0,
+                digest_after: digest,
+                body: RecordBody::Canary { sequence: 1 },
+            },
+        ];
+        let applier = Applier::start(journal.clone(), store.clone(), |_| {});
+        for record in &records {
+            journal.append(record).unwrap();
+            applier.submit(record.clone()).unwrap();
+        }
+        applier.shutdown();
+        assert_eq!(applier.failure(), None);
+        assert_eq!(store.position(), crate::store::Position { applied_lsn: 2, digest, key_count: 1 });
+    }
 }

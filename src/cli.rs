@@ -188,6 +188,21 @@ pub enum BenchWhich {
         #[arg(long)]
         json: bool,
     },
+    /// Catch-up apply rate: the same records applied to sled one per batch, in runs of one
+    /// batch, and through the applier from a journal.
+    Apply {
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Records applied by each measurement (single-key SETs of 100-byte values).
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Distinct keys the SETs cycle through.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a parsed command; prints errors as one sentence and returns the exit code.
@@ -239,6 +254,9 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
         Command::Bench { which: BenchWhich::Journal { dir, seconds, json } } => {
             crate::bench::journal(dir, seconds, json).map(|_| 0)
+        }
+        Command::Bench { which: BenchWhich::Apply { dir, records, keys, json } } => {
+            crate::bench::apply(dir, records, keys, json).map(|_| 0)
         }
         Command::AppendLoop { dir, committers } => crate::demo::append_loop(&dir, committers).map(|_| 0),
     }
