@@ -164,8 +164,9 @@ struct Drill {
 }
 
 impl Drill {
+    /// Milliseconds since the drill started, to 0.1 ms.
     fn now_ms(&self) -> f64 {
-        self.origin.elapsed().as_secs_f64() * 1000.0
+        (self.origin.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
     }
 
     /// Takes a status snapshot in the background (a paused node must not hold the drill up).
@@ -215,6 +216,7 @@ impl Drill {
             Action::Heal => Outcome::from(self.pair.heal()),
             Action::Delay { delay } => Outcome::from(self.pair.delay(*delay)),
             Action::CorruptTail { node, bytes } => Outcome::from(self.pair.corrupt_tail(node, *bytes)),
+            Action::TrimJournal { node } => Outcome::from(self.pair.trim_journal(node)),
             Action::WaitCaughtUp { timeout } => self.wait_caught_up(*timeout).await,
             Action::Switchover { to, timeout, max_lag } => {
                 let mut args = vec!["switchover".to_string()];
@@ -295,12 +297,24 @@ impl Drill {
         interpret(&command_line, out.status.code(), &stdout, &stderr)
     }
 
-    /// Polls status until the backup's LSN is the primary's and neither reports lag.
+    /// Polls until the backup has applied everything the primary had committed a moment
+    /// before: the primary is asked first, then the backup, and the backup's LSN must have
+    /// reached the primary's. Without writes this is "same LSN, no lag"; under a workload an
+    /// instant where both stand still at one LSN may never come, so that is not required.
     async fn wait_caught_up(&self, timeout: Duration) -> Outcome {
         let started = Instant::now();
         loop {
-            let status = self.pair.status().await;
-            match caught_up(&status) {
+            let first = self.pair.status().await;
+            let verdict = match primary_of(&first) {
+                None => Err("no reachable primary".to_string()),
+                Some(primary) => {
+                    let backup = self.pair.names().into_iter().find(|n| *n != primary).unwrap_or_default();
+                    let p = self.pair.node_status(&primary).await;
+                    let b = self.pair.node_status(&backup).await;
+                    caught_up(&primary, &p, &backup, &b)
+                }
+            };
+            match verdict {
                 Ok(summary) => {
                     return Outcome::ok(format!("{summary} after {} ms", started.elapsed().as_millis()));
                 }
@@ -385,25 +399,30 @@ pub fn primary_of(status: &Value) -> Option<String> {
         .map(|(name, _)| name.clone())
 }
 
-/// `Ok(summary)` when the backup has applied everything the primary committed (pure).
-fn caught_up(status: &Value) -> Result<String, String> {
-    let primary = primary_of(status).ok_or("no reachable primary")?;
-    let nodes = status["nodes"].as_object().ok_or("status has no nodes")?;
-    let (backup, b) = nodes.iter().find(|(name, _)| **name != primary).ok_or("the pair has one node")?;
-    let p = &status["nodes"][&primary];
+/// `Ok(summary)` when the backup (status `b`, asked after the primary's `p`) has applied
+/// everything the primary had committed (pure).
+fn caught_up(primary: &str, p: &Value, backup: &str, b: &Value) -> Result<String, String> {
+    if p["reachable"] != true || p["role"] != "primary" {
+        return Err(format!("{primary} is no longer a reachable primary"));
+    }
     if b["reachable"] != true {
         return Err(format!("backup {backup} is not reachable"));
     }
-    let (plsn, blsn) = (p["lsn"].as_u64(), b["lsn"].as_u64());
-    let lag = |n: &Value| n["lag_records"].as_u64().unwrap_or(0);
-    if plsn.is_none() || plsn != blsn || lag(p) != 0 || lag(b) != 0 {
-        return Err(format!(
-            "primary {primary} at LSN {}, backup {backup} at {} (lag {} / {} records)",
-            p["lsn"], b["lsn"], p["lag_records"], b["lag_records"]
-        ));
+    if b["remote_journal"] == "diverged" {
+        return Err(format!("backup {backup} has diverged (it needs a rejoin)"));
     }
-    let same = if p["digest"] == b["digest"] { "equal digests" } else { "DIFFERENT digests" };
-    Ok(format!("{backup} caught up with {primary} at LSN {}, {same}", p["lsn"]))
+    let (plsn, blsn) = (p["lsn"].as_u64(), b["lsn"].as_u64());
+    let lag = b["lag_records"].as_u64().unwrap_or(0);
+    match (plsn, blsn) {
+        (Some(pl), Some(bl)) if bl >= pl && (bl > pl || lag == 0) => {
+            let same = if bl == pl && p["digest"] != b["digest"] { ", DIFFERENT digests" } else { "" };
+            Ok(format!("{backup} caught up with {primary} (LSN {pl}){same}"))
+        }
+        _ => Err(format!(
+            "primary {primary} at LSN {}, backup {backup} at {} (lag {} records)",
+            p["lsn"], b["lsn"], b["lag_records"]
+        )),
+    }
 }
 
 fn push_opt(args: &mut Vec<String>, flag: &str, value: Option<String>) {
@@ -442,6 +461,7 @@ fn params(step: &Step) -> String {
         Action::WaitCaughtUp { timeout } => format!("timeout={}", human(*timeout)),
         Action::Verify { full } => if *full { "full" } else { "" }.to_string(),
         Action::CorruptTail { node, bytes } => format!("node={node} bytes={bytes}"),
+        Action::TrimJournal { node } => format!("node={node}"),
         Action::StopWorkload | Action::Heal | Action::Switchback { .. } => String::new(),
     };
     if step.expect_refused {
@@ -705,17 +725,18 @@ mod tests {
     }
 
     #[test]
-    fn caught_up_needs_equal_lsns_and_no_lag() {
-        let status = |blsn: u64, lag: u64| {
-            json!({"nodes": {
-                "a": {"reachable": true, "role": "backup", "epoch": 2, "lsn": blsn, "lag_records": lag, "digest": "x"},
-                "b": {"reachable": true, "role": "primary", "epoch": 2, "lsn": 10, "lag_records": lag, "digest": "x"},
-            }})
+    fn caught_up_needs_the_backup_at_the_primarys_lsn() {
+        let node = |role: &str, lsn: u64, lag: u64| {
+            json!({"reachable": true, "role": role, "epoch": 2, "lsn": lsn, "lag_records": lag, "digest": "x",
+                   "remote_journal": "active"})
         };
-        assert!(caught_up(&status(10, 0)).is_ok());
-        assert!(caught_up(&status(9, 0)).is_err());
-        assert!(caught_up(&status(10, 1)).is_err());
-        assert_eq!(primary_of(&status(10, 0)).as_deref(), Some("b"));
-        assert!(caught_up(&json!({"nodes": {"a": {"reachable": false}}})).is_err());
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 10, 0)).is_ok());
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 12, 3)).is_ok(), "moved on since");
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 9, 0)).is_err());
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 10, 1)).is_err());
+        assert!(caught_up("b", &node("backup", 10, 0), "a", &node("backup", 10, 0)).is_err());
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &json!({"reachable": false})).is_err());
+        let status = json!({"nodes": {"a": node("backup", 1, 0), "b": node("primary", 1, 0)}});
+        assert_eq!(primary_of(&status).as_deref(), Some("b"));
     }
 }

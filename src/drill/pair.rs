@@ -410,6 +410,36 @@ impl DrillPair {
         Ok(format!("inverted the last {n} bytes of {}", newest.display()))
     }
 
+    /// Removes every local journal segment of `node` but the newest (the node must be down):
+    /// what trimming or archiving closed segments leaves behind, so that a peer needing that
+    /// range finds it gone.
+    pub fn trim_journal(&self, node: &str) -> Result<String, DrillError> {
+        if self.is_running(node) {
+            return Err(DrillError::Step(format!("trim-journal needs node {node} down; kill it first")));
+        }
+        let dir = self.config.node(node)?.dir.join("journal").join("local");
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|source| DrillError::Io { context: format!("listing {}", dir.display()), source })?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "hpj"))
+            .collect();
+        segments.sort();
+        if segments.len() < 2 {
+            return Err(DrillError::Step(format!(
+                "{} holds {} segment(s): nothing to trim (run reopen-log first)",
+                dir.display(),
+                segments.len()
+            )));
+        }
+        let newest = segments.pop().unwrap_or_default(); // Invariant: at least two segments (checked above).
+        for segment in &segments {
+            std::fs::remove_file(segment)
+                .map_err(|source| DrillError::Io { context: format!("removing {}", segment.display()), source })?;
+        }
+        Ok(format!("removed {} segment(s) of {node}'s local journal, kept {}", segments.len(), newest.display()))
+    }
+
     /// `{"nodes": {...}}` with every node's status; a node that does not answer within the
     /// poll timeout shows `reachable: false`.
     pub async fn status(&self) -> Value {

@@ -96,6 +96,7 @@ pub enum Action {
     WaitCaughtUp { timeout: Duration },
     Verify { full: bool },
     CorruptTail { node: String, bytes: u64 },
+    TrimJournal { node: String },
 }
 
 /// Every verb with the keys it takes (besides `do`), in the order the docs list them.
@@ -120,10 +121,12 @@ pub const VERBS: &[(&str, &[&str])] = &[
     ("wait-caught-up", &["timeout"]),
     ("verify", &["full", "expect_refused"]),
     ("corrupt-tail", &["node", "bytes"]),
+    ("trim-journal", &["node"]),
 ];
 
 /// Verbs that need the drill to own the processes or the link.
-const OWNED_ONLY: &[&str] = &["kill", "pause", "resume", "restart", "partition", "heal", "delay", "corrupt-tail"];
+const OWNED_ONLY: &[&str] =
+    &["kill", "pause", "resume", "restart", "partition", "heal", "delay", "corrupt-tail", "trim-journal"];
 
 /// Default `wait-caught-up` deadline.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(30);
@@ -151,10 +154,13 @@ pub struct Expectations {
     pub digests_equal: Option<bool>,
     /// At least this many acknowledged writes (a drill whose workload never wrote proves nothing).
     pub min_acknowledged: Option<u64>,
+    /// `true`: every lost acknowledged write is accounted for by an orphaned transaction
+    /// (lost ≤ orphaned): at `async`/`received` loss is allowed, but never silent.
+    pub lost_reported: Option<bool>,
 }
 
 pub const EXPECT_KEYS: &[&str] =
-    &["lost_acknowledged", "max_write_outage", "max_orphaned", "digests_equal", "min_acknowledged"];
+    &["lost_acknowledged", "max_write_outage", "max_orphaned", "digests_equal", "min_acknowledged", "lost_reported"];
 const TOP_KEYS: &[&str] =
     &["name", "description", "sync", "sync_timeout", "on_peer_loss", "heartbeat", "attach", "step", "expect"];
 const PAIR_SETTING_KEYS: &[&str] = &["sync", "sync_timeout", "on_peer_loss", "heartbeat"];
@@ -229,7 +235,8 @@ impl Playbook {
                 | Action::Resume { node }
                 | Action::Restart { node }
                 | Action::Rejoin { node, .. }
-                | Action::CorruptTail { node, .. } => ("node", Some(node)),
+                | Action::CorruptTail { node, .. }
+                | Action::TrimJournal { node } => ("node", Some(node)),
                 Action::Failover { to, .. } => ("to", Some(to)),
                 Action::Switchover { to, .. } => ("to", to.as_ref()),
                 Action::ReplicateStop { node } | Action::ReplicateStart { node } | Action::ReopenLog { node } => {
@@ -415,7 +422,6 @@ impl Parser<'_> {
             }
             Ok(node)
         };
-        // Invariant for the `expect`s below: `node(true)` returned Err unless the node is present.
         let required_node = || -> Result<String, PlaybookError> {
             node(true)?.ok_or_else(|| self.invalid(Some(number), Some("node".into()), "is missing"))
         };
@@ -498,6 +504,7 @@ impl Parser<'_> {
             "corrupt-tail" => {
                 Action::CorruptTail { node: required_node()?, bytes: self.count(&fields, "bytes")?.unwrap_or(8) }
             }
+            "trim-journal" => Action::TrimJournal { node: required_node()? },
             other => {
                 return Err(self.invalid(Some(number), Some("do".into()), format!("verb {other:?} is not handled")))
             }
@@ -526,6 +533,7 @@ impl Parser<'_> {
             max_orphaned: whole("max_orphaned")?,
             digests_equal: self.boolean(&fields, "digests_equal")?,
             min_acknowledged: whole("min_acknowledged")?,
+            lost_reported: self.boolean(&fields, "lost_reported")?,
         })
     }
 
@@ -708,6 +716,23 @@ digests_equal = true
 
         assert!(matches!(parse("[[step]\n"), Err(PlaybookError::Toml { .. })));
         assert_eq!(parse("name = \"x\"\n").unwrap_err().key(), Some("step"));
+    }
+
+    #[test]
+    fn every_shipped_playbook_parses_and_says_what_it_proves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let p = Playbook::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                p.check_nodes(&["a".into(), "b".into()]).unwrap();
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.starts_with("# Proves:"), "{} must open with what it proves", path.display());
+                count += 1;
+            }
+        }
+        assert!(count >= 8, "{count} playbooks");
     }
 
     #[test]

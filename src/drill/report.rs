@@ -260,6 +260,16 @@ impl Report {
             };
             expectations.push(verdict("min_acknowledged", format!(">= {min}"), measured, pass));
         }
+        if let Some(want) = e.lost_reported {
+            let (measured, pass) = match (workload.as_ref().and_then(|w| w.lost), orphaned_measured) {
+                (None, _) => (not_measured("no lost-write count (no workload, or the keys could not be read)"), false),
+                (Some(_), None) => (not_measured("orphans unknown"), false),
+                (Some(lost), Some(orphaned)) => {
+                    (json!(format!("{lost} lost, {orphaned} orphaned")), (lost <= orphaned) == want)
+                }
+            };
+            expectations.push(verdict("lost_reported", format!("{want} (lost <= orphaned)"), measured, pass));
+        }
         // Implicit: the oracle must explain every value it read back.
         if let Some(w) = &workload {
             if let Some(n) = w.unexplained.filter(|n| *n > 0) {

@@ -547,19 +547,23 @@ pub fn windows(start: f64, stop: f64, mut acks: Vec<f64>, mut tries: Vec<f64>, t
     acks.sort_by(f64::total_cmp);
     tries.sort_by(f64::total_cmp);
     let attempted = |from: f64, to: f64| {
-        let i = tries.partition_point(|&t| t < from);
+        let i = tries.partition_point(|&t| t <= from);
         tries.get(i).is_some_and(|&t| t < to)
     };
     let mut out = Vec::new();
+    let round = |ms: f64| (ms * 10.0).round() / 10.0;
+    let mut push = |from: f64, to: f64, open_at_stop| {
+        out.push(OutageWindow { start_ms: round(from), end_ms: round(to), open_at_stop });
+    };
     let mut previous = start;
     for &ack in &acks {
         if ack - previous > threshold_ms && attempted(previous, ack) {
-            out.push(OutageWindow { start_ms: previous, end_ms: ack, open_at_stop: false });
+            push(previous, ack, false);
         }
         previous = previous.max(ack);
     }
     if stop - previous > threshold_ms && attempted(previous, stop) {
-        out.push(OutageWindow { start_ms: previous, end_ms: stop, open_at_stop: true });
+        push(previous, stop, true);
     }
     out
 }
@@ -687,6 +691,7 @@ mod tests {
         assert_eq!((w[1].start_ms, w[1].end_ms, w[1].open_at_stop), (510.0, 1000.0, true));
         // No attempts in the gap (e.g. nothing was being written): no outage.
         let w = windows(0.0, 1000.0, acks, vec![10.0, 20.0, 30.0, 500.0, 510.0], 100.0);
+        // (An attempt that ends in the acknowledgement closing a gap does not count as inside it.)
         assert!(w.is_empty(), "{w:?}");
     }
 }
