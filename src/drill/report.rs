@@ -351,8 +351,7 @@ pub fn text(r: &Report) -> String {
         if r.spawned { "spawned" } else { "attached" },
         r.sync.as_ref().map(|s| format!(", sync {s}")).unwrap_or_default()
     );
-    let _ =
-        writeln!(out, "\n{:>4}  {:<15} {:>9} {:>10}  {:<7} {}", "step", "verb", "start", "took", "result", "summary");
+    let _ = writeln!(out, "\n{:>4}  {:<15} {:>9} {:>10}  {:<7} summary", "step", "verb", "start", "took", "result");
     for s in &r.steps {
         let _ = writeln!(
             out,
@@ -466,7 +465,7 @@ pub fn text(r: &Report) -> String {
     }
     for e in &r.expectations {
         let measured = e.measured.as_str().map_or_else(|| e.measured.to_string(), str::to_string);
-        let _ = writeln!(out, "  {:<28} expected {:<10} measured {:<24} {}", e.key, e.expected, measured, e.verdict);
+        let _ = writeln!(out, "  {:<28} expected {:<22} measured {:<24} {}", e.key, e.expected, measured, e.verdict);
     }
     if let Some(step) = r.aborted_at_step {
         let _ = writeln!(out, "  step {step} failed, so the drill fails whatever the expectations say");

@@ -403,7 +403,7 @@ pub fn judge_key(attempts: &[Attempt], keys_per_client: u64, slot: u64, stored: 
         (Stored::Seq(seq), Some(acked)) if seq == acked => KeyVerdict::Intact,
         // Above the last acknowledged write (or none acknowledged): it was attempted (checked
         // above), so it must be failed or unknown — an acknowledged one would be `acked`.
-        (Stored::Seq(seq), _) => KeyVerdict::UnacknowledgedStored { seq: seq, outcome: attempts[seq as usize].outcome },
+        (Stored::Seq(seq), _) => KeyVerdict::UnacknowledgedStored { seq, outcome: attempts[seq as usize].outcome },
     }
 }
 
