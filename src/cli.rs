@@ -128,6 +128,15 @@ pub enum Command {
         #[arg(long, default_value_t = 16)]
         committers: u64,
     },
+    /// Runs a scripted drill (a playbook) against a pair it spawns or attaches to; exit 0 only if
+    /// every expectation held.
+    Drill {
+        /// The playbook (TOML; see docs/drills.md).
+        playbook: PathBuf,
+        /// Where to write the JSON report (the SVG timeline goes next to it, as .svg).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Benchmarks, each against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -252,6 +261,7 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         }
         Command::Journal { action } => journal(action),
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
+        Command::Drill { playbook, report } => crate::drill::main(&playbook, report),
         Command::Bench { which: BenchWhich::Journal { dir, seconds, json } } => {
             crate::bench::journal(dir, seconds, json).map(|_| 0)
         }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod digest;
+pub mod drill;
 mod error;
 pub mod init;
 pub mod journal;
