@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::view::{NodeView, PairView};
 use super::{OrchestrationError, Progress, Run, Step};
@@ -343,7 +343,11 @@ async fn verify_phase(run: &Run, lsn: Lsn, full: bool, timeout: Duration) -> Res
     }
     let first = answers.first().map(|(_, b)| b["digest"].as_str().unwrap_or("?").to_string()).unwrap_or_default();
     let equal = answers.iter().all(|(_, b)| b["digest"].as_str() == Some(&first));
-    run.detail("verify", json!({ "lsn": lsn, "equal": equal, "digests": digests, "full": full, "full_matches": full.then_some(full_ok) }));
+    run.detail("lsn", lsn);
+    run.detail("equal", equal);
+    run.detail("digests", &digests);
+    run.detail("full", full);
+    run.detail("full_matches", full.then_some(full_ok));
     if !equal {
         return Err(format!("digests differ at LSN {lsn}: {}", Value::Object(digests)));
     }
