@@ -368,6 +368,7 @@ where
             biased;
             _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             frame = frames.recv() => match frame {
+                Some(Ok(Some(Frame::Copy(_)))) => break Err(ReplicationError::Protocol("the primary sent a copy batch into a replication session".into())),
                 Some(Ok(Some(Frame::Records(bytes)))) => match keep_records(ctx, &bytes) {
                     Ok(Some(last)) => received = last,
                     Ok(None) => {}

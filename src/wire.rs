@@ -31,6 +31,7 @@ pub const BATCH_BYTES: usize = 1024 * 1024;
 
 const TYPE_JSON: u8 = 1;
 const TYPE_RECORDS: u8 = 2;
+const TYPE_COPY: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -46,6 +47,8 @@ pub enum Frame {
     Message(Envelope),
     /// Journal record frames back to back.
     Records(Vec<u8>),
+    /// A batch of a full copy: `u32 LE key length, key, u32 LE value length, value`, repeated.
+    Copy(Vec<u8>),
 }
 
 /// Who sent a message, in which epoch, and what it says.
@@ -72,6 +75,12 @@ pub enum Message {
     Ack { received_lsn: Lsn, durable_lsn: Lsn, applied_lsn: Lsn, digest: Digest },
     /// Liveness both ways; a gap in `seq` means lost messages.
     Heartbeat { seq: u64, time_ms: u64, last_lsn: Lsn },
+    /// First message of a full-copy connection (instead of a hello): send me your store.
+    CopyRequest { cluster: Uuid, incarnation: Uuid },
+    /// The copy that follows (as [`Frame::Copy`] frames) is the store at this position.
+    CopyBegin { position: crate::store::Position, history: Vec<HistoryEntry> },
+    /// The copy is complete: `pairs` pairs were sent.
+    CopyEnd { pairs: u64 },
     /// An admin request (the CLI is the sender).
     Admin { request: AdminRequest },
     /// The answer to an admin request.
@@ -131,6 +140,9 @@ pub enum AdminRequest {
         last_lsn: Lsn,
         first_available: Lsn,
         dry_run: bool,
+        /// Replace the store with a copy of the primary's (when the journals needed are gone).
+        #[serde(default)]
+        full_copy: bool,
     },
     /// The digest at `lsn` (waiting to reach it); `full` also recomputes it from the stored data.
     Verify {
@@ -172,6 +184,10 @@ fn decode_payload(mut payload: Vec<u8>) -> Result<Option<Frame>, WireError> {
             payload.remove(0);
             Ok(Some(Frame::Records(payload)))
         }
+        TYPE_COPY => {
+            payload.remove(0);
+            Ok(Some(Frame::Copy(payload)))
+        }
         other => Err(WireError::Invalid(format!("unknown frame type {other}"))),
     }
 }
@@ -182,6 +198,7 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
         // Serialising these plain data types cannot fail (no maps with non-string keys).
         Frame::Message(envelope) => (TYPE_JSON, serde_json::to_vec(envelope).unwrap_or_default()),
         Frame::Records(bytes) => (TYPE_RECORDS, bytes.clone()),
+        Frame::Copy(bytes) => (TYPE_COPY, bytes.clone()),
     };
     let mut out = Vec::with_capacity(payload.len() + 5);
     out.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
@@ -194,6 +211,36 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -
     writer.write_all(&encode_frame(frame)).await?;
     writer.flush().await?;
     Ok(())
+}
+
+/// Encodes pairs for a [`Frame::Copy`].
+pub fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum());
+    for (key, value) in pairs {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// Decodes a [`Frame::Copy`] payload; a length that runs past the end is invalid.
+pub fn decode_pairs(mut bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WireError> {
+    let take = |bytes: &mut &[u8]| -> Result<Vec<u8>, WireError> {
+        let invalid = || WireError::Invalid("copy batch cut short".into());
+        let len = u32::from_le_bytes(bytes.get(..4).ok_or_else(invalid)?.try_into().map_err(|_| invalid())?) as usize;
+        let field = bytes.get(4..4 + len).ok_or_else(invalid)?.to_vec();
+        *bytes = &bytes[4 + len..];
+        Ok(field)
+    };
+    let mut pairs = Vec::new();
+    while !bytes.is_empty() {
+        let key = take(&mut bytes)?;
+        let value = take(&mut bytes)?;
+        pairs.push((key, value));
+    }
+    Ok(pairs)
 }
 
 /// Where a node with history `theirs` and last LSN `their_last` stands against `ours`.
@@ -261,7 +308,10 @@ mod tests {
             epoch: 3,
             message: Message::Ack { received_lsn: 5, durable_lsn: 4, applied_lsn: 3, digest: Digest(9) },
         };
-        for frame in [Frame::Message(envelope), Frame::Records(vec![1, 2, 3])] {
+        let pairs = vec![(b"k".to_vec(), b"value".to_vec()), (Vec::new(), vec![0u8; 3])];
+        assert_eq!(decode_pairs(&encode_pairs(&pairs)).unwrap(), pairs);
+        assert!(decode_pairs(&encode_pairs(&pairs)[..7]).is_err());
+        for frame in [Frame::Message(envelope), Frame::Records(vec![1, 2, 3]), Frame::Copy(vec![4, 5])] {
             let bytes = encode_frame(&frame);
             let mut reader = &bytes[..];
             assert_eq!(read_frame(&mut reader).await.unwrap(), Some(frame));

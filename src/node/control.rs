@@ -122,6 +122,12 @@ where
         .await
         .map_err(|_| "peer sent no hello in time".to_string())?
         .map_err(|e| e.to_string())?;
+    if let Some(Frame::Message(Envelope { from, epoch, message: Message::CopyRequest { cluster, incarnation } })) =
+        &first
+    {
+        check_hello(&node, from, *epoch, *cluster, *incarnation)?;
+        return copy_out(node, stream).await;
+    }
     let Some(Frame::Message(Envelope {
         from,
         epoch,
@@ -223,6 +229,42 @@ where
     };
     node.session_active.store(false, Ordering::SeqCst);
     result
+}
+
+/// Sends the whole store to the peer (a full copy for a rejoin whose journals are gone): the
+/// store at one position, then the peer catches up from the next LSN as a backup.
+async fn copy_out<S>(node: Arc<Node>, mut stream: S) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if node.pipeline().is_none() {
+        return Err("a full copy was asked of a node that is not the primary".into());
+    }
+    let history = node.meta().history;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(crate::store::Position, Vec<(Vec<u8>, Vec<u8>)>)>(4);
+    let store = node.store.clone();
+    let scan = tokio::task::spawn_blocking(move || {
+        store.copy_out(1 << 20, |position, batch| tx.blocking_send((position, batch)).is_ok())
+    });
+    let mut begun = false;
+    let mut pairs = 0u64;
+    let started = std::time::Instant::now();
+    while let Some((position, batch)) = rx.recv().await {
+        if !begun {
+            tracing::info!(lsn = position.applied_lsn, keys = position.key_count, "full copy: sending the store");
+            let begin = Message::CopyBegin { position, history: history.clone() };
+            let envelope = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: begin };
+            wire::write_frame(&mut stream, &Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
+            begun = true;
+        }
+        pairs += batch.len() as u64;
+        wire::write_frame(&mut stream, &Frame::Copy(wire::encode_pairs(&batch))).await.map_err(|e| e.to_string())?;
+    }
+    scan.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let end = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::CopyEnd { pairs } };
+    wire::write_frame(&mut stream, &Frame::Message(end)).await.map_err(|e| e.to_string())?;
+    tracing::info!(pairs, ms = started.elapsed().as_millis() as u64, "full copy sent");
+    Ok(())
 }
 
 fn check_hello(

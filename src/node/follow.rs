@@ -90,7 +90,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
 }
 
 /// Connects to the peer's control port with TLS, bounded at each step.
-async fn connect(
+pub(super) async fn connect(
     node: &Arc<Node>,
     connector: &TlsConnector,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {

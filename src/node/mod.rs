@@ -17,7 +17,7 @@
 
 pub mod backend;
 mod control;
-mod follow;
+pub(crate) mod follow;
 pub mod primitives;
 pub mod status;
 
@@ -66,6 +66,8 @@ pub struct Node {
     pub following: watch::Sender<bool>,
     /// The switchover whose drain lease is running, while draining.
     drain_lease: Mutex<Option<uuid::Uuid>>,
+    /// A full copy in progress: pairs received so far and the total expected.
+    pub copy_progress: watch::Sender<Option<(u64, u64)>>,
 }
 
 impl Node {
@@ -129,6 +131,7 @@ impl Node {
             role_change: tokio::sync::Mutex::new(()),
             following: watch::channel(false).0,
             drain_lease: Mutex::new(None),
+            copy_progress: watch::channel(None).0,
         });
         let replayed = node.replay()?;
         tracing::info!(
@@ -166,9 +169,11 @@ impl Node {
         lock(&self.applier).clone()
     }
 
-    /// The last LSN this node holds in the pair's history (either journal).
+    /// The last LSN this node holds in the pair's history: in either journal, or in the store
+    /// (after a full copy the store starts where the journals are empty).
     pub fn last_lsn(&self) -> Lsn {
-        self.local.last_lsn().unwrap_or(0).max(self.remote.last_lsn().unwrap_or(0))
+        let journals = self.local.last_lsn().unwrap_or(0).max(self.remote.last_lsn().unwrap_or(0));
+        journals.max(self.store.position().applied_lsn)
     }
 
     /// The journal that holds `lsn`: the local one for epochs this node was primary in.

@@ -40,9 +40,9 @@ pub async fn handle(node: &Arc<Node>, request: AdminRequest) -> Result<Value, St
             let (applied, digest) = wait_applied(node, lsn, Duration::from_millis(timeout_ms)).await?;
             Ok(json!({ "applied_lsn": applied, "digest": digest.to_hex() }))
         }
-        AdminRequest::Rejoin { op_id, history, epoch, last_lsn, first_available, dry_run } => {
+        AdminRequest::Rejoin { op_id, history, epoch, last_lsn, first_available, dry_run, full_copy } => {
             let primary = PrimaryView { history, epoch, last_lsn, first_available };
-            rejoin(node, op_id, primary, dry_run).await
+            rejoin(node, op_id, primary, dry_run, full_copy).await
         }
         AdminRequest::Verify { lsn, full, timeout_ms } => {
             verify(node, lsn, full, Duration::from_millis(timeout_ms)).await
@@ -279,7 +279,13 @@ struct PrimaryView {
     first_available: Lsn,
 }
 
-async fn rejoin(node: &Arc<Node>, op_id: Uuid, primary: PrimaryView, dry_run: bool) -> Result<Value, String> {
+async fn rejoin(
+    node: &Arc<Node>,
+    op_id: Uuid,
+    primary: PrimaryView,
+    dry_run: bool,
+    full_copy: bool,
+) -> Result<Value, String> {
     let _one = node.role_change.lock().await;
     let meta = node.meta();
     if primary.epoch < meta.epoch {
@@ -309,7 +315,7 @@ async fn rejoin(node: &Arc<Node>, op_id: Uuid, primary: PrimaryView, dry_run: bo
     if dry_run {
         return Ok(plan);
     }
-    if !shippable {
+    if !shippable && !full_copy {
         return Err(format!(
             "the primary's journals start at LSN {}, but {} needs them from LSN {needs_from}: a full copy is needed (--allow-full-copy)",
             primary.first_available,
@@ -331,7 +337,11 @@ async fn rejoin(node: &Arc<Node>, op_id: Uuid, primary: PrimaryView, dry_run: bo
         return Err(format!("{} did not stop following within 10s; run rejoin again", node.name()));
     }
     let started = std::time::Instant::now();
-    let outcome = blocking(|| resynchronize(node, op_id, &primary, divergence));
+    let outcome = if full_copy {
+        copy_in(node, op_id, &primary, divergence).await
+    } else {
+        blocking(|| resynchronize(node, op_id, &primary, divergence))
+    };
     let (orphans_file, rewound) = outcome.map_err(|e| format!("rejoin of {} failed while {e}", node.name()))?;
     let role = next_role(node, Event::RejoinFinished)?;
     node.start_applier();
@@ -340,6 +350,7 @@ async fn rejoin(node: &Arc<Node>, op_id: Uuid, primary: PrimaryView, dry_run: bo
     let mut plan = plan;
     plan["orphans_file"] = json!(orphans_file);
     plan["rewound"] = json!(rewound);
+    plan["full_copy"] = json!(full_copy);
     Ok(plan)
 }
 
@@ -355,13 +366,7 @@ fn resynchronize(
 ) -> Result<(Option<String>, u64), String> {
     node.stop_pipeline().map_err(|e| format!("stopping the pipeline: {e}"))?;
     node.stop_applier().map_err(|e| format!("stopping the applier: {e}"))?;
-    let mut orphans: Vec<Record> = Vec::new();
-    for journal in [&node.local, &node.remote] {
-        let tail = journal.read_reverse_after(divergence).map_err(|e| format!("reading the orphaned tail: {e}"))?;
-        orphans.extend(tail);
-    }
-    orphans.sort_by_key(|r| std::cmp::Reverse(r.lsn));
-    orphans.dedup_by_key(|r| r.lsn);
+    let orphans = orphaned_tail(node, divergence)?;
     let file = if orphans.iter().any(|r| matches!(r.body, RecordBody::Txn { .. })) {
         Some(save_orphans(node, op_id, &orphans).map_err(|e| format!("saving the orphans file: {e}"))?)
     } else {
@@ -385,6 +390,12 @@ fn resynchronize(
         journal.truncate_after(divergence).map_err(|e| format!("truncating the journal: {e}"))?;
     }
     node.replay().map_err(|e| format!("replaying up to the divergence point: {e}"))?;
+    adopt_primary(node, primary)?;
+    Ok((file, rewound))
+}
+
+/// Takes the primary's history and epoch: from here on this node is on its history.
+fn adopt_primary(node: &Node, primary: &PrimaryView) -> Result<(), String> {
     node.update_meta(|meta| {
         if primary.history.len() >= meta.history.len() {
             meta.history = primary.history.clone();
@@ -395,7 +406,97 @@ fn resynchronize(
     .map_err(|e| format!("saving the primary's history: {e}"))?;
     *lock(&node.diverged_at) = None;
     node.peer.send_replace(crate::replication::PeerState::default());
-    Ok((file, rewound))
+    Ok(())
+}
+
+/// The orphaned transactions still in this node's journals (past `divergence`), newest first.
+fn orphaned_tail(node: &Node, divergence: Lsn) -> Result<Vec<Record>, String> {
+    let mut orphans: Vec<Record> = Vec::new();
+    for journal in [&node.local, &node.remote] {
+        let tail = journal.read_reverse_after(divergence).map_err(|e| format!("reading the orphaned tail: {e}"))?;
+        orphans.extend(tail);
+    }
+    orphans.sort_by_key(|r| std::cmp::Reverse(r.lsn));
+    orphans.dedup_by_key(|r| r.lsn);
+    Ok(orphans)
+}
+
+/// Rejoin by full copy (only when the admin allowed it): save what orphans the journals still
+/// hold, empty journals and store, receive the primary's store at one position over the control
+/// port, check it against the primary's digest, and adopt the primary's history. Catch-up then
+/// continues from the copy's LSN as a backup. The primary keeps taking writes meanwhile.
+async fn copy_in(
+    node: &Arc<Node>,
+    op_id: Uuid,
+    primary: &PrimaryView,
+    divergence: Lsn,
+) -> Result<(Option<String>, u64), String> {
+    let file = blocking(|| -> Result<Option<String>, String> {
+        node.stop_pipeline().map_err(|e| format!("stopping the pipeline: {e}"))?;
+        node.stop_applier().map_err(|e| format!("stopping the applier: {e}"))?;
+        let orphans = orphaned_tail(node, divergence).unwrap_or_else(|reason| {
+            tracing::warn!(%reason, "full copy: the orphaned tail cannot be read whole; saving none of it");
+            Vec::new()
+        });
+        let file = if orphans.iter().any(|r| matches!(r.body, RecordBody::Txn { .. })) {
+            Some(save_orphans(node, op_id, &orphans).map_err(|e| format!("saving the orphans file: {e}"))?)
+        } else {
+            None
+        };
+        for journal in [&node.local, &node.remote] {
+            journal.truncate_after(0).map_err(|e| format!("emptying the journal: {e}"))?;
+        }
+        node.store.clear().map_err(|e| format!("emptying the store: {e}"))?;
+        Ok(file)
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(
+        crate::tls::node_client_config(&node.pair, node.name()).map_err(|e| e.to_string())?,
+    );
+    let mut stream = super::follow::connect(node, &connector).await.map_err(|e| format!("full copy: {e}"))?;
+    let meta = node.meta();
+    let request = crate::wire::Message::CopyRequest { cluster: node.pair.cluster, incarnation: meta.incarnation };
+    let envelope = crate::wire::Envelope { from: node.name().to_string(), epoch: meta.epoch, message: request };
+    wire::write_frame(&mut stream, &wire::Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
+    let mut expected = None;
+    let mut received = 0u64;
+    let started = std::time::Instant::now();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), wire::read_frame(&mut stream))
+            .await
+            .map_err(|_| "full copy: the primary sent nothing for 30s".to_string())?
+            .map_err(|e| format!("full copy: {e}"))?;
+        match frame {
+            Some(wire::Frame::Message(crate::wire::Envelope { message, .. })) => match message {
+                crate::wire::Message::CopyBegin { position, .. } => {
+                    node.copy_progress.send_replace(Some((0, position.key_count)));
+                    expected = Some(position);
+                }
+                crate::wire::Message::CopyEnd { .. } => break,
+                crate::wire::Message::Refused { reason } => return Err(format!("full copy refused: {reason}")),
+                other => return Err(format!("full copy: unexpected message {other:?}")),
+            },
+            Some(wire::Frame::Copy(bytes)) => {
+                let pairs = wire::decode_pairs(&bytes).map_err(|e| format!("full copy: {e}"))?;
+                blocking(|| node.store.load(&pairs)).map_err(|e| format!("full copy: {e}"))?;
+                received += pairs.len() as u64;
+                let total = expected.map_or(0, |p| p.key_count);
+                node.copy_progress.send_replace(Some((received, total)));
+            }
+            Some(other) => return Err(format!("full copy: unexpected frame {other:?}")),
+            None => return Err("full copy: the primary closed the connection before the end".into()),
+        }
+    }
+    let expected = expected.ok_or("full copy: the primary never said which position it sends")?;
+    blocking(|| node.store.finish_load(expected))?;
+    node.copy_progress.send_replace(None);
+    tracing::info!(
+        pairs = received,
+        lsn = expected.applied_lsn,
+        ms = started.elapsed().as_millis() as u64,
+        "full copy received and checked"
+    );
+    adopt_primary(node, primary)?;
+    Ok((file, 0))
 }
 
 /// Writes the orphaned transactions, newest first as they were undone, one JSON object per

@@ -64,6 +64,7 @@ pub fn node_status(node: &Node) -> Value {
         "orchestration": meta.orchestration,
         "following": *node.following.borrow(),
         "disk_free_bytes": disk_free(&node.config.dir),
+        "full_copy": node.copy_progress.borrow().map(|(done, total)| json!({ "pairs": done, "total": total })),
     })
 }
 

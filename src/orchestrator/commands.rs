@@ -507,36 +507,39 @@ async fn rejoin_run(
         })
         .await?;
     let op_id = run.op_id;
-    let rejoin_request = |dry_run| AdminRequest::Rejoin {
+    let rejoin_request = |dry_run, full_copy| AdminRequest::Rejoin {
         op_id,
         history: primary.history(),
         epoch: primary.epoch(),
         last_lsn: primary.last_lsn(),
         first_available,
         dry_run,
+        full_copy,
     };
-    let plan = run_send(run, name, rejoin_request(true), STEP_TIMEOUT).await.map_err(Refused)?;
+    let plan = run_send(run, name, rejoin_request(true, false), STEP_TIMEOUT).await.map_err(Refused)?;
     let divergence = plan["divergence_lsn"].as_u64().unwrap_or(0);
     run.say(format!(
         "  divergence point: LSN {divergence}; {} orphaned transaction(s) on {name}; the primary ships from LSN {first_available}",
         plan["orphaned"]
     ));
-    if plan["shippable"] != true {
-        return Err(Refused(if allow_full_copy {
-            format!(
-                "{}'s journals start at LSN {first_available} but {name} needs LSN {}: a full copy is needed, and full copy is not built yet (see docs/orchestrator.md)",
-                primary.name, plan["needs_from"]
-            )
-        } else {
-            format!(
-                "{}'s journals start at LSN {first_available} but {name} needs LSN {} (trimmed or lost); rerun with --allow-full-copy to copy the whole database",
-                primary.name, plan["needs_from"]
-            )
-        }));
+    let full_copy = plan["shippable"] != true;
+    if full_copy && !allow_full_copy {
+        return Err(Refused(format!(
+            "{}'s journals start at LSN {first_available} but {name} needs LSN {} (trimmed or lost); rerun with --allow-full-copy to copy the whole database",
+            primary.name, plan["needs_from"]
+        )));
     }
+    if full_copy {
+        run.say(format!(
+            "  the journals {name} needs are gone: copying {}'s whole store (--allow-full-copy)",
+            primary.name
+        ));
+    }
+    let step = if full_copy { Step::FullCopy } else { Step::Rejoin };
     let rejoined = run
-        .phase(Step::Rejoin, async {
-            let body = run_send(run, name, rejoin_request(false), Duration::from_secs(300)).await?;
+        .phase(step, async {
+            let request = run_send(run, name, rejoin_request(false, full_copy), Duration::from_secs(3600));
+            let body = if full_copy { with_copy_progress(run, name, request).await? } else { request.await? };
             let note = match body["orphans_file"].as_str() {
                 Some(file) => {
                     format!("{} orphaned transaction(s) saved in {file}, {} rewound", body["orphaned"], body["rewound"])
@@ -554,7 +557,7 @@ async fn rejoin_run(
         run.detail(key, &rejoined[key]);
     }
     run.detail("node", name);
-    run.detail("full_copy", false);
+    run.detail("full_copy", full_copy);
     let target = PairView::load(&run.pair).await.node(&primary.name).map_or(primary.lsn(), NodeView::lsn);
     let caught_up = run
         .phase(Step::CatchUp, async {
@@ -582,6 +585,31 @@ async fn rejoin_run(
             primary.name
         ),
     })
+}
+
+/// Awaits `request` while printing the full copy's progress from `node`'s status each second.
+async fn with_copy_progress(
+    run: &Run,
+    node: &str,
+    request: impl std::future::Future<Output = Result<Value, String>>,
+) -> Result<Value, String> {
+    tokio::pin!(request);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut request => return result,
+            _ = ticker.tick() => {
+                if let Ok(status) = crate::admin::request(&run.pair, node, AdminRequest::Status).await {
+                    let copy = &status["full_copy"];
+                    if let (Some(done), Some(total)) = (copy["pairs"].as_u64(), copy["total"].as_u64()) {
+                        let percent = if total == 0 { 100 } else { done * 100 / total };
+                        run.say(format!("    full copy: {done}/{total} keys ({percent}%)"));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `hotpair switchback`: back to the pair file's preferred primary.
