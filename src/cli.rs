@@ -132,6 +132,10 @@ pub enum BenchWhich {
         seconds: f64,
         #[arg(long)]
         json: bool,
+        /// Simulate a slower disk: sleep this many milliseconds after every fdatasync, in the raw
+        /// loop and in the journal's flusher alike. The report is labelled as simulated.
+        #[arg(long, default_value_t = 0.0)]
+        fsync_delay_ms: f64,
     },
 }
 
@@ -166,8 +170,8 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         }
         Command::Journal { action } => journal(action),
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
-        Command::Bench { which: BenchWhich::Journal { dir, seconds, json } } => {
-            crate::bench::journal(dir, seconds, json).map(|_| 0)
+        Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
+            crate::bench::journal(dir, seconds, json, fsync_delay_ms).map(|_| 0)
         }
         Command::AppendLoop { dir, committers } => crate::demo::append_loop(&dir, committers).map(|_| 0),
     }
