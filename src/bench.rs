@@ -19,6 +19,14 @@
 //!   ends in `sync_file_range`, which does not flush the disk's write cache, so that line is not
 //!   an fsync-per-record rate and can exceed the raw baseline.
 //!
+//! ## Simulated slow fsync (`--fsync-delay-ms D`)
+//! A fast disk makes the 64-committer run CPU-bound, which says little about a slow disk. With
+//! `D > 0` every fsync is followed by a sleep of `D` ms in **both** the raw loop and the journal's
+//! flusher (`Journal::simulate_fsync_delay`), so both pay the same extra latency per fsync, as
+//! on a disk whose fsync is that much slower. The report says so in its first line, in the JSON
+//! (`simulated_fsync_delay_ms`) and in the verdict. It is a simulation: the disk itself is
+//! unchanged, and no other fsync (segment rolls, sled) is delayed.
+//!
 //! ## Why ratios
 //! An fsync costs what the disk makes it cost: a laptop NVMe, a cloud volume and a VM's virtual
 //! disk differ by orders of magnitude. Absolute rates describe the machine; the ratio of group
@@ -58,12 +66,16 @@ const APPLY_KEYS: u64 = 10_000;
 const APPLY_VALUE_BYTES: usize = 100;
 /// Longest accepted `--seconds`: a bench is not a soak test.
 const MAX_SECONDS: f64 = 3600.0;
+/// Longest accepted `--fsync-delay-ms`.
+const MAX_FSYNC_DELAY_MS: f64 = 1000.0;
 
 /// Everything one `bench journal` run measured; printed as a table or as one JSON object.
 #[derive(Debug, Serialize)]
 struct Report {
     dir: String,
     seconds_per_measurement: f64,
+    /// Sleep added after every fsync of the raw loop and of the journal flusher; 0 = real disk.
+    simulated_fsync_delay_ms: f64,
     record_bytes: usize,
     /// The raw loop runs before and after the group-commit measurements, to show drift.
     raw_fsync_before: RawFsync,
@@ -125,8 +137,9 @@ struct Verdict {
 }
 
 /// Runs the journal benchmark and prints its report (see the module documentation).
-pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool) -> Result<(), Error> {
+pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool, fsync_delay_ms: f64) -> Result<(), Error> {
     let duration = measurement_duration(seconds)?;
+    let fsync_delay = fsync_delay(fsync_delay_ms)?;
     let parent = match dir {
         Some(dir) if !dir.is_dir() => {
             return Err(Error::Usage(format!("{} is not a directory", dir.display())));
@@ -136,7 +149,7 @@ pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool) -> Result<(), Err
     };
     let scratch = parent.join(format!("hotpair-bench-{}-{}", std::process::id(), crate::clock::now_ms()));
     std::fs::create_dir(&scratch).map_err(|source| io_error("creating the bench directory", &scratch, source))?;
-    let result = measure_all(&scratch, duration);
+    let result = measure_all(&scratch, duration, fsync_delay);
     let removed = std::fs::remove_dir_all(&scratch);
     let report = result?;
     removed.map_err(|source| io_error("removing the bench directory", &scratch, source))?;
@@ -156,21 +169,32 @@ fn measurement_duration(seconds: f64) -> Result<Duration, Error> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+fn fsync_delay(ms: f64) -> Result<Duration, Error> {
+    if !(ms.is_finite() && (0.0..=MAX_FSYNC_DELAY_MS).contains(&ms)) {
+        return Err(Error::Usage(format!("--fsync-delay-ms must be from 0 to {MAX_FSYNC_DELAY_MS}, not {ms}")));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
 fn io_error(what: &str, path: &Path, source: std::io::Error) -> Error {
     Error::Io { context: format!("{what} {}", path.display()), source }
 }
 
 /// Runs every measurement in order, then takes the ratios against the baseline.
-fn measure_all(scratch: &Path, duration: Duration) -> Result<Report, Error> {
+fn measure_all(scratch: &Path, duration: Duration, fsync_delay: Duration) -> Result<Report, Error> {
+    if !fsync_delay.is_zero() {
+        progress(&format!("SIMULATED slow disk: {:.3} ms sleep after every fsync", fsync_delay.as_secs_f64() * 1e3));
+    }
     progress(&format!("raw write+fdatasync loop for {:.1} s", duration.as_secs_f64()));
-    let raw_fsync_before = raw_fsync(&scratch.join("raw-before.bin"), duration)?;
+    let raw_fsync_before = raw_fsync(&scratch.join("raw-before.bin"), duration, fsync_delay)?;
     let mut group_commit = Vec::new();
     for committers in COMMITTER_COUNTS {
         progress(&format!("group commit with {committers} committer(s)"));
-        group_commit.push(group_commit_run(&scratch.join(format!("journal-{committers}")), committers, duration)?);
+        let dir = scratch.join(format!("journal-{committers}"));
+        group_commit.push(group_commit_run(&dir, committers, duration, fsync_delay)?);
     }
     progress("raw write+fdatasync loop again");
-    let raw_fsync_after = raw_fsync(&scratch.join("raw-after.bin"), duration)?;
+    let raw_fsync_after = raw_fsync(&scratch.join("raw-after.bin"), duration, fsync_delay)?;
     progress("sled apply without flush");
     let sled_apply = apply_run(&scratch.join("store-no-flush"), duration, false)?;
     progress("sled apply with a flush per record");
@@ -179,6 +203,7 @@ fn measure_all(scratch: &Path, duration: Duration) -> Result<Report, Error> {
     let mut report = Report {
         dir: scratch.display().to_string(),
         seconds_per_measurement: duration.as_secs_f64(),
+        simulated_fsync_delay_ms: fsync_delay.as_secs_f64() * 1e3,
         record_bytes: RECORD_BYTES,
         raw_fsync_before,
         raw_fsync_after,
@@ -244,7 +269,8 @@ fn sample_record(lsn: Lsn) -> Record {
 }
 
 /// The baseline: one writer, one `write` + `fdatasync` per record, appending to a new file at `path`.
-fn raw_fsync(path: &Path, duration: Duration) -> Result<RawFsync, Error> {
+/// With a `fsync_delay`, each fdatasync is followed by that sleep (a simulated slower disk).
+fn raw_fsync(path: &Path, duration: Duration, fsync_delay: Duration) -> Result<RawFsync, Error> {
     let file = OpenOptions::new()
         .create_new(true)
         .append(true)
@@ -258,6 +284,9 @@ fn raw_fsync(path: &Path, duration: Duration) -> Result<RawFsync, Error> {
     while Instant::now() < deadline {
         let one = Instant::now();
         write_and_sync(&file, &buffer).map_err(|source| io_error("write+fdatasync of", path, source))?;
+        if !fsync_delay.is_zero() {
+            std::thread::sleep(fsync_delay);
+        }
         latencies.push(one.elapsed());
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -287,9 +316,15 @@ struct CommitterTally {
 
 /// `committers` threads appending and waiting for durability on a fresh journal in `dir`.
 /// The ratio to raw is filled in later, once both raw runs are known.
-fn group_commit_run(dir: &Path, committers: usize, duration: Duration) -> Result<GroupCommit, Error> {
+fn group_commit_run(
+    dir: &Path,
+    committers: usize,
+    duration: Duration,
+    fsync_delay: Duration,
+) -> Result<GroupCommit, Error> {
     let identity = JournalIdentity { cluster: [0x42; 16], node: "bench".into(), kind: JournalKind::Local };
     let (journal, _) = Journal::open(dir, identity, JournalOptions::default())?;
+    journal.simulate_fsync_delay(fsync_delay);
     let writer = Mutex::new(journal.next_lsn().unwrap_or(1));
     let fsyncs_before = journal.stats().fsyncs;
     let started = Instant::now();
@@ -431,9 +466,16 @@ impl Latencies {
 /// The report as a readable table.
 fn table(report: &Report) -> String {
     let mut out = format!(
-        "hotpair bench journal: {:.1} s per measurement, {}-byte records, in {}\n\n",
+        "hotpair bench journal: {:.1} s per measurement, {}-byte records, in {}\n",
         report.seconds_per_measurement, report.record_bytes, report.dir
     );
+    if report.simulated_fsync_delay_ms > 0.0 {
+        out += &format!(
+            "SIMULATED slow disk: every fsync (raw loop and journal flusher) followed by a {:.3} ms sleep\n",
+            report.simulated_fsync_delay_ms
+        );
+    }
+    out += "\n";
     out += &format!(
         "{:<30} {:>9} {:>7} {:>9} {:>8} {:>7} {:>7} {:>9} {:>9} {:>8}\n",
         "measurement",
@@ -474,9 +516,10 @@ fn table(report: &Report) -> String {
     );
     let target = &report.target;
     out += &format!(
-        "target (Issue 2), {}: {} ({:.1}x measured, {:.0}x required)\n",
+        "target (Issue 2), {}: {}{} ({:.1}x measured, {:.0}x required)\n",
         target.text,
         if target.met { "MET" } else { "MISSED" },
+        if report.simulated_fsync_delay_ms > 0.0 { " on the SIMULATED slow disk" } else { "" },
         target.measured_ratio,
         target.required_ratio
     );
@@ -763,5 +806,14 @@ mod tests {
         assert!(measurement_duration(f64::NAN).is_err());
         assert!(measurement_duration(MAX_SECONDS + 1.0).is_err());
         assert_eq!(measurement_duration(1.5).ok(), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn fsync_delay_must_be_finite_and_bounded() {
+        assert!(fsync_delay(-1.0).is_err());
+        assert!(fsync_delay(f64::INFINITY).is_err());
+        assert!(fsync_delay(MAX_FSYNC_DELAY_MS + 1.0).is_err());
+        assert_eq!(fsync_delay(0.0).ok(), Some(Duration::ZERO));
+        assert_eq!(fsync_delay(4.0).ok(), Some(Duration::from_millis(4)));
     }
 }

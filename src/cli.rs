@@ -196,6 +196,10 @@ pub enum BenchWhich {
         seconds: f64,
         #[arg(long)]
         json: bool,
+        /// Simulate a slower disk: sleep this many milliseconds after every fdatasync, in the raw
+        /// loop and in the journal's flusher alike. The report is labelled as simulated.
+        #[arg(long, default_value_t = 0.0)]
+        fsync_delay_ms: f64,
     },
     /// Catch-up apply rate: the same records applied to sled one per batch, in runs of one
     /// batch, and through the applier from a journal.
@@ -262,8 +266,8 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         Command::Journal { action } => journal(action),
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
         Command::Drill { playbook, report } => crate::drill::main(&playbook, report),
-        Command::Bench { which: BenchWhich::Journal { dir, seconds, json } } => {
-            crate::bench::journal(dir, seconds, json).map(|_| 0)
+        Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
+            crate::bench::journal(dir, seconds, json, fsync_delay_ms).map(|_| 0)
         }
         Command::Bench { which: BenchWhich::Apply { dir, records, keys, json } } => {
             crate::bench::apply(dir, records, keys, json).map(|_| 0)

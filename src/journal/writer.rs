@@ -7,6 +7,14 @@
 //! covers every record appended before it started, however many committers are waiting. Waiters
 //! learn durability from `sync_to` (blocking) or from the `watch` channel (async).
 //!
+//! Blocking waiters register in a list with the LSN they wait for and park. After an fsync the
+//! flusher takes out exactly the waiters the new durable LSN covers and unparks them, after
+//! dropping the lock; waiters it does not cover stay asleep (no `notify_all` storm). Then, if the
+//! fsync carried more than one record, the flusher *gathers*: it waits, without the lock, until
+//! as many new records have been appended as that fsync released (the released committers coming
+//! back), or a bound passes. The appender that completes the group wakes it, so the next fsync
+//! carries nearly every active committer instead of half of them.
+//!
 //! ## Invariants
 //! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
 //!   flusher after `sync_data` returns, to the last LSN written before the call.
@@ -18,9 +26,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -36,7 +45,7 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// flusher, so that memory stays bounded under a burst.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// Longest pause the flusher takes between fsyncs to let active committers join the next one.
-const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
 /// Who owns a journal: every segment header must match, or the journal refuses to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +93,42 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes the flusher: something was appended, or shutdown.
     work: Condvar,
-    /// Wakes waiters: the durable LSN moved, a sync finished, or the journal failed.
+    /// Wakes maintenance operations waiting in `lock_idle`: a sync finished, or the journal
+    /// failed. (`sync_to` waiters are woken one by one through `State::waiters`.)
     durable: Condvar,
     durable_tx: watch::Sender<Lsn>,
     fsyncs: AtomicU64,
+    /// Benchmarks only: a pause after every flusher fsync, to simulate a slower disk.
+    simulated_fsync_delay_ns: AtomicU64,
+}
+
+/// One thread blocked in `sync_to`. Each thread reuses its own (see [`WAITER`]).
+struct Waiter {
+    /// [`WAITING`], then [`WOKEN_DURABLE`] or [`WOKEN_RECHECK`], set before the unpark.
+    status: AtomicU8,
+    thread: Thread,
+}
+
+/// Registered and parked.
+const WAITING: u8 = 0;
+/// The durable LSN covers the LSN waited for: return without looking at the state again.
+const WOKEN_DURABLE: u8 = 1;
+/// Something else happened (failure, truncation, shutdown): take the lock and look again.
+const WOKEN_RECHECK: u8 = 2;
+
+thread_local! {
+    /// The calling thread's waiter slot: `sync_to` allocates nothing. A thread waits in at most
+    /// one `sync_to` at a time, and a slot leaves the waiter list before its status stops being
+    /// `WAITING`, so a slot is never in the list twice.
+    static WAITER: Arc<Waiter> =
+        Arc::new(Waiter { status: AtomicU8::new(WOKEN_RECHECK), thread: std::thread::current() });
+}
+
+impl Waiter {
+    fn wake(&self, status: u8) {
+        self.status.store(status, Ordering::Release);
+        self.thread.unpark();
+    }
 }
 
 /// Counters for benchmarks and `status`.
@@ -113,6 +154,11 @@ struct State {
     syncing: bool,
     failed: Option<String>,
     shutdown: bool,
+    /// Threads parked in `sync_to`, with the LSN each waits for (unordered).
+    waiters: Vec<(Lsn, Arc<Waiter>)>,
+    /// The flusher is asleep until an append brings the last LSN to at least this; the append
+    /// that does so wakes it (and clears this). `None`: the flusher is busy, nobody wakes it.
+    flusher_wants: Option<Lsn>,
 }
 
 struct FlusherHandle {
@@ -178,11 +224,14 @@ impl Journal {
                 syncing: false,
                 failed: None,
                 shutdown: false,
+                waiters: Vec::new(),
+                flusher_wants: None,
             }),
             work: Condvar::new(),
             durable: Condvar::new(),
             durable_tx,
             fsyncs: AtomicU64::new(0),
+            simulated_fsync_delay_ns: AtomicU64::new(0),
         });
         let flusher_inner = inner.clone();
         let thread = std::thread::Builder::new()
@@ -218,6 +267,14 @@ impl Journal {
 
     pub fn stats(&self) -> JournalStats {
         JournalStats { fsyncs: self.inner.fsyncs.load(Ordering::Relaxed) }
+    }
+
+    /// Benchmarks only: after every flusher fsync, pause `delay` before calling it done, as a
+    /// disk with that much more fsync latency would. `bench journal --fsync-delay-ms` uses it.
+    #[doc(hidden)]
+    pub fn simulate_fsync_delay(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.simulated_fsync_delay_ns.store(nanos, Ordering::Relaxed);
     }
 
     /// A channel that always holds the durable LSN, for async waiters.
@@ -258,6 +315,10 @@ impl Journal {
 
     /// Blocks until every record up to `lsn` is durable.
     pub fn sync_to(&self, lsn: Lsn) -> Result<(), JournalError> {
+        // Within a thread-local destructor the slot may be gone: use a fresh one then.
+        let waiter = WAITER.try_with(Arc::clone).unwrap_or_else(|_| {
+            Arc::new(Waiter { status: AtomicU8::new(WOKEN_RECHECK), thread: std::thread::current() })
+        });
         let mut state = self.inner.lock();
         loop {
             if state.durable_lsn >= lsn {
@@ -269,7 +330,24 @@ impl Journal {
             if state.last_lsn.is_none_or(|last| last < lsn) {
                 return Err(JournalError::NotAppended { lsn, last: state.last_lsn });
             }
-            state = self.inner.wait_durable(state);
+            if state.shutdown {
+                return Err(JournalError::Closed);
+            }
+            waiter.status.store(WAITING, Ordering::Relaxed);
+            state.waiters.push((lsn, waiter.clone()));
+            drop(state);
+            // Only the flusher (or a failure, truncation or shutdown) changes the status, after
+            // taking the slot out of the list; `park` may also return spuriously.
+            let woken = loop {
+                match waiter.status.load(Ordering::Acquire) {
+                    WAITING => std::thread::park(),
+                    status => break status,
+                }
+            };
+            if woken == WOKEN_DURABLE {
+                return Ok(());
+            }
+            state = self.inner.lock();
         }
     }
 
@@ -358,6 +436,8 @@ impl Journal {
         state.written_lsn = state.written_lsn.min(kept);
         state.durable_lsn = state.durable_lsn.min(kept);
         self.inner.durable_tx.send_replace(state.durable_lsn);
+        // Waiters for cut records must learn that they are gone.
+        recheck_all(&mut state);
         Ok(())
     }
 
@@ -469,8 +549,16 @@ impl Inner {
         if state.buffer.len() >= MAX_BUFFERED_BYTES {
             self.write_buffer(&mut state)?;
         }
+        // Wake the flusher only when it sleeps and this append is what it waits for: a busy
+        // flusher finds the record itself, and a gathering one wants the whole group.
+        let wake = state.flusher_wants.is_some_and(|wants| lsn >= wants);
+        if wake {
+            state.flusher_wants = None;
+        }
         drop(state);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         Ok(lsn)
     }
 
@@ -500,6 +588,7 @@ impl Inner {
         tracing::error!(dir = %self.dir.display(), %reason, "journal failed; it accepts no more writes");
         state.failed = Some(reason.clone());
         self.durable.notify_all();
+        recheck_all(state);
         self.failed_error(&reason)
     }
 
@@ -515,9 +604,10 @@ impl Inner {
             if let Err(err) = file.sync_data() {
                 return Err(self.fail(state, format!("fsync of {} failed: {err}", path.display())));
             }
-            state.durable_lsn = state.written_lsn;
-            self.durable_tx.send_replace(state.durable_lsn);
+            let (written, mut covered) = (state.written_lsn, Vec::new());
+            self.publish_durable(state, written, &mut covered);
             self.durable.notify_all();
+            wake_durable(&mut covered);
         }
         let path = self.dir.join(segment::file_name(first_lsn));
         let header = SegmentHeader {
@@ -549,25 +639,50 @@ impl Inner {
         Ok(path)
     }
 
-    /// The flusher thread: write what was appended, fsync once, publish the durable LSN.
+    /// Moves the durable LSN up to `lsn` (never down) and takes the waiters it now covers out
+    /// of the list, into `covered`, for the caller to wake with [`wake_durable`].
+    fn publish_durable(&self, state: &mut State, lsn: Lsn, covered: &mut Vec<Arc<Waiter>>) {
+        if lsn <= state.durable_lsn {
+            return;
+        }
+        state.durable_lsn = lsn;
+        self.durable_tx.send_replace(lsn);
+        let mut i = 0;
+        while i < state.waiters.len() {
+            if state.waiters[i].0 <= lsn {
+                covered.push(state.waiters.swap_remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The flusher thread: write what was appended, fsync once, publish the durable LSN, wake
+    /// exactly the waiters it covers, then gather the next group.
     ///
     /// After an fsync that covered more than one record (so several committers are active) the
-    /// flusher waits up to half that fsync's duration, capped at [`MAX_GATHER`], *without the
-    /// lock*, so that the committers it just released can append before the next fsync. Without
-    /// the pause they miss it and the committers split into two alternating halves, each fsync
-    /// carrying only half of them (measured: N/2 records per fsync at N committers). A lone
-    /// committer never pauses, so its latency stays one fsync.
+    /// flusher waits, *without the lock*, until as many records have been appended since as that
+    /// fsync covered — the committers it just released, coming back — or until half that fsync's
+    /// duration (at most [`MAX_GATHER`]) has passed. The append that completes the group wakes it
+    /// at once. Without the pause the released committers miss the next fsync and the committers
+    /// split into two alternating halves, each fsync carrying only half of them (measured: N/2
+    /// records per fsync at N committers). A lone committer never pauses, so its latency stays
+    /// one fsync.
     fn flush_loop(&self) {
+        let mut covered_waiters: Vec<Arc<Waiter>> = Vec::new();
         let mut state = self.lock();
         loop {
             let pending = state.last_lsn.unwrap_or(0) > state.durable_lsn;
             if !pending || state.failed.is_some() {
                 if state.shutdown {
+                    recheck_all(&mut state);
                     return;
                 }
+                state.flusher_wants = Some(0);
                 state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            state.flusher_wants = None;
             if self.write_buffer(&mut state).is_err() {
                 continue;
             }
@@ -578,28 +693,39 @@ impl Inner {
             };
             state.syncing = true;
             drop(state);
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = file.sync_data();
+            let delay = self.simulated_fsync_delay_ns.load(Ordering::Relaxed);
+            if delay > 0 && result.is_ok() {
+                std::thread::sleep(Duration::from_nanos(delay));
+            }
             let took = started.elapsed();
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             state = self.lock();
             state.syncing = false;
             match result {
-                Ok(()) => {
-                    if target > state.durable_lsn {
-                        state.durable_lsn = target;
-                        self.durable_tx.send_replace(target);
-                    }
-                }
+                Ok(()) => self.publish_durable(&mut state, target, &mut covered_waiters),
                 Err(err) => {
                     let _ = self.fail(&mut state, format!("fsync of journal {} failed: {err}", self.dir.display()));
                 }
             }
             self.durable.notify_all();
-            if covered > 1 && state.failed.is_none() && !state.shutdown {
-                drop(state);
-                std::thread::sleep((took / 2).min(MAX_GATHER));
-                state = self.lock();
+            let gather = covered > 1 && state.failed.is_none() && !state.shutdown;
+            // The released committers' next records, on top of what was appended meanwhile.
+            let wants = state.last_lsn.unwrap_or(0) + covered;
+            drop(state);
+            wake_durable(&mut covered_waiters);
+            state = self.lock();
+            if gather {
+                let deadline = Instant::now() + (took / 2).min(MAX_GATHER);
+                while state.last_lsn.unwrap_or(0) < wants && state.failed.is_none() && !state.shutdown {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                        break;
+                    };
+                    state.flusher_wants = Some(wants);
+                    state = self.work.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                state.flusher_wants = None;
             }
         }
     }
@@ -611,6 +737,20 @@ impl Inner {
 /// in; within an epoch there is never a gap.
 pub(crate) fn is_epoch_gap(previous: Option<&SegmentInfo>, expected: Lsn, lsn: Lsn, epoch: Epoch) -> bool {
     lsn > expected && previous.is_some_and(|seg| epoch > seg.epoch)
+}
+
+/// Wakes waiters whose LSN is durable (taken out of the list by `publish_durable`).
+fn wake_durable(covered: &mut Vec<Arc<Waiter>>) {
+    for waiter in covered.drain(..) {
+        waiter.wake(WOKEN_DURABLE);
+    }
+}
+
+/// Wakes every waiter to look at the state again (failure, truncation, shutdown).
+fn recheck_all(state: &mut State) {
+    for (_, waiter) in state.waiters.drain(..) {
+        waiter.wake(WOKEN_RECHECK);
+    }
 }
 
 /// The last LSN a journal holds: its last record's, or — when trimming left only an empty

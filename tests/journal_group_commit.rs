@@ -1,0 +1,241 @@
+//! Group commit against real files: many committers appending and waiting in `sync_to`, the
+//! durable LSN as the async waiters see it, the lone committer, and shutdown with waiters.
+//!
+//! Nothing here synchronises with sleeps: threads meet at barriers and channels, and a watchdog
+//! turns a hang into a failure instead of a stuck test run.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use hotpair::journal::{
+    inspect, read_dir_from, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
+};
+use hotpair::Digest;
+
+/// Generous: a hang is a bug, not a slow disk.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+fn identity() -> JournalIdentity {
+    JournalIdentity { cluster: [0x5C; 16], node: "gc".into(), kind: JournalKind::Local }
+}
+
+fn open(dir: &Path) -> Journal {
+    Journal::open(dir, identity(), JournalOptions::default())
+        .unwrap_or_else(|err| panic!("open {}: {err}", dir.display()))
+        .0
+}
+
+fn record(lsn: Lsn) -> Record {
+    Record {
+        lsn,
+        epoch: 1,
+        timestamp_ms: 1_700_000_000_000 + lsn,
+        digest_after: Digest(u128::from(lsn)),
+        body: RecordBody::Txn {
+            ops: vec![Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![b'v'; 64]) }],
+        },
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it does not finish within [`WATCHDOG`].
+fn within_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(WATCHDOG) {
+        Ok(value) => {
+            worker.join().expect("worker finished");
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sends before it ends"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} hung for {WATCHDOG:?}"),
+    }
+}
+
+/// `committers` threads, each taking the next LSN and appending under one mutex (as the commit
+/// pipeline does), then waiting in `sync_to`; `per_committer` records each. Checks that every
+/// `sync_to` returns only once the durable LSN covers it. Returns the last LSN.
+fn commit_concurrently(journal: &Journal, committers: usize, per_committer: usize) -> Lsn {
+    let next = Mutex::new(journal.next_lsn().unwrap_or(1));
+    thread::scope(|scope| {
+        for _ in 0..committers {
+            scope.spawn(|| {
+                for _ in 0..per_committer {
+                    let lsn = {
+                        let mut next = next.lock().unwrap();
+                        let lsn = journal.append(&record(*next)).unwrap();
+                        *next += 1;
+                        lsn
+                    };
+                    journal.sync_to(lsn).unwrap();
+                    let durable = journal.durable_lsn();
+                    assert!(durable >= lsn, "sync_to({lsn}) returned with the durable LSN at {durable}");
+                }
+            });
+        }
+    });
+    let last = *next.lock().unwrap() - 1;
+    assert_eq!(journal.last_lsn(), Some(last));
+    last
+}
+
+/// Reads the journal directory offline and checks it holds exactly records `1..=last`, in order.
+fn assert_holds_exactly(dir: &Path, last: Lsn) {
+    let mut expected = 1;
+    for entry in read_dir_from(dir, 1).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(entry.record, record(expected), "record at LSN {expected}");
+        expected += 1;
+    }
+    assert_eq!(expected - 1, last, "records in {}", dir.display());
+}
+
+/// The highest LSN whose bytes are in the segment files now (what a reader of the files sees).
+fn last_lsn_in_files(dir: &Path) -> Lsn {
+    inspect(dir).unwrap().iter().filter_map(|report| report.last_lsn).max().unwrap_or(0)
+}
+
+#[test]
+fn many_committers_are_durable_in_order_and_share_fsyncs() {
+    within_watchdog("64 committers", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        let durable_rx = journal.subscribe_durable();
+        let (committers, per_committer) = (64, 40);
+        let total = (committers * per_committer) as Lsn;
+
+        // An async waiter, on its own runtime: every durable LSN it is shown must only grow, and
+        // the records up to it must already be in the files (written before the fsync).
+        let watch_dir = dir.path().to_path_buf();
+        let watcher = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async move {
+                let mut rx = durable_rx;
+                let (mut seen, mut changes) = (0, 0u64);
+                while seen < total {
+                    rx.changed().await.expect("the journal is alive until the watcher is done");
+                    let durable = *rx.borrow_and_update();
+                    assert!(durable >= seen, "durable LSN went back from {seen} to {durable}");
+                    let in_files = last_lsn_in_files(&watch_dir);
+                    assert!(in_files >= durable, "durable LSN {durable} published with only {in_files} in the files");
+                    seen = durable;
+                    changes += 1;
+                }
+                changes
+            })
+        });
+
+        let fsyncs_before = journal.stats().fsyncs;
+        let last = commit_concurrently(&journal, committers, per_committer);
+        let fsyncs = journal.stats().fsyncs - fsyncs_before;
+        assert_eq!(last, total);
+        assert_eq!(journal.durable_lsn(), total);
+        let changes = watcher.join().expect("watcher");
+        assert!(changes >= 1);
+        // Group commit at work: one fsync per record would mean no committer ever shared one.
+        assert!(fsyncs >= 1 && fsyncs < total, "{fsyncs} fsyncs for {total} records");
+        drop(journal);
+        assert_holds_exactly(dir.path(), total);
+    });
+}
+
+#[test]
+fn a_lone_committer_gets_one_fsync_per_record_even_after_a_crowd() {
+    within_watchdog("lone committer", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        // First a crowd, so that the flusher has gathered groups before…
+        let crowd = commit_concurrently(&journal, 16, 20);
+        // … then one committer alone: each of its records is fsynced on its own, right away
+        // (a flusher pausing to gather would still show one fsync per record, but a flusher
+        // that held a record back for company would show fewer).
+        let fsyncs_before = journal.stats().fsyncs;
+        let alone = 100;
+        for lsn in crowd + 1..=crowd + alone {
+            assert_eq!(journal.append_durable(&record(lsn)).unwrap(), lsn);
+            assert!(journal.durable_lsn() >= lsn);
+        }
+        assert_eq!(journal.stats().fsyncs - fsyncs_before, alone, "one fsync per record for a lone committer");
+        drop(journal);
+        assert_holds_exactly(dir.path(), crowd + alone);
+    });
+}
+
+#[test]
+fn waiters_finish_when_the_other_handles_are_dropped() {
+    within_watchdog("shutdown with waiters", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        // A slow (simulated) fsync so that the waiters are still waiting when the handle drops.
+        journal.simulate_fsync_delay(Duration::from_millis(20));
+        let committers = 8;
+        let next = Arc::new(Mutex::new(1));
+        let appended = Arc::new(Barrier::new(committers + 1));
+        let handles: Vec<_> = (0..committers)
+            .map(|_| {
+                let (journal, next, appended) = (journal.clone(), next.clone(), appended.clone());
+                thread::spawn(move || {
+                    let lsn = {
+                        let mut next = next.lock().unwrap();
+                        let lsn = journal.append(&record(*next)).unwrap();
+                        *next += 1;
+                        lsn
+                    };
+                    appended.wait();
+                    journal.sync_to(lsn).map(|()| (lsn, journal.durable_lsn()))
+                })
+            })
+            .collect();
+        appended.wait();
+        drop(journal);
+        for handle in handles {
+            let (lsn, durable) = handle.join().expect("committer").expect("sync_to after the other handles dropped");
+            assert!(durable >= lsn);
+        }
+        assert_holds_exactly(dir.path(), committers as Lsn);
+    });
+}
+
+#[test]
+fn dropping_the_last_handle_flushes_what_was_appended() {
+    within_watchdog("last handle dropped with records pending", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        for lsn in 1..=50 {
+            journal.append(&record(lsn)).unwrap();
+        }
+        drop(journal);
+        assert_holds_exactly(dir.path(), 50);
+        let reopened = open(dir.path());
+        assert_eq!(reopened.durable_lsn(), 50);
+        assert_eq!(reopened.last_lsn(), Some(50));
+    });
+}
+
+#[test]
+fn sync_to_refuses_an_lsn_not_appended_and_a_truncated_one() {
+    within_watchdog("sync_to refusals", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        for lsn in 1..=10 {
+            journal.append_durable(&record(lsn)).unwrap();
+        }
+        assert!(journal.sync_to(11).is_err());
+        journal.truncate_after(5).unwrap();
+        assert_eq!(journal.durable_lsn(), 5);
+        assert!(journal.sync_to(7).is_err(), "LSN 7 was truncated");
+        journal.sync_to(5).unwrap();
+        // The journal goes on from the cut, and its waiters with it.
+        let last = commit_concurrently(&journal, 8, 10);
+        assert_eq!(last, 85);
+        drop(journal);
+        assert_holds_exactly(dir.path(), 85);
+    });
+}
