@@ -210,10 +210,9 @@ async fn pump(
             }
         }
     };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
-    }
+    // The reader's end (EOF) drops the chunk sender; the writer then delivers what it still
+    // holds before this direction ends — a real link delivers bytes sent before a close.
+    tokio::join!(reader, writer);
 }
 
 #[cfg(test)]

@@ -263,6 +263,8 @@ where
     scan.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let end = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::CopyEnd { pairs } };
     wire::write_frame(&mut stream, &Frame::Message(end)).await.map_err(|e| e.to_string())?;
+    // The receiver closes once it has the end: closing first could cut frames still in flight.
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream)).await;
     tracing::info!(pairs, ms = started.elapsed().as_millis() as u64, "full copy sent");
     Ok(())
 }

@@ -580,6 +580,10 @@ async fn rejoin_run(
             "{name} rejoined behind {}: diverged after LSN {divergence}, {} orphaned transaction(s) saved in {file}; caught up, digests equal at LSN {target} ({digest})",
             primary.name, rejoined["orphaned"]
         ),
+        None if full_copy => format!(
+            "{name} rejoined behind {} by a full copy (its journals from LSN {} were gone); caught up, digests equal at LSN {target} ({digest})",
+            primary.name, plan["needs_from"]
+        ),
         None => format!(
             "{name} rejoined behind {} from LSN {divergence} with nothing orphaned; caught up, digests equal at LSN {target} ({digest})",
             primary.name
