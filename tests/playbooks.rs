@@ -1,0 +1,45 @@
+//! Every playbook shipped in `playbooks/` runs as CI's drill suite: each spawns a real pair,
+//! injects its faults, runs the orchestration commands, and must end with every expectation
+//! held (exit 0). A playbook whose verdict fails fails this test with the drill's own report.
+//!
+//! They run one after another, not in parallel: each measures write outages from the clients'
+//! side, and two pairs fighting over 2 cores would measure the machine, not the pair.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn every_shipped_playbook_holds_its_expectations() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    let mut books: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("playbooks/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    books.sort();
+    assert!(books.len() >= 8, "expected at least the 8 playbooks Issue 5 names, found {books:?}");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut failed = Vec::new();
+    for book in &books {
+        let name = book.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        let report = work.path().join(format!("{name}.json"));
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_hotpair"))
+            .arg("drill")
+            .arg(book)
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .expect("run hotpair drill");
+        eprintln!("{name}: exit {:?} in {:.1}s", out.status.code(), started.elapsed().as_secs_f64());
+        if !out.status.success() {
+            failed.push(format!(
+                "{name}: exit {:?}\n{}\n{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "playbooks failed:\n{}", failed.join("\n\n"));
+}
