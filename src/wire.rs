@@ -213,6 +213,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -
     Ok(())
 }
 
+/// Key-value pairs as a full copy carries them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Encodes pairs for a [`Frame::Copy`].
 pub fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum());
@@ -226,7 +229,7 @@ pub fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Decodes a [`Frame::Copy`] payload; a length that runs past the end is invalid.
-pub fn decode_pairs(mut bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WireError> {
+pub fn decode_pairs(mut bytes: &[u8]) -> Result<Pairs, WireError> {
     let take = |bytes: &mut &[u8]| -> Result<Vec<u8>, WireError> {
         let invalid = || WireError::Invalid("copy batch cut short".into());
         let len = u32::from_le_bytes(bytes.get(..4).ok_or_else(invalid)?.try_into().map_err(|_| invalid())?) as usize;

@@ -607,7 +607,7 @@ async fn with_copy_progress(
                 if let Ok(status) = crate::admin::request(&run.pair, node, AdminRequest::Status).await {
                     let copy = &status["full_copy"];
                     if let (Some(done), Some(total)) = (copy["pairs"].as_u64(), copy["total"].as_u64()) {
-                        let percent = if total == 0 { 100 } else { done * 100 / total };
+                        let percent = (done * 100).checked_div(total).unwrap_or(100);
                         run.say(format!("    full copy: {done}/{total} keys ({percent}%)"));
                     }
                 }
