@@ -483,10 +483,11 @@ fn pair_from_another_init(dir: &std::path::Path) -> PairConfig {
 #[test]
 fn restarted_primary_refuses_writes_until_its_backup_confirms_then_ships_from_its_files() {
     // SIGKILL and restart the primary while the backup is held off (`replicate stop b`) and
-    // behind by 3,000 records spread over several journal segments: the primary serves reads but
-    // answers TRYAGAIN to writes; once b is let go it reconnects and confirms it is not in a
-    // higher epoch, catches up from the journal files (the restarted primary holds none of those
-    // records in memory) with no gap, and writes are taken and replicated again.
+    // behind by 3,000 records spread over several journal segments, and is stopped too (SIGSTOP:
+    // it cannot answer the primary's probe): the primary serves reads but answers TRYAGAIN to
+    // writes; once b runs again it confirms it is not in a higher epoch, is let go, catches up
+    // from the journal files (the restarted primary holds none of those records in memory) with
+    // no gap, and writes are taken and replicated again.
     const SEGMENTS: usize = 3;
     const WRITERS: usize = 10;
     const KEYS_PER_WRITER: usize = 100;
@@ -514,6 +515,7 @@ fn restarted_primary_refuses_writes_until_its_backup_confirms_then_ships_from_it
     }
     let status = pair.status();
     assert_eq!(node_field(&status, BACKUP, "lsn"), before, "the backup is not behind: {status}");
+    pair.pause(BACKUP);
     pair.kill(PRIMARY);
     pair.restart(PRIMARY);
 
@@ -527,6 +529,7 @@ fn restarted_primary_refuses_writes_until_its_backup_confirms_then_ships_from_it
     assert_eq!(a.get::<_, Option<String>>("old").unwrap().as_deref(), Some("1"), "reads are served meanwhile");
     assert_eq!(a.get::<_, Option<String>>("behind-0-0-0").unwrap().as_deref(), Some("0"));
 
+    pair.resume(BACKUP);
     pair.hotpair_ok(&["replicate", "start", BACKUP]);
     pair.wait_ready();
     let _: () = a.set("new", "2").unwrap();
