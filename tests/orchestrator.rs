@@ -51,7 +51,8 @@ fn run_json(pair: &Pair, args: &[&str]) -> (i32, Value) {
     let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| {
         panic!("hotpair {full:?} (exit {code}) printed no JSON object: {stdout}{}", common::stderr(&out))
     });
-    let report: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("hotpair {full:?}: not JSON ({e}): {line}"));
+    let report: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("hotpair {full:?}: not JSON ({e}): {line}"));
     assert_eq!(report["command"], args[0], "{report}");
     assert_eq!(report["exit_code"], code, "exit code and JSON disagree: {report}");
     assert_eq!(report["ok"], code == 0, "{report}");
@@ -232,9 +233,18 @@ fn values_on(pair: &Pair, node: &str, keys: &[String]) -> Vec<Option<String>> {
 fn assert_acked_on(pair: &Pair, node: &str, acked: &[(String, String)], tag: &str) {
     let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
     let values = values_on(pair, node, &keys);
-    let lost: Vec<&String> =
-        acked.iter().zip(&values).filter(|((_, v), got)| got.as_deref() != Some(v.as_str())).map(|((k, _), _)| k).collect();
-    assert!(lost.is_empty(), "{tag}: {} of {} acknowledged writes missing on {node}: {lost:?}", lost.len(), acked.len());
+    let lost: Vec<&String> = acked
+        .iter()
+        .zip(&values)
+        .filter(|((_, v), got)| got.as_deref() != Some(v.as_str()))
+        .map(|((k, _), _)| k)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{tag}: {} of {} acknowledged writes missing on {node}: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +314,11 @@ impl Load {
         let target = self.count() + more;
         let deadline = Instant::now() + DEADLINE;
         while self.count() < target {
-            assert!(Instant::now() < deadline, "{what}: the writer got only {} of {target} acknowledgements", self.count());
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the writer got only {} of {target} acknowledgements",
+                self.count()
+            );
             std::thread::sleep(POLL);
         }
     }
@@ -504,7 +518,8 @@ fn orphans(pair: &Pair, node: &str) -> BTreeMap<u64, Vec<(String, Option<String>
             continue;
         }
         for line in std::fs::read_to_string(&path).expect("read the orphans file").lines() {
-            let record: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
+            let record: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
             let ops = record["ops"]
                 .as_array()
                 .expect("ops")
@@ -565,14 +580,15 @@ fn rejoin_after_async_failover_saves_exactly_the_unshipped_tail_as_orphans() {
     assert_eq!(report["details"]["divergence_lsn"], lsns[0] - 1, "{report}");
     assert_eq!(report["details"]["orphaned"], N, "{report}");
     let file = PathBuf::from(report["details"]["orphans_file"].as_str().expect("an orphans file"));
-    assert!(file.starts_with(pair.node_dir(PRIMARY).join("orphans")), "orphans file {} not under a/orphans", file.display());
+    assert!(
+        file.starts_with(pair.node_dir(PRIMARY).join("orphans")),
+        "orphans file {} not under a/orphans",
+        file.display()
+    );
 
     let saved = orphans(&pair, PRIMARY);
-    let expected: BTreeMap<u64, Vec<(String, Option<String>)>> = lsns
-        .iter()
-        .enumerate()
-        .map(|(i, lsn)| (*lsn, vec![(format!("orphan-{i}"), Some(format!("o-{i}")))]))
-        .collect();
+    let expected: BTreeMap<u64, Vec<(String, Option<String>)>> =
+        lsns.iter().enumerate().map(|(i, lsn)| (*lsn, vec![(format!("orphan-{i}"), Some(format!("o-{i}")))])).collect();
     assert_eq!(saved, expected, "the orphans file is not exactly the unshipped tail");
 
     wait_following(&mut pair, BACKUP);
@@ -740,7 +756,9 @@ fn killing_the_cli_mid_switchover_then_rerunning_converges() {
     read_until(&mut cli, "drain");
     kill_child(&mut cli);
     assert_eq!(pair.node_status(primary)["role"], "draining", "the drain did not take");
-    pair.wait_for_node(primary, "the drain lease to expire", |s| s["role"] == "primary" && s["writes"]["accepting"] == true);
+    pair.wait_for_node(primary, "the drain lease to expire", |s| {
+        s["role"] == "primary" && s["writes"]["accepting"] == true
+    });
     assert_eq!(role_of(&pair, primary), ("primary".to_string(), epoch), "the lease expiry changed the epoch");
     assert_converged(&mut pair, &load, primary, "lease expired");
     let acked = load.stop();
@@ -762,6 +780,10 @@ fn sigkill_of_the_primary_right_after_drain_then_rerun_converges() {
     let code = wait_child(&mut cli);
     assert!(code == 1 || code == 3, "the switchover with its primary killed exited {code}");
     pair.restart(PRIMARY);
+    // Restarted, a drops the dead drain and is primary again (its lease died with it); once b
+    // follows it again, the same command is run again.
+    wait_following(&mut pair, PRIMARY);
+    assert_eq!(role_of(&pair, PRIMARY), ("primary".to_string(), 1));
     let (code, report) = run_json(&pair, &["switchover", "--timeout", "5s"]);
     assert_eq!(code, 0, "re-run: {report}");
     assert_converged(&mut pair, &load, BACKUP, "after the re-run");
@@ -793,16 +815,27 @@ fn sigkill_of_the_new_primary_right_after_promote_converges_on_its_restart() {
 
 #[test]
 fn killing_the_rejoining_node_mid_rejoin_then_rerunning_converges() {
-    // The orphaned-tail scenario; SIGKILL a when `rejoin a` prints its divergence point (the
-    // rewind of its 1,000 orphaned transactions comes next), restart it, re-run rejoin: exit 0,
+    // The orphaned-tail scenario; SIGKILL a when `rejoin a` has saved its orphans file (the
+    // rewind of its 3,000 orphaned transactions comes next), restart it, re-run rejoin: exit 0,
     // a follows b, the orphans files hold exactly the unshipped tail, and the data is equal.
-    const N: u64 = 1000;
+    const N: u64 = 3000;
     let mut pair = Pair::start_with(SyncLevel::Async, fast());
     let lsns = orphan_tail_then_failover(&mut pair, N);
     let _: () = pair.redis(BACKUP).set("new", "1").unwrap();
     pair.restart(PRIMARY);
     let mut cli = spawn_cli(&pair, &["rejoin", PRIMARY]);
     read_until(&mut cli, "divergence point");
+    // The orphans file is saved (fsynced, renamed into place) before the rewind starts: kill a
+    // as soon as it appears, in the middle of the rewind.
+    let dir = pair.node_dir(PRIMARY).join("orphans");
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_dir(&dir)
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "jsonl"))))
+    {
+        assert!(cli.try_wait().expect("try_wait").is_none(), "the rejoin ended before its orphans file appeared");
+        assert!(Instant::now() < deadline, "no orphans file within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
     pair.kill(PRIMARY);
     let code = wait_child(&mut cli);
     assert_ne!(code, 0, "rejoin reported success with its node killed");
