@@ -851,3 +851,42 @@ fn killing_the_rejoining_node_mid_rejoin_then_rerunning_converges() {
     let keys: Vec<String> = (0..N).map(|i| format!("orphan-{i}")).chain(["new".to_string()]).collect();
     assert_eq!(values_on(&pair, PRIMARY, &keys), values_on(&pair, BACKUP, &keys));
 }
+
+#[test]
+fn switchover_refuses_a_backup_further_behind_than_max_lag() {
+    // Shipping stopped while 20,000 records are written at `async`, then started: while the
+    // backup is still thousands of records behind, `switchover --max-lag 1ms --dry-run` (and the
+    // real one) must refuse (exit 1, naming --max-lag) and change nothing.
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let _: () = pair.redis(PRIMARY).set("seed", "0").unwrap();
+    pair.wait_caught_up();
+    pair.hotpair_ok(&["replicate", "stop"]);
+    pair.wait_for("both sides to see the link down", |s| {
+        s["nodes"][PRIMARY]["peer"]["connected"] == false && s["nodes"][BACKUP]["peer"]["connected"] == false
+    });
+    std::thread::scope(|scope| {
+        for w in 0..20 {
+            let mut connection = pair.redis(PRIMARY);
+            scope.spawn(move || {
+                let mut pipe = redis::pipe();
+                for k in 0..1000 {
+                    pipe.set(format!("lag-{w}-{k}"), k).ignore();
+                }
+                let _: () = pipe.query(&mut connection).unwrap_or_else(|e| panic!("writer {w}: {e}"));
+            });
+        }
+    });
+    pair.hotpair_ok(&["replicate", "start"]);
+    let status = pair.wait_for("b connected and far behind", |s| {
+        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+        a["peer"]["connected"] == true && b["peer"]["connected"] == true && b["lag_records"].as_u64() > Some(2000)
+    });
+    let (code, report) = run_json(&pair, &["switchover", "--max-lag", "1ms", "--dry-run"]);
+    assert_eq!(
+        code, 1,
+        "dry run with b {} records behind: {report}\nstatus then: {status}",
+        status["nodes"][BACKUP]["lag_records"]
+    );
+    assert!(report["outcome"].as_str().unwrap().contains("--max-lag"), "{report}");
+    assert_unchanged(&pair, "max-lag");
+}
