@@ -343,11 +343,14 @@ where
     let mut applied = ctx.applier.subscribe();
     let mut ticker = tokio::time::interval(ctx.heartbeat);
     let mut heartbeats = HeartbeatTracker::default();
-    let mut received = ctx.remote.last_lsn().unwrap_or(0);
+    // After a full copy the remote journal starts empty at the store's LSN: count the copy.
+    let mut received = ctx.remote.last_lsn().unwrap_or(0).max(ctx.store.position().applied_lsn);
     let mut seq = 0u64;
     let mut sent: Option<(Lsn, Lsn, Lsn)> = None;
     let result = loop {
-        let progress = (received, *durable.borrow_and_update(), *applied.borrow_and_update());
+        let applied_lsn = *applied.borrow_and_update();
+        // Applied records are durable (only durable ones are applied; a copy is flushed).
+        let progress = (received, (*durable.borrow_and_update()).max(applied_lsn), applied_lsn);
         if sent != Some(progress) {
             let digest = ctx.store.position().digest;
             let ack =

@@ -697,7 +697,6 @@ fn rejoin_refuses_when_the_needed_journal_range_is_gone() {
 }
 
 #[test]
-#[ignore = "full copy not built yet"]
 fn rejoin_with_allow_full_copy_rebuilds_the_backup_when_the_journal_range_is_gone() {
     // As above, with --allow-full-copy: exit 0, b follows a with every key and equal digests.
     let mut pair = Pair::start_with(SyncLevel::Async, fast());

@@ -18,7 +18,7 @@ pub fn node_status(node: &Node) -> Value {
         }
         _ => {
             let position = node.store.position();
-            let received = node.remote.last_lsn().unwrap_or(0);
+            let received = node.remote.last_lsn().unwrap_or(0).max(position.applied_lsn);
             (position.applied_lsn, received, position.digest, peer.peer_last_lsn.saturating_sub(position.applied_lsn))
         }
     };
@@ -36,7 +36,7 @@ pub fn node_status(node: &Node) -> Value {
         "epoch": meta.epoch,
         "lsn": lsn,
         "received_lsn": received_lsn,
-        "durable_lsn": if role == Role::Primary { node.local.durable_lsn() } else { node.remote.durable_lsn() },
+        "durable_lsn": if role == Role::Primary { node.local.durable_lsn() } else { node.remote.durable_lsn().max(node.store.position().applied_lsn) },
         "digest": digest.to_hex(),
         "sync": node.pair.sync.name(),
         "lag_records": lag_records,
