@@ -140,6 +140,16 @@ struct Verdict {
 pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool, fsync_delay_ms: f64) -> Result<(), Error> {
     let duration = measurement_duration(seconds)?;
     let fsync_delay = fsync_delay(fsync_delay_ms)?;
+    let report = in_scratch(dir, "hotpair-bench", |scratch| measure_all(scratch, duration, fsync_delay))?;
+    print_report(&report, json, table)
+}
+
+/// Runs `measure` in a fresh directory under `dir` (default: the temp dir), removed afterwards.
+fn in_scratch<T>(
+    dir: Option<PathBuf>,
+    prefix: &str,
+    measure: impl FnOnce(&Path) -> Result<T, Error>,
+) -> Result<T, Error> {
     let parent = match dir {
         Some(dir) if !dir.is_dir() => {
             return Err(Error::Usage(format!("{} is not a directory", dir.display())));
@@ -147,17 +157,22 @@ pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool, fsync_delay_ms: f
         Some(dir) => dir,
         None => std::env::temp_dir(),
     };
-    let scratch = parent.join(format!("hotpair-bench-{}-{}", std::process::id(), crate::clock::now_ms()));
+    let scratch = parent.join(format!("{prefix}-{}-{}", std::process::id(), crate::clock::now_ms()));
     std::fs::create_dir(&scratch).map_err(|source| io_error("creating the bench directory", &scratch, source))?;
-    let result = measure_all(&scratch, duration, fsync_delay);
+    let result = measure(&scratch);
     let removed = std::fs::remove_dir_all(&scratch);
     let report = result?;
     removed.map_err(|source| io_error("removing the bench directory", &scratch, source))?;
+    Ok(report)
+}
+
+/// Prints a report as JSON or as the table `render` makes of it.
+fn print_report<T: serde::Serialize>(report: &T, json: bool, render: impl Fn(&T) -> String) -> Result<(), Error> {
     if json {
-        let text = serde_json::to_string(&report).map_err(|e| Error::Failed(format!("encoding the report: {e}")))?;
+        let text = serde_json::to_string(report).map_err(|e| Error::Failed(format!("encoding the report: {e}")))?;
         println!("{text}");
     } else {
-        print!("{}", table(&report));
+        print!("{}", render(report));
     }
     Ok(())
 }
@@ -631,26 +646,8 @@ pub fn apply(dir: Option<PathBuf>, records: u64, keys: u64, json: bool) -> Resul
     if records == 0 || keys == 0 {
         return Err(Error::Usage("--records and --keys must be at least 1".into()));
     }
-    let parent = match dir {
-        Some(dir) if !dir.is_dir() => {
-            return Err(Error::Usage(format!("{} is not a directory", dir.display())));
-        }
-        Some(dir) => dir,
-        None => std::env::temp_dir(),
-    };
-    let scratch = parent.join(format!("hotpair-bench-apply-{}-{}", std::process::id(), crate::clock::now_ms()));
-    std::fs::create_dir(&scratch).map_err(|source| io_error("creating the bench directory", &scratch, source))?;
-    let result = measure_apply(&scratch, records, keys);
-    let removed = std::fs::remove_dir_all(&scratch);
-    let report = result?;
-    removed.map_err(|source| io_error("removing the bench directory", &scratch, source))?;
-    if json {
-        let text = serde_json::to_string(&report).map_err(|e| Error::Failed(format!("encoding the report: {e}")))?;
-        println!("{text}");
-    } else {
-        print!("{}", apply_table(&report));
-    }
-    Ok(())
+    let report = in_scratch(dir, "hotpair-bench-apply", |scratch| measure_apply(scratch, records, keys))?;
+    print_report(&report, json, apply_table)
 }
 
 fn measure_apply(scratch: &Path, records: u64, keys: u64) -> Result<ApplyReport, Error> {

@@ -531,7 +531,7 @@ fn make_temp_dir() -> Result<PathBuf, DrillError> {
 }
 
 /// A control port P with P and P + 1 free on 127.0.0.1; never the same one twice per process.
-fn free_control_port() -> Result<u16, DrillError> {
+pub fn free_control_port() -> Result<u16, DrillError> {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let span = PORTS.end - PORTS.start;

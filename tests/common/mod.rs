@@ -14,10 +14,9 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use hotpair::config::{PairConfig, SyncLevel};
@@ -34,7 +33,6 @@ pub const PRIMARY: &str = "a";
 pub const BACKUP: &str = "b";
 /// Ports are picked below Linux's default ephemeral range (32768..), so that no outgoing
 /// connection of any process on the machine gets one as its source port meanwhile.
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// Set this variable to keep each pair's directory (pair file, node logs, data) after the test.
 pub const KEEP_ENV: &str = "HOTPAIR_TEST_KEEP";
 /// Attempts at starting a pair when a node could not bind its ports (another process took one
@@ -380,27 +378,10 @@ impl Drop for Pair {
     }
 }
 
-/// A control port P with P and P + 1 (the data port) both free on 127.0.0.1. Ports handed out
-/// are never handed out again by this process.
+/// A control port P with P and P + 1 (the data port) both free on 127.0.0.1, never handed out
+/// twice by this process — the drill's own chooser, so tests and drills share one rule.
 pub fn free_control_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    // Start where the process id points, so that test binaries running at the same time begin
-    // far apart; the bind check below catches the rest.
-    let span = PORTS.end - PORTS.start;
-    let _ = NEXT.compare_exchange(
-        0,
-        (std::process::id() % u32::from(span / 2)) as u16 * 2,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..span / 2 {
-        let offset = NEXT.fetch_add(2, Ordering::SeqCst) % span;
-        let port = PORTS.start + offset;
-        if port + 1 < PORTS.end && [port, port + 1].iter().all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no two consecutive free ports in {PORTS:?}");
+    hotpair::drill::pair::free_control_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Replaces the line `key = …` at the top level of a pair file.
