@@ -15,6 +15,7 @@ pub mod demo;
 pub mod digest;
 pub mod drill;
 mod error;
+pub mod incident;
 pub mod init;
 pub mod journal;
 pub mod meta;

@@ -700,8 +700,12 @@ fn a_paused_peer_is_noticed_by_its_silence_and_the_pair_recovers() {
     // heartbeats (not wait for TCP): the primary marks its backup gone, so degrade-after
     // acknowledges on its own instead of failing every write at sync_timeout; the backup marks
     // its primary gone. After SIGCONT the link is re-established and nothing is missing.
-    let options =
-        Options { sync_timeout: Some("10s"), on_peer_loss: Some("degrade-after:300ms"), heartbeat: Some("100ms") };
+    let options = Options {
+        sync_timeout: Some("10s"),
+        on_peer_loss: Some("degrade-after:300ms"),
+        heartbeat: Some("100ms"),
+        ..Options::default()
+    };
     let mut pair = Pair::start_with(SyncLevel::Durable, options);
     let mut a = pair.redis(PRIMARY);
     let _: () = a.set("before", "1").unwrap();

@@ -158,7 +158,8 @@ where
         // in the envelope is what it needs (a higher one fences it); nothing is shipped.
         let ours = node.meta().epoch;
         if node.pipeline().is_some() && epoch <= ours {
-            tracing::error!(peer = %from, peer_epoch = epoch, our_epoch = ours, "INCIDENT split brain: the peer claims to be primary too; it is told our epoch and must fence");
+            let message = format!("{from} claims to be primary at epoch {epoch} while this node is primary at epoch {ours}; it is told our epoch and fences");
+            node.incidents.raise(crate::incident::Kind::SplitBrain, crate::incident::Severity::Critical, message);
         }
         let (reply, _) = refuse(format!("{} is {} at epoch {ours}", node.name(), node.role().name())).await;
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
@@ -282,7 +283,14 @@ fn check_hello(
     if cluster != node.pair.cluster {
         return Err(format!("peer is in cluster {cluster}, this pair is {}", node.pair.cluster));
     }
-    node.check_incarnation(incarnation)?;
+    if let Err(reason) = node.check_incarnation(incarnation) {
+        node.incidents.raise(
+            crate::incident::Kind::SecondInstallation,
+            crate::incident::Severity::Critical,
+            reason.clone(),
+        );
+        return Err(reason);
+    }
     let ours = node.meta().epoch;
     if epoch > ours {
         node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));

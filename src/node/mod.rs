@@ -18,6 +18,7 @@
 pub mod backend;
 mod control;
 pub(crate) mod follow;
+mod monitor;
 pub mod primitives;
 pub mod status;
 
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::applier::Applier;
 use crate::config::{NodeConfig, PairConfig};
+use crate::incident::{Kind, Severity};
 use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
 use crate::meta::{NodeMeta, Role};
 use crate::pipeline::Pipeline;
@@ -68,6 +70,8 @@ pub struct Node {
     drain_lease: Mutex<Option<uuid::Uuid>>,
     /// A full copy in progress: pairs received so far and the total expected.
     pub copy_progress: watch::Sender<Option<(u64, u64)>>,
+    /// Open incidents; raising one logs it and notifies (`crate::incident`).
+    pub incidents: crate::incident::Incidents,
 }
 
 impl Node {
@@ -111,6 +115,7 @@ impl Node {
             meta.save(&config.dir)?;
         }
         let role = meta.role;
+        let notify = pair.notify.clone();
         let node = Arc::new(Node {
             pair,
             config,
@@ -132,6 +137,7 @@ impl Node {
             following: watch::channel(false).0,
             drain_lease: Mutex::new(None),
             copy_progress: watch::channel(None).0,
+            incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
         });
         let replayed = node.replay()?;
         tracing::info!(
@@ -313,7 +319,7 @@ impl Node {
         if next == self.role() {
             return;
         }
-        tracing::error!(%reason, "INCIDENT fenced: this node stops taking writes");
+        self.incidents.raise(Kind::Fenced, Severity::Critical, format!("fenced, takes no writes: {reason}"));
         if let Some(pipeline) = self.pipeline() {
             pipeline.set_refusing(Some(format!("fenced: {reason}")));
         }
@@ -325,14 +331,19 @@ impl Node {
     /// Notes that a commit was acknowledged without the peer; logged loudly the first time.
     pub fn note_degraded(&self) {
         if !self.degraded.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            tracing::error!(peer = %self.peer_config.name, "INCIDENT sync level degraded: acknowledging commits without the peer (on_peer_loss = degrade-after)");
+            let message = format!(
+                "sync level degraded: acknowledging commits without {} (on_peer_loss = degrade-after)",
+                self.peer_config.name
+            );
+            self.incidents.raise(Kind::SyncDegraded, Severity::Critical, message);
         }
     }
 
     /// The peer is back: commits wait for it again.
     pub fn note_restored(&self) {
         if self.degraded.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            tracing::warn!(peer = %self.peer_config.name, "INCIDENT resolved: sync level restored, the peer is back");
+            let message = format!("sync level restored: {} is back", self.peer_config.name);
+            self.incidents.resolve(Kind::SyncDegraded, message);
         }
     }
 
@@ -431,6 +442,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(control::serve(node.clone(), control));
     tasks.spawn(backend::serve(node.clone(), data));
     tasks.spawn(follow::run(node.clone()));
+    tasks.spawn(monitor::run(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

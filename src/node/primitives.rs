@@ -347,6 +347,12 @@ async fn rejoin(
     node.start_applier();
     node.set_role(role).map_err(|e| e.to_string())?;
     tracing::info!(%op_id, divergence, orphaned, rewound, ms = started.elapsed().as_millis() as u64, "rejoined as backup; catching up");
+    if let Some(file) = &orphans_file {
+        use crate::incident::{Kind, Severity};
+        let message = format!("{orphaned} orphaned transaction(s) past LSN {divergence} undone and saved in {file}");
+        node.incidents.raise(Kind::OrphanedTail, Severity::Warning, message.clone());
+        node.incidents.resolve(Kind::OrphanedTail, message);
+    }
     let mut plan = plan;
     plan["orphans_file"] = json!(orphans_file);
     plan["rewound"] = json!(rewound);

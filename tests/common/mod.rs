@@ -45,6 +45,8 @@ pub struct Options {
     pub sync_timeout: Option<&'static str>,
     pub on_peer_loss: Option<&'static str>,
     pub heartbeat: Option<&'static str>,
+    /// A `[notify]` command, `{dir}` replaced by the pair's directory.
+    pub notify_command: Option<&'static str>,
 }
 
 pub struct Pair {
@@ -96,6 +98,11 @@ impl Pair {
             if let Some(value) = value {
                 text = set_top_level_key(&text, key, value);
             }
+        }
+        if let Some(command) = options.notify_command {
+            let command = command.replace("{dir}", &dir.path().display().to_string());
+            let escaped = command.replace('\\', "\\\\").replace('"', "\\\"");
+            text = text.replace("commands = []", &format!("commands = [\"{escaped}\"]"));
         }
         std::fs::write(&pair_file, text).expect("write pair.toml");
         let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
