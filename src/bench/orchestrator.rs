@@ -5,14 +5,14 @@
 //! would run them; their own phases come from the JSON.
 //!
 //! ## Parts
-//! - **switchover**: `clients` writers at `rate` writes/s in total (sync `durable`, the
-//!   default) and `switchovers` switchovers alternating a→b→a. Each writer keeps a connection to
-//!   both nodes and, on `-READONLY`/`-TRYAGAIN` or a broken connection, retries the *other* node
-//!   at once; only when both nodes refused in a row does it sleep [`ROUND_PAUSE`]. The
-//!   client-side outage of one switchover is the longest gap between two acknowledgements (all
-//!   writers merged) that overlaps the command's run. Reported next to it: the orchestrator's
-//!   drain→promote window (the sum of the `drain`, `wait-applied`, `demote` and `promote`
-//!   phases) and drain→reverse (those plus `reverse`).
+//! - **switchover**: `clients` writers at `rate` writes/s in total (sync level `--sync`,
+//!   default `durable`) and `switchovers` switchovers alternating a→b→a. Each writer keeps a
+//!   connection to both nodes and, on `-READONLY`/`-TRYAGAIN` or a broken connection, retries
+//!   the *other* node at once; only when both nodes refused in a row does it sleep
+//!   [`ROUND_PAUSE`]. The client-side outage of one switchover is the longest gap between two
+//!   acknowledgements (all writers merged) that overlaps the command's run. Reported next to
+//!   it: the orchestrator's drain→promote window (the sum of the `drain`, `wait-applied`,
+//!   `demote` and `promote` phases) and drain→reverse (those plus `reverse`).
 //! - **failover**: a pair with `on_peer_loss = "degrade-after:0s"` (under the default `block`, a
 //!   primary without its backup acknowledges nothing, so there is no first write to time). The
 //!   primary is SIGKILLed, `failover --to <other>` starts at once, and a prober writes to the
@@ -702,8 +702,8 @@ fn value_of(i: u64) -> Bytes {
     Bytes::from(v)
 }
 
-/// Sends `frames` over `conn` with up to [`PIPELINE`] in flight; every reply must be `+OK`
-/// (or, with `check` false, anything that is not an error).
+/// Sends `frames` over `conn` with up to [`PIPELINE`] in flight, handing each reply to
+/// `on_reply`; an error reply ends it with an error.
 async fn pipelined(conn: &mut RespConn, frames: Vec<Frame>, mut on_reply: impl FnMut(Frame)) -> Result<(), Error> {
     let mut in_flight = 0usize;
     let mut frames = frames.into_iter().peekable();
@@ -732,7 +732,7 @@ async fn load_keys(address: SocketAddr, prefix: &str, count: u64) -> Result<(), 
         tasks.push(tokio::spawn(async move {
             let mut conn = RespConn::connect(address, Duration::from_secs(2)).await.map_err(failed_io("connecting"))?;
             let batches: Vec<u64> = (0..count).step_by(MSET_PAIRS).collect();
-            // Build lazily per chunk of PIPELINE*4 batches to bound memory.
+            // Frames are built 16 batches at a time, to bound memory.
             for group in batches.iter().skip(c as usize).step_by(connections as usize).collect::<Vec<_>>().chunks(16) {
                 let frames = group
                     .iter()
