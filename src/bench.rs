@@ -34,6 +34,8 @@
 //! baseline is always measured alongside, and the target ([`TARGET_RATIO`] at
 //! [`TARGET_COMMITTERS`] committers) is stated as a ratio.
 
+pub mod orchestrator;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
