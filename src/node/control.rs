@@ -294,7 +294,8 @@ fn check_hello(
     let ours = node.meta().epoch;
     if epoch > ours {
         node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
-        return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}); this node fenced itself"));
+        let fenced = if node.role() == Role::Fenced { "; this node fenced itself" } else { "" };
+        return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}){fenced}"));
     }
     Ok(())
 }

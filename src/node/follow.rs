@@ -22,6 +22,11 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 const QUIET_ATTEMPTS: u32 = 10;
 /// Bound on each step of connecting: TCP, TLS, and the primary's answer to the hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The primary's refusal while it is not (yet) primary; see `control::peer_session`.
+const NOT_PRIMARY_YET: &str = "is not the primary";
+/// Retry pace while the peer is reachable but not yet promoted, for this many attempts (2 s).
+const PENDING_PROMOTION_RETRY: Duration = Duration::from_millis(10);
+const PENDING_PROMOTION_ATTEMPTS: u32 = 200;
 /// How often a primary without a backup session asks its peer where it stands.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -32,11 +37,17 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     let mut role = node.subscribe_role();
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
+    let mut last_role = None;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
         let current = *role.borrow_and_update();
+        if last_role != Some(current) {
+            // A new role starts a fresh run of attempts: a node just demoted must reach its new
+            // primary at once, not at the tail of a backoff from its backup days long ago.
+            (delay, failures, last_role) = (FIRST_RETRY, 0, Some(current));
+        }
         match current {
             Role::Backup if *replicating.borrow() => {}
             Role::Primary | Role::Draining => {
@@ -73,6 +84,11 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
                     failures = 0;
                 }
                 failures += 1;
+                if reason.contains(NOT_PRIMARY_YET) && failures <= PENDING_PROMOTION_ATTEMPTS {
+                    // The peer is up but not yet promoted (a switchover between demote and
+                    // promote): the moment it is, this node's hello ends the write outage.
+                    delay = PENDING_PROMOTION_RETRY;
+                }
                 if failures == QUIET_ATTEMPTS {
                     tracing::error!(%reason, attempts = failures, "primary unreachable; retrying every {:?}", MAX_RETRY);
                 } else if failures < QUIET_ATTEMPTS {
@@ -83,7 +99,11 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
                     _ = role.changed() => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(MAX_RETRY);
+                delay = if reason.contains(NOT_PRIMARY_YET) && failures < PENDING_PROMOTION_ATTEMPTS {
+                    PENDING_PROMOTION_RETRY
+                } else {
+                    (delay * 2).min(MAX_RETRY)
+                };
             }
         }
     }

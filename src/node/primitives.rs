@@ -223,6 +223,8 @@ fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<L
         .append_control(crate::clock::now_ms(), RecordBody::EpochStart { history: meta.history.clone() })
         .map_err(|e| e.to_string())?;
     node.peer.send_replace(crate::replication::PeerState::default());
+    // A new primary ships to its backup, whatever `replicate stop` said in its backup days.
+    node.replicating.send_replace(true);
     *lock(&node.diverged_at) = None;
     *lock(&node.pipeline) = Some(pipeline);
     node.role.send_replace(Role::Primary);

@@ -82,7 +82,6 @@ async fn switchover_run(run: &mut Run, options: &SwitchoverOptions) -> Result<St
     run.save_progress(Some(&progress)).await;
     let op_id = run.op_id;
     let lease_ms = options.timeout.as_millis() as u64;
-    let outage_started = Instant::now();
     let drained = run
         .phase(Step::Drain, async {
             let body =
@@ -137,9 +136,7 @@ async fn switchover_run(run: &mut Run, options: &SwitchoverOptions) -> Result<St
     }
     progress.step = Step::Promote;
     run.save_progress(Some(&progress)).await;
-    let result = finish_switchover(run, progress, options.timeout).await;
-    run.detail("outage_ms", outage_started.elapsed().as_secs_f64() * 1000.0);
-    result
+    finish_switchover(run, progress, options.timeout).await
 }
 
 /// Undoes a drain: the primary takes writes again, the progress record goes.
@@ -236,6 +233,8 @@ async fn finish_switchover(run: &mut Run, progress: Progress, timeout: Duration)
             resume: "hotpair switchover".into(),
         })?;
     run.save_progress(None).await;
+    // Writes are refused from the drain until the promote: the orchestrator's outage window.
+    run.detail("write_outage_ms", run.phases_ms(&[Step::Drain, Step::WaitApplied, Step::Demote, Step::Promote]));
     let new_epoch = promoted["epoch"].as_u64().unwrap_or(epoch + 1);
     run.detail("from", &progress.from);
     run.detail("to", &progress.to);
@@ -490,6 +489,12 @@ async fn rejoin_run(
                     "{} is not a reachable primary ({}); rejoin needs the current primary",
                     primary.name,
                     primary.role().map_or_else(|| primary.error(), str::to_string)
+                )));
+            }
+            if let Some(stopped) = [&node, &primary].into_iter().find(|n| !n.replicating()) {
+                return Err(Refused(format!(
+                    "replication is stopped on {} (`hotpair replicate stop`); run `hotpair replicate start {}` first, or the rejoined node could not catch up",
+                    stopped.name, stopped.name
                 )));
             }
             if node.is("primary") && node.epoch() >= primary.epoch() {

@@ -147,6 +147,17 @@ impl Run {
         result.map(|(value, _)| value)
     }
 
+    /// The summed duration of the named phases run so far, in ms.
+    pub fn phases_ms(&self, steps: &[Step]) -> f64 {
+        let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
+        let phases = self.phases.borrow();
+        phases
+            .iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(_, took)| took.as_secs_f64() * 1000.0)
+            .sum()
+    }
+
     pub fn detail(&self, key: &str, value: impl Serialize) {
         self.details.borrow_mut().insert(key.to_string(), json!(value));
     }

@@ -60,6 +60,11 @@ impl NodeView {
         self.field("peer").is_some_and(|p| p["connected"] == true)
     }
 
+    /// `false` after `hotpair replicate stop` on this node.
+    pub fn replicating(&self) -> bool {
+        self.field("replicating") != Some(&Value::Bool(false))
+    }
+
     /// A backup in a session with its primary right now.
     pub fn following(&self) -> bool {
         self.field("following") == Some(&Value::Bool(true))
