@@ -53,7 +53,8 @@ pub enum Command {
     Replicate {
         #[arg(value_enum)]
         action: ReplicateAction,
-        /// The node to ask (default: both for start/stop, the primary's pair-file name otherwise).
+        /// The node to ask (default: both). reopen-log closes the segment of the journal the node
+        /// is writing: its local journal on the primary, its remote journal on the backup.
         node: Option<String>,
     },
     /// Planned role swap with zero data loss: drain, wait until the backup applied everything,
