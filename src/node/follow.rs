@@ -191,7 +191,9 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 ));
             }
             *established = true;
+            let saving = std::time::Instant::now();
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
+            tracing::debug!(us = saving.elapsed().as_micros() as u64, "adopted the primary's history");
             *super::lock(&node.diverged_at) = None;
             tracing::info!(start_lsn, primary_last = last_lsn, "following the primary");
             let Some(applier) = node.applier() else {
