@@ -25,30 +25,90 @@ pub async fn request_within(
     request: AdminRequest,
     timeout: Duration,
 ) -> Result<Value, String> {
-    let config = pair.node(node).map_err(|e| e.to_string())?;
-    let connector = TlsConnector::from(crate::tls::admin_client_config(pair).map_err(|e| e.to_string())?);
-    let exchange = async {
+    Sessions::new(pair).request(node, request, timeout).await
+}
+
+/// A mutual-TLS admin connection to one node.
+type AdminStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Admin connections kept open across requests. An orchestration sends a dozen requests in a
+/// row, several inside the write outage; a fresh mutual-TLS handshake (and reading the PEM
+/// files) for each would add to it.
+pub struct Sessions {
+    pair: PairConfig,
+    connector: Result<TlsConnector, String>,
+    open: tokio::sync::Mutex<std::collections::HashMap<String, AdminStream>>,
+}
+
+impl Sessions {
+    pub fn new(pair: &PairConfig) -> Sessions {
+        let connector = crate::tls::admin_client_config(pair).map(TlsConnector::from).map_err(|e| e.to_string());
+        Sessions { pair: pair.clone(), connector, open: Default::default() }
+    }
+
+    /// Sends `request` to `node` over its open connection, or a new one. A connection that
+    /// turns out broken is replaced once (the primitives are idempotent, so a request that did
+    /// reach the node before the break may safely arrive twice).
+    pub async fn request(&self, node: &str, request: AdminRequest, timeout: Duration) -> Result<Value, String> {
+        let reused = self.open.lock().await.remove(node);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || format!("{node} did not answer within {}", humantime::format_duration(timeout));
+        if let Some(stream) = reused {
+            match tokio::time::timeout_at(deadline, exchange(stream, node, request.clone())).await {
+                Ok(Ok((stream, answer))) => {
+                    self.open.lock().await.insert(node.to_string(), stream);
+                    return answer;
+                }
+                Ok(Err(_broken)) => {}
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        let fresh = async {
+            let stream = self.connect(node).await?;
+            exchange(stream, node, request).await
+        };
+        match tokio::time::timeout_at(deadline, fresh).await {
+            Ok(Ok((stream, answer))) => {
+                self.open.lock().await.insert(node.to_string(), stream);
+                answer
+            }
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    async fn connect(&self, node: &str) -> Result<AdminStream, String> {
+        let config = self.pair.node(node).map_err(|e| e.to_string())?;
+        let connector = self.connector.as_ref().map_err(Clone::clone)?;
         let tcp = tokio::net::TcpStream::connect(config.control)
             .await
             .map_err(|e| format!("cannot reach {node} at {}: {e}", config.control))?;
-        let mut stream = connector
-            .connect(crate::tls::server_name(pair, node), tcp)
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(crate::tls::server_name(&self.pair, node), tcp)
             .await
-            .map_err(|e| format!("TLS with {node} failed: {e}"))?;
-        let envelope = Envelope { from: "admin".into(), epoch: 0, message: Message::Admin { request } };
-        wire::write_frame(&mut stream, &Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
-        match wire::read_frame(&mut stream).await.map_err(|e| e.to_string())? {
-            Some(Frame::Message(Envelope { message: Message::AdminReply { ok: true, body }, .. })) => Ok(body),
-            Some(Frame::Message(Envelope { message: Message::AdminReply { ok: false, body }, .. })) => Err(format!(
-                "{node} refused: {}",
-                body.get("error").and_then(Value::as_str).unwrap_or("no reason given")
-            )),
-            other => Err(format!("{node} answered something unexpected: {other:?}")),
+            .map_err(|e| format!("TLS with {node} failed: {e}"))
+    }
+}
+
+/// One request and its answer on `stream`. `Err` is a broken connection; the inner result is
+/// the node's answer (a refusal included), after which the connection is still good.
+async fn exchange(
+    mut stream: AdminStream,
+    node: &str,
+    request: AdminRequest,
+) -> Result<(AdminStream, Result<Value, String>), String> {
+    let envelope = Envelope { from: "admin".into(), epoch: 0, message: Message::Admin { request } };
+    wire::write_frame(&mut stream, &Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
+    let answer = match wire::read_frame(&mut stream).await.map_err(|e| e.to_string())? {
+        Some(Frame::Message(Envelope { message: Message::AdminReply { ok: true, body }, .. })) => Ok(body),
+        Some(Frame::Message(Envelope { message: Message::AdminReply { ok: false, body }, .. })) => {
+            Err(format!("{node} refused: {}", body.get("error").and_then(Value::as_str).unwrap_or("no reason given")))
         }
+        None => return Err(format!("{node} closed the connection")),
+        other => Err(format!("{node} answered something unexpected: {other:?}")),
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("{node} did not answer within {}", humantime::format_duration(timeout))))
+    Ok((stream, answer))
 }
 
 /// `{"nodes": {name: status}}` for both nodes; an unreachable node shows `reachable: false`.

@@ -302,16 +302,15 @@ where
 /// Both nodes' digests at `lsn`; `Ok(digest)` when they agree.
 async fn verify_phase(run: &Run, lsn: Lsn, full: bool, timeout: Duration) -> Result<String, String> {
     let names: Vec<String> = run.pair.nodes.iter().map(|n| n.name.clone()).collect();
-    let pair = run.pair.clone();
     let answers = run
         .phase(Step::Verify, async {
             let mut answers = Vec::new();
             for name in &names {
                 let request = AdminRequest::Verify { lsn, full, timeout_ms: timeout.as_millis() as u64 };
-                let body =
-                    crate::admin::request_within(&pair, name, request, timeout + STEP_TIMEOUT + full_scan_time(full))
-                        .await
-                        .map_err(|e| format!("verify on {name}: {e}"))?;
+                let body = run
+                    .send(name, request, timeout + STEP_TIMEOUT + full_scan_time(full))
+                    .await
+                    .map_err(|e| format!("verify on {name}: {e}"))?;
                 answers.push((name.clone(), body));
             }
             let digests: Vec<&str> = answers.iter().map(|(_, b)| b["digest"].as_str().unwrap_or("?")).collect();

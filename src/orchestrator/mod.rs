@@ -105,6 +105,8 @@ pub struct Run {
     pub op_id: Uuid,
     quiet: bool,
     started: Instant,
+    /// Admin connections to the nodes, reused across the run's requests.
+    sessions: crate::admin::Sessions,
     phases: std::cell::RefCell<Vec<(String, Duration)>>,
     details: std::cell::RefCell<Map<String, Value>>,
 }
@@ -117,6 +119,7 @@ impl Run {
             op_id: Uuid::new_v4(),
             quiet: json,
             started: Instant::now(),
+            sessions: crate::admin::Sessions::new(pair),
             phases: Default::default(),
             details: Default::default(),
         }
@@ -164,19 +167,25 @@ impl Run {
 
     /// Sends a primitive to `node`, turning a refusal into `Err(reason)`.
     pub async fn send(&self, node: &str, request: AdminRequest, timeout: Duration) -> Result<Value, String> {
-        crate::admin::request_within(&self.pair, node, request, timeout).await
+        self.sessions.request(node, request, timeout).await
     }
 
     /// Saves (or clears) this run's progress on both nodes; unreachable nodes are skipped
     /// (the other one keeps it, and a re-run reads either).
     pub async fn save_progress(&self, progress: Option<&Progress>) {
         let value = progress.map(|p| json!(p));
-        for node in &self.pair.nodes {
+        let save = |name: String| {
             let request = AdminRequest::SetProgress { progress: value.clone() };
-            if let Err(reason) = self.send(&node.name, request, crate::admin::ADMIN_TIMEOUT).await {
-                tracing::info!(node = %node.name, %reason, "could not save orchestration progress");
+            async move {
+                if let Err(reason) = self.send(&name, request, crate::admin::ADMIN_TIMEOUT).await {
+                    tracing::info!(node = %name, %reason, "could not save orchestration progress");
+                }
             }
-        }
+        };
+        // Both at once: the saves between phases lie inside a switchover's write outage.
+        // Invariant: a loaded pair file has exactly two nodes.
+        let [first, second] = [0, 1].map(|i| self.pair.nodes[i].name.clone());
+        tokio::join!(save(first), save(second));
     }
 
     /// Prints the outcome (a line, or the JSON object) and returns the exit code.
