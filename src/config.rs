@@ -4,7 +4,7 @@
 //! Turns `pair.toml` (format in INTERFACE.md, written by `hotpair init`) into a typed
 //! [`PairConfig`]: the cluster id, the sync level and its timeout, what to do when the peer is
 //! lost, the heartbeat interval, the TLS files, the two nodes in file order, notification
-//! settings and resource limits. [`PairConfig::locate`] finds the file (`--pair`, then
+//! settings, resource limits and the monitor's thresholds. [`PairConfig::locate`] finds the file (`--pair`, then
 //! `$HOTPAIR_PAIR`, then `./pair.toml`).
 //!
 //! Reading is two-step: the TOML is deserialized into *raw* structs that keep every value as the
@@ -27,8 +27,8 @@
 //!   journal.
 //! - Every path is absolute in the result, resolved relative to the pair file's own directory
 //!   (not the working directory), so a command behaves the same wherever it is run from.
-//! - Durations are humantime strings (`250ms`, `5s`, `2m`); `heartbeat` and `sync_timeout` must
-//!   be above zero.
+//! - Durations are humantime strings (`250ms`, `5s`, `2m`) and must be above zero; the
+//!   `[monitor]` intervals may instead be `"off"`.
 //!
 //! ## Caveats
 //! - Addresses are literal `IP:port` socket addresses; host names are not resolved.
@@ -57,6 +57,11 @@ pub const DEFAULT_SYNC: SyncLevel = SyncLevel::Durable;
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(200);
 pub const DEFAULT_INCIDENT_LOG: &str = "incidents.jsonl";
+pub const DEFAULT_LAG_ALERT: Duration = Duration::from_secs(10);
+pub const DEFAULT_LAG_ALERT_RECORDS: u64 = 100_000;
+pub const DEFAULT_CANARY_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_DIGEST_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_RETENTION_ALERT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
@@ -222,6 +227,34 @@ impl Default for Limits {
     }
 }
 
+/// `[monitor]`: when the nodes raise the incidents that watch the pair (see `node::monitor`).
+/// A `None` interval is switched off (`"off"` in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// A backup further behind than this (time since the oldest record it lacks) is an incident.
+    pub lag_alert: Duration,
+    /// ... or further behind than this many records.
+    pub lag_alert_records: u64,
+    /// The primary writes a canary record this often; the backup expects one within twice it.
+    pub canary_interval: Option<Duration>,
+    /// The backup recomputes its digest from the stored data this often.
+    pub digest_interval: Option<Duration>,
+    /// A primary whose backup has been gone this long keeps journal segments for it: an incident.
+    pub retention_alert: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            lag_alert: DEFAULT_LAG_ALERT,
+            lag_alert_records: DEFAULT_LAG_ALERT_RECORDS,
+            canary_interval: Some(DEFAULT_CANARY_INTERVAL),
+            digest_interval: Some(DEFAULT_DIGEST_INTERVAL),
+            retention_alert: DEFAULT_RETENTION_ALERT,
+        }
+    }
+}
+
 /// The whole pair file, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairConfig {
@@ -237,6 +270,7 @@ pub struct PairConfig {
     pub nodes: Vec<NodeConfig>,
     pub notify: NotifyConfig,
     pub limits: Limits,
+    pub monitor: MonitorConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +313,7 @@ struct RawPair {
     nodes: Option<OrderedNodes>,
     notify: Option<RawNotify>,
     limits: Option<RawLimits>,
+    monitor: Option<RawMonitor>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +340,16 @@ struct RawNode {
 struct RawNotify {
     commands: Option<Vec<String>>,
     incident_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    lag_alert: Option<String>,
+    lag_alert_records: Option<u64>,
+    canary_interval: Option<String>,
+    digest_interval: Option<String>,
+    retention_alert: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -557,6 +602,8 @@ impl Validator<'_> {
             },
         };
 
+        let monitor = self.monitor(raw.monitor.unwrap_or_default())?;
+
         Ok(PairConfig {
             path: self.path.to_path_buf(),
             cluster,
@@ -568,7 +615,31 @@ impl Validator<'_> {
             nodes,
             notify,
             limits,
+            monitor,
         })
+    }
+
+    fn monitor(&self, raw: RawMonitor) -> Result<MonitorConfig, ConfigError> {
+        let lag_alert_records = match raw.lag_alert_records {
+            None => DEFAULT_LAG_ALERT_RECORDS,
+            Some(0) => return Err(self.invalid("monitor.lag_alert_records", "is 0; it must be at least 1")),
+            Some(n) => n,
+        };
+        Ok(MonitorConfig {
+            lag_alert: self.duration("monitor.lag_alert", raw.lag_alert, DEFAULT_LAG_ALERT)?,
+            lag_alert_records,
+            canary_interval: self.interval("monitor.canary_interval", raw.canary_interval, DEFAULT_CANARY_INTERVAL)?,
+            digest_interval: self.interval("monitor.digest_interval", raw.digest_interval, DEFAULT_DIGEST_INTERVAL)?,
+            retention_alert: self.duration("monitor.retention_alert", raw.retention_alert, DEFAULT_RETENTION_ALERT)?,
+        })
+    }
+
+    /// A duration that may also be `"off"` (`None`).
+    fn interval(&self, key: &str, value: Option<String>, default: Duration) -> Result<Option<Duration>, ConfigError> {
+        match value {
+            Some(text) if text.trim() == "off" => Ok(None),
+            other => self.duration(key, other, default).map(Some),
+        }
     }
 
     fn node(&self, name: String, raw: RawNode) -> Result<NodeConfig, ConfigError> {

@@ -46,6 +46,9 @@ pub enum Kind {
     Fenced,
     OrphanedTail,
     SecondInstallation,
+    LagHigh,
+    CanaryOverdue,
+    RetentionPinned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

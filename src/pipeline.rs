@@ -64,7 +64,8 @@ pub struct Pipeline {
 /// read from the journal (catch-up).
 #[derive(Default)]
 struct RecentFrames {
-    frames: std::collections::VecDeque<(Lsn, Vec<u8>)>,
+    /// LSN, commit time (wall-clock ms) and encoded frame of each record.
+    frames: std::collections::VecDeque<(Lsn, u64, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -255,10 +256,39 @@ impl Pipeline {
         Ok((Some(lsn), result))
     }
 
+    /// Commit time (wall-clock ms) of record `lsn`, or of the oldest record still in memory if
+    /// `lsn` is older than that (so the age it gives is a lower bound); `None` past the end.
+    pub fn commit_time(&self, lsn: Lsn) -> Option<u64> {
+        let recent = lock(&self.recent);
+        let first = recent.frames.front()?.0;
+        let index = lsn.saturating_sub(first) as usize;
+        recent.frames.get(index).map(|(_, time, _)| *time)
+    }
+
+    /// Appends a canary record, unless writes are refused (draining, fenced, not yet confirmed
+    /// by the peer): a canary takes an LSN like a write, so it must not slip past a drain.
+    /// `None` when refused.
+    pub fn append_canary(&self, now_ms: u64, sequence: u64) -> Result<Option<Lsn>, CommitError> {
+        self.check_running()?;
+        let writer = lock(&self.writer);
+        if writer.refusing.is_some() {
+            return Ok(None);
+        }
+        self.append_locked(writer, now_ms, RecordBody::Canary { sequence }).map(Some)
+    }
+
     /// Appends a record that changes no data (epoch-start, canary, checkpoint).
     pub fn append_control(&self, now_ms: u64, body: RecordBody) -> Result<Lsn, CommitError> {
         self.check_running()?;
-        let mut writer = lock(&self.writer);
+        self.append_locked(lock(&self.writer), now_ms, body)
+    }
+
+    fn append_locked(
+        &self,
+        mut writer: MutexGuard<'_, Writer>,
+        now_ms: u64,
+        body: RecordBody,
+    ) -> Result<Lsn, CommitError> {
         let record = Record {
             lsn: writer.next_lsn,
             epoch: writer.epoch,
@@ -279,9 +309,9 @@ impl Pipeline {
         crate::journal::format::encode_record(record, &mut frame);
         let mut recent = lock(&self.recent);
         recent.bytes += frame.len();
-        recent.frames.push_back((record.lsn, frame));
+        recent.frames.push_back((record.lsn, record.timestamp_ms, frame));
         while recent.bytes > RECENT_FRAMES_BYTES && recent.frames.len() > 1 {
-            if let Some((_, old)) = recent.frames.pop_front() {
+            if let Some((_, _, old)) = recent.frames.pop_front() {
                 recent.bytes -= old.len();
             }
         }
@@ -297,7 +327,7 @@ impl Pipeline {
         }
         let mut out = Vec::new();
         let mut last = from - 1;
-        for (lsn, frame) in recent.frames.iter().skip((from - first) as usize) {
+        for (lsn, _, frame) in recent.frames.iter().skip((from - first) as usize) {
             if *lsn > until || (!out.is_empty() && out.len() + frame.len() > max_bytes) {
                 break;
             }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::applier::Applier;
 use crate::digest::Digest;
-use crate::journal::{format, Epoch, HistoryEntry, Journal, JournalError, JournalReader, Lsn};
+use crate::journal::{format, Epoch, HistoryEntry, Journal, JournalError, JournalReader, Lsn, RecordBody};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::wire::{self, Envelope, Frame, Message, WireError, BATCH_BYTES};
@@ -108,6 +108,14 @@ pub struct PeerState {
     pub peer_last_lsn: Lsn,
     /// Heartbeat sequence numbers that never arrived.
     pub heartbeat_gaps: u64,
+    /// On a backup: canary records received, when the last one arrived, and how long it took
+    /// from the primary's clock to ours (clocks of the two hosts are assumed close).
+    pub canaries: u64,
+    pub last_canary_at: Option<Instant>,
+    pub last_canary_delay_ms: u64,
+    /// On a backup: the primary's commit time (ms) of the oldest record we know of but have
+    /// not applied (received, or announced by a heartbeat); 0 when there is none.
+    pub oldest_unapplied_ms: u64,
 }
 
 impl Default for PeerState {
@@ -122,6 +130,10 @@ impl Default for PeerState {
             last_heard_ms: 0,
             peer_last_lsn: 0,
             heartbeat_gaps: 0,
+            canaries: 0,
+            last_canary_at: None,
+            last_canary_delay_ms: 0,
+            oldest_unapplied_ms: 0,
         }
     }
 }
@@ -347,8 +359,13 @@ where
     let mut received = ctx.remote.last_lsn().unwrap_or(0).max(ctx.store.position().applied_lsn);
     let mut seq = 0u64;
     let mut sent: Option<(Lsn, Lsn, Lsn)> = None;
+    let mut unapplied = UnappliedTimes::default();
     let result = loop {
         let applied_lsn = *applied.borrow_and_update();
+        let oldest = unapplied.oldest(applied_lsn);
+        if ctx.primary.borrow().oldest_unapplied_ms != oldest {
+            ctx.primary.send_modify(|s| s.oldest_unapplied_ms = oldest);
+        }
         // Applied records are durable (only durable ones are applied; a copy is flushed).
         let progress = (received, (*durable.borrow_and_update()).max(applied_lsn), applied_lsn);
         if sent != Some(progress) {
@@ -373,7 +390,10 @@ where
             frame = frames.recv() => match frame {
                 Some(Ok(Some(Frame::Copy(_)))) => break Err(ReplicationError::Protocol("the primary sent a copy batch into a replication session".into())),
                 Some(Ok(Some(Frame::Records(bytes)))) => match keep_records(ctx, &bytes) {
-                    Ok(Some(last)) => received = last,
+                    Ok(Some(kept)) => {
+                        received = kept.last_lsn;
+                        unapplied.received(kept.last_lsn, kept.first_time_ms);
+                    }
                     Ok(None) => {}
                     Err(err) => break Err(err),
                 },
@@ -384,6 +404,7 @@ where
                             tracing::warn!(gap, "heartbeats from the primary went missing");
                         }
                         let now = crate::clock::now_ms();
+                        unapplied.announced(last_lsn, received, now);
                         ctx.primary.send_modify(|s| { s.heartbeat_gaps += gap; s.last_heard_ms = now; s.peer_last_lsn = last_lsn; });
                     }
                     other => break Err(ReplicationError::Protocol(format!("unexpected message from the primary: {other:?}"))),
@@ -418,12 +439,63 @@ async fn send<W: AsyncWrite + Unpin>(
     write_or_silence(writer, &Frame::Message(envelope), heard, limit).await
 }
 
-/// Checks, keeps (remote journal) and queues (applier) every record of a batch. Returns the last
-/// LSN kept. Records at or below what we already hold are skipped (a resent tail after a
-/// reconnect); anything else out of order is refused by the journal.
-fn keep_records(ctx: &FollowContext, bytes: &[u8]) -> Result<Option<Lsn>, ReplicationError> {
+/// What one batch added to the remote journal.
+struct Kept {
+    first_time_ms: u64,
+    last_lsn: Lsn,
+}
+
+/// Commit times of records the backup knows of but has not applied, for `lag_ms`: the first
+/// record of each batch (so the age is exact to within one batch, and never overstated), and
+/// the time a heartbeat first announced records beyond what we received.
+#[derive(Default)]
+struct UnappliedTimes {
+    /// Last LSN and first record's commit time of each batch not wholly applied.
+    batches: std::collections::VecDeque<(Lsn, u64)>,
+    announced_at: Option<u64>,
+}
+
+/// Batch start times kept at most; past it the newest are not kept (the oldest is what counts).
+const UNAPPLIED_BATCHES: usize = 65_536;
+
+impl UnappliedTimes {
+    fn received(&mut self, last_lsn: Lsn, time_ms: u64) {
+        // The batch's own commit time is better than the moment a heartbeat told us of it.
+        self.announced_at = None;
+        if self.batches.len() < UNAPPLIED_BATCHES {
+            self.batches.push_back((last_lsn, time_ms));
+        }
+    }
+
+    /// A heartbeat said the primary is at `primary_last`; we hold up to `received`.
+    fn announced(&mut self, primary_last: Lsn, received: Lsn, now_ms: u64) {
+        if primary_last > received {
+            self.announced_at.get_or_insert(now_ms);
+        } else {
+            self.announced_at = None;
+        }
+    }
+
+    /// The oldest commit time not yet applied (a batch partly applied counts from its first
+    /// record), 0 if everything known is applied.
+    fn oldest(&mut self, applied: Lsn) -> u64 {
+        while self.batches.front().is_some_and(|(last, _)| *last <= applied) {
+            self.batches.pop_front();
+        }
+        match (self.batches.front().map(|(_, time)| *time), self.announced_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0,
+        }
+    }
+}
+
+/// Checks, keeps (remote journal) and queues (applier) every record of a batch, and notes each
+/// canary. Returns what was kept. Records at or below what we already hold are skipped (a
+/// resent tail after a reconnect); anything else out of order is refused by the journal.
+fn keep_records(ctx: &FollowContext, bytes: &[u8]) -> Result<Option<Kept>, ReplicationError> {
     let mut pos = 0;
-    let mut last = None;
+    let mut kept: Option<Kept> = None;
     while pos < bytes.len() {
         let (record, used) = format::decode_record(&bytes[pos..]).map_err(|err| {
             ReplicationError::Protocol(format!("record at byte {pos} of a batch is not valid: {err:?}"))
@@ -434,10 +506,25 @@ fn keep_records(ctx: &FollowContext, bytes: &[u8]) -> Result<Option<Lsn>, Replic
             continue;
         }
         ctx.remote.append_frame(frame)?;
-        last = Some(record.lsn);
+        match &mut kept {
+            Some(kept) => kept.last_lsn = record.lsn,
+            None => kept = Some(Kept { first_time_ms: record.timestamp_ms, last_lsn: record.lsn }),
+        }
+        if let RecordBody::Canary { .. } = record.body {
+            note_canary(&ctx.primary, record.timestamp_ms);
+        }
         ctx.applier.submit(record).map_err(ReplicationError::Applier)?;
     }
-    Ok(last)
+    Ok(kept)
+}
+
+fn note_canary(primary: &watch::Sender<PeerState>, sent_ms: u64) {
+    let delay = crate::clock::now_ms().saturating_sub(sent_ms);
+    primary.send_modify(|s| {
+        s.canaries += 1;
+        s.last_canary_at = Some(Instant::now());
+        s.last_canary_delay_ms = delay;
+    });
 }
 
 #[cfg(test)]

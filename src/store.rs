@@ -324,6 +324,22 @@ impl Store {
         Ok((digest, count))
     }
 
+    /// The digest and key count recomputed from the stored pairs, with the position they belong
+    /// to. Scans without stopping writers first; if a batch landed during the scan (the result
+    /// would mix two positions) it tries once more, then scans with writers held off.
+    pub fn full_digest_consistent(&self) -> Result<(Position, Digest, u64), StoreError> {
+        for _ in 0..2 {
+            let before = self.position();
+            let (digest, keys) = self.full_digest()?;
+            if self.position() == before {
+                return Ok((before, digest, keys));
+            }
+        }
+        let writer = self.lock_writer();
+        let (digest, keys) = self.full_digest()?;
+        Ok((*writer, digest, keys))
+    }
+
     /// Every stored pair in key order (for a full copy and for tests).
     pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
         self.db

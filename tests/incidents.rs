@@ -1,7 +1,8 @@
 //! Incidents provoked for real on a running pair, as the notification command receives them
-//! (a shell command appending its stdin to a file) and as `status` shows them. Issue 6 is not
-//! finished: these cover the kinds built so far (peer lost/back, replication stopped/started,
-//! fenced, orphaned tail); canaries, lag, disk space and metrics are not built.
+//! (a shell command appending its stdin to a file) and as `status` shows them: peer lost/back,
+//! replication stopped/started, fenced, orphaned tail, lag over `lag_alert`, canary overdue
+//! (a SIGSTOPped primary), a digest mismatch found by the periodic check (a backup store changed
+//! behind the node's back), and journal retention pinned by an absent backup.
 
 mod common;
 
@@ -94,4 +95,99 @@ fn a_hanging_notification_command_does_not_slow_commits() {
     }
     let status = pair.node_status(PRIMARY);
     assert_eq!(status["writes"]["accepting"], true, "{status}");
+}
+
+fn open_kinds(status: &Value) -> Vec<String> {
+    status["incidents"].as_array().into_iter().flatten().filter_map(|i| i["kind"].as_str().map(String::from)).collect()
+}
+
+#[test]
+fn a_backup_further_behind_than_lag_alert_raises_lag_high_until_it_catches_up() {
+    let options =
+        Options { notify_command: Some(NOTIFY), monitor: Some("lag_alert_records = 20"), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    pair.hotpair_ok(&["replicate", "stop", PRIMARY]);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET").arg(format!("lag-{i}")).arg(i).query(&mut a).expect("async write");
+    }
+    let lag = wait_notified(&dir, "lag-high on the primary", event("lag-high", PRIMARY, "open"));
+    assert!(lag["message"].as_str().is_some_and(|m| m.contains("record(s)")), "{lag}");
+    assert!(open_kinds(&pair.node_status(PRIMARY)).contains(&"lag-high".to_string()));
+    pair.hotpair_ok(&["replicate", "start", PRIMARY]);
+    wait_notified(&dir, "lag-high resolved", event("lag-high", PRIMARY, "resolved"));
+    pair.wait_caught_up();
+}
+
+#[test]
+fn a_hung_primary_makes_the_canary_overdue_on_the_backup_and_it_clears_on_resume() {
+    // Heartbeats every second give a 10 s silence limit, so the session stays up while the
+    // primary is stopped: only the canary can tell that nothing flows.
+    let options = Options {
+        heartbeat: Some("1s"),
+        notify_command: Some(NOTIFY),
+        monitor: Some("canary_interval = \"200ms\""),
+        ..Options::default()
+    };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let dir = pair.dir().to_path_buf();
+    let status = pair.wait_for_node(BACKUP, "two canaries", |s| s["canary"]["received"].as_u64() >= Some(2));
+    let delay = status["canary"]["last_delay_ms"].as_u64().expect("a canary delay");
+    assert!(delay < 1000, "a canary took {delay} ms on an idle local pair: {status}");
+    pair.pause(PRIMARY);
+    let overdue = wait_notified(&dir, "canary overdue on the backup", event("canary-overdue", BACKUP, "open"));
+    pair.resume(PRIMARY);
+    assert!(overdue["message"].as_str().is_some_and(|m| m.contains("no canary")), "{overdue}");
+    wait_notified(&dir, "canary back", event("canary-overdue", BACKUP, "resolved"));
+}
+
+#[test]
+fn the_periodic_digest_check_finds_a_backup_store_changed_behind_its_back() {
+    let options =
+        Options { notify_command: Some(NOTIFY), monitor: Some("digest_interval = \"300ms\""), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let dir = pair.dir().to_path_buf();
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(format!("v{i}")).query(&mut a).expect("write");
+    }
+    pair.wait_caught_up();
+    pair.stop(BACKUP);
+    // Change one stored value without going through the journal (nor updating the digest).
+    {
+        let db = sled::open(pair.node_dir(BACKUP).join("store")).expect("open the backup's store");
+        let (key, mut value) = db
+            .scan_prefix(b"d")
+            .next()
+            .expect("a stored pair")
+            .map(|(k, v)| (k, v.to_vec()))
+            .expect("read a stored pair");
+        *value.last_mut().expect("a non-empty value") ^= 0x01;
+        db.insert(key, value).expect("write the damaged value");
+        db.flush().expect("flush sled");
+    }
+    pair.restart(BACKUP);
+    let found = wait_notified(&dir, "digest mismatch on the backup", event("digest-mismatch", BACKUP, "open"));
+    assert_eq!(found["severity"], "critical", "{found}");
+    assert!(found["message"].as_str().is_some_and(|m| m.contains("periodic digest check")), "{found}");
+    assert!(open_kinds(&pair.node_status(BACKUP)).contains(&"digest-mismatch".to_string()));
+    // The primary is not affected.
+    let _: () = redis::cmd("SET").arg("after").arg("1").query(&mut a).expect("the primary keeps working");
+}
+
+#[test]
+fn an_absent_backup_pinning_the_journal_past_retention_alert_is_reported() {
+    let options =
+        Options { notify_command: Some(NOTIFY), monitor: Some("retention_alert = \"300ms\""), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    pair.kill(BACKUP);
+    let mut a = pair.redis(PRIMARY);
+    let _: () = redis::cmd("SET").arg("kept-for-b").arg("1").query(&mut a).expect("async write without the backup");
+    let pinned = wait_notified(&dir, "retention pinned", event("retention-pinned", PRIMARY, "open"));
+    assert!(pinned["message"].as_str().is_some_and(|m| m.contains("keeps")), "{pinned}");
+    pair.restart(BACKUP);
+    wait_notified(&dir, "retention released", event("retention-pinned", PRIMARY, "resolved"));
+    pair.wait_caught_up();
 }

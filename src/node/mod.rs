@@ -443,6 +443,8 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(backend::serve(node.clone(), data));
     tasks.spawn(follow::run(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
+    tasks.spawn(monitor::write_canaries(node.clone()));
+    tasks.spawn(monitor::check_digests(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

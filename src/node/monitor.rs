@@ -1,12 +1,26 @@
 //! The node watching itself and its peer: turns what the other tasks publish (the peer link,
-//! heartbeat gaps, `replicate stop`, a stopped applier) into incidents, and clears them when the
-//! condition ends. It only reads; each incident is raised once while its condition holds.
+//! heartbeat gaps, canaries, lag, `replicate stop`, a stopped applier) into incidents, and
+//! clears them when the condition ends. It also writes the primary's canaries and runs the
+//! backup's periodic digest check.
+//!
+//! ## Invariants
+//! - The watch loop only reads; each incident is raised once while its condition holds and
+//!   resolved when it ends (repeats are rate-limited by `incident`).
+//! - A canary takes an LSN like a write, so it is only written while the pipeline accepts
+//!   writes ([`crate::pipeline::Pipeline::append_canary`]): never past a drain, never by a
+//!   restarted primary its peer has not confirmed.
+//! - The periodic digest check compares a digest recomputed from the stored pairs with the
+//!   store's incremental digest at the same position. The applier already checked that
+//!   incremental digest against the primary's record at every LSN, so equality here ties the
+//!   stored data to the primary's digest at that LSN; it catches damage the per-record check
+//!   cannot see (a store changed behind the node's back).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
 use crate::incident::{Kind, Severity};
+use crate::meta::Role;
 use crate::Error;
 
 /// How often the conditions are looked at.
@@ -56,6 +70,167 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         if let Some(reason) = failure {
             let kind = if reason.contains("digest mismatch") { Kind::DigestMismatch } else { Kind::ApplyError };
             node.incidents.raise(kind, Severity::Critical, reason);
+        }
+        let role = node.role();
+        check_lag(&node, role, &peer);
+        check_canary(&node, role, &peer);
+        check_retention(&node, role, &peer);
+    }
+}
+
+/// On the primary: the backup further behind than `monitor.lag_alert` (time) or
+/// `monitor.lag_alert_records`.
+fn check_lag(node: &Node, role: Role, peer: &crate::replication::PeerState) {
+    if role != Role::Primary {
+        node.incidents.resolve(Kind::LagHigh, "this node is no longer the primary");
+        return;
+    }
+    let Some(pipeline) = node.pipeline() else { return };
+    let records = pipeline.last_lsn().saturating_sub(peer.applied_lsn);
+    let ms = super::status::lag_ms(node, role, peer, records, crate::clock::now_ms());
+    let limits = &node.pair.monitor;
+    if records > limits.lag_alert_records || Duration::from_millis(ms) > limits.lag_alert {
+        let message = format!(
+            "{} is {records} record(s) and {ms} ms behind (alert above {} records or {})",
+            node.peer_config.name,
+            limits.lag_alert_records,
+            humantime::format_duration(limits.lag_alert)
+        );
+        node.incidents.raise(Kind::LagHigh, Severity::Warning, message);
+    } else {
+        node.incidents
+            .resolve(Kind::LagHigh, format!("{} is {records} record(s) and {ms} ms behind", node.peer_config.name));
+    }
+}
+
+/// On a backup in a session: a canary is overdue when none arrived for twice the interval,
+/// or late when the last one took longer than the interval to arrive. Outside a session the
+/// peer-lost incident speaks instead, and this one is left as it is.
+fn check_canary(node: &Node, role: Role, peer: &crate::replication::PeerState) {
+    let Some(interval) = node.pair.monitor.canary_interval else { return };
+    if role != Role::Backup || !peer.connected || !*node.following.borrow() {
+        return;
+    }
+    let primary = &node.peer_config.name;
+    let since = peer.last_canary_at.unwrap_or(peer.since).elapsed();
+    let delay = Duration::from_millis(peer.last_canary_delay_ms);
+    if since > interval * 2 {
+        let message = format!(
+            "no canary from {primary} for {} ms (one is written every {}): its journal or the link is stuck",
+            since.as_millis(),
+            humantime::format_duration(interval)
+        );
+        node.incidents.raise(Kind::CanaryOverdue, Severity::Critical, message);
+    } else if delay > interval {
+        let message = format!(
+            "the last canary from {primary} took {} ms to arrive (more than the {} interval)",
+            delay.as_millis(),
+            humantime::format_duration(interval)
+        );
+        node.incidents.raise(Kind::CanaryOverdue, Severity::Warning, message);
+    } else if peer.last_canary_at.is_some() {
+        let message = format!("canaries from {primary} arrive again ({} ms end to end)", delay.as_millis());
+        node.incidents.resolve(Kind::CanaryOverdue, message);
+    }
+}
+
+/// On the primary: its backup gone longer than `monitor.retention_alert` while the journal
+/// keeps the records it lacks (they are never trimmed while it may come back for them).
+fn check_retention(node: &Node, role: Role, peer: &crate::replication::PeerState) {
+    let bound = node.pair.monitor.retention_alert;
+    let Some(pipeline) = node.pipeline().filter(|_| role == Role::Primary) else {
+        node.incidents.resolve(Kind::RetentionPinned, "this node is no longer the primary");
+        return;
+    };
+    let kept = pipeline.last_lsn().saturating_sub(peer.durable_lsn);
+    let gone = peer.since.elapsed();
+    if !peer.connected && gone > bound && kept > 0 {
+        let message = format!(
+            "{} has been gone for {} s; the journal keeps {kept} record(s) from LSN {} for it (alert after {})",
+            node.peer_config.name,
+            gone.as_secs(),
+            peer.durable_lsn + 1,
+            humantime::format_duration(bound)
+        );
+        node.incidents.raise(Kind::RetentionPinned, Severity::Warning, message);
+    } else if peer.connected {
+        node.incidents.resolve(Kind::RetentionPinned, format!("{} is back", node.peer_config.name));
+    }
+}
+
+/// The primary's canaries: one record every `monitor.canary_interval` through the journal, so
+/// the backup can tell that records flow end to end even when nobody writes.
+pub async fn write_canaries(node: Arc<Node>) -> Result<(), Error> {
+    let Some(interval) = node.pair.monitor.canary_interval else { return Ok(()) };
+    let mut shutdown = node.shutdown.subscribe();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let Some(pipeline) = node.pipeline().filter(|_| node.role() == Role::Primary) else { continue };
+        sequence += 1;
+        // The append is a short in-memory step plus a buffered write; the flusher fsyncs it.
+        match pipeline.append_canary(crate::clock::now_ms(), sequence) {
+            Ok(Some(lsn)) => tracing::trace!(lsn, sequence, "canary written"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "could not write a canary"),
+        }
+    }
+}
+
+/// The backup's periodic digest check (see the module invariants), every
+/// `monitor.digest_interval`, off the async threads.
+pub async fn check_digests(node: Arc<Node>) -> Result<(), Error> {
+    let Some(interval) = node.pair.monitor.digest_interval else { return Ok(()) };
+    let mut shutdown = node.shutdown.subscribe();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        if node.role() != Role::Backup {
+            continue;
+        }
+        let store = node.store.clone();
+        let started = std::time::Instant::now();
+        let scanned = tokio::task::spawn_blocking(move || store.full_digest_consistent()).await;
+        let (position, digest, keys) = match scanned {
+            Ok(Ok(result)) => result,
+            Ok(Err(err)) => {
+                node.incidents.raise(Kind::ApplyError, Severity::Critical, format!("periodic digest check: {err}"));
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "the periodic digest check did not finish");
+                continue;
+            }
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        if digest == position.digest && keys == position.key_count {
+            tracing::debug!(lsn = position.applied_lsn, keys, ms, "periodic digest check: equal");
+            if node.applier().and_then(|a| a.failure()).is_some() {
+                // The applier's own mismatch stays open: it stopped before the bad record.
+                continue;
+            }
+            let message = format!("stored data matches the digest at LSN {} ({keys} keys)", position.applied_lsn);
+            node.incidents.resolve(Kind::DigestMismatch, message);
+        } else {
+            let message = format!(
+                "periodic digest check at LSN {}: the stored data gives {} ({keys} keys) but the digest the primary's records agree with is {} ({} keys); the store was changed behind the node's back — rebuild it with `hotpair rejoin {} --allow-full-copy`",
+                position.applied_lsn,
+                digest.to_hex(),
+                position.digest.to_hex(),
+                position.key_count,
+                node.name()
+            );
+            node.incidents.raise(Kind::DigestMismatch, Severity::Critical, message);
         }
     }
 }

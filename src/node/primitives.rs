@@ -303,7 +303,11 @@ async fn rejoin(
         Standing::OnHistory { next_lsn } => next_lsn - 1,
         Standing::Diverged { at_lsn } => at_lsn,
     };
-    let orphaned = our_last - divergence;
+    // Transactions only: canaries and other control records in the tail carry no data. If
+    // the tail cannot be read (journals lost: a full-copy case), count every record past it.
+    let orphaned = orphaned_tail(node, divergence)
+        .map(|tail| tail.iter().filter(|r| matches!(r.body, RecordBody::Txn { .. })).count() as u64)
+        .unwrap_or(our_last - divergence);
     let needs_from = divergence + 1;
     let shippable = primary.last_lsn < needs_from || primary.first_available <= needs_from;
     let plan = json!({

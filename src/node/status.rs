@@ -40,7 +40,7 @@ pub fn node_status(node: &Node) -> Value {
         "digest": digest.to_hex(),
         "sync": node.pair.sync.name(),
         "lag_records": lag_records,
-        "lag_ms": if lag_records == 0 || peer.last_heard_ms == 0 { 0 } else { now.saturating_sub(peer.last_heard_ms) },
+        "lag_ms": lag_ms(node, role, &peer, lag_records, now),
         "local_journal": local_journal,
         "remote_journal": remote_journal,
         "diverged_at": diverged,
@@ -55,6 +55,7 @@ pub fn node_status(node: &Node) -> Value {
             "last_heartbeat_ms_ago": if peer.last_heard_ms == 0 { Value::Null } else { json!(now.saturating_sub(peer.last_heard_ms)) },
             "heartbeat_gaps": peer.heartbeat_gaps,
         },
+        "canary": canary(node, role, &peer),
         "writes": node.pipeline().map(|p| match p.refusing() { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true}) }),
         "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
         "incidents": node.incidents.open(),
@@ -66,6 +67,39 @@ pub fn node_status(node: &Node) -> Value {
         "following": *node.following.borrow(),
         "disk_free_bytes": disk_free(&node.config.dir),
         "full_copy": node.copy_progress.borrow().map(|(done, total)| json!({ "pairs": done, "total": total })),
+    })
+}
+
+/// How far behind the backup is, in time: the age of the oldest commit it has not applied.
+/// The primary knows the commit times of recent records; the backup knows those it received
+/// (and when a heartbeat told it of more). Ages compare two hosts' clocks. When neither side has
+/// a time (records older than the primary keeps in memory and never announced), it falls back to
+/// the time since the peer was last heard from.
+pub(super) fn lag_ms(node: &Node, role: Role, peer: &crate::replication::PeerState, lag_records: u64, now: u64) -> u64 {
+    if lag_records == 0 {
+        return 0;
+    }
+    let oldest = match role {
+        Role::Primary | Role::Draining => node.pipeline().and_then(|p| p.commit_time(peer.applied_lsn + 1)),
+        _ => (peer.oldest_unapplied_ms > 0).then_some(peer.oldest_unapplied_ms),
+    };
+    match oldest {
+        Some(time) => now.saturating_sub(time),
+        None if peer.last_heard_ms == 0 => 0,
+        None => now.saturating_sub(peer.last_heard_ms),
+    }
+}
+
+/// On a backup: the canaries received from the primary (`null` on other roles).
+fn canary(node: &Node, role: Role, peer: &crate::replication::PeerState) -> serde_json::Value {
+    if role != Role::Backup {
+        return serde_json::Value::Null;
+    }
+    json!({
+        "interval_ms": node.pair.monitor.canary_interval.map(|i| i.as_millis() as u64),
+        "received": peer.canaries,
+        "last_ms_ago": peer.last_canary_at.map(|at| at.elapsed().as_millis() as u64),
+        "last_delay_ms": peer.last_canary_delay_ms,
     })
 }
 

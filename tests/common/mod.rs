@@ -47,6 +47,8 @@ pub struct Options {
     pub heartbeat: Option<&'static str>,
     /// A `[notify]` command, `{dir}` replaced by the pair's directory.
     pub notify_command: Option<&'static str>,
+    /// Lines of a `[monitor]` table, e.g. `canary_interval = "200ms"`.
+    pub monitor: Option<&'static str>,
 }
 
 pub struct Pair {
@@ -103,6 +105,9 @@ impl Pair {
             let command = command.replace("{dir}", &dir.path().display().to_string());
             let escaped = command.replace('\\', "\\\\").replace('"', "\\\"");
             text = text.replace("commands = []", &format!("commands = [\"{escaped}\"]"));
+        }
+        if let Some(lines) = options.monitor {
+            text.push_str(&format!("\n[monitor]\n{lines}\n"));
         }
         std::fs::write(&pair_file, text).expect("write pair.toml");
         let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
