@@ -355,7 +355,10 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
          #               identity. Exactly two nodes; the first listed starts as primary on a fresh pair\n\
          # [notify]      commands: each gets every incident as JSON on stdin; incident_log: JSON lines\n\
          # [limits]      optional: max_value_bytes (default 16777216), max_connections (1024),\n\
-         #               max_args (1048576)\n\n",
+         #               max_args (1048576)\n\
+         # [monitor]     optional: lag_alert (10s) and lag_alert_records (100000): the backup further\n\
+         #               behind is an incident; canary_interval (5s) and digest_interval (1m), each may\n\
+         #               be \"off\"; retention_alert (10m): an absent backup pinning the journal\n\n",
     );
     let _ = writeln!(out, "cluster = \"{cluster}\"");
     let _ = writeln!(out, "sync = \"{sync}\"");

@@ -272,3 +272,34 @@ fn locate_prefers_the_flag_then_the_environment_then_the_working_directory() {
     std::env::remove_var("HOTPAIR_PAIR");
     assert_eq!(PairConfig::locate(None), Path::new("pair.toml"));
 }
+
+#[test]
+fn the_monitor_table_takes_durations_off_and_counts_and_refuses_the_rest_by_key() {
+    use hotpair::config::MonitorConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &good());
+    assert_eq!(PairConfig::load(&path).unwrap().monitor, MonitorConfig::default());
+
+    let text = format!(
+        "{}\n[monitor]\nlag_alert = \"2s\"\nlag_alert_records = 500\ncanary_interval = \"off\"\ndigest_interval = \"30s\"\nretention_alert = \"1h\"\n",
+        good()
+    );
+    let path = write(dir.path(), &text);
+    let monitor = PairConfig::load(&path).unwrap().monitor;
+    assert_eq!(monitor.lag_alert, Duration::from_secs(2));
+    assert_eq!(monitor.lag_alert_records, 500);
+    assert_eq!(monitor.canary_interval, None);
+    assert_eq!(monitor.digest_interval, Some(Duration::from_secs(30)));
+    assert_eq!(monitor.retention_alert, Duration::from_secs(3600));
+
+    for (line, key) in [
+        ("canary_interval = \"soon\"", "monitor.canary_interval"),
+        ("lag_alert = \"0s\"", "monitor.lag_alert"),
+        ("lag_alert = \"off\"", "monitor.lag_alert"),
+        ("lag_alert_records = 0", "monitor.lag_alert_records"),
+        ("digest_intreval = \"1m\"", "digest_intreval"),
+    ] {
+        let (err, path) = refused(&format!("{}\n[monitor]\n{line}\n", good()));
+        assert_names(&err, &path, &[key]);
+    }
+}
