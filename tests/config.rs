@@ -272,3 +272,25 @@ fn locate_prefers_the_flag_then_the_environment_then_the_working_directory() {
     std::env::remove_var("HOTPAIR_PAIR");
     assert_eq!(PairConfig::locate(None), Path::new("pair.toml"));
 }
+
+#[test]
+fn the_metrics_address_is_optional_per_node_and_refused_by_its_key_when_bad() {
+    let with_metrics =
+        |value: &str| good().replacen("key = \"tls/b.key\"\n", &format!("key = \"tls/b.key\"\nmetrics = {value}\n"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PairConfig::load(&write(dir.path(), &with_metrics("\"127.0.0.1:9101\""))).unwrap();
+    assert_eq!(pair.node("b").unwrap().metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    assert_eq!(pair.node("a").unwrap().metrics, None, "absent: no endpoint");
+
+    for bad in ["\"nowhere:9101\"", "\"127.0.0.1\"", "\"127.0.0.1:0\"", "\"\""] {
+        let (err, path) = refused(&with_metrics(bad));
+        assert_eq!(err.key(), Some("nodes.b.metrics"), "{bad}: {err}");
+        assert_names(&err, &path, &["`nodes.b.metrics`"]);
+    }
+    let (err, path) = refused(&with_metrics("\"127.0.0.1:7401\""));
+    assert_eq!(err.key(), Some("nodes.b.metrics"), "a clash with a's control port: {err}");
+    assert_names(&err, &path, &["nodes.a.control"]);
+    // A value of the wrong TOML type is caught by the parser, which names the line.
+    let (err, path) = refused(&with_metrics("9101"));
+    assert_names(&err, &path, &["metrics = 9101", "line"]);
+}

@@ -47,6 +47,8 @@ pub struct Options {
     pub heartbeat: Option<&'static str>,
     /// A `[notify]` command, `{dir}` replaced by the pair's directory.
     pub notify_command: Option<&'static str>,
+    /// Give each node a `metrics` address on a free 127.0.0.1 port ([`Pair::metrics_address`]).
+    pub metrics: bool,
 }
 
 pub struct Pair {
@@ -103,6 +105,14 @@ impl Pair {
             let command = command.replace("{dir}", &dir.path().display().to_string());
             let escaped = command.replace('\\', "\\\\").replace('"', "\\\"");
             text = text.replace("commands = []", &format!("commands = [\"{escaped}\"]"));
+        }
+        if options.metrics {
+            for node in [PRIMARY, BACKUP] {
+                let table = format!("[nodes.{node}]\n");
+                assert!(text.contains(&table), "pair.toml has no {table}");
+                let port = free_control_port();
+                text = text.replacen(&table, &format!("{table}metrics = \"127.0.0.1:{port}\"\n"), 1);
+            }
         }
         std::fs::write(&pair_file, text).expect("write pair.toml");
         let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
@@ -336,6 +346,11 @@ impl Pair {
 
     pub fn data_address(&self, node: &str) -> SocketAddr {
         self.config.node(node).expect("node of this pair").data
+    }
+
+    /// `node`'s metrics address (the pair must be started with `Options::metrics`).
+    pub fn metrics_address(&self, node: &str) -> SocketAddr {
+        self.config.node(node).expect("node of this pair").metrics.expect("the pair was started with metrics")
     }
 
     pub fn control_address(&self, node: &str) -> SocketAddr {
