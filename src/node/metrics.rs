@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 
 use super::Node;
 use crate::config::SyncLevel;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalFootprint};
 use crate::meta::Role;
 use crate::Error;
 
@@ -288,25 +288,29 @@ fn positions(out: &mut Exposition, node: &Node) {
 }
 
 fn journals(out: &mut Exposition, node: &Node) {
-    let each = [("local", &node.local), ("remote", &node.remote)];
-    let families: [(&str, &str, fn(&Journal) -> u64); 4] = [
-        ("hotpair_journal_last_lsn", "LSN of the last record appended to the journal (0: empty).", |j| {
-            j.footprint().last_lsn
-        }),
-        ("hotpair_journal_durable_lsn", "Every record up to this LSN is fsynced in the journal.", |j| {
-            *j.subscribe_durable().borrow()
-        }),
-        ("hotpair_journal_bytes", "Bytes in the journal's live segment files (archived ones not counted).", |j| {
-            j.footprint().bytes
-        }),
-        ("hotpair_journal_segments", "Live segment files of the journal.", |j| j.footprint().segments),
-    ];
-    for (name, help, read) in families {
+    // One look at each journal, so that the four families describe the same moment.
+    let [local, remote] = [&node.local, &node.remote].map(|journal| (journal.footprint(), durable_lsn(journal)));
+    let per_kind = |out: &mut Exposition, name: &str, help: &str, read: fn(&(JournalFootprint, u64)) -> u64| {
         out.family(name, "gauge", help);
-        for (kind, journal) in each {
-            out.sample(name, &[("kind", kind)], read(journal));
-        }
-    }
+        out.sample(name, &[("kind", "local")], read(&local));
+        out.sample(name, &[("kind", "remote")], read(&remote));
+    };
+    per_kind(out, "hotpair_journal_last_lsn", "LSN of the last record appended to the journal (0: empty).", |j| {
+        j.0.last_lsn
+    });
+    per_kind(out, "hotpair_journal_durable_lsn", "Every record up to this LSN is fsynced in the journal.", |j| j.1);
+    per_kind(
+        out,
+        "hotpair_journal_bytes",
+        "Bytes in the journal's live segment files (archived ones not counted).",
+        |j| j.0.bytes,
+    );
+    per_kind(out, "hotpair_journal_segments", "Live segment files of the journal.", |j| j.0.segments);
+}
+
+/// The journal's durable LSN from its watch channel (no lock the flusher holds).
+fn durable_lsn(journal: &Journal) -> u64 {
+    *journal.subscribe_durable().borrow()
 }
 
 fn peer(out: &mut Exposition, node: &Node) {
