@@ -20,9 +20,9 @@
 //! - Node names are 1..=32 characters of `[a-z0-9_-]`, not starting or ending with `-`: each
 //!   name becomes a DNS label in the node's certificate (`<node>.<cluster>.hotpair`), and a DNS
 //!   label may not start or end with a hyphen. `admin` is reserved: it is the admin's identity.
-//! - The four addresses (two control, two data) are pairwise distinct, also counting a wildcard
-//!   address (`0.0.0.0`, `::`) as clashing with any address on the same port. Port 0 is refused
-//!   (the peer must know where to connect). A node's `data` defaults to its control port + 1.
+//! - The listening addresses (two control, two data, and the optional `metrics` of each node)
+//!   are pairwise distinct, also counting a wildcard address (`0.0.0.0`, `::`) as clashing with
+//!   any address on the same port. Port 0 is refused (the peer must know where to connect). A node's `data` defaults to its control port + 1.
 //! - The two nodes' data directories differ: two nodes sharing one directory would share one
 //!   journal.
 //! - Every path is absolute in the result, resolved relative to the pair file's own directory
@@ -183,6 +183,8 @@ pub struct NodeConfig {
     /// Where the *peer* dials this node's control port (default: `control`). A drill points it
     /// at a proxy it controls to cut or delay the node-to-node link; admin traffic goes direct.
     pub peer_via: SocketAddr,
+    /// Where the node serves Prometheus metrics (`GET /metrics`, plain HTTP); `None`: no endpoint.
+    pub metrics: Option<SocketAddr>,
     /// The node's data directory (journals, store, `meta.json`).
     pub dir: PathBuf,
     pub cert: PathBuf,
@@ -330,6 +332,7 @@ struct RawNode {
     control: Option<String>,
     data: Option<String>,
     peer_via: Option<String>,
+    metrics: Option<String>,
     dir: Option<String>,
     cert: Option<String>,
     key: Option<String>,
@@ -664,6 +667,7 @@ impl Validator<'_> {
             Some(text) => self.address(&key("peer_via"), &text)?,
             None => control,
         };
+        let metrics = raw.metrics.map(|text| self.address(&key("metrics"), &text)).transpose()?;
         let hint = "give a path relative to the pair file";
         Ok(NodeConfig {
             dir: self.file_path(&key("dir"), self.required(&key("dir"), raw.dir, hint)?)?,
@@ -673,6 +677,7 @@ impl Validator<'_> {
             control,
             data,
             peer_via,
+            metrics,
         })
     }
 
@@ -681,13 +686,16 @@ impl Validator<'_> {
         for node in nodes {
             addresses.push((format!("nodes.{}.control", node.name), node.control));
             addresses.push((format!("nodes.{}.data", node.name), node.data));
+            if let Some(metrics) = node.metrics {
+                addresses.push((format!("nodes.{}.metrics", node.name), metrics));
+            }
         }
         for (i, (key_a, a)) in addresses.iter().enumerate() {
             for (key_b, b) in &addresses[i + 1..] {
                 if addresses_clash(*a, *b) {
                     return Err(self.invalid(
                         key_b,
-                        format!("is {b}, which clashes with `{key_a}` ({a}); all four addresses must differ"),
+                        format!("is {b}, which clashes with `{key_a}` ({a}); every listening address must differ"),
                     ));
                 }
             }

@@ -83,6 +83,8 @@ pub struct Incidents {
     open: Mutex<BTreeMap<Kind, Open>>,
     queue: SyncSender<Event>,
     dropped: AtomicU64,
+    /// Incidents opened so far, by kind (repeats of an open one not counted), for metrics.
+    raised: Mutex<BTreeMap<Kind, u64>>,
 }
 
 impl Incidents {
@@ -94,7 +96,13 @@ impl Incidents {
         if let Err(err) = spawned {
             tracing::error!(%err, "could not start the notifier thread; incidents go to the node log only");
         }
-        Incidents { node: node.to_string(), open: Mutex::new(BTreeMap::new()), queue, dropped: AtomicU64::new(0) }
+        Incidents {
+            node: node.to_string(),
+            open: Mutex::new(BTreeMap::new()),
+            queue,
+            dropped: AtomicU64::new(0),
+            raised: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Opens (or refreshes) an incident of `kind`.
@@ -124,6 +132,7 @@ impl Incidents {
                     count: 1,
                 };
                 open.insert(kind, Open { event: event.clone(), last_sent: now });
+                *lock(&self.raised).entry(kind).or_default() += 1;
                 event
             }
         };
@@ -149,6 +158,11 @@ impl Incidents {
     /// The open incidents, for `status`.
     pub fn open(&self) -> Vec<Event> {
         lock(&self.open).values().map(|o| o.event.clone()).collect()
+    }
+
+    /// How many incidents of each kind were opened since the node started (only kinds seen).
+    pub fn raised(&self) -> BTreeMap<Kind, u64> {
+        lock(&self.raised).clone()
     }
 
     /// Events dropped because the notifier was behind.
@@ -245,6 +259,7 @@ mod tests {
         incidents.raise(Kind::PeerLost, Severity::Critical, "b is still gone");
         assert!(incidents.is_open(Kind::PeerLost));
         assert_eq!(incidents.open()[0].count, 2, "the repeat is counted");
+        assert_eq!(incidents.raised().get(&Kind::PeerLost), Some(&1), "a repeat is not a new incident");
         incidents.resolve(Kind::PeerLost, "b is back");
         assert!(!incidents.is_open(Kind::PeerLost));
         let logged = wait_for_lines(&log, 2);

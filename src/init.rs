@@ -352,7 +352,8 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
          #               the admin's certificate and key\n\
          # [nodes.NAME]  control: mutual-TLS address (replication and admin); data: RESP address for\n\
          #               applications (default control port + 1); dir: data directory; cert, key: its TLS\n\
-         #               identity. Exactly two nodes; the first listed starts as primary on a fresh pair\n\
+         #               identity; metrics (optional): IP:port of its Prometheus endpoint (GET /metrics).\n\
+         #               Exactly two nodes; the first listed starts as primary on a fresh pair\n\
          # [notify]      commands: each gets every incident as JSON on stdin; incident_log: JSON lines\n\
          # [limits]      optional: max_value_bytes (default 16777216), max_connections (1024),\n\
          #               max_args (1048576)\n\

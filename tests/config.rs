@@ -303,3 +303,25 @@ fn the_monitor_table_takes_durations_off_and_counts_and_refuses_the_rest_by_key(
         assert_names(&err, &path, &[key]);
     }
 }
+
+#[test]
+fn the_metrics_address_is_optional_per_node_and_refused_by_its_key_when_bad() {
+    let with_metrics =
+        |value: &str| good().replacen("key = \"tls/b.key\"\n", &format!("key = \"tls/b.key\"\nmetrics = {value}\n"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PairConfig::load(&write(dir.path(), &with_metrics("\"127.0.0.1:9101\""))).unwrap();
+    assert_eq!(pair.node("b").unwrap().metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    assert_eq!(pair.node("a").unwrap().metrics, None, "absent: no endpoint");
+
+    for bad in ["\"nowhere:9101\"", "\"127.0.0.1\"", "\"127.0.0.1:0\"", "\"\""] {
+        let (err, path) = refused(&with_metrics(bad));
+        assert_eq!(err.key(), Some("nodes.b.metrics"), "{bad}: {err}");
+        assert_names(&err, &path, &["`nodes.b.metrics`"]);
+    }
+    let (err, path) = refused(&with_metrics("\"127.0.0.1:7401\""));
+    assert_eq!(err.key(), Some("nodes.b.metrics"), "a clash with a's control port: {err}");
+    assert_names(&err, &path, &["nodes.a.control"]);
+    // A value of the wrong TOML type is caught by the parser, which names the line.
+    let (err, path) = refused(&with_metrics("9101"));
+    assert_names(&err, &path, &["metrics = 9101", "line"]);
+}

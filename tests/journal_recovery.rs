@@ -948,3 +948,33 @@ fn gap_without_a_later_epoch_is_refused_at_open() {
     assert!(matches!(err, JournalError::Gap { expected: 6, found: 21, .. }), "{err}");
     assert!(err.to_string().contains(&file_name(21)), "{err}");
 }
+
+/// The footprint the metrics endpoint reads (without the journal's lock) agrees with the files.
+#[test]
+fn the_published_footprint_matches_the_segment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = |dir: &Path| {
+        let files = segment_files(dir);
+        let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+        (files.len() as u64, bytes)
+    };
+    let check = |journal: &Journal, last: Lsn, what: &str| {
+        let footprint = journal.footprint();
+        assert_eq!(footprint.last_lsn, last, "{what}");
+        assert_eq!((footprint.segments, footprint.bytes), on_disk(dir.path()), "{what}");
+    };
+    let (journal, _) = open(dir.path());
+    check(&journal, 0, "empty");
+    for lsn in 1..=RECORDS {
+        journal.append(&record(lsn)).unwrap();
+    }
+    journal.sync_to(RECORDS).unwrap();
+    check(&journal, RECORDS, "after appends over several segments");
+    journal.reopen_log(1, 1_700_000_000_000).unwrap();
+    check(&journal, RECORDS, "after reopen-log");
+    journal.truncate_after(RECORDS / 2).unwrap();
+    check(&journal, RECORDS / 2, "after truncating across segments");
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    check(&journal, RECORDS / 2, "after reopening");
+}

@@ -34,7 +34,9 @@ use std::path::PathBuf;
 pub use format::{JournalKind, SegmentHeader, MAX_RECORD_BODY};
 pub use reader::{inspect, read_dir_from, JournalEntry, JournalReader, SegmentInfo, SegmentReport};
 pub use record::{Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
-pub use writer::{Journal, JournalIdentity, JournalOptions, JournalStats, Recovery, DEFAULT_SEGMENT_BYTES};
+pub use writer::{
+    Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, DEFAULT_SEGMENT_BYTES,
+};
 
 /// Everything that can go wrong with a journal. `Failed`, `Corrupt`, `Gap` and `Foreign` mean
 /// the node must stop and an admin must look; the others fail one request.

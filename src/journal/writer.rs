@@ -98,6 +98,9 @@ struct Inner {
     durable: Condvar,
     durable_tx: watch::Sender<Lsn>,
     fsyncs: AtomicU64,
+    /// The journal's size and end, republished at every change so that metrics read them
+    /// without the state lock (which a write, a segment roll or a truncation holds across I/O).
+    published: Published,
     /// Benchmarks only: a pause after every flusher fsync, to simulate a slower disk.
     simulated_fsync_delay_ns: AtomicU64,
 }
@@ -129,6 +132,25 @@ impl Waiter {
         self.status.store(status, Ordering::Release);
         self.thread.unpark();
     }
+}
+
+/// What [`Journal::footprint`] reads: copies of state fields, stored under the state lock by
+/// whoever changed them, read without it.
+#[derive(Default)]
+struct Published {
+    last_lsn: AtomicU64,
+    segments: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A journal's size and end as last published: live segments only (archived ones are not
+/// counted), bytes written to their files (records still buffered are not yet counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct JournalFootprint {
+    /// LSN of the last record appended, 0 for an empty journal.
+    pub last_lsn: Lsn,
+    pub segments: u64,
+    pub bytes: u64,
 }
 
 /// Counters for benchmarks and `status`.
@@ -231,8 +253,10 @@ impl Journal {
             durable: Condvar::new(),
             durable_tx,
             fsyncs: AtomicU64::new(0),
+            published: Published::default(),
             simulated_fsync_delay_ns: AtomicU64::new(0),
         });
+        inner.publish(&inner.lock());
         let flusher_inner = inner.clone();
         let thread = std::thread::Builder::new()
             .name(format!("journal-flush-{}", inner.identity.kind.name()))
@@ -263,6 +287,16 @@ impl Journal {
     /// Every record up to this LSN is on stable storage.
     pub fn durable_lsn(&self) -> Lsn {
         self.inner.lock().durable_lsn
+    }
+
+    /// Size and end without taking the state lock (for metrics; see [`JournalFootprint`]).
+    pub fn footprint(&self) -> JournalFootprint {
+        let published = &self.inner.published;
+        JournalFootprint {
+            last_lsn: published.last_lsn.load(Ordering::Acquire),
+            segments: published.segments.load(Ordering::Acquire),
+            bytes: published.bytes.load(Ordering::Acquire),
+        }
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -432,6 +466,7 @@ impl Journal {
         sync_dir(&self.inner.dir)?;
         state.next_lsn = state.segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
         state.last_lsn = last_of(&state.segments, state.next_lsn);
+        self.inner.publish(&state);
         let kept = state.last_lsn.unwrap_or(0);
         state.written_lsn = state.written_lsn.min(kept);
         state.durable_lsn = state.durable_lsn.min(kept);
@@ -462,6 +497,7 @@ impl Journal {
         let mut trimmed = Vec::new();
         while state.segments.len() > 1 && state.segments[1].first_lsn <= lsn {
             let seg = state.segments.remove(0);
+            self.inner.publish(&state);
             match &self.inner.options.archive_dir {
                 Some(archive) => {
                     create_dir_durably(archive)?;
@@ -481,6 +517,15 @@ impl Journal {
 }
 
 impl Inner {
+    /// Republishes what [`Journal::footprint`] reads. Caller holds the lock; called after
+    /// every change of the segments or their sizes (a sum over the live segments: a handful).
+    fn publish(&self, state: &State) {
+        let bytes = state.segments.iter().map(|s| s.bytes).sum();
+        self.published.last_lsn.store(state.last_lsn.unwrap_or(0), Ordering::Release);
+        self.published.segments.store(state.segments.len() as u64, Ordering::Release);
+        self.published.bytes.store(bytes, Ordering::Release);
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than the panic itself; keep serving the other threads.
@@ -542,6 +587,7 @@ impl Inner {
 
     fn finish_append(&self, mut state: MutexGuard<'_, State>, lsn: Lsn) -> Result<Lsn, JournalError> {
         state.last_lsn = Some(lsn);
+        self.published.last_lsn.store(lsn, Ordering::Release);
         state.next_lsn = Some(lsn + 1);
         if let Some(seg) = state.segments.last_mut() {
             seg.last_lsn = Some(lsn);
@@ -580,6 +626,7 @@ impl Inner {
         if let Some(seg) = state.segments.last_mut() {
             seg.bytes += written;
         }
+        self.publish(state);
         state.written_lsn = state.last_lsn.unwrap_or(0);
         Ok(())
     }
@@ -636,6 +683,7 @@ impl Inner {
         });
         state.active = Some(Arc::new(file));
         state.next_lsn = Some(first_lsn);
+        self.publish(state);
         Ok(path)
     }
 

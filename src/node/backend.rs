@@ -130,10 +130,14 @@ async fn write(node: &Node, command: Command) -> Frame {
         _ => return Frame::error("READONLY You can't write against a read only replica."),
     };
     let now = crate::clock::now_ms();
+    let submitted = Instant::now();
     match pipeline.commit(now, |txn| run_write(txn, command, now)) {
         Ok((None, reply)) => reply,
         Ok((Some(lsn), reply)) => match wait_sync(node, lsn).await {
-            Ok(()) => reply,
+            Ok(()) => {
+                node.metrics.observe_commit(node.pair.sync, submitted.elapsed());
+                reply
+            }
             Err(message) => Frame::error(message),
         },
         Err(CommitError::NotAccepting(reason)) => Frame::error(format!("TRYAGAIN {reason}")),

@@ -71,6 +71,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
             }
         }
         let mut established = false;
+        node.metrics.note_connect_attempt();
         match session(&node, &connector, &mut established).await {
             Ok(()) => {
                 delay = FIRST_RETRY;
@@ -191,6 +192,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 ));
             }
             *established = true;
+            node.metrics.note_session_established();
             let saving = std::time::Instant::now();
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
             tracing::debug!(us = saving.elapsed().as_micros() as u64, "adopted the primary's history");

@@ -5,7 +5,8 @@
 //! store is missing from the journals, and then runs, until shutdown:
 //! - the control port (mutual TLS): the peer's replication connection, and admin requests;
 //! - the data port (RESP) through [`backend`];
-//! - as backup, the follower loop that connects to the primary and keeps up with it.
+//! - as backup, the follower loop that connects to the primary and keeps up with it;
+//! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
 //!
 //! ## Invariants
 //! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
@@ -18,6 +19,7 @@
 pub mod backend;
 mod control;
 pub(crate) mod follow;
+pub mod metrics;
 mod monitor;
 pub mod primitives;
 pub mod status;
@@ -72,6 +74,8 @@ pub struct Node {
     pub copy_progress: watch::Sender<Option<(u64, u64)>>,
     /// Open incidents; raising one logs it and notifies (`crate::incident`).
     pub incidents: crate::incident::Incidents,
+    /// What only the metrics endpoint needs counted (commit latencies, follower sessions).
+    pub metrics: metrics::Counters,
 }
 
 impl Node {
@@ -115,6 +119,7 @@ impl Node {
             meta.save(&config.dir)?;
         }
         let role = meta.role;
+        let epoch = meta.epoch;
         let notify = pair.notify.clone();
         let node = Arc::new(Node {
             pair,
@@ -138,6 +143,7 @@ impl Node {
             drain_lease: Mutex::new(None),
             copy_progress: watch::channel(None).0,
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
+            metrics: metrics::Counters::new(epoch),
         });
         let replayed = node.replay()?;
         tracing::info!(
@@ -430,6 +436,10 @@ pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
 async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let control = bind(node.config.control, "control").await?;
     let data = bind(node.config.data, "data").await?;
+    let metrics_listener = match node.config.metrics {
+        Some(address) => Some(bind(address, "metrics").await?),
+        None => None,
+    };
     eprintln!(
         "hotpair node {} ({}, epoch {}) control {} data {}",
         node.name(),
@@ -445,6 +455,9 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));
     tasks.spawn(monitor::check_digests(node.clone()));
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(metrics::serve(node.clone(), listener));
+    }
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

@@ -49,6 +49,8 @@ pub struct Options {
     pub notify_command: Option<&'static str>,
     /// Lines of a `[monitor]` table, e.g. `canary_interval = "200ms"`.
     pub monitor: Option<&'static str>,
+    /// Give each node a `metrics` address on a free 127.0.0.1 port ([`Pair::metrics_address`]).
+    pub metrics: bool,
 }
 
 pub struct Pair {
@@ -108,6 +110,14 @@ impl Pair {
         }
         if let Some(lines) = options.monitor {
             text.push_str(&format!("\n[monitor]\n{lines}\n"));
+        }
+        if options.metrics {
+            for node in [PRIMARY, BACKUP] {
+                let table = format!("[nodes.{node}]\n");
+                assert!(text.contains(&table), "pair.toml has no {table}");
+                let port = free_control_port();
+                text = text.replacen(&table, &format!("{table}metrics = \"127.0.0.1:{port}\"\n"), 1);
+            }
         }
         std::fs::write(&pair_file, text).expect("write pair.toml");
         let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
@@ -341,6 +351,11 @@ impl Pair {
 
     pub fn data_address(&self, node: &str) -> SocketAddr {
         self.config.node(node).expect("node of this pair").data
+    }
+
+    /// `node`'s metrics address (the pair must be started with `Options::metrics`).
+    pub fn metrics_address(&self, node: &str) -> SocketAddr {
+        self.config.node(node).expect("node of this pair").metrics.expect("the pair was started with metrics")
     }
 
     pub fn control_address(&self, node: &str) -> SocketAddr {
