@@ -46,6 +46,8 @@ pub enum Kind {
     Fenced,
     OrphanedTail,
     SecondInstallation,
+    /// Free space below `disk_min_free`: writes refused, backup not receiving.
+    DiskLow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,7 +5,9 @@
 //! store is missing from the journals, and then runs, until shutdown:
 //! - the control port (mutual TLS): the peer's replication connection, and admin requests;
 //! - the data port (RESP) through [`backend`];
-//! - as backup, the follower loop that connects to the primary and keeps up with it.
+//! - as backup, the follower loop that connects to the primary and keeps up with it;
+//! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
+//!   stops receiving, until space returns.
 //!
 //! ## Invariants
 //! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
@@ -17,6 +19,7 @@
 
 pub mod backend;
 mod control;
+pub mod disk;
 pub(crate) mod follow;
 mod monitor;
 pub mod primitives;
@@ -72,6 +75,8 @@ pub struct Node {
     pub copy_progress: watch::Sender<Option<(u64, u64)>>,
     /// Open incidents; raising one logs it and notifies (`crate::incident`).
     pub incidents: crate::incident::Incidents,
+    /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
+    pub disk: watch::Sender<disk::DiskSpace>,
 }
 
 impl Node {
@@ -138,7 +143,10 @@ impl Node {
             drain_lease: Mutex::new(None),
             copy_progress: watch::channel(None).0,
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
+            disk: watch::channel(disk::DiskSpace::default()).0,
         });
+        // Measured before the ports open: a node started on a full disk refuses from its first write.
+        disk::check(&node);
         let replayed = node.replay()?;
         tracing::info!(
             node = name,
@@ -347,6 +355,11 @@ impl Node {
         }
     }
 
+    /// The error a write gets while disk space is low (see [`disk`]), `None` otherwise.
+    pub fn disk_refusal(&self) -> Option<String> {
+        self.disk.borrow().refusal(self.name(), self.pair.disk_min_free)
+    }
+
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -443,6 +456,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(backend::serve(node.clone(), data));
     tasks.spawn(follow::run(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
+    tasks.spawn(disk::run(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {
