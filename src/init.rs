@@ -355,7 +355,10 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
          #               identity. Exactly two nodes; the first listed starts as primary on a fresh pair\n\
          # [notify]      commands: each gets every incident as JSON on stdin; incident_log: JSON lines\n\
          # [limits]      optional: max_value_bytes (default 16777216), max_connections (1024),\n\
-         #               max_args (1048576)\n\n",
+         #               max_args (1048576)\n\
+         # disk_min_free optional top-level key: below this much free space (bytes, or \"512MiB\", \"1GiB\",\n\
+         #               \"64MB\"; default 256MiB, 0 = off) the primary refuses writes and the backup stops\n\
+         #               receiving, until space returns\n\n",
     );
     let _ = writeln!(out, "cluster = \"{cluster}\"");
     let _ = writeln!(out, "sync = \"{sync}\"");

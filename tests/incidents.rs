@@ -1,7 +1,7 @@
 //! Incidents provoked for real on a running pair, as the notification command receives them
 //! (a shell command appending its stdin to a file) and as `status` shows them. Issue 6 is not
 //! finished: these cover the kinds built so far (peer lost/back, replication stopped/started,
-//! fenced, orphaned tail); canaries, lag, disk space and metrics are not built.
+//! fenced, orphaned tail); disk space is in `disk_space.rs`; canaries, lag and metrics are not built.
 
 mod common;
 
