@@ -29,6 +29,8 @@
 //!   (not the working directory), so a command behaves the same wherever it is run from.
 //! - Durations are humantime strings (`250ms`, `5s`, `2m`) and must be above zero; the
 //!   `[monitor]` intervals may instead be `"off"`.
+//! - `disk_min_free` is a byte size: an integer of bytes or a string such as `"512MiB"`, `"64MB"`
+//!   ([`parse_byte_size`]); `0` turns the disk-space guard off.
 //!
 //! ## Caveats
 //! - Addresses are literal `IP:port` socket addresses; host names are not resolved.
@@ -65,6 +67,9 @@ pub const DEFAULT_RETENTION_ALERT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
+/// Free space below which a node stops writing its journals (`disk_min_free`): enough that the
+/// store, the metadata and the incident log still have room when the guard trips.
+pub const DEFAULT_DISK_MIN_FREE: u64 = 256 * 1024 * 1024;
 
 /// The one name a node may not have: the admin certificate's identity uses it.
 pub const RESERVED_NODE_NAME: &str = "admin";
@@ -273,6 +278,9 @@ pub struct PairConfig {
     pub notify: NotifyConfig,
     pub limits: Limits,
     pub monitor: MonitorConfig,
+    /// Bytes that must stay free on a node's data directory's file system; below it the primary
+    /// refuses writes and the backup stops receiving (`crate::node::disk`). `0`: no guard.
+    pub disk_min_free: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +324,8 @@ struct RawPair {
     notify: Option<RawNotify>,
     limits: Option<RawLimits>,
     monitor: Option<RawMonitor>,
+    /// An integer of bytes or a size string; any other TOML type is refused naming the key.
+    disk_min_free: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -462,6 +472,34 @@ pub fn check_node_name(name: &str) -> Result<(), BadValue> {
         )));
     }
     Ok(())
+}
+
+/// Units of [`parse_byte_size`], matched without regard to case.
+const BYTE_UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("kb", 1000),
+    ("mb", 1000 * 1000),
+    ("gb", 1000 * 1000 * 1000),
+    ("tb", 1000 * 1000 * 1000 * 1000),
+    ("kib", 1 << 10),
+    ("mib", 1 << 20),
+    ("gib", 1 << 30),
+    ("tib", 1 << 40),
+];
+
+/// A byte size: whole digits, optional blanks, then a unit (`B`, `KB`/`MB`/`GB`/`TB` in powers
+/// of 1000, `KiB`/`MiB`/`GiB`/`TiB` in powers of 1024; none means bytes). Bare `K`, `M`, `G`
+/// are refused on purpose: whether they mean 1000 or 1024 is exactly what admins disagree on.
+pub fn parse_byte_size(text: &str) -> Result<u64, BadValue> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let bad = || BadValue(format!("{text:?} is not a byte size"));
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let (_, scale) = BYTE_UNITS.iter().find(|(name, _)| *name == unit).ok_or_else(bad)?;
+    number.checked_mul(*scale).ok_or_else(|| BadValue(format!("{text:?} is too large")))
 }
 
 /// Two listening addresses clash when they share a port and either the same IP or a wildcard IP.
@@ -619,6 +657,7 @@ impl Validator<'_> {
             notify,
             limits,
             monitor,
+            disk_min_free: self.byte_size("disk_min_free", raw.disk_min_free, DEFAULT_DISK_MIN_FREE)?,
         })
     }
 
@@ -642,6 +681,20 @@ impl Validator<'_> {
         match value {
             Some(text) if text.trim() == "off" => Ok(None),
             other => self.duration(key, other, default).map(Some),
+        }
+    }
+
+    fn byte_size(&self, key: &str, value: Option<toml::Value>, default: u64) -> Result<u64, ConfigError> {
+        let hint = "write a number of bytes or a size such as \"512MiB\", \"1GiB\", \"64MB\" (0 turns it off)";
+        match value {
+            None => Ok(default),
+            Some(toml::Value::Integer(n)) => {
+                u64::try_from(n).map_err(|_| self.invalid(key, format!("is {n}, which is negative; {hint}")))
+            }
+            Some(toml::Value::String(text)) => {
+                parse_byte_size(&text).map_err(|e| self.invalid(key, format!("is invalid: {e}; {hint}")))
+            }
+            Some(other) => Err(self.invalid(key, format!("is {other}, which is not a byte size; {hint}"))),
         }
     }
 
@@ -733,6 +786,19 @@ mod tests {
         assert_eq!(p.to_string().parse::<PeerLossPolicy>().unwrap(), p);
         assert!("degrade-after:soon".parse::<PeerLossPolicy>().is_err());
         assert!("never".parse::<PeerLossPolicy>().is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("0").unwrap(), 0);
+        assert_eq!(parse_byte_size("4096").unwrap(), 4096);
+        assert_eq!(parse_byte_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_byte_size(" 1 GiB ").unwrap(), 1 << 30);
+        assert_eq!(parse_byte_size("64MB").unwrap(), 64_000_000);
+        assert_eq!(parse_byte_size("10kib").unwrap(), 10240);
+        for bad in ["", "MiB", "1.5GiB", "-1", "12M", "5 parsecs", "99999999999999999999TiB", "1TiB2"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum Kind {
     LagHigh,
     CanaryOverdue,
     RetentionPinned,
+    /// Free space below `disk_min_free`: writes refused, backup not receiving.
+    DiskLow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

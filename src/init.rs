@@ -359,7 +359,10 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
          #               max_args (1048576)\n\
          # [monitor]     optional: lag_alert (10s) and lag_alert_records (100000): the backup further\n\
          #               behind is an incident; canary_interval (5s) and digest_interval (1m), each may\n\
-         #               be \"off\"; retention_alert (10m): an absent backup pinning the journal\n\n",
+         #               be \"off\"; retention_alert (10m): an absent backup pinning the journal\n\
+         # disk_min_free optional top-level key: below this much free space (bytes, or \"512MiB\", \"1GiB\",\n\
+         #               \"64MB\"; default 256MiB, 0 = off) the primary refuses writes and the backup stops\n\
+         #               receiving, until space returns\n\n",
     );
     let _ = writeln!(out, "cluster = \"{cluster}\"");
     let _ = writeln!(out, "sync = \"{sync}\"");

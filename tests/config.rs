@@ -325,3 +325,24 @@ fn the_metrics_address_is_optional_per_node_and_refused_by_its_key_when_bad() {
     let (err, path) = refused(&with_metrics("9101"));
     assert_names(&err, &path, &["metrics = 9101", "line"]);
 }
+
+#[test]
+fn disk_min_free_is_bytes_or_a_size_and_anything_else_is_refused_naming_the_key() {
+    let with = |value: &str| {
+        good().replacen("heartbeat = \"200ms\"", &format!("heartbeat = \"200ms\"\ndisk_min_free = {value}"), 1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PairConfig::load(&write(dir.path(), &good())).unwrap();
+    assert_eq!(pair.disk_min_free, hotpair::config::DEFAULT_DISK_MIN_FREE);
+    let accepted =
+        [("0", 0), ("1048576", 1 << 20), ("\"512MiB\"", 512 << 20), ("\"64MB\"", 64_000_000), ("\"1 GiB\"", 1 << 30)];
+    for (value, bytes) in accepted {
+        let pair = PairConfig::load(&write(dir.path(), &with(value))).unwrap();
+        assert_eq!(pair.disk_min_free, bytes, "{value}");
+    }
+    for value in ["\"lots\"", "\"12M\"", "\"1.5GiB\"", "-5", "true", "1.5", "\"\""] {
+        let (err, path) = refused(&with(value));
+        assert_eq!(err.key(), Some("disk_min_free"), "{value}: {err}");
+        assert_names(&err, &path, &["`disk_min_free`", "MiB"]);
+    }
+}

@@ -2,7 +2,8 @@
 //! (a shell command appending its stdin to a file) and as `status` shows them: peer lost/back,
 //! replication stopped/started, fenced, orphaned tail, lag over `lag_alert`, canary overdue
 //! (a SIGSTOPped primary), a digest mismatch found by the periodic check (a backup store changed
-//! behind the node's back), and journal retention pinned by an absent backup.
+//! behind the node's back), and journal retention pinned by an absent backup. Disk space: `disk_space.rs`; metrics:
+//! `metrics.rs`.
 
 mod common;
 

@@ -10,6 +10,10 @@
 //!   not acknowledged. It is in the primary's journal and may or may not survive a failover.
 //! - Writes on a backup answer `-READONLY`, on a node that refuses writes for now (draining,
 //!   restarted primary awaiting its peer) `-TRYAGAIN`. Reads are served in every role.
+//! - While disk space is below `disk_min_free` a write answers `-ERR disk space low on node …`
+//!   before it reaches the pipeline (`super::disk`). `ERR`, not `TRYAGAIN`: it may last long and
+//!   needs an admin to look, and every client shows an `ERR` line as it is; the text says that
+//!   writes resume by themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +133,9 @@ async fn write(node: &Node, command: Command) -> Frame {
         }
         _ => return Frame::error("READONLY You can't write against a read only replica."),
     };
+    if let Some(refusal) = node.disk_refusal() {
+        return Frame::error(refusal);
+    }
     let now = crate::clock::now_ms();
     let submitted = Instant::now();
     match pipeline.commit(now, |txn| run_write(txn, command, now)) {
@@ -138,11 +145,18 @@ async fn write(node: &Node, command: Command) -> Frame {
                 node.metrics.observe_commit(node.pair.sync, submitted.elapsed());
                 reply
             }
-            Err(message) => Frame::error(message),
+            Err(message) => {
+                // A full disk fails the journal write behind the wait: see it now, not next tick.
+                super::disk::check(node);
+                Frame::error(message)
+            }
         },
         Err(CommitError::NotAccepting(reason)) => Frame::error(format!("TRYAGAIN {reason}")),
         Err(CommitError::Rejected(message)) => Frame::error(message),
-        Err(err) => Frame::error(format!("ERR write failed, nothing was acknowledged: {err}")),
+        Err(err) => {
+            super::disk::check(node);
+            Frame::error(format!("ERR write failed, nothing was acknowledged: {err}"))
+        }
     }
 }
 

@@ -5,6 +5,10 @@
 //! [`QUIET_ATTEMPTS`] failures in a row it says so once, loudly, and keeps retrying at the slow
 //! pace. A `diverged` answer stops following until the node is rejoined (it retries slowly,
 //! in case an admin fixed it meanwhile).
+//!
+//! While disk space is below `disk_min_free` (`super::disk`) the backup ends its session and
+//! opens none: a remote journal that stops is whole, one that hits a full disk fails. It
+//! reconnects by itself once space is back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     let mut shutdown = node.shutdown.subscribe();
     let mut replicating = node.replicating.subscribe();
     let mut role = node.subscribe_role();
+    let mut disk = node.disk.subscribe();
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     let mut last_role = None;
@@ -49,6 +54,16 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
             (delay, failures, last_role) = (FIRST_RETRY, 0, Some(current));
         }
         match current {
+            Role::Backup if *replicating.borrow() && node.disk.borrow().low => {
+                tracing::warn!("disk space low: not following the primary until space returns");
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = replicating.changed() => {}
+                    _ = role.changed() => {}
+                    _ = disk.wait_for(|space| !space.low) => {}
+                }
+                continue;
+            }
             Role::Backup if *replicating.borrow() => {}
             Role::Primary | Role::Draining => {
                 if !node.session_active.load(std::sync::atomic::Ordering::SeqCst) {
@@ -232,14 +247,18 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
 
 fn stop_when_not_following(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let (mut shutdown, mut replicating, mut role) =
-        (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role());
+    let (mut shutdown, mut replicating, mut role, mut disk) =
+        (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role(), node.disk.subscribe());
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
                 _ = replicating.changed() => if !*replicating.borrow() { break },
                 _ = role.changed() => if *role.borrow() != Role::Backup { break },
+                _ = disk.wait_for(|space| space.low) => {
+                    tracing::warn!("disk space low: ending the session with the primary rather than fill the disk");
+                    break;
+                }
                 _ = tx.closed() => return,
             }
         }

@@ -7,6 +7,8 @@
 //! - the data port (RESP) through [`backend`];
 //! - as backup, the follower loop that connects to the primary and keeps up with it;
 //! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
+//! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
+//!   stops receiving, until space returns.
 //!
 //! ## Invariants
 //! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
@@ -18,6 +20,7 @@
 
 pub mod backend;
 mod control;
+pub mod disk;
 pub(crate) mod follow;
 pub mod metrics;
 mod monitor;
@@ -76,6 +79,8 @@ pub struct Node {
     pub incidents: crate::incident::Incidents,
     /// What only the metrics endpoint needs counted (commit latencies, follower sessions).
     pub metrics: metrics::Counters,
+    /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
+    pub disk: watch::Sender<disk::DiskSpace>,
 }
 
 impl Node {
@@ -144,7 +149,10 @@ impl Node {
             copy_progress: watch::channel(None).0,
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
+            disk: watch::channel(disk::DiskSpace::default()).0,
         });
+        // Measured before the ports open: a node started on a full disk refuses from its first write.
+        disk::check(&node);
         let replayed = node.replay()?;
         tracing::info!(
             node = name,
@@ -353,6 +361,11 @@ impl Node {
         }
     }
 
+    /// The error a write gets while disk space is low (see [`disk`]), `None` otherwise.
+    pub fn disk_refusal(&self) -> Option<String> {
+        self.disk.borrow().refusal(self.name(), self.pair.disk_min_free)
+    }
+
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -458,6 +471,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     if let Some(listener) = metrics_listener {
         tasks.spawn(metrics::serve(node.clone(), listener));
     }
+    tasks.spawn(disk::run(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

@@ -56,7 +56,7 @@ pub fn node_status(node: &Node) -> Value {
             "heartbeat_gaps": peer.heartbeat_gaps,
         },
         "canary": canary(node, role, &peer),
-        "writes": node.pipeline().map(|p| match p.refusing() { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true}) }),
+        "writes": node.pipeline().map(|p| match p.refusing().or_else(|| node.disk_refusal()) { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true}) }),
         "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
         "incidents": node.incidents.open(),
         "incidents_dropped": node.incidents.dropped(),
@@ -65,7 +65,9 @@ pub fn node_status(node: &Node) -> Value {
         "history": meta.history,
         "orchestration": meta.orchestration,
         "following": *node.following.borrow(),
-        "disk_free_bytes": disk_free(&node.config.dir),
+        "disk_free_bytes": super::disk::free_bytes(&node.config.dir).ok(),
+        "disk_min_free": node.pair.disk_min_free,
+        "disk_low": node.disk.borrow().low,
         "full_copy": node.copy_progress.borrow().map(|(done, total)| json!({ "pairs": done, "total": total })),
     })
 }
@@ -101,14 +103,4 @@ fn canary(node: &Node, role: Role, peer: &crate::replication::PeerState) -> serd
         "last_ms_ago": peer.last_canary_at.map(|at| at.elapsed().as_millis() as u64),
         "last_delay_ms": peer.last_canary_delay_ms,
     })
-}
-
-/// Free bytes on the file system of the data directory (for preflight checks).
-fn disk_free(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string and `stat` a properly sized, writable struct.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }

@@ -51,6 +51,10 @@ pub struct Options {
     pub monitor: Option<&'static str>,
     /// Give each node a `metrics` address on a free 127.0.0.1 port ([`Pair::metrics_address`]).
     pub metrics: bool,
+    /// `disk_min_free` (init does not write the key; it is added).
+    pub disk_min_free: Option<&'static str>,
+    /// Where to make the pair's directory (a small file system, say); default the system temp dir.
+    pub parent_dir: Option<PathBuf>,
 }
 
 pub struct Pair {
@@ -82,7 +86,11 @@ impl Pair {
     }
 
     fn init(sync: SyncLevel, options: &Options) -> Pair {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = match &options.parent_dir {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .expect("temporary directory");
         let (a, b) = (free_control_port(), free_control_port());
         let nodes = format!("{PRIMARY}=127.0.0.1:{a},{BACKUP}=127.0.0.1:{b}");
         let out = Command::new(env!("CARGO_BIN_EXE_hotpair"))
@@ -102,6 +110,11 @@ impl Pair {
             if let Some(value) = value {
                 text = set_top_level_key(&text, key, value);
             }
+        }
+        if let Some(size) = options.disk_min_free {
+            // A top-level key must come before the first table.
+            text = text.replacen("\n[tls]\n", &format!("\ndisk_min_free = \"{size}\"\n\n[tls]\n"), 1);
+            assert!(text.contains("disk_min_free"), "no [tls] table to put disk_min_free before:\n{text}");
         }
         if let Some(command) = options.notify_command {
             let command = command.replace("{dir}", &dir.path().display().to_string());
