@@ -379,7 +379,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
         // At most a TLS alert record (content type 21), never anything else.
         assert!(answer.is_empty() || answer[0] == 21, "{node} answered garbage with {answer:?}");
     }
-    assert!(pair.log(PRIMARY).contains("TLS handshake failed"), "the primary did not log the refusal");
+    pair.wait_log(PRIMARY, "TLS handshake failed", "the primary logs the refusal");
     assert_pair_still_works(&pair, "control-garbage");
 
     // 2. Garbage on the data ports: a protocol error, then the connection is closed.

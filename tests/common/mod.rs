@@ -392,6 +392,16 @@ impl Pair {
     pub fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
     }
+
+    /// Waits until `node`'s log contains `needle` (a node logs after it has answered, so the
+    /// line may come a moment after what caused it).
+    pub fn wait_log(&self, node: &str, needle: &str, what: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log(node).contains(needle) {
+            assert!(Instant::now() < deadline, "{what}: {node} never logged {needle:?}");
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 impl Drop for Pair {
