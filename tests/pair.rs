@@ -442,6 +442,10 @@ fn refusals_on_both_ports_leave_the_pair_working() {
         }
         other => panic!("the primary did not refuse a second installation of b: {other:?}"),
     }
+    let status = pair.node_status(PRIMARY);
+    let open: Vec<&str> =
+        status["incidents"].as_array().into_iter().flatten().filter_map(|i| i["kind"].as_str()).collect();
+    assert!(open.contains(&"second-installation"), "the refusal is an incident: {open:?}");
     assert_pair_still_works(&pair, "second-installation");
 
     // 6. Writes on the backup answer READONLY and change nothing there.
