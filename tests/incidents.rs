@@ -2,7 +2,8 @@
 //! (a shell command appending its stdin to a file) and as `status` shows them: peer lost/back,
 //! replication stopped/started, fenced, orphaned tail, lag over `lag_alert`, canary overdue
 //! (a SIGSTOPped primary), a digest mismatch found by the periodic check (a backup store changed
-//! behind the node's back), and journal retention pinned by an absent backup. Disk space: `disk_space.rs`; metrics:
+//! behind the node's back), journal retention pinned by an absent backup, and a heartbeat
+//! sequence gap (a client speaking as b on a's control port). Disk space: `disk_space.rs`; metrics:
 //! `metrics.rs`.
 
 mod common;
@@ -191,4 +192,60 @@ fn an_absent_backup_pinning_the_journal_past_retention_alert_is_reported() {
     pair.restart(BACKUP);
     wait_notified(&dir, "retention released", event("retention-pinned", PRIMARY, "resolved"));
     pair.wait_caught_up();
+}
+
+#[test]
+fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_primary() {
+    // Over one TCP session heartbeats cannot get lost, so a gap means the peer skipped
+    // sequence numbers (a bug, or a replayed or spliced session). Played for real: b is killed,
+    // and a client with b's certificate and incarnation says hello on a's control port, as b
+    // would, then sends heartbeats 1, 2 and 6.
+    use hotpair::meta::{NodeMeta, Role};
+    use hotpair::wire::{self, AdminRequest, Envelope, Frame, Message};
+    let options = Options { notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    pair.kill(BACKUP);
+    pair.wait_for_node(PRIMARY, "the primary to see b gone", |s| s["peer"]["connected"] == false);
+    let meta = NodeMeta::load(&pair.node_dir(BACKUP)).expect("b's metadata");
+    let client = hotpair::tls::node_client_config(&pair.config, BACKUP).expect("b's client config");
+    let address = pair.config.node(PRIMARY).expect("a").control;
+    let name = hotpair::tls::server_name(&pair.config, PRIMARY);
+    let config = pair.config.clone();
+    let envelope = |message| Frame::Message(Envelope { from: BACKUP.into(), epoch: meta.epoch, message });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let gaps = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(address).await.expect("connect to a's control port");
+        let mut stream = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.expect("TLS as b");
+        let hello = Message::Hello {
+            cluster: config.cluster,
+            incarnation: meta.incarnation,
+            role: Role::Backup,
+            history: meta.history.clone(),
+            last_lsn: 0,
+        };
+        wire::write_frame(&mut stream, &envelope(hello)).await.expect("send hello");
+        match wire::read_frame(&mut stream).await.expect("an answer to hello") {
+            Some(Frame::Message(Envelope { message: Message::Welcome { .. }, .. })) => {}
+            other => panic!("a did not welcome b's hello: {other:?}"),
+        }
+        for seq in [1, 2, 6] {
+            let heartbeat = Message::Heartbeat { seq, time_ms: hotpair::clock::now_ms(), last_lsn: 0 };
+            wire::write_frame(&mut stream, &envelope(heartbeat)).await.expect("send a heartbeat");
+        }
+        // Keep the session open (reading what a ships) until a counts the gap.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = hotpair::admin::request(&config, PRIMARY, AdminRequest::Status).await.expect("a's status");
+            let gaps = status["peer"]["heartbeat_gaps"].as_u64().unwrap_or(0);
+            if gaps > 0 {
+                break gaps;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "a never counted the gap: {status}");
+            let _ = tokio::time::timeout(Duration::from_millis(20), wire::read_frame(&mut stream)).await;
+        }
+    });
+    assert_eq!(gaps, 3, "heartbeats 3, 4 and 5 are missing");
+    let gap = wait_notified(&dir, "heartbeat gap on the primary", event("heartbeat-gap", PRIMARY, "open"));
+    assert!(gap["message"].as_str().is_some_and(|m| m.contains("3 heartbeat(s)")), "{gap}");
 }
