@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{Options, Pair, BACKUP, DEADLINE, POLL, PRIMARY};
+use common::{Options, Pair, BACKUP, DEADLINE, NOTIFY, POLL, PRIMARY};
 use hotpair::config::SyncLevel;
 use serde_json::Value;
 
@@ -24,7 +24,6 @@ const DISK_MIN_FREE: &str = "16MiB";
 const DISK_MIN_FREE_BYTES: u64 = 16 * MIB;
 /// What the ballast leaves free: well below the threshold, with room for logs and incidents.
 const LEFT_FREE: u64 = 8 * MIB;
-const NOTIFY: &str = "cat >> {dir}/notified.jsonl";
 
 /// A tmpfs mounted on a fresh directory; unmounted (lazily, so a straggling process cannot
 /// keep it) when dropped, before the directory itself is removed.
@@ -60,24 +59,21 @@ impl Drop for Tmpfs {
     }
 }
 
-fn notified(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("notified.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("notification is not JSON ({e}): {l}")))
-        .collect()
-}
-
 /// Waits until the notification command has received a `disk-low` event of `node` in `state`.
 fn wait_notified(dir: &Path, node: &str, state: &str) -> Value {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let found =
-            notified(dir).into_iter().find(|e| e["kind"] == "disk-low" && e["node"] == node && e["state"] == state);
+        let found = common::notified(dir)
+            .into_iter()
+            .find(|e| e["kind"] == "disk-low" && e["node"] == node && e["state"] == state);
         if let Some(event) = found {
             return event;
         }
-        assert!(Instant::now() < deadline, "no disk-low {state} notification from {node}; got {:?}", notified(dir));
+        assert!(
+            Instant::now() < deadline,
+            "no disk-low {state} notification from {node}; got {:?}",
+            common::notified(dir)
+        );
         std::thread::sleep(POLL);
     }
 }

@@ -8,38 +8,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Options, Pair, BACKUP, PRIMARY};
+use common::{event, wait_notified, Options, Pair, BACKUP, NOTIFY, PRIMARY};
 use hotpair::config::SyncLevel;
 use serde_json::Value;
-
-const NOTIFY: &str = "cat >> {dir}/notified.jsonl";
-
-fn notified(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("notified.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("notification is not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// Waits until the notification command has received an event matching `what`.
-fn wait_notified(dir: &Path, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(event) = notified(dir).into_iter().find(|e| matches(e)) {
-            return event;
-        }
-        assert!(Instant::now() < deadline, "no notification for {what}; got {:?}", notified(dir));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn event(kind: &'static str, node: &'static str, state: &'static str) -> impl Fn(&Value) -> bool {
-    move |e| e["kind"] == kind && e["node"] == node && e["state"] == state
-}
 
 #[test]
 fn peer_lost_and_back_and_replication_stopped_reach_the_command_and_status() {

@@ -487,3 +487,34 @@ pub fn dumped_bytes(value: &Value) -> Vec<u8> {
 pub fn client_value(stored: &[u8]) -> Vec<u8> {
     hotpair::value::StoredValue::decode(stored).expect("a stored value").data
 }
+
+// ---------------------------------------------------------------------------------------------
+// Notifications: a `[notify]` command that appends each incident event to a file.
+
+/// A notification command for [`Options::notify_command`]: every event, one JSON line, in
+/// `notified.jsonl` in the pair's directory.
+pub const NOTIFY: &str = "cat >> {dir}/notified.jsonl";
+
+pub fn notified(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("notified.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("notification is not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits until the notification command has received an event matching `what`.
+pub fn wait_notified(dir: &Path, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(event) = notified(dir).into_iter().find(|e| matches(e)) {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "no notification for {what}; got {:?}", notified(dir));
+        std::thread::sleep(POLL);
+    }
+}
+
+pub fn event(kind: &'static str, node: &'static str, state: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["kind"] == kind && e["node"] == node && e["state"] == state
+}
