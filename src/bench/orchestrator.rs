@@ -26,8 +26,8 @@
 //!   and the timed `rejoin <old>`. The baseline is a **full copy done by a client**: every key
 //!   read with pipelined `MGET` (the key names are known; there is no SCAN) from the primary of
 //!   the largest size and written with `MSET` into a fresh pair, timed until the fresh primary
-//!   acknowledged the last batch and until its backup caught up. `rejoin --allow-full-copy`
-//!   is not built (the orchestrator refuses it), so this is the stand-in.
+//!   acknowledged the last batch and until its backup caught up. (The node's own
+//!   `rejoin --allow-full-copy` came later; `docs/benchmarks.md` has a by-hand timing of it.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
