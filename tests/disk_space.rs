@@ -1,5 +1,6 @@
-//! The disk-space guard on a real, small file system: a tmpfs holds the whole pair, a ballast
-//! file pushes its free space below `disk_min_free`, and then is deleted again.
+//! Small real file systems. The disk-space guard: a tmpfs holds the whole pair, a ballast file
+//! pushes its free space below `disk_min_free`, and then is deleted again. And `apply-error`: the
+//! backup's store alone on a tiny tmpfs, so that sled itself fails to write.
 //!
 //! Mounting needs root (CAP_SYS_ADMIN). Without it the test says `SKIPPED` loudly and returns:
 //! it does not pass by pretending.
@@ -208,4 +209,62 @@ fn low_disk_refuses_writes_stops_the_backup_and_both_resume_when_space_returns()
     }
     drop(pair);
     drop(tmpfs);
+}
+
+#[test]
+fn a_backup_store_that_cannot_be_written_raises_apply_error_and_the_primary_goes_on() {
+    // The backup's store alone on a 4 MiB tmpfs (its journal and data directory stay on the
+    // big disk, so the disk guard does not step in): applying fails for real in sled, the
+    // applier stops, and `apply-error` reaches the notification command and status.
+    let tmpfs = match Tmpfs::mount("4m") {
+        Ok(tmpfs) => tmpfs,
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot mount tmpfs: {reason}");
+            println!("SKIPPED: cannot mount tmpfs: {reason}");
+            return;
+        }
+    };
+    let options = Options { notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    pair.stop(BACKUP);
+    let store = pair.node_dir(BACKUP).join("store");
+    for entry in std::fs::read_dir(&store).expect("list b's store") {
+        let entry = entry.expect("a store entry");
+        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(tmpfs.path()).status().expect("run cp");
+        assert!(copied.success(), "copy {} to the tmpfs", entry.path().display());
+    }
+    std::fs::remove_dir_all(&store).expect("remove b's store");
+    std::os::unix::fs::symlink(tmpfs.path(), &store).expect("b's store → the tmpfs");
+    pair.restart(BACKUP);
+
+    let mut a = pair.redis(PRIMARY);
+    let value = "x".repeat(64 * 1024);
+    let found = (0..400).find_map(|i| {
+        set(&mut a, &format!("big-{i}"), &value).expect("the primary acknowledges at async");
+        common::notified(&dir).into_iter().find(|e| e["kind"] == "apply-error" && e["node"] == BACKUP)
+    });
+    let event = match found {
+        Some(event) => event,
+        None => {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let found =
+                    common::notified(&dir).into_iter().find(|e| e["kind"] == "apply-error" && e["node"] == BACKUP);
+                if let Some(event) = found {
+                    break event;
+                }
+                assert!(Instant::now() < deadline, "no apply-error from b; got {:?}", common::notified(&dir));
+                std::thread::sleep(POLL);
+            }
+        }
+    };
+    assert_eq!(event["severity"], "critical", "{event}");
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot apply") && message.contains("No space left"), "{event}");
+    let status = pair.node_status(BACKUP);
+    assert!(status["failure"].as_str().is_some(), "status names the failure: {status}");
+    set(&mut a, "after", "1").expect("the primary goes on");
+    // b must let go of the tmpfs before it is unmounted.
+    pair.kill(BACKUP);
 }
