@@ -2,8 +2,8 @@
 //! (a shell command appending its stdin to a file) and as `status` shows them: peer lost/back,
 //! replication stopped/started, fenced, orphaned tail, lag over `lag_alert`, canary overdue
 //! (a SIGSTOPped primary), a digest mismatch found by the periodic check (a backup store changed
-//! behind the node's back), journal retention pinned by an absent backup, and a heartbeat
-//! sequence gap (a client speaking as b on a's control port). Disk space: `disk_space.rs`; metrics:
+//! behind the node's back) and by the applier (a record written over such a value), journal retention pinned by an absent backup, and a heartbeat
+//! sequence gap (a client speaking as b on a's control port). Disk space and apply-error: `disk_space.rs`; metrics:
 //! `metrics.rs`.
 
 mod common;
@@ -128,20 +128,7 @@ fn the_periodic_digest_check_finds_a_backup_store_changed_behind_its_back() {
         let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(format!("v{i}")).query(&mut a).expect("write");
     }
     pair.wait_caught_up();
-    pair.stop(BACKUP);
-    // Change one stored value without going through the journal (nor updating the digest).
-    {
-        let db = sled::open(pair.node_dir(BACKUP).join("store")).expect("open the backup's store");
-        let (key, mut value) = db
-            .scan_prefix(b"d")
-            .next()
-            .expect("a stored pair")
-            .map(|(k, v)| (k, v.to_vec()))
-            .expect("read a stored pair");
-        *value.last_mut().expect("a non-empty value") ^= 0x01;
-        db.insert(key, value).expect("write the damaged value");
-        db.flush().expect("flush sled");
-    }
+    corrupt_one_stored_value(&mut pair, BACKUP);
     pair.restart(BACKUP);
     let found = wait_notified(&dir, "digest mismatch on the backup", event("digest-mismatch", BACKUP, "open"));
     assert_eq!(found["severity"], "critical", "{found}");
@@ -221,4 +208,40 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
     assert_eq!(gaps, 3, "heartbeats 3, 4 and 5 are missing");
     let gap = wait_notified(&dir, "heartbeat gap on the primary", event("heartbeat-gap", PRIMARY, "open"));
     assert!(gap["message"].as_str().is_some_and(|m| m.contains("3 heartbeat(s)")), "{gap}");
+}
+
+/// Stops `node`, changes one stored value in its sled store without going through the journal
+/// (nor updating the digest), and returns that key. The caller restarts the node.
+fn corrupt_one_stored_value(pair: &mut Pair, node: &str) -> String {
+    pair.stop(node);
+    let db = sled::open(pair.node_dir(node).join("store")).expect("open the store");
+    let (key, mut value) =
+        db.scan_prefix(b"d").next().expect("a stored pair").map(|(k, v)| (k, v.to_vec())).expect("read a stored pair");
+    *value.last_mut().expect("a non-empty value") ^= 0x01;
+    db.insert(&key, value).expect("write the damaged value");
+    db.flush().expect("flush sled");
+    String::from_utf8(key[1..].to_vec()).expect("a text key")
+}
+
+#[test]
+fn a_record_applied_over_a_damaged_value_is_a_digest_mismatch_and_the_applier_stops() {
+    // The per-record check: the backup's incremental digest takes the old term from the stored
+    // value, so a record that overwrites a value damaged behind its back gives a digest that
+    // differs from the primary's. The applier stops before that record.
+    let options =
+        Options { notify_command: Some(NOTIFY), monitor: Some("digest_interval = \"off\""), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(format!("v{i}")).query(&mut a).expect("write");
+    }
+    pair.wait_caught_up();
+    let key = corrupt_one_stored_value(&mut pair, BACKUP);
+    pair.restart(BACKUP);
+    let _: () = redis::cmd("SET").arg(&key).arg("new").query(&mut a).expect("overwrite the damaged key");
+    let found = wait_notified(&dir, "digest mismatch from the applier", event("digest-mismatch", BACKUP, "open"));
+    assert!(found["message"].as_str().is_some_and(|m| m.contains("digest mismatch at LSN")), "{found}");
+    let status = pair.node_status(BACKUP);
+    assert!(status["failure"].as_str().is_some_and(|f| f.contains("digest mismatch")), "{status}");
 }
