@@ -36,6 +36,13 @@ pub enum Command {
         #[arg(long, default_value_t = SyncLevel::Durable)]
         sync: SyncLevel,
     },
+    /// Makes a new, empty data directory for NODE of this pair after its own was lost (disk
+    /// replaced). Refuses unless the directory is missing or empty. Then start the node and run
+    /// `hotpair rejoin NODE --allow-full-copy`, which makes the peer accept it and rebuilds it
+    Reinit {
+        /// The node's name in the pair file.
+        node: String,
+    },
     /// Runs one node in the foreground until SIGINT/SIGTERM (clean shutdown, journal synced).
     Run {
         /// The node's name in the pair file.
@@ -272,6 +279,10 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
     let load_pair = || crate::config::PairConfig::load(&crate::config::PairConfig::locate(pair.as_deref()));
     match command {
         Command::Run { node } => crate::node::run(load_pair()?, &node).map(|_| 0),
+        Command::Reinit { node } => {
+            print!("{}", crate::init::reinit(&load_pair()?, &node)?);
+            Ok(0)
+        }
         Command::Status { json, watch } => status(&load_pair()?, json, watch),
         Command::Replicate { action, node } => replicate(&load_pair()?, action, node),
         Command::Switchover { to, timeout, max_lag, dry_run, json } => {

@@ -151,6 +151,12 @@ pub enum InitError {
     Meta(#[from] MetaError),
     #[error("internal error: the pair file init generated does not validate: {0}")]
     Generated(#[from] ConfigError),
+    #[error(
+        "refusing to rebuild {node}: {} is not empty ({}); reinit is for a data directory that was lost — \
+         move what is left aside first",
+        dir.display(), found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotEmpty { node: String, dir: PathBuf, found: Vec<PathBuf> },
 }
 
 impl InitError {
@@ -202,6 +208,36 @@ impl InitReport {
         }
         out
     }
+}
+
+/// `hotpair reinit NODE`: a new, empty data directory for a node of an existing pair whose own
+/// was lost (disk replaced). The node gets a new incarnation, no history and the backup role; it
+/// has no data, so it must be rebuilt from its peer (`hotpair rejoin NODE --allow-full-copy`,
+/// which also makes the peer accept the new incarnation). Refuses unless the directory is
+/// missing or empty: this must never replace a node that still has its data.
+pub fn reinit(pair: &PairConfig, node: &str) -> Result<String, crate::Error> {
+    let config = pair.node(node)?;
+    let dir = &config.dir;
+    let found: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(InitError::Io { path: dir.clone(), source }.into()),
+    };
+    if !found.is_empty() {
+        return Err(InitError::NotEmpty { node: node.to_string(), dir: dir.clone(), found }.into());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| InitError::Io { path: dir.clone(), source })?;
+    let meta = NodeMeta::new(pair.cluster, node, Role::Backup, 0, Vec::new());
+    meta.create(dir)?;
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(format!(
+        "made an empty data directory for {node} in {} (incarnation {})\nnext: hotpair run {node}, then hotpair rejoin {node} --allow-full-copy\n",
+        dir.display(),
+        meta.incarnation
+    ))
 }
 
 /// Creates a new pair in `dir` (made if missing). Refuses, changing nothing, if `dir` already

@@ -156,6 +156,11 @@ pub enum AdminRequest {
     SetProgress {
         progress: Option<serde_json::Value>,
     },
+    /// Take `incarnation` as the peer's from now on: its data directory was rebuilt
+    /// (`hotpair reinit`) and the admin asked for it (`rejoin --allow-full-copy`).
+    AcceptPeer {
+        incarnation: Uuid,
+    },
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.

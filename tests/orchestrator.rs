@@ -715,6 +715,43 @@ fn rejoin_with_allow_full_copy_rebuilds_the_backup_when_the_journal_range_is_gon
     assert_verify_equal(&pair, true);
 }
 
+#[test]
+fn a_backup_whose_data_directory_is_lost_is_rebuilt_by_reinit_and_rejoin() {
+    // b's disk is replaced: `reinit b` refuses while b's directory still holds anything, then
+    // makes an empty one (a new incarnation). a refuses the new b as a second installation
+    // until `rejoin b --allow-full-copy` accepts it; b then catches up with every write.
+    let mut pair = Pair::start_with(SyncLevel::Durable, fast());
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..50 {
+        let _: () = a.set(format!("kept-{i}"), i).unwrap();
+    }
+    pair.wait_caught_up();
+    pair.kill(BACKUP);
+    let out = pair.hotpair(&["reinit", BACKUP]);
+    assert_eq!(out.status.code(), Some(1), "reinit over a live directory: {}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("not empty"), "{}", common::stderr(&out));
+    std::fs::remove_dir_all(pair.node_dir(BACKUP)).expect("lose b's data directory");
+    pair.hotpair_ok(&["reinit", BACKUP]);
+    pair.restart(BACKUP);
+
+    let (code, report) = run_json(&pair, &["rejoin", BACKUP]);
+    assert_eq!(code, 1, "rejoin of a rebuilt node without --allow-full-copy: {report}");
+    assert!(report["outcome"].as_str().is_some_and(|o| o.contains("--allow-full-copy")), "{report}");
+    let (code, report) = run_json(&pair, &["rejoin", BACKUP, "--allow-full-copy"]);
+    assert_eq!(code, 0, "rejoin --allow-full-copy of the rebuilt b: {report}");
+    wait_following(&mut pair, PRIMARY);
+    let _: () = a.set("after", "1").expect("a takes durable writes with the rebuilt b");
+    wait_caught_up_at(&mut pair, PRIMARY);
+    let keys: Vec<String> = (0..50).map(|i| format!("kept-{i}")).collect();
+    let values = values_on(&pair, BACKUP, &keys);
+    assert!(values.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())), "{values:?}");
+    assert_verify_equal(&pair, true);
+    let status = pair.node_status(PRIMARY);
+    let open: Vec<&str> =
+        status["incidents"].as_array().into_iter().flatten().filter_map(|i| i["kind"].as_str()).collect();
+    assert!(!open.contains(&"second-installation"), "accepting b closes the incident: {open:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Crash matrix.
 

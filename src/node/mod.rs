@@ -396,6 +396,20 @@ impl Node {
         }
     }
 
+    /// Takes `incarnation` as the peer's (a rebuilt data directory the admin accepted): the
+    /// next hello with it is welcome, and the second-installation incident is closed.
+    pub fn accept_peer(&self, incarnation: uuid::Uuid) -> Result<(), Error> {
+        let mut meta = lock(&self.meta);
+        let epoch = meta.epoch;
+        meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
+        meta.save(&self.config.dir)?;
+        drop(meta);
+        tracing::warn!(peer = %self.peer_config.name, %incarnation, "the admin accepted a new incarnation of the peer");
+        let message = format!("{} is accepted with its new incarnation {incarnation}", self.peer_config.name);
+        self.incidents.resolve(crate::incident::Kind::SecondInstallation, message);
+        Ok(())
+    }
+
     /// Adopts a longer history heard from the primary (the backup follows it into new epochs).
     fn adopt_history(&self, epoch: u64, history: &[crate::journal::HistoryEntry]) -> Result<(), Error> {
         let mut meta = lock(&self.meta);

@@ -52,6 +52,10 @@ pub async fn handle(node: &Arc<Node>, request: AdminRequest) -> Result<Value, St
             node.update_meta(|meta| meta.orchestration = progress).map_err(|e| e.to_string())?;
             Ok(json!({ "saved": true }))
         }
+        AdminRequest::AcceptPeer { incarnation } => {
+            node.accept_peer(incarnation).map_err(|e| e.to_string())?;
+            Ok(json!({ "peer_incarnation": incarnation }))
+        }
         other => Err(format!("{other:?} is not an orchestration primitive")),
     }
 }

@@ -63,6 +63,8 @@ pub fn node_status(node: &Node) -> Value {
         "last_lsn": node.last_lsn(),
         "applied_lsn": node.store.position().applied_lsn,
         "history": meta.history,
+        "incarnation": meta.incarnation,
+        "peer_incarnation": meta.peer.as_ref().map(|p| p.incarnation),
         "orchestration": meta.orchestration,
         "following": *node.following.borrow(),
         "disk_free_bytes": super::disk::free_bytes(&node.config.dir).ok(),

@@ -503,6 +503,7 @@ async fn rejoin_run(
                     primary.name
                 )));
             }
+            accept_rebuilt_node(&pair, &node, &primary, allow_full_copy).await?;
             let body = crate::admin::request(&pair, &primary.name, AdminRequest::FirstAvailable)
                 .await
                 .map_err(|e| Refused(format!("asking {} for its journals: {e}", primary.name)))?;
@@ -593,6 +594,35 @@ async fn rejoin_run(
             primary.name
         ),
     })
+}
+
+/// A node with another incarnation than the primary knows (its data directory was rebuilt with
+/// `hotpair reinit`, or it is another installation) is refused by the primary until the admin
+/// accepts it; `--allow-full-copy` is that acceptance, since such a node starts empty.
+async fn accept_rebuilt_node(
+    pair: &PairConfig,
+    node: &NodeView,
+    primary: &NodeView,
+    allow_full_copy: bool,
+) -> Result<(), OrchestrationError> {
+    let (Some(theirs), Some(known)) = (node.incarnation(), primary.peer_incarnation()) else {
+        return Ok(());
+    };
+    if theirs == known {
+        return Ok(());
+    }
+    let name = &node.name;
+    if !allow_full_copy {
+        return Err(Refused(format!(
+            "{name} presents incarnation {theirs}, but {} knows it as {known}: its data directory was rebuilt (`hotpair reinit {name}`) or this is another installation; if it is the rebuilt node, rerun with --allow-full-copy",
+            primary.name
+        )));
+    }
+    let incarnation = theirs.parse().map_err(|e| Refused(format!("{name}'s incarnation {theirs:?}: {e}")))?;
+    crate::admin::request(pair, &primary.name, AdminRequest::AcceptPeer { incarnation })
+        .await
+        .map_err(|e| Refused(format!("{} did not accept {name}'s new incarnation: {e}", primary.name)))?;
+    Ok(())
 }
 
 /// Awaits `request` while printing the full copy's progress from `node`'s status each second.

@@ -52,6 +52,16 @@ impl NodeView {
         self.field("lag_ms").and_then(Value::as_u64).unwrap_or(0)
     }
 
+    /// The incarnation of this node's data directory.
+    pub fn incarnation(&self) -> Option<&str> {
+        self.field("incarnation").and_then(Value::as_str)
+    }
+
+    /// The incarnation this node knows its peer by (`None` until they first met).
+    pub fn peer_incarnation(&self) -> Option<&str> {
+        self.field("peer_incarnation").and_then(Value::as_str)
+    }
+
     pub fn history(&self) -> Vec<HistoryEntry> {
         self.field("history").and_then(|h| serde_json::from_value(h.clone()).ok()).unwrap_or_default()
     }
