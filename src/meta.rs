@@ -68,6 +68,10 @@ pub struct NodeMeta {
     pub peer: Option<PeerPosition>,
     /// The orchestration step in flight, as the orchestrator wrote it; `None` when idle.
     pub orchestration: Option<serde_json::Value>,
+    /// `hotpair replicate stop` holds across restarts until `replicate start`. Left out of the
+    /// file while false, so files written without a stop read the same in older builds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replication_stopped: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,7 @@ impl NodeMeta {
             history,
             peer: None,
             orchestration: None,
+            replication_stopped: false,
         }
     }
 

@@ -213,6 +213,13 @@ fn durable_writes_fail_unacknowledged_while_replication_is_stopped() {
     assert!(elapsed >= Duration::from_millis(500), "refused after {elapsed:?}, before sync_timeout");
     assert!(elapsed < Duration::from_secs(3), "refused only after {elapsed:?}");
 
+    // The stop holds across a restart of the backup: it does not reconnect by itself.
+    pair.stop(BACKUP);
+    pair.restart(BACKUP);
+    let b_status = pair.node_status(BACKUP);
+    assert_eq!(b_status["replicating"], false, "replicate stop did not survive b's restart: {b_status}");
+    assert_eq!(b_status["following"], false, "{b_status}");
+
     pair.hotpair_ok(&["replicate", "start"]);
     pair.wait_ready();
     let _: () = a.set("after", "3").unwrap();

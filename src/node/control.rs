@@ -94,13 +94,12 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
 async fn handle_admin(node: &Arc<Node>, request: AdminRequest) -> (bool, serde_json::Value) {
     match request {
         AdminRequest::Status => (true, status::node_status(node)),
-        AdminRequest::ReplicateStop => {
-            node.replicating.send_replace(false);
-            (true, serde_json::json!({ "replicating": false }))
-        }
-        AdminRequest::ReplicateStart => {
-            node.replicating.send_replace(true);
-            (true, serde_json::json!({ "replicating": true }))
+        AdminRequest::ReplicateStop | AdminRequest::ReplicateStart => {
+            let on = matches!(request, AdminRequest::ReplicateStart);
+            match node.set_replicating(on) {
+                Ok(()) => (true, serde_json::json!({ "replicating": on })),
+                Err(err) => (false, serde_json::json!({ "error": err.to_string() })),
+            }
         }
         AdminRequest::ReopenLog => {
             let journal = if node.pipeline().is_some() { &node.local } else { &node.remote };

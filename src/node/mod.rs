@@ -124,6 +124,7 @@ impl Node {
             meta.save(&config.dir)?;
         }
         let role = meta.role;
+        let replicating = !meta.replication_stopped;
         let epoch = meta.epoch;
         let notify = pair.notify.clone();
         let node = Arc::new(Node {
@@ -138,7 +139,7 @@ impl Node {
             pipeline: Mutex::new(None),
             applier: Mutex::new(None),
             peer: watch::channel(PeerState::default()).0,
-            replicating: watch::channel(true).0,
+            replicating: watch::channel(replicating).0,
             session_active: std::sync::atomic::AtomicBool::new(false),
             diverged_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
@@ -279,6 +280,15 @@ impl Node {
     }
 
     /// Changes the metadata with `change` and saves it (epoch and history only grow).
+    /// `replicate start|stop`: saved first, so a stop holds across a restart.
+    pub fn set_replicating(&self, on: bool) -> Result<(), Error> {
+        if self.meta().replication_stopped == on {
+            self.update_meta(|meta| meta.replication_stopped = !on)?;
+        }
+        self.replicating.send_replace(on);
+        Ok(())
+    }
+
     fn update_meta(&self, change: impl FnOnce(&mut NodeMeta)) -> Result<NodeMeta, Error> {
         let mut meta = lock(&self.meta);
         let mut next = meta.clone();

@@ -228,7 +228,7 @@ fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<L
         .map_err(|e| e.to_string())?;
     node.peer.send_replace(crate::replication::PeerState::default());
     // A new primary ships to its backup, whatever `replicate stop` said in its backup days.
-    node.replicating.send_replace(true);
+    node.set_replicating(true).map_err(|e| e.to_string())?;
     *lock(&node.diverged_at) = None;
     *lock(&node.pipeline) = Some(pipeline);
     node.role.send_replace(Role::Primary);
