@@ -353,6 +353,8 @@ async fn rejoin(
         blocking(|| resynchronize(node, op_id, &primary, divergence))
     };
     let (orphans_file, rewound) = outcome.map_err(|e| format!("rejoin of {} failed while {e}", node.name()))?;
+    // Rejoining means following: a `replicate stop` left on this node is lifted.
+    node.set_replicating(true).map_err(|e| e.to_string())?;
     let role = next_role(node, Event::RejoinFinished)?;
     node.start_applier();
     node.set_role(role).map_err(|e| e.to_string())?;

@@ -490,10 +490,12 @@ async fn rejoin_run(
                     primary.role().map_or_else(|| primary.error(), str::to_string)
                 )));
             }
-            if let Some(stopped) = [&node, &primary].into_iter().find(|n| !n.replicating()) {
+            // The rejoining node's own stop is lifted by the rejoin (it is asked to follow); the
+            // primary's would leave it unable to catch up.
+            if !primary.replicating() {
                 return Err(Refused(format!(
                     "replication is stopped on {} (`hotpair replicate stop`); run `hotpair replicate start {}` first, or the rejoined node could not catch up",
-                    stopped.name, stopped.name
+                    primary.name, primary.name
                 )));
             }
             if node.is("primary") && node.epoch() >= primary.epoch() {
