@@ -121,15 +121,8 @@ fn a_hung_primary_makes_the_canary_overdue_on_the_backup_and_it_clears_on_resume
 fn the_periodic_digest_check_finds_a_backup_store_changed_behind_its_back() {
     let options =
         Options { notify_command: Some(NOTIFY), monitor: Some("digest_interval = \"300ms\""), ..Options::default() };
-    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let (pair, mut a, _) = pair_with_a_damaged_backup_value(SyncLevel::Durable, options);
     let dir = pair.dir().to_path_buf();
-    let mut a = pair.redis(PRIMARY);
-    for i in 0..20 {
-        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(format!("v{i}")).query(&mut a).expect("write");
-    }
-    pair.wait_caught_up();
-    corrupt_one_stored_value(&mut pair, BACKUP);
-    pair.restart(BACKUP);
     let found = wait_notified(&dir, "digest mismatch on the backup", event("digest-mismatch", BACKUP, "open"));
     assert_eq!(found["severity"], "critical", "{found}");
     assert!(found["message"].as_str().is_some_and(|m| m.contains("periodic digest check")), "{found}");
@@ -210,6 +203,20 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
     assert!(gap["message"].as_str().is_some_and(|m| m.contains("3 heartbeat(s)")), "{gap}");
 }
 
+/// A pair holding 20 keys, whose backup was restarted after one stored value was changed
+/// behind its back; with a connection to the primary and the damaged key.
+fn pair_with_a_damaged_backup_value(sync: SyncLevel, options: Options) -> (Pair, redis::Connection, String) {
+    let mut pair = Pair::start_with(sync, options);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(format!("v{i}")).query(&mut a).expect("write");
+    }
+    pair.wait_caught_up();
+    let key = corrupt_one_stored_value(&mut pair, BACKUP);
+    pair.restart(BACKUP);
+    (pair, a, key)
+}
+
 /// Stops `node`, changes one stored value in its sled store without going through the journal
 /// (nor updating the digest), and returns that key. The caller restarts the node.
 fn corrupt_one_stored_value(pair: &mut Pair, node: &str) -> String {
@@ -230,15 +237,8 @@ fn a_record_applied_over_a_damaged_value_is_a_digest_mismatch_and_the_applier_st
     // differs from the primary's. The applier stops before that record.
     let options =
         Options { notify_command: Some(NOTIFY), monitor: Some("digest_interval = \"off\""), ..Options::default() };
-    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let (pair, mut a, key) = pair_with_a_damaged_backup_value(SyncLevel::Async, options);
     let dir = pair.dir().to_path_buf();
-    let mut a = pair.redis(PRIMARY);
-    for i in 0..20 {
-        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(format!("v{i}")).query(&mut a).expect("write");
-    }
-    pair.wait_caught_up();
-    let key = corrupt_one_stored_value(&mut pair, BACKUP);
-    pair.restart(BACKUP);
     let _: () = redis::cmd("SET").arg(&key).arg("new").query(&mut a).expect("overwrite the damaged key");
     let found = wait_notified(&dir, "digest mismatch from the applier", event("digest-mismatch", BACKUP, "open"));
     assert!(found["message"].as_str().is_some_and(|m| m.contains("digest mismatch at LSN")), "{found}");
