@@ -657,40 +657,23 @@ fn measure_apply(scratch: &Path, records: u64, keys: u64) -> Result<ApplyReport,
     progress(&format!("{records} records, Store::apply one at a time"));
     let (per_record, expected) = {
         let store = Store::open(&scratch.join("store-per-record"))?;
-        let mut source = SetRecords::new(records, keys);
-        let mut timed = Duration::ZERO;
-        loop {
-            let chunk = source.chunk(run_records);
-            if chunk.is_empty() {
-                break;
-            }
-            let started = Instant::now();
-            for record in &chunk {
+        let timed = time_chunks(records, keys, run_records, |chunk| {
+            for record in chunk {
                 if let crate::store::Applied::Done { digest_matches: false, .. } = store.apply(record)? {
                     return Err(Error::Failed(format!("bench: digest mismatch at LSN {}", record.lsn)));
                 }
             }
-            timed += started.elapsed();
-        }
+            Ok(())
+        })?;
         (ApplyRate::new(records, timed), store.position())
     };
     progress(&format!("{records} records, Store::apply_many in runs of {run_records}"));
     let runs = {
         let store = Store::open(&scratch.join("store-runs"))?;
-        let mut source = SetRecords::new(records, keys);
-        let mut timed = Duration::ZERO;
-        loop {
-            let chunk = source.chunk(run_records);
-            if chunk.is_empty() {
-                break;
-            }
-            let started = Instant::now();
-            let outcome = store.apply_many(&chunk)?;
-            timed += started.elapsed();
-            if let Some(m) = outcome.mismatch {
-                return Err(Error::Failed(format!("bench: digest mismatch at LSN {}", m.lsn)));
-            }
-        }
+        let timed = time_chunks(records, keys, run_records, |chunk| match store.apply_many(chunk)?.mismatch {
+            Some(m) => Err(Error::Failed(format!("bench: digest mismatch at LSN {}", m.lsn))),
+            None => Ok(()),
+        })?;
         check_position("apply_many", store.position(), expected)?;
         ApplyRate::new(records, timed)
     };
@@ -708,6 +691,27 @@ fn measure_apply(scratch: &Path, records: u64, keys: u64) -> Result<ApplyReport,
         runs,
         applier,
     })
+}
+
+/// Generates `records` SETs over `keys` keys in chunks of `chunk_records` and times only `apply`
+/// on each chunk (generating them is not what is measured).
+fn time_chunks(
+    records: u64,
+    keys: u64,
+    chunk_records: usize,
+    mut apply: impl FnMut(&[Record]) -> Result<(), Error>,
+) -> Result<Duration, Error> {
+    let mut source = SetRecords::new(records, keys);
+    let mut timed = Duration::ZERO;
+    loop {
+        let chunk = source.chunk(chunk_records);
+        if chunk.is_empty() {
+            return Ok(timed);
+        }
+        let started = Instant::now();
+        apply(&chunk)?;
+        timed += started.elapsed();
+    }
 }
 
 /// Catch-up as the backup does it, minus the network: records read back from a durable journal,

@@ -226,35 +226,7 @@ pub enum BenchWhich {
     },
     /// Issue 4: switchover write outage under load, failover time, rejoin time versus database
     /// size and versus a full copy, each on spawned pairs of real processes.
-    Orchestrator {
-        /// Parts to run (default all): switchover, failover, rejoin.
-        #[arg(long, value_delimiter = ',')]
-        parts: Vec<String>,
-        #[arg(long, default_value_t = 20)]
-        switchovers: u32,
-        /// Writers during the switchovers.
-        #[arg(long, default_value_t = 4)]
-        clients: u32,
-        /// Writes per second, all writers together.
-        #[arg(long, default_value_t = 400.0)]
-        rate: f64,
-        /// Sync level of the switchover part's pair.
-        #[arg(long, default_value = "durable")]
-        sync: SyncLevel,
-        #[arg(long, default_value_t = 5)]
-        failovers: u32,
-        /// Database sizes (keys) of the rejoin measurement; the largest is also fully copied.
-        #[arg(long, value_delimiter = ',', default_values_t = [10_000u64, 1_000_000])]
-        rejoin_keys: Vec<u64>,
-        /// Rejoins per size.
-        #[arg(long, default_value_t = 3)]
-        rejoins: u32,
-        /// Transactions on the old primary that the backup never received.
-        #[arg(long, default_value_t = 1000)]
-        divergence: u64,
-        #[arg(long)]
-        json: bool,
-    },
+    Orchestrator(crate::bench::orchestrator::Options),
 }
 
 /// Runs a parsed command; prints errors as one sentence and returns the exit code.
@@ -315,32 +287,7 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         Command::Bench { which: BenchWhich::Apply { dir, records, keys, json } } => {
             crate::bench::apply(dir, records, keys, json).map(|_| 0)
         }
-        Command::Bench {
-            which:
-                BenchWhich::Orchestrator {
-                    parts,
-                    switchovers,
-                    clients,
-                    rate,
-                    sync,
-                    failovers,
-                    rejoin_keys,
-                    rejoins,
-                    divergence,
-                    json,
-                },
-        } => crate::bench::orchestrator::main(crate::bench::orchestrator::Options {
-            parts,
-            switchovers,
-            clients,
-            rate,
-            sync,
-            failovers,
-            rejoin_keys,
-            rejoins,
-            divergence,
-            json,
-        }),
+        Command::Bench { which: BenchWhich::Orchestrator(options) } => crate::bench::orchestrator::main(options),
         Command::AppendLoop { dir, committers } => crate::demo::append_loop(&dir, committers).map(|_| 0),
     }
 }

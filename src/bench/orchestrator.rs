@@ -63,19 +63,35 @@ const GOAL_SWITCHOVER_MEDIAN_MS: f64 = 50.0;
 const GOAL_REJOIN_RATIO: f64 = 1.5;
 const GOAL_FULL_COPY_SPEEDUP: f64 = 50.0;
 
-/// What to run (the CLI's flags).
-#[derive(Debug, Clone)]
+/// What to run: the flags of `hotpair bench orchestrator`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Parts to run (default all): switchover, failover, rejoin.
+    #[arg(long, value_delimiter = ',')]
     pub parts: Vec<String>,
+    #[arg(long, default_value_t = 20)]
     pub switchovers: u32,
+    /// Writers during the switchovers.
+    #[arg(long, default_value_t = 4)]
     pub clients: u32,
+    /// Writes per second, all writers together.
+    #[arg(long, default_value_t = 400.0)]
     pub rate: f64,
     /// Sync level of the switchover part's pair.
+    #[arg(long, default_value = "durable")]
     pub sync: SyncLevel,
+    #[arg(long, default_value_t = 5)]
     pub failovers: u32,
+    /// Database sizes (keys) of the rejoin measurement; the largest is also fully copied.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000u64, 1_000_000])]
     pub rejoin_keys: Vec<u64>,
+    /// Rejoins per size.
+    #[arg(long, default_value_t = 3)]
     pub rejoins: u32,
+    /// Transactions on the old primary that the backup never received.
+    #[arg(long, default_value_t = 1000)]
     pub divergence: u64,
+    #[arg(long)]
     pub json: bool,
 }
 
