@@ -96,6 +96,29 @@ fn a_backup_further_behind_than_lag_alert_raises_lag_high_until_it_catches_up() 
 }
 
 #[test]
+fn a_write_the_backup_has_not_applied_for_longer_than_lag_alert_raises_lag_high() {
+    // The time criterion: one write, and a backup (SIGSTOPped, its session still up for the
+    // 10 s silence limit) that does not apply it. lag_ms is the age of that commit.
+    let options = Options {
+        heartbeat: Some("1s"),
+        notify_command: Some(NOTIFY),
+        monitor: Some("lag_alert = \"300ms\"\nlag_alert_records = 1000000"),
+        ..Options::default()
+    };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    pair.pause(BACKUP);
+    let mut a = pair.redis(PRIMARY);
+    let _: () = redis::cmd("SET").arg("late").arg("1").query(&mut a).expect("async write");
+    let lag = wait_notified(&dir, "lag-high by time", event("lag-high", PRIMARY, "open"));
+    let status = pair.node_status(PRIMARY);
+    pair.resume(BACKUP);
+    assert!(lag["message"].as_str().is_some_and(|m| m.contains("ms behind")), "{lag}");
+    assert!(status["lag_ms"].as_u64() >= Some(300), "{status}");
+    wait_notified(&dir, "lag-high resolved", event("lag-high", PRIMARY, "resolved"));
+}
+
+#[test]
 fn a_hung_primary_makes_the_canary_overdue_on_the_backup_and_it_clears_on_resume() {
     // Heartbeats every second give a 10 s silence limit, so the session stays up while the
     // primary is stopped: only the canary can tell that nothing flows.
