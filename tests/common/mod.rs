@@ -298,6 +298,20 @@ impl Pair {
     /// or one cut off by a partition that drops packets).
     pub fn pause(&mut self, node: &str) {
         self.signal(node, libc::SIGSTOP);
+        // kill(2) returns before the process has stopped; a request sent right after could
+        // still be served. Wait until the kernel shows it stopped (state T in /proc).
+        let pid = self.children.get(node).map(Child::id).unwrap_or_else(|| panic!("{node} is not running"));
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command name in parentheses, which may itself hold spaces.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            if state == Some("T") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{node} did not stop after SIGSTOP: {stat}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Pair::pause`].
