@@ -182,7 +182,9 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
     let mut pair = Pair::start_with(SyncLevel::Async, options);
     let dir = pair.dir().to_path_buf();
     pair.kill(BACKUP);
-    pair.wait_for_node(PRIMARY, "the primary to see b gone", |s| s["peer"]["connected"] == false);
+    let gone = pair.wait_for_node(PRIMARY, "the primary to see b gone", |s| s["peer"]["connected"] == false);
+    // b's position as a knows it: a hello from further back would be refused as a restored copy.
+    let last_lsn = gone["peer"]["durable_lsn"].as_u64().expect("the durable LSN b acknowledged");
     let meta = NodeMeta::load(&pair.node_dir(BACKUP)).expect("b's metadata");
     let client = hotpair::tls::node_client_config(&pair.config, BACKUP).expect("b's client config");
     let address = pair.config.node(PRIMARY).expect("a").control;
@@ -198,7 +200,7 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             incarnation: meta.incarnation,
             role: Role::Backup,
             history: meta.history.clone(),
-            last_lsn: 0,
+            last_lsn,
         };
         wire::write_frame(&mut stream, &envelope(hello)).await.expect("send hello");
         match wire::read_frame(&mut stream).await.expect("an answer to hello") {

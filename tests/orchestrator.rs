@@ -752,6 +752,68 @@ fn a_backup_whose_data_directory_is_lost_is_rebuilt_by_reinit_and_rejoin() {
     assert!(!open.contains(&"second-installation"), "accepting b closes the incident: {open:?}");
 }
 
+#[test]
+fn a_backup_restored_from_an_old_copy_is_refused_though_its_incarnation_is_right() {
+    // A copy of b's directory taken early comes back after b acknowledged 200 more durable
+    // writes: same incarnation, older position. a refuses it as a second installation, also
+    // after both were SIGKILLed (the acknowledged position is saved, not only held in memory),
+    // and the restarted a takes no writes on the restored copy's word. reinit + rejoin
+    // --allow-full-copy rebuild b with every acknowledged write.
+    let mut pair = Pair::start_with(SyncLevel::Durable, fast());
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..10 {
+        let _: () = a.set(format!("early-{i}"), i).unwrap();
+    }
+    pair.wait_caught_up();
+    pair.stop(BACKUP);
+    let copy = pair.dir().join("b-copy");
+    copy_dir(&pair.node_dir(BACKUP), &copy);
+    pair.restart(BACKUP);
+    pair.wait_ready();
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..200 {
+        let _: () = a.set(format!("late-{i}"), i).expect("a durable write b acknowledges");
+    }
+    pair.kill(BACKUP);
+    pair.wait_for_node(PRIMARY, "a to see b gone", |s| s["peer"]["connected"] == false);
+    pair.kill(PRIMARY);
+    std::fs::remove_dir_all(pair.node_dir(BACKUP)).expect("remove b's directory");
+    copy_dir(&copy, &pair.node_dir(BACKUP));
+    pair.restart(PRIMARY);
+    pair.restart(BACKUP);
+
+    let refused = pair.wait_for_node(PRIMARY, "a to refuse the restored b", |s| {
+        s["incidents"].as_array().into_iter().flatten().any(|i| i["kind"] == "second-installation")
+    });
+    let incident =
+        refused["incidents"].as_array().unwrap().iter().find(|i| i["kind"] == "second-installation").unwrap();
+    assert!(incident["message"].as_str().is_some_and(|m| m.contains("behind LSN")), "{incident}");
+    assert_eq!(refused["peer"]["connected"], false, "the restored b is not a's backup: {refused}");
+    let mut a = pair.redis(PRIMARY);
+    let write: RedisResult<()> = a.set("on-the-copy's-word", "1");
+    assert!(write.is_err(), "the restarted a must not take writes on the restored copy's confirmation");
+
+    pair.kill(BACKUP);
+    std::fs::remove_dir_all(pair.node_dir(BACKUP)).expect("lose the restored copy");
+    pair.hotpair_ok(&["reinit", BACKUP]);
+    pair.restart(BACKUP);
+    let (code, report) = run_json(&pair, &["rejoin", BACKUP, "--allow-full-copy"]);
+    assert_eq!(code, 0, "rejoin --allow-full-copy of the rebuilt b: {report}");
+    wait_following(&mut pair, PRIMARY);
+    let _: () = a.set("after", "1").expect("a takes durable writes with the rebuilt b");
+    wait_caught_up_at(&mut pair, PRIMARY);
+    let keys: Vec<String> = (0..200).map(|i| format!("late-{i}")).collect();
+    let values = values_on(&pair, BACKUP, &keys);
+    assert!(values.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())), "{values:?}");
+    assert_verify_equal(&pair, true);
+}
+
+/// `cp -a`: a node's data directory as a backup tool would copy it.
+fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().expect("run cp");
+    assert!(out.status.success(), "cp -a {from:?} {to:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Crash matrix.
 

@@ -329,7 +329,7 @@ fn control_exchange(pair: &Pair, node: &str, client: Arc<rustls::ClientConfig>, 
     })
 }
 
-fn hello(pair: &Pair, incarnation: uuid::Uuid) -> Frame {
+fn hello(pair: &Pair, incarnation: uuid::Uuid, last_lsn: u64) -> Frame {
     let meta = NodeMeta::load(&pair.node_dir(BACKUP)).expect("backup meta");
     Frame::Message(Envelope {
         from: BACKUP.into(),
@@ -339,7 +339,7 @@ fn hello(pair: &Pair, incarnation: uuid::Uuid) -> Frame {
             incarnation,
             role: Role::Backup,
             history: meta.history,
-            last_lsn: 0,
+            last_lsn,
         },
     })
 }
@@ -409,7 +409,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
         let slot = forged.nodes.iter_mut().find(|n| n.name == impostor).expect("our node");
         (slot.cert, slot.key) = (theirs.cert, theirs.key);
         let client = hotpair::tls::node_client_config(&forged, impostor).expect("client config");
-        match control_exchange(&pair, node, client, vec![hello(&pair, uuid::Uuid::new_v4())]) {
+        match control_exchange(&pair, node, client, vec![hello(&pair, uuid::Uuid::new_v4(), 0)]) {
             Exchange::HandshakeFailed(_) | Exchange::Closed(_) => {}
             answered => panic!("{node} let a certificate of another pair in: {answered:?}"),
         }
@@ -424,7 +424,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
     // 4. The admin certificate may send admin requests only; a node certificate may not send them.
     let admin = hotpair::tls::admin_client_config(&pair.config).expect("admin client config");
     for node in [PRIMARY, BACKUP] {
-        match control_exchange(&pair, node, admin.clone(), vec![hello(&pair, uuid::Uuid::new_v4())]) {
+        match control_exchange(&pair, node, admin.clone(), vec![hello(&pair, uuid::Uuid::new_v4(), 0)]) {
             Exchange::Closed(_) => {}
             other => panic!("{node} took a hello from the admin certificate: {other:?}"),
         }
@@ -443,7 +443,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
     assert_pair_still_works(&pair, "admin-certificate");
 
     // 5. b's certificate with another incarnation (a restored copy, a second installation).
-    match control_exchange(&pair, PRIMARY, as_b, vec![hello(&pair, uuid::Uuid::new_v4())]) {
+    match control_exchange(&pair, PRIMARY, as_b.clone(), vec![hello(&pair, uuid::Uuid::new_v4(), 0)]) {
         Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
             assert!(reason.contains("incarnation"), "refused for another reason: {reason}")
         }
@@ -454,6 +454,26 @@ fn refusals_on_both_ports_leave_the_pair_working() {
         status["incidents"].as_array().into_iter().flatten().filter_map(|i| i["kind"].as_str()).collect();
     assert!(open.contains(&"second-installation"), "the refusal is an incident: {open:?}");
     assert_pair_still_works(&pair, "second-installation");
+
+    // 5b. b's own incarnation, but a position behind what b acknowledged (a restored copy).
+    let incarnation = NodeMeta::load(&pair.node_dir(BACKUP)).expect("b's metadata").incarnation;
+    match control_exchange(&pair, PRIMARY, as_b.clone(), vec![hello(&pair, incarnation, 0)]) {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+            assert!(reason.contains("behind LSN"), "refused for another reason: {reason}")
+        }
+        other => panic!("the primary did not refuse b presenting an old position: {other:?}"),
+    }
+    assert_pair_still_works(&pair, "restored-copy");
+
+    // 5c. Everything right, while b's own session is live: a second connection is refused.
+    let lsn = backup_lsn(&pair).as_u64().expect("b's lsn");
+    match control_exchange(&pair, PRIMARY, as_b, vec![hello(&pair, incarnation, lsn)]) {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+            assert!(reason.contains("already active"), "refused for another reason: {reason}")
+        }
+        other => panic!("the primary took a second live connection claiming b: {other:?}"),
+    }
+    assert_pair_still_works(&pair, "second-connection");
 
     // 6. Writes on the backup answer READONLY and change nothing there.
     let lsn = backup_lsn(&pair);
@@ -560,8 +580,11 @@ fn restarted_primary_refuses_writes_until_its_backup_confirms_then_ships_from_it
     assert_eq!(values, [Some("1".into()), Some("2".into())]);
 }
 
-/// Cuts 3 bytes off the end of the last segment file in a journal directory (a torn record).
-fn tear_last_record(dir: &std::path::Path) {
+/// Leaves a half-written record at the end of the newest segment in `dir`, as a crash in the
+/// middle of writing the next record would: a header announcing 100 body bytes, and 20 of them.
+/// (Cutting into the last *whole* record would model a lost fsync, not a crash: that record may
+/// already have been acknowledged as durable.)
+fn tear_a_record_being_written(dir: &std::path::Path) {
     let mut segments: Vec<_> = std::fs::read_dir(dir)
         .expect("journal directory")
         .map(|entry| entry.expect("directory entry").path())
@@ -569,9 +592,10 @@ fn tear_last_record(dir: &std::path::Path) {
         .collect();
     segments.sort();
     let last = segments.last().expect("a segment file");
-    let file = std::fs::OpenOptions::new().write(true).open(last).expect("open the last segment");
-    let len = file.metadata().expect("segment metadata").len();
-    file.set_len(len - 3).expect("truncate the last segment");
+    let mut file = std::fs::OpenOptions::new().append(true).open(last).expect("open the last segment");
+    let mut partial = 100u32.to_le_bytes().to_vec();
+    partial.extend_from_slice(&[0xA5; 4 + 20]);
+    file.write_all(&partial).expect("append a half-written record");
 }
 
 /// How many segment files `hotpair journal ls PATH --json` lists.
@@ -627,8 +651,9 @@ fn degrade_after_acknowledges_without_the_peer_and_says_so() {
 
 #[test]
 fn restarted_backup_resumes_from_its_durable_position_under_load() {
-    // Writers keep committing at `durable` while the backup is SIGKILLed, the last record of its
-    // remote journal is torn, and it is restarted: it cuts the torn record, resumes from the
+    // Writers keep committing at `durable` while the backup is SIGKILLed, a record is left
+    // half-written at the end of its remote journal, and it is restarted: it cuts the torn
+    // record, resumes from the
     // last whole one — no LSN twice, none missing — every acknowledged write is on it, and the
     // digests agree. No write fails meanwhile: they wait (on_peer_loss = block) and go through.
     const WRITERS: usize = 4;
@@ -671,13 +696,13 @@ fn restarted_backup_resumes_from_its_durable_position_under_load() {
     wait_acked(ACKED_BEFORE_KILL);
     pair.kill(BACKUP);
     let at_kill = acked();
-    // Tear the last record of the remote journal, as a crash in the middle of its write would:
-    // the restarted backup must cut it at open and ask for it again.
+    // A record half-written at the kill: the restarted backup must cut it at open and ask
+    // for everything after its last whole record.
     let remote = pair.node_dir(BACKUP).join("journal/remote");
     let kept = read_journal(&remote);
     assert_contiguous_from_one(&kept.lsns, "the killed backup's remote journal");
-    let torn = *kept.lsns.last().expect("the backup kept records before the kill");
-    tear_last_record(&remote);
+    let torn = kept.lsns.last().expect("the backup kept records before the kill") + 1;
+    tear_a_record_being_written(&remote);
     pair.restart(BACKUP);
     wait_acked(at_kill + ACKED_AFTER_RESTART);
     stop.store(true, Ordering::SeqCst);
@@ -707,7 +732,7 @@ fn restarted_backup_resumes_from_its_durable_position_under_load() {
             field.parse().expect("start_lsn is a number")
         })
         .collect();
-    assert_eq!(starts, [1, torn], "where b started following, run by run (it tore LSN {torn})");
+    assert_eq!(starts, [1, torn], "where b started following, run by run (LSN {torn} was half-written)");
     assert!(log.contains("cut a torn journal tail at open"), "the backup did not report the torn tail");
 }
 

@@ -152,13 +152,27 @@ where
             (reply, reason)
         }
     };
-    let verdict = check_hello(&node, &from, epoch, cluster, incarnation);
+    // A probe from a node that believes it is primary is answered below; only a would-be
+    // backup's position is held against what it acknowledged.
+    let probe = matches!(hello_role, Role::Primary | Role::Draining);
+    let verdict = check_hello(&node, &from, epoch, cluster, incarnation).and_then(|()| {
+        if probe {
+            return Ok(());
+        }
+        node.check_position(last_lsn).inspect_err(|reason| {
+            node.incidents.raise(
+                crate::incident::Kind::SecondInstallation,
+                crate::incident::Severity::Critical,
+                reason.clone(),
+            )
+        })
+    });
     if let Err(reason) = verdict {
         let (reply, reason) = refuse(reason).await;
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     }
-    if matches!(hello_role, Role::Primary | Role::Draining) {
+    if probe {
         // A probe from a node that believes it is primary: tell it where we stand. Our epoch
         // in the envelope is what it needs (a higher one fences it); nothing is shipped.
         let ours = node.meta().epoch;
@@ -228,6 +242,11 @@ where
             };
             let stop = stop_signal(&node);
             let result = replication::ship(stream, ctx, start_lsn, stop).await.map_err(|e| e.to_string());
+            // Saved before the session is seen to end, so a crash right after still knows
+            // how far the backup acknowledged.
+            if let Err(err) = node.save_peer_position() {
+                tracing::warn!(error = %err, "saving the backup's acknowledged position");
+            }
             replication::set_connected(&node.peer, false);
             result
         }
@@ -246,6 +265,8 @@ where
     if node.pipeline().is_none() {
         return Err("a full copy was asked of a node that is not the primary".into());
     }
+    // The copy replaces whatever the peer held; the admin allowed it (rejoin --allow-full-copy).
+    node.forget_peer_position().map_err(|e| e.to_string())?;
     let history = node.meta().history;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(crate::store::Position, Vec<(Vec<u8>, Vec<u8>)>)>(4);
     let store = node.store.clone();

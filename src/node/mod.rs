@@ -406,9 +406,66 @@ impl Node {
         }
     }
 
+    /// How far the peer has acknowledged durably while this node was primary of its current
+    /// epoch: the larger of what this process heard and what was saved before a restart.
+    fn peer_acknowledged(&self) -> Lsn {
+        let heard = if self.pipeline().is_some() { self.peer.borrow().durable_lsn } else { 0 };
+        let meta = lock(&self.meta);
+        let saved = meta.peer.as_ref().filter(|p| p.epoch == meta.epoch).map_or(0, |p| p.durable_lsn);
+        saved.max(heard)
+    }
+
+    /// Refuses a peer presenting a position behind what it already acknowledged as durable to
+    /// this primary: durable commits were acknowledged on the strength of those records, so a
+    /// peer without them is a restored copy or another installation, not our backup.
+    fn check_position(&self, last_lsn: Lsn) -> Result<(), String> {
+        let acknowledged = self.peer_acknowledged();
+        if last_lsn >= acknowledged {
+            return Ok(());
+        }
+        Err(format!(
+            "peer {} presents LSN {last_lsn}, behind LSN {acknowledged} it already acknowledged as durable — a restored copy or second installation; refused (rebuild it: hotpair reinit {}, then hotpair rejoin {} --allow-full-copy)",
+            self.peer_config.name, self.peer_config.name, self.peer_config.name
+        ))
+    }
+
+    /// Saves how far the backup has acknowledged durably in this epoch, so that after a restart
+    /// the primary still recognises a peer that comes back with less. Called by the monitor
+    /// (about once a second) and when a backup session ends; does nothing when nothing moved.
+    /// The saved value may trail the acks by up to a second; it is never raised past them.
+    pub fn save_peer_position(&self) -> Result<(), Error> {
+        if self.pipeline().is_none() {
+            return Ok(());
+        }
+        let heard = self.peer.borrow().durable_lsn;
+        let mut meta = lock(&self.meta);
+        let epoch = meta.epoch;
+        let Some(peer) = meta.peer.as_mut() else { return Ok(()) };
+        let moved = if peer.epoch == epoch { heard > peer.durable_lsn } else { heard > 0 };
+        if !moved {
+            return Ok(());
+        }
+        (peer.epoch, peer.durable_lsn) = (epoch, heard);
+        Ok(meta.save(&self.config.dir)?)
+    }
+
+    /// Forgets what the peer acknowledged (it was rebuilt or is being copied afresh, as the admin
+    /// allowed): what it holds from now on is all that counts.
+    /// Lowering the acks only makes waiting commits wait for the peer's new acks.
+    pub fn forget_peer_position(&self) -> Result<(), Error> {
+        self.peer.send_modify(|s| (s.received_lsn, s.durable_lsn, s.applied_lsn) = (0, 0, 0));
+        let mut meta = lock(&self.meta);
+        match meta.peer.as_mut() {
+            Some(peer) if peer.durable_lsn > 0 => peer.durable_lsn = 0,
+            _ => return Ok(()),
+        }
+        Ok(meta.save(&self.config.dir)?)
+    }
+
     /// Takes `incarnation` as the peer's (a rebuilt data directory the admin accepted): the
     /// next hello with it is welcome, and the second-installation incident is closed.
     pub fn accept_peer(&self, incarnation: uuid::Uuid) -> Result<(), Error> {
+        self.forget_peer_position()?;
         let mut meta = lock(&self.meta);
         let epoch = meta.epoch;
         meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
@@ -434,6 +491,7 @@ impl Node {
     /// Clean shutdown: stop the tasks, drain the appliers, sync journals, flush the store.
     pub fn close(&self) -> Result<(), Error> {
         self.shutdown.send_replace(true);
+        self.save_peer_position()?;
         if let Some(pipeline) = lock(&self.pipeline).take() {
             if let Some(last) = self.local.last_lsn() {
                 self.local.sync_to(last)?;

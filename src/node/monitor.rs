@@ -26,14 +26,22 @@ use crate::Error;
 /// How often the conditions are looked at.
 const TICK: Duration = Duration::from_millis(200);
 
+/// The backup's acknowledged position is saved every this many ticks (about once a second).
+const SAVE_POSITION_EVERY: u64 = 5;
+
 pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     let mut shutdown = node.shutdown.subscribe();
     let mut ever_connected = false;
     let mut gaps_seen = node.peer.borrow().heartbeat_gaps;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = tokio::time::sleep(TICK) => {}
+        }
+        ticks += 1;
+        if ticks % SAVE_POSITION_EVERY == 0 {
+            save_peer_position(&node).await;
         }
         let peer = node.peer.borrow().clone();
         let name = &node.peer_config.name;
@@ -232,5 +240,15 @@ pub async fn check_digests(node: Arc<Node>) -> Result<(), Error> {
             );
             node.incidents.raise(Kind::DigestMismatch, Severity::Critical, message);
         }
+    }
+}
+
+/// On the primary: saves how far the backup acknowledged (see [`Node::save_peer_position`]),
+/// off the async threads since it fsyncs the node's metadata.
+async fn save_peer_position(node: &Arc<Node>) {
+    let node = node.clone();
+    let saved = tokio::task::spawn_blocking(move || node.save_peer_position()).await;
+    if let Ok(Err(err)) = saved {
+        tracing::warn!(error = %err, "saving the backup's acknowledged position");
     }
 }
