@@ -67,6 +67,7 @@ pub const DEFAULT_RETENTION_ALERT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Free space below which a node stops writing its journals (`disk_min_free`): enough that the
 /// store, the metadata and the incident log still have room when the guard trips.
 pub const DEFAULT_DISK_MIN_FREE: u64 = 256 * 1024 * 1024;
@@ -222,6 +223,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most arguments in one RESP command (e.g. `MSET`); default 1 Mi.
     pub max_args: usize,
+    /// An admin connection that sends no request for this long is closed; default 5 minutes.
+    /// (The orchestrator keeps one per node for a run and reconnects if it was closed.)
+    pub admin_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -230,6 +234,7 @@ impl Default for Limits {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_args: DEFAULT_MAX_ARGS,
+            admin_idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
         }
     }
 }
@@ -371,6 +376,7 @@ struct RawLimits {
     max_value_bytes: Option<u64>,
     max_connections: Option<u64>,
     max_args: Option<u64>,
+    admin_idle_timeout: Option<String>,
 }
 
 /// `[nodes.*]` in document order: the TOML parser keeps tables in the order it met them and
@@ -640,6 +646,11 @@ impl Validator<'_> {
                 max_value_bytes: self.limit("limits.max_value_bytes", l.max_value_bytes, DEFAULT_MAX_VALUE_BYTES)?,
                 max_connections: self.limit("limits.max_connections", l.max_connections, DEFAULT_MAX_CONNECTIONS)?,
                 max_args: self.limit("limits.max_args", l.max_args, DEFAULT_MAX_ARGS)?,
+                admin_idle_timeout: self.duration(
+                    "limits.admin_idle_timeout",
+                    l.admin_idle_timeout,
+                    DEFAULT_ADMIN_IDLE_TIMEOUT,
+                )?,
             },
         };
 

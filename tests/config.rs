@@ -120,6 +120,7 @@ cert = "a.pem"
 key = "a.key"
 [limits]
 max_connections = 10
+admin_idle_timeout = "90s"
 "#
     );
     let dir = tempfile::tempdir().unwrap();
@@ -134,6 +135,7 @@ max_connections = 10
     assert_eq!(pair.on_peer_loss, PeerLossPolicy::DegradeAfter(Duration::from_secs(90)));
     assert_eq!(pair.limits.max_connections, 10);
     assert_eq!(pair.limits.max_args, Limits::default().max_args);
+    assert_eq!(pair.limits.admin_idle_timeout, Duration::from_secs(90));
     // relative paths are relative to the pair file, absolute ones are kept
     assert_eq!(pair.tls.ca, Path::new("/etc/hotpair/ca.pem"));
     assert_eq!(pair.tls.admin_cert, dir.path().join("../admin.pem"));

@@ -776,3 +776,39 @@ fn a_paused_peer_is_noticed_by_its_silence_and_the_pair_recovers() {
     let values: Vec<Option<String>> = pair.redis(BACKUP).mget(&["before", "while-b-paused", "after"]).unwrap();
     assert_eq!(values, [Some("1".into()), Some("2".into()), Some("3".into())]);
 }
+
+#[test]
+fn an_idle_admin_connection_is_closed_and_a_busy_one_is_not() {
+    // `[limits] admin_idle_timeout = "400ms"`: a connection that asks for the status every
+    // 100 ms for a second stays open; once it says nothing, the node closes it, not before the
+    // timeout, and the pair goes on answering new admin connections.
+    let idle = Duration::from_millis(400);
+    let options = Options { limits: Some("admin_idle_timeout = \"400ms\""), ..Options::default() };
+    let pair = Pair::start_with(SyncLevel::Durable, options);
+    let admin = hotpair::tls::admin_client_config(&pair.config).expect("admin client config");
+    let address = pair.control_address(PRIMARY);
+    let name = hotpair::tls::server_name(&pair.config, PRIMARY);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (idle_for, end) = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(address).await.expect("connect to a's control port");
+        let mut stream = tokio_rustls::TlsConnector::from(admin).connect(name, tcp).await.expect("TLS as admin");
+        let mut quiet = Instant::now();
+        for i in 0..10 {
+            if i > 0 {
+                // Pacing the requests (the load under test), not waiting for anything.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            quiet = Instant::now();
+            wire::write_frame(&mut stream, &admin_status_request()).await.expect("send a status request");
+            match wire::read_frame(&mut stream).await {
+                Ok(Some(Frame::Message(Envelope { message: Message::AdminReply { ok: true, .. }, .. }))) => {}
+                other => panic!("request {i} on a busy admin connection: {other:?}"),
+            }
+        }
+        let end = tokio::time::timeout(DEADLINE, wire::read_frame(&mut stream)).await;
+        (quiet.elapsed(), end.expect("the idle admin connection was not closed within the deadline"))
+    });
+    assert!(matches!(end, Ok(None)), "the node ends an idle connection cleanly: {end:?}");
+    assert!(idle_for >= idle, "closed after {idle_for:?} of silence, before admin_idle_timeout {idle:?}");
+    assert_eq!(pair.node_status(PRIMARY)["role"], "primary", "new admin connections are still served");
+}

@@ -75,8 +75,18 @@ async fn connection(node: Arc<Node>, acceptor: TlsAcceptor, socket: tokio::net::
     }
 }
 
+/// Serves admin requests until the admin closes, or sends nothing for `admin_idle_timeout`:
+/// an idle connection would otherwise hold one of the control port's slots for ever.
 async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S) -> Result<(), String> {
-    while let Some(frame) = wire::read_frame(&mut stream).await.map_err(|e| e.to_string())? {
+    let idle = node.pair.limits.admin_idle_timeout;
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, wire::read_frame(&mut stream)).await else {
+            tracing::info!(idle = %humantime::format_duration(idle), "admin connection idle; closed");
+            // close_notify, so the admin's next read sees a clean end rather than a cut.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return Ok(());
+        };
+        let Some(frame) = next.map_err(|e| e.to_string())? else { return Ok(()) };
         let Frame::Message(Envelope { message: Message::Admin { request }, .. }) = frame else {
             return Err("admin connection sent something other than an admin request".into());
         };
@@ -88,7 +98,6 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
         };
         wire::write_frame(&mut stream, &Frame::Message(reply)).await.map_err(|e| e.to_string())?;
     }
-    Ok(())
 }
 
 async fn handle_admin(node: &Arc<Node>, request: AdminRequest) -> (bool, serde_json::Value) {

@@ -49,6 +49,8 @@ pub struct Options {
     pub notify_command: Option<&'static str>,
     /// Lines of a `[monitor]` table, e.g. `canary_interval = "200ms"`.
     pub monitor: Option<&'static str>,
+    /// Lines of a `[limits]` table, e.g. `admin_idle_timeout = "300ms"`.
+    pub limits: Option<&'static str>,
     /// Give each node a `metrics` address on a free 127.0.0.1 port ([`Pair::metrics_address`]).
     pub metrics: bool,
     /// `disk_min_free` (init does not write the key; it is added).
@@ -123,6 +125,9 @@ impl Pair {
         }
         if let Some(lines) = options.monitor {
             text.push_str(&format!("\n[monitor]\n{lines}\n"));
+        }
+        if let Some(lines) = options.limits {
+            text.push_str(&format!("\n[limits]\n{lines}\n"));
         }
         if options.metrics {
             for node in [PRIMARY, BACKUP] {
