@@ -65,9 +65,13 @@ pub struct Pipeline {
 #[derive(Default)]
 struct RecentFrames {
     /// LSN, commit time (wall-clock ms) and encoded frame of each record.
-    frames: std::collections::VecDeque<(Lsn, u64, Vec<u8>)>,
+    frames: std::collections::VecDeque<(Lsn, u64, Arc<Vec<u8>>)>,
     bytes: usize,
 }
+
+/// The primary's applier starts a run at most this often (see `applier`, "Pacing"): nothing
+/// waits on the primary's store, whose pending writes readers see through the overlay.
+const APPLY_PACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Bytes of recent frames kept in memory for the live tail.
 pub const RECENT_FRAMES_BYTES: usize = 64 * 1024 * 1024;
@@ -123,7 +127,7 @@ impl Pipeline {
         let applied_overlay = overlay.clone();
         // Once a record is in the store its writes leave the overlay — unless a later record
         // already replaced them there.
-        let applier = Applier::start(journal.clone(), store.clone(), move |record| {
+        let applier = Applier::start_paced(journal.clone(), store.clone(), APPLY_PACE, move |record| {
             if let RecordBody::Txn { ops } = &record.body {
                 let mut overlay = lock(&applied_overlay);
                 for op in ops {
@@ -242,8 +246,7 @@ impl Pipeline {
             digest_after: digest,
             body: RecordBody::Txn { ops },
         };
-        self.journal.append(&record)?;
-        self.remember(&record);
+        self.append_and_remember(&record)?;
         for (key, after) in writes {
             overlay.insert(key, (record.lsn, after));
         }
@@ -296,17 +299,37 @@ impl Pipeline {
             digest_after: writer.digest,
             body,
         };
-        self.journal.append(&record)?;
-        self.remember(&record);
+        self.append_and_remember(&record)?;
         writer.next_lsn += 1;
         let lsn = record.lsn;
         self.send_to_applier(record)?;
         Ok(lsn)
     }
 
-    fn remember(&self, record: &Record) {
+    /// Encodes `record` once, keeps the frame in memory for shipping, and appends it to the
+    /// journal. The frame is remembered *before* the append: once appended it may become durable
+    /// at any moment, and the shipper, woken by that, must find it in memory. (Remembering after
+    /// the append lost that race now and then, and each loss sent the shipper to read whole
+    /// segment files back.) Called with the writer lock held, so nothing else is remembered in
+    /// between and a failed append can take its frame back.
+    fn append_and_remember(&self, record: &Record) -> Result<(), CommitError> {
         let mut frame = Vec::with_capacity(crate::journal::format::encoded_len(record));
         crate::journal::format::encode_record(record, &mut frame);
+        let frame = Arc::new(frame);
+        self.remember(record, frame.clone());
+        if let Err(err) = self.journal.append_encoded(record, &frame) {
+            let mut recent = lock(&self.recent);
+            if recent.frames.back().is_some_and(|(lsn, _, _)| *lsn == record.lsn) {
+                if let Some((_, _, taken)) = recent.frames.pop_back() {
+                    recent.bytes -= taken.len();
+                }
+            }
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    fn remember(&self, record: &Record, frame: Arc<Vec<u8>>) {
         let mut recent = lock(&self.recent);
         recent.bytes += frame.len();
         recent.frames.push_back((record.lsn, record.timestamp_ms, frame));
@@ -428,6 +451,60 @@ mod tests {
         let records = journal.read_from(1).unwrap().map(|e| e.map(|e| e.record));
         assert_eq!(replay(&other, records).unwrap(), 200);
         assert_eq!(other.position().digest, pipeline.digest());
+    }
+
+    #[test]
+    fn every_durable_record_is_already_in_memory_for_the_shipper() {
+        // The shipper is woken by the durable LSN and asks memory first; a durable record that
+        // is not there yet sends it to read whole segment files back. Committers on 4 threads,
+        // and a watcher asking for each new durable LSN the moment it appears.
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, store) = setup(dir.path());
+        let pipeline = Arc::new(Pipeline::start(journal.clone(), store, 1, 1));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (pipeline, journal, done) = (pipeline.clone(), journal.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut seen, mut misses) = (0, Vec::new());
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let durable = journal.durable_lsn();
+                    if durable > seen {
+                        if pipeline.recent_frames(durable, durable, 1 << 20).is_none() {
+                            misses.push(durable);
+                        }
+                        seen = durable;
+                    }
+                }
+                misses
+            })
+        };
+        let committers: Vec<_> = (0..4)
+            .map(|t| {
+                let pipeline = pipeline.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000u32 {
+                        let key = format!("t{t}-k{}", i % 100).into_bytes();
+                        let put = |txn: &mut Txn| {
+                            txn.put(key, i.to_le_bytes().to_vec());
+                            Ok(())
+                        };
+                        pipeline.commit(0, put).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for committer in committers {
+            committer.join().unwrap();
+        }
+        journal.sync_to(pipeline.last_lsn()).unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let misses = watcher.join().unwrap();
+        assert!(
+            misses.is_empty(),
+            "durable but not in memory: {} times, first LSNs {:?}",
+            misses.len(),
+            &misses[..misses.len().min(5)]
+        );
     }
 
     #[test]

@@ -329,6 +329,20 @@ impl Journal {
         self.inner.finish_append(state, record.lsn)
     }
 
+    /// Appends `record` whose frame the caller has just encoded with
+    /// [`format::encode_record`] (the primary keeps that frame for shipping, so it is encoded
+    /// once). `frame` must be exactly that encoding; it is not decoded again.
+    pub fn append_encoded(&self, record: &Record, frame: &[u8]) -> Result<Lsn, JournalError> {
+        debug_assert_eq!(frame.len(), format::encoded_len(record), "frame is not record's encoding");
+        if frame.len() - format::FRAME_HEADER_LEN > MAX_RECORD_BODY {
+            return Err(JournalError::RecordTooLarge { size: frame.len(), max: MAX_RECORD_BODY });
+        }
+        let mut state = self.inner.lock();
+        self.inner.prepare_append(&mut state, record, frame.len())?;
+        state.buffer.extend_from_slice(frame);
+        self.inner.finish_append(state, record.lsn)
+    }
+
     /// Appends one already-framed record byte for byte (the remote journal's path: what the peer
     /// wrote is what we keep). The frame is fully decoded and checked first.
     pub fn append_frame(&self, frame: &[u8]) -> Result<Lsn, JournalError> {
