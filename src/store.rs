@@ -32,6 +32,9 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use crate::digest::Digest;
 use crate::journal::{Lsn, Op, Record, RecordBody};
 
+/// A client key and its stored bytes (see [`crate::value`]).
+pub type StoredPair = (Vec<u8>, Vec<u8>);
+
 const DATA_PREFIX: u8 = b'd';
 const META_APPLIED_LSN: &[u8] = b"mapplied_lsn";
 const META_DIGEST: &[u8] = b"mdigest";
@@ -345,6 +348,25 @@ impl Store {
         self.db
             .scan_prefix([DATA_PREFIX])
             .map(move |item| item.map(|(k, v)| (k[1..].to_vec(), v.to_vec())).map_err(|e| self.err(e)))
+    }
+
+    /// Up to `limit` stored pairs in key order, starting after `after` (from the first key when
+    /// `None`). Each call is a fresh read: pairs written between two calls may or may not show.
+    pub fn scan_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredPair>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(key) => Bound::Excluded(data_key(key)),
+            None => Bound::Included(vec![DATA_PREFIX]),
+        };
+        let mut pairs = Vec::new();
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            if key.first() != Some(&DATA_PREFIX) {
+                break;
+            }
+            pairs.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(pairs)
     }
 
     /// Full copy, sending side: holds off every writer while `send` is given the stored pairs

@@ -812,3 +812,41 @@ fn an_idle_admin_connection_is_closed_and_a_busy_one_is_not() {
     assert!(idle_for >= idle, "closed after {idle_for:?} of silence, before admin_idle_timeout {idle:?}");
     assert_eq!(pair.node_status(PRIMARY)["role"], "primary", "new admin connections are still served");
 }
+
+#[test]
+fn expired_keys_are_deleted_through_the_journal_on_both_nodes() {
+    // 300 keys with a 50 ms time to live and 50 without: the primary's active expiry deletes
+    // the 300 through the journal (in more than one transaction), so DBSIZE falls to the live
+    // keys on both nodes, the backup's remote journal holds the deletions, and the digests
+    // agree. A key that expired and was SET again without a time to live is kept.
+    let mut pair = Pair::start(SyncLevel::Durable);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..300 {
+        let _: () = redis::cmd("SET").arg(format!("exp-{i}")).arg("v").arg("PX").arg(50).query(&mut a).unwrap();
+    }
+    for i in 0..50 {
+        let _: () = a.set(format!("keep-{i}"), "v").unwrap();
+    }
+    let _: () = redis::cmd("SET").arg("again").arg("old").arg("PX").arg(1).query(&mut a).unwrap();
+    let _: () = a.set("again", "new").unwrap();
+    let live = 51;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let size: i64 = redis::cmd("DBSIZE").query(&mut a).unwrap();
+        if size == live {
+            break;
+        }
+        assert!(Instant::now() < deadline, "DBSIZE on the primary is still {size}, not {live}");
+        std::thread::sleep(common::POLL);
+    }
+    pair.wait_caught_up();
+    let size: i64 = redis::cmd("DBSIZE").query(&mut pair.redis(BACKUP)).unwrap();
+    assert_eq!(size, live, "the backup applied the deletions");
+    assert_eq!(pair.redis(BACKUP).get::<_, Option<String>>("again").unwrap().as_deref(), Some("new"));
+    let journal = read_journal(&pair.node_dir(BACKUP).join("journal/remote"));
+    for i in 0..300 {
+        let key = format!("exp-{i}").into_bytes();
+        assert_eq!(journal.values.get(&key), Some(&None), "exp-{i} is deleted in the backup's remote journal");
+    }
+    assert!((0..50).all(|i| journal.values.get(format!("keep-{i}").as_bytes()).is_some_and(Option::is_some)));
+}

@@ -21,6 +21,7 @@
 pub mod backend;
 mod control;
 pub mod disk;
+mod expiry;
 pub(crate) mod follow;
 pub mod metrics;
 mod monitor;
@@ -554,6 +555,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
         tasks.spawn(metrics::serve(node.clone(), listener));
     }
     tasks.spawn(disk::run(node.clone()));
+    tasks.spawn(expiry::run(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {
