@@ -27,7 +27,7 @@
 //! was ~150,000 context switches per 100,000 SETs on a loaded primary. Where nothing waits on
 //! the store (the primary: its reads see pending writes through the pipeline's overlay), the
 //! applier starts a run at most every `pace`, so runs are larger and batches fewer. The backup
-//! is not paced: `applied` commits wait for its applier.
+//! is paced too unless the pair runs at `applied`, where every commit waits for its applier.
 
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -30,6 +30,7 @@ pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -42,6 +43,9 @@ use crate::pipeline::Pipeline;
 use crate::replication::PeerState;
 use crate::store::Store;
 use crate::Error;
+
+/// The backup's applier starts a run at most this often, unless the pair runs at `applied`.
+const BACKUP_APPLY_PACE: Duration = Duration::from_millis(2);
 
 /// Everything one running node shares between its tasks.
 pub struct Node {
@@ -260,7 +264,7 @@ impl Node {
                 *lock(&self.pipeline) = Some(pipeline);
             }
             Role::Backup => {
-                *lock(&self.applier) = Some(Arc::new(Applier::start(self.remote.clone(), self.store.clone(), |_| {})));
+                *lock(&self.applier) = Some(Arc::new(self.backup_applier()));
             }
             other => {
                 tracing::warn!(role = other.name(), "node starts in a role that takes no writes and follows nobody")
@@ -331,8 +335,16 @@ impl Node {
     fn start_applier(&self) {
         let mut slot = lock(&self.applier);
         if slot.is_none() {
-            *slot = Some(Arc::new(Applier::start(self.remote.clone(), self.store.clone(), |_| {})));
+            *slot = Some(Arc::new(self.backup_applier()));
         }
+    }
+
+    /// The backup's applier: paced like the primary's (see `applier`, "Pacing") unless the pair
+    /// runs at `applied`, where every commit waits for it. `WAIT` and a switchover's
+    /// wait-applied phase may wait up to one pace longer.
+    fn backup_applier(&self) -> Applier {
+        let pace = if self.pair.sync == crate::config::SyncLevel::Applied { Duration::ZERO } else { BACKUP_APPLY_PACE };
+        Applier::start_paced(self.remote.clone(), self.store.clone(), pace, |_| {})
     }
 
     /// Stops taking writes because the peer is in a higher epoch (invariant 2).
