@@ -229,6 +229,13 @@ fn values_on(pair: &Pair, node: &str, keys: &[String]) -> Vec<Option<String>> {
     values
 }
 
+/// `PREFIX-i` holds `i` on `node`, for every i below `count` (keys written with `set(format!("PREFIX-{i}"), i)`).
+fn assert_numbered_values_on(pair: &Pair, node: &str, prefix: &str, count: usize) {
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let values = values_on(pair, node, &keys);
+    assert!(values.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())), "{values:?}");
+}
+
 /// Every (key, value) in `acked` reads back from `node`.
 fn assert_acked_on(pair: &Pair, node: &str, acked: &[(String, String)], tag: &str) {
     let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
@@ -709,9 +716,7 @@ fn rejoin_with_allow_full_copy_rebuilds_the_backup_when_the_journal_range_is_gon
     assert_eq!(report["details"]["full_copy"], true, "{report}");
     wait_following(&mut pair, PRIMARY);
     wait_caught_up_at(&mut pair, PRIMARY);
-    let keys: Vec<String> = (0..20).map(|i| format!("gone-{i}")).collect();
-    let values = values_on(&pair, BACKUP, &keys);
-    assert!(values.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())), "{values:?}");
+    assert_numbered_values_on(&pair, BACKUP, "gone", 20);
     assert_verify_equal(&pair, true);
 }
 
@@ -737,14 +742,8 @@ fn a_backup_whose_data_directory_is_lost_is_rebuilt_by_reinit_and_rejoin() {
     let (code, report) = run_json(&pair, &["rejoin", BACKUP]);
     assert_eq!(code, 1, "rejoin of a rebuilt node without --allow-full-copy: {report}");
     assert!(report["outcome"].as_str().is_some_and(|o| o.contains("--allow-full-copy")), "{report}");
-    let (code, report) = run_json(&pair, &["rejoin", BACKUP, "--allow-full-copy"]);
-    assert_eq!(code, 0, "rejoin --allow-full-copy of the rebuilt b: {report}");
-    wait_following(&mut pair, PRIMARY);
-    let _: () = a.set("after", "1").expect("a takes durable writes with the rebuilt b");
-    wait_caught_up_at(&mut pair, PRIMARY);
-    let keys: Vec<String> = (0..50).map(|i| format!("kept-{i}")).collect();
-    let values = values_on(&pair, BACKUP, &keys);
-    assert!(values.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())), "{values:?}");
+    rejoin_rebuilt_backup(&mut pair, &mut a);
+    assert_numbered_values_on(&pair, BACKUP, "kept", 50);
     assert_verify_equal(&pair, true);
     let status = pair.node_status(PRIMARY);
     let open: Vec<&str> =
@@ -797,15 +796,19 @@ fn a_backup_restored_from_an_old_copy_is_refused_though_its_incarnation_is_right
     std::fs::remove_dir_all(pair.node_dir(BACKUP)).expect("lose the restored copy");
     pair.hotpair_ok(&["reinit", BACKUP]);
     pair.restart(BACKUP);
-    let (code, report) = run_json(&pair, &["rejoin", BACKUP, "--allow-full-copy"]);
-    assert_eq!(code, 0, "rejoin --allow-full-copy of the rebuilt b: {report}");
-    wait_following(&mut pair, PRIMARY);
-    let _: () = a.set("after", "1").expect("a takes durable writes with the rebuilt b");
-    wait_caught_up_at(&mut pair, PRIMARY);
-    let keys: Vec<String> = (0..200).map(|i| format!("late-{i}")).collect();
-    let values = values_on(&pair, BACKUP, &keys);
-    assert!(values.iter().enumerate().all(|(i, v)| v.as_deref() == Some(i.to_string().as_str())), "{values:?}");
+    rejoin_rebuilt_backup(&mut pair, &mut a);
+    assert_numbered_values_on(&pair, BACKUP, "late", 200);
     assert_verify_equal(&pair, true);
+}
+
+/// `rejoin b --allow-full-copy` of a rebuilt b: it succeeds, b follows a, and a takes a durable
+/// write with it and b catches up.
+fn rejoin_rebuilt_backup(pair: &mut Pair, a: &mut redis::Connection) {
+    let (code, report) = run_json(pair, &["rejoin", BACKUP, "--allow-full-copy"]);
+    assert_eq!(code, 0, "rejoin --allow-full-copy of the rebuilt b: {report}");
+    wait_following(pair, PRIMARY);
+    let _: () = a.set("after", "1").expect("a takes durable writes with the rebuilt b");
+    wait_caught_up_at(pair, PRIMARY);
 }
 
 /// `cp -a`: a node's data directory as a backup tool would copy it.
