@@ -839,6 +839,8 @@ fn expired_keys_are_deleted_through_the_journal_on_both_nodes() {
         assert!(Instant::now() < deadline, "DBSIZE on the primary is still {size}, not {live}");
         std::thread::sleep(common::POLL);
     }
+    let expired = pair.node_status(PRIMARY)["expired_keys"].as_u64().expect("expired_keys in status");
+    assert!(expired >= 300, "status says {expired} keys were deleted by active expiry");
     pair.wait_caught_up();
     let size: i64 = redis::cmd("DBSIZE").query(&mut pair.redis(BACKUP)).unwrap();
     assert_eq!(size, live, "the backup applied the deletions");

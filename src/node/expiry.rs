@@ -71,7 +71,10 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
             let mostly_expired = expired.len() * 4 >= slice.len() && !expired.is_empty();
             match delete_expired(&pipeline, &expired, now_ms) {
                 Ok(0) => {}
-                Ok(deleted) => tracing::debug!(deleted, "active expiry: deleted expired keys"),
+                Ok(deleted) => {
+                    node.metrics.note_expired(deleted as u64);
+                    tracing::debug!(deleted, "active expiry: deleted expired keys");
+                }
                 Err(err) => {
                     tracing::debug!(error = %err, "active expiry: not deleting now");
                     break;

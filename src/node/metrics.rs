@@ -73,6 +73,8 @@ pub struct Counters {
     commit: [Histogram; SyncLevel::ALL.len()],
     connect_attempts: AtomicU64,
     sessions: AtomicU64,
+    /// Expired keys this node deleted as primary (active expiry), since it started.
+    expired_keys: AtomicU64,
     /// The epoch last read from the metadata, shown while the metadata lock is busy.
     epoch: AtomicU64,
 }
@@ -83,6 +85,7 @@ impl Counters {
             commit: std::array::from_fn(|_| Histogram::default()),
             connect_attempts: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            expired_keys: AtomicU64::new(0),
             epoch: AtomicU64::new(epoch),
         }
     }
@@ -100,6 +103,15 @@ impl Counters {
     /// The primary welcomed the follower: a replication session is up.
     pub fn note_session_established(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Active expiry deleted `count` expired keys.
+    pub fn note_expired(&self, count: u64) {
+        self.expired_keys.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn expired_keys(&self) -> u64 {
+        self.expired_keys.load(Ordering::Relaxed)
     }
 }
 
@@ -328,6 +340,11 @@ fn peer(out: &mut Exposition, node: &Node) {
         "hotpair_replication_sessions_total",
         "Sessions the primary accepted from this follower; more than one means reconnects.",
         counters.sessions.load(Ordering::Relaxed),
+    );
+    out.counter(
+        "hotpair_expired_keys_total",
+        "Expired keys this node deleted through its journal as primary (active expiry).",
+        counters.expired_keys(),
     );
 }
 
