@@ -504,7 +504,10 @@ impl Node {
     /// Clean shutdown: stop the tasks, drain the appliers, sync journals, flush the store.
     pub fn close(&self) -> Result<(), Error> {
         self.shutdown.send_replace(true);
-        self.save_peer_position()?;
+        // Not a reason to skip syncing the journals below.
+        if let Err(err) = self.save_peer_position() {
+            tracing::warn!(error = %err, "saving the backup's acknowledged position at shutdown");
+        }
         if let Some(pipeline) = lock(&self.pipeline).take() {
             if let Some(last) = self.local.last_lsn() {
                 self.local.sync_to(last)?;
