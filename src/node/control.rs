@@ -3,6 +3,12 @@
 //! Every connection is identified by its client certificate ([`crate::tls::identify_peer`]):
 //! the peer node may replicate, the admin certificate may send admin requests, anything else is
 //! refused and logged with the reason. A bad frame closes only that connection.
+//!
+//! A would-be backup's hello is refused (a `second-installation` incident) when it presents
+//! another incarnation than the one this pair knows for it, or a position behind what it already
+//! acknowledged to this primary as durable ([`Node::save_peer_position`] keeps that across
+//! restarts), or while another session for it is live. An admin connection that sends nothing
+//! for `[limits] admin_idle_timeout` is closed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -8,13 +8,16 @@
 //! - as backup, the follower loop that connects to the primary and keeps up with it;
 //! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
 //! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
-//!   stops receiving, until space returns.
+//!   stops receiving, until space returns;
+//! - as primary, active expiry (`expiry`): expired keys are deleted through the journal.
 //!
 //! ## Invariants
 //! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
 //!   moved to a higher epoch. Only a brand-new pair, whose journals are empty, starts accepting.
 //! - A node that hears of a higher epoch than its own stops taking writes at once (role `fenced`).
 //! - One backup session at a time: a second connection claiming the peer's name is refused.
+//! - A peer that comes back behind what it acknowledged as durable to this primary (a restored
+//!   copy) is refused; the acknowledged position is saved, so a restart of the primary keeps it.
 //! - Shutdown: the ports stop, in-flight commits finish or fail, the appliers drain what is
 //!   durable, journals are synced and the store flushed before the process exits.
 
