@@ -791,6 +791,10 @@ fn a_backup_restored_from_an_old_copy_is_refused_though_its_incarnation_is_right
     let mut a = pair.redis(PRIMARY);
     let write: RedisResult<()> = a.set("on-the-copy's-word", "1");
     assert!(write.is_err(), "the restarted a must not take writes on the restored copy's confirmation");
+    // A plain rejoin of the restored copy is refused up front, saying what it is.
+    let (code, report) = run_json(&pair, &["rejoin", BACKUP]);
+    assert_eq!(code, 1, "rejoin of a restored copy: {report}");
+    assert!(report["outcome"].as_str().is_some_and(|o| o.contains("restored copy")), "{report}");
 
     pair.kill(BACKUP);
     std::fs::remove_dir_all(pair.node_dir(BACKUP)).expect("lose the restored copy");

@@ -424,7 +424,7 @@ impl Node {
 
     /// How far the peer has acknowledged durably while this node was primary of its current
     /// epoch: the larger of what this process heard and what was saved before a restart.
-    fn peer_acknowledged(&self) -> Lsn {
+    pub fn peer_acknowledged(&self) -> Lsn {
         let heard = if self.pipeline().is_some() { self.peer.borrow().durable_lsn } else { 0 };
         let meta = lock(&self.meta);
         let saved = meta.peer.as_ref().filter(|p| p.epoch == meta.epoch).map_or(0, |p| p.durable_lsn);

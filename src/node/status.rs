@@ -52,6 +52,9 @@ pub fn node_status(node: &Node) -> Value {
             "received_lsn": peer.received_lsn,
             "durable_lsn": peer.durable_lsn,
             "applied_lsn": peer.applied_lsn,
+            // What the peer acknowledged as durable to this primary in its epoch, saved across
+            // restarts: a hello from further back is refused (a restored copy).
+            "acknowledged_lsn": node.peer_acknowledged(),
             "last_heartbeat_ms_ago": if peer.last_heard_ms == 0 { Value::Null } else { json!(now.saturating_sub(peer.last_heard_ms)) },
             "heartbeat_gaps": peer.heartbeat_gaps,
         },

@@ -600,7 +600,9 @@ async fn rejoin_run(
 
 /// A node with another incarnation than the primary knows (its data directory was rebuilt with
 /// `hotpair reinit`, or it is another installation) is refused by the primary until the admin
-/// accepts it; `--allow-full-copy` is that acceptance, since such a node starts empty.
+/// accepts it; `--allow-full-copy` is that acceptance, since such a node starts empty. A node
+/// with the known incarnation but behind what it acknowledged (a restored copy) is refused
+/// here, with the way to rebuild it.
 async fn accept_rebuilt_node(
     pair: &PairConfig,
     node: &NodeView,
@@ -610,10 +612,21 @@ async fn accept_rebuilt_node(
     let (Some(theirs), Some(known)) = (node.incarnation(), primary.peer_incarnation()) else {
         return Ok(());
     };
+    let name = &node.name;
     if theirs == known {
+        // Same installation, but behind what it acknowledged: a restored copy, which the primary
+        // refuses; without this check the catch-up phase would wait for it in vain.
+        let acknowledged = primary.peer_acknowledged_lsn();
+        if node.last_lsn() < acknowledged {
+            return Err(Refused(format!(
+                "{name} is at LSN {}, behind LSN {acknowledged} it already acknowledged to {} as durable: a restored copy, which {} refuses; move its directory aside and rebuild it (`hotpair reinit {name}`, then `hotpair rejoin {name} --allow-full-copy`)",
+                node.last_lsn(),
+                primary.name,
+                primary.name
+            )));
+        }
         return Ok(());
     }
-    let name = &node.name;
     if !allow_full_copy {
         return Err(Refused(format!(
             "{name} presents incarnation {theirs}, but {} knows it as {known}: its data directory was rebuilt (`hotpair reinit {name}`) or this is another installation; if it is the rebuilt node, rerun with --allow-full-copy",

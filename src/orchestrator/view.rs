@@ -57,6 +57,12 @@ impl NodeView {
         self.field("incarnation").and_then(Value::as_str)
     }
 
+    /// How far, as primary, this node holds its peer to have acknowledged as durable (0 when
+    /// it is not primary or the peer acknowledged nothing in its epoch).
+    pub fn peer_acknowledged_lsn(&self) -> Lsn {
+        self.field("peer").and_then(|p| p.get("acknowledged_lsn")).and_then(Value::as_u64).unwrap_or(0)
+    }
+
     /// The incarnation this node knows its peer by (`None` until they first met).
     pub fn peer_incarnation(&self) -> Option<&str> {
         self.field("peer_incarnation").and_then(Value::as_str)
