@@ -287,7 +287,6 @@ impl Node {
         Ok(())
     }
 
-    /// Changes the metadata with `change` and saves it (epoch and history only grow).
     /// `replicate start|stop`: saved first, so a stop holds across a restart.
     pub fn set_replicating(&self, on: bool) -> Result<(), Error> {
         if self.meta().replication_stopped == on {
@@ -297,6 +296,7 @@ impl Node {
         Ok(())
     }
 
+    /// Changes the metadata with `change` and saves it (epoch and history only grow).
     fn update_meta(&self, change: impl FnOnce(&mut NodeMeta)) -> Result<NodeMeta, Error> {
         let mut meta = lock(&self.meta);
         let mut next = meta.clone();
@@ -465,11 +465,10 @@ impl Node {
         Ok(meta.save(&self.config.dir)?)
     }
 
-    /// Forgets what the peer acknowledged (it was rebuilt or is being copied afresh, as the admin
-    /// allowed): what it holds from now on is all that counts.
-    /// Lowering the acks only makes waiting commits wait for the peer's new acks.
+    /// Forgets what the peer acknowledged (it is being copied afresh, as the admin allowed):
+    /// what it holds from now on is all that counts.
     pub fn forget_peer_position(&self) -> Result<(), Error> {
-        self.peer.send_modify(|s| (s.received_lsn, s.durable_lsn, s.applied_lsn) = (0, 0, 0));
+        self.forget_peer_acks();
         let mut meta = lock(&self.meta);
         match meta.peer.as_mut() {
             Some(peer) if peer.durable_lsn > 0 => peer.durable_lsn = 0,
@@ -478,10 +477,17 @@ impl Node {
         Ok(meta.save(&self.config.dir)?)
     }
 
+    /// The acks heard from the peer in this process, dropped. Lowering them only makes waiting
+    /// commits wait for the peer's next acks.
+    fn forget_peer_acks(&self) {
+        self.peer.send_modify(|s| (s.received_lsn, s.durable_lsn, s.applied_lsn) = (0, 0, 0));
+    }
+
     /// Takes `incarnation` as the peer's (a rebuilt data directory the admin accepted): the
-    /// next hello with it is welcome, and the second-installation incident is closed.
+    /// next hello with it is welcome, and the second-installation incident is closed. Its saved
+    /// position starts again from nothing.
     pub fn accept_peer(&self, incarnation: uuid::Uuid) -> Result<(), Error> {
-        self.forget_peer_position()?;
+        self.forget_peer_acks();
         let mut meta = lock(&self.meta);
         let epoch = meta.epoch;
         meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
