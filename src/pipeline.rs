@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-use crate::applier::Applier;
+use crate::applier::{Applier, APPLY_PACE};
 use crate::digest::Digest;
 use crate::journal::{Epoch, Journal, JournalError, Lsn, Record, RecordBody};
 use crate::store::{Applied, Store, StoreError};
@@ -68,10 +68,6 @@ struct RecentFrames {
     frames: std::collections::VecDeque<(Lsn, u64, Arc<Vec<u8>>)>,
     bytes: usize,
 }
-
-/// The primary's applier starts a run at most this often (see `applier`, "Pacing"): nothing
-/// waits on the primary's store, whose pending writes readers see through the overlay.
-const APPLY_PACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Bytes of recent frames kept in memory for the live tail.
 pub const RECENT_FRAMES_BYTES: usize = 64 * 1024 * 1024;
@@ -127,6 +123,8 @@ impl Pipeline {
         let applied_overlay = overlay.clone();
         // Once a record is in the store its writes leave the overlay — unless a later record
         // already replaced them there.
+        // Paced (see `applier`, "Pacing"): nothing waits on the primary's store in the write
+        // path, since readers see pending writes through the overlay.
         let applier = Applier::start_paced(journal.clone(), store.clone(), APPLY_PACE, move |record| {
             if let RecordBody::Txn { ops } = &record.body {
                 let mut overlay = lock(&applied_overlay);
@@ -177,6 +175,11 @@ impl Pipeline {
     /// A channel holding the LSN the store has applied.
     pub fn subscribe_applied(&self) -> watch::Receiver<Lsn> {
         self.applier.subscribe()
+    }
+
+    /// The applier's handle, for waiting on it ([`Applier::hurry_to`]).
+    pub fn applier(&self) -> &Applier {
+        &self.applier
     }
 
     /// Refuses (with `reason`) or accepts new writes. Transactions already appended are not

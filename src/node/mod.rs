@@ -47,9 +47,6 @@ use crate::replication::PeerState;
 use crate::store::Store;
 use crate::Error;
 
-/// The backup's applier starts a run at most this often, unless the pair runs at `applied`.
-const BACKUP_APPLY_PACE: Duration = Duration::from_millis(2);
-
 /// Everything one running node shares between its tasks.
 pub struct Node {
     pub pair: PairConfig,
@@ -343,10 +340,14 @@ impl Node {
     }
 
     /// The backup's applier: paced like the primary's (see `applier`, "Pacing") unless the pair
-    /// runs at `applied`, where every commit waits for it. `WAIT` and a switchover's
-    /// wait-applied phase may wait up to one pace longer.
+    /// runs at `applied`, where every commit waits for it. A switchover's wait-applied phase
+    /// hurries it; `WAIT` may wait up to one pace longer.
     fn backup_applier(&self) -> Applier {
-        let pace = if self.pair.sync == crate::config::SyncLevel::Applied { Duration::ZERO } else { BACKUP_APPLY_PACE };
+        let pace = if self.pair.sync == crate::config::SyncLevel::Applied {
+            Duration::ZERO
+        } else {
+            crate::applier::APPLY_PACE
+        };
         Applier::start_paced(self.remote.clone(), self.store.clone(), pace, |_| {})
     }
 

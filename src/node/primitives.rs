@@ -256,6 +256,12 @@ pub async fn wait_applied(node: &Node, lsn: Lsn, timeout: Duration) -> Result<(L
         if let Some(reason) = node.applier().and_then(|a| a.failure()) {
             return Err(format!("{} stopped applying: {reason}", node.name()));
         }
+        // Asked again each round: the applier may have been replaced (a role change) meanwhile.
+        match (node.applier(), node.pipeline()) {
+            (Some(applier), _) => applier.hurry_to(lsn),
+            (None, Some(pipeline)) => pipeline.applier().hurry_to(lsn),
+            (None, None) => {}
+        }
         let watcher = node.applier().map(|a| a.subscribe()).or_else(|| node.pipeline().map(|p| p.subscribe_applied()));
         let wait = async {
             match watcher {
