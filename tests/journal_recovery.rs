@@ -189,7 +189,7 @@ fn torn_last_record_alone_in_its_segment_is_cut_at_every_byte() {
 }
 
 #[test]
-fn zero_filled_tail_is_cut_as_torn() {
+fn zero_filled_tail_is_cut_as_preallocated_space_not_as_damage() {
     let dir = tempfile::tempdir().unwrap();
     write_journal(dir.path(), RECORDS);
     let last = segment_files(dir.path()).pop().unwrap();
@@ -199,7 +199,8 @@ fn zero_filled_tail_is_cut_as_torn() {
     std::fs::write(&last, bytes).unwrap();
 
     let (journal, recovery) = open(dir.path());
-    let (path, offset, cut, _) = recovery.cut.expect("the zero tail is cut");
+    assert_eq!(recovery.cut, None, "zeros past the records are not a torn write");
+    let (path, offset, cut) = recovery.zeroed.expect("the zero tail is cut");
     assert_eq!((path, offset, cut), (last.clone(), len, 4096));
     assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
     assert_eq!(journal.last_lsn(), Some(RECORDS));
@@ -953,10 +954,15 @@ fn gap_without_a_later_epoch_is_refused_at_open() {
 #[test]
 fn the_published_footprint_matches_the_segment_files() {
     let dir = tempfile::tempdir().unwrap();
+    // Up to the end of each segment's records: the active one runs on into preallocated zeros,
+    // which the footprint does not count.
     let on_disk = |dir: &Path| {
         let files = segment_files(dir);
-        let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
-        (files.len() as u64, bytes)
+        let records_end = |f: &PathBuf| {
+            let bytes = std::fs::read(f).unwrap();
+            hotpair::journal::segment::scan(f, &bytes, true, |_| Ok(())).unwrap().valid_len
+        };
+        (files.len() as u64, files.iter().map(records_end).sum::<u64>())
     };
     let check = |journal: &Journal, last: Lsn, what: &str| {
         let footprint = journal.footprint();
@@ -977,4 +983,51 @@ fn the_published_footprint_matches_the_segment_files() {
     drop(journal);
     let (journal, _) = open(dir.path());
     check(&journal, RECORDS / 2, "after reopening");
+}
+
+/// The active segment is zero-filled ahead of its records (so that an fsync writes data, not
+/// the file's size); closed segments, and the active one after a clean close, end with their
+/// last record; a copy taken while the journal is open (what a crash leaves) opens with every
+/// record and its zeros cut, and the journal goes on appending after them.
+#[test]
+fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = JournalOptions { segment_bytes: 4 * 1024 * 1024, archive_dir: None };
+    let (journal, _) = Journal::open(dir.path(), identity(), big.clone()).unwrap();
+    for lsn in 1..=RECORDS {
+        journal.append(&record(lsn)).unwrap();
+    }
+    journal.sync_to(RECORDS).unwrap();
+    let active = segment_files(dir.path()).pop().unwrap();
+    let records_end = journal.footprint().bytes;
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), hotpair::journal::PREALLOCATE_BYTES, "zero-filled ahead");
+
+    // A crash image: the files as they are on disk right now.
+    let crashed = tempfile::tempdir().unwrap();
+    std::fs::copy(&active, crashed.path().join(active.file_name().unwrap())).unwrap();
+
+    journal.reopen_log(1, 1_700_000_000_000).unwrap();
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), records_end, "a closed segment ends with its records");
+    drop(journal);
+    for file in segment_files(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        let scanned = segment::scan(&file, &bytes, false, |_| Ok(())).unwrap();
+        assert_eq!(
+            scanned.valid_len,
+            bytes.len() as u64,
+            "{} ends past its records after a clean close",
+            file.display()
+        );
+    }
+
+    let (journal, recovery) = Journal::open(crashed.path(), identity(), big).unwrap();
+    assert_eq!(recovery.cut, None, "preallocated zeros are not a torn write");
+    let (_, offset, zeros) = recovery.zeroed.expect("the crash image's zeros are cut");
+    assert_eq!((offset, offset + zeros), (records_end, hotpair::journal::PREALLOCATE_BYTES));
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>());
+    for lsn in RECORDS + 1..=RECORDS + 5 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    journal.sync_to(RECORDS + 5).unwrap();
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS + 5).collect::<Vec<_>>());
 }

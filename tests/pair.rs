@@ -592,10 +592,14 @@ fn tear_a_record_being_written(dir: &std::path::Path) {
         .collect();
     segments.sort();
     let last = segments.last().expect("a segment file");
-    let mut file = std::fs::OpenOptions::new().append(true).open(last).expect("open the last segment");
+    // The killed node's segment runs on into preallocated zeros: the record being written when
+    // it died starts where its records end.
+    let bytes = std::fs::read(last).expect("read the last segment");
+    let records_end = hotpair::journal::segment::scan(last, &bytes, true, |_| Ok(())).expect("scan").valid_len;
+    let file = std::fs::OpenOptions::new().write(true).open(last).expect("open the last segment");
     let mut partial = 100u32.to_le_bytes().to_vec();
     partial.extend_from_slice(&[0xA5; 4 + 20]);
-    file.write_all(&partial).expect("append a half-written record");
+    std::os::unix::fs::FileExt::write_all_at(&file, &partial, records_end).expect("write a half-written record");
 }
 
 /// How many segment files `hotpair journal ls PATH --json` lists.

@@ -401,13 +401,15 @@ impl DrillPair {
             .max()
             .ok_or_else(|| DrillError::Step(format!("{} holds no journal segment", dir.display())))?;
         let mut data = std::fs::read(&newest).map_err(io(format!("reading {}", newest.display())))?;
-        let n = (bytes as usize).min(data.len());
-        let len = data.len();
-        for byte in &mut data[len - n..] {
+        // A killed node's segment runs on into preallocated zeros: damage its last *records*.
+        let records_end = crate::journal::segment::scan(&newest, &data, true, |_| Ok(()))
+            .map_or(data.len(), |scanned| scanned.valid_len as usize);
+        let n = (bytes as usize).min(records_end);
+        for byte in &mut data[records_end - n..records_end] {
             *byte = !*byte;
         }
         std::fs::write(&newest, &data).map_err(io(format!("writing {}", newest.display())))?;
-        Ok(format!("inverted the last {n} bytes of {}", newest.display()))
+        Ok(format!("inverted the last {n} bytes of the records in {}", newest.display()))
     }
 
     /// Removes every local journal segment of `node` but the newest (the node must be down):

@@ -36,6 +36,7 @@ pub use reader::{inspect, read_dir_from, JournalEntry, JournalReader, SegmentInf
 pub use record::{Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
 pub use writer::{
     Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, DEFAULT_SEGMENT_BYTES,
+    PREALLOCATE_BYTES,
 };
 
 /// Everything that can go wrong with a journal. `Failed`, `Corrupt`, `Gap` and `Foreign` mean

@@ -7,6 +7,12 @@
 //! of the journal, and that is an error naming the file and the offset — never a silent skip.
 //! A flipped bit in the very last record cannot be told from a torn write and is cut back too;
 //! at sync level `durable` or above the peer's remote journal still holds that record.
+//!
+//! ## Preallocated space
+//! The writer zero-fills the active segment ahead of its records (see `writer`, "Preallocation"),
+//! so the last segment of a journal whose writer did not close it may end in zero bytes. Where a
+//! torn tail would be allowed, a tail that is *entirely* zero is that space, not a torn write:
+//! [`Tail::Zeroed`]. A zero byte anywhere else is judged like any other byte.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +27,9 @@ pub enum Tail {
     Clean,
     /// From `offset` to the end of the file, `bytes` bytes are a torn write.
     Torn { offset: u64, bytes: u64, reason: String },
+    /// From `offset` to the end of the file, `bytes` bytes are all zero: preallocated space the
+    /// writer had not reached yet.
+    Zeroed { offset: u64, bytes: u64 },
 }
 
 /// The result of walking one segment.
@@ -78,6 +87,9 @@ pub fn scan(
             Err(DecodeError::Incomplete) => "record is cut off by the end of the file".to_string(),
             Err(DecodeError::Invalid(reason)) => reason,
         };
+        if allow_torn_tail && bytes[pos..].iter().all(|&b| b == 0) {
+            break Tail::Zeroed { offset: pos as u64, bytes: (bytes.len() - pos) as u64 };
+        }
         if allow_torn_tail && !valid_record_follows(bytes, pos, expected) {
             break Tail::Torn { offset: pos as u64, bytes: (bytes.len() - pos) as u64, reason: failure };
         }

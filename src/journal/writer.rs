@@ -15,6 +15,16 @@
 //! back), or a bound passes. The appender that completes the group wakes it, so the next fsync
 //! carries nearly every active committer instead of half of them.
 //!
+//! ## Preallocation
+//! The active segment is zero-filled ahead of its records, [`PREALLOCATE_BYTES`] at a time, and
+//! records are written into that space at their offset. An `fdatasync` after an append that
+//! grows the file must also write the inode (the new size) — a second write on the disk for
+//! every group commit. Into preallocated space only the data goes: on this VM's disk a
+//! 2 KB write+`fdatasync` took 86–111 µs instead of 109–150 µs. One fsync per chunk pays for the
+//! zeros and the size. A segment is cut back to its records when it is closed (a roll, a clean
+//! shutdown), and at open a zero tail left by a crash is cut too, so only the active segment of
+//! a running journal ever ends in zeros (`segment`, "Preallocated space").
+//!
 //! ## Invariants
 //! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
 //!   flusher after `sync_data` returns, to the last LSN written before the call.
@@ -24,7 +34,7 @@
 //! - A new segment's header is fsynced, and then its directory, before any record goes into it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -46,6 +56,9 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// Longest pause the flusher takes between fsyncs to let active committers join the next one.
 const MAX_GATHER: Duration = Duration::from_millis(1);
+/// How far ahead of its records the active segment is zero-filled (see "Preallocation"). One
+/// fsync in every this many bytes also writes the zeros and the new size.
+pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 
 /// Who owns a journal: every segment header must match, or the journal refuses to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +90,9 @@ pub struct Recovery {
     pub records: u64,
     /// Bytes cut from a torn tail, with where and why.
     pub cut: Option<(PathBuf, u64, u64, String)>,
+    /// Zero bytes cut from the end of the last segment: preallocated space a writer that did not
+    /// close the journal had not reached (not damage; see "Preallocation").
+    pub zeroed: Option<(PathBuf, u64, u64)>,
 }
 
 /// An open journal directory. Cloning shares the same journal.
@@ -144,7 +160,8 @@ struct Published {
 }
 
 /// A journal's size and end as last published: live segments only (archived ones are not
-/// counted), bytes written to their files (records still buffered are not yet counted).
+/// counted), bytes of records written to their files (records still buffered are not yet
+/// counted, nor the active segment's preallocated zeros, at most [`PREALLOCATE_BYTES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct JournalFootprint {
     /// LSN of the last record appended, 0 for an empty journal.
@@ -164,6 +181,8 @@ struct State {
     /// Live segments in LSN order; the last one is the active segment, if any.
     segments: Vec<SegmentInfo>,
     active: Option<Arc<File>>,
+    /// Length of the active segment's file: its records, then zeros up to here.
+    allocated: u64,
     /// Appended records not yet written to the active segment.
     buffer: Vec<u8>,
     /// LSN of the last record appended (buffered or written); `None` for an empty journal.
@@ -216,14 +235,11 @@ impl Journal {
         let next_lsn = segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
         let last_lsn = last_of(&segments, next_lsn);
         let active = match segments.last() {
-            Some(seg) => Some(Arc::new(
-                OpenOptions::new()
-                    .append(true)
-                    .open(&seg.path)
-                    .map_err(|source| JournalError::Io { path: seg.path.clone(), source })?,
-            )),
+            Some(seg) => Some(Arc::new(open_for_writing(&seg.path)?)),
             None => None,
         };
+        // `recover` cut any zero tail: the file ends with its last record.
+        let allocated = segments.last().map_or(0, |seg| seg.bytes);
         // Bytes a killed process left in the page cache are in the file but not yet on disk:
         // make them durable before calling them durable.
         if let (Some(file), Some(seg)) = (&active, segments.last()) {
@@ -238,6 +254,7 @@ impl Journal {
             state: Mutex::new(State {
                 segments,
                 active,
+                allocated,
                 buffer: Vec::new(),
                 last_lsn,
                 next_lsn,
@@ -469,12 +486,8 @@ impl Journal {
             // `lsn` may lie in an epoch gap past this segment's end: keep what the segment holds.
             last.last_lsn = seg.last_lsn.map(|held| held.min(lsn)).filter(|&held| held >= seg.first_lsn);
             last.bytes = cut_at;
-            state.active = Some(Arc::new(
-                OpenOptions::new()
-                    .append(true)
-                    .open(&seg.path)
-                    .map_err(|source| JournalError::Io { path: seg.path.clone(), source })?,
-            ));
+            state.active = Some(Arc::new(open_for_writing(&seg.path)?));
+            state.allocated = cut_at;
             break;
         }
         sync_dir(&self.inner.dir)?;
@@ -630,7 +643,18 @@ impl Inner {
         let (Some(file), Some(seg)) = (state.active.clone(), state.segments.last().cloned()) else {
             return Err(self.fail(state, "records buffered without an active segment".into()));
         };
-        if let Err(err) = (&*file).write_all(&state.buffer) {
+        let end = seg.bytes + state.buffer.len() as u64;
+        if end > state.allocated {
+            // The chunk after the records, but a small segment (tests) is not filled past its size.
+            let target = end.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
+            let target = target.min(self.options.segment_bytes.max(end));
+            if let Err(err) = file.write_all_at(&vec![0; (target - state.allocated) as usize], state.allocated) {
+                let reason = format!("preallocating {} failed: {err}", seg.path.display());
+                return Err(self.fail(state, reason));
+            }
+            state.allocated = target;
+        }
+        if let Err(err) = file.write_all_at(&state.buffer, seg.bytes) {
             // A partial write leaves a torn record in the file; only a reopen may cut it back.
             let reason = format!("write to {} failed: {err}", seg.path.display());
             return Err(self.fail(state, reason));
@@ -662,8 +686,10 @@ impl Inner {
         self.write_buffer(state)?;
         if let Some(file) = state.active.take() {
             let path = state.segments.last().map(|s| s.path.clone()).unwrap_or_default();
-            if let Err(err) = file.sync_data() {
-                return Err(self.fail(state, format!("fsync of {} failed: {err}", path.display())));
+            // A closed segment ends with its last record: cut the preallocated zeros, durably.
+            let len = state.segments.last().map_or(0, |s| s.bytes);
+            if let Err(err) = file.set_len(len).and_then(|()| file.sync_all()) {
+                return Err(self.fail(state, format!("closing {} failed: {err}", path.display())));
             }
             let (written, mut covered) = (state.written_lsn, Vec::new());
             self.publish_durable(state, written, &mut covered);
@@ -681,10 +707,10 @@ impl Inner {
         };
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|source| JournalError::Io { path: path.clone(), source })?;
-        io(&path, (&file).write_all(&header.encode()))?;
+        io(&path, file.write_all_at(&header.encode(), 0))?;
         io(&path, file.sync_all())?;
         sync_dir(&self.dir)?;
         state.segments.push(SegmentInfo {
@@ -696,9 +722,27 @@ impl Inner {
             archived: false,
         });
         state.active = Some(Arc::new(file));
+        state.allocated = SEGMENT_HEADER_LEN as u64;
         state.next_lsn = Some(first_lsn);
         self.publish(state);
         Ok(path)
+    }
+
+    /// At a clean close: cuts the active segment's zeros, so that the file ends with its last
+    /// record (as every closed segment does). Failing to is harmless — the next open cuts them —
+    /// so it is only logged.
+    fn cut_preallocation(&self, state: &mut State) {
+        let (Some(file), Some(seg)) = (&state.active, state.segments.last()) else {
+            return;
+        };
+        if state.allocated > seg.bytes {
+            match file.set_len(seg.bytes).and_then(|()| file.sync_all()) {
+                Ok(()) => state.allocated = seg.bytes,
+                Err(err) => {
+                    tracing::warn!(path = %seg.path.display(), %err, "could not cut the preallocated end of the segment")
+                }
+            }
+        }
     }
 
     /// Moves the durable LSN up to `lsn` (never down) and takes the waiters it now covers out
@@ -737,6 +781,9 @@ impl Inner {
             let pending = state.last_lsn.unwrap_or(0) > state.durable_lsn;
             if !pending || state.failed.is_some() {
                 if state.shutdown {
+                    if state.failed.is_none() {
+                        self.cut_preallocation(&mut state);
+                    }
                     recheck_all(&mut state);
                     return;
                 }
@@ -864,6 +911,17 @@ fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, 
             io(path, file.sync_all())?;
             recovery.cut = Some((path.clone(), *offset, *torn, reason.clone()));
         }
+        if let Tail::Zeroed { offset, bytes: zeros } = &scanned.tail {
+            // Space the writer preallocated and had not reached: nothing was lost.
+            tracing::info!(path = %path.display(), offset, bytes = zeros, "cutting the preallocated end of the last segment");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| JournalError::Io { path: path.clone(), source })?;
+            io(path, file.set_len(*offset))?;
+            io(path, file.sync_all())?;
+            recovery.zeroed = Some((path.clone(), *offset, *zeros));
+        }
         recovery.records += scanned.record_count;
         segments.push(SegmentInfo {
             path: path.clone(),
@@ -907,13 +965,20 @@ fn hex(bytes: &[u8]) -> String {
 fn offset_after(path: &Path, lsn: Lsn) -> Result<u64, JournalError> {
     let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
     let mut end = SEGMENT_HEADER_LEN as u64;
-    segment::scan(path, &bytes, false, |frame| {
+    // The segment may be the active one, which ends in preallocated zeros.
+    segment::scan(path, &bytes, true, |frame| {
         if frame.lsn <= lsn {
             end = frame.offset + frame.bytes.len() as u64;
         }
         Ok(())
     })?;
     Ok(end)
+}
+
+/// Opens a segment to write records at their offsets (not `O_APPEND`: the file runs on past the
+/// records into preallocated zeros).
+fn open_for_writing(path: &Path) -> Result<File, JournalError> {
+    OpenOptions::new().write(true).open(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })
 }
 
 fn io<T>(path: &Path, result: std::io::Result<T>) -> Result<T, JournalError> {
