@@ -172,7 +172,7 @@ pub const CRASH_TEST_SEGMENT_BYTES: u64 = 256 * 1024;
 /// It only returns on an error, which stops every committer (a child that keeps running with a
 /// failed journal, or exits 0, would hide the failure from the parent).
 pub fn append_loop(dir: &Path, committers: u64) -> Result<(), Error> {
-    let options = JournalOptions { segment_bytes: CRASH_TEST_SEGMENT_BYTES, archive_dir: None };
+    let options = JournalOptions { segment_bytes: CRASH_TEST_SEGMENT_BYTES, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir, crash_test_identity(), options)?;
     let writer = Mutex::new(journal.next_lsn().unwrap_or(1));
     let stdout = Mutex::new(std::io::stdout());

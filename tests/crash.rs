@@ -217,7 +217,7 @@ fn sigkilled_appender_keeps_every_durable_promise() {
     let _ = writeln!(std::io::stderr(), "crash test seed {seed} (rerun with HOTPAIR_CRASH_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions { segment_bytes: CRASH_TEST_SEGMENT_BYTES, archive_dir: None };
+    let options = JournalOptions { segment_bytes: CRASH_TEST_SEGMENT_BYTES, ..JournalOptions::default() };
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut previous_last: Lsn = 0;

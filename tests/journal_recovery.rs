@@ -27,7 +27,7 @@ fn identity() -> JournalIdentity {
 }
 
 fn options() -> JournalOptions {
-    JournalOptions { segment_bytes: SEGMENT_BYTES, archive_dir: None }
+    JournalOptions { segment_bytes: SEGMENT_BYTES, ..JournalOptions::default() }
 }
 
 /// A deterministic record of every kind, of varying size.
@@ -530,7 +530,11 @@ fn trim_below_with_an_archive_keeps_every_record_readable() {
     let dir = tempfile::tempdir().unwrap();
     let archive = tempfile::tempdir().unwrap();
     let archive_dir = archive.path().join("tape");
-    let options = JournalOptions { segment_bytes: SEGMENT_BYTES, archive_dir: Some(archive_dir.clone()) };
+    let options = JournalOptions {
+        segment_bytes: SEGMENT_BYTES,
+        archive_dir: Some(archive_dir.clone()),
+        ..JournalOptions::default()
+    };
     let (journal, _) = Journal::open(dir.path(), identity(), options.clone()).unwrap();
     for lsn in 1..=RECORDS {
         journal.append(&record(lsn)).unwrap();
@@ -992,7 +996,7 @@ fn the_published_footprint_matches_the_segment_files() {
 #[test]
 fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records() {
     let dir = tempfile::tempdir().unwrap();
-    let big = JournalOptions { segment_bytes: 4 * 1024 * 1024, archive_dir: None };
+    let big = JournalOptions { segment_bytes: 4 * 1024 * 1024, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir.path(), identity(), big.clone()).unwrap();
     for lsn in 1..=RECORDS {
         journal.append(&record(lsn)).unwrap();
@@ -1030,4 +1034,26 @@ fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records
     }
     journal.sync_to(RECORDS + 5).unwrap();
     assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS + 5).collect::<Vec<_>>());
+}
+
+/// A paced journal (the backup's remote journal below `durable`) fsyncs at most once per pace,
+/// however the appends trickle in, and every record still becomes durable.
+#[test]
+fn a_paced_journal_fsyncs_at_most_once_per_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let pace = Duration::from_millis(50);
+    let paced = JournalOptions { sync_pace: pace, ..options() };
+    let (journal, _) = Journal::open(dir.path(), identity(), paced).unwrap();
+    let started = std::time::Instant::now();
+    let before = journal.stats().fsyncs;
+    // Appends spread over ~0.4 s: unpaced, nearly every one would get its own fsync.
+    for lsn in 1..=RECORDS {
+        journal.append(&record(lsn)).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    journal.sync_to(RECORDS).unwrap();
+    let fsyncs = journal.stats().fsyncs - before;
+    let most = started.elapsed().as_millis() / pace.as_millis() + 1;
+    assert!(fsyncs as u128 <= most, "{fsyncs} fsyncs in {:?}, at most {most} expected", started.elapsed());
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>());
 }

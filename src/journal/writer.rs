@@ -25,6 +25,11 @@
 //! shutdown), and at open a zero tail left by a crash is cut too, so only the active segment of
 //! a running journal ever ends in zeros (`segment`, "Preallocated space").
 //!
+//! ## Paced fsyncs
+//! With [`JournalOptions::sync_pace`] set, the flusher starts an fsync at most that often: one
+//! fsync then covers everything that arrived meanwhile. A waiter waits up to one pace longer. A
+//! shutdown is not paced.
+//!
 //! ## Invariants
 //! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
 //!   flusher after `sync_data` returns, to the last LSN written before the call.
@@ -75,11 +80,15 @@ pub struct JournalOptions {
     pub segment_bytes: u64,
     /// Where `trim_below` moves closed segments; `None` deletes them.
     pub archive_dir: Option<PathBuf>,
+    /// The flusher starts an fsync at most this often (zero: as soon as anything is appended).
+    /// Only for a journal whose durability no commit waits for: the backup's remote journal below
+    /// sync level `durable` (see "Paced fsyncs").
+    pub sync_pace: Duration,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { segment_bytes: DEFAULT_SEGMENT_BYTES, archive_dir: None }
+        JournalOptions { segment_bytes: DEFAULT_SEGMENT_BYTES, archive_dir: None, sync_pace: Duration::ZERO }
     }
 }
 
@@ -776,6 +785,8 @@ impl Inner {
     /// one fsync.
     fn flush_loop(&self) {
         let mut covered_waiters: Vec<Arc<Waiter>> = Vec::new();
+        let pace = self.options.sync_pace;
+        let mut last_sync = Instant::now();
         let mut state = self.lock();
         loop {
             let pending = state.last_lsn.unwrap_or(0) > state.durable_lsn;
@@ -792,6 +803,14 @@ impl Inner {
                 continue;
             }
             state.flusher_wants = None;
+            if let Some(left) = (last_sync + pace).checked_duration_since(Instant::now()) {
+                if !left.is_zero() && !state.shutdown {
+                    // Pacing, not synchronisation: appends do not wake it; a shutdown does.
+                    state = self.work.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+                    continue;
+                }
+            }
+            last_sync = Instant::now();
             if self.write_buffer(&mut state).is_err() {
                 continue;
             }
@@ -819,7 +838,8 @@ impl Inner {
                 }
             }
             self.durable.notify_all();
-            let gather = covered > 1 && state.failed.is_none() && !state.shutdown;
+            // A paced journal gathers by its pace.
+            let gather = covered > 1 && pace.is_zero() && state.failed.is_none() && !state.shutdown;
             // The released committers' next records, on top of what was appended meanwhile.
             let wants = state.last_lsn.unwrap_or(0) + covered;
             drop(state);
