@@ -658,8 +658,10 @@ impl Inner {
             let target = end.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
             let target = target.min(self.options.segment_bytes.max(end));
             if let Err(err) = file.write_all_at(&vec![0; (target - state.allocated) as usize], state.allocated) {
-                let reason = format!("preallocating {} failed: {err}", seg.path.display());
-                return Err(self.fail(state, reason));
+                // Only a speed-up: without it the records grow the file, as they did before, and
+                // the next chunk is tried once they reach it. A full disk fails the records' own
+                // write next, and that fails the journal.
+                tracing::warn!(path = %seg.path.display(), %err, "could not preallocate journal space");
             }
             state.allocated = target;
         }
