@@ -46,6 +46,19 @@ impl Tmpfs {
         Ok(Tmpfs { point })
     }
 
+    /// The tmpfs, or `None` after saying `SKIPPED` loudly (on stdout and stderr) when this
+    /// process may not mount one.
+    fn mount_or_skip(size: &str) -> Option<Tmpfs> {
+        match Tmpfs::mount(size) {
+            Ok(tmpfs) => Some(tmpfs),
+            Err(reason) => {
+                eprintln!("SKIPPED: cannot mount tmpfs: {reason}");
+                println!("SKIPPED: cannot mount tmpfs: {reason}");
+                None
+            }
+        }
+    }
+
     fn path(&self) -> &Path {
         self.point.path()
     }
@@ -101,13 +114,8 @@ fn set(connection: &mut redis::Connection, key: &str, value: &str) -> redis::Red
 
 #[test]
 fn low_disk_refuses_writes_stops_the_backup_and_both_resume_when_space_returns() {
-    let tmpfs = match Tmpfs::mount(TMPFS_SIZE) {
-        Ok(tmpfs) => tmpfs,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot mount tmpfs: {reason}");
-            println!("SKIPPED: cannot mount tmpfs: {reason}");
-            return;
-        }
+    let Some(tmpfs) = Tmpfs::mount_or_skip(TMPFS_SIZE) else {
+        return;
     };
     let options = Options {
         heartbeat: Some("100ms"),
@@ -216,13 +224,8 @@ fn a_backup_store_that_cannot_be_written_raises_apply_error_and_the_primary_goes
     // The backup's store alone on a 4 MiB tmpfs (its journal and data directory stay on the
     // big disk, so the disk guard does not step in): applying fails for real in sled, the
     // applier stops, and `apply-error` reaches the notification command and status.
-    let tmpfs = match Tmpfs::mount("4m") {
-        Ok(tmpfs) => tmpfs,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot mount tmpfs: {reason}");
-            println!("SKIPPED: cannot mount tmpfs: {reason}");
-            return;
-        }
+    let Some(tmpfs) = Tmpfs::mount_or_skip("4m") else {
+        return;
     };
     let options = Options { notify_command: Some(NOTIFY), ..Options::default() };
     let mut pair = Pair::start_with(SyncLevel::Async, options);
@@ -273,13 +276,8 @@ fn a_backup_store_that_cannot_be_written_raises_apply_error_and_the_primary_goes
 fn a_journal_that_cannot_preallocate_still_takes_every_record() {
     // The journal zero-fills 1 MiB ahead of its records; on a 512 KiB file system that fails
     // part-way. Preallocation is only a speed-up: the records still go in, durably.
-    let tmpfs = match Tmpfs::mount("512k") {
-        Ok(tmpfs) => tmpfs,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot mount tmpfs: {reason}");
-            println!("SKIPPED: cannot mount tmpfs: {reason}");
-            return;
-        }
+    let Some(tmpfs) = Tmpfs::mount_or_skip("512k") else {
+        return;
     };
     use hotpair::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Op, Record, RecordBody};
     let identity = JournalIdentity { cluster: [3; 16], node: "a".into(), kind: JournalKind::Local };

@@ -485,12 +485,7 @@ impl Journal {
                 continue;
             }
             let cut_at = offset_after(&seg.path, lsn)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&seg.path)
-                .map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
-            io(&seg.path, file.set_len(cut_at))?;
-            io(&seg.path, file.sync_all())?;
+            cut_file(&seg.path, cut_at)?;
             let last = state.segments.last_mut().expect("loop holds a segment");
             // `lsn` may lie in an epoch gap past this segment's end: keep what the segment holds.
             last.last_lsn = seg.last_lsn.map(|held| held.min(lsn)).filter(|&held| held >= seg.first_lsn);
@@ -925,23 +920,13 @@ fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, 
         }
         if let Tail::Torn { offset, bytes: torn, reason } = &scanned.tail {
             tracing::warn!(path = %path.display(), offset, bytes = torn, %reason, "cutting a torn tail back to the last whole record");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|source| JournalError::Io { path: path.clone(), source })?;
-            io(path, file.set_len(*offset))?;
-            io(path, file.sync_all())?;
+            cut_file(path, *offset)?;
             recovery.cut = Some((path.clone(), *offset, *torn, reason.clone()));
         }
         if let Tail::Zeroed { offset, bytes: zeros } = &scanned.tail {
             // Space the writer preallocated and had not reached: nothing was lost.
             tracing::info!(path = %path.display(), offset, bytes = zeros, "cutting the preallocated end of the last segment");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|source| JournalError::Io { path: path.clone(), source })?;
-            io(path, file.set_len(*offset))?;
-            io(path, file.sync_all())?;
+            cut_file(path, *offset)?;
             recovery.zeroed = Some((path.clone(), *offset, *zeros));
         }
         recovery.records += scanned.record_count;
@@ -1001,6 +986,13 @@ fn offset_after(path: &Path, lsn: Lsn) -> Result<u64, JournalError> {
 /// records into preallocated zeros).
 fn open_for_writing(path: &Path) -> Result<File, JournalError> {
     OpenOptions::new().write(true).open(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })
+}
+
+/// Cuts the file at `path` to `len` bytes, durably.
+fn cut_file(path: &Path, len: u64) -> Result<(), JournalError> {
+    let file = open_for_writing(path)?;
+    io(path, file.set_len(len))?;
+    io(path, file.sync_all())
 }
 
 fn io<T>(path: &Path, result: std::io::Result<T>) -> Result<T, JournalError> {
