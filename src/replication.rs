@@ -330,6 +330,11 @@ pub struct FollowContext {
     /// The primary as this backup sees it: link state, its last LSN, and our own progress.
     pub primary: watch::Sender<PeerState>,
     pub heartbeat: Duration,
+    /// Commits wait for `received` (the pair's sync level): ack every batch as it arrives.
+    /// Otherwise a receipt alone waits for the next durable or applied ack, or the next
+    /// heartbeat tick: at `durable` an ack per receipt woke every waiting committer on the
+    /// primary for nothing, half the acks of every batch.
+    pub ack_every_receipt: bool,
 }
 
 /// Receives records after a successful handshake until the connection ends or `stop` is true.
@@ -359,6 +364,8 @@ where
     let mut received = ctx.remote.last_lsn().unwrap_or(0).max(ctx.store.position().applied_lsn);
     let mut seq = 0u64;
     let mut sent: Option<(Lsn, Lsn, Lsn)> = None;
+    // Set at every heartbeat tick: then a receipt alone is worth an ack too.
+    let mut report_receipt = true;
     let mut unapplied = UnappliedTimes::default();
     let result = loop {
         let applied_lsn = *applied.borrow_and_update();
@@ -368,7 +375,13 @@ where
         }
         // Applied records are durable (only durable ones are applied; a copy is flushed).
         let progress = (received, (*durable.borrow_and_update()).max(applied_lsn), applied_lsn);
-        if sent != Some(progress) {
+        let worth_an_ack = match sent {
+            None => true,
+            Some((r, d, a)) => {
+                d != progress.1 || a != progress.2 || (r != progress.0 && (ctx.ack_every_receipt || report_receipt))
+            }
+        };
+        if worth_an_ack {
             let digest = ctx.store.position().digest;
             let ack =
                 Message::Ack { received_lsn: progress.0, durable_lsn: progress.1, applied_lsn: progress.2, digest };
@@ -380,6 +393,7 @@ where
                     (progress.0, progress.1, progress.2, digest)
             });
             sent = Some(progress);
+            report_receipt = false;
         }
         if let Some(reason) = ctx.applier.failure() {
             break Err(ReplicationError::Applier(reason));
@@ -416,6 +430,7 @@ where
             _ = durable.changed() => {}
             _ = applied.changed() => {}
             _ = ticker.tick() => {
+                report_receipt = true;
                 seq += 1;
                 let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received };
                 if let Err(err) = send(&mut writer, ctx, heartbeat, &heard, limit).await {

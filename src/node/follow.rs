@@ -225,6 +225,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 applier,
                 primary: node.peer.clone(),
                 heartbeat: node.pair.heartbeat,
+                ack_every_receipt: node.pair.sync == crate::config::SyncLevel::Received,
             };
             let stop = stop_when_not_following(node);
             node.following.send_replace(true);
