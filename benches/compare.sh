@@ -193,6 +193,13 @@ hp_check() {
     if [[ "$da" != "$db" ]]; then verdict="$verdict; digests DIFFER"; fi
     fb=$(cat "$(dirname "$HP_PAIR")"/a.log "$(dirname "$HP_PAIR")"/b.log 2>/dev/null | grep -cE 'ERROR|WARN' || true)
     CHECKS+=("$label: a.lsn=$a b.lsn=$b digest a=$da b=$db -> $verdict; [failure a,b, incidents a,b, degraded a,b]=$fa; WARN/ERROR log lines: $fb")
+    # The lines themselves (the first 5 per node): the directory is removed at the end.
+    local node line
+    for node in a b; do
+        while IFS= read -r line; do CHECKS+=("    $node: $line"); done < <(
+            grep -E 'ERROR|WARN' "$(dirname "$HP_PAIR")/$node.log" 2>/dev/null | head -5 | cut -c1-300
+        )
+    done
 }
 
 # percentile P FILE (nearest rank over numbers, one per line)
