@@ -223,8 +223,14 @@ impl Node {
     }
 
     /// Applies every journal record the store does not have yet (after a crash the store may be
-    /// behind: it is not flushed per record).
+    /// behind: it is not flushed per record). The store holds only durable records, and the
+    /// remote journal's fsyncs may be paced: both journals are made durable first.
     fn replay(&self) -> Result<u64, Error> {
+        for journal in [&self.local, &self.remote] {
+            if let Some(last) = journal.last_lsn() {
+                journal.sync_to(last)?;
+            }
+        }
         let mut total = 0;
         loop {
             let next = self.store.position().applied_lsn + 1;

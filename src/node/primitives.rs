@@ -200,11 +200,6 @@ async fn promote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, expect_lsn: Option
 /// The backup's half of a promotion; returns the new epoch's first LSN.
 fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Lsn, String> {
     node.stop_applier().map_err(|e| e.to_string())?;
-    // The store holds only durable records, and below `durable` the remote journal's fsyncs are
-    // paced: make everything received durable before replaying it into the store.
-    if let Some(received) = node.remote.last_lsn() {
-        node.remote.sync_to(received).map_err(|e| format!("cannot make the received records durable: {e}"))?;
-    }
     node.replay().map_err(|e| e.to_string())?;
     let last = node.last_lsn();
     let applied = node.store.position().applied_lsn;
