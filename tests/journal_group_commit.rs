@@ -2,7 +2,8 @@
 //! durable LSN as the async waiters see it, the lone committer, and shutdown with waiters.
 //!
 //! Nothing here synchronises with sleeps: threads meet at barriers and channels, and a watchdog
-//! turns a hang into a failure instead of a stuck test run.
+//! turns a hang into a failure instead of a stuck test run. (One test has committers pause
+//! between commits: that is the workload, a client's round trip, not synchronisation.)
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -63,6 +64,12 @@ fn within_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send +
 /// pipeline does), then waiting in `sync_to`; `per_committer` records each. Checks that every
 /// `sync_to` returns only once the durable LSN covers it. Returns the last LSN.
 fn commit_concurrently(journal: &Journal, committers: usize, per_committer: usize) -> Lsn {
+    commit_with_think_time(journal, committers, per_committer, Duration::ZERO)
+}
+
+/// [`commit_concurrently`], each committer pausing `think` after each commit before the next one:
+/// a client's round trip between its reply and its next request.
+fn commit_with_think_time(journal: &Journal, committers: usize, per_committer: usize, think: Duration) -> Lsn {
     let next = Mutex::new(journal.next_lsn().unwrap_or(1));
     thread::scope(|scope| {
         for _ in 0..committers {
@@ -77,6 +84,7 @@ fn commit_concurrently(journal: &Journal, committers: usize, per_committer: usiz
                     journal.sync_to(lsn).unwrap();
                     let durable = journal.durable_lsn();
                     assert!(durable >= lsn, "sync_to({lsn}) returned with the durable LSN at {durable}");
+                    thread::sleep(think);
                 }
             });
         }
@@ -141,6 +149,27 @@ fn many_committers_are_durable_in_order_and_share_fsyncs() {
         assert!(changes >= 1);
         // Group commit at work: one fsync per record would mean no committer ever shared one.
         assert!(fsyncs >= 1 && fsyncs < total, "{fsyncs} fsyncs for {total} records");
+        drop(journal);
+        assert_holds_exactly(dir.path(), total);
+    });
+}
+
+#[test]
+fn committers_that_come_back_after_a_pause_still_share_each_fsync() {
+    within_watchdog("committers with think time", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        // A 5 ms fsync, and committers that take 2 ms to come back after each commit (a busy
+        // client's round trip): longer than half an fsync's pause (capped at 1 ms), within four.
+        // The flusher must wait for them, or every other fsync carries a straggler alone.
+        journal.simulate_fsync_delay(Duration::from_millis(5));
+        let (committers, rounds) = (8, 25);
+        let before = journal.stats().fsyncs;
+        let total = commit_with_think_time(&journal, committers, rounds, Duration::from_millis(2));
+        let fsyncs = journal.stats().fsyncs - before;
+        let per_fsync = total as f64 / fsyncs as f64;
+        // Whole groups would be 8; split ones average 4 (a straggler, then the rest).
+        assert!(per_fsync >= 6.0, "{per_fsync:.1} records per fsync ({fsyncs} fsyncs for {total} records)");
         drop(journal);
         assert_holds_exactly(dir.path(), total);
     });

@@ -59,8 +59,11 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Buffered bytes past which an append writes the buffer out itself rather than leave it to the
 /// flusher, so that memory stays bounded under a burst.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
-/// Longest pause the flusher takes between fsyncs to let active committers join the next one.
-const MAX_GATHER: Duration = Duration::from_millis(1);
+/// The flusher's pause between fsyncs, to let the committers it released join the next one, lasts
+/// at most this many times the fsync that released them…
+const GATHER_FSYNCS: u32 = 4;
+/// … and never longer than this.
+const MAX_GATHER: Duration = Duration::from_millis(4);
 /// How far ahead of its records the active segment is zero-filled (see "Preallocation"). One
 /// fsync in every this many bytes also writes the zeros and the new size.
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
@@ -774,12 +777,15 @@ impl Inner {
     ///
     /// After an fsync that covered more than one record (so several committers are active) the
     /// flusher waits, *without the lock*, until as many records have been appended since as that
-    /// fsync covered — the committers it just released, coming back — or until half that fsync's
-    /// duration (at most [`MAX_GATHER`]) has passed. The append that completes the group wakes it
-    /// at once. Without the pause the released committers miss the next fsync and the committers
-    /// split into two alternating halves, each fsync carrying only half of them (measured: N/2
-    /// records per fsync at N committers). A lone committer never pauses, so its latency stays
-    /// one fsync.
+    /// fsync covered — the committers it just released, coming back — or until [`GATHER_FSYNCS`]
+    /// times that fsync's duration (at most [`MAX_GATHER`]) has passed. The append that completes
+    /// the group wakes it at once, so the bound only matters when some do not come back. Without
+    /// the pause the released committers miss the next fsync and the committers split into two
+    /// alternating halves, each fsync carrying only half of them (measured: N/2 records per fsync
+    /// at N committers). A bound of half an fsync was too short once the CPU is busy: a released
+    /// committer's round trip through its client then takes longer than that, and a node at 50
+    /// clients fsynced every 11–13 records instead of every 30 (docs/benchmarks.md, run 11). A
+    /// lone committer never pauses, so its latency stays one fsync.
     fn flush_loop(&self) {
         let mut covered_waiters: Vec<Arc<Waiter>> = Vec::new();
         let pace = self.options.sync_pace;
@@ -843,7 +849,7 @@ impl Inner {
             wake_durable(&mut covered_waiters);
             state = self.lock();
             if gather {
-                let deadline = Instant::now() + (took / 2).min(MAX_GATHER);
+                let deadline = Instant::now() + (took * GATHER_FSYNCS).min(MAX_GATHER);
                 while state.last_lsn.unwrap_or(0) < wants && state.failed.is_none() && !state.shutdown {
                     let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                         break;
