@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use hotpair::journal::{
-    inspect, read_dir_from, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
+    inspect, read_dir_from, Gather, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
 };
 use hotpair::Digest;
 
@@ -157,21 +157,21 @@ fn many_committers_are_durable_in_order_and_share_fsyncs() {
 #[test]
 fn committers_that_come_back_after_a_pause_still_share_each_fsync() {
     within_watchdog("committers with think time", || {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = open(dir.path());
         // A 5 ms fsync, and committers that take 2 ms to come back after each commit (a busy
-        // client's round trip): longer than half an fsync's pause (capped at 1 ms), within four.
-        // The flusher must wait for them, or every other fsync carries a straggler alone.
-        journal.simulate_fsync_delay(Duration::from_millis(5));
-        let (committers, rounds) = (8, 25);
-        let before = journal.stats().fsyncs;
-        let total = commit_with_think_time(&journal, committers, rounds, Duration::from_millis(2));
-        let fsyncs = journal.stats().fsyncs - before;
-        let per_fsync = total as f64 / fsyncs as f64;
-        // Whole groups would be 8; split ones average 4 (a straggler, then the rest).
-        assert!(per_fsync >= 6.0, "{per_fsync:.1} records per fsync ({fsyncs} fsyncs for {total} records)");
-        drop(journal);
-        assert_holds_exactly(dir.path(), total);
+        // client's round trip): within the default gather's bound (four fsyncs, at most 4 ms),
+        // beyond the short one's (half an fsync, at most 1 ms). Whole groups are 8 records; a
+        // flusher that does not wait for them splits them, a straggler and then the rest (4).
+        for (gather, whole) in [(Gather::Long, true), (Gather::Short, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = JournalOptions { gather, ..JournalOptions::default() };
+            let journal = Journal::open(dir.path(), identity(), options).unwrap().0;
+            journal.simulate_fsync_delay(Duration::from_millis(5));
+            let total = commit_with_think_time(&journal, 8, 25, Duration::from_millis(2));
+            let per_fsync = total as f64 / journal.stats().fsyncs as f64;
+            assert_eq!(per_fsync >= 6.0, whole, "{gather:?}: {per_fsync:.1} records per fsync");
+            drop(journal);
+            assert_holds_exactly(dir.path(), total);
+        }
     });
 }
 

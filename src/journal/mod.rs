@@ -35,7 +35,7 @@ pub use format::{JournalKind, SegmentHeader, MAX_RECORD_BODY};
 pub use reader::{inspect, read_dir_from, JournalEntry, JournalReader, SegmentInfo, SegmentReport};
 pub use record::{Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
 pub use writer::{
-    Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, DEFAULT_SEGMENT_BYTES,
+    Gather, Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, DEFAULT_SEGMENT_BYTES,
     PREALLOCATE_BYTES,
 };
 

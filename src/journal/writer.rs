@@ -59,11 +59,6 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Buffered bytes past which an append writes the buffer out itself rather than leave it to the
 /// flusher, so that memory stays bounded under a burst.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
-/// The flusher's pause between fsyncs, to let the committers it released join the next one, lasts
-/// at most this many times the fsync that released them…
-const GATHER_FSYNCS: u32 = 4;
-/// … and never longer than this.
-const MAX_GATHER: Duration = Duration::from_millis(4);
 /// How far ahead of its records the active segment is zero-filled (see "Preallocation"). One
 /// fsync in every this many bytes also writes the zeros and the new size.
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
@@ -87,11 +82,42 @@ pub struct JournalOptions {
     /// Only for a journal whose durability no commit waits for: the backup's remote journal below
     /// sync level `durable` (see "Paced fsyncs").
     pub sync_pace: Duration,
+    /// How long the flusher may wait after an fsync for the committers it released to come back.
+    pub gather: Gather,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { segment_bytes: DEFAULT_SEGMENT_BYTES, archive_dir: None, sync_pace: Duration::ZERO }
+        JournalOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            archive_dir: None,
+            sync_pace: Duration::ZERO,
+            gather: Gather::Long,
+        }
+    }
+}
+
+/// The flusher's pause after an fsync that covered several records, for the committers it just
+/// released to come back and join the next one (see [`Inner::flush_loop`]). The pause ends as soon
+/// as they have; the bound only matters when some do not come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    /// Up to four times the fsync, at most 4 ms: for committers that come back as soon as their
+    /// client has its reply (the journal's fsync is the last thing they wait for).
+    Long,
+    /// Up to half the fsync, at most 1 ms: for committers that wait for more after this fsync,
+    /// and so come back late whatever the flusher does — the primary's local journal at sync
+    /// level `durable` or `applied`, whose committers then wait for the backup's fsync.
+    Short,
+}
+
+impl Gather {
+    /// The longest pause after an fsync that took `fsync`.
+    fn bound(self, fsync: Duration) -> Duration {
+        match self {
+            Gather::Long => (fsync * 4).min(Duration::from_millis(4)),
+            Gather::Short => (fsync / 2).min(Duration::from_millis(1)),
+        }
     }
 }
 
@@ -777,18 +803,18 @@ impl Inner {
     ///
     /// After an fsync that covered more than one record (so several committers are active) the
     /// flusher waits, *without the lock*, until as many records have been appended since as that
-    /// fsync covered — the committers it just released, coming back — or until [`GATHER_FSYNCS`]
-    /// times that fsync's duration (at most [`MAX_GATHER`]) has passed. The append that completes
-    /// the group wakes it at once, so the bound only matters when some do not come back. Without
-    /// the pause the released committers miss the next fsync and the committers split into two
-    /// alternating halves, each fsync carrying only half of them (measured: N/2 records per fsync
-    /// at N committers). A bound of half an fsync was too short once the CPU is busy: a released
-    /// committer's round trip through its client then takes longer than that, and a node at 50
-    /// clients fsynced every 11–13 records instead of every 30 (docs/benchmarks.md, run 11). A
-    /// lone committer never pauses, so its latency stays one fsync.
+    /// fsync covered — the committers it just released, coming back — or until the bound of
+    /// [`JournalOptions::gather`] has passed. The append that completes the group wakes it at
+    /// once. Without the pause the released committers miss the next fsync and the committers
+    /// split into two alternating halves, each fsync carrying only half of them (measured: N/2
+    /// records per fsync at N committers). [`Gather::Long`] is the default because half an fsync
+    /// (once the only bound) is too short once the CPU is busy: a released committer's round trip
+    /// through its client then takes longer, and a primary at 50 clients fsynced every 12–14
+    /// records instead of every 28–32 (docs/benchmarks.md, "Gathering longer"). A lone committer
+    /// never pauses, so its latency stays one fsync.
     fn flush_loop(&self) {
         let mut covered_waiters: Vec<Arc<Waiter>> = Vec::new();
-        let pace = self.options.sync_pace;
+        let (pace, gather_bound) = (self.options.sync_pace, self.options.gather);
         let mut last_sync = Instant::now();
         let mut state = self.lock();
         loop {
@@ -849,7 +875,7 @@ impl Inner {
             wake_durable(&mut covered_waiters);
             state = self.lock();
             if gather {
-                let deadline = Instant::now() + (took * GATHER_FSYNCS).min(MAX_GATHER);
+                let deadline = Instant::now() + gather_bound.bound(took);
                 while state.last_lsn.unwrap_or(0) < wants && state.failed.is_none() && !state.shutdown {
                     let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                         break;

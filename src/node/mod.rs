@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use crate::applier::Applier;
 use crate::config::{NodeConfig, PairConfig};
 use crate::incident::{Kind, Severity};
-use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
+use crate::journal::{Gather, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
 use crate::meta::{NodeMeta, Role};
 use crate::pipeline::Pipeline;
 use crate::replication::PeerState;
@@ -110,10 +110,13 @@ impl Node {
             )));
         }
         let identity = |kind| JournalIdentity { cluster: *pair.cluster.as_bytes(), node: name.to_string(), kind };
+        // At `durable` and `applied` the local fsync does not release a commit (the backup's
+        // does): waiting long for its committers to come back only holds the next group up.
+        let local_gather = if pair.sync >= crate::config::SyncLevel::Durable { Gather::Short } else { Gather::Long };
         let (local, local_recovery) = Journal::open(
             &journal_dir(&config.dir, JournalKind::Local),
             identity(JournalKind::Local),
-            JournalOptions::default(),
+            JournalOptions { gather: local_gather, ..JournalOptions::default() },
         )?;
         // Below `durable` no commit waits for the remote journal's fsync: pace it.
         let remote_sync_pace =
