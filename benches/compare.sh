@@ -113,6 +113,13 @@ MACHINE="$TMP/machine.txt"
 } >"$MACHINE"
 LOADS=()
 note_load() { LOADS+=("$1: $(cut -d' ' -f1-3 /proc/loadavg)"); }
+# cpu_ticks PID...: user+system CPU time the processes (all their threads) used so far, in clock
+# ticks. Server CPU per request is steadier than requests/s on a shared machine: it does not move
+# with what the other processes get, and it says where the difference between two servers lies.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { local p; for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0; done | awk '{t += $1} END {print t + 0}'; }
+# us_per_request TICKS_BEFORE TICKS_AFTER REQUESTS
+us_per_request() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {if (n + 0 == 0) print "-"; else printf "%.1f", (b - a) * 1000000 / hz / n}'; }
 
 # ---------------------------------------------------------------------------------------------
 # Build
@@ -216,7 +223,9 @@ for level in async received durable applied; do
     hp_start "$level" "p1-$level"
     rb "$TMP/p1-$level.warm" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q
     note_load "part 1 hotpair $level"
+    t0=$(cpu_ticks "$HP_A" "$HP_B")
     rb "$TMP/p1-$level.out" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_N" -c 50 -d 100 -q
+    R[hp_$level.cpu]=$(us_per_request "$t0" "$(cpu_ticks "$HP_A" "$HP_B")" $((2 * BENCH_N)))
     R[hp_$level.set]=$(rps_of SET "$TMP/p1-$level.out"); R[hp_$level.get]=$(rps_of GET "$TMP/p1-$level.out")
     R[hp_$level.err]=$(errors_in "$TMP/p1-$level.out")
     R[hp_$level.p50]=$(awk '$1 == "SET:" {for (i=1;i<=NF;i++) if ($i ~ /^p50=/) {sub("p50=","",$i); print $i}}' "$TMP/p1-$level.out")
@@ -224,14 +233,14 @@ for level in async received durable applied; do
     hp_stop
 done
 
-redis_pair() { # POLICY -> sets RP RR
+redis_pair() { # POLICY -> sets RP RR (ports) and RP_PID RR_PID
     local policy=$1 d="$TMP/redis-$1"
     mkdir -p "$d/p" "$d/r"
     free_ports 1; RP=$FP; free_ports 1; RR=$FP
     redis-server --port "$RP" --bind 127.0.0.1 --dir "$d/p" --appendonly yes --appendfsync "$policy" \
-        --save '' --protected-mode no --daemonize no --logfile "$d/p.log" & PIDS+=($!)
+        --save '' --protected-mode no --daemonize no --logfile "$d/p.log" & RP_PID=$!; PIDS+=($!)
     redis-server --port "$RR" --bind 127.0.0.1 --dir "$d/r" --appendonly yes --appendfsync "$policy" \
-        --save '' --protected-mode no --daemonize no --logfile "$d/r.log" --replicaof 127.0.0.1 "$RP" & PIDS+=($!)
+        --save '' --protected-mode no --daemonize no --logfile "$d/r.log" --replicaof 127.0.0.1 "$RP" & RR_PID=$!; PIDS+=($!)
     for _ in $(seq 300); do
         redis-cli -h 127.0.0.1 -p "$RR" info replication 2>/dev/null | grep -q 'master_link_status:up' && return 0
         sleep 0.1
@@ -243,7 +252,9 @@ for policy in everysec always; do
     redis_pair "$policy"
     rb "$TMP/p1-redis-$policy.warm" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q
     note_load "part 1 redis $policy"
+    t0=$(cpu_ticks "$RP_PID" "$RR_PID")
     rb "$TMP/p1-redis-$policy.out" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_N" -c 50 -d 100 -q
+    R[redis_$policy.cpu]=$(us_per_request "$t0" "$(cpu_ticks "$RP_PID" "$RR_PID")" $((2 * BENCH_N)))
     R[redis_$policy.set]=$(rps_of SET "$TMP/p1-redis-$policy.out"); R[redis_$policy.get]=$(rps_of GET "$TMP/p1-redis-$policy.out")
     R[redis_$policy.err]=$(errors_in "$TMP/p1-redis-$policy.out")
     R[redis_$policy.p50]=$(awk '$1 == "SET:" {for (i=1;i<=NF;i++) if ($i ~ /^p50=/) {sub("p50=","",$i); print $i}}' "$TMP/p1-redis-$policy.out")
@@ -425,13 +436,16 @@ echo "load average (1/5/15 min) at each phase:"
 printf '  %s\n' "${LOADS[@]}"
 echo
 echo "== part 1: $P1_CMD (warm-up: -n $BENCH_WARMUP_N)"
-printf '%-34s %12s %12s %10s %8s\n' "target" "SET req/s" "GET req/s" "SET p50ms" "errors"
+printf '%-34s %12s %12s %10s %8s %10s\n' "target" "SET req/s" "GET req/s" "SET p50ms" "errors" "CPU us/req"
 for level in async received durable applied; do
-    printf '%-34s %12s %12s %10s %8s\n' "hotpair sync=$level" "$(num "${R[hp_$level.set]:-}")" "$(num "${R[hp_$level.get]:-}")" "$(num "${R[hp_$level.p50]:-}")" "$(num "${R[hp_$level.err]:-}")"
+    printf '%-34s %12s %12s %10s %8s %10s\n' "hotpair sync=$level" "$(num "${R[hp_$level.set]:-}")" "$(num "${R[hp_$level.get]:-}")" "$(num "${R[hp_$level.p50]:-}")" "$(num "${R[hp_$level.err]:-}")" "$(num "${R[hp_$level.cpu]:-}")"
 done
 for policy in everysec always; do
-    printf '%-34s %12s %12s %10s %8s\n' "redis+replica appendfsync=$policy" "$(num "${R[redis_$policy.set]:-}")" "$(num "${R[redis_$policy.get]:-}")" "$(num "${R[redis_$policy.p50]:-}")" "$(num "${R[redis_$policy.err]:-}")"
+    printf '%-34s %12s %12s %10s %8s %10s\n' "redis+replica appendfsync=$policy" "$(num "${R[redis_$policy.set]:-}")" "$(num "${R[redis_$policy.get]:-}")" "$(num "${R[redis_$policy.p50]:-}")" "$(num "${R[redis_$policy.err]:-}")" "$(num "${R[redis_$policy.cpu]:-}")"
 done
+echo "CPU us/req: user+system CPU time of both server processes (hotpair a and b, or Redis primary and"
+echo "replica), all threads, over the measured run, per request (SET and GET together). The machine's"
+echo "cores are shared with redis-benchmark, so requests/s follows what the servers cost per request."
 echo "redis master_repl_offset/replica offset after the run: everysec ${R[redis_everysec.offsets]:-}, always ${R[redis_always.offsets]:-}"
 echo
 echo "== part 2: durable single-key writes, hotpair sync=durable (redis-benchmark -t set -n $P2_N -c C -d 100) vs"
@@ -473,6 +487,7 @@ printf '%-58s %12s  %s\n' "async SET >= Redis appendfsync=always SET (>= 1x)" "$
 printf '%-58s %12s  %s\n' "async SET within 2x of Redis everysec SET (>= 0.5x)" "$R_EVS" "$v_evs"
 printf '%-58s %12s  %s\n' "catch-up >= 200,000 records/s" "$( ((${R[cu_done]})) && echo "${R[cu_rate]}/s" || echo "not done")" "$v_cu"
 echo "hotpair async GET / Redis everysec GET: $(ratio "${R[hp_async.get]:-}" "${R[redis_everysec.get]:-}")"
+echo "server CPU per request, hotpair async / Redis always: $(ratio "${R[hp_async.cpu]:-}" "${R[redis_always.cpu]:-}") (${R[hp_async.cpu]:-?} / ${R[redis_always.cpu]:-?} us)"
 } | tee "$TMP/report.txt"
 [[ -n "${BENCH_REPORT:-}" ]] && cp "$TMP/report.txt" "$BENCH_REPORT"
 exit 0
