@@ -308,30 +308,12 @@ async fn rejoin(
             primary.epoch
         ));
     }
-    let our_last = node.last_lsn();
-    let divergence = match wire::standing(&primary.history, primary.last_lsn, &meta.history, our_last) {
-        Standing::OnHistory { next_lsn } => next_lsn - 1,
-        Standing::Diverged { at_lsn } => at_lsn,
-    };
-    // Transactions only: canaries and other control records in the tail carry no data. If
-    // the tail cannot be read (journals lost: a full-copy case), count every record past it.
-    let orphaned = orphaned_tail(node, divergence)
-        .map(|tail| tail.iter().filter(|r| matches!(r.body, RecordBody::Txn { .. })).count() as u64)
-        .unwrap_or(our_last - divergence);
-    let needs_from = divergence + 1;
-    let shippable = primary.last_lsn < needs_from || primary.first_available <= needs_from;
-    let plan = json!({
-        "node": node.name(),
-        "divergence_lsn": divergence,
-        "orphaned": orphaned,
-        "needs_from": needs_from,
-        "primary_first_available": primary.first_available,
-        "shippable": shippable,
-    });
+    let (divergence, orphaned, plan) = rejoin_plan(node, &primary);
     if dry_run {
         return Ok(plan);
     }
-    if !shippable && !full_copy {
+    let needs_from = divergence + 1;
+    if plan["shippable"] != true && !full_copy {
         return Err(format!(
             "the primary's journals start at LSN {}, but {} needs them from LSN {needs_from}: a full copy is needed (--allow-full-copy)",
             primary.first_available,
@@ -351,6 +333,14 @@ async fn rejoin(
     let mut following = node.following.subscribe();
     if tokio::time::timeout(Duration::from_secs(10), following.wait_for(|f| !*f)).await.is_err() {
         return Err(format!("{} did not stop following within 10s; run rejoin again", node.name()));
+    }
+    // Until now the node may have been following (a rebuilt node the primary has just accepted
+    // reconnects by itself): plan again on what it holds now, or the records it received since
+    // would be rewound as if they had diverged — records it acknowledged, so that the primary
+    // would then refuse it as a restored copy. It only ever moves forward on the primary's history.
+    let (divergence, orphaned, plan) = rejoin_plan(node, &primary);
+    if divergence + 1 != needs_from {
+        tracing::info!(%op_id, planned = needs_from - 1, now = divergence, "received more from the primary as the rejoin began");
     }
     let started = std::time::Instant::now();
     let outcome = if full_copy {
@@ -376,6 +366,46 @@ async fn rejoin(
     plan["rewound"] = json!(rewound);
     plan["full_copy"] = json!(full_copy);
     Ok(plan)
+}
+
+/// Where the node's history leaves the primary's (the divergence LSN), how many transactions of
+/// the node lie past it, and the plan as the orchestrator shows it.
+///
+/// `primary` was read before the request was sent. Records the node holds past its `last_lsn`
+/// in the primary's own epoch came from that primary (one writer per epoch), received in the
+/// meantime: they are on its history, not a divergence.
+fn rejoin_plan(node: &Node, primary: &PrimaryView) -> (Lsn, u64, Value) {
+    let our_last = node.last_lsn();
+    let (divergence, primary_last) = divergence_point(primary, &node.meta().history, our_last);
+    // Transactions only: canaries and other control records in the tail carry no data. If
+    // the tail cannot be read (journals lost: a full-copy case), count every record past it.
+    let orphaned = orphaned_tail(node, divergence)
+        .map(|tail| tail.iter().filter(|r| matches!(r.body, RecordBody::Txn { .. })).count() as u64)
+        .unwrap_or(our_last.saturating_sub(divergence));
+    let needs_from = divergence + 1;
+    let shippable = primary_last < needs_from || primary.first_available <= needs_from;
+    let plan = json!({
+        "node": node.name(),
+        "divergence_lsn": divergence,
+        "orphaned": orphaned,
+        "needs_from": needs_from,
+        "primary_first_available": primary.first_available,
+        "shippable": shippable,
+    });
+    (divergence, orphaned, plan)
+}
+
+/// The divergence LSN of a node with `history` and records up to `our_last`, and the primary's
+/// last LSN as far as the node knows it (see [`rejoin_plan`]).
+fn divergence_point(primary: &PrimaryView, history: &[HistoryEntry], our_last: Lsn) -> (Lsn, Lsn) {
+    let in_primary_epoch =
+        history.last().is_some_and(|h| h.epoch == primary.epoch) && history.last() == primary.history.last();
+    let primary_last = if in_primary_epoch { primary.last_lsn.max(our_last) } else { primary.last_lsn };
+    let divergence = match wire::standing(&primary.history, primary_last, history, our_last) {
+        Standing::OnHistory { next_lsn } => next_lsn - 1,
+        Standing::Diverged { at_lsn } => at_lsn,
+    };
+    (divergence, primary_last)
 }
 
 /// Saves and undoes everything past `divergence`, truncates both journals there, and adopts the
@@ -625,4 +655,37 @@ fn first_available(node: &Node) -> Result<Lsn, String> {
         }
     }
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(entries: &[(Epoch, Lsn, &str)]) -> Vec<HistoryEntry> {
+        entries.iter().map(|&(epoch, first_lsn, p)| HistoryEntry { epoch, first_lsn, primary: p.into() }).collect()
+    }
+
+    fn view(history: Vec<HistoryEntry>, epoch: Epoch, last_lsn: Lsn) -> PrimaryView {
+        PrimaryView { history, epoch, last_lsn, first_available: 1 }
+    }
+
+    #[test]
+    fn records_received_after_the_primary_was_looked_at_are_not_a_divergence() {
+        // The orchestrator saw a at LSN 52; b, following a in its epoch, has since received up to 60.
+        let one = history(&[(1, 1, "a")]);
+        assert_eq!(divergence_point(&view(one.clone(), 1, 52), &one, 60), (60, 60));
+        // Behind the view: nothing to undo either.
+        assert_eq!(divergence_point(&view(one.clone(), 1, 52), &one, 40), (40, 52));
+    }
+
+    #[test]
+    fn a_tail_written_in_an_older_epoch_is_still_a_divergence_whatever_the_view() {
+        // a wrote 101..120 in epoch 1 while b began epoch 2 at 101: a's tail is orphaned, even
+        // if the view of b is older than a's last record.
+        let a_history = history(&[(1, 1, "a")]);
+        let b_history = history(&[(1, 1, "a"), (2, 101, "b")]);
+        assert_eq!(divergence_point(&view(b_history.clone(), 2, 110), &a_history, 120), (100, 110));
+        // A node that followed b into epoch 2 is on b's history, past b's view too.
+        assert_eq!(divergence_point(&view(b_history.clone(), 2, 110), &b_history, 130), (130, 130));
+    }
 }
