@@ -520,7 +520,8 @@ fn keep_records(ctx: &FollowContext, bytes: &[u8]) -> Result<Option<Kept>, Repli
         if ctx.remote.last_lsn().is_some_and(|held| record.lsn <= held) {
             continue;
         }
-        ctx.remote.append_frame(frame)?;
+        // `frame` is exactly the bytes `record` was decoded from: checked once, kept as sent.
+        ctx.remote.append_encoded(&record, frame)?;
         match &mut kept {
             Some(kept) => kept.last_lsn = record.lsn,
             None => kept = Some(Kept { first_time_ms: record.timestamp_ms, last_lsn: record.lsn }),

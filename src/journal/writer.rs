@@ -398,8 +398,9 @@ impl Journal {
         self.inner.finish_append(state, record.lsn)
     }
 
-    /// Appends one already-framed record byte for byte (the remote journal's path: what the peer
-    /// wrote is what we keep). The frame is fully decoded and checked first.
+    /// Appends one already-framed record byte for byte, from a source not yet checked. The frame is
+    /// fully decoded and checked first. (The backup's follower decodes each shipped frame anyway,
+    /// so it uses [`Journal::append_encoded`] with that frame: what the peer wrote is what it keeps.)
     pub fn append_frame(&self, frame: &[u8]) -> Result<Lsn, JournalError> {
         let (record, used) = format::decode_record(frame).map_err(|err| JournalError::BadFrame {
             reason: match err {
