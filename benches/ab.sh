@@ -33,19 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-NEXT_PORT=18000
-# free_ports K: sets FP to a base port P with P..P+K-1 free
-free_ports() {
-    local k=$1 i ok
-    while :; do
-        ok=1
-        for ((i = 0; i < k; i++)); do port_free $((NEXT_PORT + i)) || { ok=0; break; }; done
-        FP=$NEXT_PORT; NEXT_PORT=$((NEXT_PORT + k))
-        ((ok)) && return 0
-    done
-}
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# port_free PORT, free_ports K (sets FP), cpu_ticks PID...
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 names=(); data_ports=(); pids_a=(); pids_b=()
 for spec in "$@"; do
@@ -78,10 +67,10 @@ RESULTS="$TMP/results"
 for round in $(seq "$ROUNDS"); do
     for i in "${!names[@]}"; do
         a=${pids_a[$i]}; b=${pids_b[$i]}
-        ta=$(ticks "$a"); tb=$(ticks "$b")
+        ta=$(cpu_ticks "$a"); tb=$(cpu_ticks "$b")
         rps=$(redis-benchmark -p "${data_ports[$i]}" -t set -n "$N" -c "$CLIENTS" -d 100 -q 2>&1 \
             | tr '\r' '\n' | awk '$1 == "SET:" && /requests per second/ {v = $2} END {print v + 0}')
-        echo "${names[$i]} $round $rps $(($(ticks "$a") - ta)) $(($(ticks "$b") - tb))" >>"$RESULTS"
+        echo "${names[$i]} $round $rps $(($(cpu_ticks "$a") - ta)) $(($(cpu_ticks "$b") - tb))" >>"$RESULTS"
     done
 done
 
