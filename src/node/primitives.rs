@@ -371,7 +371,7 @@ async fn rejoin(
 /// Where the node's history leaves the primary's (the divergence LSN), how many transactions of
 /// the node lie past it, and the plan as the orchestrator shows it.
 ///
-/// `primary` was read before the request was sent. Records the node holds past its `last_lsn`
+/// `primary` was read before the request was sent. Records the node holds past `primary.last_lsn`
 /// in the primary's own epoch came from that primary (one writer per epoch), received in the
 /// meantime: they are on its history, not a divergence.
 fn rejoin_plan(node: &Node, primary: &PrimaryView) -> (Lsn, u64, Value) {
