@@ -189,6 +189,10 @@ async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
 /// `established` is set once the primary welcomed us.
 async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut bool) -> Result<(), String> {
     let primary = &node.peer_config;
+    // Subscribed before the hello: any role change from here on (a rejoin that began while the
+    // hello was in flight) voids the welcome, and ends the session once it follows.
+    let mut role = node.subscribe_role();
+    role.borrow_and_update();
     let mut stream = connect(node, connector).await?;
     wire::write_frame(&mut stream, &Frame::Message(hello(node))).await.map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))
@@ -205,6 +209,17 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                     "{} is primary of epoch {epoch}, behind ours ({ours}); its records are refused",
                     primary.name
                 ));
+            }
+            // Following starts only while no primitive runs and the role is still the one the
+            // hello was sent under: a rejoin holds `role_change`, sets its role, then waits for
+            // `following` to be false before it plans. A session that slipped in after that wait
+            // would receive records the rejoin then rewinds as a divergence (records this node
+            // acknowledged, so the primary would refuse it as a restored copy).
+            let Ok(_no_primitive) = node.role_change.try_lock() else {
+                return Err("a role change began during the hello; not following".into());
+            };
+            if role.has_changed().unwrap_or(true) || *role.borrow() != Role::Backup {
+                return Err("the role changed during the hello; not following".into());
             }
             *established = true;
             node.metrics.note_session_established();
@@ -227,8 +242,9 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 heartbeat: node.pair.heartbeat,
                 ack_every_receipt: node.pair.sync == crate::config::SyncLevel::Received,
             };
-            let stop = stop_when_not_following(node);
+            let stop = stop_when_not_following(node, role);
             node.following.send_replace(true);
+            drop(_no_primitive);
             let result = replication::follow(stream, &ctx, stop).await.map_err(|e| e.to_string());
             node.following.send_replace(false);
             replication::set_connected(&node.peer, false);
@@ -246,10 +262,15 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
     }
 }
 
-fn stop_when_not_following(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
+/// Fires when the session must end. `role` is the receiver the session's hello was sent under,
+/// so a role change made before this is called is not missed.
+fn stop_when_not_following(
+    node: &Arc<Node>,
+    mut role: tokio::sync::watch::Receiver<Role>,
+) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let (mut shutdown, mut replicating, mut role, mut disk) =
-        (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role(), node.disk.subscribe());
+    let (mut shutdown, mut replicating, mut disk) =
+        (node.shutdown.subscribe(), node.replicating.subscribe(), node.disk.subscribe());
     tokio::spawn(async move {
         loop {
             tokio::select! {
