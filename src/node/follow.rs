@@ -6,6 +6,12 @@
 //! pace. A `diverged` answer stops following until the node is rejoined (it retries slowly,
 //! in case an admin fixed it meanwhile).
 //!
+//! A session starts following (and adopts the primary's history) only while no orchestration
+//! primitive holds `Node::role_change` and the role is still the one its hello was sent under.
+//! A primitive that changes the role and then waits for `following` to be false (promote,
+//! rejoin) can therefore rely on it: no session slips in behind the wait and writes records into
+//! the remote journal it is about to replay, rewind or replace.
+//!
 //! While disk space is below `disk_min_free` (`super::disk`) the backup ends its session and
 //! opens none: a remote journal that stops is whole, one that hits a full disk fails. It
 //! reconnects by itself once space is back.
