@@ -210,6 +210,7 @@ fn durable_writes_fail_unacknowledged_while_replication_is_stopped() {
     let err = refused.expect_err("a durable write was acknowledged with replication stopped");
     let message = err.to_string();
     assert!(message.contains("NOT acknowledged") && message.contains("500ms"), "unexpected refusal: {message}");
+    assert!(message.contains("the backup is not connected"), "the refusal must say why: {message}");
     assert!(elapsed >= Duration::from_millis(500), "refused after {elapsed:?}, before sync_timeout");
     assert!(elapsed < Duration::from_secs(3), "refused only after {elapsed:?}");
 
