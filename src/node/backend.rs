@@ -251,6 +251,10 @@ pub async fn wait_sync(node: &Node, lsn: u64) -> Result<(), String> {
 /// long enough to degrade. `Err` says why not by `deadline`.
 async fn wait_peer(node: &Node, lsn: u64, level: SyncLevel, deadline: Instant) -> Result<(), &'static str> {
     let mut peer = node.peer.subscribe();
+    // One timer for the whole wait, moved only when the wake-up time changes: every ack wakes
+    // every waiting commit, and a new timer per wake-up is a timer-wheel insert and removal each.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
         let state = peer.borrow_and_update().clone();
         let reached = match level {
@@ -271,9 +275,12 @@ async fn wait_peer(node: &Node, lsn: u64, level: SyncLevel, deadline: Instant) -
             return Ok(());
         }
         let wake = degrade_at.map_or(deadline, |at| at.min(deadline));
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             _ = peer.changed() => {}
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = &mut timer => {}
         }
         if Instant::now() >= deadline {
             return Err(if state.connected {
