@@ -484,6 +484,94 @@ fn failover_refuses_a_healthy_primary_and_forced_failover_fences_it() {
     assert_verify_equal(&pair, false);
 }
 
+/// How long the slow link of [`welcome_in_flight`] holds every chunk, each way.
+const LINK_DELAY: Duration = Duration::from_millis(1500);
+
+/// Puts a proxy that holds every chunk [`LINK_DELAY`] on b's link to a, lets a write `lag`
+/// records b does not have, starts replication and returns once a has welcomed b: the welcome
+/// (and the records after it) reach b `LINK_DELAY` after the returned instant. The proxy lives on
+/// the returned runtime.
+fn welcome_in_flight(pair: &mut Pair, lag: usize) -> (tokio::runtime::Runtime, hotpair::drill::proxy::Proxy, Instant) {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the proxy");
+    let proxy = runtime
+        .block_on(hotpair::drill::proxy::Proxy::start(pair.control_address(PRIMARY)))
+        .expect("start the proxy in front of a's control port");
+    // b dials a through the proxy from its next start; `replicate stop` holds across that start.
+    pair.hotpair_ok(&["replicate", "stop"]);
+    pair.wait_for("both sides to see the link down", |s| {
+        s["nodes"][PRIMARY]["peer"]["connected"] == false && s["nodes"][BACKUP]["peer"]["connected"] == false
+    });
+    pair.stop(BACKUP);
+    let text = std::fs::read_to_string(&pair.pair_file).expect("read pair.toml");
+    let table = format!("[nodes.{PRIMARY}]\n");
+    assert!(text.contains(&table), "pair.toml has no {table}");
+    let via = format!("{table}peer_via = \"{}\"\n", proxy.listen_address());
+    std::fs::write(&pair.pair_file, text.replacen(&table, &via, 1)).expect("write pair.toml");
+    pair.restart(BACKUP);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..lag {
+        let _: () = a.set(format!("lag-{i}"), i).unwrap();
+    }
+    proxy.set_delay(LINK_DELAY);
+
+    let welcomed_before = pair.log(PRIMARY).matches("backup connected; shipping").count();
+    pair.hotpair_ok(&["replicate", "start"]);
+    let deadline = Instant::now() + DEADLINE;
+    while pair.log(PRIMARY).matches("backup connected; shipping").count() == welcomed_before {
+        assert!(Instant::now() < deadline, "a never welcomed b through the slow link");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (runtime, proxy, Instant::now())
+}
+
+#[test]
+fn a_backup_promoted_while_its_hello_is_in_flight_does_not_follow_on_the_late_welcome() {
+    // a's welcome to b's hello is still on the slow link when `failover --to b --force` promotes
+    // b. The new primary refuses it: it never shows `following`, and takes writes.
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let (_runtime, _proxy, welcomed) = welcome_in_flight(&mut pair, 10);
+    let (code, report) = run_json(&pair, &["failover", "--to", BACKUP, "--force"]);
+    assert_eq!(code, 0, "forced failover: {report}");
+    assert!(welcomed.elapsed() < LINK_DELAY, "the failover outlasted the welcome's trip: {report}");
+    assert_eq!(role_of(&pair, BACKUP), ("primary".to_string(), 2));
+    // Past the welcome's arrival and the old primary's close of that session (one more trip).
+    while welcomed.elapsed() < LINK_DELAY * 3 {
+        let status = pair.node_status(BACKUP);
+        assert_eq!(status["role"], "primary", "{status}");
+        assert_ne!(status["following"], true, "the new primary follows the old one: {status}");
+        std::thread::sleep(POLL);
+    }
+    let log = pair.log(BACKUP);
+    assert!(
+        log.contains("its records are refused") || log.contains("not following"),
+        "b never refused the late welcome"
+    );
+    let _: () = pair.redis(BACKUP).set("after", "2").expect("the new primary takes writes");
+}
+
+#[test]
+fn a_welcome_that_arrives_after_a_rejoin_began_is_dropped_and_the_backup_still_catches_up() {
+    // a's welcome to b's hello (b 20 records behind) is still on the slow link when `rejoin b`
+    // runs. The welcome was computed from what b held before the rejoin, so b drops that session
+    // rather than follow on it, reconnects, and catches up: every record, equal digests. (A
+    // session that followed on such a welcome while the rejoin rewound b once had the records it
+    // received rewound as a divergence, and the primary then refused b as a restored copy.)
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let (_runtime, proxy, _welcomed) = welcome_in_flight(&mut pair, 20);
+    let rejoin = std::thread::scope(|scope| {
+        let rejoin = scope.spawn(|| run_json(&pair, &["rejoin", BACKUP]));
+        pair.wait_log(BACKUP, "during the hello; not following", "b to drop the welcome a rejoin overtook");
+        proxy.set_delay(Duration::ZERO);
+        rejoin.join().expect("the rejoin thread")
+    });
+    let (code, report) = rejoin;
+    assert_eq!(code, 0, "rejoin of a lagging backup with its welcome in flight: {report}");
+    assert_eq!(report["details"]["rewound"], 0, "nothing b holds is off a's history: {report}");
+    wait_following(&mut pair, PRIMARY);
+    assert_numbered_values_on(&pair, BACKUP, "lag", 20);
+    assert_verify_equal(&pair, false);
+}
+
 #[test]
 fn failover_after_sigkill_and_the_restarted_old_primary_fences_itself() {
     // SIGKILL the primary; failover --to b succeeds (exit 0, epoch 2) and keeps every write
