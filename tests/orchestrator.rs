@@ -492,22 +492,7 @@ const LINK_DELAY: Duration = Duration::from_millis(1500);
 /// (and the records after it) reach b `LINK_DELAY` after the returned instant. The proxy lives on
 /// the returned runtime.
 fn welcome_in_flight(pair: &mut Pair, lag: usize) -> (tokio::runtime::Runtime, hotpair::drill::proxy::Proxy, Instant) {
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the proxy");
-    let proxy = runtime
-        .block_on(hotpair::drill::proxy::Proxy::start(pair.control_address(PRIMARY)))
-        .expect("start the proxy in front of a's control port");
-    // b dials a through the proxy from its next start; `replicate stop` holds across that start.
-    pair.hotpair_ok(&["replicate", "stop"]);
-    pair.wait_for("both sides to see the link down", |s| {
-        s["nodes"][PRIMARY]["peer"]["connected"] == false && s["nodes"][BACKUP]["peer"]["connected"] == false
-    });
-    pair.stop(BACKUP);
-    let text = std::fs::read_to_string(&pair.pair_file).expect("read pair.toml");
-    let table = format!("[nodes.{PRIMARY}]\n");
-    assert!(text.contains(&table), "pair.toml has no {table}");
-    let via = format!("{table}peer_via = \"{}\"\n", proxy.listen_address());
-    std::fs::write(&pair.pair_file, text.replacen(&table, &via, 1)).expect("write pair.toml");
-    pair.restart(BACKUP);
+    let (runtime, proxy) = proxy_on_the_link(pair);
     let mut a = pair.redis(PRIMARY);
     for i in 0..lag {
         let _: () = a.set(format!("lag-{i}"), i).unwrap();
@@ -522,6 +507,59 @@ fn welcome_in_flight(pair: &mut Pair, lag: usize) -> (tokio::runtime::Runtime, h
         std::thread::sleep(Duration::from_millis(5));
     }
     (runtime, proxy, Instant::now())
+}
+
+/// Restarts b so that it dials a through a fault proxy (a's `peer_via`), with replication
+/// stopped on both nodes; `replicate start` resumes it through the proxy. The proxy lives on the
+/// returned runtime.
+fn proxy_on_the_link(pair: &mut Pair) -> (tokio::runtime::Runtime, hotpair::drill::proxy::Proxy) {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the proxy");
+    let proxy = runtime
+        .block_on(hotpair::drill::proxy::Proxy::start(pair.control_address(PRIMARY)))
+        .expect("start the proxy in front of a's control port");
+    // b reads `peer_via` at its start; `replicate stop` holds across that start.
+    pair.hotpair_ok(&["replicate", "stop"]);
+    pair.wait_for("both sides to see the link down", |s| {
+        s["nodes"][PRIMARY]["peer"]["connected"] == false && s["nodes"][BACKUP]["peer"]["connected"] == false
+    });
+    pair.stop(BACKUP);
+    let text = std::fs::read_to_string(&pair.pair_file).expect("read pair.toml");
+    let table = format!("[nodes.{PRIMARY}]\n");
+    assert!(text.contains(&table), "pair.toml has no {table}");
+    let via = format!("{table}peer_via = \"{}\"\n", proxy.listen_address());
+    std::fs::write(&pair.pair_file, text.replacen(&table, &via, 1)).expect("write pair.toml");
+    pair.restart(BACKUP);
+    (runtime, proxy)
+}
+
+#[test]
+fn a_rejoin_whose_node_cannot_reach_the_primary_says_so_instead_of_waiting_out_its_limit() {
+    // b's link to a is cut (packets dropped) and a takes 10 writes b never gets. `rejoin b` gets
+    // through its rejoin phase (admin traffic goes direct), but b cannot follow: the catch-up
+    // gives up after 30 s without progress (not the 10 min limit), exit 3, naming what is wrong.
+    // Once the link heals, b follows and catches up by itself.
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let (_runtime, proxy) = proxy_on_the_link(&mut pair);
+    pair.hotpair_ok(&["replicate", "start"]);
+    pair.wait_ready();
+    proxy.partition(hotpair::drill::proxy::PartitionMode::Drop);
+    pair.wait_for_node(BACKUP, "b to see its session gone", |s| s["following"] == false);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..10 {
+        let _: () = a.set(format!("cut-{i}"), i).unwrap();
+    }
+
+    let started = Instant::now();
+    let (code, report) = run_json(&pair, &["rejoin", BACKUP]);
+    assert_eq!(code, 3, "a rejoin that cannot catch up stops part-way: {report}");
+    let outcome = report["outcome"].as_str().unwrap();
+    assert!(outcome.contains("did not catch up") && outcome.contains("is not following a"), "{report}");
+    assert!(started.elapsed() < Duration::from_secs(90), "gave up only after {:?}", started.elapsed());
+
+    proxy.heal();
+    wait_following(&mut pair, PRIMARY);
+    wait_caught_up_at(&mut pair, PRIMARY);
+    assert_numbered_values_on(&pair, BACKUP, "cut", 10);
 }
 
 #[test]

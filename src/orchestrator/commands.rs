@@ -17,6 +17,11 @@ use OrchestrationError::{PartWay, Refused};
 const MIN_DISK_FREE: u64 = 64 * 1024 * 1024;
 /// Bound on a single quick primitive (drain, demote, promote, fence).
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a long catch-up says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// A rejoined node that applies nothing and does not follow for this long will not catch up by
+/// itself (its follower reconnects within seconds): the rejoin says so instead of waiting on.
+const CATCH_UP_STALL: Duration = Duration::from_secs(30);
 
 pub struct SwitchoverOptions {
     pub to: Option<String>,
@@ -569,7 +574,8 @@ async fn rejoin_run(
     let caught_up = run
         .phase(Step::CatchUp, async {
             let request = AdminRequest::WaitApplied { lsn: target, timeout_ms: catch_up_limit.as_millis() as u64 };
-            let body = run_send(run, name, request, catch_up_limit + STEP_TIMEOUT).await?;
+            let request = run_send(run, name, request, catch_up_limit + STEP_TIMEOUT);
+            let body = with_catch_up_progress(run, name, &primary.name, target, request).await?;
             Ok::<_, String>(((), format!("{name} applied LSN {}", body["applied_lsn"])))
         })
         .await;
@@ -662,6 +668,72 @@ async fn with_copy_progress(
                 }
             }
         }
+    }
+}
+
+/// Waits for a rejoined node's catch-up (`request`), saying every [`PROGRESS_EVERY`] how far it
+/// got. It gives up early when the node has applied nothing for [`CATCH_UP_STALL`] and is not
+/// following: a catch-up that cannot start is then reported within a minute, with the
+/// primary's open incidents (which say why it refuses the node, if it does), rather than at the
+/// end of the whole limit.
+async fn with_catch_up_progress(
+    run: &Run,
+    node: &str,
+    primary: &str,
+    target: Lsn,
+    request: impl std::future::Future<Output = Result<Value, String>>,
+) -> Result<Value, String> {
+    tokio::pin!(request);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let (mut applied, mut moved, mut said) = (None, Instant::now(), Instant::now());
+    loop {
+        tokio::select! {
+            result = &mut request => return result,
+            _ = ticker.tick() => {
+                let Some(status) = status_of(run, node).await else { continue };
+                let now = status["applied_lsn"].as_u64();
+                if now != applied {
+                    (applied, moved) = (now, Instant::now());
+                }
+                if said.elapsed() >= PROGRESS_EVERY {
+                    said = Instant::now();
+                    let secs = started.elapsed().as_secs();
+                    run.say(format!("    catch-up: {node} applied LSN {} of {target} ({secs} s)", now.unwrap_or(0)));
+                }
+                if status["following"] != true && moved.elapsed() >= CATCH_UP_STALL {
+                    let incidents = match status_of(run, primary).await {
+                        Some(status) => open_incidents(&status),
+                        None => format!("; {primary} does not answer status"),
+                    };
+                    return Err(format!(
+                        "{node} applied nothing for {} and is not following {primary}{incidents}",
+                        humantime::format_duration(CATCH_UP_STALL)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A node's own status, or `None` if it does not answer within a second or two.
+async fn status_of(run: &Run, node: &str) -> Option<Value> {
+    let request = crate::admin::request(&run.pair, node, AdminRequest::Status);
+    tokio::time::timeout(Duration::from_secs(2), request).await.ok()?.ok()
+}
+
+/// "; open incidents on a: kind: message, …" from a node's status, or nothing if there are none.
+fn open_incidents(status: &Value) -> String {
+    let incidents: Vec<String> = status["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{}: {}", i["kind"].as_str().unwrap_or("?"), i["message"].as_str().unwrap_or("")))
+        .collect();
+    match (incidents.is_empty(), status["node"].as_str()) {
+        (true, _) => String::new(),
+        (false, node) => format!("; open incidents on {}: {}", node.unwrap_or("the primary"), incidents.join("; ")),
     }
 }
 
