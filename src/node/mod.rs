@@ -559,7 +559,12 @@ pub fn journal_dir(node_dir: &Path, kind: JournalKind) -> PathBuf {
 
 /// Runs node `name` of the pair until SIGINT or SIGTERM.
 pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // `TOKIO_WORKER_THREADS` in the environment wins (tokio reads it when no count is set).
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(async_workers());
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
@@ -570,6 +575,15 @@ pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
         tracing::info!(node = name, "stopped cleanly");
         result
     })
+}
+
+/// Async worker threads: one core fewer than the machine has (at least one). The journals'
+/// flusher threads and the applier run beside them on their own threads and are busy at every
+/// commit; on 2 cores, two workers plus those threads made the node slower and costlier per
+/// request than one worker did (docs/benchmarks.md, "One async worker on 2 cores").
+fn async_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    cores.saturating_sub(1).max(1)
 }
 
 async fn serve(node: Arc<Node>) -> Result<(), Error> {
