@@ -195,10 +195,10 @@ async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
 /// `established` is set once the primary welcomed us.
 async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut bool) -> Result<(), String> {
     let primary = &node.peer_config;
-    // Subscribed before the hello: any role change from here on (a rejoin that began while the
-    // hello was in flight) voids the welcome, and ends the session once it follows.
-    let mut role = node.subscribe_role();
-    role.borrow_and_update();
+    // Subscribed before the hello (the current role counts as seen): any role change from here
+    // on (a rejoin that began while the hello was in flight) voids the welcome, and ends the
+    // session once it follows.
+    let role = node.subscribe_role();
     let mut stream = connect(node, connector).await?;
     wire::write_frame(&mut stream, &Frame::Message(hello(node))).await.map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))

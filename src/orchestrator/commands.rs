@@ -659,7 +659,7 @@ async fn with_copy_progress(
         tokio::select! {
             result = &mut request => return result,
             _ = ticker.tick() => {
-                if let Ok(status) = crate::admin::request(&run.pair, node, AdminRequest::Status).await {
+                if let Some(status) = status_of(run, node).await {
                     let copy = &status["full_copy"];
                     if let (Some(done), Some(total)) = (copy["pairs"].as_u64(), copy["total"].as_u64()) {
                         let percent = (done * 100).checked_div(total).unwrap_or(100);
@@ -704,7 +704,7 @@ async fn with_catch_up_progress(
                 }
                 if status["following"] != true && moved.elapsed() >= CATCH_UP_STALL {
                     let incidents = match status_of(run, primary).await {
-                        Some(status) => open_incidents(&status),
+                        Some(status) => open_incidents(primary, &status),
                         None => format!("; {primary} does not answer status"),
                     };
                     return Err(format!(
@@ -723,18 +723,18 @@ async fn status_of(run: &Run, node: &str) -> Option<Value> {
     tokio::time::timeout(Duration::from_secs(2), request).await.ok()?.ok()
 }
 
-/// "; open incidents on a: kind: message, …" from a node's status, or nothing if there are none.
-fn open_incidents(status: &Value) -> String {
+/// "; open incidents on a: kind: message; …" from node `name`'s status, or nothing if it has none.
+fn open_incidents(name: &str, status: &Value) -> String {
     let incidents: Vec<String> = status["incidents"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|i| format!("{}: {}", i["kind"].as_str().unwrap_or("?"), i["message"].as_str().unwrap_or("")))
         .collect();
-    match (incidents.is_empty(), status["node"].as_str()) {
-        (true, _) => String::new(),
-        (false, node) => format!("; open incidents on {}: {}", node.unwrap_or("the primary"), incidents.join("; ")),
+    if incidents.is_empty() {
+        return String::new();
     }
+    format!("; open incidents on {name}: {}", incidents.join("; "))
 }
 
 /// `hotpair switchback`: back to the pair file's preferred primary.
