@@ -1057,3 +1057,33 @@ fn a_paced_journal_fsyncs_at_most_once_per_pace() {
     assert!(fsyncs as u128 <= most, "{fsyncs} fsyncs in {:?}, at most {most} expected", started.elapsed());
     assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>());
 }
+
+/// A journal whose appender syncs it itself (the backup's remote journal at `durable`): appends
+/// leave the flusher asleep, `sync_now` makes them durable with one fsync on the calling thread
+/// (a crash image taken right after holds them), and `sync_to` still works: it wakes the
+/// flusher.
+#[test]
+fn a_caller_synced_journal_fsyncs_on_the_callers_thread_and_sync_to_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions { caller_syncs: true, ..options() };
+    let (journal, _) = Journal::open(dir.path(), identity(), options).unwrap();
+    let durable = journal.subscribe_durable();
+    for lsn in 1..=5 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    assert_eq!(journal.sync_now().unwrap(), 5);
+    assert_eq!(journal.stats().fsyncs, 1, "one fsync, the caller's: appends must not wake the flusher");
+    assert_eq!((journal.durable_lsn(), *durable.borrow()), (5, 5));
+    let image = tempfile::tempdir().unwrap();
+    copy_journal(dir.path(), image.path());
+    let (crashed, _) = open(image.path());
+    assert_eq!(lsns(&entries(&crashed, 1)), (1..=5).collect::<Vec<_>>());
+    // Nothing new: no fsync.
+    assert_eq!(journal.sync_now().unwrap(), 5);
+    assert_eq!(journal.stats().fsyncs, 1);
+    for lsn in 6..=7 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    journal.sync_to(7).unwrap();
+    assert_eq!(journal.durable_lsn(), 7);
+}

@@ -30,9 +30,18 @@
 //! fsync then covers everything that arrived meanwhile. A waiter waits up to one pace longer. A
 //! shutdown is not paced.
 //!
+//! ## Syncing on the caller's thread
+//! With [`JournalOptions::caller_syncs`] set, appends do not wake the flusher: the appender calls
+//! [`Journal::sync_now`], which writes the buffer and fsyncs on its own thread. The backup's
+//! remote journal at `durable` works this way: the follower receives a batch, appends it, fsyncs
+//! and acks in one go, instead of waking the flusher thread and being woken back by it (two
+//! cross-thread wake-ups per batch, on the path every commit waits for). The flusher then only
+//! serves `sync_to` waiters, when no `sync_now` is in flight (one that is wakes it as it ends if
+//! it left waiters uncovered), and shutdown.
+//!
 //! ## Invariants
 //! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
-//!   flusher after `sync_data` returns, to the last LSN written before the call.
+//!   flusher (or `sync_now`) after `sync_data` returns, to the last LSN written before the call.
 //! - Bytes reach the file in LSN order: every `write` happens under the state lock.
 //! - After an fsync error the journal is failed for good (an fsync error may have dropped dirty
 //!   pages; retrying could report lost data as durable). Appends and waits return `Failed`.
@@ -84,6 +93,10 @@ pub struct JournalOptions {
     pub sync_pace: Duration,
     /// How long the flusher may wait after an fsync for the committers it released to come back.
     pub gather: Gather,
+    /// Appends do not wake the flusher: the appender makes its records durable itself with
+    /// [`Journal::sync_now`] (see "Syncing on the caller's thread"). The flusher still serves
+    /// `sync_to` and shutdown.
+    pub caller_syncs: bool,
 }
 
 impl Default for JournalOptions {
@@ -93,6 +106,7 @@ impl Default for JournalOptions {
             archive_dir: None,
             sync_pace: Duration::ZERO,
             gather: Gather::Long,
+            caller_syncs: false,
         }
     }
 }
@@ -229,8 +243,8 @@ struct State {
     next_lsn: Option<Lsn>,
     written_lsn: Lsn,
     durable_lsn: Lsn,
-    /// A flusher fsync is in flight (maintenance operations wait for it to end).
-    syncing: bool,
+    /// Fsyncs in flight, the flusher's and `sync_now`'s (maintenance operations wait for none).
+    syncing: u32,
     failed: Option<String>,
     shutdown: bool,
     /// Threads parked in `sync_to`, with the LSN each waits for (unordered).
@@ -298,7 +312,7 @@ impl Journal {
                 next_lsn,
                 written_lsn: durable,
                 durable_lsn: durable,
-                syncing: false,
+                syncing: 0,
                 failed: None,
                 shutdown: false,
                 waiters: Vec::new(),
@@ -439,7 +453,13 @@ impl Journal {
             }
             waiter.status.store(WAITING, Ordering::Relaxed);
             state.waiters.push((lsn, waiter.clone()));
+            // A journal whose appenders sync it themselves leaves its flusher asleep until
+            // someone waits here; an fsync of theirs in flight wakes it when it ends, if needed.
+            let wake_flusher = state.syncing == 0 && state.flusher_wants.take().is_some();
             drop(state);
+            if wake_flusher {
+                self.inner.work.notify_one();
+            }
             // Only the flusher (or a failure, truncation or shutdown) changes the status, after
             // taking the slot out of the list; `park` may also return spuriously.
             let woken = loop {
@@ -453,6 +473,44 @@ impl Journal {
             }
             state = self.inner.lock();
         }
+    }
+
+    /// Writes what was appended and fsyncs it on the calling thread; returns the durable LSN.
+    /// For an appender that would otherwise hand its records to the flusher and wait for its
+    /// wake-up (see "Syncing on the caller's thread"). Blocks for one fsync.
+    pub fn sync_now(&self) -> Result<Lsn, JournalError> {
+        let inner = &self.inner;
+        let mut state = inner.lock();
+        inner.check_failed(&state)?;
+        inner.write_buffer(&mut state)?;
+        let target = state.written_lsn;
+        let Some(file) = state.active.clone().filter(|_| target > state.durable_lsn) else {
+            return Ok(state.durable_lsn);
+        };
+        state.syncing += 1;
+        drop(state);
+        let result = file.sync_data();
+        inner.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let mut state = inner.lock();
+        state.syncing -= 1;
+        let mut covered = Vec::new();
+        let outcome = match result {
+            // Every byte up to `target` was written before this fsync began.
+            Ok(()) => {
+                inner.publish_durable(&mut state, target, &mut covered);
+                Ok(state.durable_lsn)
+            }
+            Err(err) => Err(inner.fail(&mut state, format!("fsync of journal {} failed: {err}", inner.dir.display()))),
+        };
+        inner.durable.notify_all();
+        // Waiters this fsync did not cover (records appended during it) are the flusher's.
+        let wake_flusher = !state.waiters.is_empty() && state.syncing == 0 && state.flusher_wants.take().is_some();
+        drop(state);
+        if wake_flusher {
+            inner.work.notify_one();
+        }
+        wake_durable(&mut covered);
+        outcome
     }
 
     /// Appends and waits until the record is durable.
@@ -596,7 +654,7 @@ impl Inner {
     /// The lock, once no fsync is in flight: maintenance must not race the flusher's update.
     fn lock_idle(&self) -> MutexGuard<'_, State> {
         let mut state = self.lock();
-        while state.syncing {
+        while state.syncing > 0 {
             state = self.wait_durable(state);
         }
         state
@@ -658,7 +716,7 @@ impl Inner {
         }
         // Wake the flusher only when it sleeps and this append is what it waits for: a busy
         // flusher finds the record itself, and a gathering one wants the whole group.
-        let wake = state.flusher_wants.is_some_and(|wants| lsn >= wants);
+        let wake = !self.options.caller_syncs && state.flusher_wants.is_some_and(|wants| lsn >= wants);
         if wake {
             state.flusher_wants = None;
         }
@@ -819,7 +877,11 @@ impl Inner {
         let mut last_sync = Instant::now();
         let mut state = self.lock();
         loop {
-            let pending = state.last_lsn.unwrap_or(0) > state.durable_lsn;
+            // A caller-synced journal is the flusher's business only when someone waits in
+            // `sync_to`, or at shutdown.
+            let asked =
+                !self.options.caller_syncs || (!state.waiters.is_empty() && state.syncing == 0) || state.shutdown;
+            let pending = asked && state.last_lsn.unwrap_or(0) > state.durable_lsn;
             if !pending || state.failed.is_some() {
                 if state.shutdown {
                     if state.failed.is_none() {
@@ -849,7 +911,7 @@ impl Inner {
             let Some(file) = state.active.clone() else {
                 continue;
             };
-            state.syncing = true;
+            state.syncing += 1;
             drop(state);
             let started = Instant::now();
             let result = file.sync_data();
@@ -860,7 +922,7 @@ impl Inner {
             let took = started.elapsed();
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             state = self.lock();
-            state.syncing = false;
+            state.syncing -= 1;
             match result {
                 Ok(()) => self.publish_durable(&mut state, target, &mut covered_waiters),
                 Err(err) => {
@@ -868,8 +930,12 @@ impl Inner {
                 }
             }
             self.durable.notify_all();
-            // A paced journal gathers by its pace.
-            let gather = covered > 1 && pace.is_zero() && state.failed.is_none() && !state.shutdown;
+            // A paced journal gathers by its pace; a caller-synced one has its callers.
+            let gather = covered > 1
+                && pace.is_zero()
+                && !self.options.caller_syncs
+                && state.failed.is_none()
+                && !state.shutdown;
             // The released committers' next records, on top of what was appended meanwhile.
             let wants = state.last_lsn.unwrap_or(0) + covered;
             drop(state);

@@ -124,7 +124,11 @@ impl Node {
         let (remote, remote_recovery) = Journal::open(
             &journal_dir(&config.dir, JournalKind::Remote),
             identity(JournalKind::Remote),
-            JournalOptions { sync_pace: remote_sync_pace, ..JournalOptions::default() },
+            JournalOptions {
+                sync_pace: remote_sync_pace,
+                caller_syncs: pair.sync >= crate::config::SyncLevel::Durable,
+                ..JournalOptions::default()
+            },
         )?;
         for (kind, recovery) in [("local", &local_recovery), ("remote", &remote_recovery)] {
             if let Some((path, offset, bytes, reason)) = &recovery.cut {
