@@ -116,12 +116,14 @@ impl Default for JournalOptions {
 /// as they have; the bound only matters when some do not come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gather {
-    /// Up to four times the fsync, at most 4 ms: for committers that come back as soon as their
-    /// client has its reply (the journal's fsync is the last thing they wait for).
+    /// Up to four times the fsync, at most 4 ms. The node's journals all use it: at `durable`
+    /// too, where a released committer still waits for the backup's fsync, a long pause makes
+    /// the primary's groups (and so the backup's batches) whole, and costs less CPU per commit
+    /// than a short one (docs/benchmarks.md, "The backup fsyncs on its follower task").
     Long,
-    /// Up to half the fsync, at most 1 ms: for committers that wait for more after this fsync,
-    /// and so come back late whatever the flusher does — the primary's local journal at sync
-    /// level `durable` or `applied`, whose committers then wait for the backup's fsync.
+    /// Up to half the fsync, at most 1 ms: splits committers that come back late into smaller
+    /// groups with shorter waits. The node used it for the primary's local journal at `durable`
+    /// while the backup's flusher gathered by itself; kept for comparison.
     Short,
 }
 

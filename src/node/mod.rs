@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use crate::applier::Applier;
 use crate::config::{NodeConfig, PairConfig};
 use crate::incident::{Kind, Severity};
-use crate::journal::{Gather, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
+use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
 use crate::meta::{NodeMeta, Role};
 use crate::pipeline::Pipeline;
 use crate::replication::PeerState;
@@ -110,13 +110,12 @@ impl Node {
             )));
         }
         let identity = |kind| JournalIdentity { cluster: *pair.cluster.as_bytes(), node: name.to_string(), kind };
-        // At `durable` and `applied` the local fsync does not release a commit (the backup's
-        // does): waiting long for its committers to come back only holds the next group up.
-        let local_gather = if pair.sync >= crate::config::SyncLevel::Durable { Gather::Short } else { Gather::Long };
+        // The local journal gathers long at every level: at `durable` its groups are also the
+        // backup's, which fsyncs each batch as it arrives (docs/architecture.md).
         let (local, local_recovery) = Journal::open(
             &journal_dir(&config.dir, JournalKind::Local),
             identity(JournalKind::Local),
-            JournalOptions { gather: local_gather, ..JournalOptions::default() },
+            JournalOptions::default(),
         )?;
         // Below `durable` no commit waits for the remote journal's fsync: pace it.
         let remote_sync_pace =
