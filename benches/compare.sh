@@ -6,6 +6,8 @@
 #
 # Environment (all optional):
 #   BENCH_N=200000            -n for redis-benchmark -t set,get (part 1)
+#   BENCH_KEYSPACE=           part 1 only: -r for redis-benchmark (random keys out of this many;
+#                             unset: one key, as the issue's command)
 #   BENCH_WARMUP_N=10000      -n of each warm-up
 #   BENCH_PG_SECONDS=10       pgbench -T, and the target length of each hotpair durable run (part 2)
 #   BENCH_LAG_SECONDS=10      length of each rate-limited lag run (part 3)
@@ -21,6 +23,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_N=${BENCH_N:-200000}
+KEYSPACE=()
+[[ -n "${BENCH_KEYSPACE:-}" ]] && KEYSPACE=(-r "$BENCH_KEYSPACE")
 BENCH_WARMUP_N=${BENCH_WARMUP_N:-10000}
 BENCH_PG_SECONDS=${BENCH_PG_SECONDS:-10}
 BENCH_LAG_SECONDS=${BENCH_LAG_SECONDS:-10}
@@ -201,14 +205,14 @@ EMPTY='{}'
 
 # ---------------------------------------------------------------------------------------------
 # Part 1: redis-benchmark -t set,get against hotpair at each level, and Redis primary+replica
-P1_CMD="redis-benchmark -h 127.0.0.1 -p PORT -t set,get -n $BENCH_N -c 50 -d 100 -q"
+P1_CMD="redis-benchmark -h 127.0.0.1 -p PORT -t set,get -n $BENCH_N -c 50 -d 100 -q${KEYSPACE[*]:+ ${KEYSPACE[*]}}"
 for level in async received durable applied; do
     log "part 1: hotpair sync=$level"
     hp_start "$level" "p1-$level"
-    rb "$TMP/p1-$level.warm" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q
+    rb "$TMP/p1-$level.warm" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q "${KEYSPACE[@]}"
     note_load "part 1 hotpair $level"
     t0=$(cpu_ticks "$HP_A" "$HP_B")
-    rb "$TMP/p1-$level.out" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_N" -c 50 -d 100 -q
+    rb "$TMP/p1-$level.out" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_N" -c 50 -d 100 -q "${KEYSPACE[@]}"
     R[hp_$level.cpu]=$(us_per_request "$t0" "$(cpu_ticks "$HP_A" "$HP_B")" $((2 * BENCH_N)))
     R[hp_$level.set]=$(rps_of SET "$TMP/p1-$level.out"); R[hp_$level.get]=$(rps_of GET "$TMP/p1-$level.out")
     R[hp_$level.err]=$(errors_in "$TMP/p1-$level.out")
@@ -234,10 +238,10 @@ redis_pair() { # POLICY -> sets RP RR (ports) and RP_PID RR_PID
 for policy in everysec always; do
     log "part 1: redis appendfsync=$policy"
     redis_pair "$policy"
-    rb "$TMP/p1-redis-$policy.warm" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q
+    rb "$TMP/p1-redis-$policy.warm" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q "${KEYSPACE[@]}"
     note_load "part 1 redis $policy"
     t0=$(cpu_ticks "$RP_PID" "$RR_PID")
-    rb "$TMP/p1-redis-$policy.out" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_N" -c 50 -d 100 -q
+    rb "$TMP/p1-redis-$policy.out" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_N" -c 50 -d 100 -q "${KEYSPACE[@]}"
     R[redis_$policy.cpu]=$(us_per_request "$t0" "$(cpu_ticks "$RP_PID" "$RR_PID")" $((2 * BENCH_N)))
     R[redis_$policy.set]=$(rps_of SET "$TMP/p1-redis-$policy.out"); R[redis_$policy.get]=$(rps_of GET "$TMP/p1-redis-$policy.out")
     R[redis_$policy.err]=$(errors_in "$TMP/p1-redis-$policy.out")
