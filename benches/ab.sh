@@ -14,13 +14,16 @@
 # Give each variant its own copy of the binary: a build in the tree must not replace it mid-run.
 #
 # Environment (all optional): AB_LEVEL=durable (sync level), AB_CLIENTS=16, AB_N=50000,
-# AB_ROUNDS=6, AB_WARMUP_N=20000, AB_KEYSPACE=N (random keys out of N: redis-benchmark -r N;
-# unset: one key), AB_KEEP=1 (keep the directory: logs).
+# AB_ROUNDS=6, AB_WARMUP_N=20000, AB_TEST=set (or incr: redis-benchmark -t; the table still
+# says SET), AB_KEYSPACE=N (random keys out of N: redis-benchmark -r N; unset: one key),
+# AB_KEEP=1 (keep the directory: logs).
 # Needs redis-benchmark (apt-get install -y redis-tools).
 
 set -euo pipefail
 LEVEL=${AB_LEVEL:-durable}; CLIENTS=${AB_CLIENTS:-16}; N=${AB_N:-50000}; ROUNDS=${AB_ROUNDS:-6}
 WARMUP_N=${AB_WARMUP_N:-20000}
+TEST=${AB_TEST:-set}
+[[ $TEST == set || $TEST == incr ]] || { echo "ab.sh: AB_TEST is set or incr, not $TEST" >&2; exit 2; }
 KEYSPACE=()
 [[ -n "${AB_KEYSPACE:-}" ]] && KEYSPACE=(-r "$AB_KEYSPACE")
 (($# >= 1)) || { sed -n '2,18p' "$0" >&2; exit 2; }
@@ -61,18 +64,18 @@ for i in "${!names[@]}"; do
     done
     [[ $(redis-cli -p "${data_ports[$i]}" set ab-ready 1 2>/dev/null) == OK ]] \
         || { echo "ab.sh: pair ${names[$i]} did not take a write in 30 s; see $TMP/${names[$i]}/*.log" >&2; AB_KEEP=1; exit 1; }
-    redis-benchmark -p "${data_ports[$i]}" -t set -n "$WARMUP_N" -c "$CLIENTS" -d 100 -q "${KEYSPACE[@]}" >/dev/null 2>&1
+    redis-benchmark -p "${data_ports[$i]}" -t "$TEST" -n "$WARMUP_N" -c "$CLIENTS" -d 100 -q "${KEYSPACE[@]}" >/dev/null 2>&1
 done
 
-echo "sync=$LEVEL: redis-benchmark -t set -n $N -c $CLIENTS -d 100${KEYSPACE[*]:+ ${KEYSPACE[*]}}, $ROUNDS rounds, variants in turn"
+echo "sync=$LEVEL: redis-benchmark -t $TEST -n $N -c $CLIENTS -d 100${KEYSPACE[*]:+ ${KEYSPACE[*]}}, $ROUNDS rounds, variants in turn"
 RESULTS="$TMP/results"
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
     for i in "${!names[@]}"; do
         a=${pids_a[$i]}; b=${pids_b[$i]}
         ta=$(cpu_ticks "$a"); tb=$(cpu_ticks "$b")
-        rps=$(redis-benchmark -p "${data_ports[$i]}" -t set -n "$N" -c "$CLIENTS" -d 100 -q "${KEYSPACE[@]}" 2>&1 \
-            | tr '\r' '\n' | awk '$1 == "SET:" && /requests per second/ {v = $2} END {print v + 0}')
+        rps=$(redis-benchmark -p "${data_ports[$i]}" -t "$TEST" -n "$N" -c "$CLIENTS" -d 100 -q "${KEYSPACE[@]}" 2>&1 \
+            | tr '\r' '\n' | awk -v t="${TEST^^}:" '$1 == t && /requests per second/ {v = $2} END {print v + 0}')
         echo "${names[$i]} $round $rps $(($(cpu_ticks "$a") - ta)) $(($(cpu_ticks "$b") - tb))" >>"$RESULTS"
     done
 done
