@@ -492,6 +492,10 @@ impl Journal {
         state.syncing += 1;
         drop(state);
         let result = file.sync_data();
+        let delay = inner.simulated_fsync_delay_ns.load(Ordering::Relaxed);
+        if delay > 0 && result.is_ok() {
+            std::thread::sleep(Duration::from_nanos(delay));
+        }
         inner.fsyncs.fetch_add(1, Ordering::Relaxed);
         let mut state = inner.lock();
         state.syncing -= 1;
