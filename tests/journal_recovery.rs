@@ -1087,3 +1087,30 @@ fn a_caller_synced_journal_fsyncs_on_the_callers_thread_and_sync_to_still_works(
     journal.sync_to(7).unwrap();
     assert_eq!(journal.durable_lsn(), 7);
 }
+
+/// `sync_now` never runs an fsync beside another one (the flusher's, started for a `sync_to`
+/// waiter such as the applier): it waits for it, and finds its records covered, so they cost
+/// one fsync. (Two at once could also split a writeback error between them.)
+#[test]
+fn sync_now_waits_for_an_fsync_in_flight_instead_of_starting_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions { caller_syncs: true, ..options() };
+    let (journal, _) = Journal::open(dir.path(), identity(), options).unwrap();
+    journal.simulate_fsync_delay(Duration::from_millis(200));
+    for lsn in 1..=3 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    let waiter = {
+        let journal = journal.clone();
+        std::thread::spawn(move || journal.sync_to(3))
+    };
+    // The order that needs the guard: the flusher's fsync (woken by the waiter) first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal.stats().in_flight == 0 && journal.durable_lsn() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the flusher never started the waiter's fsync");
+        std::thread::yield_now();
+    }
+    assert_eq!(journal.sync_now().unwrap(), 3);
+    waiter.join().unwrap().unwrap();
+    assert_eq!(journal.stats().fsyncs, 1, "two fsyncs of the same records");
+}

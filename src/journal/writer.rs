@@ -37,7 +37,8 @@
 //! and acks in one go, instead of waking the flusher thread and being woken back by it (two
 //! cross-thread wake-ups per batch, on the path every commit waits for). The flusher then only
 //! serves `sync_to` waiters, when no `sync_now` is in flight (one that is wakes it as it ends if
-//! it left waiters uncovered), and shutdown.
+//! it left waiters uncovered), and shutdown. `sync_now` waits for an fsync already in flight
+//! rather than start a second one beside it.
 //!
 //! ## Invariants
 //! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
@@ -227,8 +228,10 @@ pub struct JournalFootprint {
 /// Counters for benchmarks and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct JournalStats {
-    /// fdatasync calls made by the flusher (group commits).
+    /// fdatasync calls made by the flusher and `sync_now` (group commits), counted as they end.
     pub fsyncs: u64,
+    /// fdatasync calls running right now (0 or 1 for a journal that is working as it should).
+    pub in_flight: u32,
 }
 
 struct State {
@@ -371,7 +374,8 @@ impl Journal {
     }
 
     pub fn stats(&self) -> JournalStats {
-        JournalStats { fsyncs: self.inner.fsyncs.load(Ordering::Relaxed) }
+        let in_flight = self.inner.lock().syncing;
+        JournalStats { fsyncs: self.inner.fsyncs.load(Ordering::Relaxed), in_flight }
     }
 
     /// Benchmarks only: after every flusher fsync, pause `delay` before calling it done, as a
@@ -483,7 +487,16 @@ impl Journal {
     pub fn sync_now(&self) -> Result<Lsn, JournalError> {
         let inner = &self.inner;
         let mut state = inner.lock();
-        inner.check_failed(&state)?;
+        // One fsync of the journal at a time. One in flight (the flusher's, for a `sync_to`
+        // waiter) may cover what we wrote; and two at once could split a writeback error
+        // between them, one reporting it and the other returning Ok for the lost pages.
+        loop {
+            inner.check_failed(&state)?;
+            if state.syncing == 0 {
+                break;
+            }
+            state = inner.wait_durable(state);
+        }
         inner.write_buffer(&mut state)?;
         let target = state.written_lsn;
         let Some(file) = state.active.clone().filter(|_| target > state.durable_lsn) else {
@@ -501,11 +514,13 @@ impl Journal {
         state.syncing -= 1;
         let mut covered = Vec::new();
         let outcome = match result {
-            // Every byte up to `target` was written before this fsync began.
-            Ok(()) => {
+            // Every byte up to `target` was written before this fsync began. A journal failed
+            // meanwhile (a roll's fsync, say) stays failed: nothing more is called durable.
+            Ok(()) if state.failed.is_none() => {
                 inner.publish_durable(&mut state, target, &mut covered);
                 Ok(state.durable_lsn)
             }
+            Ok(()) => Err(inner.failed_error(state.failed.as_deref().unwrap_or_default())),
             Err(err) => Err(inner.fail(&mut state, format!("fsync of journal {} failed: {err}", inner.dir.display()))),
         };
         inner.durable.notify_all();
@@ -930,7 +945,9 @@ impl Inner {
             state = self.lock();
             state.syncing -= 1;
             match result {
-                Ok(()) => self.publish_durable(&mut state, target, &mut covered_waiters),
+                Ok(()) if state.failed.is_none() => self.publish_durable(&mut state, target, &mut covered_waiters),
+                // Failed meanwhile (another fsync reported an error): nothing more is durable.
+                Ok(()) => {}
                 Err(err) => {
                     let _ = self.fail(&mut state, format!("fsync of journal {} failed: {err}", self.dir.display()));
                 }
