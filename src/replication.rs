@@ -335,10 +335,6 @@ pub struct FollowContext {
     /// heartbeat tick: at `durable` an ack per receipt woke every waiting committer on the
     /// primary for nothing, half the acks of every batch.
     pub ack_every_receipt: bool,
-    /// Commits wait for the remote journal's fsync (`durable`, `applied`): fsync each batch
-    /// here, on this task, rather than hand it to the journal's flusher thread and wait for its
-    /// wake-up (the journal is opened with `caller_syncs`).
-    pub sync_each_batch: bool,
 }
 
 /// Receives records after a successful handshake until the connection ends or `stop` is true.
@@ -409,7 +405,9 @@ where
                 Some(Ok(Some(Frame::Copy(_)))) => break Err(ReplicationError::Protocol("the primary sent a copy batch into a replication session".into())),
                 Some(Ok(Some(Frame::Records(bytes)))) => match keep_records(ctx, &bytes) {
                     Ok(Some(kept)) => {
-                        if ctx.sync_each_batch {
+                        // Commits wait for this fsync (`durable`, `applied`: the node opens the
+                        // remote journal `caller_syncs`): do it here rather than wake its flusher.
+                        if ctx.remote.caller_syncs() {
                             if let Err(err) = sync_batch(&ctx.remote) {
                                 break Err(err.into());
                             }

@@ -481,49 +481,29 @@ impl Journal {
         }
     }
 
+    /// Whether appenders make this journal durable themselves ([`JournalOptions::caller_syncs`]).
+    pub fn caller_syncs(&self) -> bool {
+        self.inner.options.caller_syncs
+    }
+
     /// Writes what was appended and fsyncs it on the calling thread; returns the durable LSN.
     /// For an appender that would otherwise hand its records to the flusher and wait for its
     /// wake-up (see "Syncing on the caller's thread"). Blocks for one fsync.
     pub fn sync_now(&self) -> Result<Lsn, JournalError> {
         let inner = &self.inner;
-        let mut state = inner.lock();
         // One fsync of the journal at a time. One in flight (the flusher's, for a `sync_to`
         // waiter) may cover what we wrote; and two at once could split a writeback error
         // between them, one reporting it and the other returning Ok for the lost pages.
-        loop {
-            inner.check_failed(&state)?;
-            if state.syncing == 0 {
-                break;
-            }
-            state = inner.wait_durable(state);
-        }
+        let mut state = inner.lock_idle();
+        inner.check_failed(&state)?;
         inner.write_buffer(&mut state)?;
         let target = state.written_lsn;
         let Some(file) = state.active.clone().filter(|_| target > state.durable_lsn) else {
             return Ok(state.durable_lsn);
         };
-        state.syncing += 1;
-        drop(state);
-        let result = file.sync_data();
-        let delay = inner.simulated_fsync_delay_ns.load(Ordering::Relaxed);
-        if delay > 0 && result.is_ok() {
-            std::thread::sleep(Duration::from_nanos(delay));
-        }
-        inner.fsyncs.fetch_add(1, Ordering::Relaxed);
-        let mut state = inner.lock();
-        state.syncing -= 1;
         let mut covered = Vec::new();
-        let outcome = match result {
-            // Every byte up to `target` was written before this fsync began. A journal failed
-            // meanwhile (a roll's fsync, say) stays failed: nothing more is called durable.
-            Ok(()) if state.failed.is_none() => {
-                inner.publish_durable(&mut state, target, &mut covered);
-                Ok(state.durable_lsn)
-            }
-            Ok(()) => Err(inner.failed_error(state.failed.as_deref().unwrap_or_default())),
-            Err(err) => Err(inner.fail(&mut state, format!("fsync of journal {} failed: {err}", inner.dir.display()))),
-        };
-        inner.durable.notify_all();
+        let (mut state, synced, _) = inner.fsync_written(state, &file, target, &mut covered);
+        let outcome = synced.map(|()| state.durable_lsn);
         // Waiters this fsync did not cover (records appended during it) are the flusher's.
         let wake_flusher = !state.waiters.is_empty() && state.syncing == 0 && state.flusher_wants.take().is_some();
         drop(state);
@@ -860,6 +840,44 @@ impl Inner {
         }
     }
 
+    /// Fsyncs `file` without the lock, every record up to `target` having been written to it
+    /// before, then publishes `target` as durable (taking the waiters it covers into `covered`)
+    /// or fails the journal. Shared by the flusher and `sync_now`. A journal failed meanwhile (a
+    /// roll's fsync, say) stays failed: nothing more is called durable. Returns the lock again,
+    /// the outcome and how long the fsync took.
+    fn fsync_written<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        file: &File,
+        target: Lsn,
+        covered: &mut Vec<Arc<Waiter>>,
+    ) -> (MutexGuard<'a, State>, Result<(), JournalError>, Duration) {
+        state.syncing += 1;
+        drop(state);
+        let started = Instant::now();
+        let result = file.sync_data();
+        let delay = self.simulated_fsync_delay_ns.load(Ordering::Relaxed);
+        if delay > 0 && result.is_ok() {
+            std::thread::sleep(Duration::from_nanos(delay));
+        }
+        let took = started.elapsed();
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock();
+        state.syncing -= 1;
+        let outcome = match (result, state.failed.clone()) {
+            (Ok(()), None) => {
+                self.publish_durable(&mut state, target, covered);
+                Ok(())
+            }
+            (Ok(()), Some(reason)) => Err(self.failed_error(&reason)),
+            (Err(err), _) => {
+                Err(self.fail(&mut state, format!("fsync of journal {} failed: {err}", self.dir.display())))
+            }
+        };
+        self.durable.notify_all();
+        (state, outcome, took)
+    }
+
     /// Moves the durable LSN up to `lsn` (never down) and takes the waiters it now covers out
     /// of the list, into `covered`, for the caller to wake with [`wake_durable`].
     fn publish_durable(&self, state: &mut State, lsn: Lsn, covered: &mut Vec<Arc<Waiter>>) {
@@ -932,27 +950,8 @@ impl Inner {
             let Some(file) = state.active.clone() else {
                 continue;
             };
-            state.syncing += 1;
-            drop(state);
-            let started = Instant::now();
-            let result = file.sync_data();
-            let delay = self.simulated_fsync_delay_ns.load(Ordering::Relaxed);
-            if delay > 0 && result.is_ok() {
-                std::thread::sleep(Duration::from_nanos(delay));
-            }
-            let took = started.elapsed();
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            state = self.lock();
-            state.syncing -= 1;
-            match result {
-                Ok(()) if state.failed.is_none() => self.publish_durable(&mut state, target, &mut covered_waiters),
-                // Failed meanwhile (another fsync reported an error): nothing more is durable.
-                Ok(()) => {}
-                Err(err) => {
-                    let _ = self.fail(&mut state, format!("fsync of journal {} failed: {err}", self.dir.display()));
-                }
-            }
-            self.durable.notify_all();
+            let (relocked, _, took) = self.fsync_written(state, &file, target, &mut covered_waiters);
+            state = relocked;
             // A paced journal gathers by its pace; a caller-synced one has its callers.
             let gather = covered > 1
                 && pace.is_zero()

@@ -247,7 +247,6 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 primary: node.peer.clone(),
                 heartbeat: node.pair.heartbeat,
                 ack_every_receipt: node.pair.sync == crate::config::SyncLevel::Received,
-                sync_each_batch: node.pair.sync >= crate::config::SyncLevel::Durable,
             };
             let stop = stop_when_not_following(node, role);
             node.following.send_replace(true);
