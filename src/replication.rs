@@ -407,8 +407,13 @@ where
                     Ok(Some(kept)) => {
                         // Commits wait for this fsync (`durable`, `applied`: the node opens the
                         // remote journal `caller_syncs`): do it here rather than wake its flusher.
+                        // It blocks this thread, which is the follower's own (`node::follow`):
+                        // the node's status, reads and metrics run elsewhere. The session is
+                        // silent meanwhile: an fsync that stalls past the primary's
+                        // `silence_limit` ends the session, and the primary reports the backup
+                        // lost, as it would any backup that stopped making progress.
                         if ctx.remote.caller_syncs() {
-                            if let Err(err) = sync_batch(&ctx.remote) {
+                            if let Err(err) = ctx.remote.sync_now() {
                                 break Err(err.into());
                             }
                         }
@@ -448,20 +453,6 @@ where
     };
     read_task.abort();
     result
-}
-
-/// Makes a received batch durable on this task. The fsync blocks the thread, so on a
-/// multi-threaded runtime the worker's other tasks (status, reads, metrics) move to another
-/// thread for its length (`block_in_place`): a stalled disk must not stall the node's answers.
-/// The session itself is silent meanwhile (this loop sends the acks and heartbeats): an fsync
-/// that stalls past the primary's [`silence_limit`] ends the session there, and the primary
-/// reports the backup lost, as it would any backup that stopped making progress. That hand-off
-/// costs about 3 µs of backup CPU per SET at `durable`, 16 clients (docs/benchmarks.md).
-fn sync_batch(remote: &Journal) -> Result<Lsn, JournalError> {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| remote.sync_now()),
-        _ => remote.sync_now(),
-    }
 }
 
 async fn send<W: AsyncWrite + Unpin>(
@@ -567,43 +558,6 @@ fn note_canary(primary: &watch::Sender<PeerState>, sent_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A slow fsync of a received batch leaves the runtime's other tasks running, even with one
-    /// worker: a status request or a heartbeat is not held up by the disk.
-    #[test]
-    fn a_slow_batch_fsync_does_not_hold_up_the_nodes_other_tasks() {
-        let dir = tempfile::tempdir().unwrap();
-        let identity = crate::journal::JournalIdentity {
-            cluster: [7; 16],
-            node: "b".into(),
-            kind: crate::journal::format::JournalKind::Remote,
-        };
-        let options = crate::journal::JournalOptions { caller_syncs: true, ..Default::default() };
-        let (journal, _) = Journal::open(dir.path(), identity, options).unwrap();
-        let record = crate::journal::Record {
-            lsn: 1,
-            epoch: 1,
-            timestamp_ms: 0,
-            digest_after: Digest::EMPTY,
-            body: RecordBody::Canary { sequence: 1 },
-        };
-        journal.append(&record).unwrap();
-        let stall = Duration::from_millis(1500);
-        journal.simulate_fsync_delay(stall);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let started = std::time::Instant::now();
-            // The other task is spawned first, so it is queued when the sync blocks the worker.
-            let other = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                started.elapsed()
-            });
-            let sync = tokio::spawn(async move { sync_batch(&journal) });
-            let answered_after = other.await.unwrap();
-            assert_eq!(sync.await.unwrap().unwrap(), 1);
-            assert!(answered_after < stall / 2, "the other task waited {answered_after:?} for a {stall:?} fsync");
-        });
-    }
 
     #[test]
     fn heartbeat_gaps_are_counted() {

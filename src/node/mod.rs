@@ -607,7 +607,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
     tasks.spawn(backend::serve(node.clone(), data));
-    tasks.spawn(follow::run(node.clone()));
+    tasks.spawn(follow::run_on_own_thread(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));
     tasks.spawn(monitor::check_digests(node.clone()));
