@@ -15,6 +15,7 @@
 #   BENCH_CATCHUP_TIMEOUT=300 seconds to wait for the backup to catch up before giving up
 #   BENCH_SKIP_BUILD=1        do not run cargo build --release (use target/release/hotpair as is)
 #   BENCH_KEEP=1              keep the temporary directory (logs, outputs) instead of removing it
+#   BENCH_SKIP_TMPFS=1        skip part 4 (hotpair durable with its data on tmpfs, a diagnostic)
 #
 # It installs nothing. Needed: cargo, jq, redis-server, redis-benchmark, redis-cli
 # (apt-get install -y redis-server redis-tools), PostgreSQL 15 initdb/pg_ctl/postgres/pg_basebackup/
@@ -77,6 +78,7 @@ cleanup() {
         kill -0 "$p" 2>/dev/null && { log "pid $p did not stop on SIGTERM within 5 s; SIGKILL"; kill -KILL "$p" 2>/dev/null; }
     done
     if [[ -n "${BENCH_KEEP:-}" ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    [[ -n "${SHM:-}" ]] && rm -rf "$SHM"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -128,10 +130,10 @@ HP_DATA=""
 HP_A=""
 HP_B=""
 hp_status() { timeout 10 "$HP" --pair "$HP_PAIR" status --json 2>/dev/null || true; }
-hp_start() { # LEVEL NAME
-    local level=$1 name=$2 pa pb dir try
+hp_start() { # LEVEL NAME [PARENT_DIR]
+    local level=$1 name=$2 parent=${3:-$TMP} pa pb dir try
     for try in 1 2 3; do
-        dir="$TMP/hp-$name-$try"
+        dir="$parent/hp-$name-$try"
         free_ports 2; pa=$FP; free_ports 2; pb=$FP
         hp_try "$level" "$dir" "$pa" "$pb" && return 0
         log "hotpair pair ($level) attempt $try did not come up: $(tail -n 1 "$dir/a.log") / $(tail -n 1 "$dir/b.log")"
@@ -407,6 +409,25 @@ else
     fi
 fi
 hp_stop
+
+# ---------------------------------------------------------------------------------------------
+# Part 4 (diagnostic, no goal): part 2's 16-client durable run again with both nodes' data on
+# tmpfs, where an fsync costs next to nothing. What is left is the software's own round (parse,
+# store, journal, TLS, the hops between threads and processes): the ceiling that cheaper fsyncs,
+# or overlapping them, could reach on this machine.
+if [[ -z "${BENCH_SKIP_TMPFS:-}" && -d /dev/shm && $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]]; then
+    SHM=$(mktemp -d /dev/shm/hotpair-compare-XXXXXX)
+    chmod 755 "$SHM"
+    log "part 4: hotpair sync=durable with its data on tmpfs ($SHM)"
+    hp_start durable p4 "$SHM"
+    rb "$TMP/p4-hp.warm" -h 127.0.0.1 -p "$HP_DATA" -t set -n "$BENCH_WARMUP_N" -c 16 -d 100 -q
+    note_load "part 4 hotpair tmpfs c=16"
+    rb "$TMP/p4-hp-c16.out" -h 127.0.0.1 -p "$HP_DATA" -t set -n "$P2_N" -c 16 -d 100 -q
+    R[shm_c16]=$(rps_of SET "$TMP/p4-hp-c16.out")
+    R[shm_c16.err]=$(errors_in "$TMP/p4-hp-c16.out")
+    hp_check "part 4, sync=durable on tmpfs"
+    hp_stop
+fi
 note_load "end"
 
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +464,11 @@ for c in 16 50; do
     printf '%-10s %14s %14s %12s %14s %10s\n' "$c" "$(num "${R[hp_c$c]:-}")" "$(num "${R[hp_c$c.p50]:-}")" "$(num "${R[pg_c$c]:-}")" "$(num "${R[pg_c$c.lat]:-}")" "$(ratio "${R[hp_c$c]:-}" "${R[pg_c$c]:-}")"
 done
 echo "errors: hotpair c16 ${R[hp_c16.err]:-?} c50 ${R[hp_c50.err]:-?}; PG failed transactions c16 ${R[pg_c16.fail]:-?} c50 ${R[pg_c50.fail]:-?}; standby: ${R[pg_sync]:-?}"
+if [[ -n "${R[shm_c16]:-}" ]]; then
+    echo "part 4 (diagnostic): the same 16-client run with both nodes' data on tmpfs (fsyncs next to free):"
+    echo "  ${R[shm_c16]} SET/s ($(ratio "${R[shm_c16]:-}" "${R[pg_c16]:-}") PG; errors ${R[shm_c16.err]:-?}); on disk it was $(ratio "${R[hp_c16]:-}" "${R[shm_c16]:-}") of that."
+    echo "  The rest of a round is software; 3x PG at 16 clients needs tmpfs speed above 3x PG at least."
+fi
 echo
 echo "== part 3: lag at half the maximum durable rate ($HALF SET/s target; max durable $MAXD), status --json every 100 ms"
 printf '%-16s %12s %8s %14s %14s %12s %16s\n' "sync" "SET/s done" "samples" "lag rec p50" "lag rec p99" "lag rec max" "lag_ms p50/p99"
