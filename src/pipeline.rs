@@ -188,6 +188,17 @@ impl Pipeline {
         lock(&self.writer).refusing = reason;
     }
 
+    /// Clears the refusal only if `is_it` says the current one is the one the caller lifts, in
+    /// one step: a refusal set meanwhile for another reason (a drain, a fence) stays.
+    pub fn clear_refusing_if(&self, is_it: impl Fn(&str) -> bool) -> bool {
+        let mut writer = lock(&self.writer);
+        if writer.refusing.as_deref().is_some_and(is_it) {
+            writer.refusing = None;
+            return true;
+        }
+        false
+    }
+
     /// Why writes are refused right now, if they are.
     pub fn refusing(&self) -> Option<String> {
         lock(&self.writer).refusing.clone()
@@ -508,6 +519,23 @@ mod tests {
             misses.len(),
             &misses[..misses.len().min(5)]
         );
+    }
+
+    /// A restarted primary's refusal is lifted by its peer's confirmation; a drain's, set in
+    /// between from another thread, is not.
+    #[test]
+    fn only_the_refusal_asked_for_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, store) = setup(dir.path());
+        let pipeline = Pipeline::start(journal, store, 1, 1);
+        let restarted = |reason: &str| reason.starts_with("restarted");
+        pipeline.set_refusing(Some("draining for a switchover".into()));
+        assert!(!pipeline.clear_refusing_if(restarted));
+        assert_eq!(pipeline.refusing().as_deref(), Some("draining for a switchover"));
+        pipeline.set_refusing(Some("restarted primary waits for b".into()));
+        assert!(pipeline.clear_refusing_if(restarted));
+        assert_eq!(pipeline.refusing(), None);
+        assert!(!pipeline.clear_refusing_if(restarted), "nothing left to clear");
     }
 
     #[test]

@@ -66,9 +66,19 @@ where
     let spawned = std::thread::Builder::new().name(thread_name.clone()).spawn(move || {
         let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => {
-                let result = runtime.block_on(make());
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(make())));
                 drop(runtime);
-                result
+                // Said at once and loudly: the node runs on without this loop, and its result
+                // is read only at shutdown.
+                ran.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(thread = %thread_name, panic = %what, "the thread panicked (a bug): this node no longer follows its primary or probes its peer; restart it");
+                    Err(Error::Failed(format!("the {thread_name} thread panicked: {what}")))
+                })
             }
             Err(source) => Err(Error::Io { context: format!("starting the {thread_name} thread's runtime"), source }),
         };
@@ -77,9 +87,7 @@ where
     let name = name.to_string();
     async move {
         spawned.map_err(|source| Error::Io { context: format!("starting the {name} thread"), source })?;
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::Failed(format!("the {name} thread ended without a result (it panicked; see the log)")))
-        })
+        rx.await.unwrap_or_else(|_| Err(Error::Failed(format!("the {name} thread ended without a result"))))
     }
 }
 
@@ -222,6 +230,13 @@ async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
     };
     match answer.await {
         Ok(Some(Frame::Message(Envelope { epoch, from, .. }))) => {
+            // Acted on only while no primitive runs (they run on another thread and change
+            // the role under `role_change`): a fence must not be overwritten by a resume that
+            // read the role before it. A busy lock skips this answer; the next probe follows.
+            let Ok(_no_primitive) = node.role_change.try_lock() else {
+                tracing::debug!("probe answered during a role change; acting on the next one");
+                return;
+            };
             let ours = node.meta().epoch;
             if epoch > ours {
                 node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}: it was promoted past us"));
@@ -295,8 +310,11 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             node.following.send_replace(true);
             drop(_no_primitive);
             let result = replication::follow(stream, &ctx, stop).await.map_err(|e| e.to_string());
-            node.following.send_replace(false);
+            // Disconnected first: `following = false` wakes a promote on another thread, and
+            // the old primary may connect to it as its backup at once; a late `false` would
+            // then mark that live session lost.
             replication::set_connected(&node.peer, false);
+            node.following.send_replace(false);
             result
         }
         Some(Frame::Message(Envelope { message: Message::Diverged { at_lsn, .. }, .. })) => {
@@ -321,16 +339,22 @@ fn stop_when_not_following(
     let (mut shutdown, mut replicating, mut disk) =
         (node.shutdown.subscribe(), node.replicating.subscribe(), node.disk.subscribe());
     tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => if *shutdown.borrow() { break },
-                _ = replicating.changed() => if !*replicating.borrow() { break },
-                _ = role.changed() => if *role.borrow() != Role::Backup { break },
-                _ = disk.wait_for(|space| space.low) => {
-                    tracing::warn!("disk space low: ending the session with the primary rather than fill the disk");
-                    break;
+        // What happened before this was called (during the connect or the hello) counts too:
+        // these receivers start with the current values already seen.
+        let stop_now = *shutdown.borrow() || !*replicating.borrow();
+        if !stop_now {
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => if *shutdown.borrow() { break },
+                    _ = replicating.changed() => if !*replicating.borrow() { break },
+                    _ = role.changed() => if *role.borrow() != Role::Backup { break },
+                    // `wait_for` looks at the current value first.
+                    _ = disk.wait_for(|space| space.low) => {
+                        tracing::warn!("disk space low: ending the session with the primary rather than fill the disk");
+                        break;
+                    }
+                    _ = tx.closed() => return,
                 }
-                _ = tx.closed() => return,
             }
         }
         let _ = tx.send(true);
@@ -343,21 +367,25 @@ mod tests {
     use super::*;
 
     /// What blocks on the follower's thread (a batch's fsync) leaves the node's runtime free,
-    /// even with one worker: its status answers and timers are not held up by the disk.
+    /// even with one worker: its status answers and timers are not held up by the disk. Both
+    /// run as tasks on the one worker, as in a node; were the follower's future run there
+    /// rather than on its own thread, its stall would hold the timer up.
     #[test]
     fn blocking_on_the_own_thread_does_not_hold_up_the_nodes_runtime() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let stall = Duration::from_millis(1500);
         runtime.block_on(async move {
             let started = std::time::Instant::now();
-            let follower = on_own_thread("test-follower", move || async move {
+            let other = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                started.elapsed()
+            });
+            let follower = tokio::spawn(on_own_thread("test-follower", move || async move {
                 assert_eq!(std::thread::current().name(), Some("test-follower"));
                 std::thread::sleep(stall);
                 Ok(())
-            });
-            let follower = tokio::spawn(follower);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let answered_after = started.elapsed();
+            }));
+            let answered_after = other.await.unwrap();
             follower.await.unwrap().unwrap();
             assert!(started.elapsed() >= stall, "the follower did block its own thread");
             assert!(answered_after < stall / 2, "the node's timer waited {answered_after:?} for a {stall:?} stall");
@@ -370,6 +398,6 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let result = runtime.block_on(on_own_thread("test-panics", || async { panic!("boom") }));
         let err = result.unwrap_err().to_string();
-        assert!(err.contains("test-panics thread ended without a result"), "{err}");
+        assert!(err.contains("the test-panics thread panicked: boom"), "{err}");
     }
 }

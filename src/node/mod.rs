@@ -278,7 +278,7 @@ impl Node {
                         .map_err(|e| Error::Failed(e.to_string()))?;
                 } else {
                     pipeline.set_refusing(Some(format!(
-                        "restarted primary waits for {} to confirm it has not been promoted past epoch {}",
+                        "{RESTARTED_REFUSAL} {} to confirm it has not been promoted past epoch {}",
                         self.peer_config.name, meta.epoch
                     )));
                 }
@@ -419,11 +419,12 @@ impl Node {
     }
 
     /// Takes the peer's confirmation that it is not ahead of our epoch: a restarted primary may
-    /// take writes again.
+    /// take writes again. Only the restarted primary's refusal is lifted: a drain or a fence that
+    /// set its own refusal meanwhile (they run on other threads than the probe) keeps it.
     fn peer_confirmed(&self) {
         if let Some(pipeline) = self.pipeline() {
-            if self.role() == Role::Primary {
-                pipeline.set_refusing(None);
+            if pipeline.clear_refusing_if(|reason| reason.starts_with(RESTARTED_REFUSAL)) {
+                tracing::info!("the peer confirmed it was not promoted past us: taking writes");
             }
         }
     }
@@ -555,6 +556,9 @@ impl Node {
         Ok(())
     }
 }
+
+/// How a restarted primary's refusal begins, until its peer confirms it was not promoted past it.
+const RESTARTED_REFUSAL: &str = "restarted primary waits for";
 
 pub fn journal_dir(node_dir: &Path, kind: JournalKind) -> PathBuf {
     node_dir.join("journal").join(kind.name())
