@@ -334,7 +334,12 @@ fn check_hello(
     }
     let ours = node.meta().epoch;
     if epoch > ours {
-        node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
+        // As the probe does (`follow::probe`): not while a primitive changes the role, or a
+        // resume that read the role before this fence could overwrite it. The hello is refused
+        // either way, and the next hello or probe fences.
+        if let Ok(_no_primitive) = node.role_change.try_lock() {
+            node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
+        }
         let fenced = if node.role() == Role::Fenced { "; this node fenced itself" } else { "" };
         return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}){fenced}"));
     }
