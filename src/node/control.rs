@@ -334,12 +334,8 @@ fn check_hello(
     }
     let ours = node.meta().epoch;
     if epoch > ours {
-        // As the probe does (`follow::probe`): not while a primitive changes the role, or a
-        // resume that read the role before this fence could overwrite it. The hello is refused
-        // either way, and the next hello or probe fences.
-        if let Ok(_no_primitive) = node.role_change.try_lock() {
-            node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
-        }
+        // The hello is refused either way; if a primitive is running, the next hello or probe fences.
+        node.fence_on_peer_word(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
         let fenced = if node.role() == Role::Fenced { "; this node fenced itself" } else { "" };
         return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}){fenced}"));
     }

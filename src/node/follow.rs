@@ -62,7 +62,8 @@ where
     Fut: std::future::Future<Output = Result<(), Error>>,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread_name = name.to_string();
+    let name = name.to_string();
+    let thread_name = name.clone();
     let spawned = std::thread::Builder::new().name(thread_name.clone()).spawn(move || {
         let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => {
@@ -84,7 +85,6 @@ where
         };
         let _ = tx.send(result);
     });
-    let name = name.to_string();
     async move {
         spawned.map_err(|source| Error::Io { context: format!("starting the {name} thread"), source })?;
         rx.await.unwrap_or_else(|_| Err(Error::Failed(format!("the {name} thread ended without a result"))))
@@ -230,16 +230,11 @@ async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
     };
     match answer.await {
         Ok(Some(Frame::Message(Envelope { epoch, from, .. }))) => {
-            // Acted on only while no primitive runs (they run on another thread and change
-            // the role under `role_change`): a fence must not be overwritten by a resume that
-            // read the role before it. A busy lock skips this answer; the next probe follows.
-            let Ok(_no_primitive) = node.role_change.try_lock() else {
-                tracing::debug!("probe answered during a role change; acting on the next one");
-                return;
-            };
             let ours = node.meta().epoch;
             if epoch > ours {
-                node.fence(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}: it was promoted past us"));
+                node.fence_on_peer_word(&format!(
+                    "peer {from} is at epoch {epoch}, ahead of our {ours}: it was promoted past us"
+                ));
             } else {
                 node.peer_confirmed();
             }
@@ -341,21 +336,19 @@ fn stop_when_not_following(
     tokio::spawn(async move {
         // What happened before this was called (during the connect or the hello) counts too:
         // these receivers start with the current values already seen.
-        let stop_now = *shutdown.borrow() || !*replicating.borrow();
-        if !stop_now {
-            loop {
-                tokio::select! {
-                    _ = shutdown.changed() => if *shutdown.borrow() { break },
-                    _ = replicating.changed() => if !*replicating.borrow() { break },
-                    _ = role.changed() => if *role.borrow() != Role::Backup { break },
-                    // `wait_for` looks at the current value first.
-                    _ = disk.wait_for(|space| space.low) => {
-                        tracing::warn!("disk space low: ending the session with the primary rather than fill the disk");
-                        break;
-                    }
-                    _ = tx.closed() => return,
+        let mut stop = *shutdown.borrow() || !*replicating.borrow();
+        while !stop {
+            stop = tokio::select! {
+                _ = shutdown.changed() => *shutdown.borrow(),
+                _ = replicating.changed() => !*replicating.borrow(),
+                _ = role.changed() => *role.borrow() != Role::Backup,
+                // `wait_for` looks at the current value first.
+                _ = disk.wait_for(|space| space.low) => {
+                    tracing::warn!("disk space low: ending the session with the primary rather than fill the disk");
+                    true
                 }
-            }
+                _ = tx.closed() => return,
+            };
         }
         let _ = tx.send(true);
     });

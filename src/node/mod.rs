@@ -390,6 +390,18 @@ impl Node {
         }
     }
 
+    /// [`Node::fence`] on what the peer said (a probe's answer, a hello), from a task that holds
+    /// no lock. Done only while no primitive holds `role_change`: primitives change the role
+    /// under it on another thread, and a resume that read the role before this fence would
+    /// overwrite it. A busy lock skips it; the peer's next word (a probe every 500 ms, or its
+    /// next hello) fences.
+    pub(crate) fn fence_on_peer_word(&self, reason: &str) {
+        match self.role_change.try_lock() {
+            Ok(_no_primitive) => self.fence(reason),
+            Err(_) => tracing::debug!(%reason, "not fenced while a role change runs; the peer's next word will"),
+        }
+    }
+
     /// Notes that a commit was acknowledged without the peer; logged loudly the first time.
     pub fn note_degraded(&self) {
         if !self.degraded.swap(true, std::sync::atomic::Ordering::SeqCst) {
