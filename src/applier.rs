@@ -21,6 +21,13 @@
 //! the queue holds one record at a time this is the old one-record-per-batch behaviour; when it
 //! is long (catch-up, bursts) the cost of a sled batch and of the bookkeeping is shared.
 //!
+//! ## The confirmation gate (backup)
+//! A primary ships records once written, before its own fsync (`replication`, "Overlapped
+//! fsyncs"), and says with every batch and heartbeat how far it is durable. A backup's applier
+//! is started [`Applier::start_gated`]: it applies nothing past the LSN its primary confirmed
+//! ([`Applier::confirm`]), so its store never holds a record its primary could still lose in a
+//! crash. Records past it wait in the queue; a shutdown drops them (they stay in the journal).
+//!
 //! ## Pacing
 //! Every sled batch rolls sled's IO buffer twice, and each roll hands a write to sled's thread
 //! pool, whose `notify_all` wakes every idle pool thread: at one batch per journal fsync that
@@ -33,7 +40,7 @@
 //! LSN: a switchover's wait-applied phase, a rejoin, a digest check) skips the pause until that
 //! LSN is applied.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
@@ -62,6 +69,14 @@ pub struct Applier {
     hurry_until: Arc<AtomicU64>,
     /// The applier thread, to cut a pause short.
     worker: Option<Thread>,
+    gate: Arc<Gate>,
+}
+
+/// The highest LSN the applier may apply (see "The confirmation gate"), and whether it is
+/// shutting down (then it stops waiting for a confirmation that may never come).
+struct Gate {
+    confirmed: AtomicU64,
+    closing: AtomicBool,
 }
 
 impl Applier {
@@ -77,6 +92,30 @@ impl Applier {
         pace: Duration,
         after_apply: impl Fn(&Record) + Send + 'static,
     ) -> Applier {
+        Applier::start_with_gate(journal, store, pace, Lsn::MAX, after_apply)
+    }
+
+    /// A backup's applier: [`Applier::start_paced`], applying nothing past the store's current
+    /// LSN until [`Applier::confirm`] allows more (see "The confirmation gate").
+    pub fn start_gated(
+        journal: Journal,
+        store: Arc<Store>,
+        pace: Duration,
+        after_apply: impl Fn(&Record) + Send + 'static,
+    ) -> Applier {
+        let applied = store.position().applied_lsn;
+        Applier::start_with_gate(journal, store, pace, applied, after_apply)
+    }
+
+    fn start_with_gate(
+        journal: Journal,
+        store: Arc<Store>,
+        pace: Duration,
+        confirmed: Lsn,
+        after_apply: impl Fn(&Record) + Send + 'static,
+    ) -> Applier {
+        let gate = Arc::new(Gate { confirmed: AtomicU64::new(confirmed), closing: AtomicBool::new(false) });
+        let thread_gate = gate.clone();
         let (tx, rx) = channel::<Record>();
         let (applied_tx, applied_rx) = watch::channel(store.position().applied_lsn);
         let failure = Arc::new(Mutex::new(None));
@@ -96,7 +135,12 @@ impl Applier {
                         }
                     }
                     last_run = Instant::now();
-                    let result = apply_durable(&journal, &store, &mut queued, &after_apply, &applied_tx);
+                    if !wait_confirmed(&thread_gate, queued[0].lsn) {
+                        // Shutting down: what the primary never confirmed stays unapplied.
+                        return;
+                    }
+                    let confirmed = thread_gate.confirmed.load(Ordering::Acquire);
+                    let result = apply_durable(&journal, &store, &mut queued, confirmed, &after_apply, &applied_tx);
                     if let Err(reason) = result {
                         tracing::error!(%reason, "the applier stops");
                         *lock(&thread_failure) = Some(reason);
@@ -109,7 +153,21 @@ impl Applier {
             *lock(&failure) = Some("could not start the applier thread".into());
         }
         let worker = thread.as_ref().map(|t| t.thread().clone());
-        Applier { tx: Mutex::new(Some(tx)), thread: Mutex::new(thread), applied_rx, failure, hurry_until, worker }
+        Applier { tx: Mutex::new(Some(tx)), thread: Mutex::new(thread), applied_rx, failure, hurry_until, worker, gate }
+    }
+
+    /// The primary has made everything up to `lsn` durable: the applier may apply up to it.
+    pub fn confirm(&self, lsn: Lsn) {
+        if self.gate.confirmed.fetch_max(lsn, Ordering::AcqRel) < lsn {
+            if let Some(worker) = &self.worker {
+                worker.unpark();
+            }
+        }
+    }
+
+    /// The LSN the applier may apply up to (`Lsn::MAX` when ungated).
+    pub fn confirmed(&self) -> Lsn {
+        self.gate.confirmed.load(Ordering::Acquire)
     }
 
     /// Someone waits for `lsn` to be applied: no pause until it is.
@@ -143,9 +201,13 @@ impl Applier {
         lock(&self.failure).clone()
     }
 
-    /// Applies what was queued and becomes durable, then stops the thread.
+    /// Applies what was queued and becomes durable (and, gated, confirmed), then stops the thread.
     pub fn shutdown(&self) {
         lock(&self.tx).take();
+        self.gate.closing.store(true, Ordering::Release);
+        if let Some(worker) = &self.worker {
+            worker.unpark();
+        }
         if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
         }
@@ -172,6 +234,18 @@ fn pause_until(until: Instant, hurried: impl Fn() -> bool) -> bool {
         paused = true;
     }
     paused
+}
+
+/// Waits until the gate lets `lsn` be applied; false if the applier is closing first.
+fn wait_confirmed(gate: &Gate, lsn: Lsn) -> bool {
+    // A condition, not a pause: `confirm` and `shutdown` unpark the thread after changing it.
+    while gate.confirmed.load(Ordering::Acquire) < lsn {
+        if gate.closing.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    true
 }
 
 /// Tops `queued` up from the channel: waits for a record only if `queued` is empty, then takes
@@ -208,13 +282,14 @@ fn record_bytes(record: &Record) -> usize {
 }
 
 /// Waits until the first queued record is durable, then applies, as one run, every queued record
-/// the journal's durable LSN covers, removes them from `queued`, calls `after_apply` for each in
+/// the journal's durable LSN (and `confirmed`, which the caller checked covers the first) covers, removes them from `queued`, calls `after_apply` for each in
 /// order and publishes the last one's LSN. Records past the durable LSN stay queued for the next
 /// round. On a digest mismatch the records before it count as applied; the error names it.
 fn apply_durable(
     journal: &Journal,
     store: &Store,
     queued: &mut Vec<Record>,
+    confirmed: Lsn,
     after_apply: &impl Fn(&Record),
     applied_tx: &watch::Sender<Lsn>,
 ) -> Result<(), String> {
@@ -222,7 +297,7 @@ fn apply_durable(
         return Ok(());
     };
     journal.sync_to(first).map_err(|e| format!("cannot apply LSN {first}: {e}"))?;
-    let durable = journal.durable_lsn().max(first);
+    let durable = journal.durable_lsn().max(first).min(confirmed.max(first));
     let take = queued.iter().position(|r| r.lsn > durable).unwrap_or(queued.len());
     let run = &queued[..take];
     let run_last = run.last().map_or(first, |r| r.lsn);
@@ -367,6 +442,35 @@ mod tests {
         wait_for(&applier, 200);
         assert_eq!(applier.failure(), None);
         assert_eq!(store.position().digest, records[199].digest_after);
+    }
+
+    /// A backup's applier applies nothing its primary did not confirm; a shutdown drops what is
+    /// left unconfirmed instead of waiting for a confirmation that will not come.
+    #[test]
+    fn a_gated_applier_applies_only_what_was_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, store) = setup(dir.path());
+        let records = records(dir.path(), 300);
+        for record in &records {
+            journal.append(record).unwrap();
+        }
+        journal.sync_to(300).unwrap();
+        let applier = Applier::start_gated(journal.clone(), store.clone(), Duration::ZERO, |_| {});
+        assert_eq!(applier.confirmed(), 0, "a fresh store confirms nothing");
+        for record in &records {
+            applier.submit(record.clone()).unwrap();
+        }
+        applier.confirm(120);
+        wait_for(&applier, 120);
+        // The records past 120 are durable here and queued: only the confirmation holds them.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(applier.applied_lsn(), 120, "applied past the confirmed LSN");
+        applier.confirm(250);
+        wait_for(&applier, 250);
+        applier.shutdown();
+        assert_eq!(store.position().applied_lsn, 250);
+        assert_eq!(store.position().digest, records[249].digest_after);
+        assert_eq!(applier.failure(), None);
     }
 
     #[test]

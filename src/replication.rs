@@ -1,5 +1,5 @@
-//! Replication between the two nodes: the primary ships its durable journal records, the
-//! backup keeps them byte for byte in its remote journal, applies the durable ones and
+//! Replication between the two nodes: the primary ships its journal records, the backup keeps
+//! them byte for byte in its remote journal, applies the ones both nodes hold durably and
 //! acknowledges how far it got.
 //!
 //! ## Job
@@ -9,9 +9,24 @@
 //! - [`follow`] runs on the backup for one connection: writes received frames into the remote
 //!   journal, queues them for the applier, and acks received / durable / applied LSNs.
 //!
+//! ## Overlapped fsyncs
+//! The primary ships a record once it is *written* to its local journal, while its fsync is
+//! still under way, so that the two nodes' fsyncs overlap instead of running one after the
+//! other (a `durable` commit waits for both). Every batch, heartbeat and [`Message::Durable`]
+//! carries how far the primary is durable; the backup keeps and fsyncs what it receives at
+//! once, but its applier applies nothing past that confirmed LSN (`applier`, "The
+//! confirmation gate").
+//!
 //! ## Invariants
-//! - Only records that are durable in the primary's local journal are shipped: a backup never
-//!   holds a record its primary could still lose in a crash.
+//! - No commit is acknowledged before its own node's fsync (`node::backend::wait_sync` checks
+//!   the local journal), so a record shipped before the primary's fsync and then lost in a crash
+//!   of the primary was never acknowledged.
+//! - A backup's store never holds a record its primary has not confirmed durable: two nodes
+//!   that applied the same LSN applied the same record (invariant 3), even if the primary
+//!   crashed and wrote other records at those LSNs afterwards. Such a backup's unconfirmed tail
+//!   is cut at its next welcome (`Welcome::cut_after`, decided by `control::peer_session`).
+//! - A promoted backup keeps and applies everything it received: it may hold acknowledged
+//!   commits whose confirmation was still on its way.
 //! - Records go out in LSN order with no gap and no duplicate, across the hand-over from files to
 //!   memory: one cursor (`next`) decides both.
 //! - The backup refuses a record whose LSN is not the next one (its journal checks) and checks
@@ -197,32 +212,56 @@ where
     let limit = silence_limit(ctx.heartbeat);
     let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx).await });
     let mut durable = ctx.journal.subscribe_durable();
+    let mut written = ctx.journal.subscribe_written();
     let mut ticker = tokio::time::interval(ctx.heartbeat);
     let mut next = start_lsn;
     let mut files: Option<std::iter::Peekable<JournalReader>> = None;
     let mut seq = 0u64;
+    // The durable LSN the backup was last told (with a batch, a heartbeat or on its own).
+    let mut told = 0;
+    // A primary's remote journal takes no appends: what it holds durably now stays so.
+    let remote_durable = ctx.remote.durable_lsn();
     let result = loop {
-        let durable_lsn = *durable.borrow_and_update();
-        if next <= durable_lsn {
-            match next_batch(&ctx, &mut files, next, durable_lsn) {
-                Ok((batch, last)) => {
-                    if let Err(err) = write_or_silence(&mut writer, &Frame::Records(batch), &heard, limit).await {
+        // How far we hold the pair's history durably: our local journal, and our remote journal
+        // for the epochs our peer led (a new primary's first record may not be fsynced yet).
+        let durable_lsn = (*durable.borrow_and_update()).max(remote_durable);
+        // Written is enough to ship (see "Overlapped fsyncs"); the remote journal's records
+        // (our peer's epochs, for a catch-up) are durable already.
+        let until = (*written.borrow_and_update()).max(durable_lsn);
+        if next <= until {
+            match next_batch(&ctx, &mut files, next, until) {
+                Ok((frames, last)) => {
+                    let batch = Frame::Records { durable: durable_lsn, frames };
+                    if let Err(err) = write_or_silence(&mut writer, &batch, &heard, limit).await {
                         break Err(err);
                     }
-                    next = last + 1;
+                    (next, told) = (last + 1, durable_lsn);
                     continue;
                 }
                 Err(err) => break Err(err),
             }
+        }
+        // The backup holds records it may not apply yet, and we can now let it: tell it at once,
+        // or a waiting `applied` commit (or a read on the backup) would wait for the next batch.
+        if told < durable_lsn && told < next - 1 {
+            told = durable_lsn;
+            let message = Message::Durable { lsn: durable_lsn };
+            let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message };
+            if let Err(err) = write_or_silence(&mut writer, &Frame::Message(envelope), &heard, limit).await {
+                break Err(err);
+            }
+            continue;
         }
         tokio::select! {
             biased;
             _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             ended = &mut acks => break ended.unwrap_or_else(|e| Err(ReplicationError::Protocol(format!("ack reader failed: {e}")))),
             silent = silence(&heard, limit) => break Err(silent),
+            _ = written.changed() => {}
             _ = durable.changed() => {}
             _ = ticker.tick() => {
                 seq += 1;
+                told = durable_lsn;
                 let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn };
                 let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message: heartbeat };
                 if let Err(err) = write_or_silence(&mut writer, &Frame::Message(envelope), &heard, limit).await {
@@ -273,12 +312,7 @@ fn next_batch(
 
 /// The journal that holds `lsn`: ours for the epochs we led, the remote one for our peer's.
 fn journal_holding(ctx: &ShipContext, lsn: Lsn) -> &Journal {
-    let owner = ctx.history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.primary.as_str());
-    if owner.is_none_or(|owner| owner == ctx.name) {
-        &ctx.journal
-    } else {
-        &ctx.remote
-    }
+    crate::journal::holding(&ctx.history, &ctx.name, &ctx.journal, &ctx.remote, lsn)
 }
 
 async fn read_acks<R: AsyncRead + Unpin>(
@@ -403,7 +437,7 @@ where
             _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             frame = frames.recv() => match frame {
                 Some(Ok(Some(Frame::Copy(_)))) => break Err(ReplicationError::Protocol("the primary sent a copy batch into a replication session".into())),
-                Some(Ok(Some(Frame::Records(bytes)))) => match keep_records(ctx, &bytes) {
+                Some(Ok(Some(Frame::Records { durable: confirmed, frames }))) => match keep_records(ctx, &frames) {
                     Ok(Some(kept)) => {
                         // Commits wait for this fsync (`durable`, `applied`: the node opens the
                         // remote journal `caller_syncs`): do it here rather than wake its flusher.
@@ -419,8 +453,9 @@ where
                         }
                         received = kept.last_lsn;
                         unapplied.received(kept.last_lsn, kept.first_time_ms);
+                        ctx.applier.confirm(confirmed);
                     }
-                    Ok(None) => {}
+                    Ok(None) => ctx.applier.confirm(confirmed),
                     Err(err) => break Err(err),
                 },
                 Some(Ok(Some(Frame::Message(envelope)))) => match envelope.message {
@@ -432,7 +467,10 @@ where
                         let now = crate::clock::now_ms();
                         unapplied.announced(last_lsn, received, now);
                         ctx.primary.send_modify(|s| { s.heartbeat_gaps += gap; s.last_heard_ms = now; s.peer_last_lsn = last_lsn; });
+                        // A primary's heartbeat carries its durable LSN.
+                        ctx.applier.confirm(last_lsn);
                     }
+                    Message::Durable { lsn } => ctx.applier.confirm(lsn),
                     other => break Err(ReplicationError::Protocol(format!("unexpected message from the primary: {other:?}"))),
                 },
                 Some(Ok(None)) | None => break Ok(()),

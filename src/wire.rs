@@ -4,11 +4,13 @@
 //! ## Frame
 //! ```text
 //! u32 LE  length N of what follows (1 ≤ N ≤ MAX_FRAME)
-//! u8      type: 1 = JSON envelope, 2 = records batch
+//! u8      type: 1 = JSON envelope, 2 = records batch, 3 = full-copy batch
 //! N-1     payload
 //! ```
-//! A records batch is journal record frames back to back, exactly as they lie in the sender's
-//! journal (`journals/README.md`); the receiver checks each one's CRC and LSN before it keeps it.
+//! A records batch is the sender's durable LSN (u64 LE: how far the backup may apply, see
+//! `replication`, "Overlapped fsyncs") followed by journal record frames back to back, exactly as
+//! they lie in the sender's journal (`journals/README.md`); the receiver checks each one's CRC
+//! and LSN before it keeps it.
 //! A JSON envelope is `{"from": node, "epoch": n, "type": …, …}`: every message says who sent it
 //! and in which epoch, so a stale sender is recognised whatever it says.
 //!
@@ -45,8 +47,11 @@ pub enum WireError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Message(Envelope),
-    /// Journal record frames back to back.
-    Records(Vec<u8>),
+    /// Journal record frames back to back, and how far the sender has made its journal durable.
+    Records {
+        durable: Lsn,
+        frames: Vec<u8>,
+    },
     /// A batch of a full copy: `u32 LE key length, key, u32 LE value length, value`, repeated.
     Copy(Vec<u8>),
 }
@@ -63,10 +68,34 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Message {
-    /// First message of a node-to-node connection: identity and where the sender stands.
-    Hello { cluster: Uuid, incarnation: Uuid, role: Role, history: Vec<HistoryEntry>, last_lsn: Lsn },
-    /// The primary accepts the backup: records from `start_lsn` on follow.
-    Welcome { start_lsn: Lsn, history: Vec<HistoryEntry>, last_lsn: Lsn },
+    /// First message of a node-to-node connection: identity and where the sender stands. A
+    /// would-be backup also says up to which LSN its records were confirmed durable by a primary
+    /// (it may have applied up to there) and the CRC of its last record's frame, so that the
+    /// primary can tell whether the tail past it is the primary's own (see `cut_after`).
+    Hello {
+        cluster: Uuid,
+        incarnation: Uuid,
+        role: Role,
+        history: Vec<HistoryEntry>,
+        last_lsn: Lsn,
+        #[serde(default)]
+        confirmed_lsn: Lsn,
+        #[serde(default)]
+        last_crc: Option<u32>,
+    },
+    /// The primary accepts the backup: records from `start_lsn` on follow. With `cut_after`, the
+    /// backup first drops every record past that LSN: they were shipped before the primary's
+    /// fsync, and the primary no longer holds them (a crash took them) or holds others there.
+    Welcome {
+        start_lsn: Lsn,
+        history: Vec<HistoryEntry>,
+        last_lsn: Lsn,
+        #[serde(default)]
+        cut_after: Option<Lsn>,
+    },
+    /// The primary's journal is durable up to `lsn`: the backup may apply up to it. Sent when
+    /// no batch is about to carry it.
+    Durable { lsn: Lsn },
     /// The backup's history left the primary's after `at_lsn`: it must be rejoined.
     Diverged { at_lsn: Lsn, history: Vec<HistoryEntry> },
     /// The connection is refused, with the reason (also logged on both sides).
@@ -186,8 +215,13 @@ fn decode_payload(mut payload: Vec<u8>) -> Result<Option<Frame>, WireError> {
             .map(|envelope| Some(Frame::Message(envelope)))
             .map_err(|e| WireError::Invalid(format!("bad JSON message: {e}"))),
         TYPE_RECORDS => {
-            payload.remove(0);
-            Ok(Some(Frame::Records(payload)))
+            let durable = payload
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| WireError::Invalid("records batch shorter than its durable LSN".into()))?;
+            payload.drain(..9);
+            Ok(Some(Frame::Records { durable, frames: payload }))
         }
         TYPE_COPY => {
             payload.remove(0);
@@ -202,7 +236,7 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     let (kind, payload) = match frame {
         // Serialising these plain data types cannot fail (no maps with non-string keys).
         Frame::Message(envelope) => (TYPE_JSON, serde_json::to_vec(envelope).unwrap_or_default()),
-        Frame::Records(bytes) => (TYPE_RECORDS, bytes.clone()),
+        Frame::Records { durable, frames } => (TYPE_RECORDS, [&durable.to_le_bytes()[..], frames].concat()),
         Frame::Copy(bytes) => (TYPE_COPY, bytes.clone()),
     };
     let mut out = Vec::with_capacity(payload.len() + 5);
@@ -283,6 +317,47 @@ pub fn standing(ours: &[HistoryEntry], our_last: Lsn, theirs: &[HistoryEntry], t
     }
 }
 
+/// What a primary tells a would-be backup at its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Continue from `next_lsn`.
+    From { next_lsn: Lsn },
+    /// Drop everything past `lsn` first, then continue from `lsn + 1`.
+    CutAfter { lsn: Lsn },
+    /// Its history left ours after `at_lsn`: it must be rejoined.
+    Diverged { at_lsn: Lsn },
+}
+
+/// What a would-be backup says of itself in its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupTail {
+    pub last_lsn: Lsn,
+    /// How far a primary confirmed its records durable: it may have applied up to here.
+    pub confirmed_lsn: Lsn,
+    /// Whether its record at `last_lsn` is the one we hold there (same frame CRC).
+    pub last_matches: bool,
+    /// Whether its history is ours, entry for entry.
+    pub same_history: bool,
+}
+
+/// Decides the welcome. Records are shipped before the primary's fsync, so a primary that
+/// crashed may restart without records its backup holds, and may then write others at those
+/// LSNs in the same epoch. What is provably the same on both sides is everything up to `agreed`:
+/// what the backup had confirmed (a primary made it durable, the backup may have applied it)
+/// or acknowledged to us durably (`acknowledged`, capped at our own durable LSN). Past it, a
+/// backup's record was never applied, so dropping it costs nothing; and never acknowledged, as
+/// no commit is acknowledged before its primary's fsync.
+pub fn welcome_plan(standing: Standing, tail: BackupTail, acknowledged: Lsn) -> Plan {
+    let agreed = tail.confirmed_lsn.max(acknowledged).min(tail.last_lsn);
+    match standing {
+        Standing::OnHistory { next_lsn } if tail.last_lsn <= agreed || tail.last_matches => Plan::From { next_lsn },
+        Standing::OnHistory { .. } => Plan::CutAfter { lsn: agreed },
+        // Our own epoch's tail, lost in a crash (or rewritten since): the backup holds more of it.
+        Standing::Diverged { at_lsn } if tail.same_history && agreed <= at_lsn => Plan::CutAfter { lsn: agreed },
+        Standing::Diverged { at_lsn } => Plan::Diverged { at_lsn },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,10 +378,54 @@ mod tests {
         assert_eq!(standing(&two, 300, &one, 100), Standing::OnHistory { next_lsn: 101 });
         // A backup that already followed into epoch 2.
         assert_eq!(standing(&two, 300, &two, 250), Standing::OnHistory { next_lsn: 251 });
-        // They hold more of our own epoch than we do (should not happen: only durable records ship).
+        // They hold more of our own epoch than we do (we crashed before our fsync: see `welcome_plan`).
         assert_eq!(standing(&one, 90, &one, 100), Standing::Diverged { at_lsn: 90 });
         // An empty node is on every history.
         assert_eq!(standing(&two, 300, &one, 0), Standing::OnHistory { next_lsn: 1 });
+    }
+
+    #[test]
+    fn a_backup_tail_the_primary_lost_or_rewrote_is_cut_where_both_agree() {
+        let tail = |last_lsn, confirmed_lsn, last_matches, same_history| BackupTail {
+            last_lsn,
+            confirmed_lsn,
+            last_matches,
+            same_history,
+        };
+        // A backup that holds only confirmed records continues, whatever its last record says.
+        assert_eq!(
+            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 100, false, true), 90),
+            Plan::From { next_lsn: 101 }
+        );
+        // Unconfirmed records that are ours: continue.
+        assert_eq!(
+            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 80, true, true), 90),
+            Plan::From { next_lsn: 101 }
+        );
+        // Ours differs at its last LSN (we restarted without them and wrote others): cut where
+        // both agree, the larger of its confirmed and our acknowledged position.
+        assert_eq!(
+            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 80, false, true), 90),
+            Plan::CutAfter { lsn: 90 }
+        );
+        assert_eq!(
+            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 95, false, true), 90),
+            Plan::CutAfter { lsn: 95 }
+        );
+        // We restarted holding less than it of our own epoch.
+        assert_eq!(
+            welcome_plan(Standing::Diverged { at_lsn: 97 }, tail(100, 95, false, true), 90),
+            Plan::CutAfter { lsn: 95 }
+        );
+        // It applied past what we hold, or its history is another: a real divergence.
+        assert_eq!(
+            welcome_plan(Standing::Diverged { at_lsn: 97 }, tail(100, 99, false, true), 90),
+            Plan::Diverged { at_lsn: 97 }
+        );
+        assert_eq!(
+            welcome_plan(Standing::Diverged { at_lsn: 97 }, tail(100, 95, false, false), 90),
+            Plan::Diverged { at_lsn: 97 }
+        );
     }
 
     #[tokio::test]
@@ -319,7 +438,9 @@ mod tests {
         let pairs = vec![(b"k".to_vec(), b"value".to_vec()), (Vec::new(), vec![0u8; 3])];
         assert_eq!(decode_pairs(&encode_pairs(&pairs)).unwrap(), pairs);
         assert!(decode_pairs(&encode_pairs(&pairs)[..7]).is_err());
-        for frame in [Frame::Message(envelope), Frame::Records(vec![1, 2, 3]), Frame::Copy(vec![4, 5])] {
+        for frame in
+            [Frame::Message(envelope), Frame::Records { durable: 7, frames: vec![1, 2, 3] }, Frame::Copy(vec![4, 5])]
+        {
             let bytes = encode_frame(&frame);
             let mut reader = &bytes[..];
             assert_eq!(read_frame(&mut reader).await.unwrap(), Some(frame));
@@ -329,6 +450,8 @@ mod tests {
         assert!(matches!(read_frame(&mut &huge[..]).await, Err(WireError::Invalid(_))));
         let unknown = [1u8, 0, 0, 0, 9];
         assert!(matches!(read_frame(&mut &unknown[..]).await, Err(WireError::Invalid(_))));
+        let short_records = [3u8, 0, 0, 0, 2, 5, 6];
+        assert!(matches!(read_frame(&mut &short_records[..]).await, Err(WireError::Invalid(_))));
         let bad_json = [3u8, 0, 0, 0, 1, b'{', b'x'];
         assert!(matches!(read_frame(&mut &bad_json[..]).await, Err(WireError::Invalid(_))));
     }

@@ -201,6 +201,8 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             role: Role::Backup,
             history: meta.history.clone(),
             last_lsn,
+            confirmed_lsn: last_lsn,
+            last_crc: None,
         };
         wire::write_frame(&mut stream, &envelope(hello)).await.expect("send hello");
         match wire::read_frame(&mut stream).await.expect("an answer to hello") {

@@ -341,6 +341,8 @@ fn hello(pair: &Pair, incarnation: uuid::Uuid, last_lsn: u64) -> Frame {
             role: Role::Backup,
             history: meta.history,
             last_lsn,
+            confirmed_lsn: last_lsn,
+            last_crc: None,
         },
     })
 }
@@ -511,6 +513,90 @@ fn pair_from_another_init(dir: &std::path::Path) -> PairConfig {
 
 // ---------------------------------------------------------------------------------------------
 // Restarts.
+
+/// Cuts every record past `lsn` from the journal in `dir`, as a power loss takes what was
+/// written but not fsynced: the segment files past it go, the one holding it ends after it.
+fn cut_journal_after(dir: &std::path::Path, lsn: u64) {
+    let entries = hotpair::journal::read_dir_from(dir, lsn + 1).expect("read the primary's journal");
+    let mut first_cut: Option<(std::path::PathBuf, u64)> = None;
+    for entry in entries {
+        let entry = entry.expect("a whole record");
+        if entry.record.lsn > lsn {
+            first_cut = Some((entry.path, entry.offset));
+            break;
+        }
+    }
+    let (path, offset) = first_cut.expect("records past the durable LSN to cut");
+    for segment in std::fs::read_dir(dir).expect("list the journal") {
+        let segment = segment.expect("a journal entry").path();
+        if segment.file_name() > path.file_name() {
+            std::fs::remove_file(&segment).expect("remove a later segment");
+        }
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open the segment");
+    file.set_len(offset).expect("cut the segment");
+}
+
+#[test]
+fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
+    // Records ship once written, before the primary's fsync. Hold the primary's fsync back
+    // (it calls each one done 5 s late), write a key, wait until the backup holds it, then
+    // SIGKILL the primary and cut that record from its journal, as a power loss would. The
+    // backup must not have applied the record (its primary never confirmed it), the write was
+    // never acknowledged, and when the primary restarts without it the backup drops it and
+    // follows again: no divergence, no rejoin, equal digests, every acknowledged write on both.
+    let mut pair = Pair::start(SyncLevel::Durable);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..50 {
+        let _: () = a.set(format!("acked-{i}"), i).expect("acknowledged before the crash");
+    }
+    pair.wait_caught_up();
+    drop(a);
+    pair.stop(PRIMARY);
+    pair.set_env(PRIMARY, hotpair::node::SIMULATED_FSYNC_DELAY_ENV, Some("5s"));
+    pair.restart(PRIMARY);
+    pair.wait_ready();
+
+    let writer = {
+        let mut a = pair.redis(PRIMARY);
+        std::thread::spawn(move || -> RedisResult<()> { a.set("lost", "never acknowledged") })
+    };
+    let shipped = pair.wait_for("the backup to hold a record the primary has not fsynced", |s| {
+        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+        let (durable, last) = (a["durable_lsn"].as_u64(), a["last_lsn"].as_u64());
+        durable.is_some() && last > durable && b["received_lsn"].as_u64() >= last
+    });
+    let durable = node_field(&shipped, PRIMARY, "durable_lsn").as_u64().expect("durable LSN");
+    let lost: Option<String> = pair.redis(BACKUP).get("lost").expect("GET on the backup");
+    assert_eq!(lost, None, "the backup applied a record its primary had not confirmed: {shipped}");
+    pair.kill(PRIMARY);
+    let written = writer.join().expect("the writer thread");
+    assert!(written.is_err(), "the write was acknowledged before the primary's fsync was done");
+
+    let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::journal::JournalKind::Local);
+    cut_journal_after(&local, durable);
+    pair.set_env(PRIMARY, hotpair::node::SIMULATED_FSYNC_DELAY_ENV, None);
+    pair.restart(PRIMARY);
+    pair.wait_ready();
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..50 {
+        let _: () = a.set(format!("after-{i}"), i).expect("a write after the restart");
+    }
+    pair.wait_caught_up();
+    assert!(pair.log(BACKUP).contains("dropped records the primary shipped before its fsync"), "{}", pair.log(BACKUP));
+    let status = pair.status();
+    assert_eq!(node_field(&status, BACKUP, "diverged_at"), Value::Null, "{status}");
+    let mut b = pair.redis(BACKUP);
+    for (node, connection) in [(PRIMARY, &mut a), (BACKUP, &mut b)] {
+        let lost: Option<String> = connection.get("lost").expect("GET lost");
+        assert_eq!(lost, None, "{node} holds the write the primary lost");
+        for i in 0..50 {
+            let acked: Option<i64> = connection.get(format!("acked-{i}")).expect("GET acked");
+            let after: Option<i64> = connection.get(format!("after-{i}")).expect("GET after");
+            assert_eq!((acked, after), (Some(i), Some(i)), "{node}, key {i}");
+        }
+    }
+}
 
 #[test]
 fn restarted_primary_refuses_writes_until_its_backup_confirms_then_ships_from_its_files() {

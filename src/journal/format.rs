@@ -277,6 +277,11 @@ pub fn check_frame(bytes: &[u8]) -> Result<usize, DecodeError> {
     Ok(total)
 }
 
+/// The CRC32C a record frame carries (bytes 4..8), without checking it.
+pub fn frame_crc(frame: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(frame.get(4..8)?.try_into().ok()?))
+}
+
 /// The LSN of a framed record, read without checking the CRC (used to resynchronise while
 /// telling a torn tail from damage in the middle of a segment).
 pub fn peek_lsn(frame: &[u8]) -> Option<Lsn> {

@@ -39,6 +39,27 @@ pub use writer::{
     PREALLOCATE_BYTES,
 };
 
+/// Which of a node's two journals holds `lsn`: the local one for the epochs `me` led, the remote
+/// one for its peer's — unless only the other one holds it. That happens to a primary that
+/// crashed before its fsync and was failed over: its successor kept records of the old epoch
+/// that the old primary lost, and the old primary, rejoined, receives them into its remote
+/// journal (`replication`, "Overlapped fsyncs").
+pub fn holding<'a>(
+    history: &[HistoryEntry],
+    me: &str,
+    local: &'a Journal,
+    remote: &'a Journal,
+    lsn: Lsn,
+) -> &'a Journal {
+    let owner = history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.primary.as_str());
+    let (first, other) = if owner.is_none_or(|owner| owner == me) { (local, remote) } else { (remote, local) };
+    if !first.covers(lsn) && other.covers(lsn) {
+        other
+    } else {
+        first
+    }
+}
+
 /// Everything that can go wrong with a journal. `Failed`, `Corrupt`, `Gap` and `Foreign` mean
 /// the node must stop and an admin must look; the others fail one request.
 #[derive(Debug, thiserror::Error)]

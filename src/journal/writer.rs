@@ -168,6 +168,8 @@ struct Inner {
     /// failed. (`sync_to` waiters are woken one by one through `State::waiters`.)
     durable: Condvar,
     durable_tx: watch::Sender<Lsn>,
+    /// The last LSN handed to the OS (written, maybe not yet fsynced): what a primary may ship.
+    written_tx: watch::Sender<Lsn>,
     fsyncs: AtomicU64,
     /// The journal's size and end, republished at every change so that metrics read them
     /// without the state lock (which a write, a segment roll or a truncation holds across I/O).
@@ -304,6 +306,7 @@ impl Journal {
         }
         let durable = last_lsn.unwrap_or(0);
         let (durable_tx, _) = watch::channel(durable);
+        let (written_tx, _) = watch::channel(durable);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             identity,
@@ -326,6 +329,7 @@ impl Journal {
             work: Condvar::new(),
             durable: Condvar::new(),
             durable_tx,
+            written_tx,
             fsyncs: AtomicU64::new(0),
             published: Published::default(),
             simulated_fsync_delay_ns: AtomicU64::new(0),
@@ -389,6 +393,13 @@ impl Journal {
     /// A channel that always holds the durable LSN, for async waiters.
     pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
         self.inner.durable_tx.subscribe()
+    }
+
+    /// A channel that always holds the last LSN written to the file (handed to the OS, its
+    /// fsync perhaps still to come). A primary ships up to it, so that its own fsync and its
+    /// backup's run side by side (`replication`, "Overlapped fsyncs").
+    pub fn subscribe_written(&self) -> watch::Receiver<Lsn> {
+        self.inner.written_tx.subscribe()
     }
 
     /// Appends a record. It is durable once `sync_to(record.lsn)` returns (or the durable channel
@@ -552,6 +563,12 @@ impl Journal {
         Ok(all)
     }
 
+    /// Whether one of the live segments holds `lsn` (archived ones are not looked at).
+    pub fn covers(&self, lsn: Lsn) -> bool {
+        let state = self.inner.lock();
+        state.segments.iter().any(|s| s.first_lsn <= lsn && s.last_lsn.is_some_and(|last| last >= lsn))
+    }
+
     /// The lowest LSN still readable (live or archived), if any.
     pub fn first_lsn(&self) -> Result<Option<Lsn>, JournalError> {
         Ok(self.segments()?.iter().find(|s| s.last_lsn.is_some()).map(|s| s.first_lsn))
@@ -591,6 +608,7 @@ impl Journal {
         state.written_lsn = state.written_lsn.min(kept);
         state.durable_lsn = state.durable_lsn.min(kept);
         self.inner.durable_tx.send_replace(state.durable_lsn);
+        self.inner.written_tx.send_replace(state.written_lsn);
         // Waiters for cut records must learn that they are gone.
         recheck_all(&mut state);
         Ok(())
@@ -761,6 +779,7 @@ impl Inner {
         }
         self.publish(state);
         state.written_lsn = state.last_lsn.unwrap_or(0);
+        self.written_tx.send_replace(state.written_lsn);
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use super::{status, Node};
 use crate::meta::Role;
 use crate::replication::{self, ShipContext};
 use crate::tls::Peer;
-use crate::wire::{self, AdminRequest, Envelope, Frame, Message, Standing};
+use crate::wire::{self, AdminRequest, Envelope, Frame, Message};
 use crate::Error;
 
 /// How long a new connection may take for its TLS handshake and first frame.
@@ -151,7 +151,7 @@ where
     let Some(Frame::Message(Envelope {
         from,
         epoch,
-        message: Message::Hello { cluster, incarnation, history, last_lsn, role: hello_role },
+        message: Message::Hello { cluster, incarnation, history, last_lsn, role: hello_role, confirmed_lsn, last_crc },
     })) = first
     else {
         return Err("peer's first frame was not a hello".into());
@@ -212,12 +212,31 @@ where
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     }
-    // What we hold durably across both journals (a new primary's local journal may not have
-    // fsynced its first record yet, while its remote journal holds everything before it).
-    let our_last = node.local.durable_lsn().max(node.remote.durable_lsn());
-    let start_lsn = match wire::standing(&meta.history, our_last, &history, last_lsn) {
-        Standing::OnHistory { next_lsn } => next_lsn,
-        Standing::Diverged { at_lsn } => {
+    // Everything we hold, written or durable: we ship written records (`replication`,
+    // "Overlapped fsyncs"), so a backup may hold records we have not fsynced yet.
+    let our_last = node.last_lsn();
+    let acknowledged = node.peer_acknowledged();
+    // Its record at its last LSN is read only when that record may be unconfirmed.
+    let unconfirmed = last_lsn > confirmed_lsn.max(acknowledged);
+    let tail = wire::BackupTail {
+        last_lsn,
+        confirmed_lsn,
+        last_matches: unconfirmed && last_crc.is_some() && node.record_crc(last_lsn) == last_crc,
+        same_history: history == meta.history,
+    };
+    let standing = wire::standing(&meta.history, our_last, &history, last_lsn);
+    let (start_lsn, cut_after) = match wire::welcome_plan(standing, tail, acknowledged) {
+        wire::Plan::From { next_lsn } => (next_lsn, None),
+        wire::Plan::CutAfter { lsn } => {
+            tracing::warn!(
+                peer = %from,
+                backup_last = last_lsn,
+                cut_after = lsn,
+                "the backup holds records we shipped before our fsync and no longer hold as they were (we crashed): it drops them past LSN {lsn}"
+            );
+            (lsn + 1, Some(lsn))
+        }
+        wire::Plan::Diverged { at_lsn } => {
             let reply = Envelope {
                 from: node.name().to_string(),
                 epoch: meta.epoch,
@@ -238,7 +257,7 @@ where
     let welcome = Envelope {
         from: node.name().to_string(),
         epoch: meta.epoch,
-        message: Message::Welcome { start_lsn, history: meta.history.clone(), last_lsn: our_last },
+        message: Message::Welcome { start_lsn, history: meta.history.clone(), last_lsn: our_last, cut_after },
     };
     let result = match wire::write_frame(&mut stream, &Frame::Message(welcome)).await {
         Ok(()) => {

@@ -212,6 +212,9 @@ fn hello(node: &Node) -> Envelope {
             role: node.role(),
             history: meta.history.clone(),
             last_lsn: node.last_lsn(),
+            confirmed_lsn: node.applier().map_or(0, |a| a.confirmed()).max(node.store.position().applied_lsn),
+            // Only a would-be backup's tail matters, and a probe (every 500 ms) reads no journal.
+            last_crc: if node.role() == Role::Backup { node.record_crc(node.last_lsn()) } else { None },
         },
     }
 }
@@ -260,7 +263,9 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
         .map_err(|e| e.to_string())?;
     match reply {
         Some(Frame::Message(Envelope {
-            epoch, message: Message::Welcome { start_lsn, history, last_lsn }, ..
+            epoch,
+            message: Message::Welcome { start_lsn, history, last_lsn, cut_after },
+            ..
         })) => {
             let ours = node.meta().epoch;
             if epoch < ours {
@@ -286,6 +291,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
             tracing::debug!(us = saving.elapsed().as_micros() as u64, "adopted the primary's history");
             *super::lock(&node.diverged_at) = None;
+            node.prepare_to_follow(cut_after).map_err(|e| e.to_string())?;
             tracing::info!(start_lsn, primary_last = last_lsn, "following the primary");
             let Some(applier) = node.applier() else {
                 return Err("this node has no applier (not a backup)".into());

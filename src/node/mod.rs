@@ -117,6 +117,10 @@ impl Node {
             identity(JournalKind::Local),
             JournalOptions::default(),
         )?;
+        if let Some(delay) = simulated_fsync_delay()? {
+            tracing::warn!(?delay, "{SIMULATED_FSYNC_DELAY_ENV} is set: the local journal calls each fsync done only this much later (for tests)");
+            local.simulate_fsync_delay(delay);
+        }
         // Below `durable` no commit waits for the remote journal's fsync: pace it.
         let remote_sync_pace =
             if pair.sync < crate::config::SyncLevel::Durable { REMOTE_SYNC_PACE } else { Duration::ZERO };
@@ -174,7 +178,7 @@ impl Node {
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
-        let replayed = node.replay()?;
+        let replayed = node.replay(node.startup_replay_bound(role))?;
         tracing::info!(
             node = name,
             role = role.name(),
@@ -217,21 +221,36 @@ impl Node {
         journals.max(self.store.position().applied_lsn)
     }
 
-    /// The journal that holds `lsn`: the local one for epochs this node was primary in.
+    /// The CRC of the frame of our record at `lsn`, if a journal holds it: a fingerprint of the
+    /// record that a peer can compare with its own (see `wire::Message::Hello`).
+    pub fn record_crc(&self, lsn: Lsn) -> Option<u32> {
+        if lsn == 0 {
+            return None;
+        }
+        let first = self.journal_for(lsn);
+        let other = if std::ptr::eq(first, &self.local) { &self.remote } else { &self.local };
+        [first, other].into_iter().find_map(|journal| {
+            let entry = journal.read_from(lsn).ok()?.next()?.ok()?;
+            (entry.record.lsn == lsn).then(|| crate::journal::format::frame_crc(&entry.frame)).flatten()
+        })
+    }
+
+    /// The journal that holds `lsn`: the local one for epochs this node was primary in (see
+    /// [`crate::journal::holding`]).
     pub fn journal_for(&self, lsn: Lsn) -> &Journal {
         let meta = lock(&self.meta);
-        let owner = meta.history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.primary.as_str());
-        if owner == Some(self.name()) {
-            &self.local
-        } else {
-            &self.remote
-        }
+        crate::journal::holding(&meta.history, self.name(), &self.local, &self.remote, lsn)
     }
 
     /// Applies every journal record the store does not have yet (after a crash the store may be
     /// behind: it is not flushed per record). The store holds only durable records, and the
     /// remote journal's fsyncs may be paced: both journals are made durable first.
-    fn replay(&self) -> Result<u64, Error> {
+    ///
+    /// `remote_up_to` bounds what is applied from the remote journal: a record there may have been
+    /// shipped before its primary's fsync and never confirmed (`replication`, "Overlapped
+    /// fsyncs"), so only a promotion, which keeps everything received, passes `Lsn::MAX`. A
+    /// backup applies the rest once its primary confirms it.
+    fn replay(&self, remote_up_to: Lsn) -> Result<u64, Error> {
         for journal in [&self.local, &self.remote] {
             if let Some(last) = journal.last_lsn() {
                 journal.sync_to(last)?;
@@ -240,23 +259,34 @@ impl Node {
         let mut total = 0;
         loop {
             let next = self.store.position().applied_lsn + 1;
+            let journal = self.journal_for(next);
+            let bound = if std::ptr::eq(journal, &self.remote) { remote_up_to } else { Lsn::MAX };
             // One journal holds a run of consecutive LSNs; at an epoch gap the other one goes on.
             let mut expected = next;
-            let records = self.journal_for(next).read_from(next)?.map(|entry| entry.map(|e| e.record)).take_while(
-                move |record| match record {
-                    Ok(record) if record.lsn != expected => false,
+            let records =
+                journal.read_from(next)?.map(|entry| entry.map(|e| e.record)).take_while(move |record| match record {
+                    Ok(record) if record.lsn != expected || record.lsn > bound => false,
                     Ok(_) => {
                         expected += 1;
                         true
                     }
                     Err(_) => true,
-                },
-            );
+                });
             let applied = crate::pipeline::replay(&self.store, records).map_err(|e| Error::Failed(e.to_string()))?;
             if applied == 0 {
                 return Ok(total);
             }
             total += applied;
+        }
+    }
+
+    /// What a node in `role` may replay from its remote journal at startup: all of it as the
+    /// primary (it was promoted, or a backup's unconfirmed tail would have been cut before it
+    /// followed), else only what the store already covers (see [`Node::replay`]).
+    fn startup_replay_bound(&self, role: Role) -> Lsn {
+        match role {
+            Role::Primary | Role::Draining => Lsn::MAX,
+            _ => self.store.position().applied_lsn,
         }
     }
 
@@ -369,7 +399,65 @@ impl Node {
         } else {
             crate::applier::APPLY_PACE
         };
-        Applier::start_paced(self.remote.clone(), self.store.clone(), pace, |_| {})
+        Applier::start_gated(self.remote.clone(), self.store.clone(), pace, |_| {})
+    }
+
+    /// Gets ready to follow a primary that welcomed us: drops the remote journal's records past
+    /// `cut_after` if the primary asked (see `wire::Message::Welcome`), and restarts the applier
+    /// with the remote journal's records past the store queued behind its confirmation gate (a
+    /// restarted backup replays only what its store had; the rest waits for the primary's word).
+    /// Returns how many records were cut.
+    pub(crate) fn prepare_to_follow(&self, cut_after: Option<Lsn>) -> Result<u64, Error> {
+        if let Some(old) = self.applier() {
+            if let Some(last) = self.remote.last_lsn() {
+                self.remote.sync_to(last)?;
+            }
+            old.shutdown();
+            // A failed applier stays in its place, failure and all (status shows it): the store
+            // may hold half a run, and only an admin may decide what comes next.
+            if let Some(reason) = old.failure() {
+                return Err(Error::Failed(format!("applier stopped: {reason}")));
+            }
+            lock(&self.applier).take();
+        }
+        let cut = self.cut_unconfirmed_tail(cut_after);
+        self.start_applier();
+        let cut = cut?;
+        let Some(applier) = self.applier() else {
+            return Err(Error::Failed("this node has no applier (not a backup)".into()));
+        };
+        let from = self.store.position().applied_lsn + 1;
+        if self.remote.last_lsn().is_some_and(|last| last >= from) && std::ptr::eq(self.journal_for(from), &self.remote)
+        {
+            for (expected, entry) in (from..).zip(self.remote.read_from(from)?) {
+                let record = entry?.record;
+                if record.lsn != expected {
+                    break;
+                }
+                applier.submit(record).map_err(Error::Failed)?;
+            }
+        }
+        Ok(cut)
+    }
+
+    fn cut_unconfirmed_tail(&self, cut_after: Option<Lsn>) -> Result<u64, Error> {
+        let Some(cut) = cut_after else { return Ok(0) };
+        let applied = self.store.position().applied_lsn;
+        if applied > cut {
+            return Err(Error::Failed(format!(
+                "the primary asks us to drop the records past LSN {cut}, but our store has applied up to LSN {applied}; not following (hotpair rejoin {})",
+                self.name()
+            )));
+        }
+        let held = self.remote.last_lsn().unwrap_or(0);
+        self.remote.truncate_after(cut)?;
+        let dropped = held.saturating_sub(cut);
+        tracing::warn!(
+            cut_after = cut,
+            dropped,
+            "dropped records the primary shipped before its fsync and no longer holds (it crashed); none was applied or acknowledged"
+        );
+        Ok(dropped)
     }
 
     /// Stops taking writes because the peer is in a higher epoch (invariant 2).
@@ -460,10 +548,18 @@ impl Node {
     /// How far the peer has acknowledged durably while this node was primary of its current
     /// epoch: the larger of what this process heard and what was saved before a restart.
     pub fn peer_acknowledged(&self) -> Lsn {
-        let heard = if self.pipeline().is_some() { self.peer.borrow().durable_lsn } else { 0 };
+        let heard = if self.pipeline().is_some() { self.capped_peer_durable() } else { 0 };
         let meta = lock(&self.meta);
         let saved = meta.peer.as_ref().filter(|p| p.epoch == meta.epoch).map_or(0, |p| p.durable_lsn);
         saved.max(heard)
+    }
+
+    /// The backup's durable ack, capped at our own durable LSN: records are shipped before our
+    /// fsync, and a crash could take from us what the backup holds; only what both hold durably
+    /// is the backup's position for good (the cut at its next welcome may drop the rest).
+    fn capped_peer_durable(&self) -> Lsn {
+        let ours = self.local.durable_lsn().max(self.remote.durable_lsn());
+        self.peer.borrow().durable_lsn.min(ours)
     }
 
     /// Refuses a peer presenting a position behind what it already acknowledged as durable to
@@ -488,7 +584,7 @@ impl Node {
         if self.pipeline().is_none() {
             return Ok(());
         }
-        let heard = self.peer.borrow().durable_lsn;
+        let heard = self.capped_peer_durable();
         let mut meta = lock(&self.meta);
         let epoch = meta.epoch;
         let Some(peer) = meta.peer.as_mut() else { return Ok(()) };
@@ -571,6 +667,20 @@ impl Node {
 
 /// How a restarted primary's refusal begins, until its peer confirms it was not promoted past it.
 const RESTARTED_REFUSAL: &str = "restarted primary waits for";
+
+/// Tests only: a delay the local journal waits after each fsync before calling it done, so that
+/// a test can kill a primary while records it shipped are not yet durable by its own account,
+/// then cut them from its journal, as a power loss would (docs/operations.md).
+pub const SIMULATED_FSYNC_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_FSYNC_DELAY";
+
+fn simulated_fsync_delay() -> Result<Option<Duration>, Error> {
+    match std::env::var(SIMULATED_FSYNC_DELAY_ENV) {
+        Ok(text) => humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| Error::Failed(format!("{SIMULATED_FSYNC_DELAY_ENV}={text:?} is not a duration: {e}"))),
+        Err(_) => Ok(None),
+    }
+}
 
 pub fn journal_dir(node_dir: &Path, kind: JournalKind) -> PathBuf {
     node_dir.join("journal").join(kind.name())

@@ -200,7 +200,8 @@ async fn promote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, expect_lsn: Option
 /// The backup's half of a promotion; returns the new epoch's first LSN.
 fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Lsn, String> {
     node.stop_applier().map_err(|e| e.to_string())?;
-    node.replay().map_err(|e| e.to_string())?;
+    // Everything received counts, confirmed or not: it may hold acknowledged commits.
+    node.replay(Lsn::MAX).map_err(|e| e.to_string())?;
     let last = node.last_lsn();
     let applied = node.store.position().applied_lsn;
     if applied != last {
@@ -443,7 +444,9 @@ fn resynchronize(
     for journal in [&node.local, &node.remote] {
         journal.truncate_after(divergence).map_err(|e| format!("truncating the journal: {e}"))?;
     }
-    node.replay().map_err(|e| format!("replaying up to the divergence point: {e}"))?;
+    // The remote journal only as far as the store had it: the rest follows once the primary confirms it.
+    let applied = node.store.position().applied_lsn;
+    node.replay(applied).map_err(|e| format!("replaying up to the divergence point: {e}"))?;
     adopt_primary(node, primary)?;
     Ok((file, rewound))
 }

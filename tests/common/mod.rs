@@ -64,6 +64,8 @@ pub struct Pair {
     pub pair_file: PathBuf,
     pub config: PairConfig,
     children: HashMap<String, Child>,
+    /// Extra environment of each node's next start ([`Pair::set_env`]).
+    env: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Pair {
@@ -139,7 +141,7 @@ impl Pair {
         }
         std::fs::write(&pair_file, text).expect("write pair.toml");
         let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
-        Pair { dir, pair_file, config, children: HashMap::new() }
+        Pair { dir, pair_file, config, children: HashMap::new(), env: HashMap::new() }
     }
 
     /// Spawns both nodes and waits until both answer `status`. `Err` if a node died at start
@@ -180,6 +182,7 @@ impl Pair {
             .args(["run", node])
             .env("HOTPAIR_LOG", "hotpair=info")
             .env("NO_COLOR", "1")
+            .envs(self.env.get(node).into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
@@ -361,6 +364,15 @@ impl Pair {
         self.spawn(node);
         let node_name = node.to_string();
         self.wait_for(&format!("{node} to answer after its restart"), |s| s["nodes"][&node_name]["reachable"] == true);
+    }
+
+    /// Sets (`Some`) or clears (`None`) an environment variable for `node`'s next starts.
+    pub fn set_env(&mut self, node: &str, key: &str, value: Option<&str>) {
+        let vars = self.env.entry(node.to_string()).or_default();
+        vars.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            vars.push((key.to_string(), value.to_string()));
+        }
     }
 
     pub fn is_running(&self, node: &str) -> bool {
