@@ -30,6 +30,9 @@ use crate::meta::Role;
 pub const MAX_FRAME: usize = MAX_RECORD_BODY + 1024;
 /// Batches of records are cut at about this many bytes (a single larger record still goes whole).
 pub const BATCH_BYTES: usize = 1024 * 1024;
+/// Most record CRCs a hello carries (4 MiB of numbers): a backup's unconfirmed tail is a round
+/// or two of commits, or what its store had not applied when it restarted.
+pub const MAX_TAIL_CRCS: usize = 1 << 20;
 
 const TYPE_JSON: u8 = 1;
 const TYPE_RECORDS: u8 = 2;
@@ -70,8 +73,10 @@ pub struct Envelope {
 pub enum Message {
     /// First message of a node-to-node connection: identity and where the sender stands. A
     /// would-be backup also says up to which LSN its records were confirmed durable by a primary
-    /// (it may have applied up to there) and the CRC of its last record's frame, so that the
-    /// primary can tell whether the tail past it is the primary's own (see `cut_after`).
+    /// (it may have applied up to there) and the frame CRCs of its records past it, so that the
+    /// primary can tell how much of that tail is its own (see `cut_after`): `tail_crcs` for
+    /// `confirmed_lsn + 1` on (at most [`MAX_TAIL_CRCS`]), and `last_crc` for `last_lsn` when
+    /// the tail is longer than that.
     Hello {
         cluster: Uuid,
         incarnation: Uuid,
@@ -80,6 +85,8 @@ pub enum Message {
         last_lsn: Lsn,
         #[serde(default)]
         confirmed_lsn: Lsn,
+        #[serde(default)]
+        tail_crcs: Vec<u32>,
         #[serde(default)]
         last_crc: Option<u32>,
     },
@@ -98,8 +105,14 @@ pub enum Message {
     Durable { lsn: Lsn },
     /// The backup's history left the primary's after `at_lsn`: it must be rejoined.
     Diverged { at_lsn: Lsn, history: Vec<HistoryEntry> },
-    /// The connection is refused, with the reason (also logged on both sides).
-    Refused { reason: String },
+    /// The connection is refused, with the reason (also logged on both sides). To a restarted
+    /// primary's probe, a backup also gives its last LSN: a backup that holds more than the
+    /// primary must be welcomed (and its tail checked) before the primary takes writes.
+    Refused {
+        reason: String,
+        #[serde(default)]
+        last_lsn: Option<Lsn>,
+    },
     /// The backup's progress: received (in memory), durable (remote journal fsynced), applied.
     Ack { received_lsn: Lsn, durable_lsn: Lsn, applied_lsn: Lsn, digest: Digest },
     /// Liveness both ways; a gap in `seq` means lost messages.
@@ -328,29 +341,32 @@ pub enum Plan {
     Diverged { at_lsn: Lsn },
 }
 
-/// What a would-be backup says of itself in its hello.
+/// What a would-be backup says of itself in its hello, held against our journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackupTail {
     pub last_lsn: Lsn,
     /// How far a primary confirmed its records durable: it may have applied up to here.
     pub confirmed_lsn: Lsn,
-    /// Whether its record at `last_lsn` is the one we hold there (same frame CRC).
-    pub last_matches: bool,
+    /// How many of its records past `confirmed_lsn`, from the first on, are ours (same CRC).
+    pub matched: u64,
+    /// Whether every record it holds past `confirmed_lsn` is ours.
+    pub all_matched: bool,
     /// Whether its history is ours, entry for entry.
     pub same_history: bool,
 }
 
 /// Decides the welcome. Records are shipped before the primary's fsync, so a primary that
 /// crashed may restart without records its backup holds, and may then write others at those
-/// LSNs in the same epoch. What is provably the same on both sides is everything up to `agreed`:
-/// what the backup had confirmed (a primary made it durable, the backup may have applied it)
-/// or acknowledged to us durably (`acknowledged`, capped at our own durable LSN). Past it, a
-/// backup's record was never applied, so dropping it costs nothing; and never acknowledged, as
-/// no commit is acknowledged before its primary's fsync.
+/// LSNs in the same epoch. What is the same on both sides is everything up to `agreed`: what
+/// the backup had confirmed (a primary made it durable, the backup may have applied it), the
+/// records past it that we hold too (same CRC, in order), and what it acknowledged to us
+/// durably (`acknowledged`, capped at our own durable LSN). Past `agreed` the backup's records
+/// were never applied, so dropping them costs nothing, and never acknowledged: an acknowledged
+/// record was durable here, so we still hold it and it matched.
 pub fn welcome_plan(standing: Standing, tail: BackupTail, acknowledged: Lsn) -> Plan {
-    let agreed = tail.confirmed_lsn.max(acknowledged).min(tail.last_lsn);
+    let agreed = (tail.confirmed_lsn + tail.matched).max(acknowledged).min(tail.last_lsn);
     match standing {
-        Standing::OnHistory { next_lsn } if tail.last_lsn <= agreed || tail.last_matches => Plan::From { next_lsn },
+        Standing::OnHistory { next_lsn } if tail.all_matched || tail.last_lsn <= agreed => Plan::From { next_lsn },
         Standing::OnHistory { .. } => Plan::CutAfter { lsn: agreed },
         // Our own epoch's tail, lost in a crash (or rewritten since): the backup holds more of it.
         Standing::Diverged { at_lsn } if tail.same_history && agreed <= at_lsn => Plan::CutAfter { lsn: agreed },
@@ -386,46 +402,30 @@ mod tests {
 
     #[test]
     fn a_backup_tail_the_primary_lost_or_rewrote_is_cut_where_both_agree() {
-        let tail = |last_lsn, confirmed_lsn, last_matches, same_history| BackupTail {
+        let tail = |last_lsn, confirmed_lsn, matched, all_matched, same_history| BackupTail {
             last_lsn,
             confirmed_lsn,
-            last_matches,
+            matched,
+            all_matched,
             same_history,
         };
-        // A backup that holds only confirmed records continues, whatever its last record says.
-        assert_eq!(
-            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 100, false, true), 90),
-            Plan::From { next_lsn: 101 }
-        );
-        // Unconfirmed records that are ours: continue.
-        assert_eq!(
-            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 80, true, true), 90),
-            Plan::From { next_lsn: 101 }
-        );
-        // Ours differs at its last LSN (we restarted without them and wrote others): cut where
-        // both agree, the larger of its confirmed and our acknowledged position.
-        assert_eq!(
-            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 80, false, true), 90),
-            Plan::CutAfter { lsn: 90 }
-        );
-        assert_eq!(
-            welcome_plan(Standing::OnHistory { next_lsn: 101 }, tail(100, 95, false, true), 90),
-            Plan::CutAfter { lsn: 95 }
-        );
-        // We restarted holding less than it of our own epoch.
-        assert_eq!(
-            welcome_plan(Standing::Diverged { at_lsn: 97 }, tail(100, 95, false, true), 90),
-            Plan::CutAfter { lsn: 95 }
-        );
+        let on = Standing::OnHistory { next_lsn: 101 };
+        // A backup that holds only confirmed records continues.
+        assert_eq!(welcome_plan(on, tail(100, 100, 0, true, true), 90), Plan::From { next_lsn: 101 });
+        // Unconfirmed records that are all ours: continue.
+        assert_eq!(welcome_plan(on, tail(100, 80, 20, true, true), 90), Plan::From { next_lsn: 101 });
+        // We restarted without some and wrote others at their LSNs: cut after the last one of
+        // ours (85), never below what it acknowledged to us (90).
+        assert_eq!(welcome_plan(on, tail(100, 80, 5, false, true), 0), Plan::CutAfter { lsn: 85 });
+        assert_eq!(welcome_plan(on, tail(100, 80, 5, false, true), 90), Plan::CutAfter { lsn: 90 });
+        // We restarted holding less of our own epoch (97): its records up to 97 that we hold
+        // stay (one of them may be an acknowledged commit), the rest goes.
+        let behind = Standing::Diverged { at_lsn: 97 };
+        assert_eq!(welcome_plan(behind, tail(100, 90, 7, false, true), 0), Plan::CutAfter { lsn: 97 });
+        assert_eq!(welcome_plan(behind, tail(100, 95, 0, false, true), 0), Plan::CutAfter { lsn: 95 });
         // It applied past what we hold, or its history is another: a real divergence.
-        assert_eq!(
-            welcome_plan(Standing::Diverged { at_lsn: 97 }, tail(100, 99, false, true), 90),
-            Plan::Diverged { at_lsn: 97 }
-        );
-        assert_eq!(
-            welcome_plan(Standing::Diverged { at_lsn: 97 }, tail(100, 95, false, false), 90),
-            Plan::Diverged { at_lsn: 97 }
-        );
+        assert_eq!(welcome_plan(behind, tail(100, 99, 0, false, true), 0), Plan::Diverged { at_lsn: 97 });
+        assert_eq!(welcome_plan(behind, tail(100, 95, 0, false, false), 0), Plan::Diverged { at_lsn: 97 });
     }
 
     #[tokio::test]

@@ -202,6 +202,7 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             history: meta.history.clone(),
             last_lsn,
             confirmed_lsn: last_lsn,
+            tail_crcs: Vec::new(),
             last_crc: None,
         };
         wire::write_frame(&mut stream, &envelope(hello)).await.expect("send hello");

@@ -342,6 +342,7 @@ fn hello(pair: &Pair, incarnation: uuid::Uuid, last_lsn: u64) -> Frame {
             history: meta.history,
             last_lsn,
             confirmed_lsn: last_lsn,
+            tail_crcs: Vec::new(),
             last_crc: None,
         },
     })
@@ -447,7 +448,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
 
     // 5. b's certificate with another incarnation (a restored copy, a second installation).
     match control_exchange(&pair, PRIMARY, as_b.clone(), vec![hello(&pair, uuid::Uuid::new_v4(), 0)]) {
-        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason, .. }, .. })) => {
             assert!(reason.contains("incarnation"), "refused for another reason: {reason}")
         }
         other => panic!("the primary did not refuse a second installation of b: {other:?}"),
@@ -461,7 +462,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
     // 5b. b's own incarnation, but a position behind what b acknowledged (a restored copy).
     let incarnation = NodeMeta::load(&pair.node_dir(BACKUP)).expect("b's metadata").incarnation;
     match control_exchange(&pair, PRIMARY, as_b.clone(), vec![hello(&pair, incarnation, 0)]) {
-        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason, .. }, .. })) => {
             assert!(reason.contains("behind LSN"), "refused for another reason: {reason}")
         }
         other => panic!("the primary did not refuse b presenting an old position: {other:?}"),
@@ -471,7 +472,7 @@ fn refusals_on_both_ports_leave_the_pair_working() {
     // 5c. Everything right, while b's own session is live: a second connection is refused.
     let lsn = backup_lsn(&pair).as_u64().expect("b's lsn");
     match control_exchange(&pair, PRIMARY, as_b, vec![hello(&pair, incarnation, lsn)]) {
-        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason, .. }, .. })) => {
             assert!(reason.contains("already active"), "refused for another reason: {reason}")
         }
         other => panic!("the primary took a second live connection claiming b: {other:?}"),
@@ -545,6 +546,7 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     // backup must not have applied the record (its primary never confirmed it), the write was
     // never acknowledged, and when the primary restarts without it the backup drops it and
     // follows again: no divergence, no rejoin, equal digests, every acknowledged write on both.
+    // Until then the restarted primary takes no writes, though its probe finds the backup.
     let mut pair = Pair::start(SyncLevel::Durable);
     let mut a = pair.redis(PRIMARY);
     for i in 0..50 {
@@ -576,7 +578,15 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::journal::JournalKind::Local);
     cut_journal_after(&local, durable);
     pair.set_env(PRIMARY, hotpair::node::SIMULATED_FSYNC_DELAY_ENV, None);
+    // First with b answering probes but not following: a's probe sees b holding more than a
+    // does, so a must not take writes (they would reuse the LSNs b holds) until b's hello.
+    pair.hotpair_ok(&["replicate", "stop", BACKUP]);
     pair.restart(PRIMARY);
+    // A condition that must stay false: give the probe (every 500 ms) several chances.
+    std::thread::sleep(Duration::from_millis(2000));
+    let status = pair.status();
+    assert_eq!(status["nodes"][PRIMARY]["writes"]["accepting"], false, "released by a probe: {status}");
+    pair.hotpair_ok(&["replicate", "start", BACKUP]);
     pair.wait_ready();
     let mut a = pair.redis(PRIMARY);
     for i in 0..50 {

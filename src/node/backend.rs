@@ -219,10 +219,11 @@ fn run_write(txn: &mut Txn<'_>, command: Command, now_ms: u64) -> Result<Frame, 
 /// Waits until record `lsn` reached the pair's sync level (see the module invariants).
 ///
 /// Above `async` the peer's confirmation is waited for first, and the local journal checked
-/// after it. The primary ships only records its own journal has made durable, so by the time the
-/// backup confirms `lsn` the local fsync has nearly always covered it too: the commit wakes once
-/// (on the ack) instead of twice (on the local fsync, then on the ack). The local check still
-/// runs, so a write is never acknowledged on that reasoning alone.
+/// after it. The primary ships a record as its fsync begins (`replication`, "Overlapped
+/// fsyncs"), so by the time the backup confirms `lsn` (its own fsync and a round trip later) the
+/// local fsync has nearly always covered it too: the commit wakes once (on the ack) instead of
+/// twice. The local check is what keeps a write from being acknowledged before the primary's
+/// own fsync: the backup may well hold it durably first.
 pub async fn wait_sync(node: &Node, lsn: u64) -> Result<(), String> {
     let level = node.pair.sync;
     let timeout = node.pair.sync_timeout;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::{status, Node};
+use crate::journal::Lsn;
 use crate::meta::Role;
 use crate::replication::{self, ShipContext};
 use crate::tls::Peer;
@@ -151,7 +152,8 @@ where
     let Some(Frame::Message(Envelope {
         from,
         epoch,
-        message: Message::Hello { cluster, incarnation, history, last_lsn, role: hello_role, confirmed_lsn, last_crc },
+        message:
+            Message::Hello { cluster, incarnation, history, last_lsn, role: hello_role, confirmed_lsn, tail_crcs, last_crc },
     })) = first
     else {
         return Err("peer's first frame was not a hello".into());
@@ -162,7 +164,7 @@ where
             let reply = Envelope {
                 from: node.name().to_string(),
                 epoch: node.meta().epoch,
-                message: Message::Refused { reason: reason.clone() },
+                message: Message::Refused { reason: reason.clone(), last_lsn: None },
             };
             (reply, reason)
         }
@@ -195,7 +197,10 @@ where
             let message = format!("{from} claims to be primary at epoch {epoch} while this node is primary at epoch {ours}; it is told our epoch and fences");
             node.incidents.raise(crate::incident::Kind::SplitBrain, crate::incident::Severity::Critical, message);
         }
-        let (reply, _) = refuse(format!("{} is {} at epoch {ours}", node.name(), node.role().name())).await;
+        let reason = format!("{} is {} at epoch {ours}", node.name(), node.role().name());
+        // Our last LSN too: a restarted primary takes no writes while we hold more than it does.
+        let message = Message::Refused { reason, last_lsn: Some(node.last_lsn()) };
+        let reply = Envelope { from: node.name().to_string(), epoch: ours, message };
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Ok(());
     }
@@ -205,9 +210,12 @@ where
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     };
-    // The peer is not ahead of our epoch: a restarted primary may take writes again.
-    node.peer_confirmed();
     if !*node.replicating.borrow() {
+        // The peer is not ahead of our epoch, but it is not welcomed either, so nothing of its
+        // tail is cut: a restarted primary takes writes only if it holds no more than we do.
+        if last_lsn <= node.last_lsn() {
+            node.peer_confirmed();
+        }
         let (reply, reason) = refuse("replication is stopped by the admin (hotpair replicate start)".into()).await;
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
@@ -216,16 +224,13 @@ where
     // "Overlapped fsyncs"), so a backup may hold records we have not fsynced yet.
     let our_last = node.last_lsn();
     let acknowledged = node.peer_acknowledged();
-    // Its record at its last LSN is read only when that record may be unconfirmed.
-    let unconfirmed = last_lsn > confirmed_lsn.max(acknowledged);
-    let tail = wire::BackupTail {
-        last_lsn,
-        confirmed_lsn,
-        last_matches: unconfirmed && last_crc.is_some() && node.record_crc(last_lsn) == last_crc,
-        same_history: history == meta.history,
-    };
+    let tail = backup_tail(&node, last_lsn, confirmed_lsn, tail_crcs, last_crc, history == meta.history).await;
     let standing = wire::standing(&meta.history, our_last, &history, last_lsn);
-    let (start_lsn, cut_after) = match wire::welcome_plan(standing, tail, acknowledged) {
+    let plan = wire::welcome_plan(standing, tail, acknowledged);
+    // The peer is not ahead of our epoch, and a tail of ours it holds is cut before it follows:
+    // a restarted primary may take writes again (its new records come after `our_last`).
+    node.peer_confirmed();
+    let (start_lsn, cut_after) = match plan {
         wire::Plan::From { next_lsn } => (next_lsn, None),
         wire::Plan::CutAfter { lsn } => {
             tracing::warn!(
@@ -328,6 +333,37 @@ where
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream)).await;
     tracing::info!(pairs, ms = started.elapsed().as_millis() as u64, "full copy sent");
     Ok(())
+}
+
+/// Holds a would-be backup's unconfirmed tail (`tail_crcs` from `confirmed_lsn + 1` on, and
+/// `last_crc` at `last_lsn` when the tail is longer) against our records.
+async fn backup_tail(
+    node: &Arc<Node>,
+    last_lsn: Lsn,
+    confirmed_lsn: Lsn,
+    tail_crcs: Vec<u32>,
+    last_crc: Option<u32>,
+    same_history: bool,
+) -> wire::BackupTail {
+    let reader = node.clone();
+    let sent = tail_crcs.len();
+    let ours = tokio::task::spawn_blocking(move || {
+        let ours = reader.record_crcs(confirmed_lsn + 1, sent);
+        let our_last = last_crc.and_then(|_| reader.record_crcs(last_lsn, 1).first().copied());
+        (ours, our_last)
+    })
+    .await;
+    let (ours, our_last) = ours.unwrap_or_default();
+    let matched = tail_crcs.iter().zip(&ours).take_while(|(theirs, ours)| theirs == ours).count();
+    let whole_tail = last_lsn.saturating_sub(confirmed_lsn);
+    let rest_matches = sent as u64 >= whole_tail || (last_crc.is_some() && our_last == last_crc);
+    wire::BackupTail {
+        last_lsn,
+        confirmed_lsn,
+        matched: matched as u64,
+        all_matched: matched == sent && rest_matches,
+        same_history,
+    }
 }
 
 fn check_hello(

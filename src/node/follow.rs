@@ -203,6 +203,17 @@ pub(super) async fn connect(
 
 fn hello(node: &Node) -> Envelope {
     let meta = node.meta();
+    let last_lsn = node.last_lsn();
+    let confirmed_lsn = node.applier().map_or(0, |a| a.confirmed()).max(node.store.position().applied_lsn);
+    // Only a would-be backup's tail matters; a primary's probe (every 500 ms) reads no journal.
+    let (tail_crcs, last_crc) = if node.role() == Role::Backup {
+        let tail = usize::try_from(last_lsn.saturating_sub(confirmed_lsn)).unwrap_or(usize::MAX);
+        let crcs = node.record_crcs(confirmed_lsn + 1, tail.min(wire::MAX_TAIL_CRCS));
+        let last_crc = if crcs.len() < tail { node.record_crcs(last_lsn, 1).first().copied() } else { None };
+        (crcs, last_crc)
+    } else {
+        (Vec::new(), None)
+    };
     Envelope {
         from: node.name().to_string(),
         epoch: meta.epoch,
@@ -211,10 +222,10 @@ fn hello(node: &Node) -> Envelope {
             incarnation: meta.incarnation,
             role: node.role(),
             history: meta.history.clone(),
-            last_lsn: node.last_lsn(),
-            confirmed_lsn: node.applier().map_or(0, |a| a.confirmed()).max(node.store.position().applied_lsn),
-            // Only a would-be backup's tail matters, and a probe (every 500 ms) reads no journal.
-            last_crc: if node.role() == Role::Backup { node.record_crc(node.last_lsn()) } else { None },
+            last_lsn,
+            confirmed_lsn,
+            tail_crcs,
+            last_crc,
         },
     }
 }
@@ -232,12 +243,25 @@ async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
             .map_err(|e| e.to_string())
     };
     match answer.await {
-        Ok(Some(Frame::Message(Envelope { epoch, from, .. }))) => {
+        Ok(Some(Frame::Message(Envelope { epoch, from, message }))) => {
             let ours = node.meta().epoch;
+            let their_last = match message {
+                Message::Refused { last_lsn, .. } => last_lsn,
+                _ => None,
+            };
             if epoch > ours {
                 node.fence_on_peer_word(&format!(
                     "peer {from} is at epoch {epoch}, ahead of our {ours}: it was promoted past us"
                 ));
+            } else if their_last.is_some_and(|theirs| theirs > node.last_lsn()) {
+                // It holds records we shipped before our fsync and lost (we crashed): were we to
+                // write now, we would reuse their LSNs. Its hello's welcome cuts them first.
+                // Every probe (500 ms) while it lasts: debug, the refusal reason is in `status`.
+                tracing::debug!(
+                    peer = %from,
+                    their_last,
+                    "the peer holds more of our epoch than we do: taking writes once it connects and its tail is cut"
+                );
             } else {
                 node.peer_confirmed();
             }
@@ -322,7 +346,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             *super::lock(&node.diverged_at) = Some(at_lsn);
             Err(format!("our history left the primary's after LSN {at_lsn}; run `hotpair rejoin {}`", node.name()))
         }
-        Some(Frame::Message(Envelope { message: Message::Refused { reason }, .. })) => {
+        Some(Frame::Message(Envelope { message: Message::Refused { reason, .. }, .. })) => {
             Err(format!("primary refused: {reason}"))
         }
         Some(other) => Err(format!("unexpected answer to hello: {other:?}")),

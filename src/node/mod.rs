@@ -221,18 +221,27 @@ impl Node {
         journals.max(self.store.position().applied_lsn)
     }
 
-    /// The CRC of the frame of our record at `lsn`, if a journal holds it: a fingerprint of the
-    /// record that a peer can compare with its own (see `wire::Message::Hello`).
-    pub fn record_crc(&self, lsn: Lsn) -> Option<u32> {
-        if lsn == 0 {
-            return None;
+    /// The frame CRCs of our records `from`, `from + 1`, … (at most `count`), as far as our
+    /// journals hold them without a gap: a fingerprint of each record that a peer can compare
+    /// with its own (see `wire::Message::Hello`). Reads journal files: call it off the runtime.
+    pub fn record_crcs(&self, from: Lsn, count: usize) -> Vec<u32> {
+        let mut crcs: Vec<u32> = Vec::new();
+        while crcs.len() < count {
+            let next = from + crcs.len() as u64;
+            let Ok(reader) = self.journal_for(next).read_from(next) else { break };
+            let before = crcs.len();
+            for entry in reader {
+                let Ok(entry) = entry else { break };
+                if crcs.len() == count || entry.record.lsn != from + crcs.len() as u64 {
+                    break;
+                }
+                crcs.push(crate::journal::format::frame_crc(&entry.frame).unwrap_or(0));
+            }
+            if crcs.len() == before {
+                break;
+            }
         }
-        let first = self.journal_for(lsn);
-        let other = if std::ptr::eq(first, &self.local) { &self.remote } else { &self.local };
-        [first, other].into_iter().find_map(|journal| {
-            let entry = journal.read_from(lsn).ok()?.next()?.ok()?;
-            (entry.record.lsn == lsn).then(|| crate::journal::format::frame_crc(&entry.frame)).flatten()
-        })
+        crcs
     }
 
     /// The journal that holds `lsn`: the local one for epochs this node was primary in (see
@@ -280,13 +289,18 @@ impl Node {
         }
     }
 
-    /// What a node in `role` may replay from its remote journal at startup: all of it as the
-    /// primary (it was promoted, or a backup's unconfirmed tail would have been cut before it
-    /// followed), else only what the store already covers (see [`Node::replay`]).
+    /// What a node in `role` may replay from its remote journal at startup (see
+    /// [`Node::replay`]): all of it as the primary (it was promoted: it keeps everything it
+    /// received). Otherwise everything before the current epoch — settled: the epoch's primary
+    /// held all of it when the epoch began — and of the current epoch only what the store
+    /// already covers; the rest may be unconfirmed and waits for the primary's word.
     fn startup_replay_bound(&self, role: Role) -> Lsn {
         match role {
             Role::Primary | Role::Draining => Lsn::MAX,
-            _ => self.store.position().applied_lsn,
+            _ => {
+                let epoch_start = self.meta().history.last().map_or(0, |h| h.first_lsn.saturating_sub(1));
+                self.store.position().applied_lsn.max(epoch_start)
+            }
         }
     }
 
@@ -408,17 +422,25 @@ impl Node {
     /// restarted backup replays only what its store had; the rest waits for the primary's word).
     /// Returns how many records were cut.
     pub(crate) fn prepare_to_follow(&self, cut_after: Option<Lsn>) -> Result<u64, Error> {
-        if let Some(old) = self.applier() {
-            if let Some(last) = self.remote.last_lsn() {
-                self.remote.sync_to(last)?;
-            }
+        // Out of its slot before it stops: a waiter for an applied LSN (`wait_applied`) then looks
+        // again shortly rather than at a watch that no longer moves.
+        let old = lock(&self.applier).take();
+        if let Some(old) = old {
+            let stopped = match self.remote.last_lsn() {
+                Some(last) => self.remote.sync_to(last).map_err(Error::from),
+                None => Ok(()),
+            };
             old.shutdown();
-            // A failed applier stays in its place, failure and all (status shows it): the store
-            // may hold half a run, and only an admin may decide what comes next.
-            if let Some(reason) = old.failure() {
+            // A failed applier goes back in its place, failure and all (status shows it): the
+            // store may hold half a run, and only an admin may decide what comes next.
+            let failure = old.failure();
+            if stopped.is_err() || failure.is_some() {
+                *lock(&self.applier) = Some(old);
+            }
+            stopped?;
+            if let Some(reason) = failure {
                 return Err(Error::Failed(format!("applier stopped: {reason}")));
             }
-            lock(&self.applier).take();
         }
         let cut = self.cut_unconfirmed_tail(cut_after);
         self.start_applier();
@@ -444,6 +466,8 @@ impl Node {
         let Some(cut) = cut_after else { return Ok(0) };
         let applied = self.store.position().applied_lsn;
         if applied > cut {
+            // Status says so: this node needs a rejoin, as after any divergence.
+            *lock(&self.diverged_at) = Some(cut);
             return Err(Error::Failed(format!(
                 "the primary asks us to drop the records past LSN {cut}, but our store has applied up to LSN {applied}; not following (hotpair rejoin {})",
                 self.name()

@@ -200,17 +200,20 @@ async fn promote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, expect_lsn: Option
 /// The backup's half of a promotion; returns the new epoch's first LSN.
 fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Lsn, String> {
     node.stop_applier().map_err(|e| e.to_string())?;
+    // Checked before anything unconfirmed is applied: a promotion refused here leaves the node
+    // the backup it was, its store holding only what its primary confirmed.
+    if let Some(expect) = expect_lsn {
+        let last = node.last_lsn();
+        if last < expect {
+            return Err(format!("{} has only LSN {last}, but the drained primary ended at {expect}", node.name()));
+        }
+    }
     // Everything received counts, confirmed or not: it may hold acknowledged commits.
     node.replay(Lsn::MAX).map_err(|e| e.to_string())?;
     let last = node.last_lsn();
     let applied = node.store.position().applied_lsn;
     if applied != last {
         return Err(format!("{} applied LSN {applied} but holds {last}; cannot promote", node.name()));
-    }
-    if let Some(expect) = expect_lsn {
-        if last < expect {
-            return Err(format!("{} has only LSN {last}, but the drained primary ended at {expect}", node.name()));
-        }
     }
     let first_lsn = last + 1;
     let name = node.name().to_string();
@@ -444,9 +447,10 @@ fn resynchronize(
     for journal in [&node.local, &node.remote] {
         journal.truncate_after(divergence).map_err(|e| format!("truncating the journal: {e}"))?;
     }
-    // The remote journal only as far as the store had it: the rest follows once the primary confirms it.
-    let applied = node.store.position().applied_lsn;
-    node.replay(applied).map_err(|e| format!("replaying up to the divergence point: {e}"))?;
+    // Of the remote journal only what is settled: the primary confirms the rest once followed.
+    let settled =
+        node.store.position().applied_lsn.max(primary.history.last().map_or(0, |h| h.first_lsn.saturating_sub(1)));
+    node.replay(settled.min(divergence)).map_err(|e| format!("replaying up to the divergence point: {e}"))?;
     adopt_primary(node, primary)?;
     Ok((file, rewound))
 }
@@ -529,7 +533,7 @@ async fn copy_in(
                     expected = Some(position);
                 }
                 crate::wire::Message::CopyEnd { .. } => break,
-                crate::wire::Message::Refused { reason } => return Err(format!("full copy refused: {reason}")),
+                crate::wire::Message::Refused { reason, .. } => return Err(format!("full copy refused: {reason}")),
                 other => return Err(format!("full copy: unexpected message {other:?}")),
             },
             Some(wire::Frame::Copy(bytes)) => {
