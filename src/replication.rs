@@ -194,12 +194,14 @@ pub struct ShipContext {
     pub pipeline: Arc<Pipeline>,
     pub peer: watch::Sender<PeerState>,
     pub heartbeat: Duration,
+    /// Fired at the backup's first ack: it has done what the welcome asked (cut its tail).
+    pub first_ack: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Ships records from `start_lsn` on until the connection ends or `stop` turns true.
 pub async fn ship<S>(
     stream: S,
-    ctx: ShipContext,
+    mut ctx: ShipContext,
     start_lsn: Lsn,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ReplicationError>
@@ -210,7 +212,8 @@ where
     let peer = ctx.peer.clone();
     let (heard_tx, heard) = watch::channel(Instant::now());
     let limit = silence_limit(ctx.heartbeat);
-    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx).await });
+    let first_ack = ctx.first_ack.take();
+    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx, first_ack).await });
     let mut durable = ctx.journal.subscribe_durable();
     let mut written = ctx.journal.subscribe_written();
     let mut ticker = tokio::time::interval(ctx.heartbeat);
@@ -319,6 +322,7 @@ async fn read_acks<R: AsyncRead + Unpin>(
     reader: &mut R,
     peer: &watch::Sender<PeerState>,
     heard: &watch::Sender<Instant>,
+    mut first_ack: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), ReplicationError> {
     let mut heartbeats = HeartbeatTracker::default();
     loop {
@@ -331,13 +335,18 @@ async fn read_acks<R: AsyncRead + Unpin>(
         };
         let now = crate::clock::now_ms();
         match envelope.message {
-            Message::Ack { received_lsn, durable_lsn, applied_lsn, digest } => peer.send_modify(|s| {
-                s.received_lsn = s.received_lsn.max(received_lsn);
-                s.durable_lsn = s.durable_lsn.max(durable_lsn);
-                s.applied_lsn = s.applied_lsn.max(applied_lsn);
-                s.applied_digest = digest;
-                s.last_heard_ms = now;
-            }),
+            Message::Ack { received_lsn, durable_lsn, applied_lsn, digest } => {
+                peer.send_modify(|s| {
+                    s.received_lsn = s.received_lsn.max(received_lsn);
+                    s.durable_lsn = s.durable_lsn.max(durable_lsn);
+                    s.applied_lsn = s.applied_lsn.max(applied_lsn);
+                    s.applied_digest = digest;
+                    s.last_heard_ms = now;
+                });
+                if let Some(first) = first_ack.take() {
+                    let _ = first.send(());
+                }
+            }
             Message::Heartbeat { seq, last_lsn, .. } => {
                 let gap = heartbeats.observe(seq);
                 if gap > 0 {

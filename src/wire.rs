@@ -364,7 +364,7 @@ pub struct BackupTail {
 /// were never applied, so dropping them costs nothing, and never acknowledged: an acknowledged
 /// record was durable here, so we still hold it and it matched.
 pub fn welcome_plan(standing: Standing, tail: BackupTail, acknowledged: Lsn) -> Plan {
-    let agreed = (tail.confirmed_lsn + tail.matched).max(acknowledged).min(tail.last_lsn);
+    let agreed = tail.confirmed_lsn.saturating_add(tail.matched).max(acknowledged).min(tail.last_lsn);
     match standing {
         Standing::OnHistory { next_lsn } if tail.all_matched || tail.last_lsn <= agreed => Plan::From { next_lsn },
         Standing::OnHistory { .. } => Plan::CutAfter { lsn: agreed },

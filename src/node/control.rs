@@ -227,9 +227,6 @@ where
     let tail = backup_tail(&node, last_lsn, confirmed_lsn, tail_crcs, last_crc, history == meta.history).await;
     let standing = wire::standing(&meta.history, our_last, &history, last_lsn);
     let plan = wire::welcome_plan(standing, tail, acknowledged);
-    // The peer is not ahead of our epoch, and a tail of ours it holds is cut before it follows:
-    // a restarted primary may take writes again (its new records come after `our_last`).
-    node.peer_confirmed();
     let (start_lsn, cut_after) = match plan {
         wire::Plan::From { next_lsn } => (next_lsn, None),
         wire::Plan::CutAfter { lsn } => {
@@ -269,6 +266,16 @@ where
             tracing::info!(peer = %from, start_lsn, "backup connected; shipping");
             replication::set_connected(&node.peer, true);
             node.note_restored();
+            // A restarted primary takes writes again once the backup has acked in this session:
+            // it is not ahead of our epoch, and it has cut any tail of ours it held (its first
+            // ack comes after the cut), so our new records cannot reuse the LSNs of its records.
+            let (first_ack, acked) = tokio::sync::oneshot::channel();
+            let confirmer = node.clone();
+            tokio::spawn(async move {
+                if acked.await.is_ok() {
+                    confirmer.peer_confirmed();
+                }
+            });
             let ctx = ShipContext {
                 name: node.name().to_string(),
                 epoch: meta.epoch,
@@ -278,6 +285,7 @@ where
                 pipeline,
                 peer: node.peer.clone(),
                 heartbeat: node.pair.heartbeat,
+                first_ack: Some(first_ack),
             };
             let stop = stop_signal(&node);
             let result = replication::ship(stream, ctx, start_lsn, stop).await.map_err(|e| e.to_string());
@@ -346,9 +354,10 @@ async fn backup_tail(
     same_history: bool,
 ) -> wire::BackupTail {
     let reader = node.clone();
-    let sent = tail_crcs.len();
+    // A peer that sends more than a hello may carry is held to the limit.
+    let sent = tail_crcs.len().min(wire::MAX_TAIL_CRCS);
     let ours = tokio::task::spawn_blocking(move || {
-        let ours = reader.record_crcs(confirmed_lsn + 1, sent);
+        let ours = reader.record_crcs(confirmed_lsn.saturating_add(1), sent);
         let our_last = last_crc.and_then(|_| reader.record_crcs(last_lsn, 1).first().copied());
         (ours, our_last)
     })

@@ -311,11 +311,13 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             }
             *established = true;
             node.metrics.note_session_established();
+            // The cut first: a crash between the two must not leave the primary's history
+            // adopted over a tail it asked us to drop (a restart would replay it as settled).
+            node.prepare_to_follow(cut_after).map_err(|e| e.to_string())?;
             let saving = std::time::Instant::now();
             node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
             tracing::debug!(us = saving.elapsed().as_micros() as u64, "adopted the primary's history");
             *super::lock(&node.diverged_at) = None;
-            node.prepare_to_follow(cut_after).map_err(|e| e.to_string())?;
             tracing::info!(start_lsn, primary_last = last_lsn, "following the primary");
             let Some(applier) = node.applier() else {
                 return Err("this node has no applier (not a backup)".into());

@@ -78,6 +78,9 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
     /// Set once commits were acknowledged without the peer (`on_peer_loss = degrade-after`).
     degraded: std::sync::atomic::AtomicBool,
+    /// A restarted primary's refusal while its peer has not yet confirmed (see
+    /// [`Node::peer_confirmed`]); a drain that ends puts it back rather than lift it.
+    awaiting_peer: Mutex<Option<String>>,
     /// Serialises orchestration primitives and role changes on this node.
     role_change: tokio::sync::Mutex<()>,
     /// Whether the follower is in a session with the primary right now.
@@ -168,6 +171,7 @@ impl Node {
             diverged_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
             degraded: std::sync::atomic::AtomicBool::new(false),
+            awaiting_peer: Mutex::new(None),
             role_change: tokio::sync::Mutex::new(()),
             following: watch::channel(false).0,
             drain_lease: Mutex::new(None),
@@ -247,8 +251,10 @@ impl Node {
     /// The journal that holds `lsn`: the local one for epochs this node was primary in (see
     /// [`crate::journal::holding`]).
     pub fn journal_for(&self, lsn: Lsn) -> &Journal {
-        let meta = lock(&self.meta);
-        crate::journal::holding(&meta.history, self.name(), &self.local, &self.remote, lsn)
+        // A copy of the history: `holding` takes the journals' locks, which a segment roll holds
+        // across an fsync, and the meta lock must never wait on that.
+        let history = lock(&self.meta).history.clone();
+        crate::journal::holding(&history, self.name(), &self.local, &self.remote, lsn)
     }
 
     /// Applies every journal record the store does not have yet (after a crash the store may be
@@ -321,10 +327,13 @@ impl Node {
                         )
                         .map_err(|e| Error::Failed(e.to_string()))?;
                 } else {
-                    pipeline.set_refusing(Some(format!(
+                    let refusal = format!(
                         "{RESTARTED_REFUSAL} {} to confirm it has not been promoted past epoch {}",
                         self.peer_config.name, meta.epoch
-                    )));
+                    );
+                    let mut awaiting = lock(&self.awaiting_peer);
+                    pipeline.set_refusing(Some(refusal.clone()));
+                    *awaiting = Some(refusal);
                 }
                 *lock(&self.pipeline) = Some(pipeline);
             }
@@ -546,10 +555,22 @@ impl Node {
     /// take writes again. Only the restarted primary's refusal is lifted: a drain or a fence that
     /// set its own refusal meanwhile (they run on other threads than the probe) keeps it.
     fn peer_confirmed(&self) {
+        let mut awaiting = lock(&self.awaiting_peer);
+        *awaiting = None;
         if let Some(pipeline) = self.pipeline() {
             if pipeline.clear_refusing_if(|reason| reason.starts_with(RESTARTED_REFUSAL)) {
                 tracing::info!("the peer confirmed it was not promoted past us: taking writes");
             }
+        }
+    }
+
+    /// Lifts the pipeline's refusal (a drain that ended) — except a restarted primary's, which
+    /// only its peer's word lifts ([`Node::peer_confirmed`]). A drain's lease that runs out, or a
+    /// switchover rolled back, must not let a restarted primary take writes unconfirmed.
+    pub(crate) fn lift_refusal(&self) {
+        let awaiting = lock(&self.awaiting_peer);
+        if let Some(pipeline) = self.pipeline() {
+            pipeline.set_refusing(awaiting.clone());
         }
     }
 

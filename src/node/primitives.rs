@@ -117,9 +117,7 @@ fn resume_writes(node: &Node, event: Event) -> Result<(), String> {
     let role = next_role(node, event)?;
     node.set_role(role).map_err(|e| e.to_string())?;
     *lock(&node.drain_lease) = None;
-    if let Some(pipeline) = node.pipeline() {
-        pipeline.set_refusing(None);
-    }
+    node.lift_refusal();
     Ok(())
 }
 
@@ -173,7 +171,10 @@ async fn promote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, expect_lsn: Option
     let stopped = tokio::time::timeout(Duration::from_secs(10), following.wait_for(|f| !*f)).await;
     let result = match stopped {
         Ok(_) => blocking(|| take_over(node, new_epoch, expect_lsn)),
-        Err(_) => Err("the follower did not stop within 10s".to_string()),
+        Err(_) => Err(TakeOverFailed {
+            reason: "the follower did not stop within 10s".to_string(),
+            applied_unconfirmed: false,
+        }),
     };
     match result {
         Ok(first_lsn) => {
@@ -188,32 +189,61 @@ async fn promote(node: &Arc<Node>, op_id: Uuid, epoch: Epoch, expect_lsn: Option
                 "already": false,
             }))
         }
-        Err(reason) => {
+        Err(TakeOverFailed { reason, applied_unconfirmed: false }) => {
             // Nothing was persisted: back to following.
             node.start_applier();
             node.role.send_replace(Role::Backup);
             Err(reason)
         }
+        Err(TakeOverFailed { reason, applied_unconfirmed: true }) => {
+            // The store took records its primary may never have confirmed, so this node cannot
+            // go back to following as if nothing happened (its hello would count them as agreed).
+            let message = format!(
+                "promotion of {} failed after applying records its primary had not confirmed ({reason}); it is fenced: promote it again, or rejoin it with --allow-full-copy",
+                node.name()
+            );
+            node.fence(&message);
+            node.incidents.raise(
+                crate::incident::Kind::ApplyError,
+                crate::incident::Severity::Critical,
+                message.clone(),
+            );
+            Err(message)
+        }
     }
 }
 
+/// Why a promotion failed, and whether the store already holds records past what the old
+/// primary confirmed (then the node may not simply follow again).
+struct TakeOverFailed {
+    reason: String,
+    applied_unconfirmed: bool,
+}
+
 /// The backup's half of a promotion; returns the new epoch's first LSN.
-fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Lsn, String> {
-    node.stop_applier().map_err(|e| e.to_string())?;
+fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<Lsn, TakeOverFailed> {
+    let before = |reason: String| TakeOverFailed { reason, applied_unconfirmed: false };
+    node.stop_applier().map_err(|e| before(e.to_string()))?;
     // Checked before anything unconfirmed is applied: a promotion refused here leaves the node
     // the backup it was, its store holding only what its primary confirmed.
     if let Some(expect) = expect_lsn {
         let last = node.last_lsn();
         if last < expect {
-            return Err(format!("{} has only LSN {last}, but the drained primary ended at {expect}", node.name()));
+            return Err(before(format!(
+                "{} has only LSN {last}, but the drained primary ended at {expect}",
+                node.name()
+            )));
         }
     }
+    let confirmed = node.store.position().applied_lsn;
+    let after =
+        |reason: String| TakeOverFailed { applied_unconfirmed: node.store.position().applied_lsn > confirmed, reason };
     // Everything received counts, confirmed or not: it may hold acknowledged commits.
-    node.replay(Lsn::MAX).map_err(|e| e.to_string())?;
+    node.replay(Lsn::MAX).map_err(|e| after(e.to_string()))?;
     let last = node.last_lsn();
     let applied = node.store.position().applied_lsn;
     if applied != last {
-        return Err(format!("{} applied LSN {applied} but holds {last}; cannot promote", node.name()));
+        return Err(after(format!("{} applied LSN {applied} but holds {last}; cannot promote", node.name())));
     }
     let first_lsn = last + 1;
     let name = node.name().to_string();
@@ -224,15 +254,15 @@ fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<L
             meta.role = Role::Primary;
             meta.orchestration = None;
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| after(e.to_string()))?;
     let pipeline =
         Arc::new(crate::pipeline::Pipeline::start(node.local.clone(), node.store.clone(), first_lsn, new_epoch));
     pipeline
         .append_control(crate::clock::now_ms(), RecordBody::EpochStart { history: meta.history.clone() })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| after(e.to_string()))?;
     node.peer.send_replace(crate::replication::PeerState::default());
     // A new primary ships to its backup, whatever `replicate stop` said in its backup days.
-    node.set_replicating(true).map_err(|e| e.to_string())?;
+    node.set_replicating(true).map_err(|e| after(e.to_string()))?;
     *lock(&node.diverged_at) = None;
     *lock(&node.pipeline) = Some(pipeline);
     node.role.send_replace(Role::Primary);
