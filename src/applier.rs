@@ -348,6 +348,17 @@ mod tests {
             .collect()
     }
 
+    /// [`setup`] with `count` of [`records`] appended and durable.
+    fn durable_records(dir: &std::path::Path, count: u64) -> (Journal, Arc<Store>, Vec<Record>) {
+        let (journal, store) = setup(dir);
+        let records = records(dir, count);
+        for record in &records {
+            journal.append(record).unwrap();
+        }
+        journal.sync_to(count).unwrap();
+        (journal, store, records)
+    }
+
     fn wait_for(applier: &Applier, lsn: Lsn) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while applier.applied_lsn() < lsn && applier.failure().is_none() {
@@ -418,12 +429,7 @@ mod tests {
     #[test]
     fn a_paced_applier_waits_out_its_pace_unless_someone_waits_for_an_lsn() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, store) = setup(dir.path());
-        let records = records(dir.path(), 300);
-        for record in &records {
-            journal.append(record).unwrap();
-        }
-        journal.sync_to(300).unwrap();
+        let (journal, store, records) = durable_records(dir.path(), 300);
         // A pace far longer than the test's deadlines: only hurrying can apply anything.
         let applier = Applier::start_paced(journal.clone(), store.clone(), Duration::from_secs(600), |_| {});
         for record in &records[..100] {
@@ -449,12 +455,7 @@ mod tests {
     #[test]
     fn a_gated_applier_applies_only_what_was_confirmed() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, store) = setup(dir.path());
-        let records = records(dir.path(), 300);
-        for record in &records {
-            journal.append(record).unwrap();
-        }
-        journal.sync_to(300).unwrap();
+        let (journal, store, records) = durable_records(dir.path(), 300);
         let applier = Applier::start_gated(journal.clone(), store.clone(), Duration::ZERO, |_| {});
         assert_eq!(applier.confirmed(), 0, "a fresh store confirms nothing");
         for record in &records {

@@ -609,6 +609,32 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
 }
 
 #[test]
+fn a_drain_that_runs_out_leaves_a_restarted_primary_waiting_for_its_backup() {
+    // A restarted primary takes no writes until its backup's word (invariant 2). A switchover's
+    // drain on it, whose lease then runs out, ends the drain's own refusal only: with the
+    // backup down the primary still refuses writes, and takes them once the backup is back.
+    let mut pair = Pair::start(SyncLevel::Async);
+    let _: () = pair.redis(PRIMARY).set("before", "1").expect("a write before the restart");
+    pair.wait_caught_up();
+    pair.stop(BACKUP);
+    pair.kill(PRIMARY);
+    pair.restart(PRIMARY);
+    let epoch = pair.node_status(PRIMARY)["epoch"].as_u64().expect("epoch");
+    let drain = AdminRequest::Drain { op_id: uuid::Uuid::new_v4(), epoch, lease_ms: 200 };
+    hotpair::admin::block_on(hotpair::admin::request(&pair.config, PRIMARY, drain))
+        .expect("runtime")
+        .expect("the restarted primary drains");
+    let status = pair.wait_for_node(PRIMARY, "the drain lease to run out", |s| s["role"] == "primary");
+    let writes = &status["writes"];
+    assert_eq!(writes["accepting"], false, "the lease's end let a restarted primary take writes: {status}");
+    assert!(writes["reason"].as_str().is_some_and(|r| r.contains("restarted primary waits")), "{status}");
+    pair.restart(BACKUP);
+    pair.wait_ready();
+    let _: () = pair.redis(PRIMARY).set("after", "1").expect("a write once the backup confirmed");
+    pair.wait_caught_up();
+}
+
+#[test]
 fn restarted_primary_refuses_writes_until_its_backup_confirms_then_ships_from_its_files() {
     // SIGKILL and restart the primary while the backup is held off (`replicate stop b`) and
     // behind by 3,000 records spread over several journal segments, and is stopped too (SIGSTOP:
