@@ -358,7 +358,7 @@ async fn backup_tail(
     let sent = tail_crcs.len().min(wire::MAX_TAIL_CRCS);
     let ours = tokio::task::spawn_blocking(move || {
         let ours = reader.record_crcs(confirmed_lsn.saturating_add(1), sent);
-        let our_last = last_crc.and_then(|_| reader.record_crcs(last_lsn, 1).first().copied());
+        let our_last = last_crc.and_then(|_| reader.record_crc(last_lsn));
         (ours, our_last)
     })
     .await;

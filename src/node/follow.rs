@@ -209,7 +209,7 @@ fn hello(node: &Node) -> Envelope {
     let (tail_crcs, last_crc) = if node.role() == Role::Backup {
         let tail = usize::try_from(last_lsn.saturating_sub(confirmed_lsn)).unwrap_or(usize::MAX);
         let crcs = node.record_crcs(confirmed_lsn + 1, tail.min(wire::MAX_TAIL_CRCS));
-        let last_crc = if crcs.len() < tail { node.record_crcs(last_lsn, 1).first().copied() } else { None };
+        let last_crc = if crcs.len() < tail { node.record_crc(last_lsn) } else { None };
         (crcs, last_crc)
     } else {
         (Vec::new(), None)

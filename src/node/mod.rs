@@ -303,11 +303,21 @@ impl Node {
     fn startup_replay_bound(&self, role: Role) -> Lsn {
         match role {
             Role::Primary | Role::Draining => Lsn::MAX,
-            _ => {
-                let epoch_start = self.meta().history.last().map_or(0, |h| h.first_lsn.saturating_sub(1));
-                self.store.position().applied_lsn.max(epoch_start)
-            }
+            _ => self.settled_lsn(&self.meta().history),
         }
+    }
+
+    /// How far this node's remote journal is settled under `history`: everything before its
+    /// current epoch (that epoch's primary held all of it when the epoch began) and whatever the
+    /// store already applied. Past it a record may be unconfirmed.
+    pub(crate) fn settled_lsn(&self, history: &[crate::journal::HistoryEntry]) -> Lsn {
+        let epoch_start = history.last().map_or(0, |h| h.first_lsn.saturating_sub(1));
+        self.store.position().applied_lsn.max(epoch_start)
+    }
+
+    /// The frame CRC of our record at `lsn`, if our journals hold it (see [`Node::record_crcs`]).
+    pub fn record_crc(&self, lsn: Lsn) -> Option<u32> {
+        self.record_crcs(lsn, 1).first().copied()
     }
 
     /// Starts what the persisted role needs: the pipeline (primary) or the applier (backup).

@@ -478,8 +478,7 @@ fn resynchronize(
         journal.truncate_after(divergence).map_err(|e| format!("truncating the journal: {e}"))?;
     }
     // Of the remote journal only what is settled: the primary confirms the rest once followed.
-    let settled =
-        node.store.position().applied_lsn.max(primary.history.last().map_or(0, |h| h.first_lsn.saturating_sub(1)));
+    let settled = node.settled_lsn(&primary.history);
     node.replay(settled.min(divergence)).map_err(|e| format!("replaying up to the divergence point: {e}"))?;
     adopt_primary(node, primary)?;
     Ok((file, rewound))
