@@ -17,6 +17,12 @@
 //! once, but its applier applies nothing past that confirmed LSN (`applier`, "The
 //! confirmation gate").
 //!
+//! A `durable` message goes out only when no batch has carried the news for
+//! [`CONFIRM_DELAY`]: under load the next batch confirms the one before it, so the message
+//! (a TLS write on the primary, a wake-up and a read on the backup, per round of commits) is
+//! not needed. At sync level `applied` every commit waits for the backup's applier, so there it
+//! goes out as soon as the primary's fsync ends ([`ShipContext::prompt_confirm`]).
+//!
 //! ## Invariants
 //! - No commit is acknowledged before its own node's fsync (`node::backend::wait_sync` checks
 //!   the local journal), so a record shipped before the primary's fsync and then lost in a crash
@@ -75,6 +81,11 @@ pub const SILENT_HEARTBEATS: u32 = 10;
 /// A session never ends for silence sooner than this, however short the heartbeat: a loaded
 /// machine may delay a heartbeat or two, and a needless reconnect costs a blip of `connected`.
 pub const MIN_SILENCE: Duration = Duration::from_secs(1);
+
+/// How long the primary holds back a [`Message::Durable`] for a batch to carry the news
+/// instead (see "Overlapped fsyncs"). A backup applies its last records this much later when
+/// the writes stop; a `WAIT` at levels below `applied` may wait this much longer.
+pub const CONFIRM_DELAY: Duration = Duration::from_millis(2);
 
 /// How long a session may go without hearing from the peer (see the module invariants).
 pub fn silence_limit(heartbeat: Duration) -> Duration {
@@ -194,6 +205,9 @@ pub struct ShipContext {
     pub pipeline: Arc<Pipeline>,
     pub peer: watch::Sender<PeerState>,
     pub heartbeat: Duration,
+    /// Tell the backup the primary's durable LSN as soon as it moves, not after
+    /// [`CONFIRM_DELAY`]: commits wait for the backup's applier (sync level `applied`).
+    pub prompt_confirm: bool,
     /// Fired at the backup's first ack: it has done what the welcome asked (cut its tail).
     pub first_ack: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -222,6 +236,8 @@ where
     let mut seq = 0u64;
     // The durable LSN the backup was last told (with a batch, a heartbeat or on its own).
     let mut told = 0;
+    // When the backup is told our durable LSN on its own, if no batch has told it by then.
+    let mut confirm_at = Instant::now();
     // A primary's remote journal takes no appends: what it holds durably now stays so.
     let remote_durable = ctx.remote.durable_lsn();
     let result = loop {
@@ -239,14 +255,17 @@ where
                         break Err(err);
                     }
                     (next, told) = (last + 1, durable_lsn);
+                    confirm_at = Instant::now() + CONFIRM_DELAY;
                     continue;
                 }
                 Err(err) => break Err(err),
             }
         }
-        // The backup holds records it may not apply yet, and we can now let it: tell it at once,
-        // or a waiting `applied` commit (or a read on the backup) would wait for the next batch.
-        if told < durable_lsn && told < next - 1 {
+        // The backup holds records it may not apply yet. Once a batch has not told it for
+        // CONFIRM_DELAY (at `applied`: at once), tell it how far we are durable.
+        let unconfirmed = told < next - 1;
+        let confirm_due = unconfirmed && (ctx.prompt_confirm || Instant::now() >= confirm_at);
+        if confirm_due && told < durable_lsn {
             told = durable_lsn;
             let message = Message::Durable { lsn: durable_lsn };
             let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message };
@@ -261,7 +280,9 @@ where
             ended = &mut acks => break ended.unwrap_or_else(|e| Err(ReplicationError::Protocol(format!("ack reader failed: {e}")))),
             silent = silence(&heard, limit) => break Err(silent),
             _ = written.changed() => {}
-            _ = durable.changed() => {}
+            // Woken by our fsyncs only when a confirmation is due: under load a batch carries it.
+            _ = durable.changed(), if confirm_due => {}
+            () = tokio::time::sleep_until(confirm_at), if unconfirmed && !confirm_due => {}
             _ = ticker.tick() => {
                 seq += 1;
                 told = durable_lsn;

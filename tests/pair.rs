@@ -193,6 +193,33 @@ fn applied_level_makes_each_acknowledged_write_visible_on_the_backup_at_once() {
 }
 
 #[test]
+fn the_backup_applies_the_last_write_soon_after_writes_stop() {
+    // Below `applied` the primary leaves the confirmation of a batch to the next batch, and
+    // tells the backup on its own only when none follows (replication::CONFIRM_DELAY). With
+    // heartbeats and canaries far apart, nothing else would confirm the last write: it must
+    // still reach the backup's store within a few seconds, not at the next heartbeat.
+    let options = Options { heartbeat: Some("30s"), monitor: Some("canary_interval = \"off\""), ..Options::default() };
+    let pair = Pair::start_with(SyncLevel::Durable, options);
+    let (mut a, mut b) = (pair.redis(PRIMARY), pair.redis(BACKUP));
+    for i in 0..20 {
+        let value = format!("v{i}");
+        let _: () = a.set("last", &value).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen: Option<String> = b.get("last").unwrap();
+            if seen.as_deref() == Some(value.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "write {i} acknowledged at durable but not applied on the backup in 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
 fn durable_writes_fail_unacknowledged_while_replication_is_stopped() {
     // At `durable` with shipping stopped, a SET answers an error that says it was NOT
     // acknowledged, after sync_timeout and not long after; the pair resumes on `replicate start`.

@@ -285,6 +285,7 @@ where
                 pipeline,
                 peer: node.peer.clone(),
                 heartbeat: node.pair.heartbeat,
+                prompt_confirm: node.pair.sync == crate::config::SyncLevel::Applied,
                 first_ack: Some(first_ack),
             };
             let stop = stop_signal(&node);
