@@ -309,9 +309,19 @@ impl Drill {
                 None => Err("no reachable primary".to_string()),
                 Some(primary) => {
                     let backup = self.pair.names().into_iter().find(|n| *n != primary).unwrap_or_default();
+                    // The backup must reach the LSN the primary had when asked. Under a running
+                    // workload it trails by a batch or an applier run (a few ms), so it is asked
+                    // again for a moment rather than compared with one snapshot.
                     let p = self.pair.node_status(&primary).await;
-                    let b = self.pair.node_status(&backup).await;
-                    caught_up(&primary, &p, &backup, &b)
+                    let reach_by = Instant::now() + CATCH_UP_WINDOW;
+                    loop {
+                        let b = self.pair.node_status(&backup).await;
+                        let verdict = caught_up(&primary, &p, &backup, &b);
+                        if verdict.is_ok() || Instant::now() >= reach_by {
+                            break verdict;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
             };
             match verdict {
@@ -398,6 +408,9 @@ pub fn primary_of(status: &Value) -> Option<String> {
         .max_by_key(|(_, n)| n["epoch"].as_u64().unwrap_or(0))
         .map(|(name, _)| name.clone())
 }
+
+/// How long `wait-caught-up` asks the backup again for the LSN the primary had.
+const CATCH_UP_WINDOW: Duration = Duration::from_secs(1);
 
 /// `Ok(summary)` when the backup (status `b`, asked after the primary's `p`) has applied
 /// everything the primary had committed (pure).
