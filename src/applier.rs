@@ -22,7 +22,7 @@
 //! is long (catch-up, bursts) the cost of a sled batch and of the bookkeeping is shared.
 //!
 //! ## The confirmation gate (backup)
-//! A primary ships records once written, before its own fsync (`replication`, "Overlapped
+//! A primary ships records before its own fsync (even before its write) (`replication`, "Overlapped
 //! fsyncs"), and says with every batch and heartbeat how far it is durable. A backup's applier
 //! is started [`Applier::start_gated`]: it applies nothing past the LSN its primary confirmed
 //! ([`Applier::confirm`]), so its store never holds a record its primary could still lose in a

@@ -10,9 +10,11 @@
 //!   journal, queues them for the applier, and acks received / durable / applied LSNs.
 //!
 //! ## Overlapped fsyncs
-//! The primary ships a record once it is *written* to its local journal, while its fsync is
-//! still under way, so that the two nodes' fsyncs overlap instead of running one after the
-//! other (a `durable` commit waits for both). Every batch, heartbeat and [`Message::Durable`]
+//! The primary ships a group of records from memory as soon as the append that completes it
+//! wakes the journal's flusher (or once the flusher has written records no such append
+//! announced: [`Journal::subscribe_shippable`]), while its write and fsync are still under way,
+//! so that the two nodes' fsyncs overlap instead of running one after the other (a `durable`
+//! commit waits for both). Every batch, heartbeat and [`Message::Durable`]
 //! carries how far the primary is durable; the backup keeps and fsyncs what it receives at
 //! once, but its applier applies nothing past that confirmed LSN (`applier`, "The
 //! confirmation gate").
@@ -229,7 +231,7 @@ where
     let first_ack = ctx.first_ack.take();
     let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx, first_ack).await });
     let mut durable = ctx.journal.subscribe_durable();
-    let mut written = ctx.journal.subscribe_written();
+    let mut shippable = ctx.journal.subscribe_shippable();
     let mut ticker = tokio::time::interval(ctx.heartbeat);
     let mut next = start_lsn;
     let mut files: Option<std::iter::Peekable<JournalReader>> = None;
@@ -244,9 +246,9 @@ where
         // How far we hold the pair's history durably: our local journal, and our remote journal
         // for the epochs our peer led (a new primary's first record may not be fsynced yet).
         let durable_lsn = (*durable.borrow_and_update()).max(remote_durable);
-        // Written is enough to ship (see "Overlapped fsyncs"); the remote journal's records
-        // (our peer's epochs, for a catch-up) are durable already.
-        let until = (*written.borrow_and_update()).max(durable_lsn);
+        // Written, or a complete group in memory, is enough to ship (see "Overlapped fsyncs");
+        // the remote journal's records (our peer's epochs, for a catch-up) are durable already.
+        let until = (*shippable.borrow_and_update()).max(durable_lsn);
         if next <= until {
             match next_batch(&ctx, &mut files, next, until) {
                 Ok((frames, last)) => {
@@ -279,7 +281,7 @@ where
             _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             ended = &mut acks => break ended.unwrap_or_else(|e| Err(ReplicationError::Protocol(format!("ack reader failed: {e}")))),
             silent = silence(&heard, limit) => break Err(silent),
-            _ = written.changed() => {}
+            _ = shippable.changed() => {}
             // Woken by our fsyncs only when a confirmation is due: under load a batch carries it.
             _ = durable.changed(), if confirm_due => {}
             () = tokio::time::sleep_until(confirm_at), if unconfirmed && !confirm_due => {}
@@ -299,7 +301,9 @@ where
 }
 
 /// The next batch of frames `next..=until`: from memory when the live tail holds them, else
-/// from the journal files through a reader kept across batches (each segment is read once).
+/// from the journal files through a reader kept across batches (each segment is read once),
+/// as far as they hold. Records not yet written are always in memory: the live tail keeps the
+/// newest frames, each remembered before it is appended.
 fn next_batch(
     ctx: &ShipContext,
     files: &mut Option<std::iter::Peekable<JournalReader>>,
@@ -313,6 +317,7 @@ fn next_batch(
     if files.as_mut().and_then(|f| f.peek()).is_none_or(|e| e.as_ref().is_ok_and(|e| e.record.lsn != next)) {
         *files = Some(journal_holding(ctx, next).read_from(next)?.peekable());
     }
+    let until = until.min(journal_holding(ctx, next).written_lsn());
     let reader = files.as_mut().ok_or_else(|| ReplicationError::Protocol("no journal reader".into()))?;
     let mut batch = Vec::new();
     let mut last = next - 1;

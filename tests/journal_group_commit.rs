@@ -192,6 +192,30 @@ fn committers_that_come_back_after_a_pause_still_share_each_fsync() {
 }
 
 #[test]
+fn an_append_that_wakes_the_flusher_is_shippable_when_it_returns() {
+    // A primary ships a group as soon as the append that completes it wakes the flusher, not
+    // after the flusher thread has woken and written it (replication, "Overlapped fsyncs").
+    // A lone committer's append wakes an idle flusher, so each record is shippable the moment
+    // its append returns. A journal that published only what its flusher wrote would show it
+    // only when the flusher happened to win the race to the lock, never 200 times in a row.
+    within_watchdog("shippable", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path());
+        let shippable = journal.subscribe_shippable();
+        for lsn in 1..=200 {
+            let deadline = std::time::Instant::now() + WATCHDOG;
+            while !journal.flusher_is_idle() {
+                assert!(std::time::Instant::now() < deadline, "the flusher never went idle");
+                thread::yield_now();
+            }
+            assert_eq!(journal.append(&record(lsn)).unwrap(), lsn);
+            assert_eq!(*shippable.borrow(), lsn, "record {lsn} was not shippable when its append returned");
+            journal.sync_to(lsn).unwrap();
+        }
+    });
+}
+
+#[test]
 fn a_lone_committer_gets_one_fsync_per_record_even_after_a_crowd() {
     within_watchdog("lone committer", || {
         let dir = tempfile::tempdir().unwrap();

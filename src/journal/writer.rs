@@ -168,8 +168,9 @@ struct Inner {
     /// failed. (`sync_to` waiters are woken one by one through `State::waiters`.)
     durable: Condvar,
     durable_tx: watch::Sender<Lsn>,
-    /// The last LSN handed to the OS (written, maybe not yet fsynced): what a primary may ship.
-    written_tx: watch::Sender<Lsn>,
+    /// What a primary may ship: the last LSN written (handed to the OS, maybe not yet fsynced)
+    /// or the last of a complete group (appended, maybe not yet written), whichever is later.
+    shippable_tx: watch::Sender<Lsn>,
     fsyncs: AtomicU64,
     /// The journal's size and end, republished at every change so that metrics read them
     /// without the state lock (which a write, a segment roll or a truncation holds across I/O).
@@ -306,7 +307,7 @@ impl Journal {
         }
         let durable = last_lsn.unwrap_or(0);
         let (durable_tx, _) = watch::channel(durable);
-        let (written_tx, _) = watch::channel(durable);
+        let (shippable_tx, _) = watch::channel(durable);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             identity,
@@ -329,7 +330,7 @@ impl Journal {
             work: Condvar::new(),
             durable: Condvar::new(),
             durable_tx,
-            written_tx,
+            shippable_tx,
             fsyncs: AtomicU64::new(0),
             published: Published::default(),
             simulated_fsync_delay_ns: AtomicU64::new(0),
@@ -395,11 +396,25 @@ impl Journal {
         self.inner.durable_tx.subscribe()
     }
 
-    /// A channel that always holds the last LSN written to the file (handed to the OS, its
-    /// fsync perhaps still to come). A primary ships up to it, so that its own fsync and its
-    /// backup's run side by side (`replication`, "Overlapped fsyncs").
-    pub fn subscribe_written(&self) -> watch::Receiver<Lsn> {
-        self.inner.written_tx.subscribe()
+    /// A channel that holds how far a primary may ship: the last LSN written to the file (its
+    /// fsync perhaps still to come), or, once an append completes the group the flusher was
+    /// gathering, that append's LSN (the group perhaps not even written yet: the primary ships
+    /// it from memory at once, instead of after the flusher thread's wake-up and write). So
+    /// its own fsync and its backup's run side by side (`replication`, "Overlapped fsyncs").
+    /// It moves only forward, except at a truncation; it wakes a receiver only when it moves.
+    pub fn subscribe_shippable(&self) -> watch::Receiver<Lsn> {
+        self.inner.shippable_tx.subscribe()
+    }
+
+    /// The last LSN written to the file (its fsync perhaps still to come).
+    pub fn written_lsn(&self) -> Lsn {
+        self.inner.lock().written_lsn
+    }
+
+    /// Tests only: the flusher sleeps until the next append (nothing to write or gather).
+    #[doc(hidden)]
+    pub fn flusher_is_idle(&self) -> bool {
+        self.inner.lock().flusher_wants == Some(0)
     }
 
     /// Appends a record. It is durable once `sync_to(record.lsn)` returns (or the durable channel
@@ -608,7 +623,7 @@ impl Journal {
         state.written_lsn = state.written_lsn.min(kept);
         state.durable_lsn = state.durable_lsn.min(kept);
         self.inner.durable_tx.send_replace(state.durable_lsn);
-        self.inner.written_tx.send_replace(state.written_lsn);
+        self.inner.shippable_tx.send_replace(state.written_lsn);
         // Waiters for cut records must learn that they are gone.
         recheck_all(&mut state);
         Ok(())
@@ -738,6 +753,7 @@ impl Inner {
         let wake = !self.options.caller_syncs && state.flusher_wants.is_some_and(|wants| lsn >= wants);
         if wake {
             state.flusher_wants = None;
+            self.publish_shippable(lsn);
         }
         drop(state);
         if wake {
@@ -779,8 +795,20 @@ impl Inner {
         }
         self.publish(state);
         state.written_lsn = state.last_lsn.unwrap_or(0);
-        self.written_tx.send_replace(state.written_lsn);
+        self.publish_shippable(state.written_lsn);
         Ok(())
+    }
+
+    /// Moves the shippable LSN forward; a write of a group already shipped wakes nobody. Called
+    /// under the state lock, so that it moves in LSN order.
+    fn publish_shippable(&self, lsn: Lsn) {
+        self.shippable_tx.send_if_modified(|shippable| {
+            let forward = lsn > *shippable;
+            if forward {
+                *shippable = lsn;
+            }
+            forward
+        });
     }
 
     fn fail(&self, state: &mut State, reason: String) -> JournalError {
