@@ -89,6 +89,9 @@ pub const MIN_SILENCE: Duration = Duration::from_secs(1);
 /// the writes stop; a `WAIT` at levels below `applied` may wait this much longer.
 pub const CONFIRM_DELAY: Duration = Duration::from_millis(2);
 
+/// How long a clean stop may spend telling the backup the primary's durable LSN.
+pub const STOP_CONFIRM_GRACE: Duration = Duration::from_millis(100);
+
 /// How long a session may go without hearing from the peer (see the module invariants).
 pub fn silence_limit(heartbeat: Duration) -> Duration {
     heartbeat.saturating_mul(SILENT_HEARTBEATS).max(MIN_SILENCE)
@@ -278,7 +281,19 @@ where
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+            _ = stop.changed() => if *stop.borrow() {
+                // A clean stop (replicate stop, shutdown, a role change) tells the backup what it
+                // may apply now rather than leave it to the next session's first batch; briefly,
+                // so a backup that does not read cannot hold the stop up.
+                let durable_lsn = (*durable.borrow()).max(remote_durable);
+                if told < next - 1 && told < durable_lsn {
+                    let message = Message::Durable { lsn: durable_lsn };
+                    let frame = Frame::Message(Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message });
+                    let tell = crate::wire::write_frame(&mut writer, &frame);
+                    let _ = tokio::time::timeout(STOP_CONFIRM_GRACE, tell).await;
+                }
+                break Ok(())
+            },
             ended = &mut acks => break ended.unwrap_or_else(|e| Err(ReplicationError::Protocol(format!("ack reader failed: {e}")))),
             silent = silence(&heard, limit) => break Err(silent),
             _ = shippable.changed() => {}
@@ -302,8 +317,9 @@ where
 
 /// The next batch of frames `next..=until`: from memory when the live tail holds them, else
 /// from the journal files through a reader kept across batches (each segment is read once),
-/// as far as they hold. Records not yet written are always in memory: the live tail keeps the
-/// newest frames, each remembered before it is appended.
+/// as far as they hold. Records not yet written are in memory (the live tail keeps the newest
+/// frames, each remembered before it is appended) or, if a huge record evicted them, written
+/// by `read_from`, which writes the journal's buffer out before it reads.
 fn next_batch(
     ctx: &ShipContext,
     files: &mut Option<std::iter::Peekable<JournalReader>>,

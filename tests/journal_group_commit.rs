@@ -216,6 +216,38 @@ fn an_append_that_wakes_the_flusher_is_shippable_when_it_returns() {
 }
 
 #[test]
+fn the_shippable_lsn_follows_a_crowd_of_committers_and_never_runs_ahead() {
+    // With many committers the flusher gathers, and groups are announced by the append that
+    // completes them or by the flusher's write after a gathering pause that ran out. Whatever
+    // the path, the shippable LSN never passes what was appended, never goes back, and ends at
+    // the last record (a record never announced would never ship).
+    within_watchdog("shippable crowd", || {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(open(dir.path()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (journal, done) = (journal.clone(), done.clone());
+            thread::spawn(move || {
+                let shippable = journal.subscribe_shippable();
+                let mut seen = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let now = *shippable.borrow();
+                    let appended = journal.last_lsn().unwrap_or(0);
+                    assert!(now <= appended, "shippable {now} passed the last appended LSN {appended}");
+                    assert!(now >= seen, "shippable went back from {seen} to {now}");
+                    seen = now;
+                    thread::yield_now();
+                }
+            })
+        };
+        let last = commit_concurrently(&journal, 16, 50);
+        done.store(true, std::sync::atomic::Ordering::Release);
+        watcher.join().expect("watcher");
+        assert_eq!(*journal.subscribe_shippable().borrow(), last, "the last record is not shippable");
+    });
+}
+
+#[test]
 fn a_lone_committer_gets_one_fsync_per_record_even_after_a_crowd() {
     within_watchdog("lone committer", || {
         let dir = tempfile::tempdir().unwrap();

@@ -567,9 +567,10 @@ fn cut_journal_after(dir: &std::path::Path, lsn: u64) {
 
 #[test]
 fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
-    // Records ship once written, before the primary's fsync. Hold the primary's fsync back
-    // (it calls each one done 5 s late), write a key, wait until the backup holds it, then
-    // SIGKILL the primary and cut that record from its journal, as a power loss would. The
+    // Records ship before the primary's fsync. Hold the primary's fsync back (it calls each
+    // one done 5 s late), write a key, wait until the backup holds it, then SIGKILL the primary
+    // and cut that record from its journal, as a power loss would (or a kill -9 that came
+    // before the journal's write). The
     // backup must not have applied the record (its primary never confirmed it), the write was
     // never acknowledged, and when the primary restarts without it the backup drops it and
     // follows again: no divergence, no rejoin, equal digests, every acknowledged write on both.

@@ -313,7 +313,7 @@ impl Drill {
                     // workload it trails by a batch or an applier run (a few ms), so it is asked
                     // again for a moment rather than compared with one snapshot.
                     let p = self.pair.node_status(&primary).await;
-                    let reach_by = Instant::now() + CATCH_UP_WINDOW;
+                    let reach_by = (Instant::now() + CATCH_UP_WINDOW).min(started + timeout);
                     loop {
                         let b = self.pair.node_status(&backup).await;
                         let verdict = caught_up(&primary, &p, &backup, &b);

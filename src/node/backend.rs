@@ -219,7 +219,7 @@ fn run_write(txn: &mut Txn<'_>, command: Command, now_ms: u64) -> Result<Frame, 
 /// Waits until record `lsn` reached the pair's sync level (see the module invariants).
 ///
 /// Above `async` the peer's confirmation is waited for first, and the local journal checked
-/// after it. The primary ships a record as its fsync begins (`replication`, "Overlapped
+/// after it. The primary ships a record before its fsync begins (`replication`, "Overlapped
 /// fsyncs"), so by the time the backup confirms `lsn` (its own fsync and a round trip later) the
 /// local fsync has nearly always covered it too: the commit wakes once (on the ack) instead of
 /// twice. The local check is what keeps a write from being acknowledged before the primary's

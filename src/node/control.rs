@@ -220,7 +220,7 @@ where
         let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
         return Err(reason);
     }
-    // Everything we hold, written or durable: we ship written records (`replication`,
+    // Everything we hold, written or durable: we ship records before our fsync (`replication`,
     // "Overlapped fsyncs"), so a backup may hold records we have not fsynced yet.
     let our_last = node.last_lsn();
     let acknowledged = node.peer_acknowledged();
