@@ -569,12 +569,12 @@ fn cut_journal_after(dir: &std::path::Path, lsn: u64) {
 fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     // Records ship before the primary's fsync. Hold the primary's fsync back (it calls each
     // one done 5 s late), write a key, wait until the backup holds it, then SIGKILL the primary
-    // and cut that record from its journal, as a power loss would (or a kill -9 that came
-    // before the journal's write). The
-    // backup must not have applied the record (its primary never confirmed it), the write was
-    // never acknowledged, and when the primary restarts without it the backup drops it and
-    // follows again: no divergence, no rejoin, equal digests, every acknowledged write on both.
-    // Until then the restarted primary takes no writes, though its probe finds the backup.
+    // and cut that record from its journal, as a power loss would. The backup must not have
+    // applied the record (its primary never confirmed it), the write was never acknowledged,
+    // and when the primary restarts without it the backup drops it and follows again: no
+    // divergence, no rejoin, equal digests, every acknowledged write on both. Until then the
+    // restarted primary takes no writes, though its probe finds the backup. (The next test
+    // reaches the same state with a plain kill -9.)
     let mut pair = Pair::start(SyncLevel::Durable);
     let mut a = pair.redis(PRIMARY);
     for i in 0..50 {
@@ -629,6 +629,70 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
         let lost: Option<String> = connection.get("lost").expect("GET lost");
         assert_eq!(lost, None, "{node} holds the write the primary lost");
         for i in 0..50 {
+            let acked: Option<i64> = connection.get(format!("acked-{i}")).expect("GET acked");
+            let after: Option<i64> = connection.get(format!("after-{i}")).expect("GET after");
+            assert_eq!((acked, after), (Some(i), Some(i)), "{node}, key {i}");
+        }
+    }
+}
+
+#[test]
+fn a_primary_killed_before_writing_a_record_it_shipped_is_followed_again_without_it() {
+    // A primary ships a group from memory before its journal writes it. Hold the write back
+    // (HOTPAIR_SIMULATED_LOCAL_WRITE_DELAY), write a key, wait until the backup holds it, and
+    // SIGKILL the primary: the record is in no file of the primary, yet the backup holds it.
+    // Nothing is cut by hand. The restarted primary must have the backup drop it and follow.
+    let options = Options { monitor: Some("canary_interval = \"off\""), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..20 {
+        let _: () = a.set(format!("acked-{i}"), i).expect("acknowledged before the crash");
+    }
+    pair.wait_caught_up();
+    drop(a);
+    pair.stop(PRIMARY);
+    pair.set_env(PRIMARY, hotpair::node::SIMULATED_WRITE_DELAY_ENV, Some("20s"));
+    pair.restart(PRIMARY);
+    pair.wait_ready();
+
+    let writer = {
+        let mut a = pair.redis(PRIMARY);
+        std::thread::spawn(move || -> RedisResult<()> { a.set("unwritten", "never acknowledged") })
+    };
+    let shipped = pair.wait_for("the backup to hold a record the primary has not written", |s| {
+        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+        let (durable, last) = (a["durable_lsn"].as_u64(), a["last_lsn"].as_u64());
+        durable.is_some() && last > durable && b["received_lsn"].as_u64() >= last
+    });
+    let durable = node_field(&shipped, PRIMARY, "durable_lsn").as_u64().expect("durable LSN");
+    pair.kill(PRIMARY);
+    assert!(writer.join().expect("the writer thread").is_err(), "the write was acknowledged before it was written");
+    let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::journal::JournalKind::Local);
+    let in_files: Vec<u64> = hotpair::journal::read_dir_from(&local, durable + 1)
+        .expect("read the primary's journal")
+        .map(|entry| entry.expect("a whole record").record.lsn)
+        .collect();
+    assert!(
+        in_files.is_empty(),
+        "the primary's journal holds LSNs {in_files:?} past {durable}: the write was not held back"
+    );
+
+    pair.set_env(PRIMARY, hotpair::node::SIMULATED_WRITE_DELAY_ENV, None);
+    pair.restart(PRIMARY);
+    pair.wait_ready();
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..20 {
+        let _: () = a.set(format!("after-{i}"), i).expect("a write after the restart");
+    }
+    pair.wait_caught_up();
+    assert!(pair.log(BACKUP).contains("dropped records the primary shipped before its fsync"), "{}", pair.log(BACKUP));
+    let status = pair.status();
+    assert_eq!(node_field(&status, BACKUP, "diverged_at"), Value::Null, "{status}");
+    let mut b = pair.redis(BACKUP);
+    for (node, connection) in [(PRIMARY, &mut a), (BACKUP, &mut b)] {
+        let unwritten: Option<String> = connection.get("unwritten").expect("GET unwritten");
+        assert_eq!(unwritten, None, "{node} holds the write the primary never wrote");
+        for i in 0..20 {
             let acked: Option<i64> = connection.get(format!("acked-{i}")).expect("GET acked");
             let after: Option<i64> = connection.get(format!("after-{i}")).expect("GET after");
             assert_eq!((acked, after), (Some(i), Some(i)), "{node}, key {i}");

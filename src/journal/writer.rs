@@ -177,6 +177,9 @@ struct Inner {
     published: Published,
     /// Benchmarks only: a pause after every flusher fsync, to simulate a slower disk.
     simulated_fsync_delay_ns: AtomicU64,
+    /// Tests only: a pause before each flusher write, so that a test can kill a process whose
+    /// records were shipped (from memory) but never written.
+    simulated_write_delay_ns: AtomicU64,
 }
 
 /// One thread blocked in `sync_to`. Each thread reuses its own (see [`WAITER`]).
@@ -334,6 +337,7 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             published: Published::default(),
             simulated_fsync_delay_ns: AtomicU64::new(0),
+            simulated_write_delay_ns: AtomicU64::new(0),
         });
         inner.publish(&inner.lock());
         let flusher_inner = inner.clone();
@@ -389,6 +393,15 @@ impl Journal {
     pub fn simulate_fsync_delay(&self, delay: Duration) {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.inner.simulated_fsync_delay_ns.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Tests only: the flusher waits `delay` (without the lock) before each write, so records
+    /// a primary shipped from memory stay out of the file that long (`tests/pair.rs` kills it
+    /// then).
+    #[doc(hidden)]
+    pub fn simulate_write_delay(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.simulated_write_delay_ns.store(nanos, Ordering::Relaxed);
     }
 
     /// A channel that always holds the durable LSN, for async waiters.
@@ -989,6 +1002,12 @@ impl Inner {
                 }
             }
             last_sync = Instant::now();
+            let write_delay = self.simulated_write_delay_ns.load(Ordering::Relaxed);
+            if write_delay > 0 && !state.shutdown {
+                drop(state);
+                std::thread::sleep(Duration::from_nanos(write_delay));
+                state = self.lock();
+            }
             if self.write_buffer(&mut state).is_err() {
                 continue;
             }

@@ -120,7 +120,11 @@ impl Node {
             identity(JournalKind::Local),
             JournalOptions::default(),
         )?;
-        if let Some(delay) = simulated_fsync_delay()? {
+        if let Some(delay) = simulated_delay(SIMULATED_WRITE_DELAY_ENV)? {
+            tracing::warn!(?delay, "{SIMULATED_WRITE_DELAY_ENV} is set: the local journal writes each group only this much later (for tests)");
+            local.simulate_write_delay(delay);
+        }
+        if let Some(delay) = simulated_delay(SIMULATED_FSYNC_DELAY_ENV)? {
             tracing::warn!(?delay, "{SIMULATED_FSYNC_DELAY_ENV} is set: the local journal calls each fsync done only this much later (for tests)");
             local.simulate_fsync_delay(delay);
         }
@@ -728,11 +732,15 @@ const RESTARTED_REFUSAL: &str = "restarted primary waits for";
 /// then cut them from its journal, as a power loss would (docs/operations.md).
 pub const SIMULATED_FSYNC_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_FSYNC_DELAY";
 
-fn simulated_fsync_delay() -> Result<Option<Duration>, Error> {
-    match std::env::var(SIMULATED_FSYNC_DELAY_ENV) {
+/// Tests only: a delay the local journal's flusher waits before each write, so that a test can
+/// kill a primary whose records were shipped (from memory) but never written (docs/operations.md).
+pub const SIMULATED_WRITE_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_WRITE_DELAY";
+
+fn simulated_delay(variable: &str) -> Result<Option<Duration>, Error> {
+    match std::env::var(variable) {
         Ok(text) => humantime::parse_duration(&text)
             .map(Some)
-            .map_err(|e| Error::Failed(format!("{SIMULATED_FSYNC_DELAY_ENV}={text:?} is not a duration: {e}"))),
+            .map_err(|e| Error::Failed(format!("{variable}={text:?} is not a duration: {e}"))),
         Err(_) => Ok(None),
     }
 }
