@@ -272,9 +272,8 @@ where
         let confirm_due = unconfirmed && (ctx.prompt_confirm || Instant::now() >= confirm_at);
         if confirm_due && told < durable_lsn {
             told = durable_lsn;
-            let message = Message::Durable { lsn: durable_lsn };
-            let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message };
-            if let Err(err) = write_or_silence(&mut writer, &Frame::Message(envelope), &heard, limit).await {
+            let message = shipper_message(&ctx, Message::Durable { lsn: durable_lsn });
+            if let Err(err) = write_or_silence(&mut writer, &message, &heard, limit).await {
                 break Err(err);
             }
             continue;
@@ -287,9 +286,8 @@ where
                 // so a backup that does not read cannot hold the stop up.
                 let durable_lsn = (*durable.borrow()).max(remote_durable);
                 if told < next - 1 && told < durable_lsn {
-                    let message = Message::Durable { lsn: durable_lsn };
-                    let frame = Frame::Message(Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message });
-                    let tell = crate::wire::write_frame(&mut writer, &frame);
+                    let message = shipper_message(&ctx, Message::Durable { lsn: durable_lsn });
+                    let tell = crate::wire::write_frame(&mut writer, &message);
                     let _ = tokio::time::timeout(STOP_CONFIRM_GRACE, tell).await;
                 }
                 break Ok(())
@@ -304,8 +302,7 @@ where
                 seq += 1;
                 told = durable_lsn;
                 let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn };
-                let envelope = Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message: heartbeat };
-                if let Err(err) = write_or_silence(&mut writer, &Frame::Message(envelope), &heard, limit).await {
+                if let Err(err) = write_or_silence(&mut writer, &shipper_message(&ctx, heartbeat), &heard, limit).await {
                     break Err(err);
                 }
             }
@@ -313,6 +310,11 @@ where
     };
     acks.abort();
     result
+}
+
+/// A message from the primary's shipper, in its envelope.
+fn shipper_message(ctx: &ShipContext, message: Message) -> Frame {
+    Frame::Message(Envelope { from: ctx.name.clone(), epoch: ctx.epoch, message })
 }
 
 /// The next batch of frames `next..=until`: from memory when the live tail holds them, else
@@ -330,10 +332,11 @@ fn next_batch(
         *files = None;
         return Ok(batch);
     }
+    let journal = journal_holding(ctx, next);
     if files.as_mut().and_then(|f| f.peek()).is_none_or(|e| e.as_ref().is_ok_and(|e| e.record.lsn != next)) {
-        *files = Some(journal_holding(ctx, next).read_from(next)?.peekable());
+        *files = Some(journal.read_from(next)?.peekable());
     }
-    let until = until.min(journal_holding(ctx, next).written_lsn());
+    let until = until.min(journal.written_lsn());
     let reader = files.as_mut().ok_or_else(|| ReplicationError::Protocol("no journal reader".into()))?;
     let mut batch = Vec::new();
     let mut last = next - 1;

@@ -565,6 +565,63 @@ fn cut_journal_after(dir: &std::path::Path, lsn: u64) {
     file.set_len(offset).expect("cut the segment");
 }
 
+/// Writes `acked-0..count` (acknowledged), then restarts the primary with `delay_env` set
+/// and writes `key` from a thread, waiting until the backup holds that record while the primary
+/// has not fsynced it. Returns the primary's durable LSN then, and the writer's thread.
+fn ship_an_unconfirmed_write(
+    pair: &mut Pair,
+    count: i64,
+    delay_env: &str,
+    delay: &str,
+    key: &'static str,
+) -> (u64, std::thread::JoinHandle<RedisResult<()>>) {
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..count {
+        let _: () = a.set(format!("acked-{i}"), i).expect("acknowledged before the crash");
+    }
+    pair.wait_caught_up();
+    drop(a);
+    pair.stop(PRIMARY);
+    pair.set_env(PRIMARY, delay_env, Some(delay));
+    pair.restart(PRIMARY);
+    pair.wait_ready();
+    let writer = {
+        let mut a = pair.redis(PRIMARY);
+        std::thread::spawn(move || -> RedisResult<()> { a.set(key, "never acknowledged") })
+    };
+    let shipped = pair.wait_for("the backup to hold a record the primary has not fsynced", |s| {
+        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+        let (durable, last) = (a["durable_lsn"].as_u64(), a["last_lsn"].as_u64());
+        durable.is_some() && last > durable && b["received_lsn"].as_u64() >= last
+    });
+    let durable = node_field(&shipped, PRIMARY, "durable_lsn").as_u64().expect("durable LSN");
+    (durable, writer)
+}
+
+/// With the restarted primary taking writes: writes `after-0..count`, waits until the backup
+/// caught up, and checks that the backup dropped the record `key` and follows without a
+/// divergence, every acknowledged write on both nodes and `key` on neither.
+fn assert_followed_again_without(pair: &mut Pair, count: i64, key: &str) {
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..count {
+        let _: () = a.set(format!("after-{i}"), i).expect("a write after the restart");
+    }
+    pair.wait_caught_up();
+    assert!(pair.log(BACKUP).contains("dropped records the primary shipped before its fsync"), "{}", pair.log(BACKUP));
+    let status = pair.status();
+    assert_eq!(node_field(&status, BACKUP, "diverged_at"), Value::Null, "{status}");
+    let mut b = pair.redis(BACKUP);
+    for (node, connection) in [(PRIMARY, &mut a), (BACKUP, &mut b)] {
+        let lost: Option<String> = connection.get(key).expect("GET the lost key");
+        assert_eq!(lost, None, "{node} holds the write the primary lost");
+        for i in 0..count {
+            let acked: Option<i64> = connection.get(format!("acked-{i}")).expect("GET acked");
+            let after: Option<i64> = connection.get(format!("after-{i}")).expect("GET after");
+            assert_eq!((acked, after), (Some(i), Some(i)), "{node}, key {i}");
+        }
+    }
+}
+
 #[test]
 fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     // Records ship before the primary's fsync. Hold the primary's fsync back (it calls each
@@ -576,29 +633,10 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     // restarted primary takes no writes, though its probe finds the backup. (The next test
     // reaches the same state with a plain kill -9.)
     let mut pair = Pair::start(SyncLevel::Durable);
-    let mut a = pair.redis(PRIMARY);
-    for i in 0..50 {
-        let _: () = a.set(format!("acked-{i}"), i).expect("acknowledged before the crash");
-    }
-    pair.wait_caught_up();
-    drop(a);
-    pair.stop(PRIMARY);
-    pair.set_env(PRIMARY, hotpair::node::SIMULATED_FSYNC_DELAY_ENV, Some("5s"));
-    pair.restart(PRIMARY);
-    pair.wait_ready();
-
-    let writer = {
-        let mut a = pair.redis(PRIMARY);
-        std::thread::spawn(move || -> RedisResult<()> { a.set("lost", "never acknowledged") })
-    };
-    let shipped = pair.wait_for("the backup to hold a record the primary has not fsynced", |s| {
-        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
-        let (durable, last) = (a["durable_lsn"].as_u64(), a["last_lsn"].as_u64());
-        durable.is_some() && last > durable && b["received_lsn"].as_u64() >= last
-    });
-    let durable = node_field(&shipped, PRIMARY, "durable_lsn").as_u64().expect("durable LSN");
+    let (durable, writer) =
+        ship_an_unconfirmed_write(&mut pair, 50, hotpair::node::SIMULATED_FSYNC_DELAY_ENV, "5s", "lost");
     let lost: Option<String> = pair.redis(BACKUP).get("lost").expect("GET on the backup");
-    assert_eq!(lost, None, "the backup applied a record its primary had not confirmed: {shipped}");
+    assert_eq!(lost, None, "the backup applied a record its primary had not confirmed (primary durable at {durable})");
     pair.kill(PRIMARY);
     let written = writer.join().expect("the writer thread");
     assert!(written.is_err(), "the write was acknowledged before the primary's fsync was done");
@@ -616,24 +654,7 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     assert_eq!(status["nodes"][PRIMARY]["writes"]["accepting"], false, "released by a probe: {status}");
     pair.hotpair_ok(&["replicate", "start", BACKUP]);
     pair.wait_ready();
-    let mut a = pair.redis(PRIMARY);
-    for i in 0..50 {
-        let _: () = a.set(format!("after-{i}"), i).expect("a write after the restart");
-    }
-    pair.wait_caught_up();
-    assert!(pair.log(BACKUP).contains("dropped records the primary shipped before its fsync"), "{}", pair.log(BACKUP));
-    let status = pair.status();
-    assert_eq!(node_field(&status, BACKUP, "diverged_at"), Value::Null, "{status}");
-    let mut b = pair.redis(BACKUP);
-    for (node, connection) in [(PRIMARY, &mut a), (BACKUP, &mut b)] {
-        let lost: Option<String> = connection.get("lost").expect("GET lost");
-        assert_eq!(lost, None, "{node} holds the write the primary lost");
-        for i in 0..50 {
-            let acked: Option<i64> = connection.get(format!("acked-{i}")).expect("GET acked");
-            let after: Option<i64> = connection.get(format!("after-{i}")).expect("GET after");
-            assert_eq!((acked, after), (Some(i), Some(i)), "{node}, key {i}");
-        }
-    }
+    assert_followed_again_without(&mut pair, 50, "lost");
 }
 
 #[test]
@@ -644,27 +665,8 @@ fn a_primary_killed_before_writing_a_record_it_shipped_is_followed_again_without
     // Nothing is cut by hand. The restarted primary must have the backup drop it and follow.
     let options = Options { monitor: Some("canary_interval = \"off\""), ..Options::default() };
     let mut pair = Pair::start_with(SyncLevel::Durable, options);
-    let mut a = pair.redis(PRIMARY);
-    for i in 0..20 {
-        let _: () = a.set(format!("acked-{i}"), i).expect("acknowledged before the crash");
-    }
-    pair.wait_caught_up();
-    drop(a);
-    pair.stop(PRIMARY);
-    pair.set_env(PRIMARY, hotpair::node::SIMULATED_WRITE_DELAY_ENV, Some("20s"));
-    pair.restart(PRIMARY);
-    pair.wait_ready();
-
-    let writer = {
-        let mut a = pair.redis(PRIMARY);
-        std::thread::spawn(move || -> RedisResult<()> { a.set("unwritten", "never acknowledged") })
-    };
-    let shipped = pair.wait_for("the backup to hold a record the primary has not written", |s| {
-        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
-        let (durable, last) = (a["durable_lsn"].as_u64(), a["last_lsn"].as_u64());
-        durable.is_some() && last > durable && b["received_lsn"].as_u64() >= last
-    });
-    let durable = node_field(&shipped, PRIMARY, "durable_lsn").as_u64().expect("durable LSN");
+    let (durable, writer) =
+        ship_an_unconfirmed_write(&mut pair, 20, hotpair::node::SIMULATED_WRITE_DELAY_ENV, "20s", "unwritten");
     pair.kill(PRIMARY);
     assert!(writer.join().expect("the writer thread").is_err(), "the write was acknowledged before it was written");
     let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::journal::JournalKind::Local);
@@ -680,24 +682,7 @@ fn a_primary_killed_before_writing_a_record_it_shipped_is_followed_again_without
     pair.set_env(PRIMARY, hotpair::node::SIMULATED_WRITE_DELAY_ENV, None);
     pair.restart(PRIMARY);
     pair.wait_ready();
-    let mut a = pair.redis(PRIMARY);
-    for i in 0..20 {
-        let _: () = a.set(format!("after-{i}"), i).expect("a write after the restart");
-    }
-    pair.wait_caught_up();
-    assert!(pair.log(BACKUP).contains("dropped records the primary shipped before its fsync"), "{}", pair.log(BACKUP));
-    let status = pair.status();
-    assert_eq!(node_field(&status, BACKUP, "diverged_at"), Value::Null, "{status}");
-    let mut b = pair.redis(BACKUP);
-    for (node, connection) in [(PRIMARY, &mut a), (BACKUP, &mut b)] {
-        let unwritten: Option<String> = connection.get("unwritten").expect("GET unwritten");
-        assert_eq!(unwritten, None, "{node} holds the write the primary never wrote");
-        for i in 0..20 {
-            let acked: Option<i64> = connection.get(format!("acked-{i}")).expect("GET acked");
-            let after: Option<i64> = connection.get(format!("after-{i}")).expect("GET after");
-            assert_eq!((acked, after), (Some(i), Some(i)), "{node}, key {i}");
-        }
-    }
+    assert_followed_again_without(&mut pair, 20, "unwritten");
 }
 
 #[test]
