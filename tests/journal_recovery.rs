@@ -1004,7 +1004,19 @@ fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records
     journal.sync_to(RECORDS).unwrap();
     let active = segment_files(dir.path()).pop().unwrap();
     let records_end = journal.footprint().bytes;
-    assert_eq!(std::fs::metadata(&active).unwrap().len(), hotpair::journal::PREALLOCATE_BYTES, "zero-filled ahead");
+    // The filler keeps a whole chunk of zeros ahead of the records, on its own thread: the
+    // first write filled up to the first chunk boundary, so the filler adds the next chunk.
+    let chunk = hotpair::journal::PREALLOCATE_BYTES;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let len = loop {
+        let len = std::fs::metadata(&active).unwrap().len();
+        if len >= records_end + chunk {
+            break len;
+        }
+        assert!(std::time::Instant::now() < deadline, "the filler stayed at {len} bytes for {records_end} of records");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((len % chunk, len), (0, 2 * chunk), "zero-filled a chunk ahead, in whole chunks");
 
     // A crash image: the files as they are on disk right now.
     let crashed = tempfile::tempdir().unwrap();
@@ -1027,7 +1039,7 @@ fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records
     let (journal, recovery) = Journal::open(crashed.path(), identity(), big).unwrap();
     assert_eq!(recovery.cut, None, "preallocated zeros are not a torn write");
     let (_, offset, zeros) = recovery.zeroed.expect("the crash image's zeros are cut");
-    assert_eq!((offset, offset + zeros), (records_end, hotpair::journal::PREALLOCATE_BYTES));
+    assert_eq!((offset, offset + zeros), (records_end, len));
     assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>());
     for lsn in RECORDS + 1..=RECORDS + 5 {
         journal.append(&record(lsn)).unwrap();
