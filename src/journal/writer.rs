@@ -30,11 +30,11 @@
 //! to the disk another 0.7–5 ms. Done by the flusher under the state lock, that stalled every
 //! committer once per megabyte. The filler writes through a file it opened itself (in 64 KB
 //! pieces, so a record's write never waits long for the kernel's inode lock) and fdatasyncs
-//! that file, so the zeros and the new size are on disk before records reach them. It only
-//! writes at or past `State::allocated`, which records never pass while a fill is in flight:
-//! a write that would waits for it (`settle_fill`), and so does anything that cuts or replaces
-//! the active file (a roll, a truncation, a clean close). A writer that outruns the filler fills
-//! the chunk itself, as all writers once did.
+//! that file, so the zeros and the new size are normally on disk before records reach them.
+//! It only writes at or past `State::allocated`, which records never pass while a fill is in
+//! flight: a write that would waits for its zeros to be written (`settle_fill`), and so does
+//! anything that cuts or replaces the active file (a roll, a truncation, a clean close). A
+//! writer that outruns the filler fills the chunk itself, as all writers once did.
 //!
 //! ## Paced fsyncs
 //! With [`JournalOptions::sync_pace`] set, the flusher starts an fsync at most that often: one
@@ -80,11 +80,11 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Buffered bytes past which an append writes the buffer out itself rather than leave it to the
 /// flusher, so that memory stays bounded under a burst.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
-/// How far ahead of its records the active segment is zero-filled (see "Preallocation"). One
-/// fsync in every this many bytes also writes the zeros and the new size.
+/// The chunk in which the active segment is zero-filled ahead of its records (see
+/// "Preallocation"): the filler adds one once the records come within one of the zeros' end, so
+/// 1–2 chunks of zeros lie ahead of them.
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
-/// The filler writes zeros in pieces this size: the kernel holds the file's inode lock for each
-/// `pwrite`, and a record's write waits for it.
+/// Zeros are written in pieces this size (see [`write_zeros`]).
 const FILL_PIECE_BYTES: usize = 64 * 1024;
 
 /// Who owns a journal: every segment header must match, or the journal refuses to open.
@@ -168,7 +168,7 @@ pub struct Recovery {
 #[derive(Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
-    _flusher: Arc<FlusherHandle>,
+    _threads: Arc<JournalThreads>,
 }
 
 struct Inner {
@@ -287,31 +287,34 @@ struct State {
     /// The flusher is asleep until an append brings the last LSN to at least this; the append
     /// that does so wakes it (and clears this). `None`: the flusher is busy, nobody wakes it.
     flusher_wants: Option<Lsn>,
-    /// The filler's fill in flight, if any: its number and the end it zero-fills the active
-    /// segment to, from `allocated`. Nothing writes past `allocated` until it is settled.
-    filling: Option<(u64, u64)>,
+    /// The filler's fill in flight, if any. Nothing writes past `allocated` until it is settled.
+    filling: Option<Fill>,
     /// Numbers the fills.
     fills_started: u64,
     /// The filler has been woken for the next fill and has not taken it yet.
     fill_asked: bool,
 }
 
+/// A zero-fill of the active segment the filler has taken on: from `allocated` to `end`.
+#[derive(Debug, Clone, Copy)]
+struct Fill {
+    /// Counts fills; `Inner::fills_done` reports the last one finished.
+    number: u64,
+    end: u64,
+}
+
 /// The journal's two threads, the flusher and the filler, stopped and joined when the last
 /// clone of the journal goes.
-struct FlusherHandle {
+struct JournalThreads {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Drop for FlusherHandle {
+impl Drop for JournalThreads {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.inner.state.lock() {
-            state.shutdown = true;
-        }
+        self.inner.lock().shutdown = true;
         self.inner.work.notify_all();
         self.inner.fill_wanted.notify_all();
-        // The flusher first: its clean close may wait for a fill in flight, which the filler
-        // finishes before it looks at the shutdown flag.
         for thread in self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default() {
             let _ = thread.join();
         }
@@ -383,7 +386,7 @@ impl Journal {
             fill_done: Condvar::new(),
         });
         inner.publish(&inner.lock());
-        let handle = Arc::new(FlusherHandle { inner: inner.clone(), threads: Mutex::new(Vec::new()) });
+        let handle = Arc::new(JournalThreads { inner: inner.clone(), threads: Mutex::new(Vec::new()) });
         let kind = inner.identity.kind.name();
         for (name, run) in [("flush", Inner::flush_loop as fn(&Inner)), ("fill", Inner::fill_loop)] {
             let thread_inner = inner.clone();
@@ -393,7 +396,7 @@ impl Journal {
                 .map_err(|source| JournalError::Io { path: dir.to_path_buf(), source })?;
             handle.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
         }
-        Ok((Journal { inner, _flusher: handle }, recovery))
+        Ok((Journal { inner, _threads: handle }, recovery))
     }
 
     pub fn dir(&self) -> &Path {
@@ -667,6 +670,15 @@ impl Journal {
         }
         self.inner.write_buffer(&mut state)?;
         self.inner.settle_fill(&mut state);
+        // Linux reports a writeback error to the files open when it happened: the files opened
+        // below to cut and reopen the segment would not hear of one the records met. Ask the
+        // active file before it goes (the filler's fsync may have seen the error, not reported it).
+        if let Some(file) = state.active.clone() {
+            if let Err(err) = file.sync_data() {
+                let reason = format!("fsync of journal {} failed: {err}", self.inner.dir.display());
+                return Err(self.inner.fail(&mut state, reason));
+            }
+        }
         while let Some(seg) = state.segments.last().cloned() {
             if seg.first_lsn > lsn {
                 state.segments.pop();
@@ -695,6 +707,7 @@ impl Journal {
         self.inner.shippable_tx.send_replace(state.written_lsn);
         // Waiters for cut records must learn that they are gone.
         recheck_all(&mut state);
+        self.inner.ask_fill(&mut state);
         Ok(())
     }
 
@@ -849,7 +862,7 @@ impl Inner {
             // The chunk after the records, but a small segment (tests) is not filled past its size.
             let target = end.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
             let target = target.min(self.options.segment_bytes.max(end));
-            if let Err(err) = file.write_all_at(&vec![0; (target - state.allocated) as usize], state.allocated) {
+            if let Err(err) = write_zeros(&file, state.allocated, target) {
                 // Only a speed-up: without it the records grow the file, as they did before, and
                 // the next chunk is tried once they reach it. A full disk fails the records' own
                 // write next, and that fails the journal.
@@ -902,7 +915,7 @@ impl Inner {
     /// with the lock held, before anything writes past `allocated` or cuts or replaces the active
     /// file. The filler reports a finished fill without the state lock, so this cannot deadlock.
     fn settle_fill(&self, state: &mut State) {
-        let Some((number, end)) = state.filling.take() else {
+        let Some(Fill { number, end }) = state.filling.take() else {
             return;
         };
         let mut done = self.fills_done.lock().unwrap_or_else(|p| p.into_inner());
@@ -930,21 +943,30 @@ impl Inner {
             let path = seg.path.clone();
             state.fills_started += 1;
             let number = state.fills_started;
-            state.filling = Some((number, to));
+            state.filling = Some(Fill { number, end: to });
             drop(state);
             let delay = self.simulated_fill_delay_ns.load(Ordering::Relaxed);
             if delay > 0 {
                 std::thread::sleep(Duration::from_nanos(delay));
             }
-            if let Err(err) = zero_fill(&path, from, to) {
+            // Its own open file, not a clone of the journal's: Linux reports a writeback error
+            // to the next fsync of every file that was open when it happened, so an error the
+            // fdatasync below sees (for the records' pages too) still reaches the flusher's
+            // fsync, which fails the journal. A clone shares one report, which this could take.
+            let written =
+                OpenOptions::new().write(true).open(&path).and_then(|file| write_zeros(&file, from, to).map(|()| file));
+            // Done as far as writers care: records may go in past the zeros now. The fdatasync
+            // only brings the zeros and the new size to the disk before a commit's fsync would;
+            // after a roll or a truncation it syncs a file nobody writes any more, harmlessly.
+            *self.fills_done.lock().unwrap_or_else(|p| p.into_inner()) = number;
+            self.fill_done.notify_all();
+            if let Err(err) = written.and_then(|file| file.sync_data()) {
                 // Only a speed-up: the records still go in (they grow the file instead), and the
                 // flusher's own fsync reports any error that matters for them.
                 tracing::warn!(path = %path.display(), %err, "could not preallocate journal space");
             }
-            *self.fills_done.lock().unwrap_or_else(|p| p.into_inner()) = number;
-            self.fill_done.notify_all();
             state = self.lock();
-            if state.filling.is_some_and(|(n, _)| n == number) {
+            if state.filling.is_some_and(|fill| fill.number == number) {
                 state.filling = None;
                 state.allocated = state.allocated.max(to);
             }
@@ -1344,24 +1366,20 @@ fn move_file(from: &Path, to: &Path) -> Result<(), JournalError> {
     remove_file(from)
 }
 
-/// Creates `dir` (and parents) and fsyncs the parent so the new entry survives a crash.
-/// Writes zeros into `path` from `from` to `to` and fdatasyncs them, through a file opened here
-/// (the filler's; see "Preallocation"). Its own open file, not a clone of the journal's: the
-/// kernel reports a writeback error to every open file's next fsync, so an error this fsync
-/// sees (for the records' pages too) is still reported to the flusher's, which fails the
-/// journal. A clone would share one report, and this fsync could swallow it.
-fn zero_fill(path: &Path, from: u64, to: u64) -> std::io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
-    let zeros = vec![0; FILL_PIECE_BYTES];
+/// Writes zeros into `file` from `from` to `to`, in pieces of [`FILL_PIECE_BYTES`]: the kernel
+/// holds the file's inode lock for each `pwrite`, and a record's write waits for it.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; FILL_PIECE_BYTES] = [0; FILL_PIECE_BYTES];
     let mut at = from;
     while at < to {
         let len = (to - at).min(FILL_PIECE_BYTES as u64) as usize;
-        file.write_all_at(&zeros[..len], at)?;
+        file.write_all_at(&ZEROS[..len], at)?;
         at += len as u64;
     }
-    file.sync_data()
+    Ok(())
 }
 
+/// Creates `dir` (and parents) and fsyncs the parent so the new entry survives a crash.
 pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
     if dir.is_dir() {
         return Ok(());
