@@ -70,6 +70,17 @@ fn commit_concurrently(journal: &Journal, committers: usize, per_committer: usiz
 /// [`commit_concurrently`], each committer pausing `think` after each commit before the next one:
 /// a client's round trip between its reply and its next request.
 fn commit_with_think_time(journal: &Journal, committers: usize, per_committer: usize, think: Duration) -> Lsn {
+    commit_records(journal, committers, per_committer, think, record)
+}
+
+/// [`commit_with_think_time`] with the records `make` gives for each LSN.
+fn commit_records(
+    journal: &Journal,
+    committers: usize,
+    per_committer: usize,
+    think: Duration,
+    make: impl Fn(Lsn) -> Record + Sync,
+) -> Lsn {
     let next = Mutex::new(journal.next_lsn().unwrap_or(1));
     thread::scope(|scope| {
         for _ in 0..committers {
@@ -77,7 +88,7 @@ fn commit_with_think_time(journal: &Journal, committers: usize, per_committer: u
                 for _ in 0..per_committer {
                     let lsn = {
                         let mut next = next.lock().unwrap();
-                        let lsn = journal.append(&record(*next)).unwrap();
+                        let lsn = journal.append(&make(*next)).unwrap();
                         *next += 1;
                         lsn
                     };
@@ -362,23 +373,7 @@ fn records_written_beside_the_filler_are_all_there_after_rolls_and_truncations()
         };
         let mut last = 0;
         for round in 0..3 {
-            let next = Mutex::new(last + 1);
-            thread::scope(|scope| {
-                for _ in 0..4 {
-                    scope.spawn(|| {
-                        for _ in 0..2_000 {
-                            let lsn = {
-                                let mut next = next.lock().unwrap();
-                                let lsn = journal.append(&big(*next)).unwrap();
-                                *next += 1;
-                                lsn
-                            };
-                            journal.sync_to(lsn).unwrap();
-                        }
-                    });
-                }
-            });
-            last = *next.lock().unwrap() - 1;
+            last = commit_records(&journal, 4, 2_000, Duration::ZERO, big);
             // A burst that outruns the filler (held back 50 ms before each chunk): 100 KB groups
             // written one after the other, past the chunk being filled.
             journal.simulate_fill_delay(Duration::from_millis(50));
