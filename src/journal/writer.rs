@@ -36,6 +36,17 @@
 //! anything that cuts or replaces the active file (a roll, a truncation, a clean close). A
 //! writer that outruns the filler fills the chunk itself, as all writers once did.
 //!
+//! ## Dropping the cache behind
+//! After each fill the filler also drops from the page cache the active segment's pages more
+//! than [`CACHE_BEHIND_BYTES`] behind the records, and the whole of a segment closed since
+//! (`posix_fadvise(DONTNEED)`). Nothing reads them in the normal course (the primary ships from
+//! memory), and a page the cache takes anew is dear on the VMs this runs on: the first touch of
+//! a guest page the host has not backed yet costs ~20 µs, so while the cache grew by every
+//! record the zero-fill took 5–6 ms of CPU per megabyte; taking back pages the journal just let
+//! go, 0.3 ms. The pages dropped are clean: every record below the end taken at the fill's start
+//! was written before the fill's `fdatasync`, which writes back the whole file. Catch-up, rejoin
+//! and `verify` read older records from the disk.
+//!
 //! ## Paced fsyncs
 //! With [`JournalOptions::sync_pace`] set, the flusher starts an fsync at most that often: one
 //! fsync then covers everything that arrived meanwhile. A waiter waits up to one pace longer. A
@@ -84,6 +95,12 @@ const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// "Preallocation"): the filler adds one once the records come within one of the zeros' end, so
 /// 1–2 chunks of zeros lie ahead of them.
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
+/// Cached pages of the active segment this far behind its records are left in the page cache;
+/// the filler drops older ones (see "Dropping the cache behind").
+pub const CACHE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
+/// A multiple of the page size of every Linux machine this runs on (4 KB on x86-64; 16 or
+/// 64 KB on some ARM kernels), for [`drop_cache_behind`]'s ranges.
+const CACHE_PAGE_BYTES: u64 = 64 * 1024;
 /// Zeros are written in pieces this size (see [`write_zeros`]).
 const FILL_PIECE_BYTES: usize = 64 * 1024;
 
@@ -928,6 +945,8 @@ impl Inner {
     /// The filler thread: zero-fills the active segment one chunk ahead of its records (see
     /// "Preallocation"), outside the state lock, while records are written below it.
     fn fill_loop(&self) {
+        // The segment whose cache the filler drops behind its records, and how far it has.
+        let mut behind: Option<(PathBuf, u64)> = None;
         let mut state = self.lock();
         loop {
             if state.shutdown {
@@ -940,7 +959,7 @@ impl Inner {
                 state = self.fill_wanted.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            let path = seg.path.clone();
+            let (path, records_end) = (seg.path.clone(), seg.bytes);
             state.fills_started += 1;
             let number = state.fills_started;
             state.filling = Some(Fill { number, end: to });
@@ -960,10 +979,11 @@ impl Inner {
             // after a roll or a truncation it syncs a file nobody writes any more, harmlessly.
             *self.fills_done.lock().unwrap_or_else(|p| p.into_inner()) = number;
             self.fill_done.notify_all();
-            if let Err(err) = written.and_then(|file| file.sync_data()) {
+            match written.and_then(|file| file.sync_data().map(|()| file)) {
+                Ok(file) => drop_cache_behind(&mut behind, &path, &file, records_end),
                 // Only a speed-up: the records still go in (they grow the file instead), and the
                 // flusher's own fsync reports any error that matters for them.
-                tracing::warn!(path = %path.display(), %err, "could not preallocate journal space");
+                Err(err) => tracing::warn!(path = %path.display(), %err, "could not preallocate journal space"),
             }
             state = self.lock();
             if state.filling.is_some_and(|fill| fill.number == number) {
@@ -1364,6 +1384,42 @@ fn move_file(from: &Path, to: &Path) -> Result<(), JournalError> {
     io(to, std::fs::copy(from, to))?;
     io(to, File::open(to).and_then(|f| f.sync_all()))?;
     remove_file(from)
+}
+
+/// Drops from the page cache what the records of the segment at `path` (written up to
+/// `records_end`) left more than [`CACHE_BEHIND_BYTES`] behind them, and all of the segment
+/// dropped from before, if the active segment has changed since (see "Dropping the cache
+/// behind"). Advice only: it loses nothing (dirty pages are not dropped) and a failure is
+/// ignored. `behind` is the filler's note of the segment and offset it has dropped up to.
+fn drop_cache_behind(behind: &mut Option<(PathBuf, u64)>, path: &Path, file: &File, records_end: u64) {
+    // On a page boundary: the kernel keeps a page only partly in the range, so the next range
+    // must start where this one ends.
+    let to = records_end.saturating_sub(CACHE_BEHIND_BYTES) / CACHE_PAGE_BYTES * CACHE_PAGE_BYTES;
+    let from = match behind.take() {
+        Some((dropped, done)) if dropped == path => done.min(to),
+        Some((closed, _)) => {
+            // Closed by a roll (or cut by a truncation, or archived: then there is nothing to open).
+            if let Ok(closed) = File::open(&closed) {
+                advise_dont_need(&closed, 0, 0);
+            }
+            0
+        }
+        None => 0,
+    };
+    if to > from {
+        advise_dont_need(file, from, to - from);
+    }
+    *behind = Some((path.to_path_buf(), to));
+}
+
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` on `len` bytes of `file` from `offset` (0: to the end).
+fn advise_dont_need(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; the call reads no memory.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// Writes zeros into `file` from `from` to `to`, in pieces of [`FILL_PIECE_BYTES`]: the kernel
