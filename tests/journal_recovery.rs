@@ -1135,11 +1135,44 @@ fn the_filler_drops_the_page_cache_behind_the_records() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Read back from the disk, byte for byte.
+    // Read back from the disk, byte for byte; a reader too leaves a closed segment uncached.
     for (entry, lsn) in journal.read_from(1).unwrap().zip(1..) {
         assert_eq!(entry.unwrap().record, record(lsn));
     }
     assert_eq!(journal.last_lsn(), Some(count));
+    let left = cached_pages(closed, 0, closed_len);
+    assert_eq!(left, 0, "the reader left {left} pages of the closed segment ({closed_len} bytes) cached");
+}
+
+/// A reader reads a segment a chunk at a time: records larger than a chunk, and records that
+/// straddle a chunk's end, come back whole, from the start and from any LSN.
+#[test]
+fn records_larger_than_a_read_chunk_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = hotpair::journal::reader::READ_CHUNK_BYTES;
+    let big = JournalOptions { segment_bytes: 4 * chunk as u64, ..JournalOptions::default() };
+    let (journal, _) = Journal::open(dir.path(), identity(), big).unwrap();
+    let sizes = [100, chunk - 300, 50, 5 * chunk / 2, 10, chunk, 3 * chunk, 7];
+    let record = |lsn: Lsn| Record {
+        body: RecordBody::Txn {
+            ops: vec![Op {
+                key: format!("key-{lsn}").into_bytes(),
+                before: None,
+                after: Some(vec![lsn as u8; sizes[lsn as usize - 1]]),
+            }],
+        },
+        ..self::record(lsn)
+    };
+    let count = sizes.len() as Lsn;
+    for lsn in 1..=count {
+        journal.append(&record(lsn)).unwrap();
+    }
+    journal.sync_to(count).unwrap();
+    assert!(segment_files(dir.path()).len() >= 2, "the records span segments");
+    for from in 1..=count {
+        let read: Vec<Record> = journal.read_from(from).unwrap().map(|entry| entry.unwrap().record).collect();
+        assert_eq!(read, (from..=count).map(record).collect::<Vec<_>>(), "reading from LSN {from}");
+    }
 }
 
 /// A paced journal (the backup's remote journal below `durable`) fsyncs at most once per pace,

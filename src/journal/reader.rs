@@ -4,7 +4,16 @@
 //! A reader is bounded: it yields records up to the last LSN that had been appended when it was
 //! made, so it never parses bytes a writer is still putting down. A missing LSN range is an
 //! error ([`JournalError::RangeGone`]) — the caller decides whether a full copy is allowed.
+//!
+//! A reader reads a segment [`READ_CHUNK_BYTES`] at a time (more for a larger record), not the
+//! whole file: a primary's shipper reads on the data port's worker during a catch-up, and a
+//! 64 MB segment read at once from the disk held every client up for tens of milliseconds (and
+//! took 64 MB of fresh memory per segment). Once it is past part of a closed segment it drops
+//! those pages from the page cache, as the writer does behind its records (`writer`, "Dropping
+//! the cache behind"): a catch-up reads each record once.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, DecodeError, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -33,12 +42,17 @@ pub struct JournalEntry {
     pub offset: u64,
 }
 
+/// Bytes a reader reads from a segment file at a time.
+pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// Iterator over records `from..=until`. Yields an error (and then stops) on damage or a gap.
 pub struct JournalReader {
     segments: std::vec::IntoIter<SegmentInfo>,
     next_lsn: Lsn,
     until: Lsn,
-    current: Option<(PathBuf, Vec<u8>, usize)>,
+    current: Option<Window>,
+    /// The buffer of the last segment read, kept for the next one.
+    spare: Vec<u8>,
     done: bool,
     /// An error to report on the first `next()` (the start of the range is already gone).
     pending_error: Option<JournalError>,
@@ -68,6 +82,7 @@ impl JournalReader {
             next_lsn: from,
             until,
             current: None,
+            spare: Vec::new(),
             done: from > until,
             pending_error,
             started: in_gap,
@@ -92,17 +107,28 @@ impl JournalReader {
             self.next_lsn = seg.first_lsn;
         }
         self.started = true;
-        let bytes = std::fs::read(&seg.path).map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
-        SegmentHeader::decode(&bytes).map_err(|err| JournalError::Corrupt {
-            path: seg.path.clone(),
+        // The last segment listed may be the active one, which the writer keeps cached.
+        let closed = !self.segments.as_slice().is_empty();
+        let mut window = Window::open(seg.path, std::mem::take(&mut self.spare), closed)?;
+        window.read_more()?;
+        SegmentHeader::decode(window.rest()).map_err(|err| JournalError::Corrupt {
+            path: window.path.clone(),
             offset: 0,
             reason: match err {
                 DecodeError::Incomplete => "segment header cut short".into(),
                 DecodeError::Invalid(reason) => reason,
             },
         })?;
-        self.current = Some((seg.path, bytes, SEGMENT_HEADER_LEN));
+        window.pos = SEGMENT_HEADER_LEN;
+        self.current = Some(window);
         Ok(true)
+    }
+
+    /// Leaves the current segment, keeping its buffer for the next one.
+    fn finish_segment(&mut self) {
+        if let Some(window) = self.current.take() {
+            self.spare = window.finish();
+        }
     }
 
     fn step(&mut self) -> Result<Option<JournalEntry>, JournalError> {
@@ -110,40 +136,121 @@ impl JournalReader {
             if self.next_lsn > self.until {
                 return Ok(None);
             }
-            let Some((path, bytes, pos)) = &mut self.current else {
+            let Some(window) = &mut self.current else {
                 if !self.load_next_segment()? {
                     return Err(JournalError::Missing { lsn: self.next_lsn });
                 }
                 continue;
             };
-            if *pos == bytes.len() {
-                self.current = None;
-                continue;
-            }
-            let (record, used) = format::decode_record(&bytes[*pos..]).map_err(|err| JournalError::Corrupt {
-                path: path.clone(),
-                offset: *pos as u64,
-                reason: match err {
-                    DecodeError::Incomplete => "record is cut off by the end of the file".into(),
-                    DecodeError::Invalid(reason) => reason,
-                },
-            })?;
-            let offset = *pos as u64;
-            *pos += used;
+            let (record, used) = match format::decode_record(window.rest()) {
+                Ok(decoded) => decoded,
+                Err(DecodeError::Incomplete) => {
+                    if window.read_more()? {
+                        continue;
+                    }
+                    if window.rest().is_empty() {
+                        self.finish_segment();
+                        continue;
+                    }
+                    return Err(window.corrupt("record is cut off by the end of the file".into()));
+                }
+                Err(DecodeError::Invalid(reason)) => return Err(window.corrupt(reason)),
+            };
+            let (offset, at) = (window.offset(), window.pos);
+            window.pos += used;
             if record.lsn < self.next_lsn {
                 continue;
             }
             if record.lsn != self.next_lsn {
-                return Err(JournalError::Corrupt {
-                    path: path.clone(),
-                    offset,
-                    reason: format!("record has LSN {}, expected {}", record.lsn, self.next_lsn),
-                });
+                return Err(
+                    window.corrupt_at(offset, format!("record has LSN {}, expected {}", record.lsn, self.next_lsn))
+                );
             }
             self.next_lsn += 1;
-            let frame = bytes[offset as usize..*pos].to_vec();
-            return Ok(Some(JournalEntry { record, frame, path: path.clone(), offset }));
+            let frame = window.bytes[at..at + used].to_vec();
+            let entry = JournalEntry { record, frame, path: window.path.clone(), offset };
+            return Ok(Some(entry));
         }
+    }
+}
+
+/// The segment a reader is in: a window onto its bytes, read a chunk at a time.
+struct Window {
+    path: PathBuf,
+    file: File,
+    /// Bytes of the file from offset `start` on.
+    bytes: Vec<u8>,
+    start: u64,
+    /// Where the next record begins in `bytes`.
+    pos: usize,
+    /// A closed segment: the pages the reader is past are dropped from the page cache.
+    closed: bool,
+    /// How far the pages have been dropped.
+    dropped_to: u64,
+}
+
+impl Window {
+    fn open(path: PathBuf, mut buffer: Vec<u8>, closed: bool) -> Result<Window, JournalError> {
+        let file = File::open(&path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        buffer.clear();
+        Ok(Window { path, file, bytes: buffer, start: 0, pos: 0, closed, dropped_to: 0 })
+    }
+
+    /// The bytes read but not yet taken as records.
+    fn rest(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+
+    /// The file offset of the next record.
+    fn offset(&self) -> u64 {
+        self.start + self.pos as u64
+    }
+
+    /// Moves what is left to the front and reads the next chunk after it; false at the end of the
+    /// file.
+    fn read_more(&mut self) -> Result<bool, JournalError> {
+        if self.pos > 0 {
+            self.bytes.drain(..self.pos);
+            self.start += self.pos as u64;
+            self.pos = 0;
+            self.drop_behind(segment::cache_page_floor(self.start));
+        }
+        let kept = self.bytes.len();
+        self.bytes.resize(kept + READ_CHUNK_BYTES, 0);
+        let mut filled = kept;
+        while filled < self.bytes.len() {
+            match self.file.read_at(&mut self.bytes[filled..], self.start + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(JournalError::Io { path: self.path.clone(), source }),
+            }
+        }
+        self.bytes.truncate(filled);
+        Ok(filled > kept)
+    }
+
+    fn drop_behind(&mut self, to: u64) {
+        if self.closed && to > self.dropped_to {
+            segment::drop_from_cache(&self.file, self.dropped_to, to - self.dropped_to);
+            self.dropped_to = to;
+        }
+    }
+
+    /// Done with the segment: drops the rest of a closed one from the cache, returns the buffer.
+    fn finish(mut self) -> Vec<u8> {
+        if self.closed {
+            segment::drop_from_cache(&self.file, 0, 0);
+        }
+        std::mem::take(&mut self.bytes)
+    }
+
+    fn corrupt(&self, reason: String) -> JournalError {
+        self.corrupt_at(self.offset(), reason)
+    }
+
+    fn corrupt_at(&self, offset: u64, reason: String) -> JournalError {
+        JournalError::Corrupt { path: self.path.clone(), offset, reason }
     }
 }
 

@@ -151,6 +151,29 @@ pub fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
     Ok(found)
 }
 
+/// A multiple of the page size of every Linux machine this runs on (4 KB on x86-64; 16 or 64 KB
+/// on some ARM kernels): the kernel keeps a page only partly in a range it is told to drop, so
+/// ranges dropped one after another start and end on these boundaries.
+const CACHE_PAGE_BYTES: u64 = 64 * 1024;
+
+/// `offset` rounded down to a [`CACHE_PAGE_BYTES`] boundary.
+pub(crate) fn cache_page_floor(offset: u64) -> u64 {
+    offset / CACHE_PAGE_BYTES * CACHE_PAGE_BYTES
+}
+
+/// Tells the kernel the cached pages of `len` bytes of `file` from `offset` (`len` 0: to the
+/// end) are not needed (`posix_fadvise(POSIX_FADV_DONTNEED)`). Advice only: dirty pages are
+/// not dropped, nothing is lost, and a failure is ignored. Why the journal drops its pages:
+/// `writer`, "Dropping the cache behind".
+pub(crate) fn drop_from_cache(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; the call reads no memory.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,9 +98,6 @@ pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 /// Cached pages of the active segment this far behind its records are left in the page cache;
 /// the filler drops older ones (see "Dropping the cache behind").
 pub const CACHE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
-/// A multiple of the page size of every Linux machine this runs on (4 KB on x86-64; 16 or
-/// 64 KB on some ARM kernels), for [`drop_cache_behind`]'s ranges.
-const CACHE_PAGE_BYTES: u64 = 64 * 1024;
 /// Zeros are written in pieces this size (see [`write_zeros`]).
 const FILL_PIECE_BYTES: usize = 64 * 1024;
 
@@ -1394,32 +1391,22 @@ fn move_file(from: &Path, to: &Path) -> Result<(), JournalError> {
 fn drop_cache_behind(behind: &mut Option<(PathBuf, u64)>, path: &Path, file: &File, records_end: u64) {
     // On a page boundary: the kernel keeps a page only partly in the range, so the next range
     // must start where this one ends.
-    let to = records_end.saturating_sub(CACHE_BEHIND_BYTES) / CACHE_PAGE_BYTES * CACHE_PAGE_BYTES;
+    let to = segment::cache_page_floor(records_end.saturating_sub(CACHE_BEHIND_BYTES));
     let from = match behind.take() {
         Some((dropped, done)) if dropped == path => done.min(to),
         Some((closed, _)) => {
             // Closed by a roll (or cut by a truncation, or archived: then there is nothing to open).
             if let Ok(closed) = File::open(&closed) {
-                advise_dont_need(&closed, 0, 0);
+                segment::drop_from_cache(&closed, 0, 0);
             }
             0
         }
         None => 0,
     };
     if to > from {
-        advise_dont_need(file, from, to - from);
+        segment::drop_from_cache(file, from, to - from);
     }
     *behind = Some((path.to_path_buf(), to));
-}
-
-/// `posix_fadvise(POSIX_FADV_DONTNEED)` on `len` bytes of `file` from `offset` (0: to the end).
-fn advise_dont_need(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor is open for as long as `file` is borrowed; the call reads no memory.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// Writes zeros into `file` from `from` to `to`, in pieces of [`FILL_PIECE_BYTES`]: the kernel
