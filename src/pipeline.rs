@@ -69,8 +69,12 @@ struct RecentFrames {
     bytes: usize,
 }
 
-/// Bytes of recent frames kept in memory for the live tail.
-pub const RECENT_FRAMES_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of recent frames kept in memory for the live tail: ~56,000 of the benchmark's SETs, far
+/// more than a connected backup lags (hundreds of records at `async`); one further behind is
+/// caught up from the files (700k records/s here). It was 64 MB: until the ring was full, its
+/// growth took fresh memory, whose first touch on these VMs (huge pages zeroed, the host backing
+/// them) cost a fresh primary ~16% of its CPU for the first 225,000 records.
+pub const RECENT_FRAMES_BYTES: usize = 16 * 1024 * 1024;
 
 struct Writer {
     next_lsn: Lsn,

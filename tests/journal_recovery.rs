@@ -455,7 +455,9 @@ fn reopen_log_starts_a_segment_named_by_the_next_lsn() {
     assert_eq!(journal.durable_lsn(), 5, "closing a segment makes it durable");
     let header = read_header(&path).unwrap();
     assert_eq!((header.first_lsn, header.epoch, header.created_ms), (6, 1, 1_234));
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), SEGMENT_HEADER_LEN as u64);
+    // No record: the header, then (once the filler has been) preallocated zeros.
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[SEGMENT_HEADER_LEN..].iter().all(|&b| b == 0), "the new segment holds no record");
     assert_eq!(journal.reopen_log(1, 9_999).unwrap(), None, "a second reopen with no append is a no-op");
     assert_eq!(segment_files(dir.path()).len(), 2);
     assert_eq!(journal.next_lsn(), Some(6));
@@ -1094,7 +1096,7 @@ fn the_filler_drops_the_page_cache_behind_the_records() {
     let segment_bytes = 16 * mb;
     let opts = JournalOptions { segment_bytes, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir.path(), identity(), opts).unwrap();
-    // 64 KB records: 16 MB into the first segment, then 12 MB into the second.
+    // 64 KB records: 16 MB into the first segment, then 14 MB into the second.
     let record = |lsn: Lsn| Record {
         body: RecordBody::Txn {
             ops: vec![Op {
@@ -1105,7 +1107,7 @@ fn the_filler_drops_the_page_cache_behind_the_records() {
         },
         ..self::record(lsn)
     };
-    let count = (28 * mb / (64 * 1024)) as Lsn;
+    let count = (30 * mb / (64 * 1024)) as Lsn;
     for lsn in 1..=count {
         journal.append(&record(lsn)).unwrap();
         if lsn % 16 == 0 {
@@ -1152,17 +1154,24 @@ fn records_larger_than_a_read_chunk_are_read_whole() {
     let chunk = hotpair::journal::reader::READ_CHUNK_BYTES;
     let big = JournalOptions { segment_bytes: 4 * chunk as u64, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir.path(), identity(), big).unwrap();
-    let sizes = [100, chunk - 300, 50, 5 * chunk / 2, 10, chunk, 3 * chunk, 7];
-    let record = |lsn: Lsn| Record {
+    let make = |lsn: Lsn, size: usize| Record {
         body: RecordBody::Txn {
-            ops: vec![Op {
-                key: format!("key-{lsn}").into_bytes(),
-                before: None,
-                after: Some(vec![lsn as u8; sizes[lsn as usize - 1]]),
-            }],
+            ops: vec![Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![lsn as u8; size]) }],
         },
         ..self::record(lsn)
     };
+    let frame_len = |record: &Record| {
+        let mut frame = Vec::new();
+        encode_record(record, &mut frame);
+        frame.len()
+    };
+    // The first record ends 4 bytes before the first chunk's end: the next frame's header
+    // straddles it.
+    let first = chunk - 4 - SEGMENT_HEADER_LEN - frame_len(&make(1, 0));
+    assert_eq!(SEGMENT_HEADER_LEN + frame_len(&make(1, first)), chunk - 4);
+    const { assert!(FRAME_HEADER_LEN > 4) };
+    let sizes = [first, 100, chunk - 300, 50, 5 * chunk / 2, 10, chunk, 3 * chunk, 7];
+    let record = |lsn: Lsn| make(lsn, sizes[lsn as usize - 1]);
     let count = sizes.len() as Lsn;
     for lsn in 1..=count {
         journal.append(&record(lsn)).unwrap();

@@ -11,6 +11,10 @@
 //! took 64 MB of fresh memory per segment). Once it is past part of a closed segment it drops
 //! those pages from the page cache, as the writer does behind its records (`writer`, "Dropping
 //! the cache behind"): a catch-up reads each record once.
+//!
+//! Reading lazily, a reader must not outlive a [`super::Journal::truncate_after`] of its
+//! journal: the bytes it has not read yet may be cut and rewritten under it. (The node truncates
+//! only with no reader open: before it follows, and in a rejoin.)
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -107,7 +111,8 @@ impl JournalReader {
             self.next_lsn = seg.first_lsn;
         }
         self.started = true;
-        // The last segment listed may be the active one, which the writer keeps cached.
+        // The last segment listed may be the active one, whose last 8 MB the writer keeps cached
+        // (and whose tail page the next record's write needs).
         let closed = !self.segments.as_slice().is_empty();
         let mut window = Window::open(seg.path, std::mem::take(&mut self.spare), closed)?;
         window.read_more()?;

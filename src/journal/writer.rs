@@ -38,12 +38,13 @@
 //!
 //! ## Dropping the cache behind
 //! After each fill the filler also drops from the page cache the active segment's pages more
-//! than [`CACHE_BEHIND_BYTES`] behind the records, and the whole of a segment closed since
-//! (`posix_fadvise(DONTNEED)`). Nothing reads them in the normal course (the primary ships from
-//! memory), and a page the cache takes anew is dear on the VMs this runs on: the first touch of
-//! a guest page the host has not backed yet costs ~20 µs, so while the cache grew by every
-//! record the zero-fill took 5–6 ms of CPU per megabyte; taking back pages the journal just let
-//! go, 0.3 ms. The pages dropped are clean: every record below the end taken at the fill's start
+//! than [`CACHE_BEHIND_BYTES`] behind the records, and the whole of the segment it dropped in
+//! before, once that is closed (`posix_fadvise(DONTNEED)`; a segment rolled past between two
+//! fills is left to the kernel's reclaim). Nothing reads those pages in the normal course (the
+//! primary ships from memory; a backup's hello reads a few recent records), and a page the cache
+//! takes anew is dear on the VMs this runs on: the first touch of a guest page the host has not
+//! backed yet costs ~20 µs, so while the cache grew by every record the zero-fill took 5–6 ms of
+//! CPU per megabyte; taking back pages the journal just let go, 0.3 ms. The pages dropped are clean: every record below the end taken at the fill's start
 //! was written before the fill's `fdatasync`, which writes back the whole file. Catch-up, rejoin
 //! and `verify` read older records from the disk.
 //!
