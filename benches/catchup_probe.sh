@@ -13,19 +13,12 @@
 set -euo pipefail
 (($# >= 1)) || { sed -n '2,12p' "$0" >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hotpair-catchup-XXXXXX")
-PIDS=()
-cleanup() { local p; for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
+bench_dir catchup
 for binary in "$@"; do
-    dir="$TMP/$(basename "$binary")-$RANDOM"; mkdir -p "$dir"
-    free_ports 2; pa=$FP; free_ports 2; pb=$FP
+    dir="$TMP/$(basename "$binary")-$RANDOM"
+    start_pair "$binary" "$dir" async
+    a=$PAIR_A; b=$PAIR_B; port=$PAIR_PORT
     hp() { "$binary" --pair "$dir/pair.toml" "$@"; }
-    "$binary" init --dir "$dir" --nodes "a=127.0.0.1:$pa,b=127.0.0.1:$pb" --sync async >/dev/null
-    hp run a >"$dir/a.log" 2>&1 & a=$!; PIDS+=($!)
-    hp run b >"$dir/b.log" 2>&1 & b=$!; PIDS+=($!)
-    port=$((pa + 1))
-    for _ in $(seq 100); do redis-cli -p "$port" set warm up 2>/dev/null | grep -q OK && break; sleep 0.1; done
     hp replicate stop >/dev/null
     redis-benchmark -p "$port" -t set -n 1000000 -P 16 -c 50 -d 100 -q >/dev/null
     target=$(hp status --json | jq -r .nodes.a.lsn)

@@ -21,3 +21,30 @@ free_ports() {
 # machine: it does not move with what the other processes get, and it says where the difference
 # between two servers lies.
 cpu_ticks() { local p; for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0; done | awk '{t += $1} END {print t + 0}'; }
+
+# start_pair BINARY DIR LEVEL: a fresh pair in DIR (created) on free ports at sync level LEVEL, both
+# nodes started; waits until the primary acknowledges a write. Sets PAIR_A and PAIR_B (the nodes'
+# PIDs, also added to PIDS for the caller's cleanup) and PAIR_PORT (the primary's data port).
+start_pair() {
+    local binary=$1 dir=$2 level=$3 pa pb
+    mkdir -p "$dir"
+    free_ports 2; pa=$FP; free_ports 2; pb=$FP
+    "$binary" init --dir "$dir" --nodes "a=127.0.0.1:$pa,b=127.0.0.1:$pb" --sync "$level" >"$dir/init.log"
+    "$binary" --pair "$dir/pair.toml" run a >"$dir/a.log" 2>&1 & PAIR_A=$!; PIDS+=($!)
+    "$binary" --pair "$dir/pair.toml" run b >"$dir/b.log" 2>&1 & PAIR_B=$!; PIDS+=($!)
+    PAIR_PORT=$((pa + 1))
+    for _ in $(seq 300); do
+        redis-cli -p "$PAIR_PORT" set warm up 2>/dev/null | grep -q OK && return 0
+        sleep 0.1
+    done
+    echo "start_pair: $binary's pair in $dir acknowledged no write in 30 s; see its logs" >&2
+    return 1
+}
+
+# bench_dir NAME: sets TMP to a fresh temporary directory whose pairs (PIDS) are stopped and which
+# is removed when the script exits.
+bench_dir() {
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/hotpair-$1-XXXXXX")
+    PIDS=()
+    trap 'for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"' EXIT
+}

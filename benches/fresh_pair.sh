@@ -12,18 +12,10 @@
 set -euo pipefail
 (($# >= 1)) || { sed -n '2,12p' "$0" >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/hotpair-fresh-XXXXXX")
-PIDS=()
-cleanup() { local p; for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
+bench_dir fresh
 for binary in "$@"; do
-    dir="$TMP/$(basename "$binary")-$RANDOM"; mkdir -p "$dir"
-    free_ports 2; pa=$FP; free_ports 2; pb=$FP
-    "$binary" init --dir "$dir" --nodes "a=127.0.0.1:$pa,b=127.0.0.1:$pb" --sync async >/dev/null
-    "$binary" --pair "$dir/pair.toml" run a >"$dir/a.log" 2>&1 & a=$!; PIDS+=($!)
-    "$binary" --pair "$dir/pair.toml" run b >"$dir/b.log" 2>&1 & b=$!; PIDS+=($!)
-    port=$((pa + 1))
-    for _ in $(seq 100); do redis-cli -p "$port" set warm up 2>/dev/null | grep -q OK && break; sleep 0.1; done
+    start_pair "$binary" "$TMP/$(basename "$binary")-$RANDOM" async
+    a=$PAIR_A; b=$PAIR_B; port=$PAIR_PORT
     redis-benchmark -p "$port" -t set -n 10000 -c 50 -d 100 -q >/dev/null
     line="$binary:"
     for round in 1 2 3 4; do

@@ -19,6 +19,9 @@ fn drill(dir: &Path, playbook: &str) -> (Output, Option<Value>, PathBuf) {
         .arg(&book)
         .arg("--report")
         .arg(&report)
+        // The drill keeps its pair's directory under the temporary directory: here, the
+        // test's own, so that it goes with it.
+        .env("TMPDIR", dir)
         .output()
         .expect("run hotpair drill");
     let json = std::fs::read_to_string(&report).ok().map(|t| serde_json::from_str(&t).expect("the report is JSON"));

@@ -29,6 +29,9 @@ fn every_shipped_playbook_holds_its_expectations() {
             .arg(book)
             .arg("--report")
             .arg(&report)
+            // The drill keeps its pair's directory (logs, journals) under the temporary
+            // directory: here, the test's own, removed unless a playbook failed.
+            .env("TMPDIR", work.path())
             .output()
             .expect("run hotpair drill");
         eprintln!("{name}: exit {:?} in {:.1}s", out.status.code(), started.elapsed().as_secs_f64());
@@ -41,5 +44,8 @@ fn every_shipped_playbook_holds_its_expectations() {
             ));
         }
     }
-    assert!(failed.is_empty(), "playbooks failed:\n{}", failed.join("\n\n"));
+    if !failed.is_empty() {
+        let kept = work.keep();
+        panic!("playbooks failed (their pairs' directories are kept in {}):\n{}", kept.display(), failed.join("\n\n"));
+    }
 }
