@@ -4,7 +4,8 @@
 //!
 //! ## Job
 //! - [`ship`] runs on the primary for one connected backup, after the handshake (done by the
-//!   node, which owns the metadata): catch-up from the journal files, then the live tail from
+//!   node, which owns the metadata): catch-up from the journal files (in small batches, letting
+//!   the data port's clients in between: [`CATCH_UP_BATCH_BYTES`]), then the live tail from
 //!   memory, heartbeats, and the backup's acks published as [`PeerState`].
 //! - [`follow`] runs on the backup for one connection: writes received frames into the remote
 //!   journal, queues them for the applier, and acks received / durable / applied LSNs.
@@ -88,6 +89,13 @@ pub const MIN_SILENCE: Duration = Duration::from_secs(1);
 /// instead (see "Overlapped fsyncs"). A backup applies its last records this much later when
 /// the writes stop; a `WAIT` at levels below `applied` may wait this much longer.
 pub const CONFIRM_DELAY: Duration = Duration::from_millis(2);
+
+/// Batches read from the journal files (a catch-up) are cut at about this many bytes, and the
+/// shipper yields to the data port's clients, on the same worker, between them: a client's write
+/// waits behind at most one. With 1 MB batches and no yield a catch-up held writes up for up to
+/// 115–160 ms; with 64 KB batches the worst was 27–34 ms, as with no catch-up, for a catch-up
+/// ~5% slower (docs/benchmarks.md, "The catch-up's batches").
+pub const CATCH_UP_BATCH_BYTES: usize = 64 * 1024;
 
 /// How long a clean stop may spend telling the backup the primary's durable LSN.
 pub const STOP_CONFIRM_GRACE: Duration = Duration::from_millis(100);
@@ -261,6 +269,11 @@ where
                     }
                     (next, told) = (last + 1, durable_lsn);
                     confirm_at = Instant::now() + CONFIRM_DELAY;
+                    if files.is_some() {
+                        // Catching up from the files, batch after batch is ready: let the data
+                        // port's clients, on the same worker, in between.
+                        tokio::task::yield_now().await;
+                    }
                     continue;
                 }
                 Err(err) => break Err(err),
@@ -348,7 +361,7 @@ fn next_batch(
         let entry = entry?;
         batch.extend_from_slice(&entry.frame);
         last = entry.record.lsn;
-        if batch.len() >= BATCH_BYTES {
+        if batch.len() >= CATCH_UP_BATCH_BYTES {
             break;
         }
     }
