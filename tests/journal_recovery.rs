@@ -1052,6 +1052,12 @@ fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records
     assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS + 5).collect::<Vec<_>>());
 }
 
+/// Record `lsn` as [`record`] makes it, but writing one key with a value of `size` bytes.
+fn record_of_size(lsn: Lsn, size: usize) -> Record {
+    let op = Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![lsn as u8; size]) };
+    Record { body: RecordBody::Txn { ops: vec![op] }, ..record(lsn) }
+}
+
 /// How many pages of `path` between byte `from` and `to` are in the page cache (`mincore`).
 fn cached_pages(path: &Path, from: u64, to: u64) -> usize {
     use std::os::fd::AsRawFd;
@@ -1097,16 +1103,7 @@ fn the_filler_drops_the_page_cache_behind_the_records() {
     let opts = JournalOptions { segment_bytes, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir.path(), identity(), opts).unwrap();
     // 64 KB records: 16 MB into the first segment, then 14 MB into the second.
-    let record = |lsn: Lsn| Record {
-        body: RecordBody::Txn {
-            ops: vec![Op {
-                key: format!("key-{lsn}").into_bytes(),
-                before: None,
-                after: Some(vec![lsn as u8; 64 * 1024]),
-            }],
-        },
-        ..self::record(lsn)
-    };
+    let record = |lsn: Lsn| record_of_size(lsn, 64 * 1024);
     let count = (30 * mb / (64 * 1024)) as Lsn;
     for lsn in 1..=count {
         journal.append(&record(lsn)).unwrap();
@@ -1154,12 +1151,6 @@ fn records_larger_than_a_read_chunk_are_read_whole() {
     let chunk = hotpair::journal::reader::READ_CHUNK_BYTES;
     let big = JournalOptions { segment_bytes: 4 * chunk as u64, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir.path(), identity(), big).unwrap();
-    let make = |lsn: Lsn, size: usize| Record {
-        body: RecordBody::Txn {
-            ops: vec![Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![lsn as u8; size]) }],
-        },
-        ..self::record(lsn)
-    };
     let frame_len = |record: &Record| {
         let mut frame = Vec::new();
         encode_record(record, &mut frame);
@@ -1167,11 +1158,11 @@ fn records_larger_than_a_read_chunk_are_read_whole() {
     };
     // The first record ends 4 bytes before the first chunk's end: the next frame's header
     // straddles it.
-    let first = chunk - 4 - SEGMENT_HEADER_LEN - frame_len(&make(1, 0));
-    assert_eq!(SEGMENT_HEADER_LEN + frame_len(&make(1, first)), chunk - 4);
+    let first = chunk - 4 - SEGMENT_HEADER_LEN - frame_len(&record_of_size(1, 0));
+    assert_eq!(SEGMENT_HEADER_LEN + frame_len(&record_of_size(1, first)), chunk - 4);
     const { assert!(FRAME_HEADER_LEN > 4) };
     let sizes = [first, 100, chunk - 300, 50, 5 * chunk / 2, 10, chunk, 3 * chunk, 7];
-    let record = |lsn: Lsn| make(lsn, sizes[lsn as usize - 1]);
+    let record = |lsn: Lsn| record_of_size(lsn, sizes[lsn as usize - 1]);
     let count = sizes.len() as Lsn;
     for lsn in 1..=count {
         journal.append(&record(lsn)).unwrap();

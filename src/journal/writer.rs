@@ -44,9 +44,10 @@
 //! primary ships from memory; a backup's hello reads a few recent records), and a page the cache
 //! takes anew is dear on the VMs this runs on: the first touch of a guest page the host has not
 //! backed yet costs ~20 µs, so while the cache grew by every record the zero-fill took 5–6 ms of
-//! CPU per megabyte; taking back pages the journal just let go, 0.3 ms. The pages dropped are clean: every record below the end taken at the fill's start
-//! was written before the fill's `fdatasync`, which writes back the whole file. Catch-up, rejoin
-//! and `verify` read older records from the disk.
+//! CPU per megabyte; taking back pages the journal just let go, 0.3 ms. The pages dropped are
+//! clean: every record below the end taken at the fill's start was written before the fill's
+//! `fdatasync`, which writes back the whole file. Catch-up, rejoin and `verify` read older
+//! records from the disk.
 //!
 //! ## Paced fsyncs
 //! With [`JournalOptions::sync_pace`] set, the flusher starts an fsync at most that often: one
