@@ -22,8 +22,8 @@ use crate::journal::{Epoch, HistoryEntry, Lsn};
 pub const META_FILE: &str = "meta.json";
 pub const META_FORMAT_VERSION: u32 = 1;
 
-/// A node's role. The transitions between roles live in the role state machine; this is only
-/// the persisted name.
+/// A node's role. Which role follows which is the engine's (`crate::engine::role`); this is
+/// only the persisted name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
@@ -72,6 +72,13 @@ pub struct NodeMeta {
     /// file while false, so files written without a stop read the same in older builds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replication_stopped: bool,
+    /// This node's last promotion (the failover's estimate of what it never received), once
+    /// it was promoted; left out of the file until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<crate::engine::Promotion>,
+    /// This node's last rejoin and the orphans file it wrote, once it was rejoined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoined: Option<crate::engine::Rejoined>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +109,29 @@ impl NodeMeta {
             peer: None,
             orchestration: None,
             replication_stopped: false,
+            promotion: None,
+            rejoined: None,
         }
+    }
+
+    /// What the engine keeps of this metadata.
+    pub fn persisted(&self) -> crate::engine::Persisted {
+        crate::engine::Persisted {
+            role: self.role,
+            epoch: self.epoch,
+            history: self.history.clone(),
+            promotion: self.promotion.clone(),
+            rejoined: self.rejoined.clone(),
+        }
+    }
+
+    /// Takes what the engine saves.
+    pub fn adopt(&mut self, persisted: &crate::engine::Persisted) {
+        self.role = persisted.role;
+        self.epoch = persisted.epoch;
+        self.history = persisted.history.clone();
+        self.promotion = persisted.promotion.clone();
+        self.rejoined = persisted.rejoined.clone();
     }
 
     /// Writes metadata into a directory that must not have any yet.

@@ -196,6 +196,7 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
         let tcp = tokio::net::TcpStream::connect(address).await.expect("connect to a's control port");
         let mut stream = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.expect("TLS as b");
         let hello = Message::Hello {
+            protocol: hotpair::engine::PROTOCOL_VERSION,
             cluster: config.cluster,
             incarnation: meta.incarnation,
             role: Role::Backup,

@@ -363,6 +363,7 @@ fn hello(pair: &Pair, incarnation: uuid::Uuid, last_lsn: u64) -> Frame {
         from: BACKUP.into(),
         epoch: meta.epoch,
         message: Message::Hello {
+            protocol: hotpair::engine::PROTOCOL_VERSION,
             cluster: pair.config.cluster,
             incarnation,
             role: Role::Backup,

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::{status, Node};
+use crate::engine::{Event, Hello, HelloAnswer, Reply, TailMatch};
 use crate::journal::Lsn;
 use crate::meta::Role;
 use crate::replication::{self, ShipContext};
@@ -146,18 +147,87 @@ where
     if let Some(Frame::Message(Envelope { from, epoch, message: Message::CopyRequest { cluster, incarnation } })) =
         &first
     {
-        check_hello(&node, from, *epoch, *cluster, *incarnation)?;
+        check_copy_request(&node, from, *epoch, *cluster, *incarnation)?;
         return copy_out(node, stream).await;
     }
     let Some(Frame::Message(Envelope {
         from,
         epoch,
         message:
-            Message::Hello { cluster, incarnation, history, last_lsn, role: hello_role, confirmed_lsn, tail_crcs, last_crc },
+            Message::Hello {
+                protocol,
+                cluster,
+                incarnation,
+                history,
+                last_lsn,
+                role: hello_role,
+                confirmed_lsn,
+                tail_crcs,
+                last_crc,
+            },
     })) = first
     else {
         return Err("peer's first frame was not a hello".into());
     };
+    let meta = node.meta();
+    // Only a would-be backup's tail matters (a probe, every 500 ms, reads no journal).
+    let probe = matches!(hello_role, Role::Primary | Role::Draining);
+    let tail = if probe {
+        TailMatch::default()
+    } else {
+        backup_tail(&node, last_lsn, confirmed_lsn, tail_crcs, last_crc).await
+    };
+    let hello = Hello {
+        from: from.clone(),
+        protocol,
+        cluster,
+        incarnation,
+        epoch,
+        role: hello_role,
+        history,
+        last_lsn,
+        tail,
+        known_incarnation: meta.peer.as_ref().map(|p| p.incarnation),
+        acknowledged: node.peer_acknowledged(),
+        our_last: node.last_lsn(),
+        replicating: *node.replicating.borrow(),
+    };
+    let answer = match node.step_now(Event::Hello(hello)) {
+        Ok(Some(Reply::Hello(answer))) => answer,
+        Ok(other) => HelloAnswer::Refused { reason: format!("no answer to the hello ({other:?}): a bug") },
+        Err(err) => HelloAnswer::Refused { reason: format!("this node could not decide on the hello: {err}") },
+    };
+    let our_epoch = node.meta().epoch;
+    let reply = |message| Frame::Message(Envelope { from: node.name().to_string(), epoch: our_epoch, message });
+    let (start_lsn, cut_after) = match answer {
+        HelloAnswer::Welcome { start_lsn, cut_after } => (start_lsn, cut_after),
+        HelloAnswer::Standing { epoch: ours, last_lsn } => {
+            // A probe: our epoch in the envelope is what it needs (a higher one fences it);
+            // our last LSN too (a restarted primary takes no writes while we hold more).
+            let reason = format!("{} is {} at epoch {ours}", node.name(), node.role().name());
+            let _ = wire::write_frame(&mut stream, &reply(Message::Refused { reason, last_lsn: Some(last_lsn) })).await;
+            return Ok(());
+        }
+        HelloAnswer::Diverged { at_lsn, history } => {
+            let _ = wire::write_frame(&mut stream, &reply(Message::Diverged { at_lsn, history })).await;
+            return Err(format!(
+                "peer {from} diverged from our history after LSN {at_lsn}; it needs `hotpair rejoin {from}`"
+            ));
+        }
+        HelloAnswer::Refused { reason } => {
+            let _ = wire::write_frame(&mut stream, &reply(Message::Refused { reason: reason.clone(), last_lsn: None }))
+                .await;
+            return Err(reason);
+        }
+    };
+    let Some(pipeline) = node.pipeline() else {
+        let reason = "this node is not the primary".to_string();
+        let _ =
+            wire::write_frame(&mut stream, &reply(Message::Refused { reason: reason.clone(), last_lsn: None })).await;
+        return Err(reason);
+    };
+    let meta = node.meta();
+    let our_last = node.last_lsn();
     let refuse = |reason: String| {
         let node = node.clone();
         async move {
@@ -167,87 +237,6 @@ where
                 message: Message::Refused { reason: reason.clone(), last_lsn: None },
             };
             (reply, reason)
-        }
-    };
-    // A probe from a node that believes it is primary is answered below; only a would-be
-    // backup's position is held against what it acknowledged.
-    let probe = matches!(hello_role, Role::Primary | Role::Draining);
-    let verdict = check_hello(&node, &from, epoch, cluster, incarnation).and_then(|()| {
-        if probe {
-            return Ok(());
-        }
-        node.check_position(last_lsn).inspect_err(|reason| {
-            node.incidents.raise(
-                crate::incident::Kind::SecondInstallation,
-                crate::incident::Severity::Critical,
-                reason.clone(),
-            )
-        })
-    });
-    if let Err(reason) = verdict {
-        let (reply, reason) = refuse(reason).await;
-        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
-        return Err(reason);
-    }
-    if probe {
-        // A probe from a node that believes it is primary: tell it where we stand. Our epoch
-        // in the envelope is what it needs (a higher one fences it); nothing is shipped.
-        let ours = node.meta().epoch;
-        if node.pipeline().is_some() && epoch <= ours {
-            let message = format!("{from} claims to be primary at epoch {epoch} while this node is primary at epoch {ours}; it is told our epoch and fences");
-            node.incidents.raise(crate::incident::Kind::SplitBrain, crate::incident::Severity::Critical, message);
-        }
-        let reason = format!("{} is {} at epoch {ours}", node.name(), node.role().name());
-        // Our last LSN too: a restarted primary takes no writes while we hold more than it does.
-        let message = Message::Refused { reason, last_lsn: Some(node.last_lsn()) };
-        let reply = Envelope { from: node.name().to_string(), epoch: ours, message };
-        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
-        return Ok(());
-    }
-    let meta = node.meta();
-    let Some(pipeline) = node.pipeline() else {
-        let (reply, reason) = refuse("this node is not the primary".into()).await;
-        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
-        return Err(reason);
-    };
-    if !*node.replicating.borrow() {
-        // The peer is not ahead of our epoch, but it is not welcomed either, so nothing of its
-        // tail is cut: a restarted primary takes writes only if it holds no more than we do.
-        if last_lsn <= node.last_lsn() {
-            node.peer_confirmed();
-        }
-        let (reply, reason) = refuse("replication is stopped by the admin (hotpair replicate start)".into()).await;
-        let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
-        return Err(reason);
-    }
-    // Everything we hold, written or durable: we ship records before our fsync (`replication`,
-    // "Overlapped fsyncs"), so a backup may hold records we have not fsynced yet.
-    let our_last = node.last_lsn();
-    let acknowledged = node.peer_acknowledged();
-    let tail = backup_tail(&node, last_lsn, confirmed_lsn, tail_crcs, last_crc, history == meta.history).await;
-    let standing = wire::standing(&meta.history, our_last, &history, last_lsn);
-    let plan = wire::welcome_plan(standing, tail, acknowledged);
-    let (start_lsn, cut_after) = match plan {
-        wire::Plan::From { next_lsn } => (next_lsn, None),
-        wire::Plan::CutAfter { lsn } => {
-            tracing::warn!(
-                peer = %from,
-                backup_last = last_lsn,
-                cut_after = lsn,
-                "the backup holds records we shipped before our fsync and no longer hold as they were (we crashed): it drops them past LSN {lsn}"
-            );
-            (lsn + 1, Some(lsn))
-        }
-        wire::Plan::Diverged { at_lsn } => {
-            let reply = Envelope {
-                from: node.name().to_string(),
-                epoch: meta.epoch,
-                message: Message::Diverged { at_lsn, history: meta.history.clone() },
-            };
-            let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
-            return Err(format!(
-                "peer {from} diverged from our history after LSN {at_lsn}; it needs `hotpair rejoin {from}`"
-            ));
         }
     };
     if node.session_active.swap(true, Ordering::SeqCst) {
@@ -265,6 +254,7 @@ where
         Ok(()) => {
             tracing::info!(peer = %from, start_lsn, "backup connected; shipping");
             replication::set_connected(&node.peer, true);
+            node.note_peer_link(true);
             node.note_restored();
             // A restarted primary takes writes again once the backup has acked in this session:
             // it is not ahead of our epoch, and it has cut any tail of ours it held (its first
@@ -273,7 +263,9 @@ where
             let confirmer = node.clone();
             tokio::spawn(async move {
                 if acked.await.is_ok() {
-                    confirmer.peer_confirmed();
+                    if let Err(err) = confirmer.step_now(Event::PeerAcked) {
+                        tracing::error!(%err, "taking the backup's first ack");
+                    }
                 }
             });
             let ctx = ShipContext {
@@ -296,6 +288,7 @@ where
                 tracing::warn!(error = %err, "saving the backup's acknowledged position");
             }
             replication::set_connected(&node.peer, false);
+            node.note_peer_link(false);
             result
         }
         Err(err) => Err(err.to_string()),
@@ -352,8 +345,7 @@ async fn backup_tail(
     confirmed_lsn: Lsn,
     tail_crcs: Vec<u32>,
     last_crc: Option<u32>,
-    same_history: bool,
-) -> wire::BackupTail {
+) -> TailMatch {
     let reader = node.clone();
     // A peer that sends more than a hello may carry is held to the limit.
     let sent = tail_crcs.len().min(wire::MAX_TAIL_CRCS);
@@ -367,16 +359,12 @@ async fn backup_tail(
     let matched = tail_crcs.iter().zip(&ours).take_while(|(theirs, ours)| theirs == ours).count();
     let whole_tail = last_lsn.saturating_sub(confirmed_lsn);
     let rest_matches = sent as u64 >= whole_tail || (last_crc.is_some() && our_last == last_crc);
-    wire::BackupTail {
-        last_lsn,
-        confirmed_lsn,
-        matched: matched as u64,
-        all_matched: matched == sent && rest_matches,
-        same_history,
-    }
+    TailMatch { confirmed_lsn, matched: matched as u64, all_matched: matched == sent && rest_matches }
 }
 
-fn check_hello(
+/// A full-copy request's identity checks (a hello's are the engine's): the name and cluster,
+/// and the incarnation the pair knows the peer by (the admin accepted a rebuilt node before).
+fn check_copy_request(
     node: &Node,
     from: &str,
     epoch: u64,
@@ -384,25 +372,19 @@ fn check_hello(
     incarnation: uuid::Uuid,
 ) -> Result<(), String> {
     if from != node.peer_config.name {
-        return Err(format!("hello claims to be {from}, but the certificate is {}", node.peer_config.name));
+        return Err(format!("copy request claims to be {from}, but the certificate is {}", node.peer_config.name));
     }
     if cluster != node.pair.cluster {
         return Err(format!("peer is in cluster {cluster}, this pair is {}", node.pair.cluster));
     }
-    if let Err(reason) = node.check_incarnation(incarnation) {
-        node.incidents.raise(
-            crate::incident::Kind::SecondInstallation,
-            crate::incident::Severity::Critical,
-            reason.clone(),
-        );
-        return Err(reason);
+    if let Some(known) = node.meta().peer.map(|p| p.incarnation).filter(|known| *known != incarnation) {
+        return Err(format!(
+            "peer {from} presents incarnation {incarnation}, but this pair knows it as {known}; refused"
+        ));
     }
     let ours = node.meta().epoch;
     if epoch > ours {
-        // The hello is refused either way; if a primitive is running, the next hello or probe fences.
-        node.fence_on_peer_word(&format!("peer {from} is at epoch {epoch}, ahead of our {ours}"));
-        let fenced = if node.role() == Role::Fenced { "; this node fenced itself" } else { "" };
-        return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}){fenced}"));
+        return Err(format!("peer is at epoch {epoch}, ahead of ours ({ours}): it cannot be copied from us"));
     }
     Ok(())
 }

@@ -7,10 +7,11 @@
 //! in case an admin fixed it meanwhile).
 //!
 //! A session starts following (and adopts the primary's history) only while no orchestration
-//! primitive holds `Node::role_change` and the role is still the one its hello was sent under.
-//! A primitive that changes the role and then waits for `following` to be false (promote,
-//! rejoin) can therefore rely on it: no session slips in behind the wait and writes records into
-//! the remote journal it is about to replay, rewind or replace.
+//! primitive holds `Node::role_change`, and only if the engine still has the generation the
+//! hello was sent under (no role change since: `Event::Welcomed`). A primitive that holds the
+//! follower and then waits for `following` to be false (promote, rejoin) can therefore rely on
+//! it: no session slips in behind the wait and writes records into the remote journal it is
+//! about to replay, rewind or replace.
 //!
 //! While disk space is below `disk_min_free` (`super::disk`) the backup ends its session and
 //! opens none: a remote journal that stops is whole, one that hits a full disk fails. It
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
 use super::Node;
+use crate::engine::{Event, Reply};
 use crate::meta::Role;
 use crate::replication::{self, FollowContext};
 use crate::wire::{self, Envelope, Frame, Message};
@@ -97,6 +99,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     let mut replicating = node.replicating.subscribe();
     let mut role = node.subscribe_role();
     let mut disk = node.disk.subscribe();
+    let mut held = node.follower_held.subscribe();
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     let mut last_role = None;
@@ -118,6 +121,15 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
                     _ = replicating.changed() => {}
                     _ = role.changed() => {}
                     _ = disk.wait_for(|space| !space.low) => {}
+                }
+                continue;
+            }
+            Role::Backup if *held.borrow_and_update() => {
+                // A promotion or rejoin is taking over: no session until it lets go.
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = held.changed() => {}
+                    _ = role.changed() => {}
                 }
                 continue;
             }
@@ -201,7 +213,10 @@ pub(super) async fn connect(
         .map_err(|e| format!("TLS with {}: {e}", peer.name))
 }
 
-fn hello(node: &Node) -> Envelope {
+/// The hello, and the engine's generation it was sent under (read first: a role change after it
+/// voids the welcome).
+fn hello(node: &Node) -> (Envelope, u64) {
+    let generation = node.generation();
     let meta = node.meta();
     let last_lsn = node.last_lsn();
     let confirmed_lsn = node.applier().map_or(0, |a| a.confirmed()).max(node.store.position().applied_lsn);
@@ -214,10 +229,11 @@ fn hello(node: &Node) -> Envelope {
     } else {
         (Vec::new(), None)
     };
-    Envelope {
+    let envelope = Envelope {
         from: node.name().to_string(),
         epoch: meta.epoch,
         message: Message::Hello {
+            protocol: crate::engine::PROTOCOL_VERSION,
             cluster: node.pair.cluster,
             incarnation: meta.incarnation,
             role: node.role(),
@@ -227,7 +243,8 @@ fn hello(node: &Node) -> Envelope {
             tail_crcs,
             last_crc,
         },
-    }
+    };
+    (envelope, generation)
 }
 
 /// A primary without a backup asks the peer where it stands: a peer in a higher epoch means
@@ -236,34 +253,23 @@ fn hello(node: &Node) -> Envelope {
 async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
     let answer = async {
         let mut stream = connect(node, connector).await?;
-        wire::write_frame(&mut stream, &Frame::Message(hello(node))).await.map_err(|e| e.to_string())?;
+        wire::write_frame(&mut stream, &Frame::Message(hello(node).0)).await.map_err(|e| e.to_string())?;
         tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))
             .await
             .map_err(|_| "no answer to the probe in time".to_string())?
             .map_err(|e| e.to_string())
     };
     match answer.await {
-        Ok(Some(Frame::Message(Envelope { epoch, from, message }))) => {
-            let ours = node.meta().epoch;
-            let their_last = match message {
+        Ok(Some(Frame::Message(Envelope { epoch, message, .. }))) => {
+            let last_lsn = match message {
                 Message::Refused { last_lsn, .. } => last_lsn,
                 _ => None,
             };
-            if epoch > ours {
-                node.fence_on_peer_word(&format!(
-                    "peer {from} is at epoch {epoch}, ahead of our {ours}: it was promoted past us"
-                ));
-            } else if their_last.is_some_and(|theirs| theirs > node.last_lsn()) {
-                // It holds records we shipped before our fsync and lost (we crashed): were we to
-                // write now, we would reuse their LSNs. Its hello's welcome cuts them first.
-                // Every probe (500 ms) while it lasts: debug, the refusal reason is in `status`.
-                tracing::debug!(
-                    peer = %from,
-                    their_last,
-                    "the peer holds more of our epoch than we do: taking writes once it connects and its tail is cut"
-                );
-            } else {
-                node.peer_confirmed();
+            // The engine fences on a higher epoch, waits while the peer holds more of our epoch
+            // than we do (its welcome cuts that first), and otherwise takes the peer's word.
+            let answered = Event::ProbeAnswered { epoch, last_lsn, our_last: node.last_lsn() };
+            if let Err(err) = node.step_now(answered) {
+                tracing::error!(%err, "taking the probe's answer");
             }
         }
         Ok(other) => tracing::debug!(?other, "probe got no envelope"),
@@ -280,7 +286,8 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
     // session once it follows.
     let role = node.subscribe_role();
     let mut stream = connect(node, connector).await?;
-    wire::write_frame(&mut stream, &Frame::Message(hello(node))).await.map_err(|e| e.to_string())?;
+    let (hello, generation) = hello(node);
+    wire::write_frame(&mut stream, &Frame::Message(hello)).await.map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(CONNECT_TIMEOUT, wire::read_frame(&mut stream))
         .await
         .map_err(|_| format!("{} did not answer the hello in time", primary.name))?
@@ -291,38 +298,27 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             message: Message::Welcome { start_lsn, history, last_lsn, cut_after },
             ..
         })) => {
-            let ours = node.meta().epoch;
-            if epoch < ours {
-                return Err(format!(
-                    "{} is primary of epoch {epoch}, behind ours ({ours}); its records are refused",
-                    primary.name
-                ));
-            }
-            // Following starts only while no primitive runs and the role is still the one the
-            // hello was sent under: a rejoin holds `role_change`, sets its role, then waits for
-            // `following` to be false before it plans. A session that slipped in after that wait
-            // would receive records the rejoin then rewinds as a divergence (records this node
-            // acknowledged, so the primary would refuse it as a restored copy).
+            // Following starts only while no primitive runs (a rejoin or promotion holds
+            // `role_change` across its wait for `following` to be false) and the engine still
+            // has the generation the hello was sent under; the engine cuts what the welcome
+            // asks, then adopts the primary's history.
             let Ok(_no_primitive) = node.role_change.try_lock() else {
                 return Err("a role change began during the hello; not following".into());
             };
-            if role.has_changed().unwrap_or(true) || *role.borrow() != Role::Backup {
-                return Err("the role changed during the hello; not following".into());
+            let welcomed = Event::Welcomed { epoch, history, cut_after, generation };
+            match node.drive(welcomed).await? {
+                Reply::Follow => {}
+                Reply::Refused(reason) => return Err(reason),
+                other => return Err(format!("unexpected answer to a welcome: {other} (a bug)")),
             }
             *established = true;
             node.metrics.note_session_established();
-            // The cut first: a crash between the two must not leave the primary's history
-            // adopted over a tail it asked us to drop (a restart would replay it as settled).
-            node.prepare_to_follow(cut_after).map_err(|e| e.to_string())?;
-            let saving = std::time::Instant::now();
-            node.adopt_history(epoch, &history).map_err(|e| e.to_string())?;
-            tracing::debug!(us = saving.elapsed().as_micros() as u64, "adopted the primary's history");
-            *super::lock(&node.diverged_at) = None;
             tracing::info!(start_lsn, primary_last = last_lsn, "following the primary");
             let Some(applier) = node.applier() else {
                 return Err("this node has no applier (not a backup)".into());
             };
             replication::set_connected(&node.peer, true);
+            node.note_peer_link(true);
             let ctx = FollowContext {
                 name: node.name().to_string(),
                 epoch: node.meta().epoch,
@@ -341,6 +337,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             // the old primary may connect to it as its backup at once; a late `false` would
             // then mark that live session lost.
             replication::set_connected(&node.peer, false);
+            node.note_peer_link(false);
             node.following.send_replace(false);
             result
         }
@@ -363,17 +360,22 @@ fn stop_when_not_following(
     mut role: tokio::sync::watch::Receiver<Role>,
 ) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let (mut shutdown, mut replicating, mut disk) =
-        (node.shutdown.subscribe(), node.replicating.subscribe(), node.disk.subscribe());
+    let (mut shutdown, mut replicating, mut disk, mut held) = (
+        node.shutdown.subscribe(),
+        node.replicating.subscribe(),
+        node.disk.subscribe(),
+        node.follower_held.subscribe(),
+    );
     tokio::spawn(async move {
         // What happened before this was called (during the connect or the hello) counts too:
         // these receivers start with the current values already seen.
-        let mut stop = *shutdown.borrow() || !*replicating.borrow();
+        let mut stop = *shutdown.borrow() || !*replicating.borrow() || *held.borrow_and_update();
         while !stop {
             stop = tokio::select! {
                 _ = shutdown.changed() => *shutdown.borrow(),
                 _ = replicating.changed() => !*replicating.borrow(),
                 _ = role.changed() => *role.borrow() != Role::Backup,
+                _ = held.changed() => *held.borrow(),
                 // `wait_for` looks at the current value first.
                 _ = disk.wait_for(|space| space.low) => {
                     tracing::warn!("disk space low: ending the session with the primary rather than fill the disk");

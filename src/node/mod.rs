@@ -11,16 +11,21 @@
 //!   stops receiving, until space returns;
 //! - as primary, active expiry (`expiry`): expired keys are deleted through the journal.
 //!
+//! Every role it takes is the pair engine's decision ([`crate::engine`]): the node feeds the
+//! engine its events and carries out the effects in the order given ([`apply`]).
+//!
 //! ## Invariants
 //! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
 //!   moved to a higher epoch. Only a brand-new pair, whose journals are empty, starts accepting.
 //! - A node that hears of a higher epoch than its own stops taking writes at once (role `fenced`).
+//! - No role, epoch or history changes but through an engine effect (`Effect::Save`).
 //! - One backup session at a time: a second connection claiming the peer's name is refused.
 //! - A peer that comes back behind what it acknowledged as durable to this primary (a restored
 //!   copy) is refused; the acknowledged position is saved, so a restart of the primary keeps it.
 //! - Shutdown: the ports stop, in-flight commits finish or fail, the appliers drain what is
 //!   durable, journals are synced and the store flushed before the process exits.
 
+mod apply;
 pub mod backend;
 mod control;
 pub mod disk;
@@ -39,8 +44,9 @@ use tokio::sync::watch;
 
 use crate::applier::Applier;
 use crate::config::{NodeConfig, PairConfig};
+use crate::engine::Engine;
 use crate::incident::{Kind, Severity};
-use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, RecordBody};
+use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn};
 use crate::meta::{NodeMeta, Role};
 use crate::pipeline::Pipeline;
 use crate::replication::PeerState;
@@ -59,6 +65,10 @@ pub struct Node {
     pub config: NodeConfig,
     pub peer_config: NodeConfig,
     meta: Mutex<NodeMeta>,
+    /// The pair engine: every role decision ([`apply`] carries out its effects).
+    engine: Mutex<Engine>,
+    /// Where the engine's clock starts: it is given monotonic ms since the node opened.
+    clock_origin: std::time::Instant,
     pub local: Journal,
     pub remote: Journal,
     pub store: Arc<Store>,
@@ -78,15 +88,12 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
     /// Set once commits were acknowledged without the peer (`on_peer_loss = degrade-after`).
     degraded: std::sync::atomic::AtomicBool,
-    /// A restarted primary's refusal while its peer has not yet confirmed (see
-    /// [`Node::peer_confirmed`]); a drain that ends puts it back rather than lift it.
-    awaiting_peer: Mutex<Option<String>>,
-    /// Serialises orchestration primitives and role changes on this node.
+    /// Serialises orchestration primitives on this node (and a follower session's start).
     role_change: tokio::sync::Mutex<()>,
     /// Whether the follower is in a session with the primary right now.
     pub following: watch::Sender<bool>,
-    /// The switchover whose drain lease is running, while draining.
-    drain_lease: Mutex<Option<uuid::Uuid>>,
+    /// While true the follower opens no session (a promotion or rejoin is taking over).
+    follower_held: watch::Sender<bool>,
     /// A full copy in progress: pairs received so far and the total expected.
     pub copy_progress: watch::Sender<Option<(u64, u64)>>,
     /// Open incidents; raising one logs it and notifies (`crate::incident`).
@@ -146,16 +153,14 @@ impl Node {
             }
         }
         let store = Arc::new(Store::open(&config.dir.join("store"))?);
-        let mut meta = meta;
-        if meta.role == Role::Draining {
-            // The drain lease died with the process: a drained primary whose switchover did not
-            // complete resumes (and, being restarted, waits for its peer before taking writes).
-            tracing::warn!("restarted while draining: the drain lease is over, resuming as primary");
-            meta.role = Role::Primary;
-            meta.save(&config.dir)?;
-        }
         let role = meta.role;
         let replicating = !meta.replication_stopped;
+        let engine = Engine::new(crate::engine::Identity {
+            node: name.to_string(),
+            peer: peer_config.name.clone(),
+            cluster: pair.cluster,
+        });
+        let persisted = meta.persisted();
         let epoch = meta.epoch;
         let notify = pair.notify.clone();
         let node = Arc::new(Node {
@@ -163,6 +168,8 @@ impl Node {
             config,
             peer_config,
             meta: Mutex::new(meta),
+            engine: Mutex::new(engine),
+            clock_origin: std::time::Instant::now(),
             local,
             remote,
             store,
@@ -175,10 +182,9 @@ impl Node {
             diverged_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
             degraded: std::sync::atomic::AtomicBool::new(false),
-            awaiting_peer: Mutex::new(None),
             role_change: tokio::sync::Mutex::new(()),
             following: watch::channel(false).0,
-            drain_lease: Mutex::new(None),
+            follower_held: watch::channel(false).0,
             copy_progress: watch::channel(None).0,
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
@@ -186,15 +192,14 @@ impl Node {
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
-        let replayed = node.replay(node.startup_replay_bound(role))?;
+        let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn() };
+        node.step_now(crate::engine::Event::Restarted(recovered))?;
         tracing::info!(
             node = name,
-            role = role.name(),
-            replayed,
+            role = node.role().name(),
             applied = node.store.position().applied_lsn,
             "node opened"
         );
-        node.start_role()?;
         Ok(node)
     }
 
@@ -299,18 +304,6 @@ impl Node {
         }
     }
 
-    /// What a node in `role` may replay from its remote journal at startup (see
-    /// [`Node::replay`]): all of it as the primary (it was promoted: it keeps everything it
-    /// received). Otherwise everything before the current epoch — settled: the epoch's primary
-    /// held all of it when the epoch began — and of the current epoch only what the store
-    /// already covers; the rest may be unconfirmed and waits for the primary's word.
-    fn startup_replay_bound(&self, role: Role) -> Lsn {
-        match role {
-            Role::Primary | Role::Draining => Lsn::MAX,
-            _ => self.settled_lsn(&self.meta().history),
-        }
-    }
-
     /// How far this node's remote journal is settled under `history`: everything before its
     /// current epoch (that epoch's primary held all of it when the epoch began) and whatever the
     /// store already applied. Past it a record may be unconfirmed.
@@ -322,54 +315,6 @@ impl Node {
     /// The frame CRC of our record at `lsn`, if our journals hold it (see [`Node::record_crcs`]).
     pub fn record_crc(&self, lsn: Lsn) -> Option<u32> {
         self.record_crcs(lsn, 1).first().copied()
-    }
-
-    /// Starts what the persisted role needs: the pipeline (primary) or the applier (backup).
-    fn start_role(&self) -> Result<(), Error> {
-        match self.role() {
-            Role::Primary => {
-                let fresh = self.last_lsn() == 0;
-                let meta = self.meta();
-                let pipeline =
-                    Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
-                if fresh {
-                    // A brand-new pair: the history starts the journal, and nobody can be ahead.
-                    pipeline
-                        .append_control(
-                            crate::clock::now_ms(),
-                            RecordBody::EpochStart { history: meta.history.clone() },
-                        )
-                        .map_err(|e| Error::Failed(e.to_string()))?;
-                } else {
-                    let refusal = format!(
-                        "{RESTARTED_REFUSAL} {} to confirm it has not been promoted past epoch {}",
-                        self.peer_config.name, meta.epoch
-                    );
-                    let mut awaiting = lock(&self.awaiting_peer);
-                    pipeline.set_refusing(Some(refusal.clone()));
-                    *awaiting = Some(refusal);
-                }
-                *lock(&self.pipeline) = Some(pipeline);
-            }
-            Role::Backup => {
-                *lock(&self.applier) = Some(Arc::new(self.backup_applier()));
-            }
-            other => {
-                tracing::warn!(role = other.name(), "node starts in a role that takes no writes and follows nobody")
-            }
-        }
-        Ok(())
-    }
-
-    /// Persists `role` in `meta.json`, then publishes it to the node's tasks.
-    fn set_role(&self, role: Role) -> Result<(), Error> {
-        {
-            let mut meta = lock(&self.meta);
-            meta.role = role;
-            meta.save(&self.config.dir)?;
-        }
-        self.role.send_replace(role);
-        Ok(())
     }
 
     /// `replicate start|stop`: saved first, so a stop holds across a restart.
@@ -507,36 +452,6 @@ impl Node {
         Ok(dropped)
     }
 
-    /// Stops taking writes because the peer is in a higher epoch (invariant 2).
-    /// A backup or rejoining node stays what it is: following a newer epoch is its job.
-    pub fn fence(&self, reason: &str) {
-        let Ok(next) = crate::role::transition(self.role(), crate::role::Event::HigherEpochSeen) else {
-            return;
-        };
-        if next == self.role() {
-            return;
-        }
-        self.incidents.raise(Kind::Fenced, Severity::Critical, format!("fenced, takes no writes: {reason}"));
-        if let Some(pipeline) = self.pipeline() {
-            pipeline.set_refusing(Some(format!("fenced: {reason}")));
-        }
-        if let Err(err) = self.set_role(next) {
-            tracing::error!(%err, "could not persist the fenced role");
-        }
-    }
-
-    /// [`Node::fence`] on what the peer said (a probe's answer, a hello), from a task that holds
-    /// no lock. Done only while no primitive holds `role_change`: primitives change the role
-    /// under it on another thread, and a resume that read the role before this fence would
-    /// overwrite it. A busy lock skips it; the peer's next word (a probe every 500 ms, or its
-    /// next hello) fences.
-    pub(crate) fn fence_on_peer_word(&self, reason: &str) {
-        match self.role_change.try_lock() {
-            Ok(_no_primitive) => self.fence(reason),
-            Err(_) => tracing::debug!(%reason, "not fenced while a role change runs; the peer's next word will"),
-        }
-    }
-
     /// Notes that a commit was acknowledged without the peer; logged loudly the first time.
     pub fn note_degraded(&self) {
         if !self.degraded.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -565,45 +480,6 @@ impl Node {
         self.degraded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Takes the peer's confirmation that it is not ahead of our epoch: a restarted primary may
-    /// take writes again. Only the restarted primary's refusal is lifted: a drain or a fence that
-    /// set its own refusal meanwhile (they run on other threads than the probe) keeps it.
-    fn peer_confirmed(&self) {
-        let mut awaiting = lock(&self.awaiting_peer);
-        *awaiting = None;
-        if let Some(pipeline) = self.pipeline() {
-            if pipeline.clear_refusing_if(|reason| reason.starts_with(RESTARTED_REFUSAL)) {
-                tracing::info!("the peer confirmed it was not promoted past us: taking writes");
-            }
-        }
-    }
-
-    /// Lifts the pipeline's refusal (a drain that ended) — except a restarted primary's, which
-    /// only its peer's word lifts ([`Node::peer_confirmed`]). A drain's lease that runs out, or a
-    /// switchover rolled back, must not let a restarted primary take writes unconfirmed.
-    pub(crate) fn lift_refusal(&self) {
-        let awaiting = lock(&self.awaiting_peer);
-        if let Some(pipeline) = self.pipeline() {
-            pipeline.set_refusing(awaiting.clone());
-        }
-    }
-
-    /// Records the peer's incarnation the first time we see it; refuses a different one later.
-    fn check_incarnation(&self, incarnation: uuid::Uuid) -> Result<(), String> {
-        let mut meta = lock(&self.meta);
-        match &meta.peer {
-            Some(known) if known.incarnation != incarnation => Err(format!(
-                "peer {} presents incarnation {incarnation}, but this pair knows it as {} — a restored copy or second installation; refused",
-                self.peer_config.name, known.incarnation
-            )),
-            Some(_) => Ok(()),
-            None => {
-                meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch: meta.epoch, durable_lsn: 0 });
-                meta.save(&self.config.dir).map_err(|e| e.to_string())
-            }
-        }
-    }
-
     /// How far the peer has acknowledged durably while this node was primary of its current
     /// epoch: the larger of what this process heard and what was saved before a restart.
     pub fn peer_acknowledged(&self) -> Lsn {
@@ -619,20 +495,6 @@ impl Node {
     fn capped_peer_durable(&self) -> Lsn {
         let ours = self.local.durable_lsn().max(self.remote.durable_lsn());
         self.peer.borrow().durable_lsn.min(ours)
-    }
-
-    /// Refuses a peer presenting a position behind what it already acknowledged as durable to
-    /// this primary: durable commits were acknowledged on the strength of those records, so a
-    /// peer without them is a restored copy or another installation, not our backup.
-    fn check_position(&self, last_lsn: Lsn) -> Result<(), String> {
-        let acknowledged = self.peer_acknowledged();
-        if last_lsn >= acknowledged {
-            return Ok(());
-        }
-        Err(format!(
-            "peer {} presents LSN {last_lsn}, behind LSN {acknowledged} it already acknowledged as durable — a restored copy or second installation; refused (rebuild it: hotpair reinit {}, then hotpair rejoin {} --allow-full-copy)",
-            self.peer_config.name, self.peer_config.name, self.peer_config.name
-        ))
     }
 
     /// Saves how far the backup has acknowledged durably in this epoch, so that after a restart
@@ -689,17 +551,6 @@ impl Node {
         Ok(())
     }
 
-    /// Adopts a longer history heard from the primary (the backup follows it into new epochs).
-    fn adopt_history(&self, epoch: u64, history: &[crate::journal::HistoryEntry]) -> Result<(), Error> {
-        let mut meta = lock(&self.meta);
-        if epoch > meta.epoch || history.len() > meta.history.len() {
-            meta.epoch = meta.epoch.max(epoch);
-            meta.history = history.to_vec();
-            meta.save(&self.config.dir)?;
-        }
-        Ok(())
-    }
-
     /// Clean shutdown: stop the tasks, drain the appliers, sync journals, flush the store.
     pub fn close(&self) -> Result<(), Error> {
         self.shutdown.send_replace(true);
@@ -723,9 +574,6 @@ impl Node {
         Ok(())
     }
 }
-
-/// How a restarted primary's refusal begins, until its peer confirms it was not promoted past it.
-const RESTARTED_REFUSAL: &str = "restarted primary waits for";
 
 /// Tests only: a delay the local journal waits after each fsync before calling it done, so that
 /// a test can kill a primary while records it shipped are not yet durable by its own account,
@@ -805,6 +653,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     }
     tasks.spawn(disk::run(node.clone()));
     tasks.spawn(expiry::run(node.clone()));
+    tasks.spawn(apply::tick(node.clone()));
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

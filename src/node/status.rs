@@ -59,7 +59,7 @@ pub fn node_status(node: &Node) -> Value {
             "heartbeat_gaps": peer.heartbeat_gaps,
         },
         "canary": canary(node, role, &peer),
-        "writes": node.pipeline().map(|p| match p.refusing().or_else(|| node.disk_refusal()) { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true}) }),
+        "writes": node.pipeline().map(|p| match p.refusing().or_else(|| node.disk_refusal()) { Some(reason) => json!({"accepting": false, "reason": reason}), None => json!({"accepting": true, "reason": null}) }),
         "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
         "incidents": node.incidents.open(),
         "incidents_dropped": node.incidents.dropped(),
@@ -70,6 +70,10 @@ pub fn node_status(node: &Node) -> Value {
         "incarnation": meta.incarnation,
         "peer_incarnation": meta.peer.as_ref().map(|p| p.incarnation),
         "orchestration": meta.orchestration,
+        // The last promotion (with the failover's estimate of what it never received) and the
+        // last rejoin (with the orphans file) of this node.
+        "promotion": meta.promotion,
+        "rejoined": meta.rejoined,
         "following": *node.following.borrow(),
         "disk_free_bytes": super::disk::free_bytes(&node.config.dir).ok(),
         "disk_min_free": node.pair.disk_min_free,

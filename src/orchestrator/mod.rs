@@ -1,6 +1,8 @@
 //! The orchestrator: the admin CLI's side of switchover, failover, rejoin, switchback and
-//! verify. It looks at both nodes, then drives them through the primitives of
-//! [`crate::node::primitives`] one phase at a time, printing each phase with its duration.
+//! verify. The [`plan`]ner decides, from both nodes' status, the saved progress and what this
+//! run heard so far, the next step; the CLI ([`commands`]) only carries steps out — sends a
+//! primitive of [`crate::node::primitives`], saves progress, waits — printing each phase with
+//! its duration.
 //!
 //! ## Invariants
 //! - Every primitive it sends carries the run's `op_id` and the epoch it saw; the nodes refuse
@@ -10,10 +12,15 @@
 //! - Outcomes map to exit codes as INTERFACE.md promises: 0 done, 1 refused or failed with
 //!   nothing changed, 3 failed part-way (the message names the command that resumes it).
 //!
+//! - A switchover keeps its progress until it has verified: a re-run after any interruption
+//!   finishes the one under way instead of starting another, and never promotes without the
+//!   drain LSN.
+//!
 //! ## Parts
-//! [`view`] reads where the pair stands; [`commands`] holds one function per command.
+//! [`view`] reads where the pair stands; [`plan`] decides; [`commands`] runs the steps.
 
 pub mod commands;
+pub mod plan;
 pub mod view;
 
 use std::time::{Duration, Instant};
@@ -43,6 +50,8 @@ pub enum Step {
     CatchUp,
     Reverse,
     Verify,
+    /// A switchover undoing its drain: the old primary takes writes again.
+    RollBack,
 }
 
 impl Step {
@@ -59,6 +68,23 @@ impl Step {
             Step::CatchUp => "catch-up",
             Step::Reverse => "reverse",
             Step::Verify => "verify",
+            Step::RollBack => "roll-back",
+        }
+    }
+
+    /// How far a run had got: the record of the most advanced step wins (a node that was
+    /// unreachable at a save holds an older one).
+    pub fn rank(self) -> u8 {
+        match self {
+            Step::Preflight => 0,
+            Step::Drain => 1,
+            Step::WaitApplied => 2,
+            Step::Demote => 3,
+            Step::Promote => 4,
+            Step::Fence | Step::Rejoin | Step::FullCopy => 5,
+            Step::Reverse | Step::CatchUp => 6,
+            Step::Verify => 7,
+            Step::RollBack => 8,
         }
     }
 }
@@ -76,6 +102,15 @@ pub struct Progress {
     pub step: Step,
     /// The drained primary's last LSN, once known.
     pub drain_lsn: Option<Lsn>,
+    /// The drained primary's digest at `drain_lsn` (progress saved by older builds lacks it).
+    #[serde(default)]
+    pub drain_digest: Option<String>,
+    /// The new epoch's first LSN, once promoted.
+    #[serde(default)]
+    pub first_lsn: Option<Lsn>,
+    /// Why a switchover is being rolled back.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// How a command ended.
@@ -132,22 +167,15 @@ impl Run {
         }
     }
 
-    /// Runs one phase, printing its name, its duration and a note about what it found.
-    pub async fn phase<T, E>(
-        &self,
-        step: Step,
-        work: impl std::future::Future<Output = Result<(T, String), E>>,
-    ) -> Result<T, E> {
-        let started = Instant::now();
-        let result = work.await;
-        let took = started.elapsed();
+    /// Records a phase that took `took`, and prints it with a note about what it found.
+    pub fn record_phase(&self, step: Step, took: Duration, note: &str) {
         self.phases.borrow_mut().push((step.name().to_string(), took));
-        let note = match &result {
-            Ok((_, note)) => note.clone(),
-            Err(_) => "FAILED".to_string(),
-        };
         self.say(format!("  {:<13} {:>9}  {note}", step.name(), format_ms(took)));
-        result.map(|(value, _)| value)
+    }
+
+    /// Both nodes' status, over this run's admin connections.
+    pub async fn look(&self) -> view::PairView {
+        view::PairView::load(&self.pair, &self.sessions).await
     }
 
     /// The summed duration of the named phases run so far, in ms.
@@ -171,7 +199,7 @@ impl Run {
     }
 
     /// Saves (or clears) this run's progress on both nodes; unreachable nodes are skipped
-    /// (the other one keeps it, and a re-run reads either).
+    /// (the other one keeps it, and a re-run reads the most advanced of the two).
     pub async fn save_progress(&self, progress: Option<&Progress>) {
         let value = progress.map(|p| json!(p));
         let save = |name: String| {

@@ -1,142 +1,114 @@
-//! Where the pair stands, read from both nodes' `status` at one moment: the orchestrator's
-//! only source of truth before it acts.
-
-use serde_json::Value;
+//! Where the pair stands, read from both nodes' `status` at one moment: the planner's only
+//! source of truth about the nodes.
+//!
+//! A status is read as [`StatusView`]: a node whose status lacks a field the orchestrator
+//! needs is shown as unreadable with the reason, never with a default in its place.
 
 use super::Progress;
 use crate::config::PairConfig;
 use crate::journal::{Epoch, HistoryEntry, Lsn};
+use crate::meta::Role;
+use crate::protocol::StatusView;
 
-/// One node as its status reported it (or why it could not be reached).
-#[derive(Debug, Clone)]
+/// One node as its status reported it (or why it could not be reached or read).
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
     pub name: String,
-    pub status: Result<Value, String>,
+    pub status: Result<StatusView, String>,
 }
 
 impl NodeView {
     pub fn reachable(&self) -> bool {
-        self.status.as_ref().is_ok_and(|s| s["reachable"] == true)
+        self.status.is_ok()
     }
 
-    fn field(&self, key: &str) -> Option<&Value> {
-        self.status.as_ref().ok().and_then(|s| s.get(key))
+    pub fn role(&self) -> Option<Role> {
+        self.status.as_ref().ok().map(|s| s.role)
     }
 
-    pub fn role(&self) -> Option<&str> {
-        self.field("role").and_then(Value::as_str)
-    }
-
-    pub fn is(&self, role: &str) -> bool {
+    pub fn is(&self, role: Role) -> bool {
         self.role() == Some(role)
     }
 
+    /// The role's name, or `unreachable`.
+    pub fn role_name(&self) -> &'static str {
+        self.role().map_or("unreachable", Role::name)
+    }
+
     pub fn epoch(&self) -> Epoch {
-        self.field("epoch").and_then(Value::as_u64).unwrap_or(0)
+        self.status.as_ref().map_or(0, |s| s.epoch)
     }
 
-    /// Last LSN committed (primary) or applied (backup).
+    /// Last LSN committed (primary) or applied (backup); 0 when unreachable.
     pub fn lsn(&self) -> Lsn {
-        self.field("lsn").and_then(Value::as_u64).unwrap_or(0)
+        self.status.as_ref().map_or(0, |s| s.lsn)
     }
 
-    pub fn last_lsn(&self) -> Lsn {
-        self.field("last_lsn").and_then(Value::as_u64).unwrap_or(0)
+    pub fn history(&self) -> &[HistoryEntry] {
+        self.status.as_ref().map_or(&[], |s| &s.history)
     }
 
-    pub fn applied_lsn(&self) -> Lsn {
-        self.field("applied_lsn").and_then(Value::as_u64).unwrap_or(0)
-    }
-
-    pub fn lag_ms(&self) -> u64 {
-        self.field("lag_ms").and_then(Value::as_u64).unwrap_or(0)
-    }
-
-    /// The incarnation of this node's data directory.
-    pub fn incarnation(&self) -> Option<&str> {
-        self.field("incarnation").and_then(Value::as_str)
-    }
-
-    /// How far, as primary, this node holds its peer to have acknowledged as durable (0 when
-    /// it is not primary or the peer acknowledged nothing in its epoch).
-    pub fn peer_acknowledged_lsn(&self) -> Lsn {
-        self.field("peer").and_then(|p| p.get("acknowledged_lsn")).and_then(Value::as_u64).unwrap_or(0)
-    }
-
-    /// The incarnation this node knows its peer by (`None` until they first met).
-    pub fn peer_incarnation(&self) -> Option<&str> {
-        self.field("peer_incarnation").and_then(Value::as_str)
-    }
-
-    pub fn history(&self) -> Vec<HistoryEntry> {
-        self.field("history").and_then(|h| serde_json::from_value(h.clone()).ok()).unwrap_or_default()
-    }
-
-    pub fn peer_connected(&self) -> bool {
-        self.field("peer").is_some_and(|p| p["connected"] == true)
-    }
-
-    /// `false` after `hotpair replicate stop` on this node.
-    pub fn replicating(&self) -> bool {
-        self.field("replicating") != Some(&Value::Bool(false))
+    /// Whether this node leads `epoch` (primary or draining in it, its history says it leads it).
+    pub fn leads(&self, epoch: Epoch) -> bool {
+        let led = self.history().last().is_some_and(|h| h.epoch == epoch && h.primary == self.name);
+        led && self.epoch() == epoch && matches!(self.role(), Some(Role::Primary | Role::Draining))
     }
 
     /// A backup in a session with its primary right now.
     pub fn following(&self) -> bool {
-        self.field("following") == Some(&Value::Bool(true))
-    }
-
-    pub fn failure(&self) -> Option<String> {
-        self.field("failure").and_then(Value::as_str).map(str::to_string)
-    }
-
-    pub fn accepting_writes(&self) -> bool {
-        self.field("writes").is_some_and(|w| w["accepting"] == true)
+        self.status.as_ref().is_ok_and(|s| s.following)
     }
 
     pub fn diverged(&self) -> bool {
-        self.field("remote_journal").and_then(Value::as_str) == Some("diverged")
+        self.status.as_ref().is_ok_and(|s| s.remote_journal == "diverged")
     }
 
-    pub fn disk_free(&self) -> Option<u64> {
-        self.field("disk_free_bytes").and_then(Value::as_u64)
+    pub fn failure(&self) -> Option<String> {
+        self.status.as_ref().ok().and_then(|s| s.failure.clone())
     }
 
-    pub fn progress(&self) -> Option<Progress> {
-        self.field("orchestration").and_then(|p| serde_json::from_value(p.clone()).ok())
+    pub fn peer_connected(&self) -> bool {
+        self.status.as_ref().is_ok_and(|s| s.peer.connected)
     }
 
     pub fn error(&self) -> String {
         match &self.status {
-            Ok(status) => status["error"].as_str().unwrap_or("unreachable").to_string(),
+            Ok(_) => "reachable".into(),
             Err(reason) => reason.clone(),
+        }
+    }
+
+    /// The orchestration progress this node holds; unreadable progress is reported as such.
+    pub fn progress(&self) -> Result<Option<Progress>, String> {
+        let Ok(status) = &self.status else { return Ok(None) };
+        match &status.orchestration {
+            None => Ok(None),
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|e| format!("{} holds orchestration progress this build cannot read: {e}", self.name)),
         }
     }
 }
 
 /// Both nodes at one moment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PairView {
     pub nodes: Vec<NodeView>,
 }
 
 impl PairView {
-    pub async fn load(pair: &PairConfig) -> PairView {
-        let status = crate::admin::status(pair).await;
-        let nodes = pair
-            .nodes
-            .iter()
-            .map(|n| {
-                let value = status["nodes"][&n.name].clone();
-                let status = if value["reachable"] == true {
-                    Ok(value)
-                } else {
-                    Err(value["error"].as_str().unwrap_or("unreachable").to_string())
-                };
-                NodeView { name: n.name.clone(), status }
-            })
-            .collect();
-        PairView { nodes }
+    /// Reads both nodes' status at once over `sessions`.
+    pub async fn load(pair: &PairConfig, sessions: &crate::admin::Sessions) -> PairView {
+        let ask = |name: String| async move {
+            let answer = sessions.request(&name, crate::wire::AdminRequest::Status, crate::admin::ADMIN_TIMEOUT).await;
+            let status =
+                answer.and_then(|body| crate::protocol::read::<StatusView>(&format!("status of {name}"), body));
+            NodeView { name, status }
+        };
+        // Invariant: a loaded pair file has exactly two nodes.
+        let [first, second] = [0, 1].map(|i| pair.nodes[i].name.clone());
+        let (first, second) = tokio::join!(ask(first), ask(second));
+        PairView { nodes: vec![first, second] }
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeView> {
@@ -149,11 +121,23 @@ impl PairView {
 
     /// The reachable node taking writes (or draining) in the highest epoch.
     pub fn primary(&self) -> Option<&NodeView> {
-        self.nodes.iter().filter(|n| n.is("primary") || n.is("draining")).max_by_key(|n| n.epoch())
+        self.nodes.iter().filter(|n| n.is(Role::Primary) || n.is(Role::Draining)).max_by_key(|n| n.epoch())
     }
 
-    /// The newest progress record either node holds for `command`.
-    pub fn progress(&self, command: &str) -> Option<Progress> {
-        self.nodes.iter().filter_map(NodeView::progress).filter(|p| p.command == command).max_by_key(|p| p.epoch)
+    /// The highest epoch either reachable node knows.
+    pub fn epoch(&self) -> Epoch {
+        self.nodes.iter().map(NodeView::epoch).max().unwrap_or(0)
+    }
+
+    /// The most advanced progress record either node holds for `command`: the newer epoch,
+    /// then the later step (a node that was unreachable at a save holds an older step).
+    pub fn progress(&self, command: &str) -> Result<Option<Progress>, String> {
+        let mut found = Vec::new();
+        for node in &self.nodes {
+            if let Some(progress) = node.progress()? {
+                found.push(progress);
+            }
+        }
+        Ok(found.into_iter().filter(|p| p.command == command).max_by_key(|p| (p.epoch, p.step.rank())))
     }
 }

@@ -1,9 +1,9 @@
-//! The role state machine: the one place where a node's role may change.
+//! The role table: which role follows which on each kind of role change.
 //!
 //! ## Job
 //! [`transition`] takes the current role and an [`Event`] and returns the next role, or refuses
-//! with the reason. It does no I/O: the node persists the result in `meta.json` and carries out
-//! what the new role means (start or stop the pipeline, follow the primary or not).
+//! with the reason. The engine (`super`) consults it for every role it gives a node; it is the
+//! table alone, without the preconditions that need more than the role (epochs, LSNs, leases).
 //!
 //! ## The roles (as INTERFACE.md names them)
 //! - `primary` — takes writes for its epoch.
@@ -41,6 +41,9 @@ pub enum Event {
     RejoinStarted,
     /// Rejoin caught up: follow the primary as its backup.
     RejoinFinished,
+    /// A promotion failed after the store applied records its primary had not confirmed: the
+    /// node can neither follow as before nor take writes.
+    PromotionFailed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +94,9 @@ pub fn transition(role: Role, event: Event) -> Result<Role, IllegalTransition> {
 
         (Rejoining | Backup, RejoinFinished) => Ok(Backup),
         (_, RejoinFinished) => refuse("only a rejoining node can finish a rejoin"),
+
+        (Backup, PromotionFailed) => Ok(Fenced),
+        (_, PromotionFailed) => refuse("only a backup is promoted"),
     }
 }
 
@@ -99,7 +105,7 @@ mod tests {
     use super::*;
 
     const ROLES: [Role; 5] = [Role::Primary, Role::Backup, Role::Draining, Role::Fenced, Role::Rejoining];
-    const EVENTS: [Event; 8] = [
+    const EVENTS: [Event; 9] = [
         Event::Drain,
         Event::LeaseExpired,
         Event::Resume,
@@ -108,6 +114,7 @@ mod tests {
         Event::HigherEpochSeen,
         Event::RejoinStarted,
         Event::RejoinFinished,
+        Event::PromotionFailed,
     ];
 
     #[test]

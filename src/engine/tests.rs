@@ -1,0 +1,160 @@
+//! Unit tests of the engine: its purity (imports), and the orderings every step must keep.
+//! Scenarios are in the transcripts (`tests/transcripts/`); random schedules in the simulation.
+
+use super::*;
+
+/// Paths the engine may not use: I/O, threads, clocks, async runtimes, the node.
+const FORBIDDEN: [&str; 13] = [
+    "std::fs",
+    "std::io",
+    "std::net",
+    "std::thread",
+    "std::time",
+    "std::process",
+    "std::env",
+    "std::sync",
+    "tokio",
+    "Instant",
+    "SystemTime",
+    "crate::clock",
+    "crate::node",
+];
+
+/// The crate paths the engine may use: plain data types.
+const ALLOWED_CRATE_PATHS: [&str; 6] = [
+    "crate::journal::{Epoch, HistoryEntry, Lsn}",
+    "crate::journal::{HistoryEntry, Lsn}",
+    "crate::journal::HistoryEntry",
+    "crate::journal::Epoch",
+    "crate::meta::Role",
+    "crate::digest::Digest",
+];
+
+#[test]
+fn the_engine_imports_no_io_thread_or_clock() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for word in FORBIDDEN {
+                assert!(!code.contains(word), "{}:{}: the engine uses {word}: {line}", path.display(), number + 1);
+            }
+            if let Some(path_used) = code.trim().strip_prefix("use crate::") {
+                let used = format!("crate::{}", path_used.trim_end_matches(';'));
+                assert!(
+                    ALLOWED_CRATE_PATHS.contains(&used.as_str()),
+                    "{}:{}: the engine imports {used}; only plain data types are allowed",
+                    path.display(),
+                    number + 1
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} engine files found in {}", dir.display());
+}
+
+fn history(entries: &[(Epoch, Lsn, &str)]) -> Vec<HistoryEntry> {
+    entries.iter().map(|&(epoch, first_lsn, p)| HistoryEntry { epoch, first_lsn, primary: p.into() }).collect()
+}
+
+fn engine(node: &str, role: Role, last_lsn: Lsn) -> (Engine, Vec<Effect>) {
+    let peer = if node == "a" { "b" } else { "a" };
+    let mut engine = Engine::new(Identity { node: node.into(), peer: peer.into(), cluster: Uuid::nil() });
+    let persisted = Persisted { role, epoch: 1, history: history(&[(1, 1, "a")]), promotion: None, rejoined: None };
+    let effects = engine.step(Event::Restarted(Recovered { persisted, last_lsn }));
+    (engine, effects)
+}
+
+fn position(effects: &[Effect], wanted: impl Fn(&Effect) -> bool) -> Option<usize> {
+    effects.iter().position(wanted)
+}
+
+/// Persist before announce, and a closing gate before the save.
+fn assert_ordered(effects: &[Effect]) {
+    let save = position(effects, |e| matches!(e, Effect::Save(_)));
+    let publish = position(effects, |e| matches!(e, Effect::Publish(_)));
+    let opens = position(effects, |e| matches!(e, Effect::Writes(Gate::Open)));
+    let closes = position(effects, |e| matches!(e, Effect::Writes(Gate::Refusing(_))));
+    if let Some(save) = save {
+        assert!(publish.is_none_or(|p| p > save), "published before saved: {effects:?}");
+        assert!(opens.is_none_or(|o| o > save), "opened before saved: {effects:?}");
+        assert!(closes.is_none_or(|c| c < save), "closed after saved: {effects:?}");
+    }
+}
+
+#[test]
+fn a_restarted_primary_waits_for_its_peer_and_a_fresh_one_does_not() {
+    let (fresh, effects) = engine("a", Role::Primary, 0);
+    assert_eq!(fresh.state().gate, Gate::Open, "{effects:?}");
+    let (restarted, effects) = engine("a", Role::Primary, 10);
+    assert!(matches!(restarted.state().gate, Gate::Refusing(WriteRefusal::AwaitingPeer { .. })), "{effects:?}");
+    assert!(effects.contains(&Effect::StartPipeline { first_lsn: 11, epoch: 1, epoch_start: false }));
+}
+
+#[test]
+fn a_drained_primary_resumes_when_its_lease_runs_out_but_not_while_it_is_demoted() {
+    let (mut a, _) = engine("a", Role::Primary, 0);
+    let op_id = Uuid::from_u128(1);
+    let effects = a.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 100, now_ms: 1000 }));
+    assert_ordered(&effects);
+    assert_eq!(effects.last(), Some(&Effect::Run(Action::FinishInFlight)));
+    a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::digest::Digest(7) }));
+    assert!(a.step(Event::Tick { now_ms: 1099 }).is_empty(), "the lease is not over yet");
+    // A demote under way holds the lease.
+    assert_eq!(a.step(Event::Admin(Primitive::Demote { op_id, epoch: 1 })), vec![Effect::Run(Action::StopPipeline)]);
+    assert!(a.step(Event::Tick { now_ms: 5000 }).is_empty(), "the lease ran out under a demote");
+    let effects = a.step(Event::Done(Outcome::Failed { reason: "disk".into(), applied_unconfirmed: false }));
+    assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))));
+    let effects = a.step(Event::Tick { now_ms: 5001 });
+    assert_ordered(&effects);
+    assert_eq!(a.state().role, Role::Primary, "{effects:?}");
+    assert_eq!(a.state().gate, Gate::Open);
+}
+
+#[test]
+fn a_higher_epoch_closes_the_gate_before_anything_else_even_during_a_drain() {
+    let (mut a, _) = engine("a", Role::Primary, 0);
+    let op_id = Uuid::from_u128(1);
+    a.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 100, now_ms: 0 }));
+    // The fence arrives while the drain's long action runs (the window a lock once skipped).
+    let effects = a.step(Event::ProbeAnswered { epoch: 2, last_lsn: Some(3), our_last: 5 });
+    assert!(
+        matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::Fenced { .. })))),
+        "{effects:?}"
+    );
+    assert_ordered(&effects);
+    assert_eq!(a.state().role, Role::Fenced);
+    // The drain's outcome now finds a fenced node: refused, and the lease cannot resume it.
+    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::digest::Digest(0) }));
+    assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))), "{effects:?}");
+    assert!(a.step(Event::Tick { now_ms: 1000 }).is_empty());
+    assert_eq!(a.state().role, Role::Fenced);
+}
+
+#[test]
+fn a_welcome_to_a_hello_sent_before_a_role_change_is_refused() {
+    let (mut b, _) = engine("b", Role::Backup, 5);
+    let generation = b.state().generation;
+    b.step(Event::Admin(Primitive::Promote { op_id: Uuid::from_u128(2), epoch: 1, expect_lsn: None }));
+    let effects = b.step(Event::Welcomed { epoch: 1, history: history(&[(1, 1, "a")]), cut_after: None, generation });
+    assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))), "{effects:?}");
+}
+
+#[test]
+fn a_promotion_refused_for_a_missing_drain_lsn_leaves_the_backup_following() {
+    let (mut b, _) = engine("b", Role::Backup, 5);
+    let op_id = Uuid::from_u128(2);
+    b.step(Event::Admin(Primitive::Promote { op_id, epoch: 1, expect_lsn: Some(9) }));
+    let effects = b.step(Event::Done(Outcome::ReceivingStopped { last_lsn: 5, heard_primary_lsn: 9 }));
+    assert_eq!(effects[..2], [Effect::StartApplier, Effect::ReleaseFollower]);
+    assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(r))) if r.contains("ended at 9")));
+    assert_eq!(b.state().role, Role::Backup);
+    assert!(!b.busy());
+}
