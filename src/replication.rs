@@ -143,7 +143,8 @@ pub struct PeerState {
     pub applied_digest: Digest,
     /// Wall-clock ms of the last message heard.
     pub last_heard_ms: u64,
-    /// The peer's last LSN as of its last heartbeat (the primary's, on a backup).
+    /// The peer's last LSN as of its last heartbeat or batch (on a backup: the last the primary
+    /// appended, which a failover's estimate of what was never received is made from).
     pub peer_last_lsn: Lsn,
     /// Heartbeat sequence numbers that never arrived.
     pub heartbeat_gaps: u64,
@@ -263,7 +264,9 @@ where
         if next <= until {
             match next_batch(&ctx, &mut files, next, until) {
                 Ok((frames, last)) => {
-                    let batch = Frame::Records { durable: durable_lsn, frames };
+                    // `until`: how far the primary has written (or gathered a whole group): no
+                    // commit past it was acknowledged at any level.
+                    let batch = Frame::Records { durable: durable_lsn, head: until, frames };
                     if let Err(err) = write_or_silence(&mut writer, &batch, &heard, limit).await {
                         break Err(err);
                     }
@@ -314,7 +317,8 @@ where
             _ = ticker.tick() => {
                 seq += 1;
                 told = durable_lsn;
-                let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn };
+                let heartbeat =
+                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn, head_lsn: until };
                 if let Err(err) = write_or_silence(&mut writer, &shipper_message(&ctx, heartbeat), &heard, limit).await {
                     break Err(err);
                 }
@@ -438,6 +442,15 @@ pub struct FollowContext {
     pub ack_every_receipt: bool,
 }
 
+/// The primary's last LSN as a batch told it: what a failover's estimate of the transactions
+/// never received is made from (`engine::Promotion`). Written only when it moved: the watch
+/// wakes status readers.
+fn note_primary_head(ctx: &FollowContext, head: Lsn) {
+    if ctx.primary.borrow().peer_last_lsn != head {
+        ctx.primary.send_modify(|s| s.peer_last_lsn = head);
+    }
+}
+
 /// Receives records after a successful handshake until the connection ends or `stop` is true.
 pub async fn follow<S>(stream: S, ctx: &FollowContext, mut stop: watch::Receiver<bool>) -> Result<(), ReplicationError>
 where
@@ -504,7 +517,7 @@ where
             _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             frame = frames.recv() => match frame {
                 Some(Ok(Some(Frame::Copy(_)))) => break Err(ReplicationError::Protocol("the primary sent a copy batch into a replication session".into())),
-                Some(Ok(Some(Frame::Records { durable: confirmed, frames }))) => match keep_records(ctx, &frames) {
+                Some(Ok(Some(Frame::Records { durable: confirmed, head, frames }))) => match keep_records(ctx, &frames) {
                     Ok(Some(kept)) => {
                         // Commits wait for this fsync (`durable`, `applied`: the node opens the
                         // remote journal `caller_syncs`): do it here rather than wake its flusher.
@@ -521,19 +534,23 @@ where
                         received = kept.last_lsn;
                         unapplied.received(kept.last_lsn, kept.first_time_ms);
                         ctx.applier.confirm(confirmed);
+                        note_primary_head(ctx, head);
                     }
-                    Ok(None) => ctx.applier.confirm(confirmed),
+                    Ok(None) => {
+                        ctx.applier.confirm(confirmed);
+                        note_primary_head(ctx, head);
+                    }
                     Err(err) => break Err(err),
                 },
                 Some(Ok(Some(Frame::Message(envelope)))) => match envelope.message {
-                    Message::Heartbeat { seq, last_lsn, .. } => {
+                    Message::Heartbeat { seq, last_lsn, head_lsn, .. } => {
                         let gap = heartbeats.observe(seq);
                         if gap > 0 {
                             tracing::warn!(gap, "heartbeats from the primary went missing");
                         }
                         let now = crate::clock::now_ms();
                         unapplied.announced(last_lsn, received, now);
-                        ctx.primary.send_modify(|s| { s.heartbeat_gaps += gap; s.last_heard_ms = now; s.peer_last_lsn = last_lsn; });
+                        ctx.primary.send_modify(|s| { s.heartbeat_gaps += gap; s.last_heard_ms = now; s.peer_last_lsn = head_lsn.max(last_lsn); });
                         // A primary's heartbeat carries its durable LSN.
                         ctx.applier.confirm(last_lsn);
                     }
@@ -549,7 +566,8 @@ where
             _ = ticker.tick() => {
                 report_receipt = true;
                 seq += 1;
-                let heartbeat = Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received };
+                let heartbeat =
+                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received, head_lsn: received };
                 if let Err(err) = send(&mut writer, ctx, heartbeat, &heard, limit).await {
                     break Err(err);
                 }

@@ -8,9 +8,10 @@
 //! N-1     payload
 //! ```
 //! A records batch is the sender's durable LSN (u64 LE: how far the backup may apply, see
-//! `replication`, "Overlapped fsyncs") followed by journal record frames back to back, exactly as
-//! they lie in the sender's journal (`journals/README.md`); the receiver checks each one's CRC
-//! and LSN before it keeps it.
+//! `replication`, "Overlapped fsyncs"), then the sender's last LSN (u64 LE: how far the primary
+//! has got, which a failover's estimate of what was never received is made from), followed by
+//! journal record frames back to back, exactly as they lie in the sender's journal
+//! (`journals/README.md`); the receiver checks each one's CRC and LSN before it keeps it.
 //! A JSON envelope is `{"from": node, "epoch": n, "type": …, …}`: every message says who sent it
 //! and in which epoch, so a stale sender is recognised whatever it says.
 //!
@@ -50,9 +51,11 @@ pub enum WireError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Message(Envelope),
-    /// Journal record frames back to back, and how far the sender has made its journal durable.
+    /// Journal record frames back to back, how far the sender has made its journal durable,
+    /// and the last LSN it has appended.
     Records {
         durable: Lsn,
+        head: Lsn,
         frames: Vec<u8>,
     },
     /// A batch of a full copy: `u32 LE key length, key, u32 LE value length, value`, repeated.
@@ -116,11 +119,15 @@ pub enum Message {
         reason: String,
         #[serde(default)]
         last_lsn: Option<Lsn>,
+        /// To a probe: the primary of the answering node's epoch, while the answering node
+        /// takes writes in it (two promotions that claimed one epoch are told apart by it).
+        leader: Option<String>,
     },
     /// The backup's progress: received (in memory), durable (remote journal fsynced), applied.
     Ack { received_lsn: Lsn, durable_lsn: Lsn, applied_lsn: Lsn, digest: Digest },
-    /// Liveness both ways; a gap in `seq` means lost messages.
-    Heartbeat { seq: u64, time_ms: u64, last_lsn: Lsn },
+    /// Liveness both ways; a gap in `seq` means lost messages. `last_lsn` is the primary's
+    /// durable LSN (the backup's received one); `head_lsn` the last LSN the sender appended.
+    Heartbeat { seq: u64, time_ms: u64, last_lsn: Lsn, head_lsn: Lsn },
     /// First message of a full-copy connection (instead of a hello): send me your store.
     CopyRequest { cluster: Uuid, incarnation: Uuid },
     /// The copy that follows (as [`Frame::Copy`] frames) is the store at this position.
@@ -236,13 +243,15 @@ fn decode_payload(mut payload: Vec<u8>) -> Result<Option<Frame>, WireError> {
             .map(|envelope| Some(Frame::Message(envelope)))
             .map_err(|e| WireError::Invalid(format!("bad JSON message: {e}"))),
         TYPE_RECORDS => {
-            let durable = payload
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-                .ok_or_else(|| WireError::Invalid("records batch shorter than its durable LSN".into()))?;
-            payload.drain(..9);
-            Ok(Some(Frame::Records { durable, frames: payload }))
+            let number =
+                |at: usize| {
+                    payload.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or_else(|| {
+                        WireError::Invalid("records batch shorter than its durable and last LSNs".into())
+                    })
+                };
+            let (durable, head) = (number(1)?, number(9)?);
+            payload.drain(..17);
+            Ok(Some(Frame::Records { durable, head, frames: payload }))
         }
         TYPE_COPY => {
             payload.remove(0);
@@ -257,7 +266,9 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     let (kind, payload) = match frame {
         // Serialising these plain data types cannot fail (no maps with non-string keys).
         Frame::Message(envelope) => (TYPE_JSON, serde_json::to_vec(envelope).unwrap_or_default()),
-        Frame::Records { durable, frames } => (TYPE_RECORDS, [&durable.to_le_bytes()[..], frames].concat()),
+        Frame::Records { durable, head, frames } => {
+            (TYPE_RECORDS, [&durable.to_le_bytes()[..], &head.to_le_bytes()[..], frames].concat())
+        }
         Frame::Copy(bytes) => (TYPE_COPY, bytes.clone()),
     };
     let mut out = Vec::with_capacity(payload.len() + 5);
@@ -323,9 +334,11 @@ mod tests {
         let pairs = vec![(b"k".to_vec(), b"value".to_vec()), (Vec::new(), vec![0u8; 3])];
         assert_eq!(decode_pairs(&encode_pairs(&pairs)).unwrap(), pairs);
         assert!(decode_pairs(&encode_pairs(&pairs)[..7]).is_err());
-        for frame in
-            [Frame::Message(envelope), Frame::Records { durable: 7, frames: vec![1, 2, 3] }, Frame::Copy(vec![4, 5])]
-        {
+        for frame in [
+            Frame::Message(envelope),
+            Frame::Records { durable: 7, head: 9, frames: vec![1, 2, 3] },
+            Frame::Copy(vec![4, 5]),
+        ] {
             let bytes = encode_frame(&frame);
             let mut reader = &bytes[..];
             assert_eq!(read_frame(&mut reader).await.unwrap(), Some(frame));

@@ -125,6 +125,15 @@ fn kill_child(child: &mut Child) {
     child.wait().expect("reap the CLI");
 }
 
+/// What the CLI wrote on stderr (its outcome line when it failed), once it has ended.
+fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    err
+}
+
 /// Waits for a CLI to end by itself (its own timeouts bound it) and returns its exit code.
 fn wait_child(child: &mut Child) -> i32 {
     let deadline = Instant::now() + DEADLINE + DEADLINE;
@@ -1039,6 +1048,9 @@ fn sigkill_of_the_new_primary_right_after_promote_converges_on_its_restart() {
     pair.kill(BACKUP);
     let code = wait_child(&mut cli);
     assert_eq!(code, 3, "the switchover with its new primary killed");
+    // The message says the new primary is the node that is gone (once it blamed a instead).
+    let said = stderr_of(&mut cli);
+    assert!(said.contains("b was promoted") && said.contains("unreachable"), "exit 3 message: {said}");
     pair.restart(BACKUP);
     assert_converged(&mut pair, &load, BACKUP, "after b's restart");
     assert_eq!(role_of(&pair, BACKUP), ("primary".to_string(), 2));
@@ -1123,4 +1135,125 @@ fn switchover_refuses_a_backup_further_behind_than_max_lag() {
     );
     assert!(report["outcome"].as_str().unwrap().contains("--max-lag"), "{report}");
     assert_unchanged(&pair, "max-lag");
+}
+
+#[test]
+fn a_switchover_cli_killed_after_the_promotion_is_finished_by_a_plain_rerun() {
+    // SIGKILL `switchover --to b` right after it printed its promote phase, then run a plain
+    // `hotpair switchover`: it must finish the switchover under way (b primary of epoch 2, a
+    // following, progress cleared), not start a second one back to a (the fault campaign saw
+    // epoch 3 with a primary again, 3 of 3 tries). Under a durable writer: nothing lost.
+    let mut pair = Pair::start_with(SyncLevel::Durable, fast());
+    let load = Load::start(&pair, "rerun");
+    load.wait_more(20, "start");
+    let mut cli = spawn_cli(&pair, &["switchover", "--to", BACKUP, "--timeout", "5s"]);
+    read_until(&mut cli, "promote");
+    kill_child(&mut cli);
+    let (code, report) = run_json(&pair, &["switchover", "--timeout", "5s"]);
+    assert_eq!(code, 0, "the plain re-run: {report}");
+    assert_eq!(role_of(&pair, BACKUP), ("primary".to_string(), 2), "the re-run swapped the roles back: {report}");
+    assert_eq!(report["details"]["to"], BACKUP, "{report}");
+    assert_eq!(report["details"]["epoch"], 2, "{report}");
+    assert_converged(&mut pair, &load, BACKUP, "after the re-run");
+    let status = pair.status();
+    for node in [PRIMARY, BACKUP] {
+        assert!(status["nodes"][node]["orchestration"].is_null(), "progress left on {node}: {status}");
+    }
+    let acked = load.stop();
+    assert_acked_on(&pair, BACKUP, &acked, "end");
+    assert_verify_equal(&pair, false);
+}
+
+#[test]
+fn a_rejoin_cli_killed_after_the_orphans_file_was_saved_names_the_file_on_rerun() {
+    // SIGKILL the `rejoin a` CLI (not the node) as soon as a has saved its orphans file: a
+    // finishes its rejoin by itself. The re-run finds nothing more to undo, and must still name
+    // the file holding the writes set aside (it once reported "nothing orphaned").
+    const N: u64 = 2000;
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let lsns = orphan_tail_then_failover(&mut pair, N);
+    pair.restart(PRIMARY);
+    let mut cli = spawn_cli(&pair, &["rejoin", PRIMARY]);
+    read_until(&mut cli, "divergence point");
+    let dir = pair.node_dir(PRIMARY).join("orphans");
+    let deadline = Instant::now() + DEADLINE;
+    let file = loop {
+        let found = std::fs::read_dir(&dir).ok().and_then(|mut d| {
+            d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")))
+        });
+        if let Some(file) = found {
+            break file;
+        }
+        assert!(cli.try_wait().expect("try_wait").is_none(), "the rejoin ended before its orphans file appeared");
+        assert!(Instant::now() < deadline, "no orphans file within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    kill_child(&mut cli);
+    pair.wait_for_node(PRIMARY, "a to finish its rejoin by itself", |s| s["role"] == "backup");
+    let (code, report) = run_json(&pair, &["rejoin", PRIMARY]);
+    assert_eq!(code, 0, "the re-run: {report}");
+    let outcome = report["outcome"].as_str().unwrap();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(outcome.contains(&name) && outcome.contains(&format!("{N} transaction(s)")), "{outcome}");
+    let saved: Vec<u64> = orphans(&pair, PRIMARY).into_keys().collect();
+    assert_eq!(saved, lsns, "the orphans file is not the unshipped tail");
+    wait_following(&mut pair, BACKUP);
+    assert_verify_equal(&pair, false);
+}
+
+#[test]
+fn failover_estimates_what_the_backup_never_received_and_rejoin_reports_the_real_count() {
+    // The backup has heard how far the primary got (batches and heartbeats carry the primary's
+    // last LSN) but received only part of it when the primary dies: a catch-up of 100,000
+    // records cut by a partition of the link. The failover's estimate of transactions never
+    // received must come from what the backup heard (it always said 0), and the rejoin must
+    // print the real count beside it: here they are equal.
+    const N: usize = 100_000;
+    // No canary records: they take LSNs but are no transactions, and the counts are compared.
+    let quiet = Options { monitor: Some("canary_interval = \"1h\""), ..fast() };
+    let mut pair = Pair::start_with(SyncLevel::Async, quiet);
+    let _: () = pair.redis(PRIMARY).set("base", "0").unwrap();
+    let base = pair.wait_caught_up();
+    let (runtime, proxy) = proxy_on_the_link(&mut pair);
+    let mut a = pair.redis(PRIMARY);
+    for chunk in 0..N / 1000 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            pipe.set(format!("far-{chunk}-{i}"), i).ignore();
+        }
+        let _: () = pipe.query(&mut a).expect("async writes with shipping stopped");
+    }
+    let last = pair.node_status(PRIMARY)["lsn"].as_u64().expect("a's last LSN");
+    assert_eq!(last, base + N as u64, "one LSN per write");
+    pair.hotpair_ok(&["replicate", "start"]);
+    // Cut the link as soon as the catch-up has begun: what is in flight is lost.
+    let deadline = Instant::now() + DEADLINE;
+    let received = loop {
+        let received = pair.node_status(BACKUP)["received_lsn"].as_u64().unwrap_or(0);
+        if received > base {
+            proxy.partition(hotpair::drill::proxy::PartitionMode::Drop);
+            break received;
+        }
+        assert!(Instant::now() < deadline, "the catch-up never began");
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    pair.kill(PRIMARY);
+    drop(proxy);
+    drop(runtime);
+    let (code, report) = run_json(&pair, &["failover", "--to", BACKUP]);
+    assert_eq!(code, 0, "failover: {report}");
+    let estimate = report["details"]["not_received"].as_u64().expect("not_received");
+    let received_at_promotion = report["details"]["last_received_lsn"].as_u64().expect("last_received_lsn");
+    assert_eq!(report["details"]["last_heard_lsn"], last, "the backup heard the primary's last LSN: {report}");
+    assert!(received_at_promotion >= received && received_at_promotion < last, "{report}");
+    assert_eq!(estimate, last - received_at_promotion, "{report}");
+    assert!(report["outcome"].as_str().unwrap().contains(&format!("about {estimate} transaction(s)")), "{report}");
+
+    pair.restart(PRIMARY);
+    let (code, report) = run_json(&pair, &["rejoin", PRIMARY]);
+    assert_eq!(code, 0, "rejoin: {report}");
+    assert_eq!(report["details"]["orphaned"], estimate, "the real count differs from the estimate: {report}");
+    assert_eq!(report["details"]["failover_estimate"], estimate, "{report}");
+    let outcome = report["outcome"].as_str().unwrap();
+    assert!(outcome.contains(&format!("the failover estimated about {estimate}")), "{outcome}");
 }

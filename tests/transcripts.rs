@@ -231,7 +231,7 @@ fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
 }
 
 /// The events, one per verb:
-/// - `restart ROLE epoch= history= last= [promoted-epoch= received= heard=] [rejoined-epoch= orphaned= file=]`
+/// - `restart ROLE epoch= history= last= [met-peer] [promoted-epoch= received= heard=] [rejoined-epoch= orphaned= file=]`
 /// - `drain op= epoch= lease= now=`, `resume op= epoch=`, `demote op= epoch=`,
 ///   `promote op= epoch= [expect=]`, `fence epoch= primary=`
 /// - `rejoin op= primary-epoch= primary-history= primary-last= first-available= our-last= [dry-run] [full-copy]`
@@ -241,7 +241,7 @@ fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
 ///   `done follow-prepared` | `done failed reason= [applied-unconfirmed]`
 /// - `hello epoch= role= history= last= our-last= [from=] [protocol=] [incarnation=] [known=|unknown]
 ///   [acknowledged=] [confirmed= matched=] [all-matched] [replication-stopped] [cluster=]`
-/// - `probe-answer epoch= [last=] our-last=`, `welcomed epoch= history= [cut-after=] [generation=]`
+/// - `probe-answer epoch= [leader=] [last=] our-last=`, `welcomed epoch= history= [cut-after=] [generation=]`
 /// - `peer-acked`, `peer-lost`, `peer-back`, `tick now=`
 fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
     let (verb, rest) = tokens.split_first().ok_or("no event")?;
@@ -271,7 +271,7 @@ fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
                 None => None,
             };
             let persisted = Persisted { role, epoch, history: args.history("history")?, promotion, rejoined };
-            Event::Restarted(Recovered { persisted, last_lsn: args.number("last")? })
+            Event::Restarted(Recovered { persisted, last_lsn: args.number("last")?, met_peer: args.flag("met-peer") })
         }
         "drain" => Event::Admin(Primitive::Drain {
             op_id: args.id("op")?,
@@ -325,6 +325,7 @@ fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
         }
         "probe-answer" => Event::ProbeAnswered {
             epoch: args.number("epoch")?,
+            leader: args.values.get("leader").cloned(),
             last_lsn: args.maybe("last")?,
             our_last: args.number("our-last")?,
         },

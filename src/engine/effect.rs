@@ -198,10 +198,11 @@ pub enum HelloAnswer {
         start_lsn: Lsn,
         cut_after: Option<Lsn>,
     },
-    /// A probe's answer: where we stand.
+    /// A probe's answer: where we stand, and who leads our epoch while we take writes in it.
     Standing {
         epoch: Epoch,
         last_lsn: Lsn,
+        leader: Option<String>,
     },
     /// Its history left ours after `at_lsn`: it must be rejoined.
     Diverged {

@@ -22,8 +22,9 @@ pub enum Event {
     Done(Outcome),
     /// A peer's hello reached this node's control port.
     Hello(Hello),
-    /// The peer answered this (primary) node's probe: its epoch, and its last LSN if it gave it.
-    ProbeAnswered { epoch: Epoch, last_lsn: Option<Lsn>, our_last: Lsn },
+    /// The peer answered this (primary) node's probe: its epoch, its last LSN if it gave it, and
+    /// the primary of its epoch if it takes writes in it.
+    ProbeAnswered { epoch: Epoch, leader: Option<String>, last_lsn: Option<Lsn>, our_last: Lsn },
     /// The primary welcomed this node's hello. `generation` is the engine's generation when
     /// the hello was sent ([`super::State::generation`]): a role change since voids the welcome.
     Welcomed { epoch: Epoch, history: Vec<HistoryEntry>, cut_after: Option<Lsn>, generation: u64 },
@@ -43,6 +44,8 @@ pub struct Recovered {
     pub persisted: Persisted,
     /// The last LSN its journals (or its store, after a full copy) hold.
     pub last_lsn: Lsn,
+    /// Whether it ever met its peer (`meta.json` keeps the peer's incarnation from then on).
+    pub met_peer: bool,
 }
 
 /// The engine's durable state: what [`super::Effect::Save`] writes into `meta.json`.

@@ -19,10 +19,12 @@ pub enum Standing {
 }
 
 /// Compares histories. Two nodes agree on an LSN when both histories put it in the same epoch
-/// (one writer per epoch makes the records equal). `our_last` bounds what we hold.
+/// led by the same primary (one writer per epoch makes the records equal; two promotions that
+/// both claimed one epoch are told apart by their primary). `our_last` bounds what we hold.
 pub fn standing(ours: &[HistoryEntry], our_last: Lsn, theirs: &[HistoryEntry], their_last: Lsn) -> Standing {
-    let epoch_at =
-        |history: &[HistoryEntry], lsn: Lsn| history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| h.epoch);
+    let epoch_at = |history: &[HistoryEntry], lsn: Lsn| {
+        history.iter().rev().find(|h| h.first_lsn <= lsn).map(|h| (h.epoch, h.primary.clone()))
+    };
     // The epoch functions are step functions: the first disagreement is at a boundary of either.
     let mut boundaries: Vec<Lsn> = ours.iter().chain(theirs).map(|h| h.first_lsn.max(1)).collect();
     boundaries.push(1);
@@ -137,6 +139,9 @@ mod tests {
         assert_eq!(standing(&one, 90, &one, 100), Standing::Diverged { at_lsn: 90 });
         // An empty node is on every history.
         assert_eq!(standing(&two, 300, &one, 0), Standing::OnHistory { next_lsn: 1 });
+        // Two promotions that both claimed epoch 2 do not agree past its start.
+        let other_two = h(&[(1, 1, "a"), (2, 101, "a")]);
+        assert_eq!(standing(&two, 300, &other_two, 150), Standing::Diverged { at_lsn: 100 });
     }
 
     #[test]

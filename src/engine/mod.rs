@@ -175,8 +175,8 @@ impl Engine {
             Event::Admin(primitive) => self.admin(primitive, &mut out),
             Event::Done(outcome) => self.done(outcome, &mut out),
             Event::Hello(hello) => self.hello(hello, &mut out),
-            Event::ProbeAnswered { epoch, last_lsn, our_last } => {
-                self.probe_answered(epoch, last_lsn, our_last, &mut out)
+            Event::ProbeAnswered { epoch, leader, last_lsn, our_last } => {
+                self.probe_answered(epoch, leader, last_lsn, our_last, &mut out)
             }
             Event::Welcomed { epoch, history, cut_after, generation } => {
                 self.welcomed(epoch, history, cut_after, generation, &mut out)
@@ -197,7 +197,7 @@ impl Engine {
     // Restart.
 
     fn restarted(&mut self, recovered: Recovered, out: &mut Out) {
-        let Recovered { persisted, last_lsn } = recovered;
+        let Recovered { persisted, last_lsn, met_peer } = recovered;
         self.started = true;
         self.pending = None;
         self.state.role = persisted.role;
@@ -221,8 +221,10 @@ impl Engine {
         out.push(Effect::Replay(bound));
         match role {
             Role::Primary => {
-                // A brand-new pair (empty journals) starts the history; nobody can be ahead.
-                let fresh = last_lsn == 0;
+                // A brand-new pair starts the history; nobody can be ahead. Empty journals alone
+                // do not make one: a primary that crashed before its first fsync has them too,
+                // and its peer may have been promoted since (the simulation found that one).
+                let fresh = last_lsn == 0 && !met_peer;
                 self.state.awaiting_peer = !fresh;
                 out.push(Effect::StartPipeline {
                     first_lsn: last_lsn + 1,
@@ -702,8 +704,17 @@ impl Engine {
                     hello.from, hello.epoch
                 );
                 out.push(Effect::Incident { kind: Alarm::SplitBrain, message });
+                let theirs = hello.history.iter().rev().find(|h| h.epoch == ours).map(|h| h.primary.clone());
+                if hello.epoch == ours && theirs.is_some() && theirs.as_deref() != self.leader() && self.yields() {
+                    let reason = format!(
+                        "{} also leads epoch {ours} (two promotions claimed it); the node named later yields",
+                        hello.from
+                    );
+                    self.fence(reason, out);
+                }
             }
-            return HelloAnswer::Standing { epoch: ours, last_lsn: hello.our_last };
+            let leader = self.writer().then(|| self.leader().map(str::to_string)).flatten();
+            return HelloAnswer::Standing { epoch: ours, last_lsn: hello.our_last, leader };
         }
         if hello.last_lsn < hello.acknowledged {
             // Durable commits were acknowledged on the strength of records it no longer has.
@@ -747,7 +758,14 @@ impl Engine {
         }
     }
 
-    fn probe_answered(&mut self, epoch: Epoch, last_lsn: Option<Lsn>, our_last: Lsn, out: &mut Out) {
+    fn probe_answered(
+        &mut self,
+        epoch: Epoch,
+        leader: Option<String>,
+        last_lsn: Option<Lsn>,
+        our_last: Lsn,
+        out: &mut Out,
+    ) {
         if !self.writer() {
             return;
         }
@@ -755,6 +773,14 @@ impl Engine {
         if epoch > ours {
             let reason =
                 format!("peer {} is at epoch {epoch}, ahead of our {ours}: it was promoted past us", self.id.peer);
+            self.fence(reason, out);
+        } else if epoch == ours && leader.is_some() && leader.as_deref() != self.leader() {
+            // Two promotions claimed our epoch; the peer kept taking writes in it when it heard
+            // our probe, so it is the one that stays (see `yields`).
+            let reason = format!(
+                "{} also leads epoch {ours} (two promotions claimed it); the node named later yields",
+                self.id.peer
+            );
             self.fence(reason, out);
         } else if last_lsn.is_some_and(|theirs| theirs > our_last) {
             // It holds records we shipped before our fsync and lost: were we to write now, we
@@ -819,6 +845,18 @@ impl Engine {
 
     fn writer(&self) -> bool {
         matches!(self.state.role, Role::Primary | Role::Draining)
+    }
+
+    /// The primary of our epoch, as our history says.
+    fn leader(&self) -> Option<&str> {
+        let epoch = self.state.epoch;
+        self.state.history.iter().rev().find(|h| h.epoch == epoch).map(|h| h.primary.as_str())
+    }
+
+    /// Of two primaries of one epoch (two promotions that claimed it, apart), the node named
+    /// later yields: both sides decide the same without a word more.
+    fn yields(&self) -> bool {
+        self.id.node > self.id.peer
     }
 
     /// Stops taking writes because someone is in a higher epoch; `false` when this node takes

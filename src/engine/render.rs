@@ -109,7 +109,12 @@ impl fmt::Display for HelloAnswer {
                 write!(f, "welcome start={start_lsn} cut-after={cut}")
             }
             HelloAnswer::Welcome { start_lsn, cut_after: None } => write!(f, "welcome start={start_lsn}"),
-            HelloAnswer::Standing { epoch, last_lsn } => write!(f, "standing epoch={epoch} last={last_lsn}"),
+            HelloAnswer::Standing { epoch, last_lsn, leader: Some(leader) } => {
+                write!(f, "standing epoch={epoch} last={last_lsn} leader={leader}")
+            }
+            HelloAnswer::Standing { epoch, last_lsn, leader: None } => {
+                write!(f, "standing epoch={epoch} last={last_lsn}")
+            }
             HelloAnswer::Diverged { at_lsn, history: h } => write!(f, "diverged at={at_lsn} history={}", history(h)),
             HelloAnswer::Refused { reason } => write!(f, "refused: {reason}"),
         }

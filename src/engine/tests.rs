@@ -68,7 +68,7 @@ fn engine(node: &str, role: Role, last_lsn: Lsn) -> (Engine, Vec<Effect>) {
     let peer = if node == "a" { "b" } else { "a" };
     let mut engine = Engine::new(Identity { node: node.into(), peer: peer.into(), cluster: Uuid::nil() });
     let persisted = Persisted { role, epoch: 1, history: history(&[(1, 1, "a")]), promotion: None, rejoined: None };
-    let effects = engine.step(Event::Restarted(Recovered { persisted, last_lsn }));
+    let effects = engine.step(Event::Restarted(Recovered { persisted, last_lsn, met_peer: last_lsn > 0 }));
     (engine, effects)
 }
 
@@ -124,7 +124,7 @@ fn a_higher_epoch_closes_the_gate_before_anything_else_even_during_a_drain() {
     let op_id = Uuid::from_u128(1);
     a.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 100, now_ms: 0 }));
     // The fence arrives while the drain's long action runs (the window a lock once skipped).
-    let effects = a.step(Event::ProbeAnswered { epoch: 2, last_lsn: Some(3), our_last: 5 });
+    let effects = a.step(Event::ProbeAnswered { epoch: 2, leader: Some("b".into()), last_lsn: Some(3), our_last: 5 });
     assert!(
         matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::Fenced { .. })))),
         "{effects:?}"

@@ -201,11 +201,13 @@ where
     let reply = |message| Frame::Message(Envelope { from: node.name().to_string(), epoch: our_epoch, message });
     let (start_lsn, cut_after) = match answer {
         HelloAnswer::Welcome { start_lsn, cut_after } => (start_lsn, cut_after),
-        HelloAnswer::Standing { epoch: ours, last_lsn } => {
+        HelloAnswer::Standing { epoch: ours, last_lsn, leader } => {
             // A probe: our epoch in the envelope is what it needs (a higher one fences it);
             // our last LSN too (a restarted primary takes no writes while we hold more).
             let reason = format!("{} is {} at epoch {ours}", node.name(), node.role().name());
-            let _ = wire::write_frame(&mut stream, &reply(Message::Refused { reason, last_lsn: Some(last_lsn) })).await;
+            let _ =
+                wire::write_frame(&mut stream, &reply(Message::Refused { reason, last_lsn: Some(last_lsn), leader }))
+                    .await;
             return Ok(());
         }
         HelloAnswer::Diverged { at_lsn, history } => {
@@ -215,15 +217,21 @@ where
             ));
         }
         HelloAnswer::Refused { reason } => {
-            let _ = wire::write_frame(&mut stream, &reply(Message::Refused { reason: reason.clone(), last_lsn: None }))
-                .await;
+            let _ = wire::write_frame(
+                &mut stream,
+                &reply(Message::Refused { reason: reason.clone(), last_lsn: None, leader: None }),
+            )
+            .await;
             return Err(reason);
         }
     };
     let Some(pipeline) = node.pipeline() else {
         let reason = "this node is not the primary".to_string();
-        let _ =
-            wire::write_frame(&mut stream, &reply(Message::Refused { reason: reason.clone(), last_lsn: None })).await;
+        let _ = wire::write_frame(
+            &mut stream,
+            &reply(Message::Refused { reason: reason.clone(), last_lsn: None, leader: None }),
+        )
+        .await;
         return Err(reason);
     };
     let meta = node.meta();
@@ -234,7 +242,7 @@ where
             let reply = Envelope {
                 from: node.name().to_string(),
                 epoch: node.meta().epoch,
-                message: Message::Refused { reason: reason.clone(), last_lsn: None },
+                message: Message::Refused { reason: reason.clone(), last_lsn: None, leader: None },
             };
             (reply, reason)
         }

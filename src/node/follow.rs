@@ -261,13 +261,13 @@ async fn probe(node: &Arc<Node>, connector: &TlsConnector) {
     };
     match answer.await {
         Ok(Some(Frame::Message(Envelope { epoch, message, .. }))) => {
-            let last_lsn = match message {
-                Message::Refused { last_lsn, .. } => last_lsn,
-                _ => None,
+            let (last_lsn, leader) = match message {
+                Message::Refused { last_lsn, leader, .. } => (last_lsn, leader),
+                _ => (None, None),
             };
             // The engine fences on a higher epoch, waits while the peer holds more of our epoch
             // than we do (its welcome cuts that first), and otherwise takes the peer's word.
-            let answered = Event::ProbeAnswered { epoch, last_lsn, our_last: node.last_lsn() };
+            let answered = Event::ProbeAnswered { epoch, leader, last_lsn, our_last: node.last_lsn() };
             if let Err(err) = node.step_now(answered) {
                 tracing::error!(%err, "taking the probe's answer");
             }

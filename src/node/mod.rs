@@ -192,7 +192,8 @@ impl Node {
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
-        let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn() };
+        let met_peer = node.meta().peer.is_some();
+        let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn(), met_peer };
         node.step_now(crate::engine::Event::Restarted(recovered))?;
         tracing::info!(
             node = name,

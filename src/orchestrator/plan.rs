@@ -774,6 +774,21 @@ fn failover(view: &PairView, memory: &Memory, to: &str, force: bool) -> Next {
         if !target.is(Role::Backup) {
             return refuse(format!("{to} is {}; only a backup can be failed over to", target.role_name()));
         }
+        // Another orchestration that may be promoting the other node: two promotions from one
+        // epoch would both claim the next (the simulation found it: a switchover's CLI killed
+        // with its promote in flight, then a failover to the old primary).
+        if let Some(other) = promoting_elsewhere(view, to).filter(|_| !force) {
+            return refuse(format!(
+                "{} {} from {} to {} is under way (step {}) and may be promoting {}: finish it (`hotpair {}`), or add --force to fail over to {to} anyway",
+                other.command,
+                other.op_id,
+                other.from,
+                other.to,
+                other.step.name(),
+                other.to,
+                other.command
+            ));
+        }
         let healthy = old.is(Role::Primary) && old.failure().is_none();
         if healthy && !force {
             return refuse(format!(
@@ -864,6 +879,14 @@ fn failover(view: &PairView, memory: &Memory, to: &str, force: bool) -> Next {
         )),
         details,
     })
+}
+
+/// An unfinished orchestration of the pair that may promote a node other than `to`: a
+/// switchover past its demote, or a failover to the other node.
+fn promoting_elsewhere(view: &PairView, to: &str) -> Option<Progress> {
+    let switchover = view.progress("switchover").ok().flatten().filter(|p| p.step.rank() >= Step::Demote.rank());
+    let failover = view.progress("failover").ok().flatten();
+    [switchover, failover].into_iter().flatten().find(|p| p.to != to && current(p, view))
 }
 
 // ---------------------------------------------------------------------------------------------
