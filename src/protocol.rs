@@ -253,6 +253,23 @@ mod tests {
     }
 
     #[test]
+    fn a_request_missing_a_field_or_with_an_unknown_one_is_refused() {
+        use crate::wire::AdminRequest;
+        let promote = json!({ "op": "promote", "op_id": Uuid::nil(), "epoch": 1, "expect_lsn": null });
+        assert!(matches!(
+            serde_json::from_value::<AdminRequest>(promote),
+            Ok(AdminRequest::Promote { expect_lsn: None, .. })
+        ));
+        // Without expect_lsn a switchover's promote would verify nothing: it must be said.
+        let without = json!({ "op": "promote", "op_id": Uuid::nil(), "epoch": 1 });
+        assert!(serde_json::from_value::<AdminRequest>(without).is_err());
+        let unknown = json!({ "op": "resume", "op_id": Uuid::nil(), "epoch": 1, "lease_ms": 5 });
+        assert!(serde_json::from_value::<AdminRequest>(unknown).is_err());
+        let status = serde_json::to_value(AdminRequest::Status).unwrap();
+        assert_eq!(serde_json::from_value::<AdminRequest>(status).unwrap(), AdminRequest::Status);
+    }
+
+    #[test]
     fn a_status_without_lag_is_an_error_not_zero_lag() {
         let status = json!({
             "node": "b", "role": "backup", "epoch": 1, "lsn": 5, "last_lsn": 5, "applied_lsn": 5,

@@ -142,9 +142,11 @@ pub enum Message {
 
 /// What the admin CLI (and the orchestrator in it) may ask of a node. The orchestration
 /// primitives carry the id of the run (`op_id`) and the epoch the orchestrator saw the node in:
-/// a node whose epoch moved on refuses them, so a stale orchestrator changes nothing.
+/// a node whose epoch moved on refuses them, so a stale orchestrator changes nothing. Read
+/// strictly: an unknown field, or a missing one (optional values are sent as `null`), is a bad
+/// request. Each has its reply struct in [`crate::protocol`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum AdminRequest {
     Status,
     ReplicateStart,
@@ -172,6 +174,7 @@ pub enum AdminRequest {
     Promote {
         op_id: Uuid,
         epoch: Epoch,
+        #[serde(deserialize_with = "crate::protocol::required")]
         expect_lsn: Option<Lsn>,
     },
     /// A higher epoch exists (`primary` leads it): a node taking writes stops at once.
@@ -194,7 +197,6 @@ pub enum AdminRequest {
         first_available: Lsn,
         dry_run: bool,
         /// Replace the store with a copy of the primary's (when the journals needed are gone).
-        #[serde(default)]
         full_copy: bool,
     },
     /// The digest at `lsn` (waiting to reach it); `full` also recomputes it from the stored data.
@@ -207,6 +209,7 @@ pub enum AdminRequest {
     FirstAvailable,
     /// Record (or clear) the orchestration in flight in `meta.json`.
     SetProgress {
+        #[serde(deserialize_with = "crate::protocol::required")]
         progress: Option<serde_json::Value>,
     },
     /// Take `incarnation` as the peer's from now on: its data directory was rebuilt
