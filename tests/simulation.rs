@@ -1232,12 +1232,12 @@ impl World {
             ));
         }
         // 4. Epochs never go back.
-        for n in 0..2 {
-            let epoch = self.nodes[n].meta.epoch;
-            if epoch < self.epochs_seen[n] {
-                return Err(format!("{}'s epoch went back from {} to {epoch}", NAMES[n], self.epochs_seen[n]));
+        for (node, seen) in self.nodes.iter().zip(self.epochs_seen.iter_mut()) {
+            let epoch = node.meta.epoch;
+            if epoch < *seen {
+                return Err(format!("{}'s epoch went back from {seen} to {epoch}", node.name()));
             }
-            self.epochs_seen[n] = epoch;
+            *seen = epoch;
         }
         Ok(())
     }

@@ -77,6 +77,8 @@ pub enum Answer {
 }
 
 /// What happened in this run, in order.
+// A run hears a few dozen of these; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Heard {
     Said(String),

@@ -317,7 +317,6 @@ fn defect_a_moving_pair_is_not_taken_for_a_restored_copy() {
     let next = plan(&rejoin, &view, &m);
     assert!(matches!(next, Next::Send { request: AdminRequest::FirstAvailable, .. }), "{next:?}");
     // A node really behind is still refused, with the way to rebuild it.
-    let mut m = m;
     m.heard.pop();
     let mut behind = node("b", Role::Backup, 1, one(), 90).status.unwrap();
     behind.following = false;
