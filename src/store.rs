@@ -166,7 +166,7 @@ impl Store {
             return Err(StoreError::Gap { applied: position.applied_lsn, got: record.lsn });
         }
         let changes = match &record.body {
-            RecordBody::Txn { ops } => ops.iter().map(|op| (op.key.as_slice(), op.after.as_deref())).collect(),
+            RecordBody::Txn { ops, .. } => ops.iter().map(|op| (op.key.as_slice(), op.after.as_deref())).collect(),
             _ => Vec::new(),
         };
         let next = self.write_changes(&position, &changes, record.lsn)?;
@@ -218,7 +218,7 @@ impl Store {
             let mut digest = next.digest;
             let mut key_count = next.key_count;
             pending.clear();
-            if let RecordBody::Txn { ops } = &record.body {
+            if let RecordBody::Txn { ops, .. } = &record.body {
                 for op in ops {
                     let key = op.key.as_slice();
                     let after = op.after.as_deref();
@@ -272,7 +272,9 @@ impl Store {
             return Err(StoreError::RewindOrder { applied: position.applied_lsn, got: record.lsn });
         }
         let changes = match &record.body {
-            RecordBody::Txn { ops } => ops.iter().rev().map(|op| (op.key.as_slice(), op.before.as_deref())).collect(),
+            RecordBody::Txn { ops, .. } => {
+                ops.iter().rev().map(|op| (op.key.as_slice(), op.before.as_deref())).collect()
+            }
             _ => Vec::new(),
         };
         let next = self.write_changes(&position, &changes, record.lsn - 1)?;
@@ -357,6 +359,25 @@ impl Store {
         let start = match after {
             Some(key) => Bound::Excluded(data_key(key)),
             None => Bound::Included(vec![DATA_PREFIX]),
+        };
+        let mut pairs = Vec::new();
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            if key.first() != Some(&DATA_PREFIX) {
+                break;
+            }
+            pairs.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(pairs)
+    }
+
+    /// Up to `limit` stored pairs in key order from `start` (`Bound` over client keys).
+    pub fn scan_from(&self, start: std::ops::Bound<&[u8]>, limit: usize) -> Result<Vec<StoredPair>, StoreError> {
+        use std::ops::Bound;
+        let start = match start {
+            Bound::Included(key) => Bound::Included(data_key(key)),
+            Bound::Excluded(key) => Bound::Excluded(data_key(key)),
+            Bound::Unbounded => Bound::Included(vec![DATA_PREFIX]),
         };
         let mut pairs = Vec::new();
         for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
@@ -496,7 +517,7 @@ mod tests {
 
     fn txn(store: &Store, lsn: Lsn, writes: Vec<KeyWrite>) -> Record {
         let (ops, digest_after) = store.prepare(writes).unwrap();
-        Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::Txn { ops } }
+        Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::txn(ops) }
     }
 
     fn snapshot(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -739,7 +760,7 @@ mod tests {
             epoch: 1,
             timestamp_ms: 0,
             digest_after: Digest::EMPTY.updated(b"k", None, Some(b"y")).updated(b"j", None, Some(b"z")),
-            body: RecordBody::Txn { ops: vec![Op { key: b"k".to_vec(), before: Some(b"x".to_vec()), after: None }] },
+            body: RecordBody::txn(vec![Op { key: b"k".to_vec(), before: Some(b"x".to_vec()), after: None }]),
         };
         assert!(matches!(store.apply(&record).unwrap(), Applied::Done { digest_matches: false, .. }));
     }
