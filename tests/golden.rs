@@ -58,7 +58,7 @@ impl KeySpace {
             };
             ops.push(Op { key: key.to_vec(), before, after: after.map(<[u8]>::to_vec) });
         }
-        self.record(lsn, epoch, timestamp_ms, RecordBody::Txn { ops, .. })
+        self.record(lsn, epoch, timestamp_ms, RecordBody::txn(ops))
     }
 
     fn record(&self, lsn: Lsn, epoch: u64, timestamp_ms: u64, body: RecordBody) -> Record {

@@ -100,6 +100,7 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result
         max_connections: configured.max_connections,
         ..resp::Limits::default()
     };
+    std::sync::LazyLock::force(&PROCESS_STARTED);
     let mut shutdown = node.shutdown.subscribe();
     let backend = Arc::new(Backend { node });
     crate::server::serve(listener, backend, limits, async move {
@@ -447,10 +448,7 @@ fn info_text(node: &Node, sections: &[String]) -> Bytes {
     let status = super::status::node_status(node);
     let mut text = String::new();
     if all || sections.iter().any(|s| s == "server") {
-        text.push_str(&format!(
-            "# Server\r\nredis_version:7.0.0\r\nhotpair_version:{}\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        ));
+        text.push_str(&server_section(node));
     }
     if all || sections.iter().any(|s| s == "replication") {
         let peer = node.peer.borrow().clone();
@@ -485,6 +483,50 @@ fn info_text(node: &Node, sections: &[String]) -> Bytes {
             let value = value.as_str().map_or_else(|| value.to_string(), str::to_string);
             text.push_str(&format!("hotpair_{name}:{value}\r\n"));
         }
+        text.push_str("\r\n");
+    }
+    if all || sections.iter().any(|s| s == "keyspace") {
+        text.push_str(&keyspace_section(node));
     }
     Bytes::from(text)
 }
+
+/// `INFO server`: what clients read to pick commands (`redis_version`), and who this is.
+fn server_section(node: &Node) -> String {
+    let started = *PROCESS_STARTED;
+    let uptime = started.elapsed().as_secs();
+    format!(
+        "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhotpair_version:{}\r\nhotpair_types:string,hash\r\n\r\n",
+        crate::server::session::REDIS_VERSION,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        usize::BITS,
+        std::process::id(),
+        node.meta().incarnation.simple(),
+        node.config.data.port(),
+        uptime / 86_400,
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// `INFO keyspace`: `db0:keys=N,expires=M,avg_ttl=ms` (nothing when the store is empty, as
+/// Redis). Keys and expiring keys count expired keys not yet deleted, as Redis does; the
+/// counts are the store's (on a primary, up to one applier pace behind the last commit).
+fn keyspace_section(node: &Node) -> String {
+    let keys = node.pipeline().map_or_else(|| node.store.position().key_count, |p| p.key_count());
+    let expiring = node.store.expiring();
+    let mut text = "# Keyspace\r\n".to_string();
+    if keys > 0 {
+        let now = u128::from(crate::clock::now_ms());
+        let avg_ttl = match expiring.keys {
+            0 => 0,
+            n => (expiring.deadline_sum_ms / u128::from(n)).saturating_sub(now),
+        };
+        text.push_str(&format!("db0:keys={keys},expires={},avg_ttl={avg_ttl}\r\n", expiring.keys));
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// When this process started, for `uptime_in_seconds`.
+static PROCESS_STARTED: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
