@@ -121,8 +121,26 @@ fn one_command() -> impl Strategy<Value = Vec<String>> {
             .prop_map(|(c, keys)| std::iter::once(c).chain(keys).collect()),
         (word(&["MSET", "MSETNX"]), proptest::collection::vec((key(), value()), 1..3))
             .prop_map(|(c, pairs)| std::iter::once(c).chain(pairs.into_iter().flat_map(|(k, v)| [k, v])).collect()),
-        (word(&["EXPIRE", "PEXPIRE"]), key(), word(&["1000000", "-1"]), word(&["", "NX", "XX", "GT", "LT"])).prop_map(
+        // GT and LT compare deadlines: absolute ones (2100-01-01 and a day later, in s and ms),
+        // so that the two servers' clocks, a millisecond apart, cannot decide the comparison.
+        (
+            word(&["EXPIRE", "PEXPIRE", "EXPIREAT 4102444800", "PEXPIREAT 4102531200000"]),
+            key(),
+            word(&["", "NX", "XX"]),
+        )
+            .prop_map(|(c, k, o)| {
+                let mut words = c.split(' ').map(str::to_string);
+                let name = words.next().unwrap_or_default();
+                let time = words.next().unwrap_or_else(|| "1000000".to_string());
+                let mut args = vec![name, k, time];
+                if !o.is_empty() {
+                    args.push(o);
+                }
+                args
+            }),
+        (word(&["EXPIREAT", "PEXPIREAT"]), key(), word(&["4102444800", "4102531200", "-1"]), word(&["", "NX", "XX", "GT", "LT"])).prop_map(
             |(c, k, t, o)| {
+                let t = if c == "PEXPIREAT" && t != "-1" { format!("{t}000") } else { t };
                 let mut args = vec![c, k, t];
                 if !o.is_empty() {
                     args.push(o);
