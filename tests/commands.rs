@@ -110,7 +110,13 @@ fn one_command() -> impl Strategy<Value = Vec<String>> {
             args
         }),
         (word(&["SETNX", "GETSET", "APPEND", "INCRBY", "DECRBY"]), key(), value()).prop_map(|(c, k, v)| vec![c, k, v]),
-        (word(&["GET", "GETDEL", "STRLEN", "INCR", "DECR", "TTL", "PERSIST", "TYPE", "EXISTS", "HGETALL", "HLEN", "HKEYS", "HVALS"]), key())
+        (
+            word(&[
+                "GET", "GETDEL", "STRLEN", "INCR", "DECR", "TTL", "PERSIST", "TYPE", "EXISTS", "HGETALL", "HLEN",
+                "HKEYS", "HVALS"
+            ]),
+            key()
+        )
             .prop_map(|(c, k)| vec![c, k]),
         (key(), word(&["PERSIST", "EX 1000", "PXAT 1"])).prop_map(|(k, o)| {
             let mut args = vec!["GETEX".to_string(), k];
@@ -138,19 +144,25 @@ fn one_command() -> impl Strategy<Value = Vec<String>> {
                 }
                 args
             }),
-        (word(&["EXPIREAT", "PEXPIREAT"]), key(), word(&["4102444800", "4102531200", "-1"]), word(&["", "NX", "XX", "GT", "LT"])).prop_map(
-            |(c, k, t, o)| {
+        (
+            word(&["EXPIREAT", "PEXPIREAT"]),
+            key(),
+            word(&["4102444800", "4102531200", "-1"]),
+            word(&["", "NX", "XX", "GT", "LT"])
+        )
+            .prop_map(|(c, k, t, o)| {
                 let t = if c == "PEXPIREAT" && t != "-1" { format!("{t}000") } else { t };
                 let mut args = vec![c, k, t];
                 if !o.is_empty() {
                     args.push(o);
                 }
                 args
-            }
-        ),
+            }),
         (word(&["RENAME", "RENAMENX"]), key(), key()).prop_map(|(c, a, b)| vec![c, a, b]),
-        (key(), proptest::collection::vec((field(), value()), 1..3))
-            .prop_map(|(k, pairs)| ["HSET".to_string(), k].into_iter().chain(pairs.into_iter().flat_map(|(f, v)| [f, v])).collect()),
+        (key(), proptest::collection::vec((field(), value()), 1..3)).prop_map(|(k, pairs)| ["HSET".to_string(), k]
+            .into_iter()
+            .chain(pairs.into_iter().flat_map(|(f, v)| [f, v]))
+            .collect()),
         (word(&["HGET", "HEXISTS", "HSTRLEN", "HDEL"]), key(), field()).prop_map(|(c, k, f)| vec![c, k, f]),
         (word(&["HSETNX", "HINCRBY"]), key(), field(), value()).prop_map(|(c, k, f, v)| vec![c, k, f, v]),
         (key(), proptest::collection::vec(field(), 1..3))
@@ -315,7 +327,12 @@ fn scan_returns_every_key_present_throughout_despite_concurrent_writes() {
             }
         }
         let missing: Vec<&String> = stable.iter().filter(|k| !seen.contains(*k)).collect();
-        assert!(missing.is_empty(), "COUNT {count}: {} stable keys never returned, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "COUNT {count}: {} stable keys never returned, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn.join().unwrap();
@@ -378,9 +395,13 @@ fn a_transaction_is_one_record_and_never_half_applied_after_kill_9() {
     assert!(stopped_at > 0, "the writer never saw the primary die");
     pair.hotpair_ok(&["failover", "--to", BACKUP, "--force"]);
     let mut b = pair.redis(BACKUP);
-    let values: Vec<Option<u64>> = redis::cmd("MGET").arg("inv:0").arg("inv:1").arg("inv:2").arg("inv:3").arg("inv:4").query(&mut b).unwrap();
+    let values: Vec<Option<u64>> =
+        redis::cmd("MGET").arg("inv:0").arg("inv:1").arg("inv:2").arg("inv:3").arg("inv:4").query(&mut b).unwrap();
     let hash: Option<u64> = redis::cmd("HGET").arg("inv:h").arg("i").query(&mut b).unwrap();
-    assert!(values.iter().all(|v| *v == hash && v.is_some()), "half a transaction on the promoted backup: {values:?}, hash {hash:?}");
+    assert!(
+        values.iter().all(|v| *v == hash && v.is_some()),
+        "half a transaction on the promoted backup: {values:?}, hash {hash:?}"
+    );
 }
 
 /// Bounded wait used where a condition is polled on the data port rather than in `status`.

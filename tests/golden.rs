@@ -135,7 +135,12 @@ fn commands_records() -> Vec<Record> {
     let alpha = HistoryEntry { epoch: 1, first_lsn: 1, primary: "alpha".into() };
     let mut records = vec![space.record(1, 1, T0, RecordBody::EpochStart { history: vec![alpha] })];
     let session = hash(&[(b"user", b"ada"), (b"csrf", &[0xff, 0x00])], Some(T0 + 3_600_000));
-    records.push(space.txn(2, 1, T0 + 10, &[(b"session:1", Some(&session)), (b"page", Some(&string(b"<html>", Some(T0 + 300))))]));
+    records.push(space.txn(
+        2,
+        1,
+        T0 + 10,
+        &[(b"session:1", Some(&session)), (b"page", Some(&string(b"<html>", Some(T0 + 300))))],
+    ));
     records.push(space.txn_with(3, 1, T0 + 20, &[(b"hits", Some(&string(b"5", None)))], vec![words("INCRBY hits 5")]));
     let counts = hash(&[(b"views", b"3")], None);
     records.push(space.txn_with(
