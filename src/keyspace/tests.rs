@@ -8,11 +8,14 @@ use bytes::Bytes;
 use super::*;
 use crate::resp::Request;
 
+/// A key, its value before a write and after it.
+type Change = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A map as the key space, with savepoints.
 #[derive(Default)]
 struct MemView {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
-    log: Vec<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    log: Vec<Change>,
     notes: Vec<ClientCommand>,
 }
 
