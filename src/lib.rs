@@ -33,6 +33,7 @@ pub mod tools;
 pub mod value;
 pub mod watch;
 pub mod wire;
+pub mod witness;
 
 pub use digest::Digest;
 pub use error::Error;
