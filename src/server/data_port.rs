@@ -1,4 +1,6 @@
-//! The data port: a TCP server speaking RESP2, one task per client, commands handed to a backend.
+//! The data port: a TCP server speaking RESP2 (RESP3 after `HELLO 3`), one task per client,
+//! commands handed to a backend; each connection's own state (name, protocol, `MULTI` queue,
+//! watch) lives in its [`Session`].
 //!
 //! ## Per connection
 //! Read → parse every whole request in the buffer → execute them in order → write all their
