@@ -404,6 +404,46 @@ fn a_transaction_is_one_record_and_never_half_applied_after_kill_9() {
     );
 }
 
+#[test]
+fn an_orphaned_transaction_is_one_orphans_line_and_is_rewound_whole() {
+    // Shipping stopped, one EXEC on a (three keys, an increment), a killed, b promoted, a
+    // rejoined: a's orphans file holds that EXEC as one line with every key and the increment
+    // as sent, and none of its keys survive on a.
+    let options = common::Options { sync_timeout: Some("1s"), heartbeat: Some("100ms"), ..Default::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let _: () = redis::cmd("SET").arg("tx:2").arg(10).query(&mut pair.redis(PRIMARY)).unwrap();
+    pair.wait_caught_up();
+    pair.hotpair_ok(&["replicate", "stop", PRIMARY]);
+    pair.wait_for("both sides to see the link down", |s| {
+        s["nodes"][PRIMARY]["peer"]["connected"] == false && s["nodes"][BACKUP]["peer"]["connected"] == false
+    });
+    let replies: (String, i64, i64) =
+        redis::pipe().atomic().set("tx:1", "a").incr("tx:2", 5).hset("tx:3", "f", "v").query(&mut pair.redis(PRIMARY)).unwrap();
+    assert_eq!(replies, ("OK".to_string(), 15, 1));
+    pair.kill(PRIMARY);
+    pair.hotpair_ok(&["failover", "--to", BACKUP]);
+    pair.restart(PRIMARY);
+    pair.hotpair_ok(&["rejoin", PRIMARY]);
+    let dir = pair.node_dir(PRIMARY).join("orphans");
+    let lines: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .expect("a's orphans directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|path| std::fs::read_to_string(path).expect("orphans file").lines().map(str::to_string).collect::<Vec<_>>())
+        .map(|line| serde_json::from_str(&line).expect("an orphans line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one orphaned transaction, one line: {lines:?}");
+    let keys: Vec<&str> = lines[0]["ops"].as_array().unwrap().iter().map(|op| op["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["tx:1", "tx:2", "tx:3"], "{}", lines[0]);
+    assert_eq!(lines[0]["commands"], serde_json::json!([["INCRBY", "tx:2", "5"]]), "{}", lines[0]);
+    assert_eq!(lines[0]["ops"][2]["after"]["data"]["hash"], serde_json::json!([["f", "v"]]), "{}", lines[0]);
+    pair.wait_for("a following b again", |s| s["nodes"][PRIMARY]["role"] == "backup");
+    let mut a = pair.redis(PRIMARY);
+    let left: (Option<String>, Option<String>, i64) =
+        redis::pipe().get("tx:1").get("tx:2").exists("tx:3").query(&mut a).unwrap();
+    assert_eq!(left, (None, Some("10".to_string()), 0), "the orphaned EXEC was not rewound whole");
+}
+
 /// Bounded wait used where a condition is polled on the data port rather than in `status`.
 #[allow(dead_code)]
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
