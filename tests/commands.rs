@@ -417,8 +417,13 @@ fn an_orphaned_transaction_is_one_orphans_line_and_is_rewound_whole() {
     pair.wait_for("both sides to see the link down", |s| {
         s["nodes"][PRIMARY]["peer"]["connected"] == false && s["nodes"][BACKUP]["peer"]["connected"] == false
     });
-    let replies: (String, i64, i64) =
-        redis::pipe().atomic().set("tx:1", "a").incr("tx:2", 5).hset("tx:3", "f", "v").query(&mut pair.redis(PRIMARY)).unwrap();
+    let replies: (String, i64, i64) = redis::pipe()
+        .atomic()
+        .set("tx:1", "a")
+        .incr("tx:2", 5)
+        .hset("tx:3", "f", "v")
+        .query(&mut pair.redis(PRIMARY))
+        .unwrap();
     assert_eq!(replies, ("OK".to_string(), 15, 1));
     pair.kill(PRIMARY);
     pair.hotpair_ok(&["failover", "--to", BACKUP]);
@@ -429,7 +434,9 @@ fn an_orphaned_transaction_is_one_orphans_line_and_is_rewound_whole() {
         .expect("a's orphans directory")
         .map(|entry| entry.expect("entry").path())
         .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
-        .flat_map(|path| std::fs::read_to_string(path).expect("orphans file").lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|path| {
+            std::fs::read_to_string(path).expect("orphans file").lines().map(str::to_string).collect::<Vec<_>>()
+        })
         .map(|line| serde_json::from_str(&line).expect("an orphans line is JSON"))
         .collect();
     assert_eq!(lines.len(), 1, "one orphaned transaction, one line: {lines:?}");
