@@ -150,8 +150,13 @@ impl Node {
                 tracing::info!(replayed, "replayed what the store was missing from the journals");
             }
             Effect::StartPipeline { first_lsn, epoch, epoch_start } => {
-                let pipeline =
-                    crate::pipeline::Pipeline::start(self.local.clone(), self.store.clone(), first_lsn, epoch);
+                let pipeline = crate::pipeline::Pipeline::start_watched(
+                    self.local.clone(),
+                    self.store.clone(),
+                    first_lsn,
+                    epoch,
+                    self.watches.clone(),
+                );
                 // Closed until the engine opens it.
                 pipeline.set_refusing(Some("the pipeline is starting".into()));
                 if epoch_start {
