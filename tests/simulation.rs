@@ -5,7 +5,9 @@
 //! random by a CLI that may die mid-operation. After **every** step it checks:
 //!
 //! 1. one writer per epoch: at most one node acknowledges writes in an epoch, and no two nodes
-//!    take writes in the same epoch at the same moment;
+//!    take writes in the same epoch at the same moment (unless an admin forced a failover over
+//!    the refusal that says it may make two primaries of one epoch: then the two are told apart
+//!    by their primary, as the histories do, and nothing may be acknowledged by both);
 //! 2. no acknowledged write is missing from a node that takes writes (the node that took over
 //!    holds every acknowledged write of its epoch and the ones before, at the same LSN);
 //! 3. two nodes that applied an LSN of an epoch applied the same record there;
@@ -123,10 +125,12 @@ fn random_op(rng: &mut Rng) -> Op {
 // ---------------------------------------------------------------------------------------------
 // The world.
 
-/// One record: its LSN is its place in the log; `id` tells records apart.
+/// One record: its LSN is its place in the log; `id` tells records apart, `writer` is the node
+/// whose pipeline wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rec {
     epoch: Epoch,
+    writer: usize,
     id: u64,
 }
 
@@ -552,7 +556,7 @@ impl World {
         let Some(epoch) = node.pipeline else { return };
         let id = self.id();
         let node = &mut self.nodes[n];
-        node.log.push(Rec { epoch, id });
+        node.log.push(Rec { epoch, writer: n, id });
         let lsn = node.last();
         node.writes.push((lsn, id));
     }
@@ -817,7 +821,7 @@ impl World {
                     node.pipeline = Some(epoch);
                     if epoch_start {
                         let id = self.id();
-                        self.nodes[n].log.push(Rec { epoch, id });
+                        self.nodes[n].log.push(Rec { epoch, writer: n, id });
                     }
                 }
                 Effect::StartApplier => self.nodes[n].applier = true,
@@ -1220,10 +1224,13 @@ impl World {
                 return Err(format!("{} applied LSN {} past its log ({})", node.name(), node.applied, node.last()));
             }
         }
-        // At the same (epoch, LSN): a forced failover leaves the old primary a tail of its own
-        // epoch at LSNs the new one writes in the next, until it is rejoined.
+        // At the same (epoch, LSN): a failover leaves the old primary a tail of its own epoch at
+        // LSNs the new one writes in the next, until it is rejoined. A forced failover may make
+        // two primaries of one epoch (the admin overrode the refusal that says so); their epochs
+        // are then told apart by their primary, as the nodes' histories do.
         let both = a.applied.min(b.applied) as usize;
-        let differ = |i: usize| a.log[i].epoch == b.log[i].epoch && a.log[i].id != b.log[i].id;
+        let same_epoch = |x: &Rec, y: &Rec| x.epoch == y.epoch && (!self.forced || x.writer == y.writer);
+        let differ = |i: usize| same_epoch(&a.log[i], &b.log[i]) && a.log[i].id != b.log[i].id;
         if let Some(lsn) = (0..both).find(|&i| differ(i)) {
             return Err(format!(
                 "same LSN, same record: a and b applied different records at LSN {} of epoch {}",

@@ -300,7 +300,7 @@ fn switchover(
 ) -> Next {
     let saved = memory.progress.clone().filter(|p| p.command == "switchover" && current(p, view));
     let Some(progress) = saved else {
-        return start_switchover(view, memory, to, timeout_ms, max_lag_ms, dry_run);
+        return start_switchover(view, memory, to, max_lag_ms, dry_run);
     };
     if let Some(to) = to.filter(|to| *to != progress.to) {
         return refuse(format!(
@@ -323,14 +323,7 @@ fn switchover(
     continue_switchover(view, memory, progress, timeout_ms, max_lag_ms)
 }
 
-fn start_switchover(
-    view: &PairView,
-    memory: &Memory,
-    to: Option<&str>,
-    timeout_ms: u64,
-    max_lag_ms: u64,
-    dry_run: bool,
-) -> Next {
+fn start_switchover(view: &PairView, memory: &Memory, to: Option<&str>, max_lag_ms: u64, dry_run: bool) -> Next {
     let (primary, backup) = match preflight(view, to, max_lag_ms) {
         Ok(pair) => pair,
         Err(reason) => return refuse(reason),
@@ -339,7 +332,6 @@ fn start_switchover(
         let line = format!("ready: {} can hand over to {} (dry run, nothing changed)", primary.name, backup.name);
         return Next::Finish(Finish { clear: false, result: Ok(line), details: vec![("ready".into(), json!(true))] });
     }
-    let _ = timeout_ms;
     Next::Save(Some(Progress {
         op_id: memory.op_id,
         command: "switchover".into(),
@@ -431,9 +423,9 @@ fn continue_switchover(view: &PairView, memory: &Memory, p: Progress, timeout_ms
     let first_drain = !earlier && p.step == Step::Drain && memory.answer(&p.from, Kind::Drain).is_none();
     match (from.role(), to.role()) {
         // This run saved its progress and drains now.
-        (Some(Role::Primary), _) if from.epoch() == p.epoch && first_drain => before_demote(memory, from, to, p, timeout_ms),
+        (Some(Role::Primary), _) if from.epoch() == p.epoch && first_drain => before_demote(memory, to, p, timeout_ms),
         // Still draining in the switchover's epoch: drain (again), wait, demote.
-        (Some(Role::Draining), _) if from.epoch() == p.epoch => before_demote(memory, from, to, p, timeout_ms),
+        (Some(Role::Draining), _) if from.epoch() == p.epoch => before_demote(memory, to, p, timeout_ms),
         // Demoted: promote with the drain LSN, never without it.
         (Some(Role::Backup), Some(Role::Backup)) if from.epoch() == p.epoch && to.epoch() == p.epoch => {
             let Some(drain_lsn) = p.drain_lsn.filter(|_| p.step.rank() >= Step::Demote.rank()) else {
@@ -460,7 +452,7 @@ fn continue_switchover(view: &PairView, memory: &Memory, p: Progress, timeout_ms
                 )) {
                     return next;
                 }
-                return start_switchover(view, memory, Some(&p.to), timeout_ms, max_lag_ms, false);
+                return start_switchover(view, memory, Some(&p.to), max_lag_ms, false);
             }
             Next::Finish(Finish {
                 clear: true,
@@ -511,7 +503,7 @@ fn continue_switchover(view: &PairView, memory: &Memory, p: Progress, timeout_ms
 }
 
 /// Drain (again, to learn the drain LSN), wait until the target applied it, demote.
-fn before_demote(memory: &Memory, from: &NodeView, to: &NodeView, p: Progress, timeout_ms: u64) -> Next {
+fn before_demote(memory: &Memory, to: &NodeView, p: Progress, timeout_ms: u64) -> Next {
     let known = p.drain_lsn.zip(p.drain_digest.clone()).filter(|_| p.step.rank() >= Step::WaitApplied.rank());
     let Some((drain_lsn, drain_digest)) = known else {
         return match memory.answer(&p.from, Kind::Drain) {
@@ -566,15 +558,12 @@ fn before_demote(memory: &Memory, from: &NodeView, to: &NodeView, p: Progress, t
         _ if !to.reachable() => {
             start_roll_back(p.clone(), format!("{} is unreachable ({}) before its promotion", p.to, to.error()))
         }
-        _ => {
-            let _ = from;
-            Next::Send {
-                step: Step::Demote,
-                node: p.from.clone(),
-                request: AdminRequest::Demote { op_id: p.op_id, epoch: p.epoch },
-                timeout_ms: STEP_TIMEOUT_MS,
-            }
-        }
+        _ => Next::Send {
+            step: Step::Demote,
+            node: p.from.clone(),
+            request: AdminRequest::Demote { op_id: p.op_id, epoch: p.epoch },
+            timeout_ms: STEP_TIMEOUT_MS,
+        },
     }
 }
 
@@ -913,7 +902,7 @@ fn rejoin(
         _ => None,
     };
     let Some(rejoined) = rejoined else {
-        return rejoin_before(view, memory, node, primary, allow_full_copy);
+        return rejoin_before(memory, node, primary, allow_full_copy);
     };
     if for_switchback {
         return finish(Ok(String::new()));
@@ -1012,7 +1001,7 @@ fn rejoin_outcome(
 }
 
 /// Preflight, acceptance of a rebuilt node, the primary's journals, the dry run, the rejoin.
-fn rejoin_before(view: &PairView, memory: &Memory, node: &NodeView, primary: &NodeView, allow_full_copy: bool) -> Next {
+fn rejoin_before(memory: &Memory, node: &NodeView, primary: &NodeView, allow_full_copy: bool) -> Next {
     let name = node.name.as_str();
     let Ok(status) = &node.status else {
         return refuse(format!("{name} is unreachable ({}); start it first (`hotpair run {name}`)", node.error()));
@@ -1099,7 +1088,6 @@ fn rejoin_before(view: &PairView, memory: &Memory, node: &NodeView, primary: &No
             return next;
         }
     }
-    let _ = view;
     Next::Send {
         step: if full_copy { Step::FullCopy } else { Step::Rejoin },
         node: name.into(),

@@ -324,3 +324,23 @@ fn defect_a_moving_pair_is_not_taken_for_a_restored_copy() {
     let Next::Finish(Finish { result: Err(err), .. }) = plan(&rejoin, &view, &m) else { panic!() };
     assert!(err.to_string().contains("restored copy"), "{err}");
 }
+
+#[test]
+fn a_failover_is_refused_while_a_switchover_may_be_promoting_the_other_node() {
+    // Found by the simulation: a switchover's CLI killed with b's promote in flight (a demoted,
+    // both backups), then `failover --to a`: both promotions would claim epoch 2.
+    let mut a = node("a", Role::Backup, 1, one(), 40);
+    if let Ok(s) = &mut a.status {
+        s.orchestration = Some(serde_json::to_value(progress(EARLIER, Step::Promote, Some(40))).unwrap());
+    }
+    let view = pair(a, node("b", Role::Backup, 1, one(), 40));
+    let to_a = Command::Failover { to: "a".into(), force: false };
+    let Next::Finish(Finish { result: Err(err), .. }) = plan(&to_a, &view, &memory(None)) else { panic!() };
+    assert!(err.to_string().contains("may be promoting b") && err.to_string().contains("--force"), "{err}");
+    // Forced, it goes ahead (the admin was told what it risks).
+    let forced = Command::Failover { to: "a".into(), force: true };
+    assert!(matches!(plan(&forced, &view, &memory(None)), Next::Save(Some(_))));
+    // A failover to the switchover's own target is no conflict: the promotions are one.
+    let to_b = Command::Failover { to: "b".into(), force: false };
+    assert!(matches!(plan(&to_b, &view, &memory(None)), Next::Save(Some(_))));
+}
