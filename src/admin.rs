@@ -29,7 +29,25 @@ pub async fn request_within(
 }
 
 /// A mutual-TLS admin connection to one node.
-type AdminStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub type AdminStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A fresh admin connection to `node`, for a request that streams (a backup).
+pub async fn connect(pair: &PairConfig, node: &str) -> Result<AdminStream, String> {
+    let connector = crate::tls::admin_client_config(pair).map(TlsConnector::from).map_err(|e| e.to_string())?;
+    dial(pair, &connector, node).await
+}
+
+async fn dial(pair: &PairConfig, connector: &TlsConnector, node: &str) -> Result<AdminStream, String> {
+    let config = pair.node(node).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(config.control)
+        .await
+        .map_err(|e| format!("cannot reach {node} at {}: {e}", config.control))?;
+    let _ = tcp.set_nodelay(true);
+    connector
+        .connect(crate::tls::server_name(pair, node), tcp)
+        .await
+        .map_err(|e| format!("TLS with {node} failed: {e}"))
+}
 
 /// Admin connections kept open across requests. An orchestration sends a dozen requests in a
 /// row, several inside the write outage; a fresh mutual-TLS handshake (and reading the PEM
@@ -78,16 +96,8 @@ impl Sessions {
     }
 
     async fn connect(&self, node: &str) -> Result<AdminStream, String> {
-        let config = self.pair.node(node).map_err(|e| e.to_string())?;
         let connector = self.connector.as_ref().map_err(Clone::clone)?;
-        let tcp = tokio::net::TcpStream::connect(config.control)
-            .await
-            .map_err(|e| format!("cannot reach {node} at {}: {e}", config.control))?;
-        let _ = tcp.set_nodelay(true);
-        connector
-            .connect(crate::tls::server_name(&self.pair, node), tcp)
-            .await
-            .map_err(|e| format!("TLS with {node} failed: {e}"))
+        dial(&self.pair, connector, node).await
     }
 }
 

@@ -119,6 +119,54 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Online backup of one node: a copy of its store and the journal records that make it
+    /// consistent, with a manifest (cluster, node, LSN, digest, history, the journal's time
+    /// range). Writes never stop. Back up the backup node where you can. OUT must be new or empty.
+    Backup {
+        /// The node to back up (its name in the pair file).
+        node: String,
+        /// The directory to write the backup into (made if missing; must be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also copy the journal records from this LSN on (as far back as the node still holds
+        /// them), so that the backup alone restores to points before its consistent LSN.
+        #[arg(long)]
+        journal_from: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Makes a NEW pair (new cluster id, CA and certificates, as `init` does) whose first node
+    /// holds the data of BACKUP's pair as of a point in time, and whose second node holds the
+    /// same copy. The recovery from a logical mistake (a FLUSHDB, a bad deploy). Without
+    /// --to-lsn or --to-time it replays as far as the journals reach. Nothing of the old pair is
+    /// changed.
+    Restore {
+        /// A directory written by `hotpair backup`.
+        backup: PathBuf,
+        /// Where to make the new pair (made if missing; must be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The new pair's two nodes as NAME=CONTROL_ADDRESS (as for init); the first is primary.
+        #[arg(long)]
+        nodes: NodeSpecs,
+        /// Stop after this LSN (its state exactly).
+        #[arg(long, conflicts_with = "to_time")]
+        to_lsn: Option<u64>,
+        /// Stop before the first record stamped after this time: RFC 3339 in UTC
+        /// (2026-12-05T10:31:02Z) or @<milliseconds since 1970>.
+        #[arg(long, value_parser = crate::tools::parse_time)]
+        to_time: Option<u64>,
+        /// More journals to replay from (repeatable): a node's data directory, another backup,
+        /// a journal directory, or the archive of trimmed segments. They reach further back
+        /// (to LSN 1: points before the backup) or further on (after it) than the backup's own.
+        #[arg(long = "journal")]
+        journals: Vec<PathBuf>,
+        /// The new pair's sync level (default: the old pair's).
+        #[arg(long)]
+        sync: Option<SyncLevel>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -183,9 +231,20 @@ pub enum JournalAction {
         #[arg(long)]
         json: bool,
     },
-    /// Checks every segment and record; exits 1 if anything is damaged.
+    /// Checks every segment and record, and a node's two journals together as one history
+    /// (no LSN missing between them); exits 1 if anything is damaged.
     Verify {
         path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The LSN of a time: the last record stamped at or before TIME (what `restore --to-time`
+    /// stops after). PATH: a node's data directory, a backup, or a journal directory.
+    FindTime {
+        path: PathBuf,
+        /// RFC 3339 in UTC (2026-12-05T10:31:02Z) or @<milliseconds since 1970>.
+        #[arg(value_parser = crate::tools::parse_time)]
+        time: u64,
         #[arg(long)]
         json: bool,
     },
@@ -281,6 +340,18 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Journal { action } => journal(action),
+        Command::Backup { node, out, journal_from, json } => {
+            crate::backup::main(&load_pair()?, &crate::backup::BackupOptions { node, out, journal_from, json })
+        }
+        Command::Restore { backup, dir, nodes, to_lsn, to_time, journals, sync, json } => {
+            let target = match (to_lsn, to_time) {
+                (Some(lsn), _) => crate::restore::Target::Lsn(lsn),
+                (None, Some(ms)) => crate::restore::Target::Time(ms),
+                (None, None) => crate::restore::Target::Latest,
+            };
+            let options = crate::restore::RestoreOptions { backup, dir, nodes, target, journals, sync, json };
+            crate::restore::main(&options)
+        }
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
         Command::Drill { playbook, report } => crate::drill::main(&playbook, report),
         Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
@@ -361,6 +432,12 @@ fn journal(action: JournalAction) -> Result<u8, Error> {
                 print!("{}", report.text);
             }
             Ok(if report.damaged { 1 } else { 0 })
+        }
+        JournalAction::FindTime { path, time, json } => {
+            require_dir(&path)?;
+            let (text, found) = crate::tools::find_time_report(&path, time, json)?;
+            print!("{text}");
+            Ok(if found { 0 } else { 1 })
         }
     }
 }

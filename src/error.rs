@@ -22,6 +22,10 @@ pub enum Error {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Init(#[from] InitError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod applier;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod orchestrator;
 pub mod pipeline;
 pub mod replication;
 pub mod resp;
+pub mod restore;
 pub mod role;
 pub mod server;
 pub mod store;

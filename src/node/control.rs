@@ -97,6 +97,10 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
         let Frame::Message(Envelope { message: Message::Admin { request }, .. }) = frame else {
             return Err("admin connection sent something other than an admin request".into());
         };
+        if let AdminRequest::Backup { journal_from } = request {
+            // A stream, not one answer: the connection is the backup's until it ends.
+            return super::backup::serve(node, stream, journal_from).await;
+        }
         let (ok, body) = handle_admin(&node, request).await;
         let reply = Envelope {
             from: node.name().to_string(),
