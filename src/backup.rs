@@ -131,9 +131,8 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest, BackupError> {
         let not = |reason: String| BackupError::NotABackup { dir: dir.to_path_buf(), reason };
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            not(format!("{}: {e} (a backup that did not finish has no manifest)", path.display()))
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| not(format!("{}: {e} (a backup that did not finish has no manifest)", path.display())))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| not(format!("{}: {e}", path.display())))?;
         if value["kind"] != MANIFEST_KIND {
             return Err(not(format!("{} is not a hotpair backup manifest", path.display())));
@@ -183,7 +182,8 @@ impl StoreFileWriter {
     pub fn finish(mut self) -> Result<(u64, u64), BackupError> {
         self.out.write_all(&[0u8; 8]).map_err(io(&self.path))?;
         self.out.write_all(&self.pairs.to_le_bytes()).map_err(io(&self.path))?;
-        let file = self.out.into_inner().map_err(|e| BackupError::Io { path: self.path.clone(), source: e.into_error() })?;
+        let file =
+            self.out.into_inner().map_err(|e| BackupError::Io { path: self.path.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io(&self.path))?;
         Ok((self.pairs, self.bytes + 16))
     }
@@ -210,7 +210,9 @@ impl StoreFileReader {
         }
         let version = u16::from_le_bytes([header[8], header[9]]);
         if version != STORE_VERSION {
-            return Err(damaged(format!("store copy format version {version}; this build reads version {STORE_VERSION}")));
+            return Err(damaged(format!(
+                "store copy format version {version}; this build reads version {STORE_VERSION}"
+            )));
         }
         Ok(StoreFileReader { path: path.to_path_buf(), input, offset: STORE_HEADER_LEN as u64, pairs: 0, done: false })
     }
@@ -289,7 +291,12 @@ pub fn main(pair: &PairConfig, options: &BackupOptions) -> Result<u8, crate::Err
         }
         Err(err) => {
             cleanup(&options.out, created);
-            Err(BackupError::Refused(format!("backup of {} failed, nothing kept in {}: {err}", options.node, options.out.display())).into())
+            Err(BackupError::Refused(format!(
+                "backup of {} failed, nothing kept in {}: {err}",
+                options.node,
+                options.out.display()
+            ))
+            .into())
         }
     }
 }
@@ -406,14 +413,17 @@ async fn run(pair: &PairConfig, options: &BackupOptions) -> Result<Manifest, Str
                     Some("begin") => {
                         let parsed = parse_begin(&body)?;
                         progress.total_keys = parsed.start.key_count;
-                        store = Some(StoreFileWriter::create(&options.out.join(STORE_FILE)).map_err(|e| e.to_string())?);
+                        store =
+                            Some(StoreFileWriter::create(&options.out.join(STORE_FILE)).map_err(|e| e.to_string())?);
                         let identity = JournalIdentity {
                             cluster: *parsed.cluster.as_bytes(),
                             node: parsed.node.clone(),
                             kind: JournalKind::Local,
                         };
                         let dir = options.out.join(JOURNAL_DIR);
-                        journal = Some(Journal::open(&dir, identity, JournalOptions::default()).map_err(|e| e.to_string())?.0);
+                        journal = Some(
+                            Journal::open(&dir, identity, JournalOptions::default()).map_err(|e| e.to_string())?.0,
+                        );
                         begin = Some(parsed);
                     }
                     Some("scanned") => {
@@ -429,7 +439,10 @@ async fn run(pair: &PairConfig, options: &BackupOptions) -> Result<Manifest, Str
                         let history: Vec<HistoryEntry> = serde_json::from_value(body["history"].clone())
                             .map_err(|e| format!("{node} sent a bad history: {e}"))?;
                         if body["records"].as_u64() != Some(copied.records) {
-                            return Err(format!("{node} says it sent {} records; {} arrived", body["records"], copied.records));
+                            return Err(format!(
+                                "{node} says it sent {} records; {} arrived",
+                                body["records"], copied.records
+                            ));
                         }
                         break (epoch, history);
                     }

@@ -107,7 +107,9 @@ pub fn find_time_report(path: &Path, time_ms: u64, as_json: bool) -> Result<(Str
             "LSN {lsn} is the last record at or before {when} (stamped {})\n",
             crate::backup::format_time(point.lsn_time_ms)
         ),
-        (None, Some(first)) => format!("no record at or before {when}: the journals begin at LSN {first}, stamped later\n"),
+        (None, Some(first)) => {
+            format!("no record at or before {when}: the journals begin at LSN {first}, stamped later\n")
+        }
         (None, None) => "no records in these journals\n".to_string(),
     };
     match point.next_lsn {
@@ -181,7 +183,10 @@ pub fn dump(path: &Path, from: Lsn, as_json: bool, out: &mut dyn std::io::Write)
         if !as_json {
             writeln!(out, "# {label} journal ({})", dir.display())?;
         }
-        for entry in journal::read_dir_from(&dir, from)? {
+        // From the journal's own first record when `from` is before it: a journal that starts
+        // past LSN 1 (its peer wrote the epochs before) is not missing anything.
+        let first = journal::inspect(&dir)?.iter().find(|r| r.last_lsn.is_some()).and_then(|r| r.first_lsn);
+        for entry in journal::read_dir_from(&dir, first.map_or(from, |first| from.max(first)))? {
             let entry = entry?;
             if as_json {
                 let mut value = record_json(&entry.record);

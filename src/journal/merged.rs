@@ -130,7 +130,12 @@ impl Merged {
                     }
                 }
             }
-            let lowest = self.readers.iter_mut().filter_map(|r| r.peek().and_then(|e| e.as_ref().ok())).map(|e| e.record.lsn).min();
+            let lowest = self
+                .readers
+                .iter_mut()
+                .filter_map(|r| r.peek().and_then(|e| e.as_ref().ok()))
+                .map(|e| e.record.lsn)
+                .min();
             let Some(lsn) = lowest else { return Ok(None) };
             if lsn > self.until {
                 return Ok(None);
@@ -232,12 +237,24 @@ mod tests {
 
     fn txn(lsn: Lsn, epoch: Epoch, value: &str) -> Record {
         let op = Op { key: b"k".to_vec(), before: None, after: Some(value.as_bytes().to_vec()) };
-        Record { lsn, epoch, timestamp_ms: lsn * 10, digest_after: Digest::EMPTY, body: RecordBody::Txn { ops: vec![op] } }
+        Record {
+            lsn,
+            epoch,
+            timestamp_ms: lsn * 10,
+            digest_after: Digest::EMPTY,
+            body: RecordBody::Txn { ops: vec![op] },
+        }
     }
 
     fn start(lsn: Lsn, epoch: Epoch, primary: &str) -> Record {
         let history = vec![HistoryEntry { epoch, first_lsn: lsn, primary: primary.into() }];
-        Record { lsn, epoch, timestamp_ms: lsn * 10, digest_after: Digest::EMPTY, body: RecordBody::EpochStart { history } }
+        Record {
+            lsn,
+            epoch,
+            timestamp_ms: lsn * 10,
+            digest_after: Digest::EMPTY,
+            body: RecordBody::EpochStart { history },
+        }
     }
 
     fn write(journal: &Journal, records: &[Record]) {
@@ -259,7 +276,6 @@ mod tests {
             let r = journal(&remote, JournalKind::Remote);
             write(&l, &[start(1, 1, "a"), txn(2, 1, "x"), txn(3, 1, "y")]);
             write(&r, &[start(4, 2, "b"), txn(5, 2, "z")]);
-            l.reopen_log(3, 60).unwrap();
             write(&l, &[start(6, 3, "a"), txn(7, 3, "w")]);
         }
         let sources = [Source::new("local", &local), Source::new("remote", &remote)];
@@ -281,13 +297,17 @@ mod tests {
         {
             // The old primary wrote 1..6 in epoch 1; the new one took over at 4 in epoch 2 and
             // wrote up to 5 only.
-            write(&journal(&old, JournalKind::Local), &[start(1, 1, "a"), txn(2, 1, "x"), txn(3, 1, "y"), txn(4, 1, "o"), txn(5, 1, "o"), txn(6, 1, "o")]);
+            write(
+                &journal(&old, JournalKind::Local),
+                &[start(1, 1, "a"), txn(2, 1, "x"), txn(3, 1, "y"), txn(4, 1, "o"), txn(5, 1, "o"), txn(6, 1, "o")],
+            );
             let n = journal(&new, JournalKind::Local);
             write(&n, &[start(4, 2, "b"), txn(5, 2, "z")]);
         }
         let sources = [Source::new("old", &old), Source::new("new", &new)];
         let mut merged = Merged::open(&sources, 0, Lsn::MAX).unwrap();
-        let got: Vec<(Lsn, Epoch)> = merged.by_ref().map(|e| e.map(|e| (e.entry.record.lsn, e.entry.record.epoch)).unwrap()).collect();
+        let got: Vec<(Lsn, Epoch)> =
+            merged.by_ref().map(|e| e.map(|e| (e.entry.record.lsn, e.entry.record.epoch)).unwrap()).collect();
         assert_eq!(got, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2)]);
         assert_eq!(merged.superseded, 3, "4, 5 and 6 of epoch 1");
 

@@ -63,7 +63,8 @@ where
 }
 
 async fn reply<S: AsyncWrite + Unpin>(node: &Node, stream: &mut S, ok: bool, body: Value) -> Result<(), String> {
-    let envelope = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::AdminReply { ok, body } };
+    let envelope =
+        Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::AdminReply { ok, body } };
     wire::write_frame(stream, &Frame::Message(envelope)).await.map_err(|e| e.to_string())
 }
 
