@@ -167,6 +167,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Certificate rotation: new identities from the pair's CA, taken by the running nodes
+    /// without a restart; the old certificates are refused from then on.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -213,6 +219,35 @@ pub enum ReplicateAction {
     Start,
     Stop,
     ReopenLog,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// New key and certificate for each identity asked (default: both nodes and the admin),
+    /// signed by the pair's CA; the files the pair file names are replaced, running nodes take
+    /// them at their next connection, and accept only them from then on (a stolen key is dead).
+    /// With --ca: start a CA rotation (a new CA bundled with the old one; then rotate every
+    /// identity and run `certs finish-ca`).
+    Rotate {
+        /// A node to renew (repeatable).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Renew the admin's certificate.
+        #[arg(long)]
+        admin: bool,
+        /// Start a CA rotation: a new CA key and certificate, trusted beside the old one.
+        #[arg(long, conflicts_with_all = ["nodes", "admin"])]
+        ca: bool,
+        /// The CA's private key (default: ca.key next to the pair file's CA certificate).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+    },
+    /// Ends a CA rotation once every identity was renewed: only the new CA stays trusted and the
+    /// old CA key is removed.
+    FinishCa {
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,6 +375,15 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Journal { action } => journal(action),
+        Command::Certs { action: CertsAction::Rotate { nodes, admin, ca, ca_key } } => {
+            let options = crate::certs::RotateOptions { nodes, admin, ca, ca_key };
+            print!("{}", crate::certs::rotate(&load_pair()?, &options)?);
+            Ok(0)
+        }
+        Command::Certs { action: CertsAction::FinishCa { ca_key } } => {
+            print!("{}", crate::certs::finish_ca(&load_pair()?, ca_key)?);
+            Ok(0)
+        }
         Command::Backup { node, out, journal_from, json } => {
             crate::backup::main(&load_pair()?, &crate::backup::BackupOptions { node, out, journal_from, json })
         }

@@ -26,6 +26,8 @@ pub enum Error {
     Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertsError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod applier;
 pub mod backup;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
