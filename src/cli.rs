@@ -173,6 +173,12 @@ pub enum Command {
         #[command(subcommand)]
         action: CertsAction,
     },
+    /// What a rejoin set aside (the orphans file it names): show it, or re-apply chosen
+    /// transactions as new writes on the current primary.
+    Orphans {
+        #[command(subcommand)]
+        action: OrphansAction,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -219,6 +225,36 @@ pub enum ReplicateAction {
     Start,
     Stop,
     ReopenLog,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrphansAction {
+    /// Each orphaned transaction, oldest first: LSN, epoch, commit time, and per key the value
+    /// before and after it.
+    Show {
+        file: PathBuf,
+        /// The file's JSON lines, oldest first.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-applies chosen transactions, in their order, as new writes through the current
+    /// primary's data port. Refuses (writing nothing) when a key changed since the orphan's
+    /// before-image, unless --force; skips a transaction already there. Safe to run again.
+    Apply {
+        file: PathBuf,
+        /// A transaction to re-apply, by its LSN in the file (repeatable).
+        #[arg(long = "lsn")]
+        lsns: Vec<u64>,
+        /// Every transaction in the file.
+        #[arg(long, conflicts_with = "lsns")]
+        all: bool,
+        /// Print what would be sent, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the orphan's values even over keys that changed since.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,6 +411,15 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Journal { action } => journal(action),
+        Command::Orphans { action: OrphansAction::Show { file, json } } => {
+            print!("{}", crate::orphans::show(&file, json)?);
+            Ok(0)
+        }
+        Command::Orphans { action: OrphansAction::Apply { file, lsns, all, dry_run, force } } => {
+            let options = crate::orphans::ApplyOptions { lsns, all, dry_run, force };
+            print!("{}", crate::orphans::apply(&load_pair()?, &file, &options)?);
+            Ok(0)
+        }
         Command::Certs { action: CertsAction::Rotate { nodes, admin, ca, ca_key } } => {
             let options = crate::certs::RotateOptions { nodes, admin, ca, ca_key };
             print!("{}", crate::certs::rotate(&load_pair()?, &options)?);

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod meta;
 pub mod node;
 pub mod orchestrator;
+pub mod orphans;
 pub mod pipeline;
 pub mod replication;
 pub mod resp;
