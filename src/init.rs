@@ -27,8 +27,8 @@
 //! ## Caveats
 //! - `tls/ca.key` can mint identities for this cluster: keep it offline once the pair is set
 //!   up. Nothing in a running pair needs it.
-//! - Certificates are valid from yesterday (clock skew) for ten years (the CA for twenty); there
-//!   is no rotation command yet.
+//! - Certificates are valid from yesterday (clock skew) for ten years (the CA for twenty);
+//!   `hotpair certs rotate` (`crate::certs`) renews them with `ca.key`.
 //! - The node names become directory names in `DIR` and DNS labels; `tls` is reserved.
 
 use std::fmt::Write as _;
