@@ -563,7 +563,7 @@ impl Progress {
         self.pairs += count;
         self.bytes += bytes;
         if self.due() {
-            let percent = if self.total_keys > 0 { self.pairs * 100 / self.total_keys } else { 100 };
+            let percent = (self.pairs * 100).checked_div(self.total_keys).unwrap_or(100);
             eprintln!(
                 "  backup of {}: store {} of ~{} keys ({percent}%), {:.1} MB, {:.1} s",
                 self.node,

@@ -344,11 +344,14 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some(Stamp { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() })
 }
 
+/// The files' stamps when a value was loaded from them, and the value.
+type Loaded<T> = Option<(Vec<Option<Stamp>>, Arc<T>)>;
+
 /// A value loaded from files, loaded again whenever one of them changes on disk.
 #[derive(Debug)]
 struct Reloading<T> {
     files: Vec<PathBuf>,
-    state: std::sync::Mutex<Option<(Vec<Option<Stamp>>, Arc<T>)>>,
+    state: std::sync::Mutex<Loaded<T>>,
 }
 
 impl<T> Reloading<T> {

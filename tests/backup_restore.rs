@@ -367,3 +367,77 @@ fn a_damaged_or_insufficient_backup_is_refused_and_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not a finished hotpair backup"), "{}", stderr(&out));
 }
+
+#[test]
+fn archived_segments_or_a_backup_with_its_journal_reach_back_before_the_backup() {
+    let mut pair = Pair::start(SyncLevel::Durable);
+    {
+        let mut a = pair.redis(common::PRIMARY);
+        for i in 0..20 {
+            let () = a.set(format!("early:{i}"), i).unwrap();
+        }
+    }
+    let early = pair.wait_caught_up();
+    pair.hotpair_ok(&["replicate", "reopen-log", common::PRIMARY]);
+    {
+        let mut a = pair.redis(common::PRIMARY);
+        for i in 0..20 {
+            let () = a.set(format!("late:{i}"), i).unwrap();
+        }
+    }
+    pair.wait_caught_up();
+    let backups = tempfile::tempdir().unwrap();
+    let (plain, whole) = (backups.path().join("plain"), backups.path().join("whole"));
+    pair.hotpair_ok(&["backup", common::PRIMARY, "--out", plain.to_str().unwrap()]);
+    pair.hotpair_ok(&["backup", common::PRIMARY, "--out", whole.to_str().unwrap(), "--journal-from", "1"]);
+    pair.stop(common::PRIMARY);
+    pair.stop(common::BACKUP);
+
+    // Trim a's local journal below the late writes into an archive, as `Journal::trim_below`
+    // does with an archive directory.
+    let a_dir = pair.node_dir(common::PRIMARY);
+    let archive = backups.path().join("archive");
+    {
+        let identity = hotpair::journal::JournalIdentity {
+            cluster: *pair.config.cluster.as_bytes(),
+            node: common::PRIMARY.into(),
+            kind: hotpair::journal::JournalKind::Local,
+        };
+        let options = hotpair::journal::JournalOptions { archive_dir: Some(archive.clone()), ..Default::default() };
+        let (journal, _) = hotpair::journal::Journal::open(&a_dir.join("journal/local"), identity, options).unwrap();
+        assert!(!journal.trim_below(early + 1).unwrap().is_empty(), "a closed segment was archived");
+    }
+    let expected: BTreeMap<String, Option<String>> =
+        (0..20).flat_map(|i| [(format!("early:{i}"), Some(i.to_string())), (format!("late:{i}"), None)]).collect();
+
+    // The plain backup and a's trimmed journals do not reach back: refused, named.
+    let nodes = format!("a=127.0.0.1:{},b=127.0.0.1:{}", free_control_port(), free_control_port());
+    let target = backups.path().join("refused");
+    let out = hotpair(&[
+        "restore",
+        plain.to_str().unwrap(),
+        "--dir",
+        target.to_str().unwrap(),
+        "--nodes",
+        &nodes,
+        "--to-lsn",
+        &early.to_string(),
+        "--journal",
+        a_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("journals from LSN 1"), "{}", stderr(&out));
+
+    // With the archive they do; and a backup taken with --journal-from 1 does on its own.
+    for (backup, extra) in
+        [(&plain, vec!["--journal", archive.to_str().unwrap(), "--journal", a_dir.to_str().unwrap()]), (&whole, vec![])]
+    {
+        let mut args = vec!["--to-lsn".to_string(), early.to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (keep, pair_file, outcome) = restore(backup, &args);
+        assert_eq!((outcome["lsn"].as_u64(), outcome["from"].as_str()), (Some(early), Some("empty")), "{outcome}");
+        let restored = Pair::start_existing(keep, pair_file);
+        assert_state(&restored, "a", &expected, "restored before the backup");
+    }
+}

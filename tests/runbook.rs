@@ -71,7 +71,10 @@ impl Session {
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::create_dir(dir.path().join("pids")).unwrap();
         let session = Session { pair_file: dir.path().join("pair/pair.toml"), dir, blocks: blocks() };
-        session.shell("start_node a; start_node b; until hotpair switchover --dry-run >/dev/null 2>&1; do sleep 0.1; done", &[]);
+        session.shell(
+            "start_node a; start_node b; until hotpair switchover --dry-run >/dev/null 2>&1; do sleep 0.1; done",
+            &[],
+        );
         session
     }
 
@@ -97,13 +100,19 @@ impl Session {
             .output()
             .expect("run bash");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "script failed ({}):\n{script}\n----- output -----\n{text}\n{}", out.status, self.logs());
+        assert!(
+            out.status.success(),
+            "script failed ({}):\n{script}\n----- output -----\n{text}\n{}",
+            out.status,
+            self.logs()
+        );
         text
     }
 
     /// Runs the runbook block `name` as written.
     fn run(&self, name: &str, vars: &[(&str, String)]) -> String {
-        let block = self.blocks.get(name).unwrap_or_else(|| panic!("docs/runbook.md has no `# runbook-test: {name}` block"));
+        let block =
+            self.blocks.get(name).unwrap_or_else(|| panic!("docs/runbook.md has no `# runbook-test: {name}` block"));
         self.shell(block, vars)
     }
 
@@ -247,7 +256,12 @@ fn orphans_procedure_runs_as_written() {
     }
     let out = session.shell("stop_node a KILL; hotpair failover --to b; start_node a; hotpair rejoin a", &[]);
     assert!(out.contains("2 orphaned transaction(s)"), "{out}");
-    let orphans = std::fs::read_dir(session.config().node("a").unwrap().dir.join("orphans")).unwrap().next().unwrap().unwrap().path();
+    let orphans = std::fs::read_dir(session.config().node("a").unwrap().dir.join("orphans"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let out = session.run("orphans", &[("ORPHANS", orphans.display().to_string())]);
     assert!(out.contains("would send") && out.contains("applied 2 transaction(s) as new writes on b"), "{out}");
     let mut b = session.redis("b");
@@ -264,7 +278,10 @@ fn upgrade_procedure_runs_as_written() {
         let () = a.set("before-upgrade", "1").unwrap();
     }
     let out = session.run("upgrade", &[("BACKUPS", backups.display().to_string())]);
-    assert!(out.contains("switchover done") && out.contains("switchback done") && out.contains("full scans match"), "{out}");
+    assert!(
+        out.contains("switchover done") && out.contains("switchback done") && out.contains("full scans match"),
+        "{out}"
+    );
     assert!(backups.join("before-upgrade").join("manifest.json").is_file());
     let () = session.redis("a").set("after-upgrade", "1").expect("a is primary again and takes writes");
     assert_eq!(get(&mut session.redis("b"), "before-upgrade").as_deref(), Some("1"));
