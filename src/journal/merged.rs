@@ -237,13 +237,7 @@ mod tests {
 
     fn txn(lsn: Lsn, epoch: Epoch, value: &str) -> Record {
         let op = Op { key: b"k".to_vec(), before: None, after: Some(value.as_bytes().to_vec()) };
-        Record {
-            lsn,
-            epoch,
-            timestamp_ms: lsn * 10,
-            digest_after: Digest::EMPTY,
-            body: RecordBody::Txn { ops: vec![op] },
-        }
+        Record { lsn, epoch, timestamp_ms: lsn * 10, digest_after: Digest::EMPTY, body: RecordBody::txn(vec![op]) }
     }
 
     fn start(lsn: Lsn, epoch: Epoch, primary: &str) -> Record {
