@@ -246,7 +246,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
         let torn: u64 = reports.iter().map(|r| r.torn_tail_bytes).sum();
         damaged |= !problems.is_empty();
         text.push_str(&format!(
-            "{label} journal ({}): {} segment(s), {records} records, LSN {}..{}{}\n",
+            "{label} journal ({}): {} segments, {records} records, LSN {}..{}{}\n",
             dir.display(),
             reports.len(),
             opt(first),

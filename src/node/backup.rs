@@ -138,7 +138,19 @@ async fn send_scan<S: AsyncWrite + Unpin>(node: &Arc<Node>, stream: &mut S) -> R
         let mut after: Option<Vec<u8>> = None;
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let mut applied = store.position().applied_lsn;
         loop {
+            // A store that goes backwards is being rewound (a rejoin): the copy would mix the
+            // tail it undoes with what follows. Sampled per slice; `restore`'s digest check at
+            // the consistent point catches a rewind that fell between two samples.
+            let now = store.position().applied_lsn;
+            if now < applied {
+                let _ = tx.blocking_send(Err(format!(
+                    "the store went back from LSN {applied} to {now} during the scan (a rejoin rewound it); run the backup again"
+                )));
+                return;
+            }
+            applied = now;
             let slice = match store.scan_after(after.as_deref(), SCAN_SLICE) {
                 Ok(slice) => slice,
                 Err(err) => {
