@@ -234,7 +234,13 @@ fn certificate_rotation_procedures_run_as_written() {
     let out = session.run("rotate-ca", &[]);
     assert!(out.contains("only the new CA") && out.contains("digests equal"), "{out}");
     let () = session.redis("a").set("after-ca-rotation", "1").expect("b follows with the new CA's certificate");
-    assert_eq!(get(&mut session.redis("b"), "after-ca-rotation").as_deref(), Some("1"));
+    // Durable on b when acknowledged; applied there a moment later.
+    let mut b = session.redis("b");
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while get(&mut b, "after-ca-rotation").is_none() {
+        assert!(std::time::Instant::now() < deadline, "b never applied the write made after the CA rotation");
+        std::thread::sleep(common::POLL);
+    }
 }
 
 #[test]
