@@ -166,7 +166,7 @@ fn backup_and_recovery_from_a_logical_mistake_run_as_written() {
     let out = session.run("backup", &[("BACKUPS", backups.display().to_string())]);
     assert!(out.contains("backup of b") && out.contains("verify: ok"), "{out}");
     // More good writes after the backup (the restore rolls forward over them), then the
-    // mistake: a bad deploy deletes half the keys and overwrites others.
+    // mistake: a FLUSHDB, and the application writing on into the empty database.
     {
         let mut a = session.redis("a");
         for key in &keys[100..] {
@@ -179,10 +179,10 @@ fn backup_and_recovery_from_a_logical_mistake_run_as_written() {
     }
     {
         let mut a = session.redis("a");
-        let _: i64 = a.del(&keys[..120]).unwrap();
-        for key in &keys[120..] {
-            let () = a.set(key, "BROKEN").unwrap();
-        }
+        let () = redis::cmd("FLUSHDB").query(&mut a).unwrap();
+        let () = a.set("written-after-the-flush", "kept").unwrap();
+        let size: i64 = redis::cmd("DBSIZE").query(&mut a).unwrap();
+        assert_eq!(size, 1);
     }
     let restored_parent = tempfile::tempdir().unwrap();
     let restored = restored_parent.path().join("restored");
@@ -218,6 +218,8 @@ fn backup_and_recovery_from_a_logical_mistake_run_as_written() {
     for key in &keys {
         assert_eq!(get(&mut live, key), Some(format!("{key} v1")), "{key} put back");
     }
+    assert_eq!(get(&mut live, "written-after-the-flush").as_deref(), Some("kept"));
+    assert_eq!(get(&mut r, "written-after-the-flush"), None, "the restored pair is as of before the mistake");
 }
 
 #[test]
