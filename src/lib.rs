@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod applier;
+pub mod backup;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -23,10 +25,12 @@ pub mod keyspace;
 pub mod meta;
 pub mod node;
 pub mod orchestrator;
+pub mod orphans;
 pub mod pipeline;
 pub mod protocol;
 pub mod replication;
 pub mod resp;
+pub mod restore;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -27,6 +27,7 @@
 
 mod apply;
 pub mod backend;
+mod backup;
 mod control;
 pub mod disk;
 mod expiry;
