@@ -66,6 +66,19 @@ pub struct Position {
     pub key_count: u64,
 }
 
+/// Where [`Store::apply_many_reading`] takes a key's value before an op, for the digest, the
+/// key count and the expiry count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// From sled: the store's own values, so a store that disagrees with the record's images
+    /// shows as a digest mismatch. Every applier but the primary's.
+    Stored,
+    /// From the op's before-image, without reading sled. Only for records whose images were
+    /// read from this very store by its only writer: the primary's own commits (see
+    /// `pipeline`, "The primary's applier trusts its own reads").
+    FromRecord,
+}
+
 /// What `apply` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -266,6 +279,11 @@ impl Store {
     ///
     /// An empty run, or one made only of already-applied records, writes nothing.
     pub fn apply_many(&self, records: &[Record]) -> Result<AppliedRun, StoreError> {
+        self.apply_many_reading(records, Before::Stored)
+    }
+
+    /// [`Store::apply_many`], taking each key's current value from where `before` says.
+    pub fn apply_many_reading(&self, records: &[Record], before: Before) -> Result<AppliedRun, StoreError> {
         let mut position = self.lock_writer();
         let start = *position;
         let mut next = start;
@@ -301,9 +319,10 @@ impl Store {
                     let key = op.key.as_slice();
                     let after = op.after.as_deref();
                     let from_sled;
-                    let current = match overlay.get(key) {
-                        Some(&value) => value,
-                        None => {
+                    let current = match (before, overlay.get(key)) {
+                        (Before::FromRecord, _) => op.before.as_deref(),
+                        (Before::Stored, Some(&value)) => value,
+                        (Before::Stored, None) => {
                             from_sled = self.db.get(data_key(key)).map_err(|e| self.err(e))?;
                             from_sled.as_deref()
                         }
@@ -317,7 +336,9 @@ impl Store {
                     }
                     // Into the overlay at once, so that later ops of this record read it. On a
                     // mismatch the run stops, so a refused record's entries are never read.
-                    overlay.insert(key, after);
+                    if before == Before::Stored {
+                        overlay.insert(key, after);
+                    }
                     pending.push((key, after));
                 }
             }

@@ -9,7 +9,9 @@
 //! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
 //! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
 //!   stops receiving, until space returns;
-//! - as primary, active expiry (`expiry`): expired keys are deleted through the journal.
+//! - as primary, active expiry (`expiry`): expired keys are deleted through the journal;
+//! - once, after start, the check of the closed journal segments an open no longer reads
+//!   (`journal_check`).
 //!
 //! ## Invariants
 //! - A restarted primary takes no writes until its peer has said (in its hello) that it has not
@@ -26,6 +28,7 @@ mod control;
 pub mod disk;
 mod expiry;
 pub(crate) mod follow;
+mod journal_check;
 pub mod metrics;
 mod monitor;
 pub mod primitives;
@@ -816,6 +819,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     }
     tasks.spawn(disk::run(node.clone()));
     tasks.spawn(expiry::run(node.clone()));
+    journal_check::start(node.clone());
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {
