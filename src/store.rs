@@ -42,6 +42,9 @@ const META_KEY_COUNT: &[u8] = b"mkey_count";
 /// Keys with an expiry and the sum of their deadlines (u64 count ‖ u128 sum of ms), for
 /// `INFO keyspace`. A store written before it existed gets it by one scan at open.
 const META_EXPIRING: &[u8] = b"mexpiring";
+/// A full copy into this store is under way ([`CopyCheckpoint`], JSON): written with every
+/// batch of copied pairs and redo records, removed when the copy is checked and done.
+const META_COPY: &[u8] = b"mcopy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,6 +125,60 @@ pub struct Store {
     /// Keys with an expiry (expired or not) and the sum of their deadlines, as of the last
     /// batch; written with the batch, under `writer`.
     expiring: RwLock<Expiring>,
+}
+
+/// Where a full copy into this store stands, saved in the same sled batch as the pairs and
+/// records it counts, so that a copy cut off (either node killed, the link lost) resumes
+/// where it stopped instead of starting over (`node::copy`, "Resuming").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyCheckpoint {
+    /// The sender's applied LSN when its first scan began: every pair copied reflects the
+    /// sender's store at that LSN or later, so the records after it are redone on top.
+    pub from_lsn: Lsn,
+    /// The last key loaded (pairs arrive in key order); `None` before the first batch.
+    pub after_key: Option<Vec<u8>>,
+    /// The last redo record applied (`from_lsn` until the first). Once a redo record is in,
+    /// keys past `after_key` may exist here, so the scan must not be resumed.
+    pub redo_lsn: Lsn,
+    /// Digest, key count and expiry count of what is stored now (kept up to date with every
+    /// batch from the values actually written and replaced, never from the sender's word).
+    pub digest: Digest,
+    pub key_count: u64,
+    pub expiring_keys: u64,
+    pub expiring_deadline_sum_ms: u128,
+    /// Pairs loaded so far, and how many keys the sender had when the copy began (progress).
+    pub pairs: u64,
+    pub total: u64,
+}
+
+impl CopyCheckpoint {
+    /// A copy from a sender whose applied LSN is `from_lsn` and which holds `total` keys.
+    pub fn new(from_lsn: Lsn, total: u64) -> CopyCheckpoint {
+        CopyCheckpoint {
+            from_lsn,
+            after_key: None,
+            redo_lsn: from_lsn,
+            digest: Digest::EMPTY,
+            key_count: 0,
+            expiring_keys: 0,
+            expiring_deadline_sum_ms: 0,
+            pairs: 0,
+            total,
+        }
+    }
+
+    /// Whether the scan may go on from `after_key` (no redo record applied yet).
+    pub fn scanning(&self) -> bool {
+        self.redo_lsn == self.from_lsn
+    }
+
+    fn expiring(&self) -> Expiring {
+        Expiring { keys: self.expiring_keys, deadline_sum_ms: self.expiring_deadline_sum_ms }
+    }
+
+    fn set_expiring(&mut self, expiring: Expiring) {
+        (self.expiring_keys, self.expiring_deadline_sum_ms) = (expiring.keys, expiring.deadline_sum_ms);
+    }
 }
 
 /// How many stored keys carry an expiry, and the sum of their deadlines in ms (`INFO
@@ -569,6 +626,143 @@ impl Store {
         Ok(())
     }
 
+    /// The position after every batch the writer has finished, waiting for one in flight (unlike
+    /// [`Store::position`]): a value read from the store now was written at or before it.
+    pub fn settled_position(&self) -> Position {
+        *self.lock_writer()
+    }
+
+    /// The full copy under way into this store, if one was cut off (see [`CopyCheckpoint`]).
+    pub fn copy_checkpoint(&self) -> Result<Option<CopyCheckpoint>, StoreError> {
+        match self.db.get(META_COPY).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| self.bad_meta(META_COPY)),
+        }
+    }
+
+    /// Full copy, receiving side: empties the store and records `checkpoint` (a fresh copy).
+    pub fn begin_copy(&self, checkpoint: &CopyCheckpoint) -> Result<(), StoreError> {
+        let mut writer = self.lock_writer();
+        self.db.clear().map_err(|e| self.err(e))?;
+        self.db.insert(META_COPY, copy_bytes(checkpoint)).map_err(|e| self.err(e))?;
+        self.set_expiring(Expiring::default());
+        self.publish(&mut writer, Position { applied_lsn: 0, digest: Digest::EMPTY, key_count: 0 });
+        Ok(())
+    }
+
+    /// Full copy, receiving side: stores a batch of copied pairs, which must follow
+    /// `checkpoint.after_key` in key order (so none of them is stored yet: no lookups, no
+    /// before-images), in one sled batch with the checkpoint brought up to date.
+    pub fn load_copy(&self, pairs: &[StoredPair], checkpoint: &mut CopyCheckpoint) -> Result<(), String> {
+        if !checkpoint.scanning() {
+            return Err("copied pairs arrived after the redo records began".into());
+        }
+        let mut next = checkpoint.clone();
+        let mut expiring = next.expiring();
+        let mut batch = sled::Batch::default();
+        for (key, value) in pairs {
+            if next.after_key.as_deref().is_some_and(|last| key.as_slice() <= last) {
+                return Err(format!("copied pairs out of key order at {}", String::from_utf8_lossy(key)));
+            }
+            batch.insert(data_key(key), value.as_slice());
+            next.digest = next.digest.with_pair(key, value);
+            expiring = expiring.updated(None, Some(value));
+            next.key_count += 1;
+            next.pairs += 1;
+            next.after_key = Some(key.clone());
+        }
+        next.set_expiring(expiring);
+        batch.insert(META_COPY, copy_bytes(&next));
+        let _writer = self.lock_writer();
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        *checkpoint = next;
+        Ok(())
+    }
+
+    /// Full copy, receiving side: redoes the sender's records written while it scanned (after
+    /// `checkpoint.redo_lsn`, in LSN order without a gap) with their after-images, updating
+    /// the checkpoint's digest from the values actually replaced. Their own digests are not
+    /// checked: until the last of them the store mixes pairs read at different LSNs.
+    pub fn redo_copy(&self, records: &[Record], checkpoint: &mut CopyCheckpoint) -> Result<(), String> {
+        let mut next = checkpoint.clone();
+        let mut expiring = next.expiring();
+        let mut overlay: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+        let mut batch = sled::Batch::default();
+        for record in records.iter().filter(|r| r.lsn > checkpoint.redo_lsn) {
+            if record.lsn != next.redo_lsn + 1 {
+                return Err(format!("redo record {} does not follow {}", record.lsn, next.redo_lsn));
+            }
+            if let RecordBody::Txn { ops, .. } = &record.body {
+                for op in ops {
+                    let (key, after) = (op.key.as_slice(), op.after.as_deref());
+                    let from_sled;
+                    let current = match overlay.get(key) {
+                        Some(&value) => value,
+                        None => {
+                            from_sled = self.db.get(data_key(key)).map_err(|e| self.err(e).to_string())?;
+                            from_sled.as_deref()
+                        }
+                    };
+                    next.digest = next.digest.updated(key, current, after);
+                    expiring = expiring.updated(current, after);
+                    match (current.is_some(), after.is_some()) {
+                        (false, true) => next.key_count += 1,
+                        (true, false) => next.key_count -= 1,
+                        _ => {}
+                    }
+                    match after {
+                        Some(value) => batch.insert(data_key(key), value),
+                        None => batch.remove(data_key(key)),
+                    }
+                    overlay.insert(key, after);
+                }
+            }
+            next.redo_lsn = record.lsn;
+        }
+        if next.redo_lsn == checkpoint.redo_lsn {
+            return Ok(());
+        }
+        next.set_expiring(expiring);
+        batch.insert(META_COPY, copy_bytes(&next));
+        let _writer = self.lock_writer();
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        *checkpoint = next;
+        Ok(())
+    }
+
+    /// Full copy, receiving side: once every pair and every redo record up to
+    /// `expected.applied_lsn` is in, refuses unless what is stored has the sender's digest and
+    /// key count there; then records that position (and flushes) and forgets the checkpoint,
+    /// so that catch-up continues at its next LSN.
+    pub fn finish_copy(&self, checkpoint: &CopyCheckpoint, expected: Position) -> Result<(), String> {
+        if checkpoint.redo_lsn != expected.applied_lsn
+            || checkpoint.digest != expected.digest
+            || checkpoint.key_count != expected.key_count
+        {
+            return Err(format!(
+                "the copy does not match the primary at LSN {}: {} keys with digest {} at LSN {}, expected {} keys with digest {}",
+                expected.applied_lsn,
+                checkpoint.key_count,
+                checkpoint.digest,
+                checkpoint.redo_lsn,
+                expected.key_count,
+                expected.digest
+            ));
+        }
+        let mut writer = self.lock_writer();
+        let mut batch = sled::Batch::default();
+        batch.insert(META_APPLIED_LSN, &expected.applied_lsn.to_le_bytes());
+        batch.insert(META_DIGEST, &expected.digest.to_le_bytes());
+        batch.insert(META_KEY_COUNT, &expected.key_count.to_le_bytes());
+        batch.insert(META_EXPIRING, &checkpoint.expiring().to_bytes());
+        batch.remove(META_COPY);
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        self.db.flush().map_err(|e| self.err(e).to_string())?;
+        self.set_expiring(checkpoint.expiring());
+        self.publish(&mut writer, expected);
+        Ok(())
+    }
+
     /// Makes everything applied so far durable in sled.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))
@@ -612,6 +806,11 @@ impl Store {
     fn bad_meta(&self, key: &[u8]) -> StoreError {
         StoreError::BadMeta { path: self.path.clone(), key: String::from_utf8_lossy(&key[1..]).into_owned() }
     }
+}
+
+fn copy_bytes(checkpoint: &CopyCheckpoint) -> Vec<u8> {
+    // A struct of plain fields: serializing it cannot fail.
+    serde_json::to_vec(checkpoint).unwrap_or_default()
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {

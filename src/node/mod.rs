@@ -25,6 +25,7 @@
 
 pub mod backend;
 mod control;
+mod copy;
 pub mod disk;
 mod expiry;
 pub(crate) mod follow;
@@ -195,6 +196,14 @@ impl Node {
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
+        if let Some(cut_off) = node.store.copy_checkpoint()? {
+            tracing::warn!(
+                pairs = cut_off.pairs,
+                total = cut_off.total,
+                "a full copy into this node was cut off; `hotpair rejoin {name} --allow-full-copy` resumes it"
+            );
+            node.copy_progress.send_replace(Some((cut_off.pairs, cut_off.total)));
+        }
         let replayed = node.replay(node.startup_replay_bound(role))?;
         tracing::info!(
             node = name,
@@ -749,6 +758,10 @@ pub const SIMULATED_FSYNC_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_FSYNC_DELAY
 /// Tests only: a delay the local journal's flusher waits before each write, so that a test can
 /// kill a primary whose records were shipped (from memory) but never written (docs/operations.md).
 pub const SIMULATED_WRITE_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_WRITE_DELAY";
+
+/// Tests only: a delay a node receiving a full copy waits before writing each batch, so that a
+/// test can kill either node in the middle of a copy (`copy`, "Resuming").
+pub const SIMULATED_COPY_DELAY_ENV: &str = "HOTPAIR_SIMULATED_COPY_DELAY";
 
 fn simulated_delay(variable: &str) -> Result<Option<Duration>, Error> {
     match std::env::var(variable) {

@@ -352,6 +352,13 @@ async fn rejoin(
         return Ok(plan);
     }
     let needs_from = divergence + 1;
+    if !full_copy && node.store.copy_checkpoint().map_err(|e| e.to_string())?.is_some() {
+        return Err(format!(
+            "a full copy into {} was cut off before it ended; run `hotpair rejoin {} --allow-full-copy` to resume it",
+            node.name(),
+            node.name()
+        ));
+    }
     if plan["shippable"] != true && !full_copy {
         return Err(format!(
             "the primary's journals start at LSN {}, but {} needs them from LSN {needs_from}: a full copy is needed (--allow-full-copy)",
@@ -517,9 +524,10 @@ fn orphaned_tail(node: &Node, divergence: Lsn) -> Result<Vec<Record>, String> {
 }
 
 /// Rejoin by full copy (only when the admin allowed it): save what orphans the journals still
-/// hold, empty journals and store, receive the primary's store at one position over the control
-/// port, check it against the primary's digest, and adopt the primary's history. Catch-up then
-/// continues from the copy's LSN as a backup. The primary keeps taking writes meanwhile.
+/// hold, empty journals and store, receive the primary's store over the control port (`copy`:
+/// checked against the primary's digest, resumed if an earlier attempt was cut off), and adopt
+/// the primary's history. Catch-up then continues from the copy's LSN as a backup. The primary
+/// keeps taking writes meanwhile.
 async fn copy_in(
     node: &Arc<Node>,
     op_id: Uuid,
@@ -529,6 +537,11 @@ async fn copy_in(
     let file = blocking(|| -> Result<Option<String>, String> {
         node.stop_pipeline().map_err(|e| format!("stopping the pipeline: {e}"))?;
         node.stop_applier().map_err(|e| format!("stopping the applier: {e}"))?;
+        if node.store.copy_checkpoint().map_err(|e| e.to_string())?.is_some() {
+            // A copy cut off earlier: its first attempt saved the orphans and emptied the
+            // journals; what the store holds is the copy so far, which resumes.
+            return Ok(None);
+        }
         let orphans = orphaned_tail(node, divergence).unwrap_or_else(|reason| {
             tracing::warn!(%reason, "full copy: the orphaned tail cannot be read whole; saving none of it");
             Vec::new()
@@ -544,52 +557,7 @@ async fn copy_in(
         node.store.clear().map_err(|e| format!("emptying the store: {e}"))?;
         Ok(file)
     })?;
-    let connector = tokio_rustls::TlsConnector::from(
-        crate::tls::node_client_config(&node.pair, node.name()).map_err(|e| e.to_string())?,
-    );
-    let mut stream = super::follow::connect(node, &connector).await.map_err(|e| format!("full copy: {e}"))?;
-    let meta = node.meta();
-    let request = crate::wire::Message::CopyRequest { cluster: node.pair.cluster, incarnation: meta.incarnation };
-    let envelope = crate::wire::Envelope { from: node.name().to_string(), epoch: meta.epoch, message: request };
-    wire::write_frame(&mut stream, &wire::Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
-    let mut expected = None;
-    let mut received = 0u64;
-    let started = std::time::Instant::now();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), wire::read_frame(&mut stream))
-            .await
-            .map_err(|_| "full copy: the primary sent nothing for 30s".to_string())?
-            .map_err(|e| format!("full copy: {e}"))?;
-        match frame {
-            Some(wire::Frame::Message(crate::wire::Envelope { message, .. })) => match message {
-                crate::wire::Message::CopyBegin { position, .. } => {
-                    node.copy_progress.send_replace(Some((0, position.key_count)));
-                    expected = Some(position);
-                }
-                crate::wire::Message::CopyEnd { .. } => break,
-                crate::wire::Message::Refused { reason, .. } => return Err(format!("full copy refused: {reason}")),
-                other => return Err(format!("full copy: unexpected message {other:?}")),
-            },
-            Some(wire::Frame::Copy(bytes)) => {
-                let pairs = wire::decode_pairs(&bytes).map_err(|e| format!("full copy: {e}"))?;
-                blocking(|| node.store.load(&pairs)).map_err(|e| format!("full copy: {e}"))?;
-                received += pairs.len() as u64;
-                let total = expected.map_or(0, |p| p.key_count);
-                node.copy_progress.send_replace(Some((received, total)));
-            }
-            Some(other) => return Err(format!("full copy: unexpected frame {other:?}")),
-            None => return Err("full copy: the primary closed the connection before the end".into()),
-        }
-    }
-    let expected = expected.ok_or("full copy: the primary never said which position it sends")?;
-    blocking(|| node.store.finish_load(expected))?;
-    node.copy_progress.send_replace(None);
-    tracing::info!(
-        pairs = received,
-        lsn = expected.applied_lsn,
-        ms = started.elapsed().as_millis() as u64,
-        "full copy received and checked"
-    );
+    super::copy::receive(node).await?;
     adopt_primary(node, primary)?;
     Ok((file, 0))
 }
@@ -697,7 +665,7 @@ async fn verify(node: &Arc<Node>, lsn: Lsn, full: bool, timeout: Duration) -> Re
 
 /// The lowest LSN this node could ship from: the start of the pair's history that is still in
 /// its journals, following the history's epochs from the newest back.
-fn first_available(node: &Node) -> Result<Lsn, String> {
+pub(super) fn first_available(node: &Node) -> Result<Lsn, String> {
     let meta = node.meta();
     let mut first = node.last_lsn() + 1;
     for entry in meta.history.iter().rev() {
