@@ -1000,6 +1000,79 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A full copy as `node::copy` makes it: the sender is scanned a few keys at a time
+        /// while records keep being applied to it, the receiver is killed and reopened (its
+        /// checkpoint read back) at some point, then redoes the records written since the scan
+        /// began. It ends with the sender's data, digest, key count and expiry count.
+        #[test]
+        fn a_copy_scanned_under_writes_and_redone_equals_the_sender(
+            steps in arb_steps(),
+            before_scan in any::<proptest::sample::Index>(),
+            step_keys in 1usize..4,
+            writes_per_step in proptest::collection::vec(0usize..3, 1..20),
+            kill_at in proptest::option::of(0usize..10),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let reference = Store::open(&dir.path().join("reference")).unwrap();
+            let records: Vec<Record> = history(&reference, steps).into_iter().map(|(r, _, _)| r).collect();
+            let sender = Store::open(&dir.path().join("sender")).unwrap();
+            let mut applied = before_scan.index(records.len() + 1);
+            sender.apply_many(&records[..applied]).unwrap();
+            let start = sender.settled_position();
+            let receiver_path = dir.path().join("receiver");
+            let mut receiver = Store::open(&receiver_path).unwrap();
+            let mut checkpoint = CopyCheckpoint::new(start.applied_lsn, start.key_count);
+            receiver.begin_copy(&checkpoint).unwrap();
+            let mut writes = writes_per_step.iter().cycle();
+            for step in 0.. {
+                let pairs = sender.scan_after(checkpoint.after_key.as_deref(), step_keys).unwrap();
+                receiver.load_copy(&pairs, &mut checkpoint).unwrap();
+                let more = (*writes.next().unwrap()).min(records.len() - applied);
+                sender.apply_many(&records[applied..applied + more]).unwrap();
+                applied += more;
+                if kill_at == Some(step) {
+                    receiver.flush().unwrap();
+                    drop(receiver);
+                    receiver = reopen_after_drop(&receiver_path);
+                    checkpoint = receiver.copy_checkpoint().unwrap().expect("the checkpoint survives");
+                }
+                if pairs.len() < step_keys {
+                    break;
+                }
+            }
+            sender.apply_many(&records[applied..]).unwrap();
+            let end = sender.settled_position();
+            let redo: Vec<Record> = records.iter().filter(|r| r.lsn > start.applied_lsn).cloned().collect();
+            for chunk in redo.chunks(3) {
+                receiver.redo_copy(chunk, &mut checkpoint).unwrap();
+            }
+            receiver.finish_copy(&checkpoint, end).unwrap();
+            prop_assert_eq!(snapshot(&receiver), snapshot(&sender));
+            prop_assert_eq!(receiver.position(), end);
+            prop_assert_eq!(receiver.expiring(), sender.expiring());
+            prop_assert_eq!(receiver.copy_checkpoint().unwrap(), None);
+            prop_assert_eq!(receiver.full_digest().unwrap(), (end.digest, end.key_count));
+        }
+    }
+
+    #[test]
+    fn a_copy_that_does_not_match_the_sender_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut checkpoint = CopyCheckpoint::new(5, 2);
+        store.begin_copy(&checkpoint).unwrap();
+        store.load_copy(&[(b"a".to_vec(), b"\x001".to_vec())], &mut checkpoint).unwrap();
+        assert!(store.load_copy(&[(b"a".to_vec(), b"\x002".to_vec())], &mut checkpoint).is_err(), "out of key order");
+        let claimed = Position { applied_lsn: 5, digest: checkpoint.digest, key_count: 2 };
+        let err = store.finish_copy(&checkpoint, claimed).unwrap_err();
+        assert!(err.contains("does not match the primary at LSN 5"), "{err}");
+        assert_eq!(store.position().applied_lsn, 0, "a refused copy claims no position");
+        assert!(store.copy_checkpoint().unwrap().is_some(), "and stays resumable");
+    }
+
     #[test]
     fn apply_many_refuses_a_gap_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();

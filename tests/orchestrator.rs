@@ -944,8 +944,10 @@ fn rejoin_rebuilt_backup(pair: &mut Pair, a: &mut redis::Connection) {
 // ---------------------------------------------------------------------------------------------
 // A full copy cut off by a SIGKILL resumes where it stopped.
 
-/// Keys of a [`FILL_VALUE_BYTES`]-byte value each: about 40 MB, ten copy batches.
-const FILL_KEYS: usize = 40_000;
+/// Keys of a [`FILL_VALUE_BYTES`]-byte value each: about 60 MB, fifteen copy batches — more than
+/// can be in flight (socket buffers, the receiver's queue) when a test cuts the copy at a
+/// quarter, so that killing the sender then leaves the copy unfinished.
+const FILL_KEYS: usize = 60_000;
 const FILL_VALUE_BYTES: usize = 1000;
 
 /// a holds FILL_KEYS keys `fill-i`, only in its store (its journal keeps only the records since)
@@ -979,8 +981,10 @@ fn a_copy_under_way(pair: &mut Pair) -> (Child, Load) {
     let rejoin = spawn_cli(pair, &["rejoin", BACKUP, "--allow-full-copy", "--json"]);
     let total = FILL_KEYS as u64;
     pair.wait_for_node(BACKUP, "b to store part of the copy", |s| {
-        s["full_copy"]["pairs"].as_u64().is_some_and(|done| done > 0 && done < total / 2)
+        s["full_copy"]["pairs"].as_u64().is_some_and(|done| done > 0 && done < total / 4)
     });
+    // a takes writes while it is being copied (they reach b as records redone after the pairs).
+    load.wait_more(5, "writes during the copy");
     (rejoin, load)
 }
 

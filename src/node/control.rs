@@ -150,6 +150,9 @@ where
     })) = &first
     {
         check_hello(&node, from, *epoch, *cluster, *incarnation)?;
+        // The peer names its epoch, not above ours (`check_hello`), as a hello would: a
+        // restarted primary has heard what it waits for, and takes writes during the copy.
+        node.peer_confirmed();
         return super::copy::send(node, stream, resume.clone()).await;
     }
     let Some(Frame::Message(Envelope {

@@ -30,6 +30,10 @@
 //! one), and the sender scans from there and sends every record after `from`. It needs those
 //! records still in its journal; if they are gone, it refuses and the copy starts over.
 //!
+//! A copy request says, like a hello, that the peer is at an epoch not above the sender's
+//! (it is refused otherwise): a primary restarted while its backup is being rebuilt takes that
+//! as the confirmation it waits for before taking writes, and writes go on during the copy.
+//!
 //! ## Invariants
 //! - The receiver's store never claims a position (applied LSN) until the whole copy is in
 //!   and checked; until then a node restarted mid-copy is still rejoining and follows nobody,
