@@ -153,7 +153,8 @@ impl Applier {
                         return;
                     }
                     let confirmed = thread_gate.confirmed.load(Ordering::Acquire);
-                    let result = apply_durable(&journal, &store, &mut queued, confirmed, before, &after_apply, &applied_tx);
+                    let result =
+                        apply_durable(&journal, &store, &mut queued, confirmed, before, &after_apply, &applied_tx);
                     if let Err(reason) = result {
                         tracing::error!(%reason, "the applier stops");
                         *lock(&thread_failure) = Some(reason);

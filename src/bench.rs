@@ -170,7 +170,11 @@ pub(crate) fn in_scratch<T>(
 }
 
 /// Prints a report as JSON or as the table `render` makes of it.
-pub(crate) fn print_report<T: serde::Serialize>(report: &T, json: bool, render: impl Fn(&T) -> String) -> Result<(), Error> {
+pub(crate) fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    render: impl Fn(&T) -> String,
+) -> Result<(), Error> {
     if json {
         let text = serde_json::to_string(report).map_err(|e| Error::Failed(format!("encoding the report: {e}")))?;
         println!("{text}");

@@ -408,6 +408,9 @@ fn a_journal_written_before_seals_is_read_whole_once_and_sealed() {
     assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>());
 }
 
+/// Spoils a seal (first path) or its segment (second path).
+type Spoil = fn(&Path, &Path);
+
 #[test]
 fn a_seal_that_disagrees_with_its_segment_is_not_trusted() {
     let base = tempfile::tempdir().unwrap();
@@ -416,7 +419,7 @@ fn a_seal_that_disagrees_with_its_segment_is_not_trusted() {
     let second = files[1].file_name().unwrap().to_owned();
     // A damaged seal, a seal of another length, and a seal of another segment: each costs a
     // full read of that segment, never a wrong end.
-    let damage: [(&str, fn(&Path, &Path)); 3] = [
+    let damage: [(&str, Spoil); 3] = [
         ("flipped bit in the seal", |seal, _| flip_bit(seal, 20, 1)),
         ("segment longer than sealed", |_, segment| {
             let mut bytes = std::fs::read(segment).unwrap();
@@ -466,7 +469,9 @@ fn a_flipped_bit_in_a_sealed_segment_is_found_by_the_check_and_by_reading_it() {
     assert_eq!(recovery.sealed, segment_files(copy.path()).len() - 1);
     // ... the check finds it, naming the file and the record ...
     match journal.check_sealed() {
-        Err(JournalError::Corrupt { path: found, offset, .. }) => assert_eq!((found, offset), (path.clone(), victim.offset)),
+        Err(JournalError::Corrupt { path: found, offset, .. }) => {
+            assert_eq!((found, offset), (path.clone(), victim.offset))
+        }
         other => panic!("expected Corrupt in {}, got {other:?}", path.display()),
     }
     // ... and so does any reader that reaches it.

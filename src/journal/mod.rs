@@ -40,8 +40,8 @@ pub use format::{JournalKind, SegmentHeader, MAX_RECORD_BODY};
 pub use reader::{inspect, read_dir_from, JournalEntry, JournalReader, SegmentInfo, SegmentReport};
 pub use record::{ClientCommand, Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
 pub use writer::{
-    Gather, Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, SealCheck, CACHE_BEHIND_BYTES,
-    DEFAULT_SEGMENT_BYTES, PREALLOCATE_BYTES,
+    Gather, Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, SealCheck,
+    CACHE_BEHIND_BYTES, DEFAULT_SEGMENT_BYTES, PREALLOCATE_BYTES,
 };
 
 /// Which of a node's two journals holds `lsn`: the local one for the epochs `me` led, the remote

@@ -83,7 +83,13 @@ impl Seal {
         if last != 0 && last < first_lsn {
             return None;
         }
-        Some(Seal { first_lsn, last_lsn: (last != 0).then_some(last), epoch: u64_at(24), bytes: u64_at(32), crc: u32_at(40) })
+        Some(Seal {
+            first_lsn,
+            last_lsn: (last != 0).then_some(last),
+            epoch: u64_at(24),
+            bytes: u64_at(32),
+            crc: u32_at(40),
+        })
     }
 }
 

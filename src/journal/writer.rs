@@ -725,7 +725,8 @@ impl Journal {
                 if seal::read(&seg.path) != Some(sealed) {
                     continue;
                 }
-                let bytes = std::fs::read(&seg.path).map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
+                let bytes =
+                    std::fs::read(&seg.path).map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
                 segment::scan(&seg.path, &bytes, false, |_| Ok(()))?;
                 return Err(JournalError::Corrupt {
                     path: seg.path.clone(),
@@ -1416,7 +1417,8 @@ fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, 
             last_crc = crc;
         } else {
             // A closed segment from before seals existed (or whose seal was lost): seal it now.
-            let sealed = Seal { first_lsn: info.first_lsn, last_lsn: info.last_lsn, epoch: info.epoch, bytes: info.bytes, crc };
+            let sealed =
+                Seal { first_lsn: info.first_lsn, last_lsn: info.last_lsn, epoch: info.epoch, bytes: info.bytes, crc };
             match seal::write(path, &sealed) {
                 Ok(()) => sealed_now = true,
                 Err(err) => tracing::warn!(path = %path.display(), %err, "could not seal a closed journal segment"),

@@ -108,7 +108,9 @@ where
         let scan = tokio::task::spawn_blocking(move || scan(&store, after, |batch| tx.blocking_send(batch).is_ok()));
         while let Some(batch) = rx.recv().await {
             pairs += batch.len() as u64;
-            wire::write_frame(&mut stream, &Frame::Copy(wire::encode_pairs(&batch))).await.map_err(|e| e.to_string())?;
+            wire::write_frame(&mut stream, &Frame::Copy(wire::encode_pairs(&batch)))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         scan.await.map_err(|e| e.to_string())??;
     }
@@ -119,7 +121,14 @@ where
     wire::write_frame(&mut stream, &Frame::Message(envelope(done))).await.map_err(|e| e.to_string())?;
     // The receiver closes once it has the end: closing first could cut frames still in flight.
     let _ = tokio::time::timeout(SILENCE, wire::read_frame(&mut stream)).await;
-    tracing::info!(pairs, records, from, to = end.applied_lsn, ms = started.elapsed().as_millis() as u64, "full copy sent");
+    tracing::info!(
+        pairs,
+        records,
+        from,
+        to = end.applied_lsn,
+        ms = started.elapsed().as_millis() as u64,
+        "full copy sent"
+    );
     Ok(())
 }
 
@@ -253,7 +262,12 @@ async fn attempt(node: &Arc<Node>, checkpoint: Option<CopyCheckpoint>) -> Result
         .map_err(|e| failed(e.to_string()))?
         .map_err(failed)?;
     node.copy_progress.send_replace(None);
-    tracing::info!(lsn = end.applied_lsn, keys = end.key_count, ms = started.elapsed().as_millis() as u64, "full copy received and checked");
+    tracing::info!(
+        lsn = end.applied_lsn,
+        keys = end.key_count,
+        ms = started.elapsed().as_millis() as u64,
+        "full copy received and checked"
+    );
     Ok(())
 }
 
@@ -296,7 +310,12 @@ where
                             fresh
                         }
                     };
-                    tracing::info!(from = checkpoint.from_lsn, keys = position.key_count, resumed_at = checkpoint.pairs, "full copy: receiving");
+                    tracing::info!(
+                        from = checkpoint.from_lsn,
+                        keys = position.key_count,
+                        resumed_at = checkpoint.pairs,
+                        "full copy: receiving"
+                    );
                     node.copy_progress.send_replace(Some((checkpoint.pairs, checkpoint.total)));
                     let (node, rx) = (node.clone(), rx.take().ok_or_else(|| failed("a second copy begin".into()))?);
                     *writer = Some(tokio::task::spawn_blocking(move || write_incoming(&node, checkpoint, rx)));
@@ -304,9 +323,14 @@ where
                 }
                 Message::CopyEnd { position: Some(end), .. } => return Ok(end),
                 Message::CopyEnd { position: None, .. } => {
-                    return Err(failed("the primary runs an older hotpair whose full copy this one cannot check; upgrade it first".into()))
+                    return Err(failed(
+                        "the primary runs an older hotpair whose full copy this one cannot check; upgrade it first"
+                            .into(),
+                    ))
                 }
-                Message::Refused { reason, .. } if reason.contains("start over") => return Err(Retry::FromScratch(reason)),
+                Message::Refused { reason, .. } if reason.contains("start over") => {
+                    return Err(Retry::FromScratch(reason))
+                }
                 Message::Refused { reason, .. } => return Err(failed(format!("refused: {reason}"))),
                 other => return Err(failed(format!("unexpected message {other:?}"))),
             },
