@@ -19,8 +19,9 @@
 //!
 //! ## Layout in sled
 //! One tree. Data keys are stored as `b'd' ‖ key`; bookkeeping as `b'm' ‖ name`
-//! (`applied_lsn`, `digest`, `key_count`, `expiring`, all little-endian). One tree means one `apply_batch`,
-//! which sled makes atomic.
+//! (`applied_lsn`, `digest`, `key_count`, `expiring`, all little-endian; and `copy`, JSON,
+//! only while a full copy into the store is under way: [`CopyCheckpoint`]). One tree means
+//! one `apply_batch`, which sled makes atomic.
 //!
 //! The journal, not sled, provides durability: `apply` does not flush. `flush` is called at
 //! checkpoints and at shutdown.
@@ -554,75 +555,12 @@ impl Store {
         Ok(pairs)
     }
 
-    /// Full copy, sending side: holds off every writer while `send` is given the stored pairs
-    /// in batches of about `batch_bytes`, so that the copy is exactly the store at the position
-    /// returned. On a primary, commits go on meanwhile (journal and overlay); only applying
-    /// them to the store waits. `send` returning `false` stops the copy.
-    pub fn copy_out(
-        &self,
-        batch_bytes: usize,
-        mut send: impl FnMut(Position, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
-    ) -> Result<Position, StoreError> {
-        let writer = self.lock_writer();
-        let position = *writer;
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for item in self.iter() {
-            let (key, value) = item?;
-            bytes += key.len() + value.len();
-            batch.push((key, value));
-            if bytes >= batch_bytes {
-                if !send(position, std::mem::take(&mut batch)) {
-                    return Ok(position);
-                }
-                bytes = 0;
-            }
-        }
-        send(position, batch);
-        Ok(position)
-    }
-
     /// Full copy, receiving side: removes every pair and the bookkeeping (position 0).
     pub fn clear(&self) -> Result<(), StoreError> {
         let mut writer = self.lock_writer();
         self.db.clear().map_err(|e| self.err(e))?;
         self.set_expiring(Expiring::default());
         self.publish(&mut writer, Position { applied_lsn: 0, digest: Digest::EMPTY, key_count: 0 });
-        Ok(())
-    }
-
-    /// Full copy, receiving side: stores copied pairs as they are (no bookkeeping yet).
-    pub fn load(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
-        let _writer = self.lock_writer();
-        let mut batch = sled::Batch::default();
-        for (key, value) in pairs {
-            batch.insert(data_key(key), value.as_slice());
-        }
-        self.db.apply_batch(batch).map_err(|e| self.err(e))
-    }
-
-    /// Full copy, receiving side: after the last pair, recomputes the digest and key count from
-    /// what was stored and refuses unless they equal the sender's `expected` position; then
-    /// records the position (and flushes), so that catch-up continues at its next LSN.
-    pub fn finish_load(&self, expected: Position) -> Result<(), String> {
-        let (digest, keys) = self.full_digest().map_err(|e| e.to_string())?;
-        if digest != expected.digest || keys != expected.key_count {
-            return Err(format!(
-                "the copy does not match the primary at LSN {}: {keys} keys with digest {digest}, expected {} keys with digest {}",
-                expected.applied_lsn, expected.key_count, expected.digest
-            ));
-        }
-        let mut writer = self.lock_writer();
-        let expiring = self.count_expiring().map_err(|e| e.to_string())?;
-        let mut batch = sled::Batch::default();
-        batch.insert(META_APPLIED_LSN, &expected.applied_lsn.to_le_bytes());
-        batch.insert(META_DIGEST, &expected.digest.to_le_bytes());
-        batch.insert(META_KEY_COUNT, &expected.key_count.to_le_bytes());
-        batch.insert(META_EXPIRING, &expiring.to_bytes());
-        self.set_expiring(expiring);
-        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
-        self.db.flush().map_err(|e| self.err(e).to_string())?;
-        self.publish(&mut writer, expected);
         Ok(())
     }
 

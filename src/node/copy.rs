@@ -81,11 +81,21 @@ where
     let from = resume.as_ref().map_or(start.applied_lsn, |r| r.from_lsn);
     if let Some(resume) = &resume {
         let first = super::primitives::first_available(&node)?;
-        if resume.redo_lsn < start.applied_lsn && first > resume.redo_lsn + 1 {
-            let reason = format!(
+        let reason = if resume.from_lsn > start.applied_lsn {
+            // Not this store's past (a failover since?): the pairs held may be from elsewhere.
+            Some(format!(
+                "cannot resume the copy: it began at LSN {}, past this store's {}; start over",
+                resume.from_lsn, start.applied_lsn
+            ))
+        } else if resume.redo_lsn < start.applied_lsn && first > resume.redo_lsn + 1 {
+            Some(format!(
                 "cannot resume the copy: it needs the records after LSN {}, and the journal starts at {first}; start over",
                 resume.redo_lsn
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             let refused = Message::Refused { reason: reason.clone(), last_lsn: None };
             let _ = wire::write_frame(&mut stream, &Frame::Message(envelope(refused))).await;
             return Err(reason);
@@ -257,10 +267,16 @@ async fn attempt(node: &Arc<Node>, checkpoint: Option<CopyCheckpoint>) -> Result
     let end = received?;
     let checkpoint = written.ok_or_else(|| failed("the copy never began".into()))?;
     let store = node.store.clone();
-    tokio::task::spawn_blocking(move || store.finish_copy(&checkpoint, end))
+    let finished = tokio::task::spawn_blocking(move || store.finish_copy(&checkpoint, end))
         .await
-        .map_err(|e| failed(e.to_string()))?
-        .map_err(failed)?;
+        .map_err(|e| failed(e.to_string()))?;
+    if let Err(reason) = finished {
+        // Resuming would only end the same way (pairs from another history, or damage): the
+        // next attempt starts over.
+        node.store.clear().map_err(|e| failed(e.to_string()))?;
+        node.copy_progress.send_replace(None);
+        return Err(failed(format!("{reason}; the copy is discarded: run the rejoin again to start over")));
+    }
     node.copy_progress.send_replace(None);
     tracing::info!(
         lsn = end.applied_lsn,
