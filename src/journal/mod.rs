@@ -26,8 +26,10 @@
 //! - [`seal`]: what a closed segment holds, written beside it, so that an open reads only the
 //!   last segment whole (a restart does not grow with the journal).
 //! - [`reader`]: forward reads across archived and live segments; offline inspection.
+//! - [`merged`]: several journal directories (a node's two, a backup's, archives) read as one history.
 
 pub mod format;
+pub mod merged;
 pub mod reader;
 pub mod record;
 pub mod seal;
@@ -95,6 +97,8 @@ pub enum JournalError {
     Missing { lsn: Lsn },
     #[error("{}: {reason}", path.display())]
     Inspect { path: PathBuf, reason: String },
+    #[error("{reason}")]
+    Merge { reason: String },
     #[error("node name {0:?} must be 1 to 64 bytes")]
     InvalidNodeName(String),
 }

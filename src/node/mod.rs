@@ -24,6 +24,7 @@
 //!   durable, journals are synced and the store flushed before the process exits.
 
 pub mod backend;
+mod backup;
 mod control;
 mod copy;
 pub mod disk;
