@@ -564,6 +564,41 @@ impl Store {
         Ok(())
     }
 
+    /// Restore (`restore`): stores pairs as they are (no bookkeeping yet).
+    pub fn load(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let _writer = self.lock_writer();
+        let mut batch = sled::Batch::default();
+        for (key, value) in pairs {
+            batch.insert(data_key(key), value.as_slice());
+        }
+        self.db.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Restore: after the last pair, recomputes the digest and key count from
+    /// what was stored and refuses unless they equal the sender's `expected` position; then
+    /// records the position (and flushes), so that catch-up continues at its next LSN.
+    pub fn finish_load(&self, expected: Position) -> Result<(), String> {
+        let (digest, keys) = self.full_digest().map_err(|e| e.to_string())?;
+        if digest != expected.digest || keys != expected.key_count {
+            return Err(format!(
+                "the copy does not match the primary at LSN {}: {keys} keys with digest {digest}, expected {} keys with digest {}",
+                expected.applied_lsn, expected.key_count, expected.digest
+            ));
+        }
+        let mut writer = self.lock_writer();
+        let expiring = self.count_expiring().map_err(|e| e.to_string())?;
+        let mut batch = sled::Batch::default();
+        batch.insert(META_APPLIED_LSN, &expected.applied_lsn.to_le_bytes());
+        batch.insert(META_DIGEST, &expected.digest.to_le_bytes());
+        batch.insert(META_KEY_COUNT, &expected.key_count.to_le_bytes());
+        batch.insert(META_EXPIRING, &expiring.to_bytes());
+        self.set_expiring(expiring);
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        self.db.flush().map_err(|e| self.err(e).to_string())?;
+        self.publish(&mut writer, expected);
+        Ok(())
+    }
+
     /// The position after every batch the writer has finished, waiting for one in flight (unlike
     /// [`Store::position`]): a value read from the store now was written at or before it.
     pub fn settled_position(&self) -> Position {
