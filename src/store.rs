@@ -15,7 +15,13 @@
 //! - `position` never waits for a writer: it reads the position of the last batch sled accepted.
 //! - The kept digest always equals [`Store::full_digest`]: both are computed from the values
 //!   actually stored (not from the images in the record), so a store that diverged from its
-//!   primary shows it at the next digest comparison instead of hiding it.
+//!   primary shows it at the next digest comparison instead of hiding it. The one exception is
+//!   [`Before::FromRecord`], for the primary's own records only, whose images *are* this
+//!   store's values as its only writer read them (`pipeline`, "The primary's applier trusts its
+//!   own reads").
+//! - A full copy into the store ([`Store::begin_copy`] … [`Store::finish_copy`]) claims no
+//!   applied LSN until its digest and key count, kept from the values written and replaced,
+//!   equal the sender's; until then its checkpoint is saved with every batch.
 //!
 //! ## Layout in sled
 //! One tree. Data keys are stored as `b'd' ‖ key`; bookkeeping as `b'm' ‖ name`

@@ -1389,3 +1389,21 @@ fn sync_now_waits_for_an_fsync_in_flight_instead_of_starting_a_second() {
     waiter.join().unwrap().unwrap();
     assert_eq!(journal.stats().fsyncs, 1, "two fsyncs of the same records");
 }
+
+#[test]
+fn bench_store_reports_its_costs_and_refuses_zero_sizes() {
+    // `hotpair bench store` at a tiny size: it exits 0 with every measurement (it checks the
+    // reopened store holds every key itself), and refuses --keys 0 as a usage error.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let out = hotpair(&["bench", "store", "--keys", "2000", "--ops", "500", "--json", "--dir", dir_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for field in ["load", "get", "apply_reading_sled", "apply_from_images"] {
+        assert!(report[field]["cpu_us"].as_f64().is_some_and(|us| us > 0.0), "{field}: {report}");
+    }
+    assert_eq!(report["keys"], 2000);
+    assert!(report["rss_bytes_per_key"].as_f64().is_some_and(|b| b > 0.0), "{report}");
+    let out = hotpair(&["bench", "store", "--keys", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
