@@ -14,10 +14,15 @@
 #   BENCH_CATCHUP_N=1000000   records written while replication is stopped (part 3)
 #   BENCH_CATCHUP_TIMEOUT=300 seconds to wait for the backup to catch up before giving up
 #   BENCH_SKIP_BUILD=1        do not run cargo build --release (use target/release/hotpair as is)
+#   BENCH_BINARY=PATH         measure this hotpair binary instead (implies BENCH_SKIP_BUILD)
 #   BENCH_KEEP=1              keep the temporary directory (logs, outputs) instead of removing it
 #   BENCH_SKIP_TMPFS=1        skip part 4 (hotpair durable with its data on tmpfs, a diagnostic)
 #   BENCH_ROUNDS=5            part 5: rounds of hotpair async, Redis always and everysec in turn
 #                             (0 skips it)
+#   BENCH_PARTS=1,2,3,4,5     the parts to run, any of: 1 2 3 4 5 (issue 3's, above) and issue 24's
+#                             keyspace seed rejoin restart memory groupcommit (benches/scale_parts.sh:
+#                             what each measures and its size variables); `issue24` stands for all six
+#   BENCH_SCALE=short         issue 24's parts at small sizes (minutes instead of hours)
 #
 # It installs nothing. Needed: cargo, jq, redis-server, redis-benchmark, redis-cli
 # (apt-get install -y redis-server redis-tools), PostgreSQL 15 initdb/pg_ctl/postgres/pg_basebackup/
@@ -89,6 +94,14 @@ trap 'exit 130' INT TERM
 # port_free PORT, free_ports K (sets FP), cpu_ticks PID...
 source "$REPO/benches/common.sh"
 
+BENCH_PARTS=${BENCH_PARTS:-1,2,3,4,5}
+BENCH_PARTS=${BENCH_PARTS//issue24/keyspace,seed,rejoin,restart,memory,groupcommit}
+part_on() { [[ ",$BENCH_PARTS," == *",$1,"* ]]; }
+OLD_PARTS=0
+for p in 1 2 3 4 5; do part_on "$p" && OLD_PARTS=1; done
+# issue 24's parts (functions part_keyspace ... part_groupcommit)
+source "$REPO/benches/scale_parts.sh"
+
 # rb OUT ARGS...: redis-benchmark, progress stripped, output kept in OUT; prints nothing
 rb() {
     local out=$1; shift
@@ -96,6 +109,11 @@ rb() {
 }
 rps_of() { awk -v t="$1:" '$1 == t && /requests per second/ {print $2; exit}' "$2"; }
 errors_in() { grep -ciE 'error|refused|READONLY|TRYAGAIN' "$1" || true; }
+num() { [[ -n "${1:-}" ]] && echo "$1" || echo "-"; }
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (b+0 == 0 || a+0 == 0) print "-"; else printf "%.2fx", a/b}'; }
+verdict() { # VALUE OP THRESHOLD
+    awk -v v="${1:-0}" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v+0 >= t+0) : (v+0 <= t+0); print (v == "" || v == "-") ? "MISSED (not measured)" : (ok ? "MET" : "MISSED")}'
+}
 
 # ---------------------------------------------------------------------------------------------
 # Machine
@@ -106,7 +124,7 @@ MACHINE="$TMP/machine.txt"
     echo "kernel: $(uname -r)"
     echo "disk of $TMP: $(df -hT "$TMP" | awk 'NR==2 {print $1, $2, $3" size,", $5" used"}')"
     echo "redis: $(redis-server --version | awk '{print $3}'); postgres: $("$PGBIN/postgres" --version | awk '{print $3}')"
-    echo "hotpair: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty tree)')"
+    echo "hotpair: ${BENCH_BINARY:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")$(git -C "$REPO" diff --quiet 2>/dev/null || echo " (dirty tree)")}"
 } >"$MACHINE"
 LOADS=()
 note_load() { LOADS+=("$1: $(cut -d' ' -f1-3 /proc/loadavg)"); }
@@ -116,14 +134,15 @@ us_per_request() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {if
 
 # ---------------------------------------------------------------------------------------------
 # Build
-if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
+if [[ -z "${BENCH_SKIP_BUILD:-}" && -z "${BENCH_BINARY:-}" ]]; then
     log "cargo build --release"
     (cd "$REPO" && cargo build --release 2>&1 | tail -n 2) >&2
 fi
-[[ -x "$REPO/target/release/hotpair" ]] || die "no $REPO/target/release/hotpair (build failed?)"
+HP_SRC=${BENCH_BINARY:-$REPO/target/release/hotpair}
+[[ -x "$HP_SRC" ]] || die "no $HP_SRC (build failed?)"
 # A private copy: other builds in the same tree must not swap the binary in the middle of the run.
 HP="$TMP/hotpair"
-cp "$REPO/target/release/hotpair" "$HP"
+cp "$HP_SRC" "$HP"
 note_load "start"
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +230,8 @@ EMPTY='{}'
 # ---------------------------------------------------------------------------------------------
 # Part 1: redis-benchmark -t set,get against hotpair at each level, and Redis primary+replica
 P1_CMD="redis-benchmark -h 127.0.0.1 -p PORT -t set,get -n $BENCH_N -c 50 -d 100 -q${KEYSPACE[*]:+ ${KEYSPACE[*]}}"
-for level in async received durable applied; do
+P1_LEVELS=(); part_on 1 && P1_LEVELS=(async received durable applied)
+for level in "${P1_LEVELS[@]}"; do
     log "part 1: hotpair sync=$level"
     hp_start "$level" "p1-$level"
     rb "$TMP/p1-$level.warm" -h 127.0.0.1 -p "$HP_DATA" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q "${KEYSPACE[@]}"
@@ -240,7 +260,8 @@ redis_pair() { # POLICY [TAG] -> sets RP RR (ports) and RP_PID RR_PID
     done
     die "redis replica ($policy) did not reach master_link_status:up in 30 s; see $d/*.log"
 }
-for policy in everysec always; do
+P1_POLICIES=(); part_on 1 && P1_POLICIES=(everysec always)
+for policy in "${P1_POLICIES[@]}"; do
     log "part 1: redis appendfsync=$policy"
     redis_pair "$policy"
     rb "$TMP/p1-redis-$policy.warm" -h 127.0.0.1 -p "$RP" -t set,get -n "$BENCH_WARMUP_N" -c 50 -d 100 -q "${KEYSPACE[@]}"
@@ -259,6 +280,9 @@ done
 
 # ---------------------------------------------------------------------------------------------
 # Part 2: durable single-key writes at 16 and 50 clients: hotpair durable vs PostgreSQL sync standby
+# pg_part: PostgreSQL primary + synchronous standby, pgbench upserts of random keys at 16 and
+# 50 clients (R[pg_c16], R[pg_c50])
+pg_part() {
 log "part 2: PostgreSQL primary + synchronous standby"
 PGD="$TMP/pg"
 mkdir -p "$PGD"
@@ -306,7 +330,10 @@ R[pg_sync]=$("${PSQL[@]}" -Atc "select application_name || ' ' || sync_state || 
 "${PG_AS[@]}" "$PGBIN/pg_ctl" -D "$PGD/standby" -m fast -w stop >/dev/null 2>&1 || true
 "${PG_AS[@]}" "$PGBIN/pg_ctl" -D "$PGD/primary" -m fast -w stop >/dev/null 2>&1 || true
 PG_DATADIRS=()
+}
 
+if part_on 2; then
+pg_part
 log "part 2: hotpair sync=durable"
 hp_start durable p2
 rb "$TMP/p2-hp.warm" -h 127.0.0.1 -p "$HP_DATA" -t set -n "$BENCH_WARMUP_N" -c 16 -d 100 -q
@@ -320,9 +347,11 @@ for c in 16 50; do
     R[hp_c$c.p50]=$(awk '$1 == "SET:" {for (i=1;i<=NF;i++) if ($i ~ /^p50=/) {sub("p50=","",$i); print $i}}' "$TMP/p2-hp-c$c.out")
 done
 hp_check "part 2, sync=durable"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Part 3a: lag at half the maximum durable rate, sampled from status --json every 100 ms
+if part_on 3; then
 MAXD=$(awk -v a="${R[hp_c16]:-0}" -v b="${R[hp_c50]:-0}" -v c="${R[hp_durable.set]:-0}" 'BEGIN {m=a; if (b>m) m=b; if (c>m) m=c; print int(m)}')
 HALF=$((MAXD / 2))
 ((HALF >= 10)) || HALF=10
@@ -367,6 +396,7 @@ lag_run() { # LEVEL
     R[lag_$level.err]=$(errors_in "$TMP/lag-writer.out"); : >"$TMP/lag-writer.out"
     hp_check "part 3 lag, sync=$level"
 }
+part_on 2 || hp_start durable p3-durable
 lag_run durable
 lag_run async
 
@@ -412,20 +442,21 @@ else
     fi
 fi
 hp_stop
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Part 4 (diagnostic, no goal): part 2's 16-client durable run again with both nodes' data on
 # tmpfs, where an fsync costs next to nothing. What is left is the software's own round (parse,
 # store, journal, TLS, the hops between threads and processes): the ceiling that cheaper fsyncs,
 # or overlapping them, could reach on this machine.
-if [[ -z "${BENCH_SKIP_TMPFS:-}" && -d /dev/shm && $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]]; then
+if part_on 4 && [[ -z "${BENCH_SKIP_TMPFS:-}" && -d /dev/shm && $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]]; then
     SHM=$(mktemp -d /dev/shm/hotpair-compare-XXXXXX)
     chmod 755 "$SHM"
     log "part 4: hotpair sync=durable with its data on tmpfs ($SHM)"
     hp_start durable p4 "$SHM"
     rb "$TMP/p4-hp.warm" -h 127.0.0.1 -p "$HP_DATA" -t set -n "$BENCH_WARMUP_N" -c 16 -d 100 -q
     note_load "part 4 hotpair tmpfs c=16"
-    rb "$TMP/p4-hp-c16.out" -h 127.0.0.1 -p "$HP_DATA" -t set -n "$P2_N" -c 16 -d 100 -q
+    rb "$TMP/p4-hp-c16.out" -h 127.0.0.1 -p "$HP_DATA" -t set -n "${P2_N:-100000}" -c 16 -d 100 -q
     R[shm_c16]=$(rps_of SET "$TMP/p4-hp-c16.out")
     R[shm_c16.err]=$(errors_in "$TMP/p4-hp-c16.out")
     hp_check "part 4, sync=durable on tmpfs"
@@ -435,6 +466,7 @@ fi
 # Part 5: hotpair async against Redis always and everysec, SET only, in turn. This machine's
 # speed drifts by ±10% over minutes, so part 1's one run of each decides little: here the three
 # servers run side by side and take turns, round after round, and each round gives a ratio.
+part_on 5 || BENCH_ROUNDS=0
 if ((BENCH_ROUNDS > 0)); then
     log "part 5: hotpair async, Redis always and everysec in turn, $BENCH_ROUNDS rounds"
     hp_start async p5
@@ -457,21 +489,23 @@ if ((BENCH_ROUNDS > 0)); then
     hp_stop
     for port in "${P5_REDIS[@]}"; do redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
 fi
+# What the report reads of a part that did not run.
+for key in cu_done cu_records cu_applied cu_rate cu_secs cu_unreach; do R[$key]=${R[$key]:-0}; done
+for part in keyspace seed rejoin restart memory groupcommit; do
+    part_on "$part" && "part_$part"
+done
 note_load "end"
 
 # ---------------------------------------------------------------------------------------------
 # Report
-num() { [[ -n "${1:-}" ]] && echo "$1" || echo "-"; }
-ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (b+0 == 0 || a+0 == 0) print "-"; else printf "%.2fx", a/b}'; }
-verdict() { # VALUE OP THRESHOLD
-    awk -v v="${1:-0}" -v t="$3" -v op="$2" 'BEGIN {ok = (op == ">=") ? (v+0 >= t+0) : (v+0 <= t+0); print (v == "" || v == "-") ? "MISSED (not measured)" : (ok ? "MET" : "MISSED")}'
-}
 {
 echo
 echo "== machine"
 cat "$MACHINE"
 echo "load average (1/5/15 min) at each phase:"
 printf '  %s\n' "${LOADS[@]}"
+echo "parts: $BENCH_PARTS"
+if ((OLD_PARTS)); then
 echo
 echo "== part 1: $P1_CMD (warm-up: -n $BENCH_WARMUP_N)"
 printf '%-34s %12s %12s %10s %8s %10s\n' "target" "SET req/s" "GET req/s" "SET p50ms" "errors" "CPU us/req"
@@ -553,6 +587,14 @@ fi
 printf '%-58s %12s  %s\n' "catch-up >= 200,000 records/s" "$( ((${R[cu_done]})) && echo "${R[cu_rate]}/s" || echo "not done")" "$v_cu"
 echo "hotpair async GET / Redis everysec GET: $(ratio "${R[hp_async.get]:-}" "${R[redis_everysec.get]:-}")"
 echo "server CPU per request, hotpair async / Redis always: $(ratio "${R[hp_async.cpu]:-}" "${R[redis_always.cpu]:-}") (${R[hp_async.cpu]:-?} / ${R[redis_always.cpu]:-?} us)"
+fi
+if ((${#S24[@]})); then
+    echo
+    echo "== issue 24: performance at scale (each baseline measured in this run; benches/scale_parts.sh)"
+    printf '%-64s %14s  %s\n' "goal" "measured" "verdict"
+    printf '%s\n' "${S24[@]}"
+    ((${#CHECKS[@]})) && { echo "end-of-run checks (hotpair):"; printf '  %s\n' "${CHECKS[@]}"; }
+fi
 } | tee "$TMP/report.txt"
 [[ -n "${BENCH_REPORT:-}" ]] && cp "$TMP/report.txt" "$BENCH_REPORT"
 exit 0

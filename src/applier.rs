@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::journal::{Journal, Lsn, Record, RecordBody};
-use crate::store::Store;
+use crate::store::{Before, Store};
 
 /// Most records applied as one run (one sled batch).
 pub const MAX_RUN_RECORDS: usize = 4096;
@@ -92,7 +92,19 @@ impl Applier {
         pace: Duration,
         after_apply: impl Fn(&Record) + Send + 'static,
     ) -> Applier {
-        Applier::start_with_gate(journal, store, pace, Lsn::MAX, after_apply)
+        Applier::start_with_gate(journal, store, pace, Lsn::MAX, Before::Stored, after_apply)
+    }
+
+    /// The primary pipeline's applier: [`Applier::start_paced`], taking the digest's before-values
+    /// from the records' images instead of reading them back from sled (`Before::FromRecord`;
+    /// `pipeline`, "The primary's applier trusts its own reads").
+    pub fn start_for_pipeline(
+        journal: Journal,
+        store: Arc<Store>,
+        pace: Duration,
+        after_apply: impl Fn(&Record) + Send + 'static,
+    ) -> Applier {
+        Applier::start_with_gate(journal, store, pace, Lsn::MAX, Before::FromRecord, after_apply)
     }
 
     /// A backup's applier: [`Applier::start_paced`], applying nothing past the store's current
@@ -104,7 +116,7 @@ impl Applier {
         after_apply: impl Fn(&Record) + Send + 'static,
     ) -> Applier {
         let applied = store.position().applied_lsn;
-        Applier::start_with_gate(journal, store, pace, applied, after_apply)
+        Applier::start_with_gate(journal, store, pace, applied, Before::Stored, after_apply)
     }
 
     fn start_with_gate(
@@ -112,6 +124,7 @@ impl Applier {
         store: Arc<Store>,
         pace: Duration,
         confirmed: Lsn,
+        before: Before,
         after_apply: impl Fn(&Record) + Send + 'static,
     ) -> Applier {
         let gate = Arc::new(Gate { confirmed: AtomicU64::new(confirmed), closing: AtomicBool::new(false) });
@@ -140,7 +153,8 @@ impl Applier {
                         return;
                     }
                     let confirmed = thread_gate.confirmed.load(Ordering::Acquire);
-                    let result = apply_durable(&journal, &store, &mut queued, confirmed, &after_apply, &applied_tx);
+                    let result =
+                        apply_durable(&journal, &store, &mut queued, confirmed, before, &after_apply, &applied_tx);
                     if let Err(reason) = result {
                         tracing::error!(%reason, "the applier stops");
                         *lock(&thread_failure) = Some(reason);
@@ -290,6 +304,7 @@ fn apply_durable(
     store: &Store,
     queued: &mut Vec<Record>,
     confirmed: Lsn,
+    before: Before,
     after_apply: &impl Fn(&Record),
     applied_tx: &watch::Sender<Lsn>,
 ) -> Result<(), String> {
@@ -302,7 +317,7 @@ fn apply_durable(
     let run = &queued[..take];
     let run_last = run.last().map_or(first, |r| r.lsn);
     let describe = || if first == run_last { format!("LSN {first}") } else { format!("LSNs {first} to {run_last}") };
-    let outcome = store.apply_many(run).map_err(|e| format!("cannot apply {}: {e}", describe()))?;
+    let outcome = store.apply_many_reading(run, before).map_err(|e| format!("cannot apply {}: {e}", describe()))?;
     let good = outcome.mismatch.map_or(run.len(), |m| run.iter().position(|r| r.lsn >= m.lsn).unwrap_or(run.len()));
     for record in &run[..good] {
         after_apply(record);

@@ -35,6 +35,7 @@
 //! [`TARGET_COMMITTERS`] committers) is stated as a ratio.
 
 pub mod orchestrator;
+pub mod store;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -147,7 +148,7 @@ pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool, fsync_delay_ms: f
 }
 
 /// Runs `measure` in a fresh directory under `dir` (default: the temp dir), removed afterwards.
-fn in_scratch<T>(
+pub(crate) fn in_scratch<T>(
     dir: Option<PathBuf>,
     prefix: &str,
     measure: impl FnOnce(&Path) -> Result<T, Error>,
@@ -169,7 +170,11 @@ fn in_scratch<T>(
 }
 
 /// Prints a report as JSON or as the table `render` makes of it.
-fn print_report<T: serde::Serialize>(report: &T, json: bool, render: impl Fn(&T) -> String) -> Result<(), Error> {
+pub(crate) fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    render: impl Fn(&T) -> String,
+) -> Result<(), Error> {
     if json {
         let text = serde_json::to_string(report).map_err(|e| Error::Failed(format!("encoding the report: {e}")))?;
         println!("{text}");
@@ -255,7 +260,7 @@ fn fill_ratios(report: &mut Report) {
     report.target.met = report.target.measured_ratio >= TARGET_RATIO;
 }
 
-fn progress(what: &str) {
+pub(crate) fn progress(what: &str) {
     eprintln!("bench: {what}…");
 }
 

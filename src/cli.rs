@@ -354,6 +354,21 @@ pub enum BenchWhich {
         #[arg(long)]
         json: bool,
     },
+    /// Issue 24: the store's CPU time per get and per applied SET at a given number of keys,
+    /// its memory and disk per key, and the time to reopen it.
+    Store {
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keys loaded before measuring (random order, 100-byte values).
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Operations of each kind measured, over random existing keys.
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue 4: switchover write outage under load, failover time, rejoin time versus database
     /// size and versus a full copy, each on spawned pairs of real processes.
     Orchestrator(crate::bench::orchestrator::Options),
@@ -448,6 +463,9 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         }
         Command::Bench { which: BenchWhich::Apply { dir, records, keys, json } } => {
             crate::bench::apply(dir, records, keys, json).map(|_| 0)
+        }
+        Command::Bench { which: BenchWhich::Store { dir, keys, ops, json } } => {
+            crate::bench::store::main(dir, keys, ops, json).map(|()| 0)
         }
         Command::Bench { which: BenchWhich::Orchestrator(options) } => crate::bench::orchestrator::main(options),
         Command::AppendLoop { dir, committers } => crate::demo::append_loop(&dir, committers).map(|_| 0),

@@ -51,6 +51,9 @@ pub enum Kind {
     RetentionPinned,
     /// Free space below `disk_min_free`: writes refused, backup not receiving.
     DiskLow,
+    /// A closed journal segment no longer matches the CRC its seal recorded when it was closed
+    /// (found by the background check after start; `journal::seal`).
+    JournalDamaged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -18,6 +18,18 @@
 //!   record; the applier checks each record's digest against the store's and stops the node on a
 //!   mismatch (it would mean the store and the journal disagree).
 //!
+//! ## The primary's applier trusts its own reads
+//! A record's before-images are what this pipeline read, under its lock, from the store (or
+//! the overlay of records not yet applied) — the store's values, with this pipeline as their
+//! only writer. So the primary's applier takes the digest's before-values from the images
+//! ([`crate::store::Before::FromRecord`]) rather than looking every key up in sled a second
+//! time; at a million keys that lookup was a third of the applier's CPU (docs/benchmarks.md,
+//! issue 24). What the second lookup would catch is still caught: a primary store that lost or
+//! changed a value gives wrong before-images to the next write of that key, hence a wrong
+//! digest, and the backup — which computes its digest from its own stored values — reports the
+//! mismatch; a key never written again shows at `verify --full`. A transaction also reads each
+//! key from sled once: its writes' before-images reuse the values it read ([`Txn::get`]).
+//!
 //! ## Caveat
 //! Reads on the primary see writes that are appended but not yet durable or replicated (as Redis
 //! does). A client that needs a write to survive failover waits for its acknowledgement.
@@ -100,6 +112,10 @@ pub struct Txn<'a> {
     commands: Vec<ClientCommand>,
     /// Keys after the last appended record, before this transaction.
     base_key_count: u64,
+    /// What this transaction read from the store (not the overlay), so that the before-images
+    /// of its writes reuse those reads: one sled lookup per key, not two (a `SET` reads the
+    /// old value for its options, and its op needs it as the before-image).
+    store_reads: std::cell::RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl Txn<'_> {
@@ -108,10 +124,7 @@ impl Txn<'_> {
         if let Some(value) = self.own.get(key) {
             return Ok(value.clone());
         }
-        if let Some((_, value)) = self.overlay.get(key) {
-            return Ok(value.clone());
-        }
-        Ok(self.pipeline.store.get(key)?)
+        self.committed(key)
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -129,7 +142,12 @@ impl Txn<'_> {
         if let Some((_, value)) = self.overlay.get(key) {
             return Ok(value.clone());
         }
-        Ok(self.pipeline.store.get(key)?)
+        if let Some(value) = self.store_reads.borrow().get(key) {
+            return Ok(value.clone());
+        }
+        let value = self.pipeline.store.get(key)?;
+        self.store_reads.borrow_mut().insert(key.to_vec(), value.clone());
+        Ok(value)
     }
 }
 
@@ -246,7 +264,7 @@ impl Pipeline {
         // already replaced them there.
         // Paced (see `applier`, "Pacing"): nothing waits on the primary's store in the write
         // path, since readers see pending writes through the overlay.
-        let applier = Applier::start_paced(journal.clone(), store.clone(), APPLY_PACE, move |record| {
+        let applier = Applier::start_for_pipeline(journal.clone(), store.clone(), APPLY_PACE, move |record| {
             if let RecordBody::Txn { ops, .. } = &record.body {
                 let mut overlay = lock(&applied_overlay);
                 for op in ops {
@@ -366,10 +384,12 @@ impl Pipeline {
             own: HashMap::new(),
             commands: Vec::new(),
             base_key_count: writer.key_count,
+            store_reads: Default::default(),
         };
         let result = body(&mut txn)?;
         let writes = std::mem::take(&mut txn.writes);
         let commands = std::mem::take(&mut txn.commands);
+        let mut store_reads = txn.store_reads.take();
         if writes.is_empty() {
             return Ok((None, result));
         }
@@ -382,7 +402,10 @@ impl Pipeline {
                 Some(value) => value.clone(),
                 None => match overlay.get(key) {
                     Some((_, value)) => value.clone(),
-                    None => self.store.get(key)?,
+                    None => match store_reads.remove(key.as_slice()) {
+                        Some(value) => value,
+                        None => self.store.get(key)?,
+                    },
                 },
             };
             digest = digest.updated(key, before.as_deref(), after.as_deref());

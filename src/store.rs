@@ -15,12 +15,19 @@
 //! - `position` never waits for a writer: it reads the position of the last batch sled accepted.
 //! - The kept digest always equals [`Store::full_digest`]: both are computed from the values
 //!   actually stored (not from the images in the record), so a store that diverged from its
-//!   primary shows it at the next digest comparison instead of hiding it.
+//!   primary shows it at the next digest comparison instead of hiding it. The one exception is
+//!   [`Before::FromRecord`], for the primary's own records only, whose images *are* this
+//!   store's values as its only writer read them (`pipeline`, "The primary's applier trusts its
+//!   own reads").
+//! - A full copy into the store ([`Store::begin_copy`] … [`Store::finish_copy`]) claims no
+//!   applied LSN until its digest and key count, kept from the values written and replaced,
+//!   equal the sender's; until then its checkpoint is saved with every batch.
 //!
 //! ## Layout in sled
 //! One tree. Data keys are stored as `b'd' ‖ key`; bookkeeping as `b'm' ‖ name`
-//! (`applied_lsn`, `digest`, `key_count`, `expiring`, all little-endian). One tree means one `apply_batch`,
-//! which sled makes atomic.
+//! (`applied_lsn`, `digest`, `key_count`, `expiring`, all little-endian; and `copy`, JSON,
+//! only while a full copy into the store is under way: [`CopyCheckpoint`]). One tree means
+//! one `apply_batch`, which sled makes atomic.
 //!
 //! The journal, not sled, provides durability: `apply` does not flush. `flush` is called at
 //! checkpoints and at shutdown.
@@ -42,6 +49,9 @@ const META_KEY_COUNT: &[u8] = b"mkey_count";
 /// Keys with an expiry and the sum of their deadlines (u64 count ‖ u128 sum of ms), for
 /// `INFO keyspace`. A store written before it existed gets it by one scan at open.
 const META_EXPIRING: &[u8] = b"mexpiring";
+/// A full copy into this store is under way ([`CopyCheckpoint`], JSON): written with every
+/// batch of copied pairs and redo records, removed when the copy is checked and done.
+const META_COPY: &[u8] = b"mcopy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +74,19 @@ pub struct Position {
     pub applied_lsn: Lsn,
     pub digest: Digest,
     pub key_count: u64,
+}
+
+/// Where [`Store::apply_many_reading`] takes a key's value before an op, for the digest, the
+/// key count and the expiry count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// From sled: the store's own values, so a store that disagrees with the record's images
+    /// shows as a digest mismatch. Every applier but the primary's.
+    Stored,
+    /// From the op's before-image, without reading sled. Only for records whose images were
+    /// read from this very store by its only writer: the primary's own commits (see
+    /// `pipeline`, "The primary's applier trusts its own reads").
+    FromRecord,
 }
 
 /// What `apply` did.
@@ -109,6 +132,60 @@ pub struct Store {
     /// Keys with an expiry (expired or not) and the sum of their deadlines, as of the last
     /// batch; written with the batch, under `writer`.
     expiring: RwLock<Expiring>,
+}
+
+/// Where a full copy into this store stands, saved in the same sled batch as the pairs and
+/// records it counts, so that a copy cut off (either node killed, the link lost) resumes
+/// where it stopped instead of starting over (`node::copy`, "Resuming").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyCheckpoint {
+    /// The sender's applied LSN when its first scan began: every pair copied reflects the
+    /// sender's store at that LSN or later, so the records after it are redone on top.
+    pub from_lsn: Lsn,
+    /// The last key loaded (pairs arrive in key order); `None` before the first batch.
+    pub after_key: Option<Vec<u8>>,
+    /// The last redo record applied (`from_lsn` until the first). Once a redo record is in,
+    /// keys past `after_key` may exist here, so the scan must not be resumed.
+    pub redo_lsn: Lsn,
+    /// Digest, key count and expiry count of what is stored now (kept up to date with every
+    /// batch from the values actually written and replaced, never from the sender's word).
+    pub digest: Digest,
+    pub key_count: u64,
+    pub expiring_keys: u64,
+    pub expiring_deadline_sum_ms: u128,
+    /// Pairs loaded so far, and how many keys the sender had when the copy began (progress).
+    pub pairs: u64,
+    pub total: u64,
+}
+
+impl CopyCheckpoint {
+    /// A copy from a sender whose applied LSN is `from_lsn` and which holds `total` keys.
+    pub fn new(from_lsn: Lsn, total: u64) -> CopyCheckpoint {
+        CopyCheckpoint {
+            from_lsn,
+            after_key: None,
+            redo_lsn: from_lsn,
+            digest: Digest::EMPTY,
+            key_count: 0,
+            expiring_keys: 0,
+            expiring_deadline_sum_ms: 0,
+            pairs: 0,
+            total,
+        }
+    }
+
+    /// Whether the scan may go on from `after_key` (no redo record applied yet).
+    pub fn scanning(&self) -> bool {
+        self.redo_lsn == self.from_lsn
+    }
+
+    fn expiring(&self) -> Expiring {
+        Expiring { keys: self.expiring_keys, deadline_sum_ms: self.expiring_deadline_sum_ms }
+    }
+
+    fn set_expiring(&mut self, expiring: Expiring) {
+        (self.expiring_keys, self.expiring_deadline_sum_ms) = (expiring.keys, expiring.deadline_sum_ms);
+    }
 }
 
 /// How many stored keys carry an expiry, and the sum of their deadlines in ms (`INFO
@@ -266,6 +343,11 @@ impl Store {
     ///
     /// An empty run, or one made only of already-applied records, writes nothing.
     pub fn apply_many(&self, records: &[Record]) -> Result<AppliedRun, StoreError> {
+        self.apply_many_reading(records, Before::Stored)
+    }
+
+    /// [`Store::apply_many`], taking each key's current value from where `before` says.
+    pub fn apply_many_reading(&self, records: &[Record], before: Before) -> Result<AppliedRun, StoreError> {
         let mut position = self.lock_writer();
         let start = *position;
         let mut next = start;
@@ -301,9 +383,10 @@ impl Store {
                     let key = op.key.as_slice();
                     let after = op.after.as_deref();
                     let from_sled;
-                    let current = match overlay.get(key) {
-                        Some(&value) => value,
-                        None => {
+                    let current = match (before, overlay.get(key)) {
+                        (Before::FromRecord, _) => op.before.as_deref(),
+                        (Before::Stored, Some(&value)) => value,
+                        (Before::Stored, None) => {
                             from_sled = self.db.get(data_key(key)).map_err(|e| self.err(e))?;
                             from_sled.as_deref()
                         }
@@ -317,7 +400,9 @@ impl Store {
                     }
                     // Into the overlay at once, so that later ops of this record read it. On a
                     // mismatch the run stops, so a refused record's entries are never read.
-                    overlay.insert(key, after);
+                    if before == Before::Stored {
+                        overlay.insert(key, after);
+                    }
                     pending.push((key, after));
                 }
             }
@@ -476,34 +561,6 @@ impl Store {
         Ok(pairs)
     }
 
-    /// Full copy, sending side: holds off every writer while `send` is given the stored pairs
-    /// in batches of about `batch_bytes`, so that the copy is exactly the store at the position
-    /// returned. On a primary, commits go on meanwhile (journal and overlay); only applying
-    /// them to the store waits. `send` returning `false` stops the copy.
-    pub fn copy_out(
-        &self,
-        batch_bytes: usize,
-        mut send: impl FnMut(Position, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
-    ) -> Result<Position, StoreError> {
-        let writer = self.lock_writer();
-        let position = *writer;
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for item in self.iter() {
-            let (key, value) = item?;
-            bytes += key.len() + value.len();
-            batch.push((key, value));
-            if bytes >= batch_bytes {
-                if !send(position, std::mem::take(&mut batch)) {
-                    return Ok(position);
-                }
-                bytes = 0;
-            }
-        }
-        send(position, batch);
-        Ok(position)
-    }
-
     /// Full copy, receiving side: removes every pair and the bookkeeping (position 0).
     pub fn clear(&self) -> Result<(), StoreError> {
         let mut writer = self.lock_writer();
@@ -513,7 +570,7 @@ impl Store {
         Ok(())
     }
 
-    /// Full copy, receiving side: stores copied pairs as they are (no bookkeeping yet).
+    /// Restore (`restore`): stores pairs as they are (no bookkeeping yet).
     pub fn load(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
         let _writer = self.lock_writer();
         let mut batch = sled::Batch::default();
@@ -523,7 +580,7 @@ impl Store {
         self.db.apply_batch(batch).map_err(|e| self.err(e))
     }
 
-    /// Full copy, receiving side: after the last pair, recomputes the digest and key count from
+    /// Restore: after the last pair, recomputes the digest and key count from
     /// what was stored and refuses unless they equal the sender's `expected` position; then
     /// records the position (and flushes), so that catch-up continues at its next LSN.
     pub fn finish_load(&self, expected: Position) -> Result<(), String> {
@@ -544,6 +601,143 @@ impl Store {
         self.set_expiring(expiring);
         self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
         self.db.flush().map_err(|e| self.err(e).to_string())?;
+        self.publish(&mut writer, expected);
+        Ok(())
+    }
+
+    /// The position after every batch the writer has finished, waiting for one in flight (unlike
+    /// [`Store::position`]): a value read from the store now was written at or before it.
+    pub fn settled_position(&self) -> Position {
+        *self.lock_writer()
+    }
+
+    /// The full copy under way into this store, if one was cut off (see [`CopyCheckpoint`]).
+    pub fn copy_checkpoint(&self) -> Result<Option<CopyCheckpoint>, StoreError> {
+        match self.db.get(META_COPY).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| self.bad_meta(META_COPY)),
+        }
+    }
+
+    /// Full copy, receiving side: empties the store and records `checkpoint` (a fresh copy).
+    pub fn begin_copy(&self, checkpoint: &CopyCheckpoint) -> Result<(), StoreError> {
+        let mut writer = self.lock_writer();
+        self.db.clear().map_err(|e| self.err(e))?;
+        self.db.insert(META_COPY, copy_bytes(checkpoint)).map_err(|e| self.err(e))?;
+        self.set_expiring(Expiring::default());
+        self.publish(&mut writer, Position { applied_lsn: 0, digest: Digest::EMPTY, key_count: 0 });
+        Ok(())
+    }
+
+    /// Full copy, receiving side: stores a batch of copied pairs, which must follow
+    /// `checkpoint.after_key` in key order (so none of them is stored yet: no lookups, no
+    /// before-images), in one sled batch with the checkpoint brought up to date.
+    pub fn load_copy(&self, pairs: &[StoredPair], checkpoint: &mut CopyCheckpoint) -> Result<(), String> {
+        if !checkpoint.scanning() {
+            return Err("copied pairs arrived after the redo records began".into());
+        }
+        let mut next = checkpoint.clone();
+        let mut expiring = next.expiring();
+        let mut batch = sled::Batch::default();
+        for (key, value) in pairs {
+            if next.after_key.as_deref().is_some_and(|last| key.as_slice() <= last) {
+                return Err(format!("copied pairs out of key order at {}", String::from_utf8_lossy(key)));
+            }
+            batch.insert(data_key(key), value.as_slice());
+            next.digest = next.digest.with_pair(key, value);
+            expiring = expiring.updated(None, Some(value));
+            next.key_count += 1;
+            next.pairs += 1;
+            next.after_key = Some(key.clone());
+        }
+        next.set_expiring(expiring);
+        batch.insert(META_COPY, copy_bytes(&next));
+        let _writer = self.lock_writer();
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        *checkpoint = next;
+        Ok(())
+    }
+
+    /// Full copy, receiving side: redoes the sender's records written while it scanned (after
+    /// `checkpoint.redo_lsn`, in LSN order without a gap) with their after-images, updating
+    /// the checkpoint's digest from the values actually replaced. Their own digests are not
+    /// checked: until the last of them the store mixes pairs read at different LSNs.
+    pub fn redo_copy(&self, records: &[Record], checkpoint: &mut CopyCheckpoint) -> Result<(), String> {
+        let mut next = checkpoint.clone();
+        let mut expiring = next.expiring();
+        let mut overlay: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+        let mut batch = sled::Batch::default();
+        for record in records.iter().filter(|r| r.lsn > checkpoint.redo_lsn) {
+            if record.lsn != next.redo_lsn + 1 {
+                return Err(format!("redo record {} does not follow {}", record.lsn, next.redo_lsn));
+            }
+            if let RecordBody::Txn { ops, .. } = &record.body {
+                for op in ops {
+                    let (key, after) = (op.key.as_slice(), op.after.as_deref());
+                    let from_sled;
+                    let current = match overlay.get(key) {
+                        Some(&value) => value,
+                        None => {
+                            from_sled = self.db.get(data_key(key)).map_err(|e| self.err(e).to_string())?;
+                            from_sled.as_deref()
+                        }
+                    };
+                    next.digest = next.digest.updated(key, current, after);
+                    expiring = expiring.updated(current, after);
+                    match (current.is_some(), after.is_some()) {
+                        (false, true) => next.key_count += 1,
+                        (true, false) => next.key_count -= 1,
+                        _ => {}
+                    }
+                    match after {
+                        Some(value) => batch.insert(data_key(key), value),
+                        None => batch.remove(data_key(key)),
+                    }
+                    overlay.insert(key, after);
+                }
+            }
+            next.redo_lsn = record.lsn;
+        }
+        if next.redo_lsn == checkpoint.redo_lsn {
+            return Ok(());
+        }
+        next.set_expiring(expiring);
+        batch.insert(META_COPY, copy_bytes(&next));
+        let _writer = self.lock_writer();
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        *checkpoint = next;
+        Ok(())
+    }
+
+    /// Full copy, receiving side: once every pair and every redo record up to
+    /// `expected.applied_lsn` is in, refuses unless what is stored has the sender's digest and
+    /// key count there; then records that position (and flushes) and forgets the checkpoint,
+    /// so that catch-up continues at its next LSN.
+    pub fn finish_copy(&self, checkpoint: &CopyCheckpoint, expected: Position) -> Result<(), String> {
+        if checkpoint.redo_lsn != expected.applied_lsn
+            || checkpoint.digest != expected.digest
+            || checkpoint.key_count != expected.key_count
+        {
+            return Err(format!(
+                "the copy does not match the primary at LSN {}: {} keys with digest {} at LSN {}, expected {} keys with digest {}",
+                expected.applied_lsn,
+                checkpoint.key_count,
+                checkpoint.digest,
+                checkpoint.redo_lsn,
+                expected.key_count,
+                expected.digest
+            ));
+        }
+        let mut writer = self.lock_writer();
+        let mut batch = sled::Batch::default();
+        batch.insert(META_APPLIED_LSN, &expected.applied_lsn.to_le_bytes());
+        batch.insert(META_DIGEST, &expected.digest.to_le_bytes());
+        batch.insert(META_KEY_COUNT, &expected.key_count.to_le_bytes());
+        batch.insert(META_EXPIRING, &checkpoint.expiring().to_bytes());
+        batch.remove(META_COPY);
+        self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
+        self.db.flush().map_err(|e| self.err(e).to_string())?;
+        self.set_expiring(checkpoint.expiring());
         self.publish(&mut writer, expected);
         Ok(())
     }
@@ -591,6 +785,11 @@ impl Store {
     fn bad_meta(&self, key: &[u8]) -> StoreError {
         StoreError::BadMeta { path: self.path.clone(), key: String::from_utf8_lossy(&key[1..]).into_owned() }
     }
+}
+
+fn copy_bytes(checkpoint: &CopyCheckpoint) -> Vec<u8> {
+    // A struct of plain fields: serializing it cannot fail.
+    serde_json::to_vec(checkpoint).unwrap_or_default()
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
@@ -778,6 +977,79 @@ mod tests {
             prop_assert_eq!(snapshot(&store), data);
             prop_assert_eq!(store.full_digest().unwrap(), (position.digest, position.key_count));
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A full copy as `node::copy` makes it: the sender is scanned a few keys at a time
+        /// while records keep being applied to it, the receiver is killed and reopened (its
+        /// checkpoint read back) at some point, then redoes the records written since the scan
+        /// began. It ends with the sender's data, digest, key count and expiry count.
+        #[test]
+        fn a_copy_scanned_under_writes_and_redone_equals_the_sender(
+            steps in arb_steps(),
+            before_scan in any::<proptest::sample::Index>(),
+            step_keys in 1usize..4,
+            writes_per_step in proptest::collection::vec(0usize..3, 1..20),
+            kill_at in proptest::option::of(0usize..10),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let reference = Store::open(&dir.path().join("reference")).unwrap();
+            let records: Vec<Record> = history(&reference, steps).into_iter().map(|(r, _, _)| r).collect();
+            let sender = Store::open(&dir.path().join("sender")).unwrap();
+            let mut applied = before_scan.index(records.len() + 1);
+            sender.apply_many(&records[..applied]).unwrap();
+            let start = sender.settled_position();
+            let receiver_path = dir.path().join("receiver");
+            let mut receiver = Store::open(&receiver_path).unwrap();
+            let mut checkpoint = CopyCheckpoint::new(start.applied_lsn, start.key_count);
+            receiver.begin_copy(&checkpoint).unwrap();
+            let mut writes = writes_per_step.iter().cycle();
+            for step in 0.. {
+                let pairs = sender.scan_after(checkpoint.after_key.as_deref(), step_keys).unwrap();
+                receiver.load_copy(&pairs, &mut checkpoint).unwrap();
+                let more = (*writes.next().unwrap()).min(records.len() - applied);
+                sender.apply_many(&records[applied..applied + more]).unwrap();
+                applied += more;
+                if kill_at == Some(step) {
+                    receiver.flush().unwrap();
+                    drop(receiver);
+                    receiver = reopen_after_drop(&receiver_path);
+                    checkpoint = receiver.copy_checkpoint().unwrap().expect("the checkpoint survives");
+                }
+                if pairs.len() < step_keys {
+                    break;
+                }
+            }
+            sender.apply_many(&records[applied..]).unwrap();
+            let end = sender.settled_position();
+            let redo: Vec<Record> = records.iter().filter(|r| r.lsn > start.applied_lsn).cloned().collect();
+            for chunk in redo.chunks(3) {
+                receiver.redo_copy(chunk, &mut checkpoint).unwrap();
+            }
+            receiver.finish_copy(&checkpoint, end).unwrap();
+            prop_assert_eq!(snapshot(&receiver), snapshot(&sender));
+            prop_assert_eq!(receiver.position(), end);
+            prop_assert_eq!(receiver.expiring(), sender.expiring());
+            prop_assert_eq!(receiver.copy_checkpoint().unwrap(), None);
+            prop_assert_eq!(receiver.full_digest().unwrap(), (end.digest, end.key_count));
+        }
+    }
+
+    #[test]
+    fn a_copy_that_does_not_match_the_sender_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut checkpoint = CopyCheckpoint::new(5, 2);
+        store.begin_copy(&checkpoint).unwrap();
+        store.load_copy(&[(b"a".to_vec(), b"\x001".to_vec())], &mut checkpoint).unwrap();
+        assert!(store.load_copy(&[(b"a".to_vec(), b"\x002".to_vec())], &mut checkpoint).is_err(), "out of key order");
+        let claimed = Position { applied_lsn: 5, digest: checkpoint.digest, key_count: 2 };
+        let err = store.finish_copy(&checkpoint, claimed).unwrap_err();
+        assert!(err.contains("does not match the primary at LSN 5"), "{err}");
+        assert_eq!(store.position().applied_lsn, 0, "a refused copy claims no position");
+        assert!(store.copy_checkpoint().unwrap().is_some(), "and stays resumable");
     }
 
     #[test]

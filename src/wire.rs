@@ -128,16 +128,42 @@ pub enum Message {
     /// Liveness both ways; a gap in `seq` means lost messages. `last_lsn` is the primary's
     /// durable LSN (the backup's received one); `head_lsn` the last LSN the sender appended.
     Heartbeat { seq: u64, time_ms: u64, last_lsn: Lsn, head_lsn: Lsn },
-    /// First message of a full-copy connection (instead of a hello): send me your store.
-    CopyRequest { cluster: Uuid, incarnation: Uuid },
-    /// The copy that follows (as [`Frame::Copy`] frames) is the store at this position.
+    /// First message of a full-copy connection (instead of a hello): send me your store — or,
+    /// with `resume`, the rest of a copy that was cut off (`node::copy`).
+    CopyRequest {
+        cluster: Uuid,
+        incarnation: Uuid,
+        #[serde(default)]
+        resume: Option<CopyResume>,
+    },
+    /// The copy begins: pairs in key order ([`Frame::Copy`]) read from the store while it
+    /// moves on from `position` (its applied LSN, and its key count for progress), then the
+    /// records after that LSN ([`Frame::Records`]) to redo over them.
     CopyBegin { position: crate::store::Position, history: Vec<HistoryEntry> },
-    /// The copy is complete: `pairs` pairs were sent.
-    CopyEnd { pairs: u64 },
+    /// The copy is complete: `pairs` pairs were sent, and the records up to `position` (the
+    /// sender's store when its scan ended, with its digest and key count, which the copy must
+    /// then have). `None` from a sender that predates redo records: its copy was the store
+    /// at `CopyBegin`'s position.
+    CopyEnd {
+        pairs: u64,
+        #[serde(default)]
+        position: Option<crate::store::Position>,
+    },
     /// An admin request (the CLI is the sender).
     Admin { request: AdminRequest },
     /// The answer to an admin request.
     AdminReply { ok: bool, body: serde_json::Value },
+}
+
+/// Where a cut-off full copy resumes (see [`Message::CopyRequest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyResume {
+    /// The first copy's start: the records after it must still be in the sender's journal.
+    pub from_lsn: Lsn,
+    /// Go on scanning after this key; `None` when the scan is over (only records are needed).
+    pub after_key: Option<Vec<u8>>,
+    /// The records up to here are already redone.
+    pub redo_lsn: Lsn,
 }
 
 /// What the admin CLI (and the orchestrator in it) may ask of a node. The orchestration

@@ -3,7 +3,8 @@
 //! replication stopped/started, fenced, orphaned tail, lag over `lag_alert`, canary overdue
 //! (a SIGSTOPped primary), a digest mismatch found by the periodic check (a backup store changed
 //! behind the node's back) and by the applier (a record written over such a value), journal retention pinned by an absent backup, and a heartbeat
-//! sequence gap (a client speaking as b on a's control port). Disk space and apply-error: `disk_space.rs`; metrics:
+//! sequence gap (a client speaking as b on a's control port), a damaged closed journal segment found after a restart.
+//! Disk space and apply-error: `disk_space.rs`; metrics:
 //! `metrics.rs`.
 
 mod common;
@@ -273,4 +274,47 @@ fn a_record_applied_over_a_damaged_value_is_a_digest_mismatch_and_the_applier_st
     assert!(found["message"].as_str().is_some_and(|m| m.contains("digest mismatch at LSN")), "{found}");
     let status = pair.node_status(BACKUP);
     assert!(status["failure"].as_str().is_some_and(|f| f.contains("digest mismatch")), "{status}");
+}
+
+#[test]
+fn a_flipped_bit_in_a_closed_journal_segment_is_found_after_a_restart_while_the_node_serves() {
+    // An open reads only the last segment whole (closed ones are taken from their seals), so
+    // the node starts and serves; the check it makes once after start reads the sealed segment
+    // and raises journal-damaged naming the file. A bit flipped in the closed segment of a's
+    // local journal, a stopped meanwhile.
+    let options = Options { notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Async, options);
+    let dir = pair.dir().to_path_buf();
+    let mut a = pair.redis(PRIMARY);
+    for i in 0..200 {
+        let _: () = redis::Commands::set(&mut a, format!("before-{i}"), "x".repeat(100)).unwrap();
+    }
+    pair.hotpair_ok(&["replicate", "reopen-log", PRIMARY]);
+    let _: () = redis::Commands::set(&mut a, "after", "1").unwrap();
+    drop(a);
+    pair.wait_caught_up();
+    pair.stop(PRIMARY);
+    let local = pair.node_dir(PRIMARY).join("journal/local");
+    let mut closed: Vec<std::path::PathBuf> = std::fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hpj"))
+        .collect();
+    closed.sort();
+    let segment = closed.first().expect("a closed segment").clone();
+    assert!(hotpair::journal::seal::path_of(&segment).exists(), "the closed segment is sealed");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&segment, bytes).unwrap();
+    pair.restart(PRIMARY);
+    let raised =
+        wait_notified(&dir, "journal-damaged on the restarted primary", event("journal-damaged", PRIMARY, "open"));
+    assert_eq!(raised["severity"], "critical", "{raised}");
+    let message = raised["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&segment.display().to_string()), "the incident names the file: {message}");
+    // It serves meanwhile: reads answer.
+    let mut a = pair.redis(PRIMARY);
+    let got: Option<String> = redis::Commands::get(&mut a, "after").unwrap();
+    assert_eq!(got.as_deref(), Some("1"));
 }

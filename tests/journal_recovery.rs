@@ -348,6 +348,139 @@ fn a_missing_segment_is_a_gap() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Seals: an open reads only the last segment whole
+
+/// Copies a journal with the seals its writer left beside the closed segments.
+fn copy_with_seals(from: &Path, to: &Path) {
+    copy_journal(from, to);
+    for file in segment_files(from) {
+        let seal = hotpair::journal::seal::path_of(&file);
+        if seal.exists() {
+            std::fs::copy(&seal, to.join(seal.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_open_reads_only_the_last_segment_whole_when_the_closed_ones_are_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_journal(dir.path(), 400);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 20, "400 records should fill many {SEGMENT_BYTES}-byte segments, got {}", files.len());
+    let total: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let last_len = std::fs::metadata(files.last().unwrap()).unwrap().len();
+    let (journal, recovery) = open(dir.path());
+    // What was read: the header of every closed segment, and the last segment whole.
+    assert_eq!(recovery.sealed, files.len() - 1, "every closed segment is taken from its seal");
+    let expected = (files.len() as u64 - 1) * SEGMENT_HEADER_LEN as u64 + last_len;
+    assert_eq!(recovery.bytes_read, expected, "read {} of {total} bytes", recovery.bytes_read);
+    assert_eq!(recovery.records, 400);
+    assert_eq!(journal.last_lsn(), Some(400));
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=400).collect::<Vec<_>>());
+    let checked = journal.check_sealed().unwrap();
+    assert_eq!(checked.segments, files.len() - 1);
+    // New records roll more segments: those are sealed as they close, and the next open trusts them too.
+    for lsn in 401..=600 {
+        journal.append(&record(lsn)).unwrap();
+    }
+    journal.sync_to(600).unwrap();
+    drop(journal);
+    let files = segment_files(dir.path());
+    let (journal, recovery) = open(dir.path());
+    assert_eq!(recovery.sealed, files.len() - 1);
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=600).collect::<Vec<_>>());
+    assert_eq!(journal.check_sealed().unwrap().segments, files.len() - 1);
+}
+
+#[test]
+fn a_journal_written_before_seals_is_read_whole_once_and_sealed() {
+    let base = tempfile::tempdir().unwrap();
+    write_journal(base.path(), RECORDS);
+    let copy = tempfile::tempdir().unwrap();
+    copy_journal(base.path(), copy.path()); // segments only: as a journal from before seals
+    let files = segment_files(copy.path());
+    let total: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let (journal, recovery) = open(copy.path());
+    assert_eq!((recovery.sealed, recovery.bytes_read), (0, total));
+    drop(journal);
+    let (journal, recovery) = open(copy.path());
+    assert_eq!(recovery.sealed, files.len() - 1, "the first open sealed the closed segments");
+    assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>());
+}
+
+/// Spoils a seal (first path) or its segment (second path).
+type Spoil = fn(&Path, &Path);
+
+#[test]
+fn a_seal_that_disagrees_with_its_segment_is_not_trusted() {
+    let base = tempfile::tempdir().unwrap();
+    write_journal(base.path(), RECORDS);
+    let files = segment_files(base.path());
+    let second = files[1].file_name().unwrap().to_owned();
+    // A damaged seal, a seal of another length, and a seal of another segment: each costs a
+    // full read of that segment, never a wrong end.
+    let damage: [(&str, Spoil); 3] = [
+        ("flipped bit in the seal", |seal, _| flip_bit(seal, 20, 1)),
+        ("segment longer than sealed", |_, segment| {
+            let mut bytes = std::fs::read(segment).unwrap();
+            bytes.extend_from_slice(&[0u8; 16]);
+            std::fs::write(segment, bytes).unwrap();
+        }),
+        ("seal of the next segment", |seal, segment| {
+            let files = segment_files(segment.parent().unwrap());
+            let at = files.iter().position(|f| f == segment).unwrap();
+            std::fs::copy(hotpair::journal::seal::path_of(&files[at + 1]), seal).unwrap();
+        }),
+    ];
+    for (what, spoil) in damage {
+        let copy = tempfile::tempdir().unwrap();
+        copy_with_seals(base.path(), copy.path());
+        let segment = copy.path().join(&second);
+        spoil(&hotpair::journal::seal::path_of(&segment), &segment);
+        match Journal::open(copy.path(), identity(), options()) {
+            Ok((journal, recovery)) => {
+                assert_ne!(what, "segment longer than sealed", "{what}: the full read must find the zeros");
+                assert_eq!(recovery.sealed, files.len() - 2, "{what}");
+                assert_eq!(lsns(&entries(&journal, 1)), (1..=RECORDS).collect::<Vec<_>>(), "{what}");
+            }
+            // Read whole, the spoiled segment shows what it is: zeros after its last record, or
+            // (the other seal) nothing wrong at all.
+            Err(err) => assert!(
+                what == "segment longer than sealed" && matches!(err, JournalError::Corrupt { .. }),
+                "{what}: {err}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_segment_is_found_by_the_check_and_by_reading_it() {
+    let base = tempfile::tempdir().unwrap();
+    write_journal(base.path(), RECORDS);
+    let all = layout(base.path());
+    let second = &segment_files(base.path())[1];
+    let victim = all.iter().filter(|e| &e.path == second).nth(1).unwrap().clone();
+    let copy = tempfile::tempdir().unwrap();
+    copy_with_seals(base.path(), copy.path());
+    let path = copy.path().join(second.file_name().unwrap());
+    flip_bit(&path, victim.offset + FRAME_HEADER_LEN as u64 + 3, 2);
+    // The open does not read it (this is what a seal trades) ...
+    let (journal, recovery) = open(copy.path());
+    assert_eq!(recovery.sealed, segment_files(copy.path()).len() - 1);
+    // ... the check finds it, naming the file and the record ...
+    match journal.check_sealed() {
+        Err(JournalError::Corrupt { path: found, offset, .. }) => {
+            assert_eq!((found, offset), (path.clone(), victim.offset))
+        }
+        other => panic!("expected Corrupt in {}, got {other:?}", path.display()),
+    }
+    // ... and so does any reader that reaches it.
+    let err = journal.read_from(1).unwrap().find_map(Result::err).expect("the reader meets the damage");
+    let JournalError::Corrupt { path: found, offset, .. } = err else { panic!("expected Corrupt, got {err}") };
+    assert_eq!((found, offset), (path, victim.offset));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Operations
 
 #[test]
@@ -1255,4 +1388,22 @@ fn sync_now_waits_for_an_fsync_in_flight_instead_of_starting_a_second() {
     assert_eq!(journal.sync_now().unwrap(), 3);
     waiter.join().unwrap().unwrap();
     assert_eq!(journal.stats().fsyncs, 1, "two fsyncs of the same records");
+}
+
+#[test]
+fn bench_store_reports_its_costs_and_refuses_zero_sizes() {
+    // `hotpair bench store` at a tiny size: it exits 0 with every measurement (it checks the
+    // reopened store holds every key itself), and refuses --keys 0 as a usage error.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let out = hotpair(&["bench", "store", "--keys", "2000", "--ops", "500", "--json", "--dir", dir_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for field in ["load", "get", "apply_reading_sled", "apply_from_images"] {
+        assert!(report[field]["cpu_us"].as_f64().is_some_and(|us| us > 0.0), "{field}: {report}");
+    }
+    assert_eq!(report["keys"], 2000);
+    assert!(report["rss_bytes_per_key"].as_f64().is_some_and(|b| b > 0.0), "{report}");
+    let out = hotpair(&["bench", "store", "--keys", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

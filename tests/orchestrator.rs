@@ -950,6 +950,110 @@ fn rejoin_rebuilt_backup(pair: &mut Pair, a: &mut redis::Connection) {
     wait_caught_up_at(pair, PRIMARY);
 }
 
+// ---------------------------------------------------------------------------------------------
+// A full copy cut off by a SIGKILL resumes where it stopped.
+
+/// Keys of a [`FILL_VALUE_BYTES`]-byte value each: about 60 MB, fifteen copy batches — more than
+/// can be in flight (socket buffers, the receiver's queue) when a test cuts the copy at a
+/// quarter, so that killing the sender then leaves the copy unfinished.
+const FILL_KEYS: usize = 60_000;
+const FILL_VALUE_BYTES: usize = 1000;
+
+/// a holds FILL_KEYS keys `fill-i`, only in its store (its journal keeps only the records since)
+/// and a writer goes on writing under `load`; b is a rebuilt (empty) node whose copy writes
+/// each batch 300 ms late
+/// (`HOTPAIR_SIMULATED_COPY_DELAY`), and a `rejoin b --allow-full-copy` has begun. Returns once
+/// b has stored part of the copy, not all of it, with the running rejoin CLI.
+fn a_copy_under_way(pair: &mut Pair) -> (Child, Load) {
+    let mut a = pair.redis(PRIMARY);
+    let value = "v".repeat(FILL_VALUE_BYTES);
+    for chunk in (0..FILL_KEYS).collect::<Vec<_>>().chunks(1000) {
+        let pairs: Vec<(String, &str)> = chunk.iter().map(|i| (format!("fill-{i}"), value.as_str())).collect();
+        let _: () = a.mset(&pairs).unwrap();
+    }
+    pair.wait_caught_up();
+    pair.kill(BACKUP);
+    std::fs::remove_dir_all(pair.node_dir(BACKUP)).expect("lose b's data directory");
+    pair.hotpair_ok(&["reinit", BACKUP]);
+    // And a keeps only its newest segment, so that the rebuilt b can only be copied.
+    pair.hotpair_ok(&["replicate", "reopen-log", PRIMARY]);
+    pair.stop(PRIMARY);
+    let local = pair.node_dir(PRIMARY).join("journal/local");
+    let all = segments(&local);
+    for old in &all[..all.len() - 1] {
+        std::fs::remove_file(old).expect("delete an old segment");
+    }
+    pair.restart(PRIMARY);
+    pair.set_env(BACKUP, "HOTPAIR_SIMULATED_COPY_DELAY", Some("300ms"));
+    pair.restart(BACKUP);
+    let load = Load::start(pair, "during");
+    let rejoin = spawn_cli(pair, &["rejoin", BACKUP, "--allow-full-copy", "--json"]);
+    let total = FILL_KEYS as u64;
+    pair.wait_for_node(BACKUP, "b to store part of the copy", |s| {
+        s["full_copy"]["pairs"].as_u64().is_some_and(|done| done > 0 && done < total / 4)
+    });
+    // a takes writes while it is being copied (they reach b as records redone after the pairs).
+    load.wait_more(5, "writes during the copy");
+    (rejoin, load)
+}
+
+/// After the cut: a plain rejoin is refused (it would build on a partial store), `rejoin
+/// --allow-full-copy` resumes from b's checkpoint (b's log says where), and b ends with every
+/// key and every write acknowledged before, during and after the copy, digests equal.
+fn resume_the_copy(pair: &mut Pair, load: Load) {
+    let (code, report) = run_json(pair, &["rejoin", BACKUP]);
+    assert_eq!(code, 1, "a plain rejoin over a cut-off copy: {report}");
+    assert!(report["outcome"].as_str().is_some_and(|o| o.contains("--allow-full-copy")), "{report}");
+    let status = pair.node_status(BACKUP);
+    let resumed_at = status["full_copy"]["pairs"].as_u64().expect("b reports the copy it holds");
+    assert!(resumed_at > 0, "b kept the pairs stored before the kill: {status}");
+    let (code, report) = run_json(pair, &["rejoin", BACKUP, "--allow-full-copy"]);
+    assert_eq!(code, 0, "the resumed copy: {report}");
+    // Where it resumed (b's log): at least where b said it stood (batches queued before the cut
+    // may have been stored after that status).
+    let log = pair.log(BACKUP);
+    let resumed: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("full copy: receiving"))
+        .filter_map(|l| l.split("resumed_at=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        resumed.last().is_some_and(|&at| at >= resumed_at && at < FILL_KEYS as u64),
+        "b's log shows the copy resuming at pair {resumed_at} or later, not from the start: {resumed:?}"
+    );
+    wait_following(pair, PRIMARY);
+    load.wait_more(10, "writes after the resumed copy");
+    let acked = load.stop();
+    wait_caught_up_at(pair, PRIMARY);
+    let keys: Vec<String> = (0..FILL_KEYS).map(|i| format!("fill-{i}")).collect();
+    let value = "v".repeat(FILL_VALUE_BYTES);
+    let missing = values_on(pair, BACKUP, &keys).iter().filter(|v| v.as_deref() != Some(value.as_str())).count();
+    assert_eq!(missing, 0, "fill keys missing or wrong on b after the resumed copy");
+    assert_acked_on(pair, BACKUP, &acked, "after the resumed copy");
+    assert_verify_equal(pair, true);
+}
+
+#[test]
+fn a_full_copy_cut_off_by_killing_the_receiver_resumes_where_it_stopped() {
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let (mut rejoin, load) = a_copy_under_way(&mut pair);
+    pair.kill(BACKUP);
+    assert_ne!(wait_child(&mut rejoin), 0, "the rejoin whose node was killed fails");
+    pair.set_env(BACKUP, "HOTPAIR_SIMULATED_COPY_DELAY", None);
+    pair.restart(BACKUP);
+    resume_the_copy(&mut pair, load);
+}
+
+#[test]
+fn a_full_copy_cut_off_by_killing_the_sender_resumes_where_it_stopped() {
+    let mut pair = Pair::start_with(SyncLevel::Async, fast());
+    let (mut rejoin, load) = a_copy_under_way(&mut pair);
+    pair.kill(PRIMARY);
+    assert_ne!(wait_child(&mut rejoin), 0, "the rejoin whose primary was killed fails");
+    pair.restart(PRIMARY);
+    resume_the_copy(&mut pair, load);
+}
+
 /// `cp -a`: a node's data directory as a backup tool would copy it.
 fn copy_dir(from: &Path, to: &Path) {
     let out = Command::new("cp").arg("-a").arg(from).arg(to).output().expect("run cp");

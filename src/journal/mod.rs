@@ -17,10 +17,14 @@
 //!   one fsync serves every record appended before it started).
 //! - At open, a torn last record is cut back to the last whole record; damage anywhere else is
 //!   an error that names the file and the offset ([`segment`] explains how the two are told apart).
+//!   Closed segments with a seal are not read at open: their damage is found when they are read
+//!   or by [`Journal::check_sealed`] ([`seal`] says what that trades).
 //!
 //! ## Parts
 //! - [`record`]: what a record says. [`format`]: how it is laid out in bytes (no I/O).
 //! - [`segment`]: walking one segment file. [`writer`]: the open journal with group commit.
+//! - [`seal`]: what a closed segment holds, written beside it, so that an open reads only the
+//!   last segment whole (a restart does not grow with the journal).
 //! - [`reader`]: forward reads across archived and live segments; offline inspection.
 //! - [`merged`]: several journal directories (a node's two, a backup's, archives) read as one history.
 
@@ -28,6 +32,7 @@ pub mod format;
 pub mod merged;
 pub mod reader;
 pub mod record;
+pub mod seal;
 pub mod segment;
 pub mod writer;
 
@@ -37,8 +42,8 @@ pub use format::{JournalKind, SegmentHeader, MAX_RECORD_BODY};
 pub use reader::{inspect, read_dir_from, JournalEntry, JournalReader, SegmentInfo, SegmentReport};
 pub use record::{ClientCommand, Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
 pub use writer::{
-    Gather, Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, CACHE_BEHIND_BYTES,
-    DEFAULT_SEGMENT_BYTES, PREALLOCATE_BYTES,
+    Gather, Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, SealCheck,
+    CACHE_BEHIND_BYTES, DEFAULT_SEGMENT_BYTES, PREALLOCATE_BYTES,
 };
 
 /// Which of a node's two journals holds `lsn`: the local one for the epochs `me` led, the remote

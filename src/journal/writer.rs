@@ -85,6 +85,7 @@ use tokio::sync::watch;
 use super::format::{self, JournalKind, SegmentHeader, MAX_RECORD_BODY, SEGMENT_HEADER_LEN};
 use super::reader::{self, JournalReader, SegmentInfo};
 use super::record::{Epoch, Lsn, Record};
+use super::seal::{self, Seal};
 use super::segment::{self, Tail};
 use super::JournalError;
 
@@ -178,6 +179,19 @@ pub struct Recovery {
     /// Zero bytes cut from the end of the last segment: preallocated space a writer that did not
     /// close the journal had not reached (not damage; see "Preallocation").
     pub zeroed: Option<(PathBuf, u64, u64)>,
+    /// Closed segments taken from their seals: only their headers were read (`seal`).
+    pub sealed: usize,
+    /// Bytes read from segment files to open the journal (headers of sealed segments, the
+    /// whole of every other segment).
+    pub bytes_read: u64,
+}
+
+/// What [`Journal::check_sealed`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealCheck {
+    /// Sealed segments whose bytes matched their seal's CRC.
+    pub segments: usize,
+    pub bytes: u64,
 }
 
 /// An open journal directory. Cloning shares the same journal.
@@ -288,6 +302,8 @@ struct State {
     allocated: u64,
     /// Appended records not yet written to the active segment.
     buffer: Vec<u8>,
+    /// CRC32C of the active segment's bytes written so far (`[0, bytes)`), for its seal.
+    active_crc: u32,
     /// LSN of the last record appended (buffered or written); `None` for an empty journal.
     last_lsn: Option<Lsn>,
     /// The first LSN the next append must have, when an empty segment or history pins it.
@@ -338,8 +354,10 @@ impl Drop for JournalThreads {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal in `dir`, checks every segment, and cuts a torn
-    /// tail back to the last whole record. Damage anywhere else is an error naming file and offset.
+    /// Opens (creating if needed) the journal in `dir`, checks the last segment and every closed
+    /// one without a seal whole, and cuts a torn tail back to the last whole record. Damage
+    /// anywhere else is an error naming file and offset. Sealed segments are not read (`seal`):
+    /// [`Journal::check_sealed`] checks them later.
     pub fn open(
         dir: &Path,
         identity: JournalIdentity,
@@ -349,7 +367,7 @@ impl Journal {
             return Err(JournalError::InvalidNodeName(identity.node.clone()));
         }
         create_dir_durably(dir)?;
-        let (segments, recovery) = recover(dir, &identity)?;
+        let (segments, recovery, active_crc) = recover(dir, &identity)?;
         let next_lsn = segments.last().map(|s| s.last_lsn.map_or(s.first_lsn, |l| l + 1));
         let last_lsn = last_of(&segments, next_lsn);
         let active = match segments.last() {
@@ -375,6 +393,7 @@ impl Journal {
                 active,
                 allocated,
                 buffer: Vec::new(),
+                active_crc,
                 last_lsn,
                 next_lsn,
                 written_lsn: durable,
@@ -676,6 +695,54 @@ impl Journal {
         Ok(self.segments()?.iter().find(|s| s.last_lsn.is_some()).map(|s| s.first_lsn))
     }
 
+    /// Reads every sealed closed segment once and checks its bytes against its seal's CRC32C:
+    /// the damage check an open no longer makes (`seal`). A mismatch is a `Corrupt` error that
+    /// names the file, and the offset of the first bad record when one can be found. Reads a
+    /// megabyte at a time without the journal's lock and drops the pages behind it; a segment
+    /// trimmed or cut meanwhile is skipped.
+    pub fn check_sealed(&self) -> Result<SealCheck, JournalError> {
+        let closed: Vec<SegmentInfo> = {
+            let state = self.inner.lock();
+            let n = state.segments.len().saturating_sub(1);
+            state.segments[..n].to_vec()
+        };
+        let mut checked = SealCheck::default();
+        for seg in closed {
+            let Some(sealed) = seal::read(&seg.path) else { continue };
+            if sealed.bytes != seg.bytes {
+                continue;
+            }
+            let crc = match crc_of_file(&seg.path, sealed.bytes) {
+                Ok(crc) => crc,
+                // Trimmed or cut since the list was taken.
+                Err(_) if !seg.path.exists() => continue,
+                Err(err) => return Err(err),
+            };
+            if let Ok(file) = File::open(&seg.path) {
+                segment::drop_from_cache(&file, 0, 0);
+            }
+            if crc != sealed.crc {
+                if seal::read(&seg.path) != Some(sealed) {
+                    continue;
+                }
+                let bytes =
+                    std::fs::read(&seg.path).map_err(|source| JournalError::Io { path: seg.path.clone(), source })?;
+                segment::scan(&seg.path, &bytes, false, |_| Ok(()))?;
+                return Err(JournalError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "the segment's bytes do not match the CRC32C its seal recorded when it was closed ({:08x}, now {crc:08x})",
+                        sealed.crc
+                    ),
+                });
+            }
+            checked.segments += 1;
+            checked.bytes += sealed.bytes;
+        }
+        Ok(checked)
+    }
+
     /// Removes every record after `lsn` (durably). Used to drop an orphaned tail after it was
     /// saved and rewound. Nobody may append while it runs; it waits for an in-flight fsync.
     pub fn truncate_after(&self, lsn: Lsn) -> Result<(), JournalError> {
@@ -696,6 +763,8 @@ impl Journal {
             }
         }
         while let Some(seg) = state.segments.last().cloned() {
+            // The seal goes first: a seal must never outlive the bytes it describes.
+            seal::remove(&seg.path)?;
             if seg.first_lsn > lsn {
                 state.segments.pop();
                 state.active = None;
@@ -704,6 +773,7 @@ impl Journal {
             }
             let cut_at = offset_after(&seg.path, lsn)?;
             cut_file(&seg.path, cut_at)?;
+            state.active_crc = crc_of_file(&seg.path, cut_at)?;
             let last = state.segments.last_mut().expect("loop holds a segment");
             // `lsn` may lie in an epoch gap past this segment's end: keep what the segment holds.
             last.last_lsn = seg.last_lsn.map(|held| held.min(lsn)).filter(|&held| held >= seg.first_lsn);
@@ -749,6 +819,7 @@ impl Journal {
         while state.segments.len() > 1 && state.segments[1].first_lsn <= lsn {
             let seg = state.segments.remove(0);
             self.inner.publish(&state);
+            seal::remove(&seg.path)?;
             match &self.inner.options.archive_dir {
                 Some(archive) => {
                     create_dir_durably(archive)?;
@@ -892,6 +963,7 @@ impl Inner {
             return Err(self.fail(state, reason));
         }
         let written = state.buffer.len() as u64;
+        state.active_crc = crc32c::crc32c_append(state.active_crc, &state.buffer);
         state.buffer.clear();
         if let Some(seg) = state.segments.last_mut() {
             seg.bytes += written;
@@ -1029,6 +1101,20 @@ impl Inner {
             if let Err(err) = file.set_len(len).and_then(|()| file.sync_all()) {
                 return Err(self.fail(state, format!("closing {} failed: {err}", path.display())));
             }
+            if let Some(closed) = state.segments.last() {
+                let sealed = Seal {
+                    first_lsn: closed.first_lsn,
+                    last_lsn: closed.last_lsn,
+                    epoch: closed.epoch,
+                    bytes: len,
+                    crc: state.active_crc,
+                };
+                // Only a shortcut for the next open (the directory's fsync below covers it):
+                // without it that open reads the segment whole, as it always did.
+                if let Err(err) = seal::write(&closed.path, &sealed) {
+                    tracing::warn!(path = %closed.path.display(), %err, "could not seal a closed journal segment");
+                }
+            }
             let (written, mut covered) = (state.written_lsn, Vec::new());
             self.publish_durable(state, written, &mut covered);
             self.durable.notify_all();
@@ -1048,9 +1134,11 @@ impl Inner {
             .write(true)
             .open(&path)
             .map_err(|source| JournalError::Io { path: path.clone(), source })?;
-        io(&path, file.write_all_at(&header.encode(), 0))?;
+        let header_bytes = header.encode();
+        io(&path, file.write_all_at(&header_bytes, 0))?;
         io(&path, file.sync_all())?;
         sync_dir(&self.dir)?;
+        state.active_crc = crc32c::crc32c(&header_bytes);
         state.segments.push(SegmentInfo {
             path: path.clone(),
             first_lsn,
@@ -1257,19 +1345,39 @@ fn last_of(segments: &[SegmentInfo], next_lsn: Option<Lsn>) -> Option<Lsn> {
     segments.iter().rev().find_map(|s| s.last_lsn).or(next_lsn.map(|n| n - 1)).filter(|&l| l > 0)
 }
 
-/// Scans every segment of `dir`, checking identity and continuity, and cuts a torn tail of the
-/// last one. Returns the live segments.
-fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, Recovery), JournalError> {
+/// Opens every segment of `dir`, checking identity and continuity, and cuts a torn tail of the
+/// last one. A closed segment with a valid seal is taken from it (only its header is read); the
+/// last segment, and any closed one without a seal, is read and checked whole (and sealed, so
+/// the next open need not). Returns the live segments and the CRC32C of the last one's bytes.
+fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, Recovery, u32), JournalError> {
     let files = segment::list(dir)?;
     let mut recovery = Recovery { segments: files.len(), ..Recovery::default() };
     let mut segments: Vec<SegmentInfo> = Vec::new();
+    let mut last_crc = 0;
+    let mut sealed_now = false;
     for (index, (named_lsn, path)) in files.iter().enumerate() {
         let is_last = index + 1 == files.len();
+        if !is_last {
+            if let Some((info, crc)) = open_sealed(path, *named_lsn, identity, &mut recovery)? {
+                check_continuity(segments.last(), &info)?;
+                recovery.records += info.last_lsn.map_or(0, |last| last + 1 - info.first_lsn);
+                recovery.sealed += 1;
+                segments.push(info);
+                last_crc = crc;
+                continue;
+            }
+        }
         let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        recovery.bytes_read += bytes.len() as u64;
         if is_last && bytes.len() < SEGMENT_HEADER_LEN {
             // Created but never made durable: the crash came before the header's fsync.
             tracing::warn!(path = %path.display(), bytes = bytes.len(), "removing a segment whose header was never completed");
             remove_file(path)?;
+            if let Some(previous) = segments.last() {
+                // The sealed segment before it is the active one again: it will grow.
+                seal::remove(&previous.path)?;
+                recovery.sealed -= 1;
+            }
             sync_dir(dir)?;
             recovery.segments -= 1;
             continue;
@@ -1283,13 +1391,15 @@ fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, 
                 reason: format!("header says first LSN {}, file name says {named_lsn}", scanned.header.first_lsn),
             });
         }
-        if let Some(prev) = segments.last() {
-            let expected = prev.last_lsn.map_or(prev.first_lsn, |l| l + 1);
-            let found = scanned.header.first_lsn;
-            if found != expected && !is_epoch_gap(Some(prev), expected, found, scanned.header.epoch) {
-                return Err(JournalError::Gap { path: path.clone(), expected, found: scanned.header.first_lsn });
-            }
-        }
+        let info = SegmentInfo {
+            path: path.clone(),
+            first_lsn: scanned.header.first_lsn,
+            last_lsn: scanned.last_lsn,
+            bytes: scanned.valid_len,
+            epoch: scanned.header.epoch,
+            archived: false,
+        };
+        check_continuity(segments.last(), &info)?;
         if let Tail::Torn { offset, bytes: torn, reason } = &scanned.tail {
             tracing::warn!(path = %path.display(), offset, bytes = torn, %reason, "cutting a torn tail back to the last whole record");
             cut_file(path, *offset)?;
@@ -1302,16 +1412,83 @@ fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, 
             recovery.zeroed = Some((path.clone(), *offset, *zeros));
         }
         recovery.records += scanned.record_count;
-        segments.push(SegmentInfo {
-            path: path.clone(),
-            first_lsn: scanned.header.first_lsn,
-            last_lsn: scanned.last_lsn,
-            bytes: scanned.valid_len,
-            epoch: scanned.header.epoch,
-            archived: false,
-        });
+        let crc = crc32c::crc32c(&bytes[..scanned.valid_len as usize]);
+        if is_last {
+            last_crc = crc;
+        } else {
+            // A closed segment from before seals existed (or whose seal was lost): seal it now.
+            let sealed =
+                Seal { first_lsn: info.first_lsn, last_lsn: info.last_lsn, epoch: info.epoch, bytes: info.bytes, crc };
+            match seal::write(path, &sealed) {
+                Ok(()) => sealed_now = true,
+                Err(err) => tracing::warn!(path = %path.display(), %err, "could not seal a closed journal segment"),
+            }
+        }
+        segments.push(info);
     }
-    Ok((segments, recovery))
+    if sealed_now {
+        sync_dir(dir)?;
+    }
+    Ok((segments, recovery, last_crc))
+}
+
+/// A closed segment as its seal describes it, if the seal is there and agrees with the file
+/// (length, header identity, first LSN, epoch); `None` means "read it whole". Reads the header.
+fn open_sealed(
+    path: &Path,
+    named_lsn: Lsn,
+    identity: &JournalIdentity,
+    recovery: &mut Recovery,
+) -> Result<Option<(SegmentInfo, u32)>, JournalError> {
+    let Some(sealed) = seal::read(path) else {
+        return Ok(None);
+    };
+    let len = std::fs::metadata(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?.len();
+    if sealed.bytes != len || sealed.first_lsn != named_lsn || len < SEGMENT_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let header = reader::read_header(path)?;
+    recovery.bytes_read += SEGMENT_HEADER_LEN as u64;
+    check_identity(path, &header, identity)?;
+    if header.first_lsn != named_lsn || header.epoch != sealed.epoch {
+        return Ok(None);
+    }
+    let info = SegmentInfo {
+        path: path.to_path_buf(),
+        first_lsn: sealed.first_lsn,
+        last_lsn: sealed.last_lsn,
+        bytes: sealed.bytes,
+        epoch: sealed.epoch,
+        archived: false,
+    };
+    Ok(Some((info, sealed.crc)))
+}
+
+/// The segment after `previous` must start where it ends, or past it at an epoch gap.
+fn check_continuity(previous: Option<&SegmentInfo>, next: &SegmentInfo) -> Result<(), JournalError> {
+    if let Some(prev) = previous {
+        let expected = prev.last_lsn.map_or(prev.first_lsn, |l| l + 1);
+        if next.first_lsn != expected && !is_epoch_gap(Some(prev), expected, next.first_lsn, next.epoch) {
+            return Err(JournalError::Gap { path: next.path.clone(), expected, found: next.first_lsn });
+        }
+    }
+    Ok(())
+}
+
+/// CRC32C of the first `len` bytes of the file at `path` (a segment cut by a truncation).
+fn crc_of_file(path: &Path, len: u64) -> Result<u32, JournalError> {
+    use std::io::Read;
+    let file = File::open(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(len));
+    let mut crc = 0;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut chunk).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+        if n == 0 {
+            return Ok(crc);
+        }
+        crc = crc32c::crc32c_append(crc, &chunk[..n]);
+    }
 }
 
 fn check_identity(path: &Path, header: &SegmentHeader, identity: &JournalIdentity) -> Result<(), JournalError> {

@@ -165,11 +165,17 @@ where
         .await
         .map_err(|_| "peer sent no hello in time".to_string())?
         .map_err(|e| e.to_string())?;
-    if let Some(Frame::Message(Envelope { from, epoch, message: Message::CopyRequest { cluster, incarnation } })) =
-        &first
+    if let Some(Frame::Message(Envelope {
+        from,
+        epoch,
+        message: Message::CopyRequest { cluster, incarnation, resume },
+    })) = &first
     {
         check_copy_request(&node, from, *epoch, *cluster, *incarnation)?;
-        return copy_out(node, stream).await;
+        // The peer names its epoch, not above ours (`check_copy_request`), as a hello would: a
+        // restarted primary has heard what it waits for, and takes writes during the copy.
+        node.step_now(Event::PeerAcked).map_err(|e| e.to_string())?;
+        return super::copy::send(node, stream, resume.clone()).await;
     }
     let Some(Frame::Message(Envelope {
         from,
@@ -324,46 +330,6 @@ where
     };
     node.session_active.store(false, Ordering::SeqCst);
     result
-}
-
-/// Sends the whole store to the peer (a full copy for a rejoin whose journals are gone): the
-/// store at one position, then the peer catches up from the next LSN as a backup.
-async fn copy_out<S>(node: Arc<Node>, mut stream: S) -> Result<(), String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if node.pipeline().is_none() {
-        return Err("a full copy was asked of a node that is not the primary".into());
-    }
-    // The copy replaces whatever the peer held; the admin allowed it (rejoin --allow-full-copy).
-    node.forget_peer_position().map_err(|e| e.to_string())?;
-    let history = node.meta().history;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(crate::store::Position, Vec<(Vec<u8>, Vec<u8>)>)>(4);
-    let store = node.store.clone();
-    let scan = tokio::task::spawn_blocking(move || {
-        store.copy_out(1 << 20, |position, batch| tx.blocking_send((position, batch)).is_ok())
-    });
-    let mut begun = false;
-    let mut pairs = 0u64;
-    let started = std::time::Instant::now();
-    while let Some((position, batch)) = rx.recv().await {
-        if !begun {
-            tracing::info!(lsn = position.applied_lsn, keys = position.key_count, "full copy: sending the store");
-            let begin = Message::CopyBegin { position, history: history.clone() };
-            let envelope = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: begin };
-            wire::write_frame(&mut stream, &Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
-            begun = true;
-        }
-        pairs += batch.len() as u64;
-        wire::write_frame(&mut stream, &Frame::Copy(wire::encode_pairs(&batch))).await.map_err(|e| e.to_string())?;
-    }
-    scan.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    let end = Envelope { from: node.name().to_string(), epoch: node.meta().epoch, message: Message::CopyEnd { pairs } };
-    wire::write_frame(&mut stream, &Frame::Message(end)).await.map_err(|e| e.to_string())?;
-    // The receiver closes once it has the end: closing first could cut frames still in flight.
-    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream)).await;
-    tracing::info!(pairs, ms = started.elapsed().as_millis() as u64, "full copy sent");
-    Ok(())
 }
 
 /// Holds a would-be backup's unconfirmed tail (`tail_crcs` from `confirmed_lsn + 1` on, and

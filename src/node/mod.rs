@@ -9,7 +9,9 @@
 //! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
 //! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
 //!   stops receiving, until space returns;
-//! - as primary, active expiry (`expiry`): expired keys are deleted through the journal.
+//! - as primary, active expiry (`expiry`): expired keys are deleted through the journal;
+//! - once, after start, the check of the closed journal segments an open no longer reads
+//!   (`journal_check`).
 //!
 //! Every role it takes is the pair engine's decision ([`crate::engine`]): the node feeds the
 //! engine its events and carries out the effects in the order given ([`apply`]).
@@ -29,9 +31,11 @@ mod apply;
 pub mod backend;
 mod backup;
 mod control;
+mod copy;
 pub mod disk;
 mod expiry;
 pub(crate) mod follow;
+mod journal_check;
 pub mod metrics;
 mod monitor;
 pub mod primitives;
@@ -199,6 +203,14 @@ impl Node {
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
+        if let Some(cut_off) = node.store.copy_checkpoint()? {
+            tracing::warn!(
+                pairs = cut_off.pairs,
+                total = cut_off.total,
+                "a full copy into this node was cut off; `hotpair rejoin {name} --allow-full-copy` resumes it"
+            );
+            node.copy_progress.send_replace(Some((cut_off.pairs, cut_off.total)));
+        }
         let met_peer = node.meta().peer.is_some();
         let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn(), met_peer };
         node.step_now(crate::engine::Event::Restarted(recovered))?;
@@ -592,6 +604,10 @@ pub const SIMULATED_FSYNC_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_FSYNC_DELAY
 /// kill a primary whose records were shipped (from memory) but never written (docs/operations.md).
 pub const SIMULATED_WRITE_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_WRITE_DELAY";
 
+/// Tests only: a delay a node receiving a full copy waits before writing each batch, so that a
+/// test can kill either node in the middle of a copy (`copy`, "Resuming").
+pub const SIMULATED_COPY_DELAY_ENV: &str = "HOTPAIR_SIMULATED_COPY_DELAY";
+
 fn simulated_delay(variable: &str) -> Result<Option<Duration>, Error> {
     match std::env::var(variable) {
         Ok(text) => humantime::parse_duration(&text)
@@ -662,6 +678,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(disk::run(node.clone()));
     tasks.spawn(expiry::run(node.clone()));
     tasks.spawn(apply::tick(node.clone()));
+    journal_check::start(node.clone());
     wait_for_signal().await;
     node.shutdown.send_replace(true);
     while let Some(done) = tasks.join_next().await {

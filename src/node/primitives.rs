@@ -23,7 +23,7 @@ use super::Node;
 use crate::engine::{Event, PrimaryView, Primitive, RejoinRequest, Reply};
 use crate::journal::{Lsn, Record, RecordBody};
 use crate::protocol::{self, body};
-use crate::wire::{self, AdminRequest};
+use crate::wire::AdminRequest;
 
 /// Carries out one primitive; `Err` is the refusal, in one sentence.
 pub async fn handle(node: &Arc<Node>, request: AdminRequest) -> Result<Value, String> {
@@ -64,11 +64,22 @@ pub async fn handle(node: &Arc<Node>, request: AdminRequest) -> Result<Value, St
     // Read under the lock: nothing moves the node's journals but a primitive or its follower,
     // and the follower is what the rejoin stops first (then it plans again).
     let primitive = match primitive {
+        Primitive::Rejoin(request) if !request.full_copy && !request.dry_run && copy_cut_off(node)? => {
+            let name = node.name();
+            return Err(format!(
+                "a full copy into {name} was cut off before it ended; run `hotpair rejoin {name} --allow-full-copy` to resume it"
+            ));
+        }
         Primitive::Rejoin(request) => Primitive::Rejoin(RejoinRequest { our_last: node.last_lsn(), ..request }),
         other => other,
     };
     let reply = node.drive(Event::Admin(primitive)).await?;
     answer(node, reply)
+}
+
+/// Whether a full copy into this node was cut off (`copy`): only a full copy may go on from it.
+fn copy_cut_off(node: &Node) -> Result<bool, String> {
+    Ok(node.store.copy_checkpoint().map_err(|e| e.to_string())?.is_some())
 }
 
 /// The engine's reply as the protocol's typed reply.
@@ -245,13 +256,19 @@ fn orphaned_tail(node: &Node, divergence: Lsn) -> Result<Vec<Record>, String> {
 }
 
 /// Rejoin by full copy (only when the admin allowed it): save what orphans the journals still
-/// hold, empty journals and store, receive the primary's store at one position over the control
-/// port, check it against the primary's digest, and adopt the primary's history. Catch-up then
-/// continues from the copy's LSN as a backup. The primary keeps taking writes meanwhile.
+/// hold, empty journals and store, receive the primary's store over the control port (`copy`:
+/// checked against the primary's digest, resumed if an earlier attempt was cut off); the engine
+/// then adopts the primary's history. Catch-up then continues from the copy's LSN as a backup.
+/// The primary keeps taking writes meanwhile.
 pub(super) async fn copy_in(node: &Arc<Node>, op_id: Uuid, divergence: Lsn) -> Result<Resynchronized, String> {
     let (file, orphaned) = blocking(|| -> Result<(Option<String>, u64), String> {
         node.stop_pipeline().map_err(|e| format!("stopping the pipeline: {e}"))?;
         node.stop_applier().map_err(|e| format!("stopping the applier: {e}"))?;
+        if node.store.copy_checkpoint().map_err(|e| e.to_string())?.is_some() {
+            // A copy cut off earlier: its first attempt saved the orphans and emptied the
+            // journals; what the store holds is the copy so far, which resumes.
+            return Ok((None, 0));
+        }
         let orphans = orphaned_tail(node, divergence).unwrap_or_else(|reason| {
             tracing::warn!(%reason, "full copy: the orphaned tail cannot be read whole; saving none of it");
             Vec::new()
@@ -267,52 +284,7 @@ pub(super) async fn copy_in(node: &Arc<Node>, op_id: Uuid, divergence: Lsn) -> R
         node.store.clear().map_err(|e| format!("emptying the store: {e}"))?;
         Ok((file, txns(&orphans)))
     })?;
-    let connector = tokio_rustls::TlsConnector::from(
-        crate::tls::node_client_config(&node.pair, node.name()).map_err(|e| e.to_string())?,
-    );
-    let mut stream = super::follow::connect(node, &connector).await.map_err(|e| format!("full copy: {e}"))?;
-    let meta = node.meta();
-    let request = crate::wire::Message::CopyRequest { cluster: node.pair.cluster, incarnation: meta.incarnation };
-    let envelope = crate::wire::Envelope { from: node.name().to_string(), epoch: meta.epoch, message: request };
-    wire::write_frame(&mut stream, &wire::Frame::Message(envelope)).await.map_err(|e| e.to_string())?;
-    let mut expected = None;
-    let mut received = 0u64;
-    let started = std::time::Instant::now();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), wire::read_frame(&mut stream))
-            .await
-            .map_err(|_| "full copy: the primary sent nothing for 30s".to_string())?
-            .map_err(|e| format!("full copy: {e}"))?;
-        match frame {
-            Some(wire::Frame::Message(crate::wire::Envelope { message, .. })) => match message {
-                crate::wire::Message::CopyBegin { position, .. } => {
-                    node.copy_progress.send_replace(Some((0, position.key_count)));
-                    expected = Some(position);
-                }
-                crate::wire::Message::CopyEnd { .. } => break,
-                crate::wire::Message::Refused { reason, .. } => return Err(format!("full copy refused: {reason}")),
-                other => return Err(format!("full copy: unexpected message {other:?}")),
-            },
-            Some(wire::Frame::Copy(bytes)) => {
-                let pairs = wire::decode_pairs(&bytes).map_err(|e| format!("full copy: {e}"))?;
-                blocking(|| node.store.load(&pairs)).map_err(|e| format!("full copy: {e}"))?;
-                received += pairs.len() as u64;
-                let total = expected.map_or(0, |p| p.key_count);
-                node.copy_progress.send_replace(Some((received, total)));
-            }
-            Some(other) => return Err(format!("full copy: unexpected frame {other:?}")),
-            None => return Err("full copy: the primary closed the connection before the end".into()),
-        }
-    }
-    let expected = expected.ok_or("full copy: the primary never said which position it sends")?;
-    blocking(|| node.store.finish_load(expected))?;
-    node.copy_progress.send_replace(None);
-    tracing::info!(
-        pairs = received,
-        lsn = expected.applied_lsn,
-        ms = started.elapsed().as_millis() as u64,
-        "full copy received and checked"
-    );
+    super::copy::receive(node).await?;
     Ok(Resynchronized { file, orphaned, rewound: 0 })
 }
 
@@ -433,7 +405,7 @@ async fn verify(node: &Arc<Node>, lsn: Lsn, full: bool, timeout: Duration) -> Re
 
 /// The lowest LSN this node could ship from: the start of the pair's history that is still in
 /// its journals, following the history's epochs from the newest back.
-fn first_available(node: &Node) -> Result<Lsn, String> {
+pub(super) fn first_available(node: &Node) -> Result<Lsn, String> {
     let meta = node.meta();
     let mut first = node.last_lsn() + 1;
     for entry in meta.history.iter().rev() {
