@@ -2,6 +2,7 @@
 //! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
 
 use crate::config::ConfigError;
+use crate::datadir::DataDirError;
 use crate::init::InitError;
 use crate::journal::JournalError;
 use crate::meta::MetaError;
@@ -22,6 +23,8 @@ pub enum Error {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Init(#[from] InitError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod digest;
 pub mod drill;

@@ -13,6 +13,7 @@
 //! - The epoch never goes down, and the history only grows (checked at save).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -154,7 +155,13 @@ fn write_atomically(dir: &Path, meta: &NodeMeta) -> Result<(), MetaError> {
     let io = |source| MetaError::Io { path: path.clone(), source };
     let text = serde_json::to_string_pretty(meta)
         .map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::datadir::PRIVATE_FILE_MODE)
+        .open(&tmp)
+        .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.write_all(b"\n").map_err(io)?;
     file.sync_all().map_err(io)?;

@@ -73,7 +73,7 @@
 //! - A new segment's header is fsynced, and then its directory, before any record goes into it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -1046,6 +1046,7 @@ impl Inner {
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
+            .mode(crate::datadir::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|source| JournalError::Io { path: path.clone(), source })?;
         io(&path, file.write_all_at(&header.encode(), 0))?;
@@ -1429,7 +1430,7 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
     if dir.is_dir() {
         return Ok(());
     }
-    io(dir, std::fs::create_dir_all(dir))?;
+    io(dir, crate::datadir::create_private_dir(dir))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }

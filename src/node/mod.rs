@@ -95,6 +95,8 @@ pub struct Node {
     pub metrics: metrics::Counters,
     /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
     pub disk: watch::Sender<disk::DiskSpace>,
+    /// This process's exclusive hold on the data directory, for the node's whole life.
+    _dir_lock: crate::datadir::DataDirLock,
 }
 
 impl Node {
@@ -102,6 +104,10 @@ impl Node {
     pub fn open(pair: PairConfig, name: &str) -> Result<Arc<Node>, Error> {
         let config = pair.node(name)?.clone();
         let peer_config = pair.peer_of(name)?.clone();
+        // Before any other file of the directory is opened: a second process for this node
+        // must stop here, having changed nothing (opening a journal trims its preallocated end).
+        crate::datadir::check_permissions(&config.dir, name)?;
+        let dir_lock = crate::datadir::DataDirLock::acquire(&config.dir, name)?;
         let meta = NodeMeta::load(&config.dir)?;
         if meta.cluster != pair.cluster || meta.node != name {
             return Err(Error::Failed(format!(
@@ -183,6 +189,7 @@ impl Node {
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
+            _dir_lock: dir_lock,
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -760,6 +767,8 @@ pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
+    // Journals, store, meta.json, orphans files and the incident log: the owner's alone.
+    crate::datadir::restrict_new_files();
     runtime.block_on(async move {
         let node = Node::open(pair, name)?;
         let result = serve(node.clone()).await;

@@ -375,6 +375,11 @@ impl Pair {
         }
     }
 
+    /// The process id of `node`'s running process.
+    pub fn pid(&self, node: &str) -> u32 {
+        self.children.get(node).map(Child::id).unwrap_or_else(|| panic!("{node} is not running"))
+    }
+
     pub fn is_running(&self, node: &str) -> bool {
         self.children.contains_key(node)
     }
