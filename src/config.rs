@@ -410,8 +410,8 @@ impl PairConfig {
     /// Reads and validates a pair file. Relative paths inside it are resolved against the
     /// file's own directory.
     pub fn load(path: &Path) -> Result<PairConfig, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = crate::bounded_read::read_to_string(path, crate::bounded_read::CONFIG_LIMIT)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         PairConfig::from_toml_str(&text, path)
     }
 

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod applier;
 pub mod bench;
+pub mod bounded_read;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -117,7 +117,8 @@ impl NodeMeta {
 
     pub fn load(dir: &Path) -> Result<NodeMeta, MetaError> {
         let path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.clone(), source })?;
+        let text = crate::bounded_read::read_to_string(&path, crate::bounded_read::META_LIMIT)
+            .map_err(|source| MetaError::Io { path: path.clone(), source })?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
         let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;

@@ -214,8 +214,8 @@ impl PlaybookError {
 
 impl Playbook {
     pub fn load(path: &Path) -> Result<Playbook, PlaybookError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| PlaybookError::Read { path: path.to_path_buf(), source })?;
+        let text = crate::bounded_read::read_to_string(path, crate::bounded_read::CONFIG_LIMIT)
+            .map_err(|source| PlaybookError::Read { path: path.to_path_buf(), source })?;
         Playbook::parse(&text, path)
     }
 

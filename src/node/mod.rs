@@ -758,6 +758,9 @@ pub fn journal_dir(node_dir: &Path, kind: JournalKind) -> PathBuf {
 
 /// Runs node `name` of the pair until SIGINT or SIGTERM.
 pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
+    // Before anything is opened or served: a node that cannot prove who it is must not start
+    // (it used to serve its data port without a control port, and exit 0 at SIGTERM).
+    crate::tls::check_node_files(&pair, name)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // `TOKIO_WORKER_THREADS` in the environment wins (tokio reads it when no count is set).
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
