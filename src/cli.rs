@@ -72,10 +72,10 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
         /// Bound on waiting for the backup; also the drain lease (the primary resumes by itself).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::config::parse_command_timeout)]
         timeout: std::time::Duration,
         /// Refuse when the backup is further behind than this.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = crate::config::parse_command_timeout)]
         max_lag: std::time::Duration,
         /// Print the readiness report and change nothing.
         #[arg(long)]
@@ -107,7 +107,7 @@ pub enum Command {
     /// Rejoin the pair file's preferred primary if needed, wait until it caught up, and switch
     /// over back to it.
     Switchback {
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::config::parse_command_timeout)]
         timeout: std::time::Duration,
         #[arg(long)]
         json: bool,

@@ -163,6 +163,8 @@ pub const EXPECT_KEYS: &[&str] =
     &["lost_acknowledged", "max_write_outage", "max_orphaned", "digests_equal", "min_acknowledged", "lost_reported"];
 const TOP_KEYS: &[&str] =
     &["name", "description", "sync", "sync_timeout", "on_peer_loss", "heartbeat", "attach", "step", "expect"];
+/// The longest duration a playbook may give any key.
+const PLAYBOOK_DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 const PAIR_SETTING_KEYS: &[&str] = &["sync", "sync_timeout", "on_peer_loss", "heartbeat"];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -563,13 +565,15 @@ impl Parser<'_> {
 
     fn duration(&self, fields: &Fields<'_>, key: &str) -> Result<Option<Duration>, PlaybookError> {
         let Some(text) = self.string(fields, key)? else { return Ok(None) };
-        humantime::parse_duration(text.trim()).map(Some).map_err(|e| {
-            self.invalid(
-                fields.step,
-                Some(Self::key_name(fields, key)),
-                format!("is {text:?}, which is not a duration ({e}); write e.g. 250ms, 5s or 2m"),
-            )
-        })
+        let invalid = |reason: String| self.invalid(fields.step, Some(Self::key_name(fields, key)), reason);
+        let value = humantime::parse_duration(text.trim())
+            .map_err(|e| invalid(format!("is {text:?}, which is not a duration ({e}); write e.g. 250ms, 5s or 2m")))?;
+        // No drill waits longer than a day; a larger value is a typo that would hang it.
+        if value > PLAYBOOK_DURATION_MAX {
+            let max = humantime::format_duration(PLAYBOOK_DURATION_MAX);
+            return Err(invalid(format!("is {text:?}; it must be at most {max}")));
+        }
+        Ok(Some(value))
     }
 
     fn boolean(&self, fields: &Fields<'_>, key: &str) -> Result<Option<bool>, PlaybookError> {
