@@ -25,6 +25,11 @@ pub enum Error {
     Init(#[from] InitError),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error(
+        "node {node} cannot start: {source}. Its journals are not affected. Rebuild it from its peer: move {} aside (keep it to inspect), run `hotpair reinit {node}`, start it, then `hotpair rejoin {node} --allow-full-copy` (fail over to the peer first if {node} was the primary)",
+        dir.display()
+    )]
+    StoreDamaged { node: String, dir: std::path::PathBuf, source: StoreError },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -151,7 +151,13 @@ impl Node {
                 tracing::warn!(journal = kind, path = %path.display(), offset, bytes, %reason, "cut a torn journal tail at open");
             }
         }
-        let store = Arc::new(Store::open(&config.dir.join("store"))?);
+        let store = match Store::open(&config.dir.join("store")) {
+            Ok(store) => Arc::new(store),
+            Err(source @ crate::store::StoreError::Damaged { .. }) => {
+                return Err(Error::StoreDamaged { node: name.to_string(), dir: config.dir.clone(), source })
+            }
+            Err(other) => return Err(other.into()),
+        };
         let mut meta = meta;
         if meta.role == Role::Draining {
             // The drain lease died with the process: a drained primary whose switchover did not
@@ -772,13 +778,46 @@ pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
     // Journals, store, meta.json, orphans files and the incident log: the owner's alone.
     crate::datadir::restrict_new_files();
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let node = Node::open(pair, name)?;
         let result = serve(node.clone()).await;
-        node.close()?;
+        close_within(node, SHUTDOWN_LIMIT)?;
         tracing::info!(node = name, "stopped cleanly");
         result
-    })
+    });
+    // A task blocked in the store (a failed sled) must not hold the exit up either.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_LIMIT);
+    outcome
+}
+
+/// How long a clean shutdown may take (syncing the journals, draining the appliers, flushing
+/// the store) before the node exits anyway, saying so: SIGTERM always ends the process.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+/// How long the async runtime's tasks get to end once the node is closed.
+const RUNTIME_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// [`Node::close`], bounded by `limit`. Past it the node is left as it is (not even dropped:
+/// the store's drop flushes too) and the process exits; what was acknowledged was durable in
+/// the journals before it was acknowledged, and the next start replays them into the store.
+fn close_within(node: Arc<Node>, limit: Duration) -> Result<(), Error> {
+    let (done, outcome) = std::sync::mpsc::channel();
+    let closing = node.clone();
+    std::thread::Builder::new()
+        .name("node-close".into())
+        .spawn(move || {
+            let _ = done.send(closing.close());
+        })
+        .map_err(|source| Error::Io { context: "starting the shutdown thread".into(), source })?;
+    match outcome.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(_) => {
+            std::mem::forget(node);
+            Err(Error::Failed(format!(
+                "the clean shutdown did not finish within {}; exiting without it (acknowledged writes are in the journals, which the next start replays)",
+                humantime::format_duration(limit)
+            )))
+        }
+    }
 }
 
 /// Async worker threads: one core fewer than the machine has (at least one). The journals'

@@ -270,6 +270,31 @@ impl Pair {
             .expect("run hotpair")
     }
 
+    /// Runs `hotpair --pair <this pair> ARGS` (stdin closed), which must end within
+    /// [`DEADLINE`]: a command that would run on (a node that should have refused to start)
+    /// is killed and fails the test.
+    pub fn hotpair_bounded(&self, args: &[&str]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hotpair"))
+            .arg("--pair")
+            .arg(&self.pair_file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hotpair");
+        let deadline = Instant::now() + DEADLINE;
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("reap");
+                panic!("hotpair {args:?} did not end within {DEADLINE:?}: {}", stderr(&out));
+            }
+            std::thread::sleep(POLL);
+        }
+        child.wait_with_output().expect("output")
+    }
+
     /// Runs `hotpair --pair <this pair> ARGS` and checks it succeeded.
     pub fn hotpair_ok(&self, args: &[&str]) -> String {
         let out = self.hotpair(args);
@@ -286,20 +311,26 @@ impl Pair {
 
     /// SIGTERM, then waits for a clean exit (status 0).
     pub fn stop(&mut self, node: &str) {
+        let status = self.terminate(node);
+        assert!(status.success(), "{node} exited with {status} after SIGTERM:\n{}", self.log(node));
+    }
+
+    /// SIGTERM, then waits (up to [`DEADLINE`], else panics) for the process to end, however.
+    pub fn terminate(&mut self, node: &str) -> std::process::ExitStatus {
         self.signal(node, libc::SIGTERM);
         let mut child = self.children.remove(node).unwrap_or_else(|| panic!("{node} is not running"));
         let deadline = Instant::now() + DEADLINE;
-        let status = loop {
+        loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
+                return status;
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("{node} did not stop within {DEADLINE:?} of SIGTERM:\n{}", self.log(node));
             }
             std::thread::sleep(POLL);
-        };
-        assert!(status.success(), "{node} exited with {status} after SIGTERM:\n{}", self.log(node));
+        }
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, and it answers nothing (a hung node,
