@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -111,28 +110,10 @@ impl Writers {
     }
 }
 
-/// Runs `hotpair --pair P ARGS` and waits for it to end (killing it at the deadline).
+/// Runs `hotpair --pair P ARGS` to its end (bounded); its exit status and stderr.
 fn run_to_end(pair: &Pair, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hotpair"))
-        .arg("--pair")
-        .arg(&pair.pair_file)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hotpair");
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("reap");
-            panic!("hotpair {args:?} did not end within {DEADLINE:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(POLL);
-    }
-    let out = child.wait_with_output().expect("output");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = pair.hotpair_bounded(args);
+    (out.status, common::stderr(&out))
 }
 
 fn assert_all_on(pair: &Pair, node: &str, acknowledged: &BTreeMap<String, String>) {
@@ -161,6 +142,7 @@ fn a_second_run_of_a_live_node_exits_naming_its_pid_and_changes_no_byte() {
     pair.resume(BACKUP);
     pair.resume(PRIMARY);
     assert!(!status.success(), "a second `run a` succeeded: {stderr}");
+    assert_eq!(first_difference(&before, &after), None, "the refused `run a` changed a's files: {stderr}");
     let pid = pair.pid(PRIMARY).to_string();
     assert!(
         stderr.contains("node a is already running") && stderr.contains(&format!("pid {pid}")),
@@ -168,7 +150,6 @@ fn a_second_run_of_a_live_node_exits_naming_its_pid_and_changes_no_byte() {
     );
     assert!(stderr.contains("stop it first") && stderr.contains("LOCK"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(first_difference(&before, &after), None, "the refused `run a` changed a's files");
 
     let acked_at_refusal = writers.acked();
     writers.wait_acked(acked_at_refusal + 200);

@@ -283,16 +283,32 @@ impl Pair {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn hotpair");
+        // Drained as they come, so that a command with much to say never waits on a full pipe.
+        let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let out_reader = drain(Box::new(child.stdout.take().expect("stdout piped")));
+        let err_reader = drain(Box::new(child.stderr.take().expect("stderr piped")));
         let deadline = Instant::now() + DEADLINE;
-        while child.try_wait().expect("try_wait").is_none() {
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("reap");
-                panic!("hotpair {args:?} did not end within {DEADLINE:?}: {}", stderr(&out));
+                let _ = child.wait();
+                let err = err_reader.join().unwrap_or_default();
+                panic!("hotpair {args:?} did not end within {DEADLINE:?}: {}", String::from_utf8_lossy(&err));
             }
             std::thread::sleep(POLL);
-        }
-        child.wait_with_output().expect("output")
+        };
+        let stdout = out_reader.join().expect("stdout reader");
+        let stderr = err_reader.join().expect("stderr reader");
+        Output { status, stdout, stderr }
     }
 
     /// Runs `hotpair --pair <this pair> ARGS` and checks it succeeded.
