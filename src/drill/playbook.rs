@@ -111,10 +111,10 @@ pub const VERBS: &[(&str, &[&str])] = &[
     ("partition", &["mode", "delay"]),
     ("heal", &[]),
     ("delay", &["delay"]),
-    ("switchover", &["to", "timeout", "max_lag", "expect_refused"]),
-    ("failover", &["to", "force", "expect_refused"]),
-    ("rejoin", &["node", "allow_full_copy", "expect_refused"]),
-    ("switchback", &["timeout", "expect_refused"]),
+    ("switchover", &["to", "timeout", "max_lag", "expect_refused", "kill_after"]),
+    ("failover", &["to", "force", "expect_refused", "kill_after"]),
+    ("rejoin", &["node", "allow_full_copy", "expect_refused", "kill_after"]),
+    ("switchback", &["timeout", "expect_refused", "kill_after"]),
     ("replicate-stop", &["node", "expect_refused"]),
     ("replicate-start", &["node", "expect_refused"]),
     ("reopen-log", &["node", "expect_refused"]),
@@ -139,6 +139,9 @@ pub struct Step {
     pub action: Action,
     /// The step passes only if its command exits 1 (refused, nothing changed).
     pub expect_refused: bool,
+    /// The command is SIGKILLed this long after it started (if still running), then run again
+    /// until it has done its job: an admin's CLI killed mid-command, and the admin re-running it.
+    pub kill_after: Option<Duration>,
 }
 
 /// `[expect]`: each `None` is not judged.
@@ -512,7 +515,15 @@ impl Parser<'_> {
             }
         };
         let expect_refused = self.boolean(&fields, "expect_refused")?.unwrap_or(false);
-        Ok(Step { number, verb, action, expect_refused })
+        let kill_after = self.duration(&fields, "kill_after")?;
+        if expect_refused && kill_after.is_some() {
+            return Err(self.invalid(
+                Some(number),
+                Some("kill_after".into()),
+                "cannot go with expect_refused: a killed command says nothing about a refusal",
+            ));
+        }
+        Ok(Step { number, verb, action, expect_refused, kill_after })
     }
 
     fn expectations(&self, table: &toml::Table) -> Result<Expectations, PlaybookError> {
