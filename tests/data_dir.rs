@@ -7,11 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{Pair, BACKUP, DEADLINE, POLL, PRIMARY};
+use common::{Pair, Writers, BACKUP, PRIMARY};
 use hotpair::config::SyncLevel;
 use redis::Commands;
 
@@ -50,64 +48,6 @@ fn first_difference(before: &Snapshot, after: &Snapshot) -> Option<String> {
         }
     }
     after.keys().find(|p| !before.contains_key(*p)).map(|p| format!("{} appeared", p.display()))
-}
-
-/// Clients writing distinct keys at the pair's sync level, remembering what was acknowledged.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acknowledged: Arc<Mutex<BTreeMap<String, String>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(pair: &Pair, count: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acknowledged: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-        let threads = (0..count)
-            .map(|w| {
-                let client = pair.client(PRIMARY);
-                let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
-                std::thread::spawn(move || {
-                    let mut connection = None;
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        if connection.is_none() {
-                            connection = client.get_connection_with_timeout(common::REDIS_TIMEOUT).ok();
-                        }
-                        let Some(c) = connection.as_mut() else { continue };
-                        let (key, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
-                        // A failed write is unknown, not acknowledged: it is not checked.
-                        match c.set::<_, _, ()>(&key, &value) {
-                            Ok(()) => drop(acknowledged.lock().unwrap().insert(key, value)),
-                            Err(_) => connection = None,
-                        }
-                        i += 1;
-                    }
-                })
-            })
-            .collect();
-        Writers { stop, acknowledged, threads }
-    }
-
-    fn acked(&self) -> usize {
-        self.acknowledged.lock().unwrap().len()
-    }
-
-    fn wait_acked(&self, target: usize) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.acked() < target {
-            assert!(Instant::now() < deadline, "only {} writes acknowledged, waiting for {target}", self.acked());
-            std::thread::sleep(POLL);
-        }
-    }
-
-    fn finish(self) -> BTreeMap<String, String> {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
-            thread.join().expect("writer thread");
-        }
-        Arc::try_unwrap(self.acknowledged).expect("writers joined").into_inner().unwrap()
-    }
 }
 
 /// Runs `hotpair --pair P ARGS` to its end (bounded); its exit status and stderr.

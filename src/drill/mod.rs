@@ -464,6 +464,11 @@ fn caught_up(primary: &str, p: &Value, backup: &str, b: &Value) -> Result<String
     if b["remote_journal"] == "diverged" {
         return Err(format!("backup {backup} has diverged (it needs a rejoin)"));
     }
+    // At one LSN but not in a session (a restarted primary before its backup reconnected) is
+    // not caught up: the next write would not reach the backup.
+    if p["replicating"] == true && b["following"] == false {
+        return Err(format!("backup {backup} is not following {primary} yet"));
+    }
     let (plsn, blsn) = (p["lsn"].as_u64(), b["lsn"].as_u64());
     let lag = b["lag_records"].as_u64().unwrap_or(0);
     match (plsn, blsn) {
@@ -821,8 +826,11 @@ mod tests {
     fn caught_up_needs_the_backup_at_the_primarys_lsn() {
         let node = |role: &str, lsn: u64, lag: u64| {
             json!({"reachable": true, "role": role, "epoch": 2, "lsn": lsn, "lag_records": lag, "digest": "x",
-                   "remote_journal": "active"})
+                   "remote_journal": "active", "replicating": true, "following": role == "backup"})
         };
+        let mut reconnecting = node("backup", 10, 0);
+        reconnecting["following"] = json!(false);
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &reconnecting).is_err(), "not in a session yet");
         assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 10, 0)).is_ok());
         assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 12, 3)).is_ok(), "moved on since");
         assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 9, 0)).is_err());

@@ -146,6 +146,11 @@ impl Node {
                 ..JournalOptions::default()
             },
         )?;
+        if std::env::var_os(SKIP_JOURNAL_FSYNC_ENV).is_some() {
+            tracing::error!("{SKIP_JOURNAL_FSYNC_ENV} is set: the journals do NOT fsync their records; acknowledged writes can be lost (for the power-loss tests only)");
+            local.skip_fsync_for_tests();
+            remote.skip_fsync_for_tests();
+        }
         for (kind, recovery) in [("local", &local_recovery), ("remote", &remote_recovery)] {
             if let Some((path, offset, bytes, reason)) = &recovery.cut {
                 tracing::warn!(journal = kind, path = %path.display(), offset, bytes, %reason, "cut a torn journal tail at open");
@@ -744,6 +749,11 @@ const RESTARTED_REFUSAL: &str = "restarted primary waits for";
 /// a test can kill a primary while records it shipped are not yet durable by its own account,
 /// then cut them from its journal, as a power loss would (docs/operations.md).
 pub const SIMULATED_FSYNC_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_FSYNC_DELAY";
+
+/// Tests only, and unsafe: set (to anything) and the node's journals skip the fsyncs that make
+/// records durable, while calling them durable. The power-loss tests run a node so to show that
+/// they catch a missing fsync (docs/operations.md, "Power-loss tests").
+pub const SKIP_JOURNAL_FSYNC_ENV: &str = "HOTPAIR_UNSAFE_TEST_SKIP_JOURNAL_FSYNC";
 
 /// Tests only: a delay the local journal's flusher waits before each write, so that a test can
 /// kill a primary whose records were shipped (from memory) but never written (docs/operations.md).

@@ -11,15 +11,20 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
-use std::collections::HashMap;
+pub mod powerloss;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hotpair::config::{PairConfig, SyncLevel};
+use redis::Commands as _;
 use serde_json::Value;
 
 /// Bound on every wait: a bug fails a test with a message instead of hanging it.
@@ -508,6 +513,66 @@ impl Drop for Pair {
                 }
             }
         }
+    }
+}
+
+/// Clients writing distinct keys at the pair's sync level, remembering what was acknowledged.
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<BTreeMap<String, String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `count` clients writing `w<client>-<i>` keys to the primary, each on its own thread.
+    pub fn start(pair: &Pair, count: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let threads = (0..count)
+            .map(|w| {
+                let client = pair.client(PRIMARY);
+                let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+                std::thread::spawn(move || {
+                    let mut connection = None;
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        if connection.is_none() {
+                            connection = client.get_connection_with_timeout(REDIS_TIMEOUT).ok();
+                        }
+                        let Some(c) = connection.as_mut() else { continue };
+                        let (key, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+                        // A failed write is unknown, not acknowledged: it is not checked.
+                        match c.set::<_, _, ()>(&key, &value) {
+                            Ok(()) => drop(acknowledged.lock().unwrap().insert(key, value)),
+                            Err(_) => connection = None,
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers { stop, acknowledged, threads }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    pub fn wait_acked(&self, target: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.acked() < target {
+            assert!(Instant::now() < deadline, "only {} writes acknowledged, waiting for {target}", self.acked());
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Stops the clients; every write acknowledged, key → value.
+    pub fn finish(self) -> BTreeMap<String, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("writer thread");
+        }
+        Arc::try_unwrap(self.acknowledged).expect("writers joined").into_inner().unwrap()
     }
 }
 
