@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{Pair, Writers, BACKUP, PRIMARY};
+use common::{Pair, Writers, BACKUP, DEADLINE, POLL, PRIMARY};
 use hotpair::config::SyncLevel;
 use redis::Commands;
 

@@ -290,7 +290,10 @@ fn random_fault_schedules_lose_no_acknowledged_write() {
             failed.push(seed);
         }
     }
-    assert!(failed.is_empty(), "random drills failed for seeds {failed:?} (replay: hotpair drill --random SEED --steps {episodes})");
+    assert!(
+        failed.is_empty(),
+        "random drills failed for seeds {failed:?} (replay: hotpair drill --random SEED --steps {episodes})"
+    );
 }
 
 #[test]
@@ -301,7 +304,8 @@ fn a_random_schedule_is_printed_and_replays_as_a_playbook() {
     let text = hotpair::drill::random::schedule(42, 6);
     let book = hotpair::drill::playbook::Playbook::parse(&text, Path::new("random-42.toml")).expect("parses");
     assert_eq!(book.steps, hotpair::drill::random::playbook(42, 6).unwrap().1.steps);
-    let out = Command::new(env!("CARGO_BIN_EXE_hotpair")).args(["drill", "--random", "1", "--steps", "0"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_hotpair")).args(["drill", "--random", "1", "--steps", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let out = Command::new(env!("CARGO_BIN_EXE_hotpair")).args(["drill", "x.toml", "--random", "1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a playbook and --random together: {}", show(&out));

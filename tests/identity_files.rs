@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use common::{Pair, DEADLINE, POLL, PRIMARY};
 use hotpair::config::SyncLevel;
 
+/// One bad start: what is wrong, the pair-file lines replaced, what the refusal must say.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<String>);
+
 /// A bad start must end at once: well within this.
 const QUICK: Duration = Duration::from_secs(10);
 
@@ -93,7 +96,7 @@ fn a_node_with_a_bad_identity_file_exits_naming_the_file_before_serving() {
     let key_line = "key = \"tls/a.key\"";
     let ca_line = "ca = \"tls/ca.pem\"";
 
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<String>)> = vec![
+    let cases: Vec<Case> = vec![
         ("missing certificate", vec![(cert_line, show(&missing))], vec![show(&missing), "No such file".into()]),
         (
             "certificate is a directory",

@@ -7,8 +7,9 @@
 //! - what the node said was durable just before the cut is still in its journal (the primary's
 //!   local journal up to its durable LSN, the backup's remote journal up to what it had acked);
 //! - `hotpair journal verify` finds no damage (a torn last record is allowed: it is cut at open);
-//! - the node restarts on those files and the pair is whole again;
-//! and at the end every acknowledged write is on both nodes, which agree on the digest.
+//! - the node restarts on those files and the pair is whole again.
+//!
+//! At the end every acknowledged write is on both nodes, which agree on the digest.
 //!
 //! A journal that skips its fsyncs (`HOTPAIR_UNSAFE_TEST_SKIP_JOURNAL_FSYNC`) must be caught:
 //! `a_journal_that_skips_its_fsyncs_is_caught` runs the same cuts with it and expects a failure.
