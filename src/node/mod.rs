@@ -97,6 +97,10 @@ pub struct Node {
     pub disk: watch::Sender<disk::DiskSpace>,
     /// This process's exclusive hold on the data directory, for the node's whole life.
     _dir_lock: crate::datadir::DataDirLock,
+    /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
+    pub watches: Arc<crate::watch::Registry>,
+    /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
+    pub scan_cursors: crate::keyspace::ScanCursors,
 }
 
 impl Node {
@@ -201,6 +205,8 @@ impl Node {
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
             _dir_lock: dir_lock,
+            watches: Arc::new(crate::watch::Registry::default()),
+            scan_cursors: crate::keyspace::ScanCursors::default(),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -348,8 +354,13 @@ impl Node {
             Role::Primary => {
                 let fresh = self.last_lsn() == 0;
                 let meta = self.meta();
-                let pipeline =
-                    Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
+                let pipeline = Arc::new(Pipeline::start_watched(
+                    self.local.clone(),
+                    self.store.clone(),
+                    self.last_lsn() + 1,
+                    meta.epoch,
+                    self.watches.clone(),
+                ));
                 if fresh {
                     // A brand-new pair: the history starts the journal, and nobody can be ahead.
                     pipeline
