@@ -7,8 +7,10 @@
 
 pub mod admin;
 pub mod applier;
+pub mod backup;
 pub mod bench;
 pub mod bounded_read;
+pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,9 +26,11 @@ pub mod keyspace;
 pub mod meta;
 pub mod node;
 pub mod orchestrator;
+pub mod orphans;
 pub mod pipeline;
 pub mod replication;
 pub mod resp;
+pub mod restore;
 pub mod role;
 pub mod server;
 pub mod store;
