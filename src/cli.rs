@@ -72,10 +72,10 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
         /// Bound on waiting for the backup; also the drain lease (the primary resumes by itself).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::config::parse_command_timeout)]
         timeout: std::time::Duration,
         /// Refuse when the backup is further behind than this.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = crate::config::parse_command_timeout)]
         max_lag: std::time::Duration,
         /// Print the readiness report and change nothing.
         #[arg(long)]
@@ -107,7 +107,7 @@ pub enum Command {
     /// Rejoin the pair file's preferred primary if needed, wait until it caught up, and switch
     /// over back to it.
     Switchback {
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::config::parse_command_timeout)]
         timeout: std::time::Duration,
         #[arg(long)]
         json: bool,
@@ -197,10 +197,19 @@ pub enum Command {
         committers: u64,
     },
     /// Runs a scripted drill (a playbook) against a pair it spawns or attaches to; exit 0 only if
-    /// every expectation held.
+    /// every expectation held. With --random SEED, a random fault schedule instead (printed first,
+    /// so that it can be replayed).
     Drill {
         /// The playbook (TOML; see docs/drills.md).
-        playbook: PathBuf,
+        #[arg(required_unless_present = "random", conflicts_with = "random")]
+        playbook: Option<PathBuf>,
+        /// Run a random schedule of faults (kill -9, SIGSTOP, partition, restarts, switchover,
+        /// failover, rejoin, switchback, a CLI killed mid-command) drawn from this seed.
+        #[arg(long)]
+        random: Option<u64>,
+        /// Episodes (a fault and its repair) in the random schedule.
+        #[arg(long, requires = "random", default_value_t = crate::drill::random::DEFAULT_EPISODES)]
+        steps: u32,
         /// Where to write the JSON report (the SVG timeline goes next to it, as .svg).
         #[arg(long)]
         report: Option<PathBuf>,
@@ -457,7 +466,14 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             crate::restore::main(&options)
         }
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
-        Command::Drill { playbook, report } => crate::drill::main(&playbook, report),
+        Command::Drill { playbook, random: Some(seed), steps, report } => {
+            debug_assert!(playbook.is_none(), "clap refuses a playbook with --random");
+            crate::drill::main_random(seed, steps, report)
+        }
+        Command::Drill { playbook, random: None, report, .. } => match playbook {
+            Some(playbook) => crate::drill::main(&playbook, report),
+            None => Err(Error::Usage("give a playbook, or --random SEED".into())),
+        },
         Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
             crate::bench::journal(dir, seconds, json, fsync_delay_ms).map(|_| 0)
         }

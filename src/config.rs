@@ -27,8 +27,9 @@
 //!   journal.
 //! - Every path is absolute in the result, resolved relative to the pair file's own directory
 //!   (not the working directory), so a command behaves the same wherever it is run from.
-//! - Durations are humantime strings (`250ms`, `5s`, `2m`) and must be above zero; the
-//!   `[monitor]` intervals may instead be `"off"`.
+//! - Durations are humantime strings (`250ms`, `5s`, `2m`), each within its key's
+//!   [`DurationBounds`] (a `heartbeat = "100000000y"` used to be taken, and silently turned
+//!   liveness off); the `[monitor]` intervals may instead be `"off"`.
 //! - `disk_min_free` is a byte size: an integer of bytes or a string such as `"512MiB"`, `"64MB"`
 //!   ([`parse_byte_size`]); `0` turns the disk-space guard off.
 //!
@@ -71,6 +72,64 @@ pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Free space below which a node stops writing its journals (`disk_min_free`): enough that the
 /// store, the metadata and the incident log still have room when the guard trips.
 pub const DEFAULT_DISK_MIN_FREE: u64 = 256 * 1024 * 1024;
+
+/// The values a duration key accepts, both ends included. Each key's bounds are in its
+/// constant below, and in docs/operations.md; values outside are refused naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationBounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl DurationBounds {
+    const fn new(min: Duration, max: Duration) -> DurationBounds {
+        DurationBounds { min, max }
+    }
+
+    /// `Err` says the range ("must be between …"), for a sentence that names the key and value.
+    pub fn check(&self, value: Duration) -> Result<Duration, String> {
+        if value < self.min || value > self.max {
+            return Err(format!(
+                "must be between {} and {}",
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max)
+            ));
+        }
+        Ok(value)
+    }
+}
+
+const MILLISECOND: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// `sync_timeout`: a commit waits at least a few milliseconds and at most an hour.
+pub const SYNC_TIMEOUT_BOUNDS: DurationBounds = DurationBounds::new(Duration::from_millis(10), HOUR);
+/// `heartbeat`: the peer is declared lost after 10 heartbeats (at least 1 s) of silence, so a
+/// minute between heartbeats already means ten minutes before a lost peer is noticed.
+pub const HEARTBEAT_BOUNDS: DurationBounds = DurationBounds::new(Duration::from_millis(10), Duration::from_secs(60));
+/// `on_peer_loss = "degrade-after:…"`: at once (`0s`) up to an hour.
+pub const DEGRADE_AFTER_BOUNDS: DurationBounds = DurationBounds::new(Duration::ZERO, HOUR);
+/// `[limits] admin_idle_timeout`.
+pub const ADMIN_IDLE_TIMEOUT_BOUNDS: DurationBounds = DurationBounds::new(Duration::from_millis(100), DAY);
+/// `[monitor] lag_alert`, `canary_interval`, `digest_interval`.
+pub const MONITOR_INTERVAL_BOUNDS: DurationBounds = DurationBounds::new(Duration::from_millis(100), DAY);
+/// `[monitor] retention_alert`.
+pub const RETENTION_ALERT_BOUNDS: DurationBounds =
+    DurationBounds::new(Duration::from_millis(100), Duration::from_secs(30 * 24 * 3600));
+/// The orchestration commands' `--timeout` and `--max-lag` (and the same playbook keys).
+pub const COMMAND_TIMEOUT_BOUNDS: DurationBounds = DurationBounds::new(MILLISECOND, DAY);
+
+/// A CLI duration flag: a humantime string within `bounds` (for clap's `value_parser`).
+pub fn parse_bounded_duration(text: &str, bounds: DurationBounds) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 250ms, 5s or 2m"))?;
+    bounds.check(value).map_err(|range| format!("{text:?} is out of range: it {range}"))
+}
+
+/// `--timeout` of the orchestration commands.
+pub fn parse_command_timeout(text: &str) -> Result<Duration, String> {
+    parse_bounded_duration(text, COMMAND_TIMEOUT_BOUNDS)
+}
 
 /// The one name a node may not have: the admin certificate's identity uses it.
 pub const RESERVED_NODE_NAME: &str = "admin";
@@ -155,9 +214,13 @@ impl FromStr for PeerLossPolicy {
             return Ok(PeerLossPolicy::Block);
         }
         if let Some(after) = s.strip_prefix("degrade-after:") {
-            return humantime::parse_duration(after.trim()).map(PeerLossPolicy::DegradeAfter).map_err(|e| {
+            let after = humantime::parse_duration(after.trim()).map_err(|e| {
                 BadValue(format!("{s:?} has a bad duration after `degrade-after:` ({e}); write e.g. degrade-after:10s"))
-            });
+            })?;
+            return DEGRADE_AFTER_BOUNDS
+                .check(after)
+                .map(PeerLossPolicy::DegradeAfter)
+                .map_err(|range| BadValue(format!("{s:?}: the time after `degrade-after:` {range}")));
         }
         Err(BadValue(format!(
             "{s:?} is not a peer-loss policy; use block or degrade-after:<duration> (e.g. degrade-after:10s)"
@@ -410,8 +473,8 @@ impl PairConfig {
     /// Reads and validates a pair file. Relative paths inside it are resolved against the
     /// file's own directory.
     pub fn load(path: &Path) -> Result<PairConfig, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = crate::bounded_read::read_to_string(path, crate::bounded_read::CONFIG_LIMIT)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         PairConfig::from_toml_str(&text, path)
     }
 
@@ -539,15 +602,18 @@ impl Validator<'_> {
         value.ok_or_else(|| self.invalid(key, format!("is missing; {hint}")))
     }
 
-    fn duration(&self, key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: Duration,
+        bounds: DurationBounds,
+    ) -> Result<Duration, ConfigError> {
         let Some(text) = value else { return Ok(default) };
         let duration = humantime::parse_duration(text.trim()).map_err(|e| {
             self.invalid(key, format!("is {text:?}, which is not a duration ({e}); write e.g. 250ms, 5s or 2m"))
         })?;
-        if duration.is_zero() {
-            return Err(self.invalid(key, format!("is {text:?}; it must be above zero")));
-        }
-        Ok(duration)
+        bounds.check(duration).map_err(|range| self.invalid(key, format!("is {text:?}; it {range}")))
     }
 
     /// A path from the file, made absolute against the pair file's directory.
@@ -593,14 +659,15 @@ impl Validator<'_> {
                 text.trim().parse().map_err(|e: BadValue| self.invalid("sync", format!("is invalid: {e}")))?
             }
         };
-        let sync_timeout = self.duration("sync_timeout", raw.sync_timeout, DEFAULT_SYNC_TIMEOUT)?;
+        let sync_timeout =
+            self.duration("sync_timeout", raw.sync_timeout, DEFAULT_SYNC_TIMEOUT, SYNC_TIMEOUT_BOUNDS)?;
         let on_peer_loss = match raw.on_peer_loss {
             None => PeerLossPolicy::Block,
             Some(text) => {
                 text.trim().parse().map_err(|e: BadValue| self.invalid("on_peer_loss", format!("is invalid: {e}")))?
             }
         };
-        let heartbeat = self.duration("heartbeat", raw.heartbeat, DEFAULT_HEARTBEAT)?;
+        let heartbeat = self.duration("heartbeat", raw.heartbeat, DEFAULT_HEARTBEAT, HEARTBEAT_BOUNDS)?;
 
         let tls_hint = "the [tls] table names ca, admin_cert and admin_key";
         let raw_tls = self.required("tls", raw.tls, tls_hint)?;
@@ -650,6 +717,7 @@ impl Validator<'_> {
                     "limits.admin_idle_timeout",
                     l.admin_idle_timeout,
                     DEFAULT_ADMIN_IDLE_TIMEOUT,
+                    ADMIN_IDLE_TIMEOUT_BOUNDS,
                 )?,
             },
         };
@@ -679,11 +747,16 @@ impl Validator<'_> {
             Some(n) => n,
         };
         Ok(MonitorConfig {
-            lag_alert: self.duration("monitor.lag_alert", raw.lag_alert, DEFAULT_LAG_ALERT)?,
+            lag_alert: self.duration("monitor.lag_alert", raw.lag_alert, DEFAULT_LAG_ALERT, MONITOR_INTERVAL_BOUNDS)?,
             lag_alert_records,
             canary_interval: self.interval("monitor.canary_interval", raw.canary_interval, DEFAULT_CANARY_INTERVAL)?,
             digest_interval: self.interval("monitor.digest_interval", raw.digest_interval, DEFAULT_DIGEST_INTERVAL)?,
-            retention_alert: self.duration("monitor.retention_alert", raw.retention_alert, DEFAULT_RETENTION_ALERT)?,
+            retention_alert: self.duration(
+                "monitor.retention_alert",
+                raw.retention_alert,
+                DEFAULT_RETENTION_ALERT,
+                RETENTION_ALERT_BOUNDS,
+            )?,
         })
     }
 
@@ -691,7 +764,7 @@ impl Validator<'_> {
     fn interval(&self, key: &str, value: Option<String>, default: Duration) -> Result<Option<Duration>, ConfigError> {
         match value {
             Some(text) if text.trim() == "off" => Ok(None),
-            other => self.duration(key, other, default).map(Some),
+            other => self.duration(key, other, default, MONITOR_INTERVAL_BOUNDS).map(Some),
         }
     }
 

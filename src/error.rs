@@ -2,6 +2,7 @@
 //! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
 
 use crate::config::ConfigError;
+use crate::datadir::DataDirError;
 use crate::init::InitError;
 use crate::journal::JournalError;
 use crate::meta::MetaError;
@@ -22,6 +23,13 @@ pub enum Error {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Init(#[from] InitError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(
+        "node {node} cannot start: {source}. Its journals are not affected. Rebuild it from its peer: move {} aside (keep it to inspect), run `hotpair reinit {node}`, start it, then `hotpair rejoin {node} --allow-full-copy` (fail over to the peer first if {node} was the primary)",
+        dir.display()
+    )]
+    StoreDamaged { node: String, dir: std::path::PathBuf, source: StoreError },
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -188,6 +189,7 @@ fn notify_loop(events: Receiver<Event>, log: PathBuf, commands: Vec<String>) {
         let logged = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::datadir::PRIVATE_FILE_MODE)
             .open(&log)
             .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
         if let Err(err) = logged {

@@ -35,7 +35,7 @@ use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -218,15 +218,12 @@ impl InitReport {
 pub fn reinit(pair: &PairConfig, node: &str) -> Result<String, crate::Error> {
     let config = pair.node(node)?;
     let dir = &config.dir;
-    let found: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(InitError::Io { path: dir.clone(), source }.into()),
-    };
-    if !found.is_empty() {
-        return Err(InitError::NotEmpty { node: node.to_string(), dir: dir.clone(), found }.into());
-    }
-    std::fs::create_dir_all(dir).map_err(|source| InitError::Io { path: dir.clone(), source })?;
+    refuse_unless_empty(node, dir)?;
+    crate::datadir::create_private_dir(dir).map_err(|source| InitError::Io { path: dir.clone(), source })?;
+    crate::datadir::check_permissions(dir, node)?;
+    // Held while the directory is made: a node started meanwhile waits on it (and refuses).
+    let _lock = crate::datadir::DataDirLock::acquire(dir, node)?;
+    refuse_unless_empty(node, dir)?;
     let meta = NodeMeta::new(pair.cluster, node, Role::Backup, 0, Vec::new());
     meta.create(dir)?;
     sync_dir(dir)?;
@@ -238,6 +235,22 @@ pub fn reinit(pair: &PairConfig, node: &str) -> Result<String, crate::Error> {
         dir.display(),
         meta.incarnation
     ))
+}
+
+/// Refuses a node directory that holds anything but its lock file (missing is empty).
+fn refuse_unless_empty(node: &str, dir: &Path) -> Result<(), InitError> {
+    let found: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|path| !path.ends_with(crate::datadir::LOCK_FILE))
+            .collect(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(InitError::Io { path: dir.to_path_buf(), source }),
+    };
+    if !found.is_empty() {
+        return Err(InitError::NotEmpty { node: node.to_string(), dir: dir.to_path_buf(), found });
+    }
+    Ok(())
 }
 
 /// Creates a new pair in `dir` (made if missing). Refuses, changing nothing, if `dir` already
@@ -288,8 +301,10 @@ impl Created {
         }
     }
 
+    /// Creates `path` (its parent must exist) with mode 0700: node data directories and `tls/`.
     fn dir(&mut self, path: &Path) -> Result<(), InitError> {
-        match std::fs::create_dir(path) {
+        let made = std::fs::DirBuilder::new().mode(crate::datadir::PRIVATE_DIR_MODE).create(path);
+        match made {
             Ok(()) => {
                 self.dirs.push(path.to_path_buf());
                 Ok(())

@@ -13,6 +13,7 @@
 //! - The epoch never goes down, and the history only grows (checked at save).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -145,7 +146,8 @@ impl NodeMeta {
 
     pub fn load(dir: &Path) -> Result<NodeMeta, MetaError> {
         let path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.clone(), source })?;
+        let text = crate::bounded_read::read_to_string(&path, crate::bounded_read::META_LIMIT)
+            .map_err(|source| MetaError::Io { path: path.clone(), source })?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
         let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
@@ -183,7 +185,13 @@ fn write_atomically(dir: &Path, meta: &NodeMeta) -> Result<(), MetaError> {
     let io = |source| MetaError::Io { path: path.clone(), source };
     let text = serde_json::to_string_pretty(meta)
         .map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::datadir::PRIVATE_FILE_MODE)
+        .open(&tmp)
+        .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.write_all(b"\n").map_err(io)?;
     file.sync_all().map_err(io)?;

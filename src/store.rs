@@ -31,10 +31,22 @@
 //!
 //! The journal, not sled, provides durability: `apply` does not flush. `flush` is called at
 //! checkpoints and at shutdown.
+//!
+//! ## When sled fails
+//! - A store sled cannot recover (it returns `Corruption`, or panics while replaying its log:
+//!   "tried to serialize Uninitialized" on a bit-flipped segment) is [`StoreError::Damaged`],
+//!   never a panic: the node says what to do (rebuild it from the peer).
+//! - After any error from sled the store is *failed* for good, as a journal is after a failed
+//!   fsync: sled 0.34 can be left waiting forever for a log write that failed (seen on a full
+//!   disk: `flush` and sled's own flush on drop never returned, so SIGTERM never ended the
+//!   node). A failed store is neither flushed nor flushed on drop (its handle is leaked, the
+//!   process is ending); the journals are the truth, and the next start replays them into
+//!   whatever sled recovers.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::digest::Digest;
 use crate::journal::{Lsn, Op, Record, RecordBody};
@@ -63,6 +75,13 @@ pub enum StoreError {
     RewindOrder { applied: Lsn, got: Lsn },
     #[error("store {} bookkeeping key {key} is damaged", path.display())]
     BadMeta { path: PathBuf, key: String },
+    #[error("store {} is damaged: {reason}", path.display())]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "store {} is not flushed: sled failed earlier ({first}), and a store that failed is not written again; the journals are synced and the next start replays them into it",
+        path.display()
+    )]
+    Failed { path: PathBuf, first: String },
 }
 
 /// An intended write: the key and its new value (`None` deletes it).
@@ -122,7 +141,10 @@ pub struct DigestMismatch {
 
 pub struct Store {
     path: PathBuf,
-    db: sled::Db,
+    /// Dropped by hand: a failed sled's drop may wait forever (see the module doc).
+    db: ManuallyDrop<sled::Db>,
+    /// The first error sled returned; once set the store is failed for good.
+    failed: Mutex<Option<String>>,
     /// Serialises writers (held across `apply_batch`, which can block). Only writers take it.
     writer: Mutex<Position>,
     /// The position of the last batch sled accepted, for readers. Written by a writer, after its
@@ -226,14 +248,20 @@ impl Expiring {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| StoreError::Sled { path: path.to_path_buf(), source })?;
+        let damaged = |reason: String| StoreError::Damaged { path: path.to_path_buf(), reason };
+        let db = match without_panicking(|| sled::Config::new().path(path).open()) {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Corruption { .. })) => {
+                return Err(damaged("sled found its log corrupted and cannot recover it".into()))
+            }
+            Ok(Err(source)) => return Err(StoreError::Sled { path: path.to_path_buf(), source }),
+            Err(panic) => return Err(damaged(format!("sled cannot recover its log (sled: {panic})"))),
+        };
         let empty = Position { applied_lsn: 0, digest: Digest::EMPTY, key_count: 0 };
         let store = Store {
             path: path.to_path_buf(),
-            db,
+            db: ManuallyDrop::new(db),
+            failed: Mutex::new(None),
             writer: Mutex::new(empty),
             published: RwLock::new(empty),
             expiring: RwLock::new(Expiring::default()),
@@ -742,9 +770,17 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything applied so far durable in sled.
+    /// Makes everything applied so far durable in sled. A failed store is not flushed.
     pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(first) = self.first_failure() {
+            return Err(StoreError::Failed { path: self.path.clone(), first });
+        }
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// The first error sled returned, if it ever did.
+    pub fn first_failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Position> {
@@ -758,7 +794,13 @@ impl Store {
         *self.published.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
     }
 
+    /// An error from sled, which also fails the store for good (see the module doc).
     fn err(&self, source: sled::Error) -> StoreError {
+        let mut failed = self.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if failed.is_none() {
+            tracing::error!(store = %self.path.display(), error = %source, "the store failed; it is not written again until the node restarts");
+            *failed = Some(source.to_string());
+        }
         StoreError::Sled { path: self.path.clone(), source }
     }
 
@@ -791,6 +833,47 @@ fn copy_bytes(checkpoint: &CopyCheckpoint) -> Vec<u8> {
     // A struct of plain fields: serializing it cannot fail.
     serde_json::to_vec(checkpoint).unwrap_or_default()
 }
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.first_failure().is_some() {
+            // sled's drop flushes, and a failed sled may wait forever for that: leak it instead
+            // (the process is ending; the journals are synced).
+            return;
+        }
+        // SAFETY: `db` is not used after this; `drop` runs once.
+        unsafe { ManuallyDrop::drop(&mut self.db) }
+    }
+}
+
+/// Runs `f`, turning a panic on this thread into `Err(its message)` instead of a crash with a
+/// backtrace. A panic on another thread meanwhile still goes to the hook that was installed.
+fn without_panicking<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    // One hook swap at a time, so that each restores the hook it found.
+    static SWAPPING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = SWAPPING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let this = std::thread::current().id();
+    let previous: Arc<PanicHook> = Arc::new(std::panic::take_hook());
+    let forward = previous.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != this {
+            forward(info);
+        }
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        // An assertion's message goes on with `left: …` lines: the first line says what broke.
+        message.lines().next().unwrap_or("no message").to_string()
+    })
+}
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
 
 fn data_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);

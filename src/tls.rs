@@ -127,6 +127,10 @@ pub enum TlsError {
     NotCurrent { who: String, path: PathBuf },
     #[error("cannot build the TLS configuration: {0}")]
     Rustls(String),
+    #[error("certificate of {who} {} was not issued by the pair's CA {}: {reason}", cert.display(), ca.display())]
+    NotIssuedByCa { who: String, cert: PathBuf, ca: PathBuf, reason: String },
+    #[error("certificate {} is not {who}'s: {reason}", cert.display())]
+    WrongIdentity { who: String, cert: PathBuf, reason: String },
 }
 
 /// The identity name of node `node` in cluster `cluster`: `<node>.<cluster>.hotpair`.
@@ -181,7 +185,10 @@ pub fn node_client_config(pair: &PairConfig, node: &str) -> Result<Arc<ClientCon
 
 /// The admin CLI dialling a node: presents the admin certificate, trusts only the pair's CA.
 pub fn admin_client_config(pair: &PairConfig) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config(pair, &pair.tls.admin_cert, &pair.tls.admin_key, "admin")
+    let config = client_config(pair, &pair.tls.admin_cert, &pair.tls.admin_key, "admin")?;
+    // Checked here, not left to the node's refusal, so the admin hears which file is wrong.
+    check_identity(pair, &pair.tls.admin_cert, &Peer::Admin)?;
+    Ok(config)
 }
 
 /// Which expected identity — a node of this cluster, or its admin — the client certificate
@@ -253,7 +260,12 @@ pub fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| not_pem(path, what, format!("its PEM is damaged ({e})")))?;
     if certs.is_empty() {
-        return Err(not_pem(path, what, "it holds no PEM `CERTIFICATE` block".into()));
+        let reason = if holds_private_key(&bytes) {
+            "it holds a private key, not a certificate (are the certificate and key paths swapped?)"
+        } else {
+            "it holds no PEM `CERTIFICATE` block"
+        };
+        return Err(not_pem(path, what, reason.into()));
     }
     Ok(certs)
 }
@@ -263,7 +275,19 @@ pub fn load_key(path: &Path, what: &str) -> Result<PrivateKeyDer<'static>, TlsEr
     let bytes = read(path, what)?;
     rustls_pemfile::private_key(&mut bytes.as_slice())
         .map_err(|e| not_pem(path, what, format!("its PEM is damaged ({e})")))?
-        .ok_or_else(|| not_pem(path, what, "it holds no PEM `PRIVATE KEY` block".into()))
+        .ok_or_else(|| {
+            let holds_certificate = rustls_pemfile::certs(&mut bytes.as_slice()).any(|c| c.is_ok());
+            let reason = if holds_certificate {
+                "it holds a certificate, not a private key (are the certificate and key paths swapped?)"
+            } else {
+                "it holds no PEM `PRIVATE KEY` block"
+            };
+            not_pem(path, what, reason.into())
+        })
+}
+
+fn holds_private_key(bytes: &[u8]) -> bool {
+    matches!(rustls_pemfile::private_key(&mut &bytes[..]), Ok(Some(_)))
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -271,7 +295,11 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { what: what.to_string(), path: path.to_path_buf(), source })
+    crate::bounded_read::read(path, crate::bounded_read::CREDENTIAL_LIMIT).map_err(|source| TlsError::Read {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn not_pem(path: &Path, what: &str, reason: String) -> TlsError {
@@ -328,6 +356,35 @@ fn client_config(pair: &PairConfig, cert: &Path, key: &Path, who: &str) -> Resul
     // Every connection is a full handshake, checked against the files as they are now.
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// Checks, before a node serves anything, every file its TLS identity needs: the pair's CA,
+/// the node's certificate and its key. Each must be a readable file of bounded size holding
+/// what it should; the key must belong to the certificate, and the certificate must be issued
+/// by the CA, currently valid and for this node's identity. The first problem is the error,
+/// naming the file and what is wrong with it.
+pub fn check_node_files(pair: &PairConfig, node: &str) -> Result<(), TlsError> {
+    let config = pair.node(node)?;
+    server_config(pair, node)?;
+    check_identity(pair, &config.cert, &Peer::Node(node.to_string()))
+}
+
+/// Whether the certificate in `cert` is issued by the pair's CA, currently valid, and `expected`'s.
+fn check_identity(pair: &PairConfig, cert: &Path, expected: &Peer) -> Result<(), TlsError> {
+    let who = expected.to_string();
+    let certs = load_certs(cert, &format!("certificate of {who}"))?;
+    let wrong = |reason: String| TlsError::WrongIdentity { who: who.clone(), cert: cert.to_path_buf(), reason };
+    match identify_peer(pair, &certs) {
+        Ok(found) if &found == expected => Ok(()),
+        Ok(other) => Err(wrong(format!("it is the certificate of {other}"))),
+        Err(TlsError::Untrusted { reason, .. }) => {
+            Err(TlsError::NotIssuedByCa { who: who.clone(), cert: cert.to_path_buf(), ca: pair.tls.ca.clone(), reason })
+        }
+        Err(TlsError::NotOurIdentity { expected }) => {
+            Err(wrong(format!("it is valid for none of {}", expected.join(", "))))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// How a file looked on disk when it was last read: a different look means read it again.

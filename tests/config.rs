@@ -348,3 +348,61 @@ fn disk_min_free_is_bytes_or_a_size_and_anything_else_is_refused_naming_the_key(
         assert_names(&err, &path, &["`disk_min_free`", "MiB"]);
     }
 }
+
+#[test]
+fn every_duration_key_is_bounded_and_refused_outside_naming_the_key_and_range() {
+    // `heartbeat = "100000000y"` used to be taken, and silently turned liveness off.
+    let top = |key: &str, value: &str| {
+        let line = format!("{key} = \"{value}\"");
+        let mut text = good();
+        match text.lines().find(|l| l.starts_with(&format!("{key} ="))).map(str::to_string) {
+            Some(existing) => text = text.replacen(&existing, &line, 1),
+            None => text = text.replacen("heartbeat = \"200ms\"", &format!("heartbeat = \"200ms\"\n{line}"), 1),
+        }
+        text
+    };
+    let table = |table: &str, key: &str, value: &str| format!("{}\n[{table}]\n{key} = \"{value}\"\n", good());
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (top("heartbeat", "100000000y"), "heartbeat", "10ms", "1m"),
+        (top("heartbeat", "1ms"), "heartbeat", "10ms", "1m"),
+        (top("sync_timeout", "2h"), "sync_timeout", "10ms", "1h"),
+        (top("sync_timeout", "0s"), "sync_timeout", "10ms", "1h"),
+        (top("on_peer_loss", "degrade-after:100000000y"), "on_peer_loss", "0s", "1h"),
+        (table("limits", "admin_idle_timeout", "2days"), "limits.admin_idle_timeout", "100ms", "1day"),
+        (table("monitor", "lag_alert", "1ms"), "monitor.lag_alert", "100ms", "1day"),
+        (table("monitor", "canary_interval", "100000000y"), "monitor.canary_interval", "100ms", "1day"),
+        (table("monitor", "digest_interval", "2days"), "monitor.digest_interval", "100ms", "1day"),
+        (table("monitor", "retention_alert", "1year"), "monitor.retention_alert", "100ms", "30days"),
+    ];
+    for (text, key, min, max) in &cases {
+        let (err, path) = refused(text);
+        assert_eq!(err.key(), Some(*key), "{err}");
+        assert_names(&err, &path, &[&format!("`{key}`"), &format!("between {min} and {max}")]);
+    }
+    // Both ends are accepted.
+    let dir = tempfile::tempdir().unwrap();
+    for text in [top("heartbeat", "10ms"), top("heartbeat", "1m"), top("on_peer_loss", "degrade-after:0s")] {
+        PairConfig::load(&write(dir.path(), &text)).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn a_node_and_the_cli_refuse_durations_out_of_range_at_once() {
+    // The real binary: `run` with a pair file whose heartbeat is a hundred million years, and
+    // an orchestration command whose --timeout is.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &good().replace("heartbeat = \"200ms\"", "heartbeat = \"100000000y\""));
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotpair")).arg("--pair").arg(&path).args(args).output().unwrap()
+    };
+    let out = run(&["run", "a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`heartbeat`") && stderr.contains("between 10ms and 1m"), "{stderr}");
+    for args in [["switchover", "--timeout", "100000000y"], ["switchover", "--max-lag", "100000000y"]] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("out of range") && stderr.contains("between 1ms and 1day"), "{stderr}");
+    }
+}

@@ -307,3 +307,73 @@ fn a_journal_that_cannot_preallocate_still_takes_every_record() {
     let lsns: Vec<u64> = journal.read_from(1).expect("read").map(|e| e.expect("entry").record.lsn).collect();
     assert_eq!(lsns, (1..=500).collect::<Vec<_>>());
 }
+
+/// A distinct value of `bytes` bytes for key `i`, so that a mixed-up value shows.
+fn big_value(i: usize, bytes: usize) -> String {
+    let stamp = format!("value-{i}-");
+    stamp.repeat(bytes / stamp.len() + 1)[..bytes].to_string()
+}
+
+#[test]
+fn sigterm_ends_a_node_whose_store_hit_a_full_disk_and_the_journals_rebuild_it() {
+    // disk_min_free = 0 turns the guard off: the pair writes until the tmpfs is full and sled
+    // fails. sled 0.34 then never finished a flush, and SIGTERM left the node waiting in
+    // Store::flush for good (over 90 s, even after space was freed). Each node must now end
+    // within the deadline; once space is back both restart, every acknowledged write is there
+    // and the digests agree.
+    let Some(tmpfs) = Tmpfs::mount_or_skip(TMPFS_SIZE) else {
+        return;
+    };
+    let options = Options {
+        disk_min_free: Some("0"),
+        sync_timeout: Some("2s"),
+        parent_dir: Some(tmpfs.path().to_path_buf()),
+        ..Options::default()
+    };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let ballast = pair.dir().parent().expect("pair dir on the tmpfs").join("ballast");
+    fill(&ballast, 12 * MIB);
+    let mut a = pair.redis(PRIMARY);
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..200 {
+        let value = big_value(i, 256 * 1024);
+        match set(&mut a, &format!("big-{i}"), &value) {
+            Ok(()) => acknowledged.push((format!("big-{i}"), value)),
+            Err(err) => {
+                refusal = Some(err.to_string());
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("12 MiB filled without a write failing");
+    eprintln!("{} writes acknowledged, then: {refusal}", acknowledged.len());
+    drop(a);
+
+    for node in [PRIMARY, BACKUP] {
+        let started = Instant::now();
+        let status = pair.terminate(node);
+        eprintln!("{node} ended {} ms after SIGTERM with {status}", started.elapsed().as_millis());
+        let log = pair.log(node);
+        assert!(!log.contains("panicked"), "{node}: {log}");
+        if !status.success() {
+            let last = log.lines().last().unwrap_or_default();
+            assert!(last.contains("journals"), "{node} says why it exited non-zero: {last}");
+        }
+    }
+
+    std::fs::remove_file(&ballast).expect("delete the ballast");
+    pair.restart(PRIMARY);
+    pair.restart(BACKUP);
+    pair.wait_ready();
+    pair.wait_caught_up();
+    for node in [PRIMARY, BACKUP] {
+        let mut connection = pair.redis(node);
+        for (key, value) in &acknowledged {
+            let read: Option<String> = redis::cmd("GET").arg(key).query(&mut connection).expect("read back");
+            assert!(read.as_deref() == Some(value.as_str()), "acknowledged {key} is not intact on {node}");
+        }
+    }
+    drop(pair);
+    drop(tmpfs);
+}

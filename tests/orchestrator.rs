@@ -731,6 +731,8 @@ fn rejoin_after_async_failover_saves_exactly_the_unshipped_tail_as_orphans() {
         file.display()
     );
 
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the orphans file {} is not private", file.display());
     let saved = orphans(&pair, PRIMARY);
     let expected: BTreeMap<u64, Vec<(String, Option<String>)>> =
         lsns.iter().enumerate().map(|(i, lsn)| (*lsn, vec![(format!("orphan-{i}"), Some(format!("o-{i}")))])).collect();

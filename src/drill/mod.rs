@@ -24,6 +24,7 @@ pub mod etcd;
 pub mod pair;
 pub mod playbook;
 pub mod proxy;
+pub mod random;
 pub mod report;
 pub mod workload;
 
@@ -71,6 +72,21 @@ impl From<DrillError> for crate::Error {
 /// The CLI's entry point: runs the drill and returns the exit code (0: every expectation held).
 pub fn main(playbook: &Path, report: Option<PathBuf>) -> Result<u8, crate::Error> {
     let book = Playbook::load(playbook).map_err(DrillError::from)?;
+    run_book(book, report)
+}
+
+/// `hotpair drill --random SEED --steps N`: prints the schedule, then runs it like a playbook.
+pub fn main_random(seed: u64, episodes: u32, report: Option<PathBuf>) -> Result<u8, crate::Error> {
+    let episodes = random::check_episodes(episodes).map_err(crate::Error::Usage)?;
+    let (text, book) = random::playbook(seed, episodes).map_err(DrillError::from)?;
+    println!("random drill, seed {seed}, {episodes} episodes; the schedule (a playbook):");
+    println!("----- random-{seed}.toml -----\n{text}----- end of schedule -----");
+    let code = run_book(book, report)?;
+    println!("random drill seed {seed} ({episodes} episodes): {}", if code == 0 { "passed" } else { "FAILED" });
+    Ok(code)
+}
+
+fn run_book(book: Playbook, report: Option<PathBuf>) -> Result<u8, crate::Error> {
     if let Target::Spawn(_) = book.target {
         book.check_nodes(&["a".to_string(), "b".to_string()]).map_err(DrillError::from)?;
     }
@@ -219,26 +235,11 @@ impl Drill {
             Action::CorruptTail { node, bytes } => Outcome::from(self.pair.corrupt_tail(node, *bytes)),
             Action::TrimJournal { node } => Outcome::from(self.pair.trim_journal(node)),
             Action::WaitCaughtUp { timeout } => self.wait_caught_up(*timeout).await,
-            Action::Switchover { to, timeout, max_lag } => {
-                let mut args = vec!["switchover".to_string()];
-                push_opt(&mut args, "--to", to.clone());
-                push_opt(&mut args, "--timeout", timeout.map(human));
-                push_opt(&mut args, "--max-lag", max_lag.map(human));
-                self.cli(args, true).await
+            Action::Switchover { .. } | Action::Failover { .. } | Action::Switchback { .. } => {
+                self.cli(orchestration_args(&step.action).unwrap_or_default(), true).await
             }
-            Action::Failover { to, force } => {
-                let mut args = vec!["failover".to_string(), "--to".into(), to.clone()];
-                if *force {
-                    args.push("--force".into());
-                }
-                self.cli(args, true).await
-            }
-            Action::Rejoin { node, allow_full_copy } => {
-                let mut args = vec!["rejoin".to_string(), node.clone()];
-                if *allow_full_copy {
-                    args.push("--allow-full-copy".into());
-                }
-                let outcome = self.cli(args, true).await;
+            Action::Rejoin { .. } => {
+                let outcome = self.cli(orchestration_args(&step.action).unwrap_or_default(), true).await;
                 if outcome.exit_code == Some(0) {
                     match outcome.details.as_ref().and_then(|d| d.get("orphaned")).and_then(Value::as_u64) {
                         Some(n) => self.orphaned += n,
@@ -246,11 +247,6 @@ impl Drill {
                     }
                 }
                 outcome
-            }
-            Action::Switchback { timeout } => {
-                let mut args = vec!["switchback".to_string()];
-                push_opt(&mut args, "--timeout", timeout.map(human));
-                self.cli(args, true).await
             }
             Action::ReplicateStop { node } => self.replicate("stop", node).await,
             Action::ReplicateStart { node } => self.replicate("start", node).await,
@@ -267,6 +263,50 @@ impl Drill {
                 outcome
             }
         }
+    }
+
+    /// A step whose command is SIGKILLed `after` it started (if it still runs), then run again
+    /// as an admin would: a switchover or failover whose node is primary by then is done; any
+    /// other command is run again and must succeed (the orchestrator resumes what it began).
+    async fn execute_killed(&mut self, step: &Step, after: Duration) -> Outcome {
+        let Some(args) = orchestration_args(&step.action) else {
+            return Outcome::failed("kill_after applies to switchover, failover, rejoin and switchback only");
+        };
+        let command_line = format!("hotpair {}", args.join(" "));
+        let child = tokio::process::Command::new(self.pair.exe())
+            .arg("--pair")
+            .arg(&self.pair.pair_file)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => return Outcome::failed(format!("cannot run `{command_line}`: {e}")),
+        };
+        let first = match tokio::time::timeout(after, child.wait()).await {
+            Ok(Ok(status)) => format!("`{command_line}` ended before the kill ({status})"),
+            Ok(Err(e)) => return Outcome::failed(format!("waiting for `{command_line}`: {e}")),
+            Err(_) => {
+                let _ = child.kill().await;
+                format!("`{command_line}` SIGKILLed after {}", human(after))
+            }
+        };
+        let promoted = match &step.action {
+            Action::Switchover { to, .. } => to.clone(),
+            Action::Failover { to, .. } => Some(to.clone()),
+            _ => None,
+        };
+        if let Some(target) = promoted {
+            if primary_of(&self.pair.status().await).as_deref() == Some(target.as_str()) {
+                return Outcome::ok(format!("{first}; {target} is primary already, nothing to run again"));
+            }
+        }
+        let mut again = self.execute(step).await;
+        again.summary = format!("{first}; run again: {}", again.summary);
+        again
     }
 
     async fn replicate(&self, action: &str, node: &Option<String>) -> Outcome {
@@ -425,6 +465,11 @@ fn caught_up(primary: &str, p: &Value, backup: &str, b: &Value) -> Result<String
     if b["remote_journal"] == "diverged" {
         return Err(format!("backup {backup} has diverged (it needs a rejoin)"));
     }
+    // At one LSN but not in a session (a restarted primary before its backup reconnected) is
+    // not caught up: the next write would not reach the backup.
+    if p["replicating"] == true && b["following"] == false {
+        return Err(format!("backup {backup} is not following {primary} yet"));
+    }
     let (plsn, blsn) = (p["lsn"].as_u64(), b["lsn"].as_u64());
     let lag = b["lag_records"].as_u64().unwrap_or(0);
     match (plsn, blsn) {
@@ -437,6 +482,40 @@ fn caught_up(primary: &str, p: &Value, backup: &str, b: &Value) -> Result<String
             p["lsn"], b["lsn"], b["lag_records"]
         )),
     }
+}
+
+/// The arguments of an orchestration command (switchover, failover, rejoin, switchback).
+fn orchestration_args(action: &Action) -> Option<Vec<String>> {
+    let args = match action {
+        Action::Switchover { to, timeout, max_lag } => {
+            let mut args = vec!["switchover".to_string()];
+            push_opt(&mut args, "--to", to.clone());
+            push_opt(&mut args, "--timeout", timeout.map(human));
+            push_opt(&mut args, "--max-lag", max_lag.map(human));
+            args
+        }
+        Action::Failover { to, force } => {
+            let mut args = vec!["failover".to_string(), "--to".into(), to.clone()];
+            if *force {
+                args.push("--force".into());
+            }
+            args
+        }
+        Action::Rejoin { node, allow_full_copy } => {
+            let mut args = vec!["rejoin".to_string(), node.clone()];
+            if *allow_full_copy {
+                args.push("--allow-full-copy".into());
+            }
+            args
+        }
+        Action::Switchback { timeout } => {
+            let mut args = vec!["switchback".to_string()];
+            push_opt(&mut args, "--timeout", timeout.map(human));
+            args
+        }
+        _ => return None,
+    };
+    Some(args)
 }
 
 fn push_opt(args: &mut Vec<String>, flag: &str, value: Option<String>) {
@@ -480,6 +559,9 @@ fn params(step: &Step) -> String {
     };
     if step.expect_refused {
         text.push_str(" expect_refused");
+    }
+    if let Some(after) = step.kill_after {
+        text.push_str(&format!(" kill_after={}", human(after)));
     }
     text.trim().to_string()
 }
@@ -536,7 +618,10 @@ async fn run(book: Playbook, report_file: Option<PathBuf>, exe: PathBuf) -> Resu
         }
         print!("[{:>7.2}s] step {:>2} {:<15} {}", start_ms / 1000.0, step.number, step.verb, params(step));
         let _ = std::io::stdout().flush();
-        let outcome = drill.execute(step).await;
+        let outcome = match step.kill_after {
+            Some(after) => drill.execute_killed(step, after).await,
+            None => drill.execute(step).await,
+        };
         let end_ms = drill.now_ms();
         let passed = if step.expect_refused { outcome.exit_code == Some(1) } else { outcome.ok };
         let summary = if step.expect_refused && !passed {
@@ -742,8 +827,11 @@ mod tests {
     fn caught_up_needs_the_backup_at_the_primarys_lsn() {
         let node = |role: &str, lsn: u64, lag: u64| {
             json!({"reachable": true, "role": role, "epoch": 2, "lsn": lsn, "lag_records": lag, "digest": "x",
-                   "remote_journal": "active"})
+                   "remote_journal": "active", "replicating": true, "following": role == "backup"})
         };
+        let mut reconnecting = node("backup", 10, 0);
+        reconnecting["following"] = json!(false);
+        assert!(caught_up("b", &node("primary", 10, 0), "a", &reconnecting).is_err(), "not in a session yet");
         assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 10, 0)).is_ok());
         assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 12, 3)).is_ok(), "moved on since");
         assert!(caught_up("b", &node("primary", 10, 0), "a", &node("backup", 9, 0)).is_err());

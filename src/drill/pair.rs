@@ -391,6 +391,7 @@ impl DrillPair {
         if self.is_running(node) {
             return Err(DrillError::Step(format!("corrupt-tail needs node {node} down; kill it first")));
         }
+        let _lock = self.lock_down_node(node)?;
         let dir = self.config.node(node)?.dir.join("journal").join("local");
         let io = |context: String| move |source| DrillError::Io { context, source };
         let newest = std::fs::read_dir(&dir)
@@ -412,6 +413,13 @@ impl DrillPair {
         Ok(format!("inverted the last {n} bytes of the records in {}", newest.display()))
     }
 
+    /// The node's own lock on its data directory, held while a step changes its files: no
+    /// process of the node may run meanwhile, not even one this drill did not start.
+    fn lock_down_node(&self, node: &str) -> Result<crate::datadir::DataDirLock, DrillError> {
+        let dir = &self.config.node(node)?.dir;
+        crate::datadir::DataDirLock::acquire(dir, node).map_err(|e| DrillError::Step(e.to_string()))
+    }
+
     /// Removes every local journal segment of `node` but the newest (the node must be down):
     /// what trimming or archiving closed segments leaves behind, so that a peer needing that
     /// range finds it gone.
@@ -419,6 +427,7 @@ impl DrillPair {
         if self.is_running(node) {
             return Err(DrillError::Step(format!("trim-journal needs node {node} down; kill it first")));
         }
+        let _lock = self.lock_down_node(node)?;
         let dir = self.config.node(node)?.dir.join("journal").join("local");
         let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|source| DrillError::Io { context: format!("listing {}", dir.display()), source })?

@@ -111,10 +111,10 @@ pub const VERBS: &[(&str, &[&str])] = &[
     ("partition", &["mode", "delay"]),
     ("heal", &[]),
     ("delay", &["delay"]),
-    ("switchover", &["to", "timeout", "max_lag", "expect_refused"]),
-    ("failover", &["to", "force", "expect_refused"]),
-    ("rejoin", &["node", "allow_full_copy", "expect_refused"]),
-    ("switchback", &["timeout", "expect_refused"]),
+    ("switchover", &["to", "timeout", "max_lag", "expect_refused", "kill_after"]),
+    ("failover", &["to", "force", "expect_refused", "kill_after"]),
+    ("rejoin", &["node", "allow_full_copy", "expect_refused", "kill_after"]),
+    ("switchback", &["timeout", "expect_refused", "kill_after"]),
     ("replicate-stop", &["node", "expect_refused"]),
     ("replicate-start", &["node", "expect_refused"]),
     ("reopen-log", &["node", "expect_refused"]),
@@ -139,6 +139,9 @@ pub struct Step {
     pub action: Action,
     /// The step passes only if its command exits 1 (refused, nothing changed).
     pub expect_refused: bool,
+    /// The command is SIGKILLed this long after it started (if still running), then run again
+    /// until it has done its job: an admin's CLI killed mid-command, and the admin re-running it.
+    pub kill_after: Option<Duration>,
 }
 
 /// `[expect]`: each `None` is not judged.
@@ -163,6 +166,8 @@ pub const EXPECT_KEYS: &[&str] =
     &["lost_acknowledged", "max_write_outage", "max_orphaned", "digests_equal", "min_acknowledged", "lost_reported"];
 const TOP_KEYS: &[&str] =
     &["name", "description", "sync", "sync_timeout", "on_peer_loss", "heartbeat", "attach", "step", "expect"];
+/// The longest duration a playbook may give any key.
+const PLAYBOOK_DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 const PAIR_SETTING_KEYS: &[&str] = &["sync", "sync_timeout", "on_peer_loss", "heartbeat"];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,8 +219,8 @@ impl PlaybookError {
 
 impl Playbook {
     pub fn load(path: &Path) -> Result<Playbook, PlaybookError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| PlaybookError::Read { path: path.to_path_buf(), source })?;
+        let text = crate::bounded_read::read_to_string(path, crate::bounded_read::CONFIG_LIMIT)
+            .map_err(|source| PlaybookError::Read { path: path.to_path_buf(), source })?;
         Playbook::parse(&text, path)
     }
 
@@ -510,7 +515,15 @@ impl Parser<'_> {
             }
         };
         let expect_refused = self.boolean(&fields, "expect_refused")?.unwrap_or(false);
-        Ok(Step { number, verb, action, expect_refused })
+        let kill_after = self.duration(&fields, "kill_after")?;
+        if expect_refused && kill_after.is_some() {
+            return Err(self.invalid(
+                Some(number),
+                Some("kill_after".into()),
+                "cannot go with expect_refused: a killed command says nothing about a refusal",
+            ));
+        }
+        Ok(Step { number, verb, action, expect_refused, kill_after })
     }
 
     fn expectations(&self, table: &toml::Table) -> Result<Expectations, PlaybookError> {
@@ -563,13 +576,15 @@ impl Parser<'_> {
 
     fn duration(&self, fields: &Fields<'_>, key: &str) -> Result<Option<Duration>, PlaybookError> {
         let Some(text) = self.string(fields, key)? else { return Ok(None) };
-        humantime::parse_duration(text.trim()).map(Some).map_err(|e| {
-            self.invalid(
-                fields.step,
-                Some(Self::key_name(fields, key)),
-                format!("is {text:?}, which is not a duration ({e}); write e.g. 250ms, 5s or 2m"),
-            )
-        })
+        let invalid = |reason: String| self.invalid(fields.step, Some(Self::key_name(fields, key)), reason);
+        let value = humantime::parse_duration(text.trim())
+            .map_err(|e| invalid(format!("is {text:?}, which is not a duration ({e}); write e.g. 250ms, 5s or 2m")))?;
+        // No drill waits longer than a day; a larger value is a typo that would hang it.
+        if value > PLAYBOOK_DURATION_MAX {
+            let max = humantime::format_duration(PLAYBOOK_DURATION_MAX);
+            return Err(invalid(format!("is {text:?}; it must be at most {max}")));
+        }
+        Ok(Some(value))
     }
 
     fn boolean(&self, fields: &Fields<'_>, key: &str) -> Result<Option<bool>, PlaybookError> {

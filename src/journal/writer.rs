@@ -73,7 +73,7 @@
 //! - A new segment's header is fsynced, and then its directory, before any record goes into it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -221,6 +221,9 @@ struct Inner {
     published: Published,
     /// Benchmarks only: a pause after every flusher fsync, to simulate a slower disk.
     simulated_fsync_delay_ns: AtomicU64,
+    /// Tests only ([`Journal::skip_fsync_for_tests`]): the fsyncs that make records durable are
+    /// not called, so that the power-loss tests can show they would catch it.
+    skip_fsync: std::sync::atomic::AtomicBool,
     /// Tests only: a pause before each flusher write, so that a test can kill a process whose
     /// records were shipped (from memory) but never written.
     simulated_write_delay_ns: AtomicU64,
@@ -414,6 +417,7 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             published: Published::default(),
             simulated_fsync_delay_ns: AtomicU64::new(0),
+            skip_fsync: std::sync::atomic::AtomicBool::new(false),
             simulated_write_delay_ns: AtomicU64::new(0),
             simulated_fill_delay_ns: AtomicU64::new(0),
             fill_wanted: Condvar::new(),
@@ -478,6 +482,14 @@ impl Journal {
     pub fn simulate_fsync_delay(&self, delay: Duration) {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.inner.simulated_fsync_delay_ns.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Tests only, and unsafe: from now on the fsyncs that make records durable (the commit
+    /// fsync, the filler's, a truncation's) are skipped and reported done. The power-loss tests
+    /// run a node so (`HOTPAIR_UNSAFE_TEST_SKIP_JOURNAL_FSYNC`) to show that they catch it.
+    #[doc(hidden)]
+    pub fn skip_fsync_for_tests(&self) {
+        self.inner.skip_fsync.store(true, Ordering::Relaxed);
     }
 
     /// Tests only: the flusher waits `delay` (without the lock) before each write, so records
@@ -757,7 +769,7 @@ impl Journal {
         // below to cut and reopen the segment would not hear of one the records met. Ask the
         // active file before it goes (the filler's fsync may have seen the error, not reported it).
         if let Some(file) = state.active.clone() {
-            if let Err(err) = file.sync_data() {
+            if let Err(err) = self.inner.sync_data(&file) {
                 let reason = format!("fsync of journal {} failed: {err}", self.inner.dir.display());
                 return Err(self.inner.fail(&mut state, reason));
             }
@@ -839,6 +851,14 @@ impl Journal {
 }
 
 impl Inner {
+    /// `fdatasync` of a file holding records, unless a test asked to skip it.
+    fn sync_data(&self, file: &File) -> std::io::Result<()> {
+        if self.skip_fsync.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        file.sync_data()
+    }
+
     /// Republishes what [`Journal::footprint`] reads. Caller holds the lock; called after
     /// every change of the segments or their sizes (a sum over the live segments: a handful).
     fn publish(&self, state: &State) {
@@ -1050,7 +1070,7 @@ impl Inner {
             // after a roll or a truncation it syncs a file nobody writes any more, harmlessly.
             *self.fills_done.lock().unwrap_or_else(|p| p.into_inner()) = number;
             self.fill_done.notify_all();
-            match written.and_then(|file| file.sync_data().map(|()| file)) {
+            match written.and_then(|file| self.sync_data(&file).map(|()| file)) {
                 Ok(file) => drop_cache_behind(&mut behind, &path, &file, records_end),
                 // Only a speed-up: the records still go in (they grow the file instead), and the
                 // flusher's own fsync reports any error that matters for them.
@@ -1132,6 +1152,7 @@ impl Inner {
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
+            .mode(crate::datadir::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|source| JournalError::Io { path: path.clone(), source })?;
         let header_bytes = header.encode();
@@ -1188,7 +1209,7 @@ impl Inner {
         state.syncing += 1;
         drop(state);
         let started = Instant::now();
-        let result = file.sync_data();
+        let result = self.sync_data(file);
         let delay = self.simulated_fsync_delay_ns.load(Ordering::Relaxed);
         if delay > 0 && result.is_ok() {
             std::thread::sleep(Duration::from_nanos(delay));
@@ -1606,7 +1627,7 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
     if dir.is_dir() {
         return Ok(());
     }
-    io(dir, std::fs::create_dir_all(dir))?;
+    io(dir, crate::datadir::create_private_dir(dir))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }

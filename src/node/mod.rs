@@ -107,6 +107,8 @@ pub struct Node {
     pub metrics: metrics::Counters,
     /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
     pub disk: watch::Sender<disk::DiskSpace>,
+    /// This process's exclusive hold on the data directory, for the node's whole life.
+    _dir_lock: crate::datadir::DataDirLock,
     /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
     pub watches: Arc<crate::watch::Registry>,
     /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
@@ -118,6 +120,10 @@ impl Node {
     pub fn open(pair: PairConfig, name: &str) -> Result<Arc<Node>, Error> {
         let config = pair.node(name)?.clone();
         let peer_config = pair.peer_of(name)?.clone();
+        // Before any other file of the directory is opened: a second process for this node
+        // must stop here, having changed nothing (opening a journal trims its preallocated end).
+        crate::datadir::check_permissions(&config.dir, name)?;
+        let dir_lock = crate::datadir::DataDirLock::acquire(&config.dir, name)?;
         let meta = NodeMeta::load(&config.dir)?;
         if meta.cluster != pair.cluster || meta.node != name {
             return Err(Error::Failed(format!(
@@ -156,12 +162,23 @@ impl Node {
                 ..JournalOptions::default()
             },
         )?;
+        if std::env::var_os(SKIP_JOURNAL_FSYNC_ENV).is_some() {
+            tracing::error!("{SKIP_JOURNAL_FSYNC_ENV} is set: the journals do NOT fsync their records; acknowledged writes can be lost (for the power-loss tests only)");
+            local.skip_fsync_for_tests();
+            remote.skip_fsync_for_tests();
+        }
         for (kind, recovery) in [("local", &local_recovery), ("remote", &remote_recovery)] {
             if let Some((path, offset, bytes, reason)) = &recovery.cut {
                 tracing::warn!(journal = kind, path = %path.display(), offset, bytes, %reason, "cut a torn journal tail at open");
             }
         }
-        let store = Arc::new(Store::open(&config.dir.join("store"))?);
+        let store = match Store::open(&config.dir.join("store")) {
+            Ok(store) => Arc::new(store),
+            Err(source @ crate::store::StoreError::Damaged { .. }) => {
+                return Err(Error::StoreDamaged { node: name.to_string(), dir: config.dir.clone(), source })
+            }
+            Err(other) => return Err(other.into()),
+        };
         let role = meta.role;
         let replicating = !meta.replication_stopped;
         let engine = Engine::new(crate::engine::Identity {
@@ -198,6 +215,7 @@ impl Node {
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
+            _dir_lock: dir_lock,
             watches: Arc::new(crate::watch::Registry::default()),
             scan_cursors: crate::keyspace::ScanCursors::default(),
         });
@@ -600,6 +618,11 @@ impl Node {
 /// then cut them from its journal, as a power loss would (docs/operations.md).
 pub const SIMULATED_FSYNC_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_FSYNC_DELAY";
 
+/// Tests only, and unsafe: set (to anything) and the node's journals skip the fsyncs that make
+/// records durable, while calling them durable. The power-loss tests run a node so to show that
+/// they catch a missing fsync (docs/operations.md, "Power-loss tests").
+pub const SKIP_JOURNAL_FSYNC_ENV: &str = "HOTPAIR_UNSAFE_TEST_SKIP_JOURNAL_FSYNC";
+
 /// Tests only: a delay the local journal's flusher waits before each write, so that a test can
 /// kill a primary whose records were shipped (from memory) but never written (docs/operations.md).
 pub const SIMULATED_WRITE_DELAY_ENV: &str = "HOTPAIR_SIMULATED_LOCAL_WRITE_DELAY";
@@ -623,6 +646,9 @@ pub fn journal_dir(node_dir: &Path, kind: JournalKind) -> PathBuf {
 
 /// Runs node `name` of the pair until SIGINT or SIGTERM.
 pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
+    // Before anything is opened or served: a node that cannot prove who it is must not start
+    // (it used to serve its data port without a control port, and exit 0 at SIGTERM).
+    crate::tls::check_node_files(&pair, name)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // `TOKIO_WORKER_THREADS` in the environment wins (tokio reads it when no count is set).
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
@@ -632,13 +658,48 @@ pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
-    runtime.block_on(async move {
+    // Journals, store, meta.json, orphans files and the incident log: the owner's alone.
+    crate::datadir::restrict_new_files();
+    let outcome = runtime.block_on(async move {
         let node = Node::open(pair, name)?;
         let result = serve(node.clone()).await;
-        node.close()?;
+        close_within(node, SHUTDOWN_LIMIT)?;
         tracing::info!(node = name, "stopped cleanly");
         result
-    })
+    });
+    // A task blocked in the store (a failed sled) must not hold the exit up either.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_LIMIT);
+    outcome
+}
+
+/// How long a clean shutdown may take (syncing the journals, draining the appliers, flushing
+/// the store) before the node exits anyway, saying so: SIGTERM always ends the process.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+/// How long the async runtime's tasks get to end once the node is closed.
+const RUNTIME_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// [`Node::close`], bounded by `limit`. Past it the node is left as it is (not even dropped:
+/// the store's drop flushes too) and the process exits; what was acknowledged was durable in
+/// the journals before it was acknowledged, and the next start replays them into the store.
+fn close_within(node: Arc<Node>, limit: Duration) -> Result<(), Error> {
+    let (done, outcome) = std::sync::mpsc::channel();
+    let closing = node.clone();
+    std::thread::Builder::new()
+        .name("node-close".into())
+        .spawn(move || {
+            let _ = done.send(closing.close());
+        })
+        .map_err(|source| Error::Io { context: "starting the shutdown thread".into(), source })?;
+    match outcome.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(_) => {
+            std::mem::forget(node);
+            Err(Error::Failed(format!(
+                "the clean shutdown did not finish within {}; exiting without it (acknowledged writes are in the journals, which the next start replays)",
+                humantime::format_duration(limit)
+            )))
+        }
+    }
 }
 
 /// Async worker threads: one core fewer than the machine has (at least one). The journals'

@@ -12,6 +12,7 @@
 //! - Rejoin saves the orphaned tail to a file (fsynced) *before* it undoes it in the store.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -292,11 +293,17 @@ pub(super) async fn copy_in(node: &Arc<Node>, op_id: Uuid, divergence: Lsn) -> R
 /// line, into `DIR/orphans/`, and fsyncs it. Returns the path.
 fn save_orphans(node: &Node, op_id: Uuid, orphans: &[Record]) -> std::io::Result<String> {
     let dir = node.config.dir.join("orphans");
-    std::fs::create_dir_all(&dir)?;
+    crate::datadir::create_private_dir(&dir)?;
     let (low, high) = (orphans.last().map_or(0, |r| r.lsn), orphans.first().map_or(0, |r| r.lsn));
     let path = dir.join(format!("orphans-{low}-{high}-{}.jsonl", &op_id.to_string()[..8]));
     let tmp = path.with_extension("jsonl.tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::datadir::PRIVATE_FILE_MODE)
+        .open(&tmp)?;
+    let mut out = std::io::BufWriter::new(file);
     for record in orphans {
         let RecordBody::Txn { ops, commands } = &record.body else { continue };
         let ops: Vec<Value> = ops

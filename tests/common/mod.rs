@@ -11,15 +11,20 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
-use std::collections::HashMap;
+pub mod powerloss;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hotpair::config::{PairConfig, SyncLevel};
+use redis::Commands as _;
 use serde_json::Value;
 
 /// Bound on every wait: a bug fails a test with a message instead of hanging it.
@@ -280,6 +285,47 @@ impl Pair {
             .expect("run hotpair")
     }
 
+    /// Runs `hotpair --pair <this pair> ARGS` (stdin closed), which must end within
+    /// [`DEADLINE`]: a command that would run on (a node that should have refused to start)
+    /// is killed and fails the test.
+    pub fn hotpair_bounded(&self, args: &[&str]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hotpair"))
+            .arg("--pair")
+            .arg(&self.pair_file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hotpair");
+        // Drained as they come, so that a command with much to say never waits on a full pipe.
+        let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let out_reader = drain(Box::new(child.stdout.take().expect("stdout piped")));
+        let err_reader = drain(Box::new(child.stderr.take().expect("stderr piped")));
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = err_reader.join().unwrap_or_default();
+                panic!("hotpair {args:?} did not end within {DEADLINE:?}: {}", String::from_utf8_lossy(&err));
+            }
+            std::thread::sleep(POLL);
+        };
+        let stdout = out_reader.join().expect("stdout reader");
+        let stderr = err_reader.join().expect("stderr reader");
+        Output { status, stdout, stderr }
+    }
+
     /// Runs `hotpair --pair <this pair> ARGS` and checks it succeeded.
     pub fn hotpair_ok(&self, args: &[&str]) -> String {
         let out = self.hotpair(args);
@@ -296,20 +342,26 @@ impl Pair {
 
     /// SIGTERM, then waits for a clean exit (status 0).
     pub fn stop(&mut self, node: &str) {
+        let status = self.terminate(node);
+        assert!(status.success(), "{node} exited with {status} after SIGTERM:\n{}", self.log(node));
+    }
+
+    /// SIGTERM, then waits (up to [`DEADLINE`], else panics) for the process to end, however.
+    pub fn terminate(&mut self, node: &str) -> std::process::ExitStatus {
         self.signal(node, libc::SIGTERM);
         let mut child = self.children.remove(node).unwrap_or_else(|| panic!("{node} is not running"));
         let deadline = Instant::now() + DEADLINE;
-        let status = loop {
+        loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
+                return status;
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("{node} did not stop within {DEADLINE:?} of SIGTERM:\n{}", self.log(node));
             }
             std::thread::sleep(POLL);
-        };
-        assert!(status.success(), "{node} exited with {status} after SIGTERM:\n{}", self.log(node));
+        }
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, and it answers nothing (a hung node,
@@ -383,6 +435,11 @@ impl Pair {
         if let Some(value) = value {
             vars.push((key.to_string(), value.to_string()));
         }
+    }
+
+    /// The process id of `node`'s running process.
+    pub fn pid(&self, node: &str) -> u32 {
+        self.children.get(node).map(Child::id).unwrap_or_else(|| panic!("{node} is not running"))
     }
 
     pub fn is_running(&self, node: &str) -> bool {
@@ -466,6 +523,66 @@ impl Drop for Pair {
                 }
             }
         }
+    }
+}
+
+/// Clients writing distinct keys at the pair's sync level, remembering what was acknowledged.
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<BTreeMap<String, String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `count` clients writing `w<client>-<i>` keys to the primary, each on its own thread.
+    pub fn start(pair: &Pair, count: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let threads = (0..count)
+            .map(|w| {
+                let client = pair.client(PRIMARY);
+                let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+                std::thread::spawn(move || {
+                    let mut connection = None;
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        if connection.is_none() {
+                            connection = client.get_connection_with_timeout(REDIS_TIMEOUT).ok();
+                        }
+                        let Some(c) = connection.as_mut() else { continue };
+                        let (key, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+                        // A failed write is unknown, not acknowledged: it is not checked.
+                        match c.set::<_, _, ()>(&key, &value) {
+                            Ok(()) => drop(acknowledged.lock().unwrap().insert(key, value)),
+                            Err(_) => connection = None,
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers { stop, acknowledged, threads }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    pub fn wait_acked(&self, target: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.acked() < target {
+            assert!(Instant::now() < deadline, "only {} writes acknowledged, waiting for {target}", self.acked());
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Stops the clients; every write acknowledged, key → value.
+    pub fn finish(self) -> BTreeMap<String, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("writer thread");
+        }
+        Arc::try_unwrap(self.acknowledged).expect("writers joined").into_inner().unwrap()
     }
 }
 
