@@ -32,9 +32,11 @@
 //! `SET` takes `EX`/`PX`; `NX`, `XX`, `GET`, `KEEPTTL`, `EXAT` and `PXAT` are refused by name.
 
 pub mod command;
+pub mod decoder;
 pub mod frame;
 pub mod limits;
 
 pub use command::{request_arguments, Command, CommandError, ConnectionCommand, Request};
-pub use frame::{encode, parse, Frame, ProtocolError, ProtocolErrorKind};
+pub use decoder::RequestDecoder;
+pub use frame::{encode, encode_into, encoded_len, parse, Frame, ProtocolError, ProtocolErrorKind};
 pub use limits::Limits;
