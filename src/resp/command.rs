@@ -98,6 +98,13 @@ pub enum ConnectionCommand {
     ClientSetName { name: Bytes },
     /// `CLIENT GETNAME`: the name, or null.
     ClientGetName,
+    /// `AUTH [username] password`: `+OK`, `-WRONGPASS …`, or the refusal Redis gives when no
+    /// password is configured (`server::auth`).
+    Auth { username: Option<Bytes>, password: Bytes },
+    /// `HELLO [2 [AUTH username password] [SETNAME name]]`: authenticates and names the
+    /// connection as the options say, then answers the server's description. Protocol 3 is
+    /// refused with `-NOPROTO` before any option is looked at, as Redis checks the version first.
+    Hello { auth: Option<(Bytes, Bytes)>, setname: Option<Bytes> },
 }
 
 /// What a client asked for, sorted by who answers it.
@@ -135,6 +142,10 @@ pub enum CommandError {
     UnknownSubcommand { command: &'static str, subcommand: String },
     #[error("NOPROTO hotpair speaks RESP2 only; connect without HELLO")]
     NoProto,
+    #[error("ERR Protocol version is not an integer or out of range")]
+    BadProtocolVersion,
+    #[error("ERR Syntax error in HELLO option '{option}'")]
+    HelloSyntax { option: String },
 }
 
 impl CommandError {
@@ -242,8 +253,17 @@ impl Request {
             b"COMMAND" => parse_command_introspection(args).map(Request::Connection),
             b"CONFIG" => parse_config(args).map(Request::Connection),
             b"CLIENT" => parse_client(args).map(Request::Connection),
-            // RESP3 clients ask with HELLO first and fall back to RESP2 when refused.
-            b"HELLO" => Err(CommandError::NoProto),
+            b"AUTH" => match args {
+                [password] => connection(ConnectionCommand::Auth { username: None, password: password.clone() }),
+                [username, password] => connection(ConnectionCommand::Auth {
+                    username: Some(username.clone()),
+                    password: password.clone(),
+                }),
+                [] => Err(CommandError::WrongArity { command: "auth" }),
+                _ => Err(CommandError::Syntax),
+            },
+            // RESP3 clients ask with HELLO 3 first and fall back to RESP2 when refused.
+            b"HELLO" => parse_hello(args).map(Request::Connection),
             _ => Err(CommandError::UnknownCommand { name: quote_name(name) }),
         }
     }
@@ -282,6 +302,34 @@ fn parse_set(args: &[Bytes]) -> Result<Command, CommandError> {
         expire = Some(Duration::from_millis(milliseconds));
     }
     Ok(Command::Set { key: key.clone(), value: value.clone(), expire })
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, checked in Redis's order:
+/// the version first, then the options.
+fn parse_hello(args: &[Bytes]) -> Result<ConnectionCommand, CommandError> {
+    let Some((version, options)) = args.split_first() else {
+        return Ok(ConnectionCommand::Hello { auth: None, setname: None });
+    };
+    match integer(version).map_err(|_| CommandError::BadProtocolVersion)? {
+        2 => {}
+        _ => return Err(CommandError::NoProto),
+    }
+    let (mut auth, mut setname) = (None, None);
+    let mut rest = options;
+    while let Some((option, tail)) = rest.split_first() {
+        match (option.to_ascii_uppercase().as_slice(), tail) {
+            (b"AUTH", [username, password, tail @ ..]) => {
+                auth = Some((username.clone(), password.clone()));
+                rest = tail;
+            }
+            (b"SETNAME", [name, tail @ ..]) => {
+                setname = Some(name.clone());
+                rest = tail;
+            }
+            _ => return Err(CommandError::HelloSyntax { option: quote_name(option) }),
+        }
+    }
+    Ok(ConnectionCommand::Hello { auth, setname })
 }
 
 /// `COMMAND [DOCS|INFO|COUNT …]`.
@@ -423,6 +471,13 @@ mod tests {
         assert_eq!(connection("CLIENT SETINFO LIB-NAME redis-rs"), ConnectionCommand::ClientSetInfo);
         assert_eq!(connection("client setname me"), ConnectionCommand::ClientSetName { name: b("me") });
         assert_eq!(connection("CLIENT GETNAME"), ConnectionCommand::ClientGetName);
+        assert_eq!(connection("AUTH pw"), ConnectionCommand::Auth { username: None, password: b("pw") });
+        assert_eq!(connection("auth app pw"), ConnectionCommand::Auth { username: Some(b("app")), password: b("pw") });
+        assert_eq!(connection("HELLO"), ConnectionCommand::Hello { auth: None, setname: None });
+        assert_eq!(
+            connection("hello 2 auth default pw setname me"),
+            ConnectionCommand::Hello { auth: Some((b("default"), b("pw"))), setname: Some(b("me")) }
+        );
     }
 
     #[test]
@@ -450,6 +505,11 @@ mod tests {
         assert_eq!(error_line("PING a b"), "ERR wrong number of arguments for 'ping' command");
         assert_eq!(error_line("CONFIG SET save x"), "ERR unknown subcommand 'SET' for 'config'");
         assert_eq!(error_line("HELLO 3"), "NOPROTO hotpair speaks RESP2 only; connect without HELLO");
+        assert_eq!(error_line("HELLO 3 AUTH default pw"), "NOPROTO hotpair speaks RESP2 only; connect without HELLO");
+        assert_eq!(error_line("HELLO two"), "ERR Protocol version is not an integer or out of range");
+        assert_eq!(error_line("HELLO 2 AUTH default"), "ERR Syntax error in HELLO option 'AUTH'");
+        assert_eq!(error_line("AUTH"), "ERR wrong number of arguments for 'auth' command");
+        assert_eq!(error_line("AUTH a b c"), "ERR syntax error");
     }
 
     #[test]
