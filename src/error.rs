@@ -22,6 +22,8 @@ pub enum Error {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Init(#[from] InitError),
+    #[error(transparent)]
+    Clients(#[from] crate::server::auth::AuthFileError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -26,7 +26,9 @@ use crate::config::{PeerLossPolicy, SyncLevel};
 use crate::meta::Role;
 use crate::pipeline::{CommitError, Txn};
 use crate::resp::{self, Command, Frame};
-use crate::server::DataBackend;
+use crate::server::auth::Users;
+use crate::server::memory::ReplyBudget;
+use crate::server::{DataBackend, ServeOptions};
 use crate::value::StoredValue;
 use crate::Error;
 
@@ -44,18 +46,39 @@ impl DataBackend for Backend {
     }
 }
 
+/// What the pair file's `[clients]` table asks of the data port, loaded and checked.
+pub struct DataSecurity {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    users: Option<Arc<Users>>,
+}
+
+impl DataSecurity {
+    /// Reads the password and users files and the data-port certificate: an error names the file.
+    pub fn load(node: &Node) -> Result<DataSecurity, Error> {
+        let clients = &node.pair.clients;
+        let users = Users::load(clients.password_file.as_deref(), clients.users_file.as_deref())?.map(Arc::new);
+        let tls = match clients.tls {
+            true => Some(tokio_rustls::TlsAcceptor::from(crate::tls::data_server_config(&node.pair, node.name())?)),
+            false => None,
+        };
+        if let Some(users) = &users {
+            tracing::info!(named_users = users.named_users(), "data port: AUTH required");
+        }
+        Ok(DataSecurity { tls, users })
+    }
+}
+
 /// Serves the data port until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result<(), Error> {
-    let configured = &node.pair.limits;
-    let limits = resp::Limits {
-        max_value_bytes: configured.max_value_bytes,
-        max_args: configured.max_args,
-        max_connections: configured.max_connections,
-        ..resp::Limits::default()
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, security: DataSecurity) -> Result<(), Error> {
+    let options = ServeOptions {
+        limits: node.pair.limits.data_port(),
+        tls: security.tls,
+        users: security.users,
+        memory: node.client_memory.clone(),
     };
     let mut shutdown = node.shutdown.subscribe();
     let backend = Arc::new(Backend { node });
-    crate::server::serve(listener, backend, limits, async move {
+    crate::server::serve_with(listener, backend, options, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
     .await
@@ -73,17 +96,7 @@ async fn execute(node: &Node, command: Command) -> Frame {
             Ok(None) => Frame::null(),
             Err(err) => err,
         },
-        Command::MGet { keys } => {
-            let mut values = Vec::with_capacity(keys.len());
-            for key in keys {
-                match read(node, &key, now) {
-                    Ok(Some(value)) => values.push(Frame::bulk(value)),
-                    Ok(None) => values.push(Frame::null()),
-                    Err(err) => return err,
-                }
-            }
-            Frame::array(values)
-        }
+        Command::MGet { keys } => mget(node, &keys, now),
         Command::Exists { keys } => {
             let mut count = 0;
             for key in keys {
@@ -101,6 +114,27 @@ async fn execute(node: &Node, command: Command) -> Frame {
         Command::Wait { replicas, timeout } => wait_command(node, replicas, timeout).await,
         other => Frame::error(format!("ERR internal: '{}' reached the read path", other.name())),
     }
+}
+
+/// `MGET`: stops reading as soon as the reply would exceed `client_output_buffer_limit` or the
+/// clients' shared memory (`ReplyBudget`), so a short request cannot make the node build a reply
+/// of gigabytes.
+fn mget(node: &Node, keys: &[Bytes], now: u64) -> Frame {
+    let mut budget = ReplyBudget::new(&node.client_memory, node.pair.limits.client_output_buffer_limit);
+    let mut values = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value = match read(node, key, now) {
+            Ok(value) => value,
+            Err(err) => return err,
+        };
+        // The value and its `$n` line; the array's own header is a few bytes.
+        let size = value.as_ref().map_or(5, |v| v.len() + 16);
+        if let Err(refusal) = budget.charge(size) {
+            return refusal;
+        }
+        values.push(value.map_or_else(Frame::null, Frame::bulk));
+    }
+    Frame::array(values)
 }
 
 /// The live value of `key`: unapplied writes first on the primary, the store otherwise.

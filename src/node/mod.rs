@@ -95,6 +95,9 @@ pub struct Node {
     pub metrics: metrics::Counters,
     /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
     pub disk: watch::Sender<disk::DiskSpace>,
+    /// The budget of the data port's client buffers (`[limits] max_client_memory`), shared by its
+    /// connections and by replies the backend builds (`MGET`).
+    pub client_memory: Arc<crate::server::memory::ClientMemory>,
 }
 
 impl Node {
@@ -158,6 +161,7 @@ impl Node {
         let replicating = !meta.replication_stopped;
         let epoch = meta.epoch;
         let notify = pair.notify.clone();
+        let client_memory = crate::server::memory::ClientMemory::new(pair.limits.max_client_memory);
         let node = Arc::new(Node {
             pair,
             config,
@@ -183,6 +187,7 @@ impl Node {
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
+            client_memory,
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -779,6 +784,9 @@ fn async_workers() -> usize {
 }
 
 async fn serve(node: Arc<Node>) -> Result<(), Error> {
+    // Before any port opens: a password file or data-port certificate that cannot be used stops
+    // the node here, naming the file, rather than leaving it up without its data port.
+    let data_security = backend::DataSecurity::load(&node)?;
     let control = bind(node.config.control, "control").await?;
     let data = bind(node.config.data, "data").await?;
     let metrics_listener = match node.config.metrics {
@@ -795,7 +803,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
-    tasks.spawn(backend::serve(node.clone(), data));
+    tasks.spawn(backend::serve(node.clone(), data, data_security));
     tasks.spawn(follow::run_on_own_thread(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));
