@@ -31,7 +31,7 @@ use super::{status, Node};
 use crate::journal::Lsn;
 use crate::meta::Role;
 use crate::replication::{self, ShipContext};
-use crate::server::handshake::{HandshakeSlots, Slot, HANDSHAKE_TIMEOUT};
+use crate::server::handshake::{Admission, HandshakeSlots, Stage, HANDSHAKE_TIMEOUT, HELLO_GRACE};
 use crate::server::throttle::LogThrottle;
 use crate::tls::Peer;
 use crate::wire::{self, AdminRequest, Envelope, Frame, Message};
@@ -74,15 +74,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), Error> 
                 }
             },
         };
-        let admission = slots.admit(address.ip());
-        if let Some(source) = admission.made_room_from {
-            if log.admit(source, "evicted", std::time::Instant::now()).is_some() {
-                tracing::warn!(%source, "control port: handshake slots full; the oldest pending handshake from {source} was closed to make room");
-            }
-        }
-        let (node, config, admins, log) = (node.clone(), config.clone(), admins.clone(), log.clone());
+        let (node, config, slots, admins, log) =
+            (node.clone(), config.clone(), slots.clone(), admins.clone(), log.clone());
         tokio::spawn(async move {
-            match connection(node, config, socket, admission.slot, admission.evicted, admins).await {
+            match connection(node, config, socket, address, &slots, admins, &log).await {
                 Ok(()) => {}
                 Err(Ended::Session(reason)) => tracing::warn!(%address, %reason, "control connection ended"),
                 Err(Ended::Stranger(reason)) => log_stranger(&log, address, &reason),
@@ -102,14 +97,16 @@ fn log_stranger(log: &LogThrottle, address: SocketAddr, reason: &str) {
     }
 }
 
-/// Runs the TLS handshake in its slot, then serves whoever it turned out to be.
+/// Runs the TLS handshake (first on probation, then in a slot), then serves whoever it turned
+/// out to be.
 async fn connection(
     node: Arc<Node>,
     config: Arc<rustls::ServerConfig>,
     socket: tokio::net::TcpStream,
-    slot: Slot,
-    evicted: tokio::sync::oneshot::Receiver<()>,
+    address: SocketAddr,
+    slots: &Arc<HandshakeSlots>,
     admins: Arc<Semaphore>,
+    log: &LogThrottle,
 ) -> Result<(), Ended> {
     // Without it, the first small frame after the handshake (a Welcome, an admin answer) waits
     // behind the TLS 1.3 session ticket for the peer's delayed ACK: ~40 ms on Linux, which
@@ -117,19 +114,42 @@ async fn connection(
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(%err, "could not set TCP_NODELAY on a control connection");
     }
-    let handshake = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), socket)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        slot.hello_received();
-        start.into_stream(config).await.map_err(|e| format!("TLS handshake failed: {e}"))
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let timed_out = || Ended::Stranger(format!("TLS handshake not done within {}", humantime::format_duration(HANDSHAKE_TIMEOUT)));
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), socket);
+    tokio::pin!(hello);
+    // A client that sends its ClientHello at once is past it within the grace, and enters the
+    // slots as negotiating, where stallers cannot push it out.
+    let early = match slots.probation() {
+        Some(_probation) => tokio::time::timeout(HELLO_GRACE, &mut hello).await.ok(),
+        None => None,
     };
+    let stage = if early.is_some() { Stage::Negotiating } else { Stage::AwaitingHello };
+    let admission = slots.admit_at(address.ip(), stage);
+    if let Some(source) = admission.made_room_from {
+        if log.admit(source, "evicted", std::time::Instant::now()).is_some() {
+            tracing::warn!(%source, "control port: handshake slots full; the oldest stalled handshake from {source} was closed to make room");
+        }
+    }
+    let Admission { slot, mut evicted, .. } = admission;
+    let evicted_error =
+        || Ended::Stranger("evicted: handshake slots were full and this handshake was the oldest stalled one".into());
+    let start = match early {
+        Some(start) => start,
+        None => tokio::select! {
+            biased;
+            _ = &mut evicted => return Err(evicted_error()),
+            start = tokio::time::timeout_at(deadline, &mut hello) => start.map_err(|_| timed_out())?,
+        },
+    }
+    .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?;
+    slot.hello_received();
     let stream = tokio::select! {
         biased;
-        _ = evicted => return Err(Ended::Stranger("evicted: handshake slots were full and this handshake was the oldest stalled one".into())),
-        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => done
-            .map_err(|_| Ended::Stranger(format!("TLS handshake not done within {}", humantime::format_duration(HANDSHAKE_TIMEOUT))))?
-            .map_err(Ended::Stranger)?,
+        _ = &mut evicted => return Err(evicted_error()),
+        stream = tokio::time::timeout_at(deadline, start.into_stream(config)) => stream
+            .map_err(|_| timed_out())?
+            .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?,
     };
     drop(slot);
     let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();

@@ -16,12 +16,20 @@
 //! - a handshake still waiting for its ClientHello is evicted before one past it (a real client
 //!   sends its ClientHello at once; only a staller sits before it), and among those of a kind
 //!   the oldest goes first;
+//! - a new connection first waits up to [`HELLO_GRACE`] for its ClientHello *on probation*
+//!   ([`HandshakeSlots::probation`], [`MAX_ON_PROBATION`] places), outside the slots: a real
+//!   client comes out of it past its ClientHello and takes a slot as negotiating, which no
+//!   staller can take from it; a staller comes out without one and takes a slot as awaiting,
+//!   pushing out the oldest staller of its source. (Deciding at accept time would not do: in a
+//!   flood a client is often accepted before its ClientHello has arrived, and stallers
+//!   reconnecting as fast as they are pushed out turn the slots over in about a millisecond.)
+//!   Only a flood of more than [`MAX_ON_PROBATION`] / [`HELLO_GRACE`] (10,000) new connections a
+//!   second fills probation; newcomers then go to the slots directly, as awaiting;
 //! - every handshake has [`HANDSHAKE_TIMEOUT`] to finish in any case.
 //!
 //! So stalled connections cost an attacker a connection each and last only until the next
-//! arrivals push them out, while a legitimate client — which finishes in a few round trips —
-//! would have to be outpaced by [`MAX_HANDSHAKES_PER_SOURCE`] new stalled connections from its
-//! own address within its handshake to be pushed out.
+//! arrivals push them out, while a legitimate client is never pushed out by them once past its
+//! ClientHello.
 //!
 //! ## Invariants
 //! - At most [`MAX_HANDSHAKES`] handshakes are pending, and at most
@@ -31,10 +39,12 @@
 //!   task that holds the slot does the closing.
 //!
 //! ## Caveats
-//! An attacker sharing an address with the backup or an admin (the same host, or the same NAT)
-//! and able to open connections faster than a handshake takes can still push theirs out; the
-//! backup retries with backoff. Full ClientHellos that then stall are treated like a client
-//! negotiating (they cost the attacker more but are not told apart).
+//! An attacker opening more than 10,000 connections a second fills probation, and then a client
+//! whose ClientHello is slower than the attacker's next [`MAX_HANDSHAKES_PER_SOURCE`]
+//! connections from its own address can be pushed out (the backup retries with backoff; an
+//! admin command fails and can be run again). Full ClientHellos that then stall are treated
+//! like a client negotiating: they cost the attacker more (a real ClientHello each), are bounded
+//! by the same limits and timeout, but are not told apart from an admin's.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -51,6 +61,10 @@ pub const MAX_HANDSHAKES: usize = 256;
 pub const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
 /// How long a handshake may take from the TCP accept.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection may wait for its ClientHello on probation, before it takes a slot.
+pub const HELLO_GRACE: Duration = Duration::from_millis(50);
+/// Connections on probation at once; a newcomer finding it full goes straight to a slot.
+pub const MAX_ON_PROBATION: usize = 512;
 
 /// How far a handshake got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,9 +120,16 @@ impl Table {
 }
 
 /// The handshake slots of one control port.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HandshakeSlots {
     table: Mutex<Table>,
+    probation: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for HandshakeSlots {
+    fn default() -> Self {
+        HandshakeSlots { table: Mutex::default(), probation: Arc::new(tokio::sync::Semaphore::new(MAX_ON_PROBATION)) }
+    }
 }
 
 /// One admitted handshake. Drop it when the handshake ends, however it ends.
@@ -140,15 +161,29 @@ impl HandshakeSlots {
 
     /// Admits a handshake from `source`, evicting one if the table is full (module docs).
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Admission {
+        self.admit_at(source, Stage::AwaitingHello)
+    }
+
+    /// [`HandshakeSlots::admit`] for a handshake already at `stage` (past its ClientHello when it
+    /// came out of probation with it).
+    pub fn admit_at(self: &Arc<Self>, source: IpAddr, stage: Stage) -> Admission {
         let source = source_key(source);
         let mut table = self.lock();
-        let made_room_from =
-            table.make_room_for(source).and_then(|victim| table.pending.remove(&victim)).map(|p| p.source);
+        let made_room_from = table.make_room_for(source).and_then(|victim| table.pending.remove(&victim)).map(|p| {
+            tracing::debug!(source = %p.source, stage = ?p.stage, "handshake evicted");
+            p.source
+        });
         let id = table.next_id;
         table.next_id += 1;
         let (evict, evicted) = oneshot::channel();
-        table.pending.insert(id, Pending { source, stage: Stage::AwaitingHello, evict: Some(evict) });
+        table.pending.insert(id, Pending { source, stage, evict: Some(evict) });
         Admission { slot: Slot { slots: Arc::clone(self), id }, evicted, made_room_from }
+    }
+
+    /// A place on probation, if one is free: hold it while waiting (at most [`HELLO_GRACE`]) for
+    /// the ClientHello, then [`HandshakeSlots::admit_at`] the handshake at the stage it reached.
+    pub fn probation(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.probation).try_acquire_owned().ok()
     }
 
     /// Handshakes pending now.
@@ -219,5 +254,6 @@ mod tests {
         let evicted = newest.made_room_from;
         assert!(evicted.is_some_and(|source| source != ip(0)), "evicted from {evicted:?}");
         assert_eq!(slots.pending(), MAX_HANDSHAKES);
+        drop(newest);
     }
 }
