@@ -463,7 +463,8 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
     /// Counts the partial request against `max_client_memory`; a request that does not fit
     /// closes the connection (its bytes cannot be kept, and the stream cannot skip them).
     fn account_input(&mut self) -> Next {
-        let held = self.input.len() + self.decoder.held_bytes();
+        // Capacity, not length: the buffer grows by doubling, and what it took is what it holds.
+        let held = self.input.capacity() + self.decoder.held_bytes();
         match self.input_reserved.cover(held) {
             Ok(()) => Next::Read,
             Err(over) => {
