@@ -95,6 +95,12 @@ impl RequestDecoder {
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         let decoded = self.step(buf);
         match decoded {
+            Ok(Some(_)) if self.consumed > self.limits.max_request_bytes => {
+                // A whole request, but larger than the limit (an inline line, a short header).
+                let error = self.too_large();
+                self.fail(&error);
+                return Err(error);
+            }
             Ok(Some(_)) => self.reset(),
             Ok(None) if self.consumed + buf.len() >= self.limits.max_request_bytes => {
                 // Whatever completes the request would take it past the limit.
