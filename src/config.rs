@@ -4,8 +4,8 @@
 //! Turns `pair.toml` (format in INTERFACE.md, written by `hotpair init`) into a typed
 //! [`PairConfig`]: the cluster id, the sync level and its timeout, what to do when the peer is
 //! lost, the heartbeat interval, the TLS files, the two nodes in file order, notification
-//! settings, resource limits and the monitor's thresholds. [`PairConfig::locate`] finds the file (`--pair`, then
-//! `$HOTPAIR_PAIR`, then `./pair.toml`).
+//! settings, resource limits, the data port's security (`[clients]`) and the monitor's thresholds.
+//! [`PairConfig::locate`] finds the file (`--pair`, then `$HOTPAIR_PAIR`, then `./pair.toml`).
 //!
 //! Reading is two-step: the TOML is deserialized into *raw* structs that keep every value as the
 //! text the admin wrote (`#[serde(deny_unknown_fields)]` everywhere), then [`PairConfig::load`]
@@ -784,8 +784,11 @@ impl Validator<'_> {
             let bytes = self.byte_size(key, value, default as u64)?;
             usize::try_from(bytes).map_err(|_| self.invalid(key, format!("is {bytes}, too large for this machine")))
         };
-        let client_output_buffer_limit =
-            size("limits.client_output_buffer_limit", l.client_output_buffer_limit, DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT)?;
+        let client_output_buffer_limit = size(
+            "limits.client_output_buffer_limit",
+            l.client_output_buffer_limit,
+            DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT,
+        )?;
         // `GET` of the largest value: the value, its `$n` line and CRLF.
         let largest_reply = max_value_bytes + 64;
         if client_output_buffer_limit < largest_reply {

@@ -11,6 +11,11 @@
 //!   `[(1, lsn 1, <first node>)]`, the first node `primary` and the second `backup`;
 //! - `DIR/pair.toml`, last, with a comment header explaining every key, and paths relative to
 //!   `DIR` so the directory can be moved as a whole.
+//! - with `--client-password`: `DIR/clients.pass` (a random password, mode 0600) and
+//!   `[clients] password_file`; with `--client-tls`: `DIR/tls/<node>.data.pem|key` (a data-port
+//!   certificate valid for the node's data address, server authentication only),
+//!   `DIR/tls/app.client.pem|key` (for applications, client authentication only) and
+//!   `[clients] tls = true` (see `docs/security.md`).
 //!
 //! ## Invariants
 //! - **Never overwrites.** If any of `pair.toml`, `tls/` or a node directory already exists, init
@@ -279,7 +284,12 @@ pub fn init(dir: &Path, nodes: &NodeSpecs, sync: SyncLevel) -> Result<InitReport
 }
 
 /// [`init`], with the data port's security as `options` says.
-pub fn init_with(dir: &Path, nodes: &NodeSpecs, sync: SyncLevel, options: InitOptions) -> Result<InitReport, InitError> {
+pub fn init_with(
+    dir: &Path,
+    nodes: &NodeSpecs,
+    sync: SyncLevel,
+    options: InitOptions,
+) -> Result<InitReport, InitError> {
     // Re-check what FromStr checked: the library is callable without the CLI.
     let nodes = nodes.to_string().parse::<NodeSpecs>()?;
     let dir = std::path::absolute(dir).map_err(|source| InitError::Io { path: dir.to_path_buf(), source })?;

@@ -189,7 +189,9 @@ pub fn data_server_config(pair: &PairConfig, node: &str) -> Result<Arc<ServerCon
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let verifier = match pair.clients.tls_auth_clients {
         ClientCertificates::No => None,
-        ClientCertificates::Optional => Some(WebPkiClientVerifier::builder_with_provider(ca_roots(pair)?, provider).allow_unauthenticated()),
+        ClientCertificates::Optional => {
+            Some(WebPkiClientVerifier::builder_with_provider(ca_roots(pair)?, provider).allow_unauthenticated())
+        }
         ClientCertificates::Required => Some(WebPkiClientVerifier::builder_with_provider(ca_roots(pair)?, provider)),
     };
     let builder = match verifier {

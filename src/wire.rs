@@ -214,7 +214,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
         match reader.read(&mut len_bytes[filled..]).await? {
             0 if filled == 0 => return Ok(None),
             0 => {
-                let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended inside a frame's length");
+                let cut =
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended inside a frame's length");
                 return Err(cut.into());
             }
             read => filled += read,

@@ -106,7 +106,11 @@ fn huge_mget_replies_are_refused_and_the_node_stays_small() {
             .map(|_| {
                 scope.spawn(|| {
                     let mut con = pair.redis(PRIMARY);
-                    redis::cmd("MGET").arg(vec!["one_mb"; 2000]).query::<Vec<Vec<u8>>>(&mut con).unwrap_err().to_string()
+                    redis::cmd("MGET")
+                        .arg(vec!["one_mb"; 2000])
+                        .query::<Vec<Vec<u8>>>(&mut con)
+                        .unwrap_err()
+                        .to_string()
                 })
             })
             .collect();
@@ -138,7 +142,8 @@ fn the_largest_documented_value_is_stored_and_read_back_on_both_nodes() {
     let read: Vec<u8> = redis::cmd("GET").arg("largest").query(&mut con).expect("GET on the primary");
     assert!(read == value, "the primary returned {} bytes, not the value written", read.len());
     pair.wait_caught_up();
-    let read: Vec<u8> = redis::cmd("GET").arg("largest").query(&mut pair.redis(common::BACKUP)).expect("GET on the backup");
+    let read: Vec<u8> =
+        redis::cmd("GET").arg("largest").query(&mut pair.redis(common::BACKUP)).expect("GET on the backup");
     assert!(read == value, "the backup returned {} bytes, not the value written", read.len());
 
     // One byte more is refused, naming the limit, before the value is read.
@@ -180,7 +185,10 @@ fn a_request_fed_a_byte_at_a_time_costs_cpu_in_proportion_to_its_size() {
     let reply = dribble(pair.data_address(PRIMARY), &request, tail, pace);
     let (cpu, wall) = (cpu_seconds(pid) - cpu_before, started.elapsed());
     assert_eq!(reply, "+OK\r\n");
-    eprintln!("{} bytes, the last {tail} a byte at a time over {wall:?}: {cpu:.3} s of the primary's CPU", request.len());
+    eprintln!(
+        "{} bytes, the last {tail} a byte at a time over {wall:?}: {cpu:.3} s of the primary's CPU",
+        request.len()
+    );
     // Re-parsing the buffered request on every read kept a core busy for the whole dribble
     // (35.8 ms of CPU per byte); parsing each byte once costs a few ms in all. The bound is a
     // fraction of the dribble's wall time, generous for a loaded machine.
@@ -273,7 +281,9 @@ fn idle_and_half_sent_connections_are_closed_after_client_idle_timeout() {
         match stream.read(&mut buffer) {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("expected the node to close an idle connection, got {other:?} after {:?}", started.elapsed()),
+            other => {
+                panic!("expected the node to close an idle connection, got {other:?} after {:?}", started.elapsed())
+            }
         }
     }
     let waited = started.elapsed();

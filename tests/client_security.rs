@@ -67,7 +67,12 @@ fn python(script: &str, pair: &Pair) -> String {
         .env("PYTHONWARNINGS", "ignore")
         .output()
         .expect("run python3");
-    assert!(out.status.success(), "redis-py failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "redis-py failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

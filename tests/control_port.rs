@@ -119,6 +119,11 @@ fn stalled_handshakes_lock_out_neither_admins_nor_the_backup() {
 
     // Hundreds of refusals, a handful of log lines.
     let log = pair.log(PRIMARY);
-    let lines = log.lines().filter(|l| l.contains("control connection refused") || l.contains("handshake slots full")).count();
-    assert!(lines <= 10, "{lines} log lines for {opened} stalled handshakes:\n{}", log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    let lines =
+        log.lines().filter(|l| l.contains("control connection refused") || l.contains("handshake slots full")).count();
+    assert!(
+        lines <= 10,
+        "{lines} log lines for {opened} stalled handshakes:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
 }

@@ -26,7 +26,7 @@ use hotpair::wire::{self, Envelope, Message, WireError};
 use hotpair::Digest;
 
 const DEFAULT_CASES: u64 = 20_000;
-const DEFAULT_SEED: u64 = 0x5eed_0f_4075_7a17;
+const DEFAULT_SEED: u64 = 0x005e_ed0f_4075_7a17;
 
 fn cases() -> u64 {
     std::env::var("HOTPAIR_FUZZ_CASES").ok().and_then(|text| text.parse().ok()).unwrap_or(DEFAULT_CASES)
@@ -64,7 +64,7 @@ impl Rng {
         (0..length).map(|_| self.next() as u8).collect()
     }
 
-    fn from_alphabet(&mut self, alphabet: &[u8], max: usize) -> Vec<u8> {
+    fn drawn_from(&mut self, alphabet: &[u8], max: usize) -> Vec<u8> {
         let length = self.below(max + 1);
         (0..length).map(|_| alphabet[self.below(alphabet.len())]).collect()
     }
@@ -135,7 +135,7 @@ fn resp_limits(rng: &mut Rng) -> Limits {
 fn resp_input(rng: &mut Rng) -> Vec<u8> {
     match rng.below(4) {
         0 => rng.bytes(300),
-        1 => rng.from_alphabet(b"*$:+-%0123456789\r\n \"'\\xabSETGET", 300),
+        1 => rng.drawn_from(b"*$:+-%0123456789\r\n \"'\\xabSETGET", 300),
         _ => {
             let mut out = Vec::new();
             for _ in 0..1 + rng.below(3) {

@@ -114,8 +114,12 @@ impl DataEndpoint {
 
     /// Connects, runs the TLS handshake and `AUTH` as configured, all within `timeout`.
     pub async fn connect(&self, timeout: Duration) -> std::io::Result<RespConn> {
-        let timed_out =
-            || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {} took over {timeout:?}", self.address));
+        let timed_out = || {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {} took over {timeout:?}", self.address),
+            )
+        };
         tokio::time::timeout(timeout, self.connect_now()).await.map_err(|_| timed_out())?
     }
 
@@ -128,7 +132,8 @@ impl DataEndpoint {
         };
         let mut conn = RespConn::over(stream);
         if let Some(password) = &self.password {
-            let auth = Frame::array(vec![Frame::bulk(Bytes::from_static(b"AUTH")), Frame::Bulk(Some(password.clone()))]);
+            let auth =
+                Frame::array(vec![Frame::bulk(Bytes::from_static(b"AUTH")), Frame::Bulk(Some(password.clone()))]);
             match conn.request(&auth).await? {
                 Frame::Simple(ok) if ok == "OK" => {}
                 other => {

@@ -186,7 +186,9 @@ impl Drill {
                 let run = self.finished.len() as u32 + 1;
                 let endpoints = match self.pair.data_endpoints() {
                     Ok(endpoints) => endpoints,
-                    Err(e) => return Outcome::failed(format!("cannot reach the data ports as the pair file says: {e}")),
+                    Err(e) => {
+                        return Outcome::failed(format!("cannot reach the data ports as the pair file says: {e}"))
+                    }
                 };
                 self.workload = Some(Workload::start(spec.clone(), run, endpoints, self.origin));
                 Outcome::ok(format!(
@@ -597,7 +599,8 @@ async fn run(book: Playbook, report_file: Option<PathBuf>, exe: PathBuf) -> Resu
             None => Err("no node answers: the keys cannot be read back".to_string()),
             Some(node) => {
                 let index = drill.pair.config.nodes.iter().position(|n| &n.name == node);
-                let endpoint = drill.pair.data_endpoints().map(|endpoints| index.and_then(|i| endpoints.get(i).cloned()));
+                let endpoint =
+                    drill.pair.data_endpoints().map(|endpoints| index.and_then(|i| endpoints.get(i).cloned()));
                 match endpoint {
                     Ok(Some(endpoint)) => workload::read_back(&endpoint, finished)
                         .await

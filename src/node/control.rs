@@ -115,7 +115,8 @@ async fn connection(
         tracing::debug!(%err, "could not set TCP_NODELAY on a control connection");
     }
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let timed_out = || Ended::Stranger(format!("TLS handshake not done within {}", humantime::format_duration(HANDSHAKE_TIMEOUT)));
+    let timed_out =
+        || Ended::Stranger(format!("TLS handshake not done within {}", humantime::format_duration(HANDSHAKE_TIMEOUT)));
     let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), socket);
     tokio::pin!(hello);
     // A client that sends its ClientHello at once is past it within the grace, and enters the

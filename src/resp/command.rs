@@ -255,10 +255,9 @@ impl Request {
             b"CLIENT" => parse_client(args).map(Request::Connection),
             b"AUTH" => match args {
                 [password] => connection(ConnectionCommand::Auth { username: None, password: password.clone() }),
-                [username, password] => connection(ConnectionCommand::Auth {
-                    username: Some(username.clone()),
-                    password: password.clone(),
-                }),
+                [username, password] => {
+                    connection(ConnectionCommand::Auth { username: Some(username.clone()), password: password.clone() })
+                }
                 [] => Err(CommandError::WrongArity { command: "auth" }),
                 _ => Err(CommandError::Syntax),
             },

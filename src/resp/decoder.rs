@@ -220,7 +220,8 @@ impl RequestDecoder {
                     let declared = match parse_integer(header) {
                         Some(-1) => {
                             let index = self.args.len();
-                            return self.invalid(0, ProtocolErrorKind::NotBulkString { index, found: "a null bulk string" });
+                            return self
+                                .invalid(0, ProtocolErrorKind::NotBulkString { index, found: "a null bulk string" });
                         }
                         Some(declared) if declared >= 0 => declared,
                         _ => {
@@ -234,7 +235,8 @@ impl RequestDecoder {
                         _ => return self.invalid(0, ProtocolErrorKind::BulkTooLarge { declared, limit }),
                     };
                     // Refuse now rather than buffer up to the limit first.
-                    let end = self.consumed.saturating_add(1 + length + 2).saturating_add(data_length).saturating_add(2);
+                    let end =
+                        self.consumed.saturating_add(1 + length + 2).saturating_add(data_length).saturating_add(2);
                     if end > self.limits.max_request_bytes {
                         return Err(self.too_large());
                     }
@@ -248,7 +250,8 @@ impl RequestDecoder {
                     self.examined += 2;
                     if &buf[length..length + 2] != b"\r\n" {
                         let found = quote(&buf[length..length + 2]);
-                        return self.invalid(length, ProtocolErrorKind::MissingCrlf { what: "bulk string data", found });
+                        return self
+                            .invalid(length, ProtocolErrorKind::MissingCrlf { what: "bulk string data", found });
                     }
                     let argument = buf.split_to(length).freeze();
                     self.consumed += length;
@@ -528,7 +531,10 @@ mod tests {
         assert_eq!(kind(b"*1\r\n%"), ProtocolErrorKind::UnknownType { found: "%".into() });
         let mut decoder = RequestDecoder::new(limits);
         let mut buf = BytesMut::from(&b"*1\r\n$100\r\n"[..]);
-        assert_eq!(decoder.decode(&mut buf), Err(ProtocolError { offset: 0, kind: ProtocolErrorKind::RequestTooLarge { limit: 64 } }));
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Err(ProtocolError { offset: 0, kind: ProtocolErrorKind::RequestTooLarge { limit: 64 } })
+        );
         // A refusal sticks.
         assert!(decoder.decode(&mut BytesMut::from(&b"PING\r\n"[..])).is_err());
     }
@@ -539,7 +545,8 @@ mod tests {
             .decode(&mut BytesMut::from(&b"*1\r\n$3\r\nabcd\r\n"[..]))
             .unwrap_err();
         assert_eq!(error.to_string(), "expected CRLF after bulk string data, got 'd\\r' (at byte 11 of the request)");
-        let error = RequestDecoder::new(Limits::default()).decode(&mut BytesMut::from(&b"*2\r\n$abc\r\n"[..])).unwrap_err();
+        let error =
+            RequestDecoder::new(Limits::default()).decode(&mut BytesMut::from(&b"*2\r\n$abc\r\n"[..])).unwrap_err();
         assert_eq!(error.to_string(), "invalid bulk length 'abc' (at byte 4 of the request)");
     }
 

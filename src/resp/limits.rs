@@ -73,11 +73,7 @@ pub struct Limits {
 impl Limits {
     /// These limits with `max_value_bytes` set and `max_request_bytes` derived from it.
     pub fn with_max_value_bytes(self, max_value_bytes: usize) -> Limits {
-        Limits {
-            max_value_bytes,
-            max_request_bytes: max_value_bytes.saturating_add(REQUEST_OVERHEAD_BYTES),
-            ..self
-        }
+        Limits { max_value_bytes, max_request_bytes: max_value_bytes.saturating_add(REQUEST_OVERHEAD_BYTES), ..self }
     }
 }
 

@@ -185,7 +185,10 @@ fn parse_users(path: &Path, text: &[u8]) -> Result<HashMap<Vec<u8>, (Digest, Rig
             b"readwrite" => Rights::ReadWrite,
             b"readonly" => Rights::ReadOnly,
             other => {
-                return Err(line_error(format!("rights {:?} are not readwrite or readonly; {usage}", String::from_utf8_lossy(other))))
+                return Err(line_error(format!(
+                    "rights {:?} are not readwrite or readonly; {usage}",
+                    String::from_utf8_lossy(other)
+                )))
             }
         };
         if password.is_empty() {

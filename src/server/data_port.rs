@@ -468,7 +468,10 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
         match self.input_reserved.cover(held) {
             Ok(()) => Next::Read,
             Err(over) => {
-                self.log_throttled("memory", &format!("a request of {held}+ bytes does not fit; closing the connection: {over}"));
+                self.log_throttled(
+                    "memory",
+                    &format!("a request of {held}+ bytes does not fit; closing the connection: {over}"),
+                );
                 self.output.push(Frame::Error(format!(
                     "ERR {over}: a request still arriving cannot be held; closing the connection (retry later)"
                 )));
@@ -646,9 +649,14 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
             for piece in chunk.chunks(WRITE_PIECE_BYTES) {
                 let write = async {
                     match idle {
-                        Some(idle) => tokio::time::timeout(idle, self.stream.write_all(piece)).await.unwrap_or_else(|_| {
-                            Err(io::Error::new(io::ErrorKind::TimedOut, "client read none of its replies for client_idle_timeout"))
-                        }),
+                        Some(idle) => {
+                            tokio::time::timeout(idle, self.stream.write_all(piece)).await.unwrap_or_else(|_| {
+                                Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "client read none of its replies for client_idle_timeout",
+                                ))
+                            })
+                        }
                         None => self.stream.write_all(piece).await,
                     }
                 };

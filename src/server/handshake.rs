@@ -225,7 +225,11 @@ mod tests {
         let Admission { slot: admin, made_room_from, .. } = slots.admit(ip(1));
         assert_eq!(made_room_from, Some(ip(1)));
         assert_eq!(slots.pending(), MAX_HANDSHAKES_PER_SOURCE);
-        assert_eq!(stalled[0].evicted.try_recv(), Err(oneshot::error::TryRecvError::Closed), "the oldest was told to go");
+        assert_eq!(
+            stalled[0].evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed),
+            "the oldest was told to go"
+        );
         assert_eq!(stalled[1].evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty));
         // The newcomer sent its ClientHello: more stallers push out stallers, not it.
         admin.hello_received();

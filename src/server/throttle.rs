@@ -69,12 +69,12 @@ pub fn source_key(address: IpAddr) -> IpAddr {
 }
 
 /// The entry of `source`, making room as the module docs say.
-fn entry<'a, K: Eq + std::hash::Hash + Copy + Overflow, T>(
-    table: &'a mut HashMap<K, T>,
+fn entry<K: Eq + std::hash::Hash + Copy + Overflow, T>(
+    table: &mut HashMap<K, T>,
     source: K,
     stale: impl Fn(&T) -> bool,
     fresh: impl FnOnce() -> T,
-) -> &'a mut T {
+) -> &mut T {
     let key = if table.contains_key(&source) || table.len() < MAX_SOURCES {
         source
     } else {
