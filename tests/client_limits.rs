@@ -174,45 +174,56 @@ fn dribble(address: SocketAddr, request: &[u8], tail: usize, pace: Duration) -> 
     read_line_reply(&mut stream)
 }
 
+/// ~3.85 MB in 8001 arguments: the shape of the request, whose re-parsing on every read
+/// copied every argument again.
+fn dribbled_request(tag: &str) -> Vec<u8> {
+    large_mset(tag, 4000, 950)
+}
+
 #[test]
 fn a_request_fed_a_byte_at_a_time_costs_cpu_in_proportion_to_its_size() {
     let pair = Pair::start(SyncLevel::Durable);
-    let pid = pair.pid(PRIMARY);
-    // ~3.85 MB in 4001 arguments, the request; its last 2000 bytes dribbled for ~1.5 s.
-    let request = large_mset("dribble", 2000, 1900);
-    let (tail, pace) = (2000, Duration::from_micros(700));
+    let (pid, address) = (pair.pid(PRIMARY), pair.data_address(PRIMARY));
+    // What the request costs sent at once (reading it, committing it, shipping it) ...
+    let cpu_before = cpu_seconds(pid);
+    assert_eq!(dribble(address, &dribbled_request("once"), 0, Duration::ZERO), "+OK\r\n");
+    let at_once = cpu_seconds(pid) - cpu_before;
+    // ... and with its last 2000 bytes one per write, paced over a couple of seconds.
     let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
-    let reply = dribble(pair.data_address(PRIMARY), &request, tail, pace);
-    let (cpu, wall) = (cpu_seconds(pid) - cpu_before, started.elapsed());
-    assert_eq!(reply, "+OK\r\n");
+    let request = dribbled_request("dribbled");
+    assert_eq!(dribble(address, &request, 2000, Duration::from_micros(700)), "+OK\r\n");
+    let (dribbled, wall) = (cpu_seconds(pid) - cpu_before, started.elapsed());
     eprintln!(
-        "{} bytes, the last {tail} a byte at a time over {wall:?}: {cpu:.3} s of the primary's CPU",
+        "{} bytes: {at_once:.3} s of the primary's CPU sent at once, {dribbled:.3} s with the last 2000 a byte at a time over {wall:?}",
         request.len()
     );
     // Re-parsing the buffered request on every read kept a core busy for the whole dribble
-    // (35.8 ms of CPU per byte); parsing each byte once costs a few ms in all. The bound is a
-    // fraction of the dribble's wall time, generous for a loaded machine.
+    // (35.8 ms of CPU per byte); parsing each byte once adds a read's cost per byte. The bound
+    // is generous for a loaded machine: a tenth of the dribble's wall time, plus 100 ms.
+    let extra = dribbled - at_once;
     assert!(
-        cpu < 0.3 * wall.as_secs_f64(),
-        "the primary spent {cpu:.3} s of CPU while {tail} bytes trickled in over {wall:?}"
+        extra < 0.1 * wall.as_secs_f64() + 0.1,
+        "dribbling 2000 bytes over {wall:?} cost the primary {extra:.3} s more CPU than sending them at once"
     );
 }
 
 #[test]
 fn dribbling_clients_cost_durable_writes_neither_their_acknowledgement_nor_the_link() {
     let pair = Pair::start(SyncLevel::Durable);
-    let address = pair.data_address(PRIMARY);
+    let (pid, address) = (pair.pid(PRIMARY), pair.data_address(PRIMARY));
     let stop = Arc::new(AtomicBool::new(false));
-    let request = Arc::new(large_mset("slow", 2000, 1900));
+    let sent_heads = Arc::new(std::sync::Barrier::new(33));
+    let request = Arc::new(dribbled_request("slow"));
     let dribblers: Vec<_> = (0..32)
         .map(|i| {
-            let (stop, request) = (stop.clone(), request.clone());
+            let (stop, request, sent_heads) = (stop.clone(), request.clone(), sent_heads.clone());
             std::thread::spawn(move || {
                 let mut stream = TcpStream::connect(address).expect("connect");
                 stream.set_nodelay(true).expect("nodelay");
                 // All but 4 kB at once, then a byte at a time; the last byte never comes.
                 let split = request.len() - 4096;
                 stream.write_all(&request[..split]).expect("send the head");
+                sent_heads.wait();
                 let mut sent = split;
                 while !stop.load(Ordering::Relaxed) && sent < request.len() - 1 {
                     if stream.write_all(&request[sent..=sent]).is_err() {
@@ -226,24 +237,33 @@ fn dribbling_clients_cost_durable_writes_neither_their_acknowledgement_nor_the_l
             })
         })
         .collect();
+    sent_heads.wait();
 
-    // Durable writes for four seconds while the 32 clients dribble.
+    // Durable writes, one every 5 ms, for four seconds while the 32 clients dribble.
     let mut con = pair.redis(PRIMARY);
+    let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
     let (mut slowest, mut writes) = (Duration::ZERO, 0);
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let write_started = Instant::now();
         let written: redis::RedisResult<()> = redis::cmd("SET").arg(format!("w{writes}")).arg("v").query(&mut con);
         if let Err(error) = written {
             panic!("durable write {writes} failed while clients dribbled: {error}");
         }
-        slowest = slowest.max(started.elapsed());
+        slowest = slowest.max(write_started.elapsed());
         writes += 1;
+        std::thread::sleep(Duration::from_millis(5));
     }
+    let (cpu, wall) = (cpu_seconds(pid) - cpu_before, started.elapsed());
     stop.store(true, Ordering::Relaxed);
     let streams: Vec<TcpStream> = dribblers.into_iter().map(|d| d.join().expect("dribbler")).collect();
-    eprintln!("{writes} durable writes beside 32 dribbling clients; slowest {slowest:?}");
-    assert!(slowest < Duration::from_secs(2), "a durable write took {slowest:?}");
+    eprintln!(
+        "{writes} durable writes beside 32 dribbling clients over {wall:?}: slowest {slowest:?}, primary's CPU {cpu:.3} s"
+    );
+    // Re-parsing kept the data port's worker busy the whole time; now the dribble costs a read
+    // per byte and the node is mostly idle between writes.
+    assert!(cpu < 0.5 * wall.as_secs_f64(), "the primary used {cpu:.3} s of CPU in {wall:?}");
+    // Liveness, generously: re-parsing let 38 writes through in four seconds, paced for 800.
+    assert!(writes >= 100, "only {writes} durable writes in {wall:?}");
     let status = pair.status();
     assert_eq!(status["nodes"][PRIMARY]["peer"]["connected"], true, "{status}");
     let incidents = std::fs::read_to_string(&pair.config.notify.incident_log).unwrap_or_default();
