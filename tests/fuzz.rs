@@ -303,6 +303,8 @@ fn valid_record(rng: &mut Rng) -> Record {
                     after: rng.chance(2).then(|| rng.bytes(30)),
                 })
                 .collect(),
+            // The client commands of increments (kind 5 records), sometimes.
+            commands: (0..rng.below(3)).map(|_| (0..1 + rng.below(3)).map(|_| rng.bytes(10)).collect()).collect(),
         },
         1 => RecordBody::EpochStart {
             history: vec![HistoryEntry { epoch: rng.next(), first_lsn: rng.next(), primary: "b".into() }],

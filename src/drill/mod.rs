@@ -21,6 +21,7 @@
 //! - A bad playbook is refused before anything is spawned (exit 2, naming the step and key).
 
 pub mod client;
+pub mod etcd;
 pub mod pair;
 pub mod playbook;
 pub mod proxy;

@@ -98,6 +98,10 @@ pub struct Node {
     /// The budget of the data port's client buffers (`[limits] max_client_memory`), shared by its
     /// connections and by replies the backend builds (`MGET`).
     pub client_memory: Arc<crate::server::memory::ClientMemory>,
+    /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
+    pub watches: Arc<crate::watch::Registry>,
+    /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
+    pub scan_cursors: crate::keyspace::ScanCursors,
 }
 
 impl Node {
@@ -188,6 +192,8 @@ impl Node {
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
             client_memory,
+            watches: Arc::new(crate::watch::Registry::default()),
+            scan_cursors: crate::keyspace::ScanCursors::default(),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -335,8 +341,13 @@ impl Node {
             Role::Primary => {
                 let fresh = self.last_lsn() == 0;
                 let meta = self.meta();
-                let pipeline =
-                    Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
+                let pipeline = Arc::new(Pipeline::start_watched(
+                    self.local.clone(),
+                    self.store.clone(),
+                    self.last_lsn() + 1,
+                    meta.epoch,
+                    self.watches.clone(),
+                ));
                 if fresh {
                     // A brand-new pair: the history starts the journal, and nobody can be ahead.
                     pipeline

@@ -51,6 +51,10 @@ pub enum Frame {
     Bulk(Option<Bytes>),
     /// `*n` then n frames; `None` is the null array.
     Array(Option<Vec<Frame>>),
+    /// A reply only: RESP3's map (`%n`), sent to a RESP2 client as a flat array of key, value, …
+    Map(Vec<(Frame, Frame)>),
+    /// A reply only: RESP3's set (`~n`), sent to a RESP2 client as an array.
+    Set(Vec<Frame>),
 }
 
 impl Frame {
@@ -92,6 +96,8 @@ impl Frame {
             Frame::Bulk(Some(_)) => "a bulk string",
             Frame::Array(None) => "a null array",
             Frame::Array(Some(_)) => "an array",
+            Frame::Map(_) => "a map",
+            Frame::Set(_) => "a set",
         }
     }
 }
@@ -164,8 +170,51 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, Prot
     }
 }
 
-/// Appends the wire form of `frame` to `out`.
+/// Appends the RESP2 wire form of `frame` to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    encode_as(frame, Protocol::Resp2, out)
+}
+
+/// The reply protocol a connection speaks: RESP2 until `HELLO 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+/// Appends the wire form of `frame` in `protocol` to `out`. RESP3 differs for replies only: one
+/// null (`_`) for both RESP2 nulls, maps (`%`) and sets (`~`) instead of arrays.
+pub fn encode_as(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
+    let resp3 = protocol == Protocol::Resp3;
+    match frame {
+        Frame::Bulk(None) | Frame::Array(None) if resp3 => out.extend_from_slice(b"_\r\n"),
+        Frame::Map(pairs) => {
+            if resp3 {
+                out.push(b'%');
+                push_length(pairs.len(), out);
+            } else {
+                out.push(b'*');
+                push_length(pairs.len() * 2, out);
+            }
+            for (key, value) in pairs {
+                encode_as(key, protocol, out);
+                encode_as(value, protocol, out);
+            }
+        }
+        Frame::Set(items) => {
+            out.push(if resp3 { b'~' } else { b'*' });
+            push_length(items.len(), out);
+            for item in items {
+                encode_as(item, protocol, out);
+            }
+        }
+        _ => encode_plain(frame, protocol, out),
+    }
+}
+
+/// The frames both protocols write alike (their elements may differ).
+fn encode_plain(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
     match frame {
         Frame::Simple(text) => encode_line(b'+', text, out),
         Frame::Error(text) => encode_line(b'-', text, out),
@@ -186,14 +235,15 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.push(b'*');
             push_length(items.len(), out);
             for item in items {
-                encode(item, out);
+                encode_as(item, protocol, out);
             }
         }
+        Frame::Map(_) | Frame::Set(_) => encode_as(frame, protocol, out),
     }
 }
 
-/// The length of the wire form of `frame`, without encoding it: what a reply will cost before
-/// it is built into bytes.
+/// The length of the RESP2 wire form of `frame`, without encoding it: what a reply will cost
+/// before it is built into bytes. RESP3's form is never longer (shorter nulls, `%n` for `*2n`).
 pub fn encoded_len(frame: &Frame) -> usize {
     let line = |text: &str| 1 + text.len() + 2;
     let length_line = |length: usize| 1 + decimal_digits(length as u64) + 2;
@@ -202,14 +252,26 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Frame::Integer(value) => 1 + usize::from(*value < 0) + decimal_digits(value.unsigned_abs()) + 2,
         Frame::Bulk(None) | Frame::Array(None) => 5,
         Frame::Bulk(Some(data)) => length_line(data.len()) + data.len() + 2,
-        Frame::Array(Some(items)) => items.iter().fold(length_line(items.len()), |sum, item| sum + encoded_len(item)),
+        Frame::Array(Some(items)) | Frame::Set(items) => {
+            items.iter().fold(length_line(items.len()), |sum, item| sum + encoded_len(item))
+        }
+        Frame::Map(pairs) => pairs
+            .iter()
+            .fold(length_line(pairs.len() * 2), |sum, (key, value)| sum + encoded_len(key) + encoded_len(value)),
     }
 }
 
-/// Like [`encode`], but without copying large bulk strings: each one of at least `large_bytes`
-/// is handed to `on_large` with the bytes encoded before it (which it must send first); what
-/// follows goes on into `out`. So a reply of large values costs their size once, not twice.
-pub fn encode_into(frame: Frame, out: &mut Vec<u8>, large_bytes: usize, on_large: &mut dyn FnMut(&mut Vec<u8>, Bytes)) {
+/// Like [`encode_as`], but without copying large bulk strings: each one of at least
+/// `large_bytes` is handed to `on_large` with the bytes encoded before it (which it must send
+/// first); what follows goes on into `out`. So a reply of large values costs their size once,
+/// not twice.
+pub fn encode_into(
+    frame: Frame,
+    protocol: Protocol,
+    out: &mut Vec<u8>,
+    large_bytes: usize,
+    on_large: &mut dyn FnMut(&mut Vec<u8>, Bytes),
+) {
     match frame {
         Frame::Bulk(Some(data)) if data.len() >= large_bytes => {
             out.push(b'$');
@@ -221,10 +283,30 @@ pub fn encode_into(frame: Frame, out: &mut Vec<u8>, large_bytes: usize, on_large
             out.push(b'*');
             push_length(items.len(), out);
             for item in items {
-                encode_into(item, out, large_bytes, on_large);
+                encode_into(item, protocol, out, large_bytes, on_large);
             }
         }
-        other => encode(&other, out),
+        Frame::Set(items) => {
+            out.push(if protocol == Protocol::Resp3 { b'~' } else { b'*' });
+            push_length(items.len(), out);
+            for item in items {
+                encode_into(item, protocol, out, large_bytes, on_large);
+            }
+        }
+        Frame::Map(pairs) => {
+            if protocol == Protocol::Resp3 {
+                out.push(b'%');
+                push_length(pairs.len(), out);
+            } else {
+                out.push(b'*');
+                push_length(pairs.len() * 2, out);
+            }
+            for (key, value) in pairs {
+                encode_into(key, protocol, out, large_bytes, on_large);
+                encode_into(value, protocol, out, large_bytes, on_large);
+            }
+        }
+        other => encode_as(&other, protocol, out),
     }
 }
 
@@ -598,15 +680,23 @@ mod tests {
         }
 
         #[test]
-        fn encode_into_gives_the_same_bytes(frame in arb_frame(), large in 0usize..50) {
+        fn encode_into_gives_the_same_bytes(frame in arb_frame(), large in 0usize..50, resp3 in any::<bool>()) {
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            let frame = Frame::Map(vec![(Frame::bulk(&b"k"[..]), frame.clone()), (Frame::Set(vec![frame]), Frame::null())]);
             let mut out = Vec::new();
             let mut whole = Vec::new();
-            encode_into(frame.clone(), &mut out, large, &mut |before, data| {
+            encode_into(frame.clone(), protocol, &mut out, large, &mut |before, data| {
                 whole.append(before);
                 whole.extend_from_slice(&data);
             });
             whole.append(&mut out);
-            prop_assert_eq!(whole, encoded(&frame));
+            let mut expected = Vec::new();
+            encode_as(&frame, protocol, &mut expected);
+            prop_assert_eq!(&whole, &expected);
+            prop_assert!(expected.len() <= encoded_len(&frame));
+            if !resp3 {
+                prop_assert_eq!(expected.len(), encoded_len(&frame));
+            }
         }
 
         #[test]

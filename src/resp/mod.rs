@@ -30,17 +30,20 @@
 //! `max_reply_bytes`, `max_client_memory` and `idle_timeout`, plus [`frame::MAX_NESTING_DEPTH`].
 //! Every error for a broken limit names the limit and its value.
 //!
-//! ## Caveats
-//! RESP2 only: `HELLO 3` is refused with `-NOPROTO`, which RESP3 clients take as "fall back to
-//! RESP2"; `HELLO` and `HELLO 2` (with `AUTH` and `SETNAME`) are answered.
-//! `SET` takes `EX`/`PX`; `NX`, `XX`, `GET`, `KEEPTTL`, `EXAT` and `PXAT` are refused by name.
+//! ## Protocols
+//! Requests are RESP2 (RESP3 clients send the same arrays of bulk strings). Replies are RESP2
+//! until a connection says `HELLO 3`; then [`encode_as`] writes RESP3's null, maps and sets.
+//! [`table`] lists every command with its arity and flags (`COMMAND`, and `MULTI`'s checks).
 
 pub mod command;
 pub mod decoder;
 pub mod frame;
 pub mod limits;
+pub mod table;
 
-pub use command::{request_arguments, Command, CommandError, ConnectionCommand, Request};
+pub use command::{request_arguments, ClientCommand, Command, CommandError, ConnectionCommand, Request};
 pub use decoder::RequestDecoder;
-pub use frame::{encode, encode_into, encoded_len, parse, Frame, ProtocolError, ProtocolErrorKind};
+pub use frame::{
+    encode, encode_as, encode_into, encoded_len, parse, Frame, Protocol, ProtocolError, ProtocolErrorKind,
+};
 pub use limits::Limits;

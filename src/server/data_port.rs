@@ -1,5 +1,6 @@
-//! The data port: a TCP server speaking RESP2 (optionally inside TLS), one task per client,
-//! commands handed to a backend.
+//! The data port: a TCP server speaking RESP2 (RESP3 after `HELLO 3`; optionally inside TLS),
+//! one task per client, commands handed to a backend; each connection's own state (name,
+//! protocol, `MULTI` queue, watch) lives in its [`Session`], its authentication here.
 //!
 //! ## Per connection
 //! Read → decode every whole request in the buffer ([`RequestDecoder`], which goes on where the
@@ -48,7 +49,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,10 +62,13 @@ use tokio_rustls::TlsAcceptor;
 
 use super::auth::{Rights, Users, DEFAULT_USER};
 use super::memory::{out_of_memory, reply_too_large, ClientMemory, Reservation};
+use super::session::{Outcome, Session};
 use super::throttle::{AuthThrottle, AuthVerdict, LogThrottle};
 use crate::resp::{
-    encode_into, encoded_len, Command, ConnectionCommand, Frame, Limits, ProtocolError, Request, RequestDecoder,
+    encode_into, encoded_len, Command, ConnectionCommand, Frame, Limits, Protocol, ProtocolError, Request,
+    RequestDecoder,
 };
+use crate::watch::{Registry, Watcher};
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -110,9 +113,6 @@ const CONFIG_PARAMETERS: &[(&str, &str)] = &[
     ("databases", "1"),
 ];
 
-/// Connection ids, as `HELLO` reports them.
-static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
 /// What executes commands: the node's commit pipeline, or a map in tests.
 ///
 /// Contract: within one connection, `execute` is called for one command at a time, in request
@@ -125,6 +125,43 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 pub trait DataBackend: Send + Sync + 'static {
     /// Executes one command; returns the reply. Errors are reply frames (-READONLY, -TRYAGAIN, -ERR …).
     fn execute(&self, command: Command) -> impl Future<Output = Frame> + Send;
+
+    /// `EXEC`: runs `commands` as one transaction and answers an array of their replies — or
+    /// null, running nothing, when `watcher` says a watched key changed; or one error when the
+    /// whole transaction is refused. Without an override, the commands run one by one.
+    fn execute_transaction(
+        &self,
+        commands: Vec<Command>,
+        watcher: Option<Arc<Watcher>>,
+    ) -> impl Future<Output = Frame> + Send {
+        async move {
+            if watcher.is_some_and(|w| w.is_dirty()) {
+                return Frame::Array(None);
+            }
+            let mut replies = Vec::with_capacity(commands.len());
+            for command in commands {
+                replies.push(self.execute(command).await);
+            }
+            Frame::array(replies)
+        }
+    }
+
+    /// `WATCH keys`: registers `watcher` for them; the registry, so the connection can unwatch
+    /// (`None`: this backend does not watch, and `EXEC` is never aborted).
+    fn watch(&self, _watcher: &Arc<Watcher>, _keys: &[Bytes]) -> Option<Arc<Registry>> {
+        None
+    }
+
+    /// The error a write would get right now (`-READONLY` on a backup), if any: a write queued
+    /// inside `MULTI` gets it at once and aborts the transaction, as in Redis.
+    fn write_refusal(&self) -> Option<Frame> {
+        None
+    }
+
+    /// `master` or `replica`, for `HELLO`.
+    fn role_name(&self) -> &'static str {
+        "master"
+    }
 }
 
 /// Who may connect and how: TLS, users, and the memory shared by every connection.
@@ -306,9 +343,9 @@ impl Output {
         self.chunk_bytes + self.tail.len()
     }
 
-    fn push(&mut self, reply: Frame) {
+    fn push(&mut self, reply: Frame, protocol: Protocol) {
         let (chunks, chunk_bytes) = (&mut self.chunks, &mut self.chunk_bytes);
-        encode_into(reply, &mut self.tail, ZERO_COPY_BYTES, &mut |before, data| {
+        encode_into(reply, protocol, &mut self.tail, ZERO_COPY_BYTES, &mut |before, data| {
             if !before.is_empty() {
                 *chunk_bytes += before.len();
                 chunks.push_back(Bytes::from(std::mem::take(before)));
@@ -342,9 +379,8 @@ struct Connection<B, S> {
     /// What the unwritten replies hold of it.
     output_reserved: Reservation,
     access: Access,
-    /// Set by `CLIENT SETNAME` or `HELLO … SETNAME`.
-    name: Option<Bytes>,
-    id: u64,
+    /// Name, protocol, transaction and watch of this client.
+    session: Session,
     /// The last time a request arrived or a reply was written: the idle timeout counts from it.
     last_activity: Instant,
 }
@@ -367,8 +403,7 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
             input: BytesMut::with_capacity(READ_CHUNK_BYTES),
             output: Output::default(),
             access,
-            name: None,
-            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            session: Session::new(peer),
             last_activity: Instant::now(),
         }
     }
@@ -432,31 +467,51 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
             if arguments.is_empty() {
                 continue;
             }
-            let reply = match self.refusal(&arguments) {
-                Some(refusal) => refusal,
-                None => match Request::parse(&arguments) {
-                    Ok(Request::Data(command)) => match self.forbidden(&command) {
-                        Some(refusal) => refusal,
-                        None => self.backend.execute(command).await,
-                    },
-                    Ok(Request::Connection(ConnectionCommand::Quit)) => {
-                        self.output.push(Frame::ok());
-                        return Ok(Next::Close);
-                    }
-                    Ok(Request::Connection(ConnectionCommand::Auth { username, password })) => {
-                        self.authenticate(username, password).await
-                    }
-                    Ok(Request::Connection(ConnectionCommand::Hello { auth, setname })) => {
-                        self.hello(auth, setname).await
-                    }
-                    Ok(Request::Connection(command)) => self.answer(command),
-                    Err(error) => error.to_frame(),
-                },
+            let outcome = match self.refusal(&arguments) {
+                Some(refusal) => Outcome::Reply(refusal),
+                None => self.handle(Request::parse(&arguments)).await,
             };
-            self.push_reply(reply);
+            match outcome {
+                Outcome::Reply(reply) => self.push_reply(reply),
+                Outcome::Close(reply) => {
+                    self.push_reply(reply);
+                    return Ok(Next::Close);
+                }
+            }
             if self.output.len() >= FLUSH_REPLY_BYTES {
                 self.write().await?;
             }
+        }
+    }
+
+    /// Answers one request of an allowed client: authentication here, the rest in the session.
+    async fn handle(&mut self, request: Result<Request, crate::resp::CommandError>) -> Outcome {
+        match request {
+            Ok(Request::Connection(ConnectionCommand::Auth { username, password })) => {
+                Outcome::Reply(self.authenticate(username, password).await)
+            }
+            // Redis checks the version before the credentials: HELLO 4 AUTH … is -NOPROTO.
+            Ok(Request::Connection(ConnectionCommand::Hello { protocol, auth, name }))
+                if protocol.is_none_or(|version| version == 2 || version == 3) =>
+            {
+                if let Some((username, password)) = auth {
+                    let answer = self.authenticate(Some(username), password).await;
+                    if matches!(answer, Frame::Error(_)) {
+                        return Outcome::Reply(answer);
+                    }
+                }
+                if self.access == Access::Anonymous {
+                    return Outcome::Reply(Frame::error(
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                    ));
+                }
+                let hello = ConnectionCommand::Hello { protocol, auth: None, name };
+                self.session.handle(&*self.backend, Ok(Request::Connection(hello))).await
+            }
+            Ok(Request::Data(command)) if self.forbidden(&command).is_some() => {
+                Outcome::Reply(self.forbidden(&command).unwrap_or_else(Frame::null))
+            }
+            request => self.session.handle(&*self.backend, request).await,
         }
     }
 
@@ -472,9 +527,10 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
                     "memory",
                     &format!("a request of {held}+ bytes does not fit; closing the connection: {over}"),
                 );
-                self.output.push(Frame::Error(format!(
+                let refusal = format!(
                     "ERR {over}: a request still arriving cannot be held; closing the connection (retry later)"
-                )));
+                );
+                self.output.push(Frame::Error(refusal), self.session.protocol);
                 Next::CloseAfterError
             }
         }
@@ -493,7 +549,7 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
                 Err(over) => out_of_memory(&over),
             }
         };
-        self.output.push(reply);
+        self.output.push(reply, self.session.protocol);
     }
 
     /// The answer to a request the connection may not make yet, if any: before `AUTH`,
@@ -560,38 +616,6 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
         }
     }
 
-    /// `HELLO [2 [AUTH username password] [SETNAME name]]`.
-    async fn hello(&mut self, auth: Option<(Bytes, Bytes)>, setname: Option<Bytes>) -> Frame {
-        if let Some((username, password)) = auth {
-            let answer = self.authenticate(Some(username), password).await;
-            if matches!(answer, Frame::Error(_)) {
-                return answer;
-            }
-        }
-        if self.access == Access::Anonymous {
-            return Frame::error(
-                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
-            );
-        }
-        if let Some(name) = setname {
-            self.name = (!name.is_empty()).then_some(name);
-        }
-        let field = |name: &'static str, value: Frame| [Frame::bulk(name.as_bytes()), value];
-        Frame::array(
-            [
-                field("server", Frame::bulk(&b"redis"[..])),
-                field("version", Frame::bulk(&b"7.0.0"[..])),
-                field("proto", Frame::Integer(2)),
-                field("id", Frame::Integer(i64::try_from(self.id).unwrap_or(i64::MAX))),
-                field("mode", Frame::bulk(&b"standalone"[..])),
-                field("modules", Frame::array(Vec::new())),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        )
-    }
-
     /// A WARN line about this client, at most once per source and `kind` per minute.
     fn log_throttled(&self, kind: &str, what: &str) {
         if let Some(suppressed) = self.shared.log.admit(self.peer.ip(), kind, std::time::Instant::now()) {
@@ -601,31 +625,8 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
 
     fn protocol_error(&mut self, error: ProtocolError) -> Next {
         self.log_throttled("protocol", &format!("protocol error: {error}; closing the connection"));
-        self.output.push(Frame::Error(format!("ERR Protocol error: {error}")));
+        self.output.push(Frame::Error(format!("ERR Protocol error: {error}")), self.session.protocol);
         Next::CloseAfterError
-    }
-
-    /// Answers what the connection answers by itself.
-    fn answer(&mut self, command: ConnectionCommand) -> Frame {
-        match command {
-            ConnectionCommand::Ping { message: None } => Frame::simple("PONG"),
-            ConnectionCommand::Ping { message: Some(message) } | ConnectionCommand::Echo { message } => {
-                Frame::Bulk(Some(message))
-            }
-            ConnectionCommand::Select | ConnectionCommand::ClientSetInfo | ConnectionCommand::Quit => Frame::ok(),
-            ConnectionCommand::CommandDocs => Frame::array(Vec::new()),
-            ConnectionCommand::CommandCount => Frame::Integer(0),
-            ConnectionCommand::ConfigGet { patterns } => config_get(&patterns),
-            ConnectionCommand::ClientSetName { name } => {
-                self.name = (!name.is_empty()).then_some(name);
-                Frame::ok()
-            }
-            ConnectionCommand::ClientGetName => Frame::Bulk(self.name.clone()),
-            // Answered before this is called (they wait); never reached.
-            ConnectionCommand::Auth { .. } | ConnectionCommand::Hello { .. } => {
-                Frame::error("ERR internal: AUTH reached the plain connection commands")
-            }
-        }
     }
 
     /// Writes and clears the output, a piece at a time: a piece that makes no progress for the
@@ -706,15 +707,14 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
 }
 
 /// `CONFIG GET pattern…`: a flat array of name/value pairs for the parameters that match.
-fn config_get(patterns: &[Bytes]) -> Frame {
+pub(super) fn config_get(patterns: &[Bytes]) -> Frame {
     let mut reply = Vec::new();
     for (name, value) in CONFIG_PARAMETERS {
         if patterns.iter().any(|pattern| glob_matches(&pattern.to_ascii_lowercase(), name.as_bytes())) {
-            reply.push(Frame::bulk(name.as_bytes()));
-            reply.push(Frame::bulk(value.as_bytes()));
+            reply.push((Frame::bulk(name.as_bytes()), Frame::bulk(value.as_bytes())));
         }
     }
-    Frame::array(reply)
+    Frame::Map(reply)
 }
 
 /// Glob matching with `*` and `?`, enough for `CONFIG GET *`. Iterative with one backtrack
@@ -753,13 +753,13 @@ mod tests {
     #[test]
     fn config_get_answers_what_benchmark_tools_ask() {
         let pair = |name: &str, value: &str| {
-            vec![Frame::bulk(name.as_bytes().to_vec()), Frame::bulk(value.as_bytes().to_vec())]
+            vec![(Frame::bulk(name.as_bytes().to_vec()), Frame::bulk(value.as_bytes().to_vec()))]
         };
-        assert_eq!(config_get(&[Bytes::from_static(b"save")]), Frame::array(pair("save", "")));
-        assert_eq!(config_get(&[Bytes::from_static(b"APPENDONLY")]), Frame::array(pair("appendonly", "no")));
-        assert_eq!(config_get(&[Bytes::from_static(b"maxmemory")]), Frame::array(vec![]));
-        let Frame::Array(Some(all)) = config_get(&[Bytes::from_static(b"*")]) else { panic!() };
-        assert_eq!(all.len(), 2 * CONFIG_PARAMETERS.len());
+        assert_eq!(config_get(&[Bytes::from_static(b"save")]), Frame::Map(pair("save", "")));
+        assert_eq!(config_get(&[Bytes::from_static(b"APPENDONLY")]), Frame::Map(pair("appendonly", "no")));
+        assert_eq!(config_get(&[Bytes::from_static(b"maxmemory")]), Frame::Map(vec![]));
+        let Frame::Map(all) = config_get(&[Bytes::from_static(b"*")]) else { panic!() };
+        assert_eq!(all.len(), CONFIG_PARAMETERS.len());
     }
 
     #[test]

@@ -134,6 +134,21 @@ impl ReplyBudget {
     }
 }
 
+/// What bounds the replies commands build: each to `max_bytes` (`client_output_buffer_limit`),
+/// all of them within `memory`. Handed to the key space's commands (`keyspace::Context`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyLimit<'a> {
+    pub memory: &'a Arc<ClientMemory>,
+    pub max_bytes: usize,
+}
+
+impl ReplyLimit<'_> {
+    /// A budget for one reply.
+    pub fn budget(&self) -> ReplyBudget {
+        ReplyBudget::new(self.memory, self.max_bytes)
+    }
+}
+
 /// The refusal of a reply of `size` bytes (`None`: more than the limit, not counted further).
 pub fn reply_too_large(size: Option<usize>, limit: usize) -> crate::resp::Frame {
     let size = size.map_or_else(|| format!("more than {limit}"), |size| size.to_string());

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod data_port;
 pub mod handshake;
 pub mod memory;
+pub mod session;
 pub mod throttle;
 
 pub use data_port::{serve, serve_with, DataBackend, ServeOptions};
