@@ -35,6 +35,15 @@ pub enum Command {
         /// When a commit is acknowledged: async, received, durable or applied.
         #[arg(long, default_value_t = SyncLevel::Durable)]
         sync: SyncLevel,
+        /// Require AUTH on the data ports: writes a random password to DIR/clients.pass (mode
+        /// 0600) and `[clients] password_file` (`redis-cli -a "$(cat DIR/clients.pass)"`).
+        #[arg(long)]
+        client_password: bool,
+        /// Serve the data ports over TLS: a certificate per node from the pair's CA
+        /// (DIR/tls/<node>.data.pem), one for applications (DIR/tls/app.client.pem) and
+        /// `[clients] tls = true` (`redis-cli --tls --cacert DIR/tls/ca.pem`).
+        #[arg(long)]
+        client_tls: bool,
     },
     /// Makes a new, empty data directory for NODE of this pair after its own was lost (disk
     /// replaced). Refuses unless the directory is missing or empty. Then start the node and run
@@ -429,8 +438,9 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         Command::Verify { full, json } => {
             crate::admin::block_on(crate::orchestrator::verify(&load_pair()?, full, json))
         }
-        Command::Init { dir, nodes, sync } => {
-            let report = crate::init::init(&dir, &nodes, sync)?;
+        Command::Init { dir, nodes, sync, client_password, client_tls } => {
+            let options = crate::init::InitOptions { client_password, client_tls };
+            let report = crate::init::init_with(&dir, &nodes, sync, options)?;
             print!("{}", report.text());
             Ok(0)
         }

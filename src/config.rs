@@ -4,8 +4,8 @@
 //! Turns `pair.toml` (format in INTERFACE.md, written by `hotpair init`) into a typed
 //! [`PairConfig`]: the cluster id, the sync level and its timeout, what to do when the peer is
 //! lost, the heartbeat interval, the TLS files, the two nodes in file order, notification
-//! settings, resource limits and the monitor's thresholds. [`PairConfig::locate`] finds the file (`--pair`, then
-//! `$HOTPAIR_PAIR`, then `./pair.toml`).
+//! settings, resource limits, the data port's security (`[clients]`) and the monitor's thresholds.
+//! [`PairConfig::locate`] finds the file (`--pair`, then `$HOTPAIR_PAIR`, then `./pair.toml`).
 //!
 //! Reading is two-step: the TOML is deserialized into *raw* structs that keep every value as the
 //! text the admin wrote (`#[serde(deny_unknown_fields)]` everywhere), then [`PairConfig::load`]
@@ -69,6 +69,12 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
 pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT: usize = crate::resp::limits::DEFAULT_MAX_REPLY_BYTES;
+pub const DEFAULT_MAX_CLIENT_MEMORY: usize = crate::resp::limits::DEFAULT_MAX_CLIENT_MEMORY;
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = crate::resp::limits::DEFAULT_IDLE_TIMEOUT;
+/// Largest `max_value_bytes` accepted: a write's journal record holds a value twice (before and
+/// after), and a record is at most `journal::MAX_RECORD_BODY` (64 MiB) with its key and framing.
+pub const MAX_VALUE_BYTES_CAP: usize = 31 * 1024 * 1024;
 /// Free space below which a node stops writing its journals (`disk_min_free`): enough that the
 /// store, the metadata and the incident log still have room when the guard trips.
 pub const DEFAULT_DISK_MIN_FREE: u64 = 256 * 1024 * 1024;
@@ -258,6 +264,46 @@ pub struct NodeConfig {
     pub dir: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The data port's TLS certificate and key (`[clients] tls = true`): valid for the data
+    /// address, so that Redis clients checking the host name accept it. `None` when unset.
+    pub data_cert: Option<PathBuf>,
+    pub data_key: Option<PathBuf>,
+}
+
+/// Whether TLS clients of the data port must show a certificate (Redis's `tls-auth-clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// None is asked for (`"no"`, the default): `redis-cli --tls --cacert ca.pem` works.
+    No,
+    /// One is asked for and checked against the pair's CA if given (`"optional"`).
+    Optional,
+    /// One from the pair's CA is required (`"yes"`).
+    Required,
+}
+
+/// `[clients]`: the data port's security (`server::auth`, `tls::data_server_config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientsConfig {
+    /// The default user's password (Redis `requirepass`); then `AUTH` is required.
+    pub password_file: Option<PathBuf>,
+    /// Named users, one per line: `NAME readwrite|readonly PASSWORD`; then `AUTH` is required.
+    pub users_file: Option<PathBuf>,
+    /// The data port speaks TLS with each node's `data_cert`.
+    pub tls: bool,
+    pub tls_auth_clients: ClientCertificates,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig { password_file: None, users_file: None, tls: false, tls_auth_clients: ClientCertificates::No }
+    }
+}
+
+impl ClientsConfig {
+    /// Whether clients must `AUTH` before anything else.
+    pub fn requires_auth(&self) -> bool {
+        self.password_file.is_some() || self.users_file.is_some()
+    }
 }
 
 /// The pair's TLS files other than the nodes' own certificates.
@@ -289,6 +335,16 @@ pub struct Limits {
     /// An admin connection that sends no request for this long is closed; default 5 minutes.
     /// (The orchestrator keeps one per node for a run and reconnects if it was closed.)
     pub admin_idle_timeout: Duration,
+    /// Largest reply a data-port client is sent (Redis's `client-output-buffer-limit`): a larger
+    /// one is replaced by an error naming this key; default 64 MiB. At least `max_value_bytes`
+    /// plus a little, so that `GET` of the largest value works.
+    pub client_output_buffer_limit: usize,
+    /// Most memory all data-port clients' partial requests and unwritten replies may hold
+    /// together (Redis's `maxmemory-clients`); default 256 MiB.
+    pub max_client_memory: usize,
+    /// A data-port client with no request and no reply progress for this long is closed
+    /// (Redis's `timeout`); default 5 minutes; `None` (`"off"`) never.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -298,7 +354,26 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_args: DEFAULT_MAX_ARGS,
             admin_idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+            client_output_buffer_limit: DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT,
+            max_client_memory: DEFAULT_MAX_CLIENT_MEMORY,
+            client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
         }
+    }
+}
+
+impl Limits {
+    /// The data port's limits: these, with the request limit derived from `max_value_bytes`
+    /// (`max_value_bytes` + 1 MiB, `resp::limits::REQUEST_OVERHEAD_BYTES`).
+    pub fn data_port(&self) -> crate::resp::Limits {
+        crate::resp::Limits {
+            max_args: self.max_args,
+            max_connections: self.max_connections,
+            max_reply_bytes: self.client_output_buffer_limit,
+            max_client_memory: self.max_client_memory,
+            idle_timeout: self.client_idle_timeout,
+            ..crate::resp::Limits::default()
+        }
+        .with_max_value_bytes(self.max_value_bytes)
     }
 }
 
@@ -345,6 +420,8 @@ pub struct PairConfig {
     pub nodes: Vec<NodeConfig>,
     pub notify: NotifyConfig,
     pub limits: Limits,
+    /// `[clients]`: the data port's security; all off when the table is absent.
+    pub clients: ClientsConfig,
     pub monitor: MonitorConfig,
     /// Bytes that must stay free on a node's data directory's file system; below it the primary
     /// refuses writes and the backup stops receiving (`crate::node::disk`). `0`: no guard.
@@ -391,6 +468,7 @@ struct RawPair {
     nodes: Option<OrderedNodes>,
     notify: Option<RawNotify>,
     limits: Option<RawLimits>,
+    clients: Option<RawClients>,
     monitor: Option<RawMonitor>,
     /// An integer of bytes or a size string; any other TOML type is refused naming the key.
     disk_min_free: Option<toml::Value>,
@@ -414,6 +492,17 @@ struct RawNode {
     dir: Option<String>,
     cert: Option<String>,
     key: Option<String>,
+    data_cert: Option<String>,
+    data_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClients {
+    password_file: Option<String>,
+    users_file: Option<String>,
+    tls: Option<bool>,
+    tls_auth_clients: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,6 +529,10 @@ struct RawLimits {
     max_connections: Option<u64>,
     max_args: Option<u64>,
     admin_idle_timeout: Option<String>,
+    /// Byte sizes: an integer of bytes or a string such as `"64MiB"`.
+    client_output_buffer_limit: Option<toml::Value>,
+    max_client_memory: Option<toml::Value>,
+    client_idle_timeout: Option<String>,
 }
 
 /// `[nodes.*]` in document order: the TOML parser keeps tables in the order it met them and
@@ -707,20 +800,21 @@ impl Validator<'_> {
             return Err(self.invalid(&format!("notify.commands[{i}]"), "is empty; remove it or give a command"));
         }
 
-        let limits = match raw.limits {
-            None => Limits::default(),
-            Some(l) => Limits {
-                max_value_bytes: self.limit("limits.max_value_bytes", l.max_value_bytes, DEFAULT_MAX_VALUE_BYTES)?,
-                max_connections: self.limit("limits.max_connections", l.max_connections, DEFAULT_MAX_CONNECTIONS)?,
-                max_args: self.limit("limits.max_args", l.max_args, DEFAULT_MAX_ARGS)?,
-                admin_idle_timeout: self.duration(
-                    "limits.admin_idle_timeout",
-                    l.admin_idle_timeout,
-                    DEFAULT_ADMIN_IDLE_TIMEOUT,
-                    ADMIN_IDLE_TIMEOUT_BOUNDS,
-                )?,
-            },
-        };
+        let limits = self.limits(raw.limits)?;
+        let clients = self.clients(raw.clients.unwrap_or_default())?;
+        if clients.tls {
+            for node in &nodes {
+                for (key, value) in [("data_cert", &node.data_cert), ("data_key", &node.data_key)] {
+                    if value.is_none() {
+                        return Err(self.invalid(
+                            &format!("nodes.{}.{key}", node.name),
+                            "is missing; [clients] tls = true needs each node's data-port certificate and key \
+                             (`hotpair init --client-tls` writes them)",
+                        ));
+                    }
+                }
+            }
+        }
 
         let monitor = self.monitor(raw.monitor.unwrap_or_default())?;
 
@@ -735,8 +829,97 @@ impl Validator<'_> {
             nodes,
             notify,
             limits,
+            clients,
             monitor,
             disk_min_free: self.byte_size("disk_min_free", raw.disk_min_free, DEFAULT_DISK_MIN_FREE)?,
+        })
+    }
+
+    fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
+        let Some(l) = raw else { return Ok(Limits::default()) };
+        let max_value_bytes = self.limit("limits.max_value_bytes", l.max_value_bytes, DEFAULT_MAX_VALUE_BYTES)?;
+        if max_value_bytes > MAX_VALUE_BYTES_CAP {
+            return Err(self.invalid(
+                "limits.max_value_bytes",
+                format!(
+                    "is {max_value_bytes}; the most is {MAX_VALUE_BYTES_CAP} (a write's journal record holds the old \
+                     and the new value, and records are at most 64 MiB)"
+                ),
+            ));
+        }
+        let size = |key: &str, value: Option<toml::Value>, default: usize| -> Result<usize, ConfigError> {
+            let bytes = self.byte_size(key, value, default as u64)?;
+            usize::try_from(bytes).map_err(|_| self.invalid(key, format!("is {bytes}, too large for this machine")))
+        };
+        let client_output_buffer_limit = size(
+            "limits.client_output_buffer_limit",
+            l.client_output_buffer_limit,
+            DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT,
+        )?;
+        // `GET` of the largest value: the value, its `$n` line and CRLF.
+        let largest_reply = max_value_bytes + 64;
+        if client_output_buffer_limit < largest_reply {
+            return Err(self.invalid(
+                "limits.client_output_buffer_limit",
+                format!(
+                    "is {client_output_buffer_limit}; it must be at least max_value_bytes + 64 ({largest_reply}) so \
+                     that the largest value can be read"
+                ),
+            ));
+        }
+        let max_client_memory = size("limits.max_client_memory", l.max_client_memory, DEFAULT_MAX_CLIENT_MEMORY)?;
+        let largest_request = max_value_bytes + crate::resp::limits::REQUEST_OVERHEAD_BYTES;
+        let least = largest_request.max(client_output_buffer_limit);
+        if max_client_memory < least {
+            return Err(self.invalid(
+                "limits.max_client_memory",
+                format!(
+                    "is {max_client_memory}; it must hold the largest request (max_value_bytes + 1 MiB) and the \
+                     largest reply (client_output_buffer_limit): at least {least}"
+                ),
+            ));
+        }
+        Ok(Limits {
+            max_value_bytes,
+            max_connections: self.limit("limits.max_connections", l.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+            max_args: self.limit("limits.max_args", l.max_args, DEFAULT_MAX_ARGS)?,
+            admin_idle_timeout: self.duration(
+                "limits.admin_idle_timeout",
+                l.admin_idle_timeout,
+                DEFAULT_ADMIN_IDLE_TIMEOUT,
+                ADMIN_IDLE_TIMEOUT_BOUNDS,
+            )?,
+            client_output_buffer_limit,
+            max_client_memory,
+            client_idle_timeout: self.interval(
+                "limits.client_idle_timeout",
+                l.client_idle_timeout,
+                DEFAULT_CLIENT_IDLE_TIMEOUT,
+            )?,
+        })
+    }
+
+    fn clients(&self, raw: RawClients) -> Result<ClientsConfig, ConfigError> {
+        let tls_auth_clients = match raw.tls_auth_clients.as_deref().map(str::trim) {
+            None | Some("no") => ClientCertificates::No,
+            Some("optional") => ClientCertificates::Optional,
+            Some("yes") => ClientCertificates::Required,
+            Some(other) => {
+                return Err(self.invalid(
+                    "clients.tls_auth_clients",
+                    format!("is {other:?}; use \"no\", \"optional\" or \"yes\" (as Redis's tls-auth-clients)"),
+                ))
+            }
+        };
+        let tls = raw.tls.unwrap_or(false);
+        if tls_auth_clients != ClientCertificates::No && !tls {
+            return Err(self.invalid("clients.tls_auth_clients", "needs `tls = true` in [clients]"));
+        }
+        Ok(ClientsConfig {
+            password_file: raw.password_file.map(|p| self.file_path("clients.password_file", p)).transpose()?,
+            users_file: raw.users_file.map(|p| self.file_path("clients.users_file", p)).transpose()?,
+            tls,
+            tls_auth_clients,
         })
     }
 
@@ -810,6 +993,8 @@ impl Validator<'_> {
             dir: self.file_path(&key("dir"), self.required(&key("dir"), raw.dir, hint)?)?,
             cert: self.file_path(&key("cert"), self.required(&key("cert"), raw.cert, hint)?)?,
             key: self.file_path(&key("key"), self.required(&key("key"), raw.key, hint)?)?,
+            data_cert: raw.data_cert.map(|p| self.file_path(&key("data_cert"), p)).transpose()?,
+            data_key: raw.data_key.map(|p| self.file_path(&key("data_key"), p)).transpose()?,
             name,
             control,
             data,

@@ -38,6 +38,8 @@ pub enum Error {
     Certs(#[from] crate::certs::CertsError),
     #[error(transparent)]
     Orphans(#[from] crate::orphans::OrphansError),
+    #[error(transparent)]
+    Clients(#[from] crate::server::auth::AuthFileError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]

@@ -11,6 +11,11 @@
 //!   `[(1, lsn 1, <first node>)]`, the first node `primary` and the second `backup`;
 //! - `DIR/pair.toml`, last, with a comment header explaining every key, and paths relative to
 //!   `DIR` so the directory can be moved as a whole.
+//! - with `--client-password`: `DIR/clients.pass` (a random password, mode 0600) and
+//!   `[clients] password_file`; with `--client-tls`: `DIR/tls/<node>.data.pem|key` (a data-port
+//!   certificate valid for the node's data address, server authentication only),
+//!   `DIR/tls/app.client.pem|key` (for applications, client authentication only) and
+//!   `[clients] tls = true` (see `docs/security.md`).
 //!
 //! ## Invariants
 //! - **Never overwrites.** If any of `pair.toml`, `tls/` or a node directory already exists, init
@@ -166,6 +171,22 @@ impl InitError {
     }
 }
 
+/// What else `init` sets up beyond the pair itself: the data port's security (`[clients]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Write `clients.pass` (a random password, mode 0600) and require `AUTH` on the data port.
+    pub client_password: bool,
+    /// Make a data-port certificate per node (`tls/<node>.data.pem|key`, valid for its data
+    /// address) and one for applications (`tls/app.client.pem|key`), and turn TLS on.
+    pub client_tls: bool,
+}
+
+/// The password file `init --client-password` writes, relative to the pair's directory.
+pub const CLIENT_PASSWORD_FILE: &str = "clients.pass";
+/// The applications' client certificate and key `init --client-tls` writes, in `tls/`.
+pub const APP_CLIENT_CERT: &str = "app.client.pem";
+pub const APP_CLIENT_KEY: &str = "app.client.key";
+
 /// What `init` made, for the CLI to print.
 #[derive(Debug, Clone)]
 pub struct InitReport {
@@ -202,6 +223,22 @@ impl InitReport {
         }
         let _ = writeln!(out, "  admin      {}", pair.tls.admin_cert.display());
         let _ = writeln!(out, "  sync       {}", pair.sync);
+        if let Some(password_file) = &pair.clients.password_file {
+            let _ = writeln!(
+                out,
+                "  clients    AUTH required; password in {} (redis-cli -a \"$(cat {})\")",
+                password_file.display(),
+                password_file.display()
+            );
+        }
+        if pair.clients.tls {
+            let _ = writeln!(
+                out,
+                "  clients    TLS on the data ports (redis-cli --tls --cacert {}); applications' certificate {}",
+                pair.tls.ca.display(),
+                dir.join(TLS_DIR).join(APP_CLIENT_CERT).display()
+            );
+        }
         let _ = writeln!(out, "certificates expire {} UTC", self.valid_until);
         for node in &pair.nodes {
             let _ = writeln!(out, "next: hotpair run {} --pair {}", node.name, pair.path.display());
@@ -256,6 +293,16 @@ fn refuse_unless_empty(node: &str, dir: &Path) -> Result<(), InitError> {
 /// Creates a new pair in `dir` (made if missing). Refuses, changing nothing, if `dir` already
 /// holds a pair file, a `tls/` directory or a directory named like one of the nodes.
 pub fn init(dir: &Path, nodes: &NodeSpecs, sync: SyncLevel) -> Result<InitReport, InitError> {
+    init_with(dir, nodes, sync, InitOptions::default())
+}
+
+/// [`init`], with the data port's security as `options` says.
+pub fn init_with(
+    dir: &Path,
+    nodes: &NodeSpecs,
+    sync: SyncLevel,
+    options: InitOptions,
+) -> Result<InitReport, InitError> {
     // Re-check what FromStr checked: the library is callable without the CLI.
     let nodes = nodes.to_string().parse::<NodeSpecs>()?;
     let dir = std::path::absolute(dir).map_err(|source| InitError::Io { path: dir.to_path_buf(), source })?;
@@ -263,6 +310,9 @@ pub fn init(dir: &Path, nodes: &NodeSpecs, sync: SyncLevel) -> Result<InitReport
     let tls_dir = dir.join(TLS_DIR);
 
     let mut targets = vec![pair_path.clone(), tls_dir.clone()];
+    if options.client_password {
+        targets.push(dir.join(CLIENT_PASSWORD_FILE));
+    }
     targets.extend(nodes.0.iter().map(|n| dir.join(&n.name)));
     let found: Vec<PathBuf> = targets.into_iter().filter(|p| p.symlink_metadata().is_ok()).collect();
     if !found.is_empty() {
@@ -270,11 +320,11 @@ pub fn init(dir: &Path, nodes: &NodeSpecs, sync: SyncLevel) -> Result<InitReport
     }
 
     let cluster = Uuid::new_v4();
-    let text = pair_file_text(cluster, sync, &nodes);
+    let text = pair_file_text(cluster, sync, &nodes, options);
     let pair = PairConfig::from_toml_str(&text, &pair_path)?;
 
     let mut created = Created::default();
-    match write_everything(&dir, &pair, &text, &mut created) {
+    match write_everything(&dir, &pair, &text, options, &mut created) {
         Ok(valid_until) => Ok(InitReport { pair, files: created.files, valid_until }),
         Err(err) => {
             created.undo();
@@ -335,7 +385,13 @@ impl Created {
     }
 }
 
-fn write_everything(dir: &Path, pair: &PairConfig, text: &str, created: &mut Created) -> Result<String, InitError> {
+fn write_everything(
+    dir: &Path,
+    pair: &PairConfig,
+    text: &str,
+    options: InitOptions,
+    created: &mut Created,
+) -> Result<String, InitError> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|source| InitError::Io { path: dir.to_path_buf(), source })?;
         created.dirs.push(dir.to_path_buf());
@@ -360,6 +416,14 @@ fn write_everything(dir: &Path, pair: &PairConfig, text: &str, created: &mut Cre
         .map_err(|source| InitError::Certificate { what: "admin certificate".into(), source })?;
     created.file(&pair.tls.admin_key, admin_key.serialize_pem().as_bytes(), 0o600)?;
     created.file(&pair.tls.admin_cert, admin.pem().as_bytes(), 0o644)?;
+    if options.client_tls {
+        write_client_tls(pair, &tls_dir, &ca, &ca_key, today, created)?;
+    }
+    if let Some(password_file) = &pair.clients.password_file {
+        // 32 random bytes, as hex: typeable, and far beyond guessing at the AUTH throttle's pace.
+        let password = format!("{}{}\n", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        created.file(password_file, password.as_bytes(), 0o600)?;
+    }
 
     let first = pair.preferred_primary().name.clone();
     for (i, node) in pair.nodes.iter().enumerate() {
@@ -383,6 +447,79 @@ pub(crate) fn leaf_valid_until(today: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} 00:00")
 }
 
+/// The data port's certificates: one per node, for its data address; one for applications.
+fn write_client_tls(
+    pair: &PairConfig,
+    tls_dir: &Path,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+    today: i64,
+    created: &mut Created,
+) -> Result<(), InitError> {
+    for node in &pair.nodes {
+        let (Some(cert_path), Some(key_path)) = (&node.data_cert, &node.data_key) else { continue };
+        let mut names = vec![crate::tls::data_identity(pair.cluster, &node.name)];
+        let ip = node.data.ip();
+        if ip.is_loopback() || ip.is_unspecified() {
+            names.push("localhost".into());
+        }
+        let (cert, key) = make_data_cert(&names, ip, ca, ca_key, today).map_err(|source| InitError::Certificate {
+            what: format!("data-port certificate of node {}", node.name),
+            source,
+        })?;
+        created.file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        created.file(cert_path, cert.pem().as_bytes(), 0o644)?;
+    }
+    let identity = crate::tls::app_client_identity(pair.cluster);
+    let (cert, key) = make_client_cert(&identity, ca, ca_key, today)
+        .map_err(|source| InitError::Certificate { what: "applications' client certificate".into(), source })?;
+    created.file(&tls_dir.join(APP_CLIENT_KEY), key.serialize_pem().as_bytes(), 0o600)?;
+    created.file(&tls_dir.join(APP_CLIENT_CERT), cert.pem().as_bytes(), 0o644)
+}
+
+/// A data port's certificate: server authentication only, valid for `names` and for the data
+/// address `ip` (unless it is a wildcard), which is what Redis clients check.
+fn make_data_cert(
+    names: &[String],
+    ip: std::net::IpAddr,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+    today: i64,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    if !ip.is_unspecified() {
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+    }
+    params.distinguished_name = name(&names[0]);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, today, LEAF_YEARS);
+    let cert = params.signed_by(&key, ca, ca_key)?;
+    Ok((cert, key))
+}
+
+/// The applications' client certificate: client authentication only.
+fn make_client_cert(
+    identity: &str,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+    today: i64,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![identity.to_string()])?;
+    params.distinguished_name = name(identity);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, today, LEAF_YEARS);
+    let cert = params.signed_by(&key, ca, ca_key)?;
+    Ok((cert, key))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), InitError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -390,7 +527,7 @@ fn sync_dir(dir: &Path) -> Result<(), InitError> {
 }
 
 /// The pair file, with a header that explains every key.
-fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
+fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs, options: InitOptions) -> String {
     let mut out = String::new();
     out.push_str(
         "# hotpair pair file, written by `hotpair init`. It describes the whole pair; every command\n\
@@ -411,8 +548,13 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
          #               identity; metrics (optional): IP:port of its Prometheus endpoint (GET /metrics).\n\
          #               Exactly two nodes; the first listed starts as primary on a fresh pair\n\
          # [notify]      commands: each gets every incident as JSON on stdin; incident_log: JSON lines\n\
-         # [limits]      optional: max_value_bytes (default 16777216), max_connections (1024),\n\
-         #               max_args (1048576)\n\
+         # [limits]      optional: max_value_bytes (default 16777216; requests may be 1 MiB larger),\n\
+         #               max_connections (1024), max_args (1048576), client_output_buffer_limit (64MiB),\n\
+         #               max_client_memory (256MiB), client_idle_timeout (5m, or \"off\"),\n\
+         #               admin_idle_timeout (5m)\n\
+         # [clients]     optional, the data port's security: password_file (then AUTH is required),\n\
+         #               users_file (NAME readwrite|readonly PASSWORD per line), tls (each node's\n\
+         #               data_cert/data_key), tls_auth_clients (no | optional | yes)\n\
          # [monitor]     optional: lag_alert (10s) and lag_alert_records (100000): the backup further\n\
          #               behind is an incident; canary_interval (5s) and digest_interval (1m), each may\n\
          #               be \"off\"; retention_alert (10m): an absent backup pinning the journal\n\
@@ -432,6 +574,18 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
             node.control,
             node.data()
         );
+        if options.client_tls {
+            let _ = write!(out, "data_cert = \"tls/{name}.data.pem\"\ndata_key = \"tls/{name}.data.key\"\n");
+        }
+    }
+    if options.client_password || options.client_tls {
+        out.push_str("\n[clients]\n");
+        if options.client_password {
+            let _ = writeln!(out, "password_file = \"{CLIENT_PASSWORD_FILE}\"");
+        }
+        if options.client_tls {
+            out.push_str("tls = true\ntls_auth_clients = \"no\"\n");
+        }
     }
     out.push_str("\n[notify]\ncommands = []\nincident_log = \"incidents.jsonl\"\n");
     out
@@ -560,7 +714,7 @@ mod tests {
     #[test]
     fn generated_pair_file_validates_and_keeps_order() {
         let specs: NodeSpecs = "zed=127.0.0.1:7401,alpha=127.0.0.1:7501".parse().unwrap();
-        let text = pair_file_text(Uuid::new_v4(), SyncLevel::Applied, &specs);
+        let text = pair_file_text(Uuid::new_v4(), SyncLevel::Applied, &specs, InitOptions::default());
         let pair = PairConfig::from_toml_str(&text, Path::new("/srv/pair/pair.toml")).unwrap();
         assert_eq!(pair.preferred_primary().name, "zed");
         assert_eq!(pair.sync, SyncLevel::Applied);

@@ -12,6 +12,10 @@
 //!   client also checks it reached the node it meant to reach.
 //! - [`identify_peer`]: after the handshake, maps the client's certificate to [`Peer::Node`] or
 //!   [`Peer::Admin`].
+//! - [`data_server_config`] / [`data_client_config`]: the data port with `[clients] tls = true`
+//!   (server-authenticated TLS for Redis clients, client certificates as `tls_auth_clients`
+//!   says). Its certificates carry names no control-port identity has
+//!   ([`data_identity`], [`app_client_identity`]) and only the EKU their side needs.
 //!
 //! ## Identities
 //! Each cluster has its own private CA (made by `hotpair init`). Every certificate carries its
@@ -68,7 +72,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use uuid::Uuid;
 
-use crate::config::{ConfigError, PairConfig};
+use crate::config::{ClientCertificates, ConfigError, PairConfig};
 
 /// The application protocol both ends announce.
 pub const ALPN: &[u8] = b"hotpair/1";
@@ -181,6 +185,75 @@ pub fn server_config(pair: &PairConfig, node: &str) -> Result<Arc<ServerConfig>,
 pub fn node_client_config(pair: &PairConfig, node: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let node = pair.node(node)?;
     client_config(pair, &node.cert, &node.key, &format!("node {}", node.name))
+}
+
+/// The identity name in a node's data-port certificate: `<node>.data.<cluster>.hotpair`. It is
+/// never one [`identify_peer`] accepts (node names hold no dot), so a data-port key cannot pass
+/// for the node on the control port.
+pub fn data_identity(cluster: Uuid, node: &str) -> String {
+    format!("{node}.data.{}.{IDENTITY_SUFFIX}", cluster.hyphenated())
+}
+
+/// The identity name of the applications' client certificate that `init --client-tls` writes:
+/// `app.client.<cluster>.hotpair` (not a control-port identity either).
+pub fn app_client_identity(cluster: Uuid) -> String {
+    format!("app.client.{}.{IDENTITY_SUFFIX}", cluster.hyphenated())
+}
+
+/// A node's data port with `[clients] tls = true`: presents the node's `data_cert`; asks TLS
+/// clients for a certificate from the pair's CA as `tls_auth_clients` says. TLS 1.2 and 1.3, no
+/// ALPN: Redis clients speak plain RESP inside.
+pub fn data_server_config(pair: &PairConfig, node: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let config = pair.node(node)?;
+    let missing = |key: &str| {
+        TlsError::Config(ConfigError::Invalid {
+            path: pair.path.clone(),
+            key: format!("nodes.{node}.{key}"),
+            reason: "is missing; [clients] tls = true needs it".into(),
+        })
+    };
+    let cert = config.data_cert.as_ref().ok_or_else(|| missing("data_cert"))?;
+    let key = config.data_key.as_ref().ok_or_else(|| missing("data_key"))?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let verifier = match pair.clients.tls_auth_clients {
+        ClientCertificates::No => None,
+        ClientCertificates::Optional => {
+            Some(WebPkiClientVerifier::builder_with_provider(ca_roots(pair)?, provider).allow_unauthenticated())
+        }
+        ClientCertificates::Required => Some(WebPkiClientVerifier::builder_with_provider(ca_roots(pair)?, provider)),
+    };
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(
+            verifier.build().map_err(|e| TlsError::BadCa { path: pair.tls.ca.clone(), reason: e.to_string() })?,
+        ),
+    };
+    let (certs, private_key) = load_identity(cert, key, &format!("node {node}'s data port"))?;
+    let config = builder.with_single_cert(certs, private_key).map_err(|e| identity_error(cert, key, e))?;
+    Ok(Arc::new(config))
+}
+
+/// The repository's own data-port clients (drill, benches): trust only the pair's CA, and
+/// present the admin certificate when a node asks for one. Connect with [`data_server_name`].
+pub fn data_client_config(pair: &PairConfig) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = ca_roots(pair)?;
+    let (certs, private_key) = load_identity(&pair.tls.admin_cert, &pair.tls.admin_key, "admin")?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, private_key)
+        .map_err(|e| identity_error(&pair.tls.admin_cert, &pair.tls.admin_key, e))?;
+    Ok(Arc::new(config))
+}
+
+/// The name to ask for when connecting to `node`'s data port over TLS.
+pub fn data_server_name(pair: &PairConfig, node: &str) -> ServerName<'static> {
+    ServerName::try_from(data_identity(pair.cluster, node))
+        .unwrap_or_else(|_| ServerName::IpAddress(std::net::IpAddr::from([0u8, 0, 0, 0]).into()))
 }
 
 /// The admin CLI dialling a node: presents the admin certificate, trusts only the pair's CA.

@@ -257,13 +257,21 @@ fn unversioned() -> u32 {
     1
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames. A stream that ends
+/// inside a frame, even inside its length, is an `UnexpectedEof` error, not a clean end.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, WireError> {
     let mut len_bytes = [0u8; 4];
-    match reader.read_exact(&mut len_bytes).await {
-        Ok(_) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(err.into()),
+    let mut filled = 0;
+    while filled < len_bytes.len() {
+        match reader.read(&mut len_bytes[filled..]).await? {
+            0 if filled == 0 => return Ok(None),
+            0 => {
+                let cut =
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended inside a frame's length");
+                return Err(cut.into());
+            }
+            read => filled += read,
+        }
     }
     let len = u32::from_le_bytes(len_bytes) as usize;
     if len == 0 || len > MAX_FRAME {

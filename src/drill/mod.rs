@@ -20,6 +20,7 @@
 //! - Spawned nodes are killed when the drill ends, however it ends (see [`pair`]).
 //! - A bad playbook is refused before anything is spawned (exit 2, naming the step and key).
 
+pub mod client;
 pub mod etcd;
 pub mod pair;
 pub mod playbook;
@@ -200,7 +201,13 @@ impl Drill {
                     return Outcome::failed("a workload is already running; stop it first (do = \"stop-workload\")");
                 }
                 let run = self.finished.len() as u32 + 1;
-                self.workload = Some(Workload::start(spec.clone(), run, self.pair.data_addresses(), self.origin));
+                let endpoints = match self.pair.data_endpoints() {
+                    Ok(endpoints) => endpoints,
+                    Err(e) => {
+                        return Outcome::failed(format!("cannot reach the data ports as the pair file says: {e}"))
+                    }
+                };
+                self.workload = Some(Workload::start(spec.clone(), run, endpoints, self.origin));
                 Outcome::ok(format!(
                     "{} clients, {}/s in all, {} keys each, {}-byte values",
                     spec.clients,
@@ -676,13 +683,19 @@ async fn run(book: Playbook, report_file: Option<PathBuf>, exe: PathBuf) -> Resu
     for finished in &drill.finished {
         let result = match &read_from {
             None => Err("no node answers: the keys cannot be read back".to_string()),
-            Some(node) => match drill.pair.config.node(node) {
-                Ok(config) => workload::read_back(config.data, finished)
-                    .await
-                    .map(|stored| workload::judge(finished, &stored))
-                    .map_err(|e| format!("reading the keys back from {node}: {e}")),
-                Err(e) => Err(e.to_string()),
-            },
+            Some(node) => {
+                let index = drill.pair.config.nodes.iter().position(|n| &n.name == node);
+                let endpoint =
+                    drill.pair.data_endpoints().map(|endpoints| index.and_then(|i| endpoints.get(i).cloned()));
+                match endpoint {
+                    Ok(Some(endpoint)) => workload::read_back(&endpoint, finished)
+                        .await
+                        .map(|stored| workload::judge(finished, &stored))
+                        .map_err(|e| format!("reading the keys back from {node}: {e}")),
+                    Ok(None) => Err(format!("{node} is not a node of the pair file")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
         };
         oracles.push(result);
     }

@@ -100,10 +100,12 @@ impl DrillPair {
         let (a, b) = (free_control_port()?, free_control_port()?);
         let controls = [("a", SocketAddr::from(([127, 0, 0, 1], a))), ("b", SocketAddr::from(([127, 0, 0, 1], b)))];
         let nodes = format!("a={},b={}", controls[0].1, controls[1].1);
+        let security = [("--client-password", settings.client_password), ("--client-tls", settings.client_tls)];
         let out = tokio::process::Command::new(&exe)
             .args(["init", "--dir"])
             .arg(&dir)
             .args(["--nodes", &nodes, "--sync", settings.sync.name()])
+            .args(security.iter().filter(|(_, on)| *on).map(|(flag, _)| *flag))
             .stdin(Stdio::null())
             .output()
             .await
@@ -193,6 +195,11 @@ impl DrillPair {
     /// The node names in pair-file order.
     pub fn names(&self) -> Vec<String> {
         self.config.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Each node's data port with the TLS and password the pair file asks for.
+    pub fn data_endpoints(&self) -> Result<Vec<super::client::DataEndpoint>, crate::Error> {
+        super::client::DataEndpoint::of_pair(&self.config)
     }
 
     pub fn data_addresses(&self) -> Vec<SocketAddr> {

@@ -30,11 +30,22 @@ pub struct PairSettings {
     pub sync_timeout: Option<Duration>,
     pub on_peer_loss: Option<PeerLossPolicy>,
     pub heartbeat: Option<Duration>,
+    /// The spawned pair requires `AUTH` on its data ports (`hotpair init --client-password`).
+    pub client_password: bool,
+    /// The spawned pair's data ports speak TLS (`hotpair init --client-tls`).
+    pub client_tls: bool,
 }
 
 impl Default for PairSettings {
     fn default() -> Self {
-        PairSettings { sync: crate::config::DEFAULT_SYNC, sync_timeout: None, on_peer_loss: None, heartbeat: None }
+        PairSettings {
+            sync: crate::config::DEFAULT_SYNC,
+            sync_timeout: None,
+            on_peer_loss: None,
+            heartbeat: None,
+            client_password: false,
+            client_tls: false,
+        }
     }
 }
 
@@ -164,11 +175,23 @@ pub struct Expectations {
 
 pub const EXPECT_KEYS: &[&str] =
     &["lost_acknowledged", "max_write_outage", "max_orphaned", "digests_equal", "min_acknowledged", "lost_reported"];
-const TOP_KEYS: &[&str] =
-    &["name", "description", "sync", "sync_timeout", "on_peer_loss", "heartbeat", "attach", "step", "expect"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "sync",
+    "sync_timeout",
+    "on_peer_loss",
+    "heartbeat",
+    "client_password",
+    "client_tls",
+    "attach",
+    "step",
+    "expect",
+];
 /// The longest duration a playbook may give any key.
 const PLAYBOOK_DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
-const PAIR_SETTING_KEYS: &[&str] = &["sync", "sync_timeout", "on_peer_loss", "heartbeat"];
+const PAIR_SETTING_KEYS: &[&str] =
+    &["sync", "sync_timeout", "on_peer_loss", "heartbeat", "client_password", "client_tls"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Playbook {
@@ -335,6 +358,8 @@ impl Parser<'_> {
                 }
                 settings.sync_timeout = self.duration(&top, "sync_timeout")?;
                 settings.heartbeat = self.duration(&top, "heartbeat")?;
+                settings.client_password = self.boolean(&top, "client_password")?.unwrap_or(false);
+                settings.client_tls = self.boolean(&top, "client_tls")?.unwrap_or(false);
                 if let Some(text) = self.string(&top, "on_peer_loss")? {
                     settings.on_peer_loss =
                         Some(text.parse().map_err(|e: crate::config::BadValue| {

@@ -38,6 +38,8 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use super::client::{ClientStream, DataEndpoint};
 use tokio::time::Instant;
 
 use super::playbook::WorkloadSpec;
@@ -142,8 +144,8 @@ pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
 }
 
 impl Workload {
-    /// Starts the clients against `nodes` (data addresses, in pair-file order).
-    pub fn start(spec: WorkloadSpec, run: u32, nodes: Vec<SocketAddr>, origin: std::time::Instant) -> Workload {
+    /// Starts the clients against `nodes` (data ports, in pair-file order).
+    pub fn start(spec: WorkloadSpec, run: u32, nodes: Vec<DataEndpoint>, origin: std::time::Instant) -> Workload {
         let (stop, _) = watch::channel(false);
         let hint = Arc::new(AtomicUsize::new(0));
         let nodes = Arc::new(nodes);
@@ -190,7 +192,7 @@ struct Client {
     id: u32,
     run: u32,
     spec: WorkloadSpec,
-    nodes: Arc<Vec<SocketAddr>>,
+    nodes: Arc<Vec<DataEndpoint>>,
     /// The node some client last got an acknowledgement from.
     hint: Arc<AtomicUsize>,
     origin: std::time::Instant,
@@ -215,15 +217,18 @@ impl Client {
             if *self.stop.borrow() {
                 break;
             }
-            let Some(&address) = self.nodes.get(node) else { break };
+            let Some(endpoint) = self.nodes.get(node) else { break };
             let connection = match conn.as_mut() {
                 Some(c) => c,
-                None => match tokio::time::timeout(self.spec.request_timeout, TcpStream::connect(address)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        conn.insert(RespConn::new(stream))
-                    }
-                    _ => {
+                None => match endpoint.connect(self.spec.request_timeout).await {
+                    Ok(connected) => conn.insert(connected),
+                    Err(error) => {
+                        if error.kind() == std::io::ErrorKind::PermissionDenied
+                            && log.error_samples.len() < 5
+                            && !log.error_samples.contains(&error.to_string())
+                        {
+                            log.error_samples.push(error.to_string());
+                        }
                         log.connect_errors.push(ms_since(self.origin));
                         node = self.other_node(node);
                         next = Instant::now() + backoff;
@@ -303,9 +308,9 @@ fn node_index(node: usize) -> u8 {
     u8::try_from(node).unwrap_or(u8::MAX)
 }
 
-/// A minimal RESP2 client connection on the crate's codec.
+/// A minimal RESP2 client connection on the crate's codec, plain or TLS ([`DataEndpoint`]).
 pub struct RespConn {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: Vec<u8>,
     limits: Limits,
     out: Vec<u8>,
@@ -313,7 +318,18 @@ pub struct RespConn {
 
 impl RespConn {
     pub fn new(stream: TcpStream) -> RespConn {
-        RespConn { stream, buf: Vec::with_capacity(4096), limits: Limits::default(), out: Vec::with_capacity(256) }
+        RespConn::over(ClientStream::Plain(stream))
+    }
+
+    pub fn over(stream: ClientStream) -> RespConn {
+        // Replies come from a node: as large as its client_output_buffer_limit allows.
+        let limits = Limits {
+            max_value_bytes: 1 << 30,
+            max_request_bytes: 2 << 30,
+            max_args: usize::MAX >> 8,
+            ..Limits::default()
+        };
+        RespConn { stream, buf: Vec::with_capacity(4096), limits, out: Vec::with_capacity(256) }
     }
 
     pub async fn connect(address: SocketAddr, timeout: Duration) -> std::io::Result<RespConn> {
@@ -336,7 +352,8 @@ impl RespConn {
         for request in requests {
             crate::resp::encode(request, &mut self.out);
         }
-        self.stream.write_all(&self.out).await
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await
     }
 
     pub async fn read_frame(&mut self) -> std::io::Result<Frame> {
@@ -462,9 +479,9 @@ pub fn judge(finished: &Finished, stored: &[Vec<Stored>]) -> OracleResult {
     result
 }
 
-/// Reads every key of `finished` from the data port at `address`: `stored[client][slot]`.
-pub async fn read_back(address: SocketAddr, finished: &Finished) -> std::io::Result<Vec<Vec<Stored>>> {
-    let mut conn = RespConn::connect(address, Duration::from_secs(5)).await?;
+/// Reads every key of `finished` from the data port at `endpoint`: `stored[client][slot]`.
+pub async fn read_back(endpoint: &DataEndpoint, finished: &Finished) -> std::io::Result<Vec<Vec<Stored>>> {
+    let mut conn = endpoint.connect(Duration::from_secs(5)).await?;
     let keys_per_client = finished.spec.keys_per_client();
     let mut all = Vec::with_capacity(finished.clients.len());
     for client in 0..finished.clients.len() as u32 {

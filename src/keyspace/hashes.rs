@@ -38,14 +38,7 @@ pub(super) fn execute(view: &mut impl Writer, command: Command, now: u64) -> Res
             let fields = hash_or_empty(view, &key, now)?.0;
             Ok(position(&fields, &field).map_or_else(Frame::null, |i| Frame::bulk(fields[i].1.clone())))
         }
-        Command::HMGet { key, fields: wanted } => {
-            let fields = hash_or_empty(view, &key, now)?.0;
-            let values = wanted
-                .iter()
-                .map(|field| position(&fields, field).map_or_else(Frame::null, |i| Frame::bulk(fields[i].1.clone())))
-                .collect();
-            Ok(Frame::array(values))
-        }
+        Command::HMGet { key, fields: wanted } => hmget(view, &key, &wanted, now, None),
         Command::HGetAll { key } => {
             let fields = hash_or_empty(view, &key, now)?.0;
             Ok(Frame::Map(fields.into_iter().map(|(f, v)| (Frame::bulk(f), Frame::bulk(v))).collect()))
@@ -151,4 +144,25 @@ fn store(view: &mut impl Writer, key: &[u8], fields: Fields, expires_at_ms: Opti
     } else {
         view.put(key.to_vec(), StoredValue { expires_at_ms, data: Data::Hash(fields) }.encode());
     }
+}
+
+/// `HMGET`: one value or null per field asked. With a `budget`, it stops as soon as the reply
+/// would pass it (a field named a million times is a million copies of its value).
+pub(super) fn hmget(
+    view: &impl Writer,
+    key: &[u8],
+    wanted: &[Bytes],
+    now: u64,
+    mut budget: Option<crate::server::memory::ReplyBudget>,
+) -> Result<Frame, CommitError> {
+    let fields = hash_or_empty(view, key, now)?.0;
+    let mut values = Vec::with_capacity(wanted.len());
+    for field in wanted {
+        let value = position(&fields, field).map_or_else(Frame::null, |i| Frame::bulk(fields[i].1.clone()));
+        if let Err(refusal) = super::charge(&mut budget, crate::resp::encoded_len(&value) + 8) {
+            return Ok(refusal);
+        }
+        values.push(value);
+    }
+    Ok(Frame::array(values))
 }

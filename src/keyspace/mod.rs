@@ -75,6 +75,24 @@ pub struct Context<'a> {
     pub cursors: &'a ScanCursors,
     /// Most bytes of before-images a `FLUSHALL` may put in one record.
     pub max_flush_bytes: usize,
+    /// The bound on a reply that gathers many values (`MGET`, `HMGET`, `KEYS`), checked while it
+    /// is built; `None`: unbounded (tests, and paths whose replies are small).
+    pub reply_limit: Option<crate::server::memory::ReplyLimit<'a>>,
+}
+
+impl Context<'_> {
+    /// A budget for one reply, if replies are bounded.
+    pub(crate) fn reply_budget(&self) -> Option<crate::server::memory::ReplyBudget> {
+        self.reply_limit.as_ref().map(crate::server::memory::ReplyLimit::budget)
+    }
+}
+
+/// Charges `bytes` to `budget`; the refusal to answer instead when it is spent.
+pub(crate) fn charge(budget: &mut Option<crate::server::memory::ReplyBudget>, bytes: usize) -> Result<(), Frame> {
+    match budget {
+        Some(budget) => budget.charge(bytes),
+        None => Ok(()),
+    }
 }
 
 pub(crate) const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
@@ -96,6 +114,9 @@ pub fn execute<W: Writer>(view: &mut W, command: Command, context: &Context<'_>)
 fn dispatch<W: Writer>(view: &mut W, command: Command, cx: &Context<'_>) -> Result<Frame, CommitError> {
     let now = cx.now_ms;
     match command {
+        // Replies that gather many values are bounded while they are built.
+        Command::MGet { keys } => strings::mget(view, &keys, now, cx.reply_budget()),
+        Command::HMGet { key, fields } => hashes::hmget(view, &key, &fields, now, cx.reply_budget()),
         Command::Get { .. }
         | Command::Set { .. }
         | Command::GetDel { .. }
@@ -104,12 +125,10 @@ fn dispatch<W: Writer>(view: &mut W, command: Command, cx: &Context<'_>) -> Resu
         | Command::StrLen { .. }
         | Command::IncrBy { .. }
         | Command::IncrByFloat { .. }
-        | Command::MGet { .. }
         | Command::MSet { .. } => strings::execute(view, command, now),
         Command::HSet { .. }
         | Command::HSetNx { .. }
         | Command::HGet { .. }
-        | Command::HMGet { .. }
         | Command::HGetAll { .. }
         | Command::HDel { .. }
         | Command::HExists { .. }
@@ -162,14 +181,17 @@ fn dispatch<W: Writer>(view: &mut W, command: Command, cx: &Context<'_>) -> Resu
             Ok(Frame::array(vec![Frame::bulk(cursor.to_string()), Frame::array(keys)]))
         }
         Command::Keys { pattern } => {
-            let mut keys = Vec::new();
+            let (mut keys, mut budget, mut refusal) = (Vec::new(), cx.reply_budget(), None);
             for_each_stored(view, |key, stored| {
-                if glob::matches(&pattern, key) && live(stored, now)?.is_some() {
-                    keys.push(Frame::bulk(key.to_vec()));
+                if refusal.is_none() && glob::matches(&pattern, key) && live(stored, now)?.is_some() {
+                    match charge(&mut budget, key.len() + 16) {
+                        Ok(()) => keys.push(Frame::bulk(key.to_vec())),
+                        Err(refused) => refusal = Some(refused),
+                    }
                 }
                 Ok(())
             })?;
-            Ok(Frame::array(keys))
+            Ok(refusal.unwrap_or_else(|| Frame::array(keys)))
         }
         Command::RandomKey => random_key(view, now),
         Command::FlushAll => flush_all(view, cx.max_flush_bytes),

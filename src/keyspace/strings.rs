@@ -72,17 +72,7 @@ pub(super) fn execute(view: &mut impl Writer, command: Command, now: u64) -> Res
             view.note(vec![b"INCRBYFLOAT".to_vec(), key.to_vec(), format_float(delta).into_bytes()]);
             Ok(Frame::bulk(text))
         }
-        Command::MGet { keys } => {
-            let mut values = Vec::with_capacity(keys.len());
-            for key in keys {
-                // MGET answers null for a key of another type, not WRONGTYPE.
-                values.push(match lookup(view, &key, now)?.map(|value| value.data) {
-                    Some(Data::String(data)) => Frame::bulk(data),
-                    _ => Frame::null(),
-                });
-            }
-            Ok(Frame::array(values))
-        }
+        Command::MGet { keys } => mget(view, &keys, now, None),
         Command::MSet { pairs, only_if_none_exist } => {
             if only_if_none_exist {
                 for (key, _) in &pairs {
@@ -168,4 +158,28 @@ fn get_ex(view: &mut impl Writer, key: Bytes, expiry: GetExpiry, now: u64) -> Re
         }
     }
     Ok(Frame::bulk(data))
+}
+
+/// `MGET`: one value or null per key. With a `budget`, it stops as soon as the reply would pass
+/// it and answers the refusal instead, so a short request cannot build a reply of gigabytes.
+pub(super) fn mget(
+    view: &impl Writer,
+    keys: &[Bytes],
+    now: u64,
+    mut budget: Option<crate::server::memory::ReplyBudget>,
+) -> Result<Frame, CommitError> {
+    let mut values = Vec::with_capacity(keys.len());
+    for key in keys {
+        // MGET answers null for a key of another type, not WRONGTYPE.
+        let value = match lookup(view, key, now)?.map(|value| value.data) {
+            Some(Data::String(data)) => Frame::bulk(data),
+            _ => Frame::null(),
+        };
+        // The value and its `$n` line; the array's own header is a few bytes.
+        if let Err(refusal) = super::charge(&mut budget, crate::resp::encoded_len(&value) + 8) {
+            return Ok(refusal);
+        }
+        values.push(value);
+    }
+    Ok(Frame::array(values))
 }

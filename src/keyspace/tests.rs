@@ -80,7 +80,7 @@ fn run(view: &mut MemView, now: u64, line: &str) -> Frame {
         other => panic!("{line}: {other:?}"),
     };
     let cursors = ScanCursors::default();
-    let context = Context { now_ms: now, cursors: &cursors, max_flush_bytes: 1 << 20 };
+    let context = Context { now_ms: now, cursors: &cursors, max_flush_bytes: 1 << 20, reply_limit: None };
     execute(view, command, &context).unwrap()
 }
 
@@ -160,7 +160,7 @@ fn scan_walks_every_key_once_when_nothing_changes() {
     }
     run(&mut v, 0, "HSET hash f v");
     let cursors = ScanCursors::default();
-    let context = Context { now_ms: 0, cursors: &cursors, max_flush_bytes: 1 << 20 };
+    let context = Context { now_ms: 0, cursors: &cursors, max_flush_bytes: 1 << 20, reply_limit: None };
     let (mut cursor, mut seen) = (0u64, Vec::new());
     loop {
         let options =
@@ -183,4 +183,34 @@ fn scan_walks_every_key_once_when_nothing_changes() {
     assert_eq!(run(&mut v, 0, "FLUSHALL"), Frame::ok());
     assert_eq!(run(&mut v, 0, "DBSIZE"), int(0));
     assert_eq!(run(&mut v, 0, "RANDOMKEY"), Frame::null());
+}
+
+#[test]
+fn replies_that_gather_values_stop_at_the_reply_limit() {
+    let mut v = MemView::default();
+    run(&mut v, 0, &format!("SET big {}", "x".repeat(1000)));
+    run(&mut v, 0, &format!("HSET h f {}", "y".repeat(1000)));
+    for i in 0..50 {
+        run(&mut v, 0, &format!("SET key:{i:03} v"));
+    }
+    let memory = crate::server::memory::ClientMemory::new(1 << 30);
+    let cursors = ScanCursors::default();
+    let limit = crate::server::memory::ReplyLimit { memory: &memory, max_bytes: 10_000 };
+    let context = Context { now_ms: 0, cursors: &cursors, max_flush_bytes: 1 << 20, reply_limit: Some(limit) };
+    let ask = |v: &mut MemView, line: &str| {
+        let args: Vec<Bytes> = line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect();
+        let Ok(Request::Data(command)) = Request::parse(&args) else { panic!("{line}") };
+        execute(v, command, &context).unwrap()
+    };
+    let refused = |frame: &Frame| matches!(frame, Frame::Error(text) if text.contains("client_output_buffer_limit (10000 bytes)"));
+    let mget = |n: usize| format!("MGET{}", " big".repeat(n));
+    assert!(matches!(ask(&mut v, &mget(9)), Frame::Array(Some(values)) if values.len() == 9));
+    assert!(refused(&ask(&mut v, &mget(11))), "11 KB of values under a 10 KB limit");
+    assert!(refused(&ask(&mut v, &format!("HMGET h{}", " f".repeat(11)))));
+    let tight = crate::server::memory::ReplyLimit { memory: &memory, max_bytes: 500 };
+    let context = Context { reply_limit: Some(tight), ..context };
+    let args: Vec<Bytes> = ["KEYS", "key:*"].iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect();
+    let Ok(Request::Data(keys)) = Request::parse(&args) else { panic!() };
+    assert!(matches!(execute(&mut v, keys, &context).unwrap(), Frame::Error(text) if text.contains("(500 bytes)")));
+    assert_eq!(memory.used(), 0, "a refused reply gives its reservation back");
 }

@@ -30,8 +30,10 @@ use crate::journal::ClientCommand;
 use crate::keyspace::{self, Context, Savepoint, ScanSlice, ScanStart};
 use crate::meta::Role;
 use crate::pipeline::CommitError;
-use crate::resp::{self, Command, Frame};
-use crate::server::DataBackend;
+use crate::resp::{Command, Frame};
+use crate::server::auth::Users;
+use crate::server::memory::ReplyLimit;
+use crate::server::{DataBackend, ServeOptions};
 use crate::watch::{Registry, Watcher};
 use crate::Error;
 
@@ -91,23 +93,50 @@ impl DataBackend for Backend {
     }
 }
 
+/// What the pair file's `[clients]` table asks of the data port, loaded and checked.
+pub struct DataSecurity {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    users: Option<Arc<Users>>,
+}
+
+impl DataSecurity {
+    /// Reads the password and users files and the data-port certificate: an error names the file.
+    pub fn load(node: &Node) -> Result<DataSecurity, Error> {
+        let clients = &node.pair.clients;
+        let users = Users::load(clients.password_file.as_deref(), clients.users_file.as_deref())?.map(Arc::new);
+        let tls = match clients.tls {
+            true => Some(tokio_rustls::TlsAcceptor::from(crate::tls::data_server_config(&node.pair, node.name())?)),
+            false => None,
+        };
+        if let Some(users) = &users {
+            tracing::info!(named_users = users.named_users(), "data port: AUTH required");
+        }
+        Ok(DataSecurity { tls, users })
+    }
+}
+
 /// Serves the data port until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result<(), Error> {
-    let configured = &node.pair.limits;
-    let limits = resp::Limits {
-        max_value_bytes: configured.max_value_bytes,
-        max_args: configured.max_args,
-        max_connections: configured.max_connections,
-        ..resp::Limits::default()
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, security: DataSecurity) -> Result<(), Error> {
+    let options = ServeOptions {
+        limits: node.pair.limits.data_port(),
+        tls: security.tls,
+        users: security.users,
+        memory: node.client_memory.clone(),
     };
     std::sync::LazyLock::force(&PROCESS_STARTED);
     let mut shutdown = node.shutdown.subscribe();
     let backend = Arc::new(Backend { node });
-    crate::server::serve(listener, backend, limits, async move {
+    crate::server::serve_with(listener, backend, options, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
     .await
     .map_err(|source| Error::Io { context: "data port".into(), source })
+}
+
+/// The bound on a reply a command builds (`MGET`, `HMGET`, `KEYS`): `client_output_buffer_limit`
+/// each, and all clients' memory together.
+fn reply_limit(node: &Node) -> ReplyLimit<'_> {
+    ReplyLimit { memory: &node.client_memory, max_bytes: node.pair.limits.client_output_buffer_limit }
 }
 
 fn not_primary(role: Role) -> Frame {
@@ -140,7 +169,12 @@ async fn execute(node: &Arc<Node>, command: Command) -> Frame {
 /// Runs a read-only command over the node's current state.
 fn read(node: &Node, command: Command) -> Frame {
     let now = crate::clock::now_ms();
-    let context = Context { now_ms: now, cursors: &node.scan_cursors, max_flush_bytes: MAX_FLUSH_BYTES };
+    let context = Context {
+        now_ms: now,
+        cursors: &node.scan_cursors,
+        max_flush_bytes: MAX_FLUSH_BYTES,
+        reply_limit: Some(reply_limit(node)),
+    };
     let mut view = ReadView { node };
     match keyspace::execute(&mut view, command, &context) {
         Ok(frame) => frame,
@@ -195,7 +229,12 @@ async fn run_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Opti
     }
     let now = crate::clock::now_ms();
     let submitted = Instant::now();
-    let context = Context { now_ms: now, cursors: &node.scan_cursors, max_flush_bytes: MAX_FLUSH_BYTES };
+    let context = Context {
+        now_ms: now,
+        cursors: &node.scan_cursors,
+        max_flush_bytes: MAX_FLUSH_BYTES,
+        reply_limit: Some(reply_limit(node)),
+    };
     let committed = pipeline.commit(now, |txn| -> Result<Option<Vec<Option<Frame>>>, CommitError> {
         if let Some(watcher) = &watcher {
             if aborted_by_watch(txn, watcher, now)? {

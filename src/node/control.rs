@@ -9,41 +9,62 @@
 //! acknowledged to this primary as durable ([`Node::save_peer_position`] keeps that across
 //! restarts), or while another session for it is live. An admin connection that sends nothing
 //! for `[limits] admin_idle_timeout` is closed.
+//!
+//! Until its TLS handshake is done a connection is a stranger: it waits in a handshake slot
+//! ([`crate::server::handshake`]) for at most `HANDSHAKE_TIMEOUT`, and when the slots are full
+//! the oldest stalled handshake makes room. Established sessions are counted apart (the peer's
+//! one session, up to `MAX_ADMIN_SESSIONS` admin sessions), so strangers stalling handshakes
+//! cannot keep the backup or an admin out. Refusals of strangers are logged at most once per
+//! source and reason per minute.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
 
 use super::{status, Node};
 use crate::engine::{Event, Hello, HelloAnswer, Reply, TailMatch};
 use crate::journal::Lsn;
 use crate::meta::Role;
 use crate::replication::{self, ShipContext};
+use crate::server::handshake::{Admission, HandshakeSlots, Stage, HANDSHAKE_TIMEOUT, HELLO_GRACE};
+use crate::server::throttle::LogThrottle;
 use crate::tls::Peer;
 use crate::wire::{self, AdminRequest, Envelope, Frame, Message};
 use crate::Error;
 
-/// How long a new connection may take for its TLS handshake and first frame.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the peer has, once its handshake is done, to send its hello.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin sessions served at once; one more is refused after its handshake. Only the admin
+/// certificate opens one, so only an admin can fill them (the orchestrator keeps one per node).
+const MAX_ADMIN_SESSIONS: usize = 64;
+
 /// How often a live peer session looks at the peer's certificate file.
 const CERTIFICATE_RECHECK: Duration = Duration::from_secs(1);
-/// Connections served at once on the control port; more wait to be accepted.
-const MAX_CONTROL_CONNECTIONS: usize = 64;
+
+/// Why a control connection ended without being served.
+enum Ended {
+    /// Before or during its identification: a stranger, as far as we know. Logged at most once
+    /// per source and kind of failure per minute.
+    Stranger(String),
+    /// An identified session (the peer, an admin) ended with an error: always logged.
+    Session(String),
+}
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), Error> {
-    let acceptor = TlsAcceptor::from(crate::tls::server_config(&node.pair, node.name())?);
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let config = crate::tls::server_config(&node.pair, node.name())?;
+    // Handshakes in slots of their own (`server::handshake`); sessions are not counted there,
+    // and `accept` never waits for a slot, so stalled strangers cannot keep the peer out.
+    let slots = HandshakeSlots::new();
+    let admins = Arc::new(Semaphore::new(MAX_ADMIN_SESSIONS));
+    let log = Arc::new(LogThrottle::default());
     let mut shutdown = node.shutdown.subscribe();
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return Ok(()),
-            permit = limit.clone().acquire_owned() => permit.map_err(|_| Error::Failed("control port limiter closed".into()))?,
-        };
         let (socket, address) = tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(()),
@@ -51,37 +72,104 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), Error> 
                 Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(%err, "control port accept failed");
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let (node, acceptor) = (node.clone(), acceptor.clone());
+        let (node, config, slots, admins, log) =
+            (node.clone(), config.clone(), slots.clone(), admins.clone(), log.clone());
         tokio::spawn(async move {
-            if let Err(reason) = connection(node, acceptor, socket).await {
-                tracing::warn!(%address, %reason, "control connection refused or ended");
+            match connection(node, config, socket, address, &slots, admins, &log).await {
+                Ok(()) => {}
+                Err(Ended::Session(reason)) => tracing::warn!(%address, %reason, "control connection ended"),
+                Err(Ended::Stranger(reason)) => log_stranger(&log, address, &reason),
             }
-            drop(permit);
         });
     }
 }
 
-async fn connection(node: Arc<Node>, acceptor: TlsAcceptor, socket: tokio::net::TcpStream) -> Result<(), String> {
+fn log_stranger(log: &LogThrottle, address: SocketAddr, reason: &str) {
+    if let Some(suppressed) = log.admit(address.ip(), reason, std::time::Instant::now()) {
+        tracing::warn!(
+            %address,
+            %reason,
+            suppressed,
+            "control connection refused (one line per source and reason per minute; `suppressed` were left out)"
+        );
+    }
+}
+
+/// Runs the TLS handshake (first on probation, then in a slot), then serves whoever it turned
+/// out to be.
+async fn connection(
+    node: Arc<Node>,
+    config: Arc<rustls::ServerConfig>,
+    socket: tokio::net::TcpStream,
+    address: SocketAddr,
+    slots: &Arc<HandshakeSlots>,
+    admins: Arc<Semaphore>,
+    log: &LogThrottle,
+) -> Result<(), Ended> {
     // Without it, the first small frame after the handshake (a Welcome, an admin answer) waits
     // behind the TLS 1.3 session ticket for the peer's delayed ACK: ~40 ms on Linux, which
     // showed up whole in the switchover's write outage.
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(%err, "could not set TCP_NODELAY on a control connection");
     }
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let timed_out =
+        || Ended::Stranger(format!("TLS handshake not done within {}", humantime::format_duration(HANDSHAKE_TIMEOUT)));
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), socket);
+    tokio::pin!(hello);
+    // A client that sends its ClientHello at once is past it within the grace, and enters the
+    // slots as negotiating, where stallers cannot push it out.
+    let early = match slots.probation() {
+        Some(_probation) => tokio::time::timeout(HELLO_GRACE, &mut hello).await.ok(),
+        None => None,
+    };
+    let stage = if early.is_some() { Stage::Negotiating } else { Stage::AwaitingHello };
+    let admission = slots.admit_at(address.ip(), stage);
+    if let Some(source) = admission.made_room_from {
+        if log.admit(source, "evicted", std::time::Instant::now()).is_some() {
+            tracing::warn!(%source, "control port: handshake slots full; the oldest stalled handshake from {source} was closed to make room");
+        }
+    }
+    let Admission { slot, mut evicted, .. } = admission;
+    let evicted_error =
+        || Ended::Stranger("evicted: handshake slots were full and this handshake was the oldest stalled one".into());
+    let start = match early {
+        Some(start) => start,
+        None => tokio::select! {
+            biased;
+            _ = &mut evicted => return Err(evicted_error()),
+            start = tokio::time::timeout_at(deadline, &mut hello) => start.map_err(|_| timed_out())?,
+        },
+    }
+    .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?;
+    slot.hello_received();
+    let stream = tokio::select! {
+        biased;
+        _ = &mut evicted => return Err(evicted_error()),
+        stream = tokio::time::timeout_at(deadline, start.into_stream(config)) => stream
+            .map_err(|_| timed_out())?
+            .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?,
+    };
+    drop(slot);
     let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
-    let peer = crate::tls::identify_peer(&node.pair, &certs).map_err(|e| e.to_string())?;
+    let peer = crate::tls::identify_peer(&node.pair, &certs).map_err(|e| Ended::Stranger(e.to_string()))?;
     match peer {
-        Peer::Admin => admin(node, stream, certs).await,
-        Peer::Node(name) if name == node.peer_config.name => peer_session(node, stream).await,
-        Peer::Node(name) => Err(format!("node certificate {name} is not this node's peer")),
+        Peer::Admin => {
+            let Ok(permit) = admins.try_acquire_owned() else {
+                return Err(Ended::Session(format!(
+                    "{MAX_ADMIN_SESSIONS} admin sessions are open already; refusing another"
+                )));
+            };
+            admin(node, stream, certs, permit).await.map_err(Ended::Session)
+        }
+        Peer::Node(name) if name == node.peer_config.name => peer_session(node, stream).await.map_err(Ended::Session),
+        Peer::Node(name) => Err(Ended::Stranger(format!("node certificate {name} is not this node's peer"))),
     }
 }
 
@@ -93,6 +181,7 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(
     node: Arc<Node>,
     mut stream: S,
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    _session: OwnedSemaphorePermit,
 ) -> Result<(), String> {
     let idle = node.pair.limits.admin_idle_timeout;
     loop {
@@ -161,7 +250,7 @@ async fn peer_session<S>(node: Arc<Node>, mut stream: S) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream))
+    let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, wire::read_frame(&mut stream))
         .await
         .map_err(|_| "peer sent no hello in time".to_string())?
         .map_err(|e| e.to_string())?;

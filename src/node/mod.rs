@@ -109,6 +109,9 @@ pub struct Node {
     pub disk: watch::Sender<disk::DiskSpace>,
     /// This process's exclusive hold on the data directory, for the node's whole life.
     _dir_lock: crate::datadir::DataDirLock,
+    /// The budget of the data port's client buffers (`[limits] max_client_memory`), shared by its
+    /// connections and by replies the backend builds (`MGET`).
+    pub client_memory: Arc<crate::server::memory::ClientMemory>,
     /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
     pub watches: Arc<crate::watch::Registry>,
     /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
@@ -189,6 +192,7 @@ impl Node {
         let persisted = meta.persisted();
         let epoch = meta.epoch;
         let notify = pair.notify.clone();
+        let client_memory = crate::server::memory::ClientMemory::new(pair.limits.max_client_memory);
         let node = Arc::new(Node {
             pair,
             config,
@@ -216,6 +220,7 @@ impl Node {
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
             _dir_lock: dir_lock,
+            client_memory,
             watches: Arc::new(crate::watch::Registry::default()),
             scan_cursors: crate::keyspace::ScanCursors::default(),
         });
@@ -712,6 +717,9 @@ fn async_workers() -> usize {
 }
 
 async fn serve(node: Arc<Node>) -> Result<(), Error> {
+    // Before any port opens: a password file or data-port certificate that cannot be used stops
+    // the node here, naming the file, rather than leaving it up without its data port.
+    let data_security = backend::DataSecurity::load(&node)?;
     let control = bind(node.config.control, "control").await?;
     let data = bind(node.config.data, "data").await?;
     let metrics_listener = match node.config.metrics {
@@ -728,7 +736,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
-    tasks.spawn(backend::serve(node.clone(), data));
+    tasks.spawn(backend::serve(node.clone(), data, data_security));
     tasks.spawn(follow::run_on_own_thread(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));

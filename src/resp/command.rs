@@ -322,6 +322,8 @@ pub enum ConnectionCommand {
     ConfigGet { patterns: Vec<Bytes> },
     /// `CLIENT …`.
     Client(ClientCommand),
+    /// `AUTH [username] password`: the data port's authentication answers it (`server::auth`).
+    Auth { username: Option<Bytes>, password: Bytes },
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`. `AUTH` is parsed and kept for the
     /// data port's authentication to check.
     Hello { protocol: Option<i64>, auth: Option<(Bytes, Bytes)>, name: Option<Bytes> },
@@ -465,6 +467,13 @@ fn parse_connection(name: &str, args: &[Bytes]) -> Result<Option<ConnectionComma
             _ => return Err(CommandError::DbIndexOutOfRange),
         },
         "quit" => ConnectionCommand::Quit,
+        "auth" => match args {
+            [password] => ConnectionCommand::Auth { username: None, password: password.clone() },
+            [username, password] => {
+                ConnectionCommand::Auth { username: Some(username.clone()), password: password.clone() }
+            }
+            _ => return Err(CommandError::Syntax),
+        },
         "command" => parse_command_introspection(args)?,
         "config" => parse_config(args)?,
         "client" => ConnectionCommand::Client(parse_client(args)?),

@@ -242,6 +242,83 @@ fn encode_plain(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
     }
 }
 
+/// The length of the RESP2 wire form of `frame`, without encoding it: what a reply will cost
+/// before it is built into bytes. RESP3's form is never longer (shorter nulls, `%n` for `*2n`).
+pub fn encoded_len(frame: &Frame) -> usize {
+    let line = |text: &str| 1 + text.len() + 2;
+    let length_line = |length: usize| 1 + decimal_digits(length as u64) + 2;
+    match frame {
+        Frame::Simple(text) | Frame::Error(text) => line(text),
+        Frame::Integer(value) => 1 + usize::from(*value < 0) + decimal_digits(value.unsigned_abs()) + 2,
+        Frame::Bulk(None) | Frame::Array(None) => 5,
+        Frame::Bulk(Some(data)) => length_line(data.len()) + data.len() + 2,
+        Frame::Array(Some(items)) | Frame::Set(items) => {
+            items.iter().fold(length_line(items.len()), |sum, item| sum + encoded_len(item))
+        }
+        Frame::Map(pairs) => pairs
+            .iter()
+            .fold(length_line(pairs.len() * 2), |sum, (key, value)| sum + encoded_len(key) + encoded_len(value)),
+    }
+}
+
+/// Like [`encode_as`], but without copying large bulk strings: each one of at least
+/// `large_bytes` is handed to `on_large` with the bytes encoded before it (which it must send
+/// first); what follows goes on into `out`. So a reply of large values costs their size once,
+/// not twice.
+pub fn encode_into(
+    frame: Frame,
+    protocol: Protocol,
+    out: &mut Vec<u8>,
+    large_bytes: usize,
+    on_large: &mut dyn FnMut(&mut Vec<u8>, Bytes),
+) {
+    match frame {
+        Frame::Bulk(Some(data)) if data.len() >= large_bytes => {
+            out.push(b'$');
+            push_length(data.len(), out);
+            on_large(out, data);
+            out.extend_from_slice(b"\r\n");
+        }
+        Frame::Array(Some(items)) => {
+            out.push(b'*');
+            push_length(items.len(), out);
+            for item in items {
+                encode_into(item, protocol, out, large_bytes, on_large);
+            }
+        }
+        Frame::Set(items) => {
+            out.push(if protocol == Protocol::Resp3 { b'~' } else { b'*' });
+            push_length(items.len(), out);
+            for item in items {
+                encode_into(item, protocol, out, large_bytes, on_large);
+            }
+        }
+        Frame::Map(pairs) => {
+            if protocol == Protocol::Resp3 {
+                out.push(b'%');
+                push_length(pairs.len(), out);
+            } else {
+                out.push(b'*');
+                push_length(pairs.len() * 2, out);
+            }
+            for (key, value) in pairs {
+                encode_into(key, protocol, out, large_bytes, on_large);
+                encode_into(value, protocol, out, large_bytes, on_large);
+            }
+        }
+        other => encode_as(&other, protocol, out),
+    }
+}
+
+fn decimal_digits(mut value: u64) -> usize {
+    let mut digits = 1;
+    while value >= 10 {
+        value /= 10;
+        digits += 1;
+    }
+    digits
+}
+
 /// Parses a signed 64-bit decimal exactly as Redis does (`string2ll`): an optional `-`, then `0`
 /// or digits without a leading zero; no `+`, no spaces, no `-0`, no overflow.
 pub fn parse_integer(text: &[u8]) -> Option<i64> {
@@ -451,7 +528,7 @@ fn is_space(byte: u8) -> bool {
 }
 
 /// Splits an inline command line into arguments by Redis's `sdssplitargs` rules.
-fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolErrorKind> {
+pub(crate) fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolErrorKind> {
     let mut args = Vec::new();
     let mut pos = 0;
     loop {
@@ -595,6 +672,31 @@ mod tests {
         fn encode_then_parse_round_trips(frame in arb_frame()) {
             let bytes = encoded(&frame);
             prop_assert_eq!(parse_default(&bytes), Ok(Some((frame, bytes.len()))));
+        }
+
+        #[test]
+        fn encoded_len_is_the_length_of_the_encoding(frame in arb_frame()) {
+            prop_assert_eq!(encoded_len(&frame), encoded(&frame).len());
+        }
+
+        #[test]
+        fn encode_into_gives_the_same_bytes(frame in arb_frame(), large in 0usize..50, resp3 in any::<bool>()) {
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            let frame = Frame::Map(vec![(Frame::bulk(&b"k"[..]), frame.clone()), (Frame::Set(vec![frame]), Frame::null())]);
+            let mut out = Vec::new();
+            let mut whole = Vec::new();
+            encode_into(frame.clone(), protocol, &mut out, large, &mut |before, data| {
+                whole.append(before);
+                whole.extend_from_slice(&data);
+            });
+            whole.append(&mut out);
+            let mut expected = Vec::new();
+            encode_as(&frame, protocol, &mut expected);
+            prop_assert_eq!(&whole, &expected);
+            prop_assert!(expected.len() <= encoded_len(&frame));
+            if !resp3 {
+                prop_assert_eq!(expected.len(), encoded_len(&frame));
+            }
         }
 
         #[test]

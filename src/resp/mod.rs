@@ -6,7 +6,9 @@
 //! into bytes, in three layers that know nothing of each other's insides:
 //!
 //! 1. [`frame`]: bytes ↔ [`Frame`]. [`parse`] tells an *incomplete* request (read more) from an
-//!    *invalid* one (answer and hang up); [`encode`] writes a reply.
+//!    *invalid* one (answer and hang up); [`encode`] writes a reply. The data port reads requests
+//!    with [`decoder::RequestDecoder`], which goes on where the last read stopped (each byte
+//!    parsed once) and agrees with [`parse`] on every input.
 //! 2. [`command`]: a request frame → [`Request`], either a [`Command`] for the backend or a
 //!    [`ConnectionCommand`] the connection answers itself — or a [`CommandError`] worded exactly as
 //!    Redis words it (`ERR wrong number of arguments for 'get' command`).
@@ -23,8 +25,9 @@
 //!   [`CommandError`] refuses one well-formed request and the connection carries on.
 //!
 //! ## Limits
-//! See [`Limits`]: `max_value_bytes` (1 MiB), `max_args` (4096), `max_inline_bytes` (64 KiB),
-//! `max_request_bytes` (4 MiB) and `max_connections` (512), plus [`frame::MAX_NESTING_DEPTH`].
+//! See [`Limits`]: `max_value_bytes` (16 MiB), `max_args` (1 Mi), `max_inline_bytes` (64 KiB),
+//! `max_request_bytes` (`max_value_bytes` + 1 MiB), `max_connections` (1024), and the data port's
+//! `max_reply_bytes`, `max_client_memory` and `idle_timeout`, plus [`frame::MAX_NESTING_DEPTH`].
 //! Every error for a broken limit names the limit and its value.
 //!
 //! ## Protocols
@@ -33,10 +36,14 @@
 //! [`table`] lists every command with its arity and flags (`COMMAND`, and `MULTI`'s checks).
 
 pub mod command;
+pub mod decoder;
 pub mod frame;
 pub mod limits;
 pub mod table;
 
 pub use command::{request_arguments, ClientCommand, Command, CommandError, ConnectionCommand, Request};
-pub use frame::{encode, encode_as, parse, Frame, Protocol, ProtocolError, ProtocolErrorKind};
+pub use decoder::RequestDecoder;
+pub use frame::{
+    encode, encode_as, encode_into, encoded_len, parse, Frame, Protocol, ProtocolError, ProtocolErrorKind,
+};
 pub use limits::Limits;

@@ -56,6 +56,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "string",
         "Appends a string to the value of a key. Creates the key if it doesn't exist.",
     ),
+    spec("auth", -2, CONN, NO_KEYS, "connection", "Authenticates the connection."),
     spec("client", -2, &[], NO_KEYS, "connection", "A container for client connection commands."),
     spec("command", -1, SRV, NO_KEYS, "server", "Returns detailed information about all commands."),
     spec("config", -2, &[], NO_KEYS, "server", "A container for server configuration commands (hotpair: GET only)."),

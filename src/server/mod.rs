@@ -1,5 +1,11 @@
-//! Network servers of a node. So far the data port; the control port (replication and admin,
-//! mutual TLS) joins it here.
+//! Network servers of a node: the data port, and what the control port (replication and admin,
+//! mutual TLS, in `node::control`) shares with it to stay available to the people it serves
+//! when strangers misbehave.
+//!
+//! - [`data_port`]: the RESP server; [`auth`] its users, [`memory`] the budget of its clients'
+//!   buffers.
+//! - [`handshake`]: the control port's TLS handshakes, in slots that strangers cannot fill.
+//! - [`throttle`]: per-source limits on log lines and password guesses.
 //!
 //! ## Job
 //! Carry bytes between sockets and the node: accept clients within their limits, run one task
@@ -14,7 +20,11 @@
 //!   constants in [`data_port`]).
 //! - Shutdown is a future passed in; `serve` returns only after every connection task has ended.
 
+pub mod auth;
 pub mod data_port;
+pub mod handshake;
+pub mod memory;
 pub mod session;
+pub mod throttle;
 
-pub use data_port::{serve, DataBackend};
+pub use data_port::{serve, serve_with, DataBackend, ServeOptions};

@@ -184,6 +184,8 @@ impl Session {
             ConnectionCommand::ConfigGet { patterns } => config_get(&patterns),
             ConnectionCommand::Client(command) => self.client(command),
             ConnectionCommand::Hello { protocol, auth: _, name } => self.hello(backend, protocol, name),
+            // The connection answers AUTH (`data_port`, `server::auth`) before the session sees it.
+            ConnectionCommand::Auth { .. } => Frame::error("ERR internal: AUTH reached the session"),
             ConnectionCommand::Multi => {
                 if self.multi.is_some() {
                     return Frame::error("ERR MULTI calls can not be nested");

@@ -62,6 +62,12 @@ pub struct Options {
     pub disk_min_free: Option<&'static str>,
     /// Where to make the pair's directory (a small file system, say); default the system temp dir.
     pub parent_dir: Option<PathBuf>,
+    /// More arguments to `hotpair init`, e.g. `--client-password`.
+    pub init_args: &'static [&'static str],
+    /// Text replacements in the pair file init wrote: (what, with what); each must match.
+    pub replace: &'static [(&'static str, &'static str)],
+    /// Files to write (mode 0600) in the pair's directory before the nodes start: (name, text).
+    pub files: &'static [(&'static str, &'static str)],
 }
 
 pub struct Pair {
@@ -116,6 +122,7 @@ impl Pair {
             .args(["init", "--dir"])
             .arg(dir.path())
             .args(["--nodes", &nodes, "--sync", sync.name()])
+            .args(options.init_args)
             .output()
             .expect("run hotpair init");
         assert!(out.status.success(), "hotpair init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -153,6 +160,16 @@ impl Pair {
                 let port = free_control_port();
                 text = text.replacen(&table, &format!("{table}metrics = \"127.0.0.1:{port}\"\n"), 1);
             }
+        }
+        for (what, with) in options.replace {
+            assert!(text.contains(what), "pair.toml has no {what:?} to replace:\n{text}");
+            text = text.replacen(what, with, 1);
+        }
+        for (name, contents) in options.files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).expect("write a file for the pair");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
         }
         std::fs::write(&pair_file, text).expect("write pair.toml");
         let config = PairConfig::load(&pair_file).expect("the edited pair file loads");
@@ -446,9 +463,21 @@ impl Pair {
         self.children.contains_key(node)
     }
 
-    /// A redis client for `node`'s data port.
+    /// A redis client for `node`'s data port, with the default user's password when the pair
+    /// has one (plain TCP only: the `redis` crate is built without TLS here).
     pub fn client(&self, node: &str) -> redis::Client {
-        redis::Client::open(format!("redis://{}/", self.data_address(node))).expect("redis URL")
+        let password = match self.client_password() {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        redis::Client::open(format!("redis://{password}{}/", self.data_address(node))).expect("redis URL")
+    }
+
+    /// The data ports' default password (`[clients] password_file`), if the pair has one.
+    pub fn client_password(&self) -> Option<String> {
+        let path = self.config.clients.password_file.as_ref()?;
+        let password = hotpair::server::auth::read_password(path).expect("read the password file");
+        Some(String::from_utf8(password).expect("init writes a hex password"))
     }
 
     /// A fresh connection to `node`'s data port, with timeouts.

@@ -115,6 +115,8 @@ fn connection_commands_parse() {
         connection("HELLO 3 AUTH default secret SETNAME app"),
         ConnectionCommand::Hello { protocol: Some(3), auth: Some((b("default"), b("secret"))), name: Some(b("app")) }
     );
+    assert_eq!(connection("AUTH pw"), ConnectionCommand::Auth { username: None, password: b("pw") });
+    assert_eq!(connection("auth app pw"), ConnectionCommand::Auth { username: Some(b("app")), password: b("pw") });
     assert_eq!(connection("MULTI"), ConnectionCommand::Multi);
     assert_eq!(connection("WATCH a b"), ConnectionCommand::Watch { keys: vec![b("a"), b("b")] });
 }
@@ -154,6 +156,8 @@ fn refusals_read_as_redis_words_them() {
     assert_eq!(error_line("PING a b"), "ERR wrong number of arguments for 'ping' command");
     assert_eq!(error_line("CONFIG SET save x"), "ERR unknown subcommand 'SET'. Try CONFIG HELP.");
     assert_eq!(error_line("HELLO x"), "ERR Protocol version is not an integer or out of range");
+    assert_eq!(error_line("AUTH"), "ERR wrong number of arguments for 'auth' command");
+    assert_eq!(error_line("AUTH a b c"), "ERR syntax error");
     assert_eq!(error_line("HELLO 2 foo"), "ERR Syntax error in HELLO option 'foo'");
     // Only unknown commands and arity errors abort a MULTI when queued.
     assert!(request("FOO").unwrap_err().aborts_multi());
