@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod replication;
 pub mod resp;
 pub mod role;
+pub mod sentinel;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -5,6 +5,7 @@
 //! store is missing from the journals, and then runs, until shutdown:
 //! - the control port (mutual TLS): the peer's replication connection, and admin requests;
 //! - the data port (RESP) through [`backend`];
+//! - the Sentinel-compatible discovery port ([`crate::sentinel`]);
 //! - as backup, the follower loop that connects to the primary and keeps up with it;
 //! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
 //! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
@@ -208,6 +209,12 @@ impl Node {
 
     pub fn subscribe_role(&self) -> watch::Receiver<Role> {
         self.role.subscribe()
+    }
+
+    /// Whether this node is a restarted primary still waiting for its peer's word that it was
+    /// not promoted past it (it takes no writes meanwhile).
+    pub fn awaits_peer(&self) -> bool {
+        lock(&self.awaiting_peer).is_some()
     }
 
     pub fn meta(&self) -> NodeMeta {
@@ -781,21 +788,24 @@ fn async_workers() -> usize {
 async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let control = bind(node.config.control, "control").await?;
     let data = bind(node.config.data, "data").await?;
+    let sentinel = bind(node.config.sentinel, "sentinel").await?;
     let metrics_listener = match node.config.metrics {
         Some(address) => Some(bind(address, "metrics").await?),
         None => None,
     };
     eprintln!(
-        "hotpair node {} ({}, epoch {}) control {} data {}",
+        "hotpair node {} ({}, epoch {}) control {} data {} sentinel {}",
         node.name(),
         node.role().name(),
         node.meta().epoch,
         node.config.control,
-        node.config.data
+        node.config.data,
+        node.config.sentinel
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
     tasks.spawn(backend::serve(node.clone(), data));
+    tasks.spawn(crate::sentinel::serve(node.clone(), sentinel));
     tasks.spawn(follow::run_on_own_thread(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));

@@ -77,6 +77,14 @@ const CONFIG_PARAMETERS: &[(&str, &str)] = &[
 pub trait DataBackend: Send + Sync + 'static {
     /// Executes one command; returns the reply. Errors are reply frames (-READONLY, -TRYAGAIN, -ERR …).
     fn execute(&self, command: Command) -> impl Future<Output = Frame> + Send;
+
+    /// Connection hand-off: a watch that moves whenever every client connection should be
+    /// closed (the node stopped being the primary), so that pooled clients look for the new
+    /// one at once. A connection closes at its next wait for bytes, after answering what it
+    /// has read, as at shutdown. `None`: never.
+    fn hand_off(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Serves the data port on `listener` until `shutdown` completes, then waits for every
@@ -171,6 +179,8 @@ struct Connection<B> {
     input: BytesMut,
     /// Set by `CLIENT SETNAME`.
     name: Option<Bytes>,
+    /// See [`DataBackend::hand_off`].
+    hand_off: Option<watch::Receiver<u64>>,
 }
 
 impl<B: DataBackend> Connection<B> {
@@ -179,7 +189,17 @@ impl<B: DataBackend> Connection<B> {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "data port: could not set TCP_NODELAY");
         }
-        Connection { stream, peer, backend, limits, stop, input: BytesMut::with_capacity(READ_CHUNK_BYTES), name: None }
+        let hand_off = backend.hand_off();
+        Connection {
+            stream,
+            peer,
+            backend,
+            limits,
+            stop,
+            input: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            name: None,
+            hand_off,
+        }
     }
 
     async fn run(mut self) {
@@ -204,6 +224,7 @@ impl<B: DataBackend> Connection<B> {
             let read = tokio::select! {
                 biased;
                 _ = self.stop.wait_for(|stop| *stop) => return Ok(()),
+                () = handed_off(&mut self.hand_off) => return Ok(()),
                 read = self.stream.read_buf(&mut self.input) => read?,
             };
             if read == 0 {
@@ -312,6 +333,14 @@ impl<B: DataBackend> Connection<B> {
     }
 }
 
+/// Completes when the backend's hand-off watch moves; never without one (or once it is gone).
+async fn handed_off(hand_off: &mut Option<watch::Receiver<u64>>) {
+    let Some(receiver) = hand_off else { return std::future::pending().await };
+    if receiver.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// `CONFIG GET pattern…`: a flat array of name/value pairs for the parameters that match.
 fn config_get(patterns: &[Bytes]) -> Frame {
     let mut reply = Vec::new();
@@ -326,7 +355,7 @@ fn config_get(patterns: &[Bytes]) -> Frame {
 
 /// Glob matching with `*` and `?`, enough for `CONFIG GET *`. Iterative with one backtrack
 /// point, so a pattern of many stars costs O(pattern × text), not exponential time.
-fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where to resume after the last star: (pattern index after it, text index it swallowed up to).
     let mut resume: Option<(usize, usize)> = None;
