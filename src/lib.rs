@@ -22,6 +22,7 @@ pub mod meta;
 pub mod node;
 pub mod orchestrator;
 pub mod pipeline;
+pub mod proxy;
 pub mod replication;
 pub mod resp;
 pub mod role;

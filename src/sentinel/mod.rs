@@ -58,6 +58,7 @@ pub fn current_view(node: &Node) -> View {
         epoch: meta.epoch,
         history_last: meta.history.last().map(|h| (h.epoch, h.primary.as_str())),
         awaiting_peer: node.awaits_peer(),
+        pipeline: node.pipeline().is_some(),
         link_up,
     })
 }

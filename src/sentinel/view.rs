@@ -3,7 +3,9 @@
 //!
 //! ## The rules
 //! - A primary taking writes names itself, at its epoch. A draining primary too (it is still the
-//!   primary until it is demoted), flagged `draining`.
+//!   primary until it is demoted), flagged `draining`. A node being promoted (its role already
+//!   says primary, its history or its commit pipeline are not there yet) names nobody until it
+//!   takes writes: a client sent there a moment early would get `-READONLY`.
 //! - A restarted primary that waits for its peer's word names nobody: it may have been failed
 //!   over while it was down, and it takes no writes until it knows.
 //! - A backup, fenced or rejoining node names its peer — never itself: a fenced node has heard
@@ -36,6 +38,8 @@ pub struct Knowledge<'a> {
     pub history_last: Option<(Epoch, &'a str)>,
     /// A restarted primary waiting for its peer's confirmation.
     pub awaiting_peer: bool,
+    /// The commit pipeline is running: without it a primary refuses writes.
+    pub pipeline: bool,
     /// On a primary: a backup session is connected. Elsewhere: this node follows the primary.
     pub link_up: bool,
 }
@@ -75,6 +79,7 @@ pub fn view(k: &Knowledge<'_>) -> View {
     let unknown = |because| View { epoch: k.epoch, primary: None, unknown_because: because, link_up: k.link_up };
     let named = |epoch, primary| View { epoch, primary: Some(primary), unknown_because: "", link_up: k.link_up };
     let history_names_peer = k.history_last.is_some_and(|(_, node)| node == k.peer.name);
+    let history_names_me = k.history_last.is_some_and(|(_, node)| node == k.me.name);
     let peer_epoch = match k.history_last {
         Some((epoch, _)) if history_names_peer => epoch.max(k.epoch),
         _ => k.epoch + 1,
@@ -83,6 +88,9 @@ pub fn view(k: &Knowledge<'_>) -> View {
         Role::Primary if k.awaiting_peer => {
             unknown("restarted primary waiting for its peer to confirm it was not failed over")
         }
+        // A promotion publishes the role before the new epoch is written: until then the node
+        // is not yet the primary of anything it could name.
+        Role::Primary | Role::Draining if !history_names_me || !k.pipeline => unknown("being promoted"),
         Role::Primary => named(k.epoch, me(false)),
         Role::Draining => named(k.epoch, me(true)),
         Role::Backup if !history_names_peer => unknown("just demoted; the new primary has not been heard from yet"),
@@ -160,7 +168,16 @@ mod tests {
     }
 
     fn knowledge<'a>(me: &'a NodeConfig, peer: &'a NodeConfig, role: Role, history: (Epoch, &'a str)) -> Knowledge<'a> {
-        Knowledge { me, peer, role, epoch: history.0, history_last: Some(history), awaiting_peer: false, link_up: true }
+        Knowledge {
+            me,
+            peer,
+            role,
+            epoch: history.0,
+            history_last: Some(history),
+            awaiting_peer: false,
+            pipeline: matches!(role, Role::Primary | Role::Draining),
+            link_up: true,
+        }
     }
 
     const ROLES: [Role; 5] = [Role::Primary, Role::Backup, Role::Draining, Role::Fenced, Role::Rejoining];
@@ -184,6 +201,11 @@ mod tests {
         // a fenced: b leads a newer epoch than a's 1.
         let v = view(&knowledge(&a, &b, Role::Fenced, (1, "a")));
         assert!(v.names("b") && v.epoch == 2, "{v:?}");
+        // a being promoted: the role is published before the epoch it leads, and the epoch
+        // before the pipeline runs.
+        assert_eq!(view(&knowledge(&a, &b, Role::Primary, (1, "b"))).primary, None);
+        let starting = Knowledge { pipeline: false, ..knowledge(&a, &b, Role::Primary, (2, "a")) };
+        assert_eq!(view(&starting).primary, None);
         let mut restarted = knowledge(&a, &b, Role::Primary, (1, "a"));
         restarted.awaiting_peer = true;
         assert_eq!(view(&restarted).primary, None);
@@ -198,7 +220,7 @@ mod tests {
                     let k = Knowledge { awaiting_peer, ..knowledge(&a, &b, role, history) };
                     let v = view(&k);
                     if v.names("a") {
-                        assert!(matches!(role, Role::Primary | Role::Draining) && !awaiting_peer, "{role:?} {v:?}");
+                        assert!(matches!(role, Role::Primary | Role::Draining) && !awaiting_peer && history.1 == "a", "{role:?} {v:?}");
                     }
                 }
             }
