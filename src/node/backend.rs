@@ -321,10 +321,11 @@ async fn wait_command(node: &Node, replicas: u64, timeout: Option<Duration>) -> 
 }
 
 /// The commit pipeline while this node is the primary (draining included): what `ROLE` and
-/// `INFO` call `master`. A fenced node may still hold its pipeline, but it is no master.
+/// `INFO` call `master`. A fenced node may still hold its pipeline, but it is no master; nor is
+/// a restarted primary until its peer confirmed it was not failed over meanwhile.
 fn master_pipeline(node: &Node) -> Option<Arc<crate::pipeline::Pipeline>> {
     match node.role() {
-        Role::Primary | Role::Draining => node.pipeline(),
+        Role::Primary | Role::Draining if !node.awaits_peer() => node.pipeline(),
         _ => None,
     }
 }
