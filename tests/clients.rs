@@ -228,7 +228,10 @@ fn ioredis_modules() -> Option<PathBuf> {
         eprintln!("ioredis is missing: installing it with npm into {}", prefix.display());
         let _ = std::fs::create_dir_all(&prefix);
         let _ = succeeds(
-            Command::new("npm").args(["install", "--no-save", "--no-audit", "--no-fund", "--prefix"]).arg(&prefix).arg("ioredis"),
+            Command::new("npm")
+                .args(["install", "--no-save", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&prefix)
+                .arg("ioredis"),
         );
     }
     (installed() && succeeds(Command::new("node").arg("--version"))).then_some(modules)
@@ -414,7 +417,13 @@ fn rust_redis_sentinel_client_keeps_writing_through_switchover_switchback_and_fa
     kill_and_fail_over(&mut pair);
     wait_progress(&writer, acked, PROGRESS, "after kill -9 of a, failover to b and a's rejoin");
     let summary = Box::new(writer).finish();
-    eprintln!("{}: {} attempts, {} acknowledged, errors {:?}", summary.client, summary.attempts, summary.acked.len(), summary.errors);
+    eprintln!(
+        "{}: {} attempts, {} acknowledged, errors {:?}",
+        summary.client,
+        summary.attempts,
+        summary.acked.len(),
+        summary.errors
+    );
     assert_thread_writes_kept(&pair, BACKUP, "rs", &summary);
 }
 
@@ -475,9 +484,13 @@ fn a_plain_client_through_the_proxy_sees_no_error_across_20_switchovers_under_lo
     let address = proxy.address;
     // Four connections made once; thread 3 pipelines 8 SETs per round trip. Any error counts,
     // a broken connection included: the client is never told to reconnect.
-    let writer = ThreadWriter::start("plain client via proxy", "px", 4, |t| if t == 3 { 8 } else { 1 }, move || {
-        redis::Client::open(format!("redis://{address}/"))?.get_connection_with_timeout(Duration::from_secs(2))
-    });
+    let writer = ThreadWriter::start(
+        "plain client via proxy",
+        "px",
+        4,
+        |t| if t == 3 { 8 } else { 1 },
+        move || redis::Client::open(format!("redis://{address}/"))?.get_connection_with_timeout(Duration::from_secs(2)),
+    );
     let mut acked = wait_progress(&writer, 0, PROGRESS, "before any switchover");
     for round in 1..=20 {
         pair.hotpair_ok(&["switchover"]);

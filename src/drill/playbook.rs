@@ -199,8 +199,18 @@ pub const EXPECT_KEYS: &[&str] = &[
     "lost_reported",
     "max_failed_writes",
 ];
-const TOP_KEYS: &[&str] =
-    &["name", "description", "sync", "sync_timeout", "on_peer_loss", "heartbeat", "attach", "workload", "step", "expect"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "sync",
+    "sync_timeout",
+    "on_peer_loss",
+    "heartbeat",
+    "attach",
+    "workload",
+    "step",
+    "expect",
+];
 /// Keys of the top-level `[workload]` table: defaults for every workload step.
 const WORKLOAD_TABLE_KEYS: &[&str] = &["connect"];
 const PAIR_SETTING_KEYS: &[&str] = &["sync", "sync_timeout", "on_peer_loss", "heartbeat"];
@@ -387,7 +397,9 @@ impl Parser<'_> {
                 let fields = Fields { table: workload, step: None, prefix: "workload." };
                 self.connect(&fields)?.unwrap_or_default()
             }
-            Some(_) => return Err(self.invalid(None, Some("workload".into()), "must be a table: [workload] connect = \"…\"")),
+            Some(_) => {
+                return Err(self.invalid(None, Some("workload".into()), "must be a table: [workload] connect = \"…\""))
+            }
         };
         let mut steps = Vec::new();
         match table.get("step") {

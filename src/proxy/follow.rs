@@ -179,7 +179,8 @@ mod tests {
         let t = target(&[("a", view("hotpair a 1 unknown - - -")), ("b", backup_view)]);
         assert!(matches!(t, Target::Hold { .. }), "{t:?}");
         // b promoted at epoch 2.
-        let t = target(&[("a", view("hotpair a 1 unknown - - -")), ("b", view("hotpair b 2 primary b 127.0.0.1 7502"))]);
+        let t =
+            target(&[("a", view("hotpair a 1 unknown - - -")), ("b", view("hotpair b 2 primary b 127.0.0.1 7502"))]);
         assert_eq!(primary_node(&t), Some("b"));
     }
 

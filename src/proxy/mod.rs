@@ -61,9 +61,10 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| Error::Io { context: format!("binding the proxy's address {}", options.listen), source })?;
+        let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|source| Error::Io {
+            context: format!("binding the proxy's address {}", options.listen),
+            source,
+        })?;
         let nodes = pair.nodes.iter().map(|n| (n.name.clone(), n.sentinel)).collect();
         let target = follow::start(pair.name.clone(), nodes);
         eprintln!(
@@ -71,7 +72,11 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
             options.listen,
             pair.path.display(),
             pair.name,
-            pair.nodes.iter().map(|n| format!("{} (sentinel {})", n.name, n.sentinel)).collect::<Vec<_>>().join(" and ")
+            pair.nodes
+                .iter()
+                .map(|n| format!("{} (sentinel {})", n.name, n.sentinel))
+                .collect::<Vec<_>>()
+                .join(" and ")
         );
         tokio::select! {
             () = serve(listener, target, options) => {}

@@ -136,7 +136,10 @@ impl Scanner {
 }
 
 fn is_type(byte: u8) -> bool {
-    matches!(byte, b'+' | b'-' | b':' | b'$' | b'*' | b'_' | b'#' | b',' | b'(' | b'=' | b'!' | b'~' | b'>' | b'%' | b'|')
+    matches!(
+        byte,
+        b'+' | b'-' | b':' | b'$' | b'*' | b'_' | b'#' | b',' | b'(' | b'=' | b'!' | b'~' | b'>' | b'%' | b'|'
+    )
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
@@ -183,7 +186,11 @@ mod tests {
             Frame::bulk("a\r\nb"),
             Frame::Array(None),
             Frame::array(vec![]),
-            Frame::array(vec![Frame::bulk("x"), Frame::array(vec![Frame::Integer(1), Frame::array(vec![])]), Frame::null()]),
+            Frame::array(vec![
+                Frame::bulk("x"),
+                Frame::array(vec![Frame::Integer(1), Frame::array(vec![])]),
+                Frame::null(),
+            ]),
         ];
         for frame in frames {
             let mut bytes = Vec::new();

@@ -68,12 +68,19 @@ enum Kind {
 
 #[derive(Debug)]
 enum Item {
-    Request { bytes: Bytes, kind: Kind },
+    Request {
+        bytes: Bytes,
+        kind: Kind,
+    },
     /// A reply the proxy makes (an outcome-unknown error, a held request's time-out), written in
     /// its place in the reply order.
     Reply(Bytes),
     /// A request's reply set aside while the requests before it are retried.
-    Answered { bytes: Bytes, kind: Kind, reply: Bytes },
+    Answered {
+        bytes: Bytes,
+        kind: Kind,
+        reply: Bytes,
+    },
     /// The proxy's own request on a new upstream (replaying `CLIENT SETNAME`); its reply is dropped.
     Handshake,
 }
@@ -240,11 +247,16 @@ impl Session {
                 tracing::debug!(node, %data, "proxy: connected to the primary");
                 // Seam: once the data port takes a password ([clients]), AUTH goes here first.
                 if let Some(name) = &self.name {
-                    let setname = Frame::array(vec![Frame::bulk("CLIENT"), Frame::bulk("SETNAME"), Frame::Bulk(Some(name.clone()))]);
+                    let setname = Frame::array(vec![
+                        Frame::bulk("CLIENT"),
+                        Frame::bulk("SETNAME"),
+                        Frame::Bulk(Some(name.clone())),
+                    ]);
                     encode(&setname, &mut self.to_upstream);
                     self.pending.push_back(Item::Handshake);
                 }
-                self.upstream = Some(Upstream { stream, data, node, input: BytesMut::new(), scanner: Scanner::new(false) });
+                self.upstream =
+                    Some(Upstream { stream, data, node, input: BytesMut::new(), scanner: Scanner::new(false) });
             }
             Ok(Err(error)) => {
                 tracing::debug!(node, %data, %error, "proxy: cannot connect to the primary; retrying");

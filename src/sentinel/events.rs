@@ -48,7 +48,11 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(node: &Node) -> Hub {
-        let first = Event { channel: VIEW_CHANNEL, message: super::current_view(node).message(&node.pair.name, node.name()), seq: 0 };
+        let first = Event {
+            channel: VIEW_CHANNEL,
+            message: super::current_view(node).message(&node.pair.name, node.name()),
+            seq: 0,
+        };
         Hub { events: broadcast::channel(CHANNEL_CAPACITY).0, view: watch::channel(first).0 }
     }
 }

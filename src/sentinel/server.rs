@@ -204,10 +204,9 @@ impl Connection {
                 let reply = match (self.subscribed(), args.first()) {
                     (false, None) => Frame::simple("PONG"),
                     (false, Some(message)) => Frame::Bulk(Some(message.clone())),
-                    (true, message) => Frame::array(vec![
-                        Frame::bulk("pong"),
-                        Frame::Bulk(Some(message.cloned().unwrap_or_default())),
-                    ]),
+                    (true, message) => {
+                        Frame::array(vec![Frame::bulk("pong"), Frame::Bulk(Some(message.cloned().unwrap_or_default()))])
+                    }
                 };
                 self.reply(reply)
             }
@@ -226,7 +225,9 @@ impl Connection {
             }
             b"CLIENT" => self.client(args),
             // RESP3 clients ask with HELLO first and fall back to RESP2 when refused.
-            b"HELLO" => self.reply(Frame::error("NOPROTO hotpair's Sentinel port speaks RESP2 only; connect without HELLO")),
+            b"HELLO" => {
+                self.reply(Frame::error("NOPROTO hotpair's Sentinel port speaks RESP2 only; connect without HELLO"))
+            }
             b"AUTH" => self.reply(auth_reply(args)),
             b"COMMAND" => self.reply(Frame::array(Vec::new())),
             b"INFO" => {
@@ -305,7 +306,9 @@ impl Connection {
         }
         for target in targets {
             if self.channels.len() + self.patterns.len() >= MAX_SUBSCRIPTIONS {
-                self.reply(Frame::error(format!("ERR at most {MAX_SUBSCRIPTIONS} channels and patterns per connection")));
+                self.reply(Frame::error(format!(
+                    "ERR at most {MAX_SUBSCRIPTIONS} channels and patterns per connection"
+                )));
                 continue;
             }
             let set = if pattern { &mut self.patterns } else { &mut self.channels };
@@ -370,7 +373,9 @@ impl Connection {
         let message = Frame::bulk(event.message.clone());
         let frame = match pattern {
             None => Frame::array(vec![Frame::bulk("message"), channel, message]),
-            Some(pattern) => Frame::array(vec![Frame::bulk("pmessage"), Frame::Bulk(Some(pattern.clone())), channel, message]),
+            Some(pattern) => {
+                Frame::array(vec![Frame::bulk("pmessage"), Frame::Bulk(Some(pattern.clone())), channel, message])
+            }
         };
         encode(&frame, &mut self.out);
     }

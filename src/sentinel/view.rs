@@ -85,7 +85,7 @@ pub fn view(k: &Knowledge<'_>) -> View {
         _ => k.epoch + 1,
     };
     match k.role {
-        Role::Primary if k.awaiting_peer => {
+        Role::Primary | Role::Draining if k.awaiting_peer => {
             unknown("restarted primary waiting for its peer to confirm it was not failed over")
         }
         // A promotion publishes the role before the new epoch is written: until then the node
@@ -186,7 +186,10 @@ mod tests {
     fn each_role_names_what_it_knows() {
         let (a, b) = (node("a", 7401), node("b", 7501));
         let v = view(&knowledge(&a, &b, Role::Primary, (1, "a")));
-        assert_eq!((v.epoch, v.primary.as_ref().map(|p| (p.node.as_str(), p.data.port(), p.draining))), (1, Some(("a", 7402, false))));
+        assert_eq!(
+            (v.epoch, v.primary.as_ref().map(|p| (p.node.as_str(), p.data.port(), p.draining))),
+            (1, Some(("a", 7402, false)))
+        );
         let v = view(&knowledge(&a, &b, Role::Draining, (1, "a")));
         assert!(v.primary.as_ref().is_some_and(|p| p.node == "a" && p.draining));
         // b follows a: names a at a's epoch.
@@ -220,7 +223,10 @@ mod tests {
                     let k = Knowledge { awaiting_peer, ..knowledge(&a, &b, role, history) };
                     let v = view(&k);
                     if v.names("a") {
-                        assert!(matches!(role, Role::Primary | Role::Draining) && !awaiting_peer && history.1 == "a", "{role:?} {v:?}");
+                        assert!(
+                            matches!(role, Role::Primary | Role::Draining) && !awaiting_peer && history.1 == "a",
+                            "{role:?} {v:?}"
+                        );
                     }
                 }
             }

@@ -17,6 +17,7 @@ import json
 import os
 import time
 
+import redis
 from redis.sentinel import Sentinel
 
 
@@ -34,8 +35,11 @@ def main():
     for item in args.sentinels.split(","):
         host, port = item.rsplit(":", 1)
         sentinels.append((host, int(port)))
-    sentinel = Sentinel(sentinels, socket_timeout=2, protocol=2, sentinel_kwargs={"socket_timeout": 1, "protocol": 2})
-    master = sentinel.master_for(args.name, socket_timeout=2, protocol=2)
+    # redis-py 5 and later try RESP3 (HELLO) first and fall back with a warning; say RESP2.
+    # Older ones (Debian's python3-redis) have no `protocol` and speak RESP2 anyway.
+    resp2 = {"protocol": 2} if int(redis.__version__.split(".")[0]) >= 5 else {}
+    sentinel = Sentinel(sentinels, socket_timeout=2, sentinel_kwargs={"socket_timeout": 1, **resp2}, **resp2)
+    master = sentinel.master_for(args.name, socket_timeout=2, **resp2)
     acked, ack_ms, errors = [], [], {}
     seq = 0
     last_progress = 0.0
