@@ -63,6 +63,10 @@ pub enum Command {
         /// Most clients at once; one more is refused.
         #[arg(long, default_value_t = crate::proxy::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Worker threads. One keeps each request on one thread (the lowest added latency);
+        /// more serve more clients at once.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Both nodes at a glance: role, epoch, LSNs, lag, sync level, journals, peer link.
     Status {
@@ -269,11 +273,11 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
     let load_pair = || crate::config::PairConfig::load(&crate::config::PairConfig::locate(pair.as_deref()));
     match command {
         Command::Run { node } => crate::node::run(load_pair()?, &node).map(|_| 0),
-        Command::Proxy { listen, hold_timeout, max_connections } => {
-            if max_connections == 0 {
-                return Err(Error::Usage("--max-connections must be at least 1".into()));
+        Command::Proxy { listen, hold_timeout, max_connections, threads } => {
+            if max_connections == 0 || threads == 0 {
+                return Err(Error::Usage("--max-connections and --threads must be at least 1".into()));
             }
-            let options = crate::proxy::Options { listen, hold_timeout, max_connections };
+            let options = crate::proxy::Options { listen, hold_timeout, max_connections, threads };
             crate::proxy::main(load_pair()?, options).map(|_| 0)
         }
         Command::Reinit { node } => {

@@ -52,11 +52,16 @@ pub struct Options {
     /// How long a request may be held (no primary, or a drain) before it is answered `-TRYAGAIN`.
     pub hold_timeout: Duration,
     pub max_connections: usize,
+    /// Worker threads (`--threads`, default 1).
+    pub threads: usize,
 }
 
 /// Runs the proxy in the foreground until SIGINT or SIGTERM.
 pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
+    // One thread by default: a client's bytes and its upstream's are handled in one task, and
+    // with one thread no request is handed between threads (docs/benchmarks.md, "hotpair proxy").
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.threads.max(1))
         .enable_all()
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
