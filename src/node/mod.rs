@@ -212,9 +212,10 @@ impl Node {
     }
 
     /// Whether this node is a restarted primary still waiting for its peer's word that it was
-    /// not promoted past it (it takes no writes meanwhile).
+    /// not promoted past it (it takes no writes meanwhile): read from its pipeline's refusal,
+    /// which is what keeps it from writing.
     pub fn awaits_peer(&self) -> bool {
-        lock(&self.awaiting_peer).is_some()
+        self.pipeline().and_then(|p| p.refusing()).is_some_and(|reason| reason.starts_with(RESTARTED_REFUSAL))
     }
 
     pub fn meta(&self) -> NodeMeta {
