@@ -33,6 +33,7 @@ pub mod tls;
 pub mod tools;
 pub mod value;
 pub mod wire;
+pub mod witness;
 
 pub use digest::Digest;
 pub use error::Error;

@@ -20,6 +20,7 @@
 //! - Spawned nodes are killed when the drill ends, however it ends (see [`pair`]).
 //! - A bad playbook is refused before anything is spawned (exit 2, naming the step and key).
 
+pub mod etcd;
 pub mod pair;
 pub mod playbook;
 pub mod proxy;
