@@ -201,7 +201,10 @@ impl Session {
         };
         let in_flight = self.pending.iter().any(|i| matches!(i, Item::Request { .. } | Item::Handshake));
         if let Some(upstream) = &self.upstream {
-            if destination.as_ref().map(|d| d.1) != Some(upstream.data) {
+            if destination.as_ref().map(|d| d.1) == Some(upstream.data) {
+                // The target came back to it before it was given up.
+                self.abandon_at = None;
+            } else {
                 if !in_flight && self.retrying.is_empty() {
                     self.upstream = None;
                     self.abandon_at = None;
