@@ -211,11 +211,14 @@ impl Node {
         self.role.subscribe()
     }
 
-    /// Whether this node is a restarted primary still waiting for its peer's word that it was
-    /// not promoted past it (it takes no writes meanwhile): read from its pipeline's refusal,
-    /// which is what keeps it from writing.
+    /// Whether this node's standing as primary is in doubt: a restarted primary still waiting
+    /// for its peer's word that it was not promoted past it, or a primary being fenced (its
+    /// pipeline refuses a moment before its role says so). Read from the pipeline's refusal,
+    /// which is what keeps it from writing; `ROLE` and the Sentinel port do not call it master.
     pub fn awaits_peer(&self) -> bool {
-        self.pipeline().and_then(|p| p.refusing()).is_some_and(|reason| reason.starts_with(RESTARTED_REFUSAL))
+        self.pipeline()
+            .and_then(|p| p.refusing())
+            .is_some_and(|reason| reason.starts_with(RESTARTED_REFUSAL) || reason.starts_with(FENCED_REFUSAL))
     }
 
     pub fn meta(&self) -> NodeMeta {
@@ -526,7 +529,7 @@ impl Node {
         }
         self.incidents.raise(Kind::Fenced, Severity::Critical, format!("fenced, takes no writes: {reason}"));
         if let Some(pipeline) = self.pipeline() {
-            pipeline.set_refusing(Some(format!("fenced: {reason}")));
+            pipeline.set_refusing(Some(format!("{FENCED_REFUSAL}: {reason}")));
         }
         if let Err(err) = self.set_role(next) {
             tracing::error!(%err, "could not persist the fenced role");
@@ -734,6 +737,9 @@ impl Node {
 
 /// How a restarted primary's refusal begins, until its peer confirms it was not promoted past it.
 const RESTARTED_REFUSAL: &str = "restarted primary waits for";
+
+/// How a fenced node's refusal begins.
+const FENCED_REFUSAL: &str = "fenced";
 
 /// Tests only: a delay the local journal waits after each fsync before calling it done, so that
 /// a test can kill a primary while records it shipped are not yet durable by its own account,

@@ -36,7 +36,7 @@ pub struct Knowledge<'a> {
     pub epoch: Epoch,
     /// The last entry of the node's history: which node led its newest epoch, and that epoch.
     pub history_last: Option<(Epoch, &'a str)>,
-    /// A restarted primary waiting for its peer's confirmation.
+    /// A restarted primary waiting for its peer's confirmation, or a primary being fenced.
     pub awaiting_peer: bool,
     /// The commit pipeline is running: without it a primary refuses writes.
     pub pipeline: bool,
