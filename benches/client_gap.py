@@ -22,7 +22,8 @@ All three write at once against one pair, so they see the same role changes.
   1000, so detection is part of that gap; hotpair's failover is started by the admin at once).
 
 The gap of one event for one client: the longest time between two consecutive acknowledged
-writes around it (the later one after the event started, the earlier one before it ended + 5 s).
+writes around it (the later one after the event started, the earlier one before it ended + 5 s
+and before the next event started).
 Prints the median and the maximum per client and event, with the errors the clients saw.
 """
 import argparse
@@ -109,10 +110,12 @@ class Pair:
         if out.returncode != 0:
             sys.exit(f"client_gap: hotpair {' '.join(args)} failed: {out.stderr.strip()}")
 
-    def primary(self):
+    def status(self):
         out = subprocess.run([self.binary, "--pair", self.pair, "status", "--json"], capture_output=True, text=True)
-        nodes = json.loads(out.stdout)["nodes"]
-        return next((n for n, s in nodes.items() if s.get("role") == "primary"), None)
+        return json.loads(out.stdout)["nodes"]
+
+    def primary(self):
+        return next((n for n, s in self.status().items() if s.get("role") == "primary"), None)
 
     def proxy(self):
         port = free_base(1)
@@ -167,19 +170,22 @@ def settle(writers, more=50):
     wait(lambda: all(w.acked() >= m + more for w, m in zip(writers, marks)), "every client writing again", 60)
 
 
-def gap(ack_ms, start, end):
-    """The longest pause between consecutive acknowledgements around the event [start, end]."""
+def gap(ack_ms, start, end, next_start):
+    """The longest pause between consecutive acknowledgements around the event [start, end]: the
+    later one after the event started, the earlier one before it ended + 5 s and before the next
+    event started."""
     longest = 0.0
     for before, after in zip(ack_ms, ack_ms[1:]):
-        if after > start and before < end + 5000:
+        if after > start and before < min(end + 5000, next_start):
             longest = max(longest, after - before)
     return longest
 
 
 def summarize(label, events, summaries):
     rows = []
+    bounds = [(start, end, nxt[0]) for (start, end), nxt in zip(events, events[1:] + [(float("inf"), 0)])]
     for summary in summaries:
-        gaps = [gap(summary["ack_ms"], start, end) for start, end in events]
+        gaps = [gap(summary["ack_ms"], start, end, next_start) for start, end, next_start in bounds]
         errors = sum(summary["errors"].values())
         rows.append((label, summary["client"], len(gaps), statistics.median(gaps), max(gaps), errors,
                      len(summary["acked"])))
@@ -212,8 +218,7 @@ def hotpair_runs(binary, work, runs):
         events.append((start, time.time() * 1000))
         settle(writers)
         pair.start(primary)
-        wait(lambda: pair.primary() is not None, "status answering")
-        time.sleep(0.5)
+        wait(lambda: pair.status()[primary].get("reachable"), f"{primary} answering after its restart")
         pair.hotpair("rejoin", primary)
         settle(writers)
     rows += summarize(f"hotpair kill -9 + failover, async ({runs} runs)", events, [w.finish() for w in writers])

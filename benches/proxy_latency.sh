@@ -6,7 +6,7 @@
 # Starts a fresh pair at sync level `async` (so the write path is the node's, not the backup's
 # round trip) and a `hotpair proxy` in front of it, on free 127.0.0.1 ports. Then, ROUNDS times,
 # taken in turn so that machine drift hits both alike: `redis-benchmark -c 1` (one client, one
-# request at a time) of 100,000 GETs and 100,000 SETs straight to the primary's data port, then
+# request at a time) of 50,000 GETs and 50,000 SETs straight to the primary's data port, then
 # the same through the proxy. Prints each run's p50 and p99 (redis-benchmark's --csv) and the
 # median over the rounds of the p50 added by the proxy. Needs redis-benchmark (redis-tools).
 set -euo pipefail
@@ -23,7 +23,7 @@ for _ in $(seq 100); do
 done
 # p50 and p99 in µs of one redis-benchmark run of TEST against PORT.
 run() {
-    redis-benchmark -p "$1" -t "$2" -n 100000 -c 1 -d 100 --csv 2>/dev/null |
+    redis-benchmark -p "$1" -t "$2" -n 50000 -c 1 -d 100 --csv 2>/dev/null |
         awk -F'"' 'NR == 2 {printf "%.0f %.0f", $10 * 1000, $14 * 1000}'
 }
 declare -A added
