@@ -274,7 +274,7 @@ fn take_queued(rx: &Receiver<Record>, queued: &mut Vec<Record>) -> bool {
 /// Key and value bytes of a record (what a run's sled batch will hold), roughly.
 fn record_bytes(record: &Record) -> usize {
     match &record.body {
-        RecordBody::Txn { ops } => {
+        RecordBody::Txn { ops, .. } => {
             ops.iter().map(|op| op.key.len() + op.after.as_ref().map_or(0, Vec::len) + 16).sum::<usize>() + 64
         }
         _ => 64,
@@ -341,7 +341,7 @@ mod tests {
             .map(|lsn| {
                 let key = format!("k{}", lsn % 50).into_bytes();
                 let (ops, digest_after) = scratch.prepare(vec![(key, Some(lsn.to_le_bytes().to_vec()))]).unwrap();
-                let record = Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::Txn { ops } };
+                let record = Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::txn(ops) };
                 scratch.apply(&record).unwrap();
                 record
             })
@@ -481,7 +481,7 @@ mod tests {
         let op = Op { key: b"k".to_vec(), before: None, after: Some(b"v".to_vec()) };
         let digest = Digest::EMPTY.updated(b"k", None, Some(b"v"));
         let records = [
-            Record { lsn: 1, epoch: 1, timestamp_ms: 0, digest_after: digest, body: RecordBody::Txn { ops: vec![op] } },
+            Record { lsn: 1, epoch: 1, timestamp_ms: 0, digest_after: digest, body: RecordBody::txn(vec![op]) },
             Record {
                 lsn: 2,
                 epoch: 1,

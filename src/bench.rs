@@ -281,6 +281,7 @@ fn sample_record(lsn: Lsn) -> Record {
                 before: None,
                 after: Some(vec![b'v'; RECORD_VALUE_BYTES]),
             }],
+            commands: Vec::new(),
         },
     }
 }
@@ -446,7 +447,7 @@ fn apply_one(store: &Store, lsn: Lsn) -> Result<(), Error> {
     value.resize(APPLY_VALUE_BYTES, b'.');
     let (ops, digest_after) = store.prepare(vec![(key, Some(value))])?;
     let record =
-        Record { lsn, epoch: 1, timestamp_ms: crate::clock::now_ms(), digest_after, body: RecordBody::Txn { ops } };
+        Record { lsn, epoch: 1, timestamp_ms: crate::clock::now_ms(), digest_after, body: RecordBody::txn(ops) };
     store.apply(&record)?;
     Ok(())
 }
@@ -635,7 +636,7 @@ impl SetRecords {
                 epoch: 1,
                 timestamp_ms: 0,
                 digest_after: self.digest,
-                body: RecordBody::Txn { ops: vec![Op { key, before, after: Some(value) }] },
+                body: RecordBody::txn(vec![Op { key, before, after: Some(value) }]),
             });
         }
         out

@@ -142,7 +142,7 @@ fn commit_concurrently(journal: &Journal, store: &Arc<Store>, records: u64, comm
                                 epoch: 1,
                                 timestamp_ms: crate::clock::now_ms(),
                                 digest_after,
-                                body: RecordBody::Txn { ops },
+                                body: RecordBody::txn(ops),
                             };
                             journal.append(&record)?;
                             store.apply(&record)?;
@@ -224,6 +224,7 @@ pub fn crash_record(lsn: Lsn) -> Record {
         digest_after: Digest(u128::from(lsn)),
         body: RecordBody::Txn {
             ops: vec![Op { key: format!("k{lsn}").into_bytes(), before: None, after: Some(value) }],
+            commands: Vec::new(),
         },
     }
 }

@@ -18,6 +18,7 @@ mod error;
 pub mod incident;
 pub mod init;
 pub mod journal;
+pub mod keyspace;
 pub mod meta;
 pub mod node;
 pub mod orchestrator;
@@ -32,6 +33,7 @@ pub mod store;
 pub mod tls;
 pub mod tools;
 pub mod value;
+pub mod watch;
 pub mod wire;
 pub mod witness;
 

@@ -28,8 +28,10 @@ use tokio::sync::watch;
 
 use crate::applier::{Applier, APPLY_PACE};
 use crate::digest::Digest;
-use crate::journal::{Epoch, Journal, JournalError, Lsn, Record, RecordBody};
+use crate::journal::{ClientCommand, Epoch, Journal, JournalError, Lsn, Record, RecordBody};
+use crate::keyspace::{ScanSlice, ScanStart, StoredPair};
 use crate::store::{Applied, Store, StoreError};
+use crate::watch::Registry;
 
 /// Why a commit failed. Nothing is acknowledged when one is returned.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub struct Pipeline {
     overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>>,
     applier: Applier,
     recent: Mutex<RecentFrames>,
+    /// `WATCH`ed keys: every commit touches the keys it writes (`crate::watch`).
+    watches: Arc<Registry>,
 }
 
 /// The most recently appended records as encoded frames, so that shipping the live tail never
@@ -92,6 +96,10 @@ pub struct Txn<'a> {
     overlay: &'a HashMap<Vec<u8>, Pending>,
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     own: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Client commands kept with the record (`RecordBody::Txn::commands`).
+    commands: Vec<ClientCommand>,
+    /// Keys after the last appended record, before this transaction.
+    base_key_count: u64,
 }
 
 impl Txn<'_> {
@@ -115,12 +123,121 @@ impl Txn<'_> {
         self.own.insert(key.clone(), None);
         self.writes.push((key, None));
     }
+
+    /// The value `key` had before this transaction.
+    fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CommitError> {
+        if let Some((_, value)) = self.overlay.get(key) {
+            return Ok(value.clone());
+        }
+        Ok(self.pipeline.store.get(key)?)
+    }
+}
+
+impl crate::keyspace::View for Txn<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CommitError> {
+        Txn::get(self, key)
+    }
+
+    fn scan(&self, start: &ScanStart, limit: usize) -> Result<ScanSlice, CommitError> {
+        let slice = scan_store(&self.pipeline.store, start, limit)?;
+        let pending = self.overlay.iter().map(|(key, (_, value))| (key, value));
+        let slice = merge_pending(slice, start, pending);
+        Ok(merge_pending(slice, start, self.own.iter()))
+    }
+
+    fn key_count(&self) -> Result<u64, CommitError> {
+        let mut count = self.base_key_count as i64;
+        for (key, value) in &self.own {
+            count += i64::from(value.is_some()) - i64::from(self.committed(key)?.is_some());
+        }
+        Ok(count.max(0) as u64)
+    }
+}
+
+impl crate::keyspace::Writer for Txn<'_> {
+    fn put(&mut self, key: Vec<u8>, stored: Vec<u8>) {
+        Txn::put(self, key, stored);
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        Txn::delete(self, key);
+    }
+
+    fn note(&mut self, command: ClientCommand) {
+        self.commands.push(command);
+    }
+
+    fn savepoint(&self) -> crate::keyspace::Savepoint {
+        crate::keyspace::Savepoint { writes: self.writes.len(), notes: self.commands.len() }
+    }
+
+    fn rollback(&mut self, savepoint: crate::keyspace::Savepoint) {
+        self.writes.truncate(savepoint.writes);
+        self.commands.truncate(savepoint.notes);
+        self.own = self.writes.iter().cloned().collect();
+    }
+}
+
+/// A slice of the store from `start`, as the key space's scans want it.
+pub(crate) fn scan_store(store: &Store, start: &ScanStart, limit: usize) -> Result<ScanSlice, CommitError> {
+    use std::ops::Bound;
+    let bound = match start {
+        ScanStart::Beginning => Bound::Unbounded,
+        ScanStart::After(key) => Bound::Excluded(key.as_slice()),
+        ScanStart::AtOrAfter(key) => Bound::Included(key.as_slice()),
+    };
+    let limit = limit.max(1);
+    let pairs = store.scan_from(bound, limit)?;
+    let next_after = if pairs.len() == limit { pairs.last().map(|(key, _)| key.clone()) } else { None };
+    Ok(ScanSlice { pairs, next_after })
+}
+
+/// Lays writes not in `slice` (pending records, a transaction's own writes) over it: those
+/// whose keys fall in the range the slice covers (from `start` up to its last key, or to the
+/// end when it is the last slice). `None` values delete.
+fn merge_pending<'k>(
+    slice: ScanSlice,
+    start: &ScanStart,
+    pending: impl Iterator<Item = (&'k Vec<u8>, &'k Option<Vec<u8>>)>,
+) -> ScanSlice {
+    let in_range = |key: &[u8]| {
+        let after_start = match start {
+            ScanStart::Beginning => true,
+            ScanStart::After(from) => key > from.as_slice(),
+            ScanStart::AtOrAfter(from) => key >= from.as_slice(),
+        };
+        after_start && slice.next_after.as_deref().is_none_or(|last| key <= last)
+    };
+    let mut changes: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = pending.filter(|(key, _)| in_range(key)).collect();
+    if changes.is_empty() {
+        return slice;
+    }
+    changes.sort_by(|a, b| a.0.cmp(b.0));
+    let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = slice.pairs.into_iter().collect();
+    for (key, value) in changes {
+        match value {
+            Some(value) => merged.insert(key.clone(), value.clone()),
+            None => merged.remove(key),
+        };
+    }
+    ScanSlice { pairs: merged.into_iter().collect::<Vec<StoredPair>>(), next_after: slice.next_after }
 }
 
 impl Pipeline {
     /// Starts a pipeline whose next record is `next_lsn` in `epoch`. The store must already hold
     /// every durable record before `next_lsn` (see [`replay`]).
     pub fn start(journal: Journal, store: Arc<Store>, next_lsn: Lsn, epoch: Epoch) -> Pipeline {
+        Pipeline::start_watched(journal, store, next_lsn, epoch, Arc::new(Registry::default()))
+    }
+
+    /// [`Pipeline::start`], touching the node's `WATCH` registry at every commit.
+    pub fn start_watched(
+        journal: Journal,
+        store: Arc<Store>,
+        next_lsn: Lsn,
+        epoch: Epoch,
+        watches: Arc<Registry>,
+    ) -> Pipeline {
         let digest = store.position().digest;
         let key_count = store.position().key_count;
         let overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -130,7 +247,7 @@ impl Pipeline {
         // Paced (see `applier`, "Pacing"): nothing waits on the primary's store in the write
         // path, since readers see pending writes through the overlay.
         let applier = Applier::start_paced(journal.clone(), store.clone(), APPLY_PACE, move |record| {
-            if let RecordBody::Txn { ops } = &record.body {
+            if let RecordBody::Txn { ops, .. } = &record.body {
                 let mut overlay = lock(&applied_overlay);
                 for op in ops {
                     if overlay.get(&op.key).is_some_and(|(lsn, _)| *lsn == record.lsn) {
@@ -146,6 +263,7 @@ impl Pipeline {
             overlay,
             applier,
             recent: Mutex::new(RecentFrames::default()),
+            watches,
         }
     }
 
@@ -216,6 +334,17 @@ impl Pipeline {
         Ok(self.store.get(key)?)
     }
 
+    /// About `limit` keys from `start` in key order, the writes not yet applied included.
+    ///
+    /// Pending writes are read before the store: a write leaves the overlay only after it is in
+    /// the store, so a key present throughout is seen in one or the other (a `SCAN` promise).
+    pub fn scan(&self, start: &ScanStart, limit: usize) -> Result<ScanSlice, CommitError> {
+        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            lock(&self.overlay).iter().map(|(key, (_, value))| (key.clone(), value.clone())).collect();
+        let slice = scan_store(&self.store, start, limit)?;
+        Ok(merge_pending(slice, start, pending.iter().map(|(key, value)| (key, value))))
+    }
+
     /// Runs `body` as one transaction and appends its record. Returns the record's LSN (`None`
     /// if the transaction wrote nothing) and `body`'s result. The record is not yet durable:
     /// wait on the journal or the replication acks before acknowledging it.
@@ -230,9 +359,17 @@ impl Pipeline {
             return Err(CommitError::NotAccepting(reason.clone()));
         }
         let mut overlay = lock(&self.overlay);
-        let mut txn = Txn { pipeline: self, overlay: &overlay, writes: Vec::new(), own: HashMap::new() };
+        let mut txn = Txn {
+            pipeline: self,
+            overlay: &overlay,
+            writes: Vec::new(),
+            own: HashMap::new(),
+            commands: Vec::new(),
+            base_key_count: writer.key_count,
+        };
         let result = body(&mut txn)?;
         let writes = std::mem::take(&mut txn.writes);
+        let commands = std::mem::take(&mut txn.commands);
         if writes.is_empty() {
             return Ok((None, result));
         }
@@ -262,9 +399,14 @@ impl Pipeline {
             epoch: writer.epoch,
             timestamp_ms: now_ms,
             digest_after: digest,
-            body: RecordBody::Txn { ops },
+            body: RecordBody::Txn { ops, commands },
         };
         self.append_and_remember(&record)?;
+        if self.watches.is_watching() {
+            for (key, _) in &writes {
+                self.watches.touch(key);
+            }
+        }
         for (key, after) in writes {
             overlay.insert(key, (record.lsn, after));
         }

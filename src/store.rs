@@ -19,7 +19,7 @@
 //!
 //! ## Layout in sled
 //! One tree. Data keys are stored as `b'd' ‖ key`; bookkeeping as `b'm' ‖ name`
-//! (`applied_lsn`, `digest`, `key_count`, all little-endian). One tree means one `apply_batch`,
+//! (`applied_lsn`, `digest`, `key_count`, `expiring`, all little-endian). One tree means one `apply_batch`,
 //! which sled makes atomic.
 //!
 //! The journal, not sled, provides durability: `apply` does not flush. `flush` is called at
@@ -39,6 +39,9 @@ const DATA_PREFIX: u8 = b'd';
 const META_APPLIED_LSN: &[u8] = b"mapplied_lsn";
 const META_DIGEST: &[u8] = b"mdigest";
 const META_KEY_COUNT: &[u8] = b"mkey_count";
+/// Keys with an expiry and the sum of their deadlines (u64 count ‖ u128 sum of ms), for
+/// `INFO keyspace`. A store written before it existed gets it by one scan at open.
+const META_EXPIRING: &[u8] = b"mexpiring";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -103,6 +106,45 @@ pub struct Store {
     /// batch, while it holds `writer`; held by anyone only long enough to copy a `Position`, so
     /// a reader never waits on sled (an async task may call `position()`).
     published: RwLock<Position>,
+    /// Keys with an expiry (expired or not) and the sum of their deadlines, as of the last
+    /// batch; written with the batch, under `writer`.
+    expiring: RwLock<Expiring>,
+}
+
+/// How many stored keys carry an expiry, and the sum of their deadlines in ms (`INFO
+/// keyspace`'s `expires` and `avg_ttl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiring {
+    pub keys: u64,
+    pub deadline_sum_ms: u128,
+}
+
+impl Expiring {
+    /// After `key` changes from `before` to `after` (stored bytes).
+    fn updated(mut self, before: Option<&[u8]>, after: Option<&[u8]>) -> Expiring {
+        if let Some(at) = before.and_then(crate::value::expiry_of) {
+            self.keys = self.keys.saturating_sub(1);
+            self.deadline_sum_ms = self.deadline_sum_ms.saturating_sub(u128::from(at));
+        }
+        if let Some(at) = after.and_then(crate::value::expiry_of) {
+            self.keys += 1;
+            self.deadline_sum_ms += u128::from(at);
+        }
+        self
+    }
+
+    fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.keys.to_le_bytes());
+        out[8..].copy_from_slice(&self.deadline_sum_ms.to_le_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Expiring> {
+        let keys = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        let deadline_sum_ms = u128::from_le_bytes(bytes.get(8..24)?.try_into().ok()?);
+        (bytes.len() == 24).then_some(Expiring { keys, deadline_sum_ms })
+    }
 }
 
 impl Store {
@@ -112,14 +154,48 @@ impl Store {
             .open()
             .map_err(|source| StoreError::Sled { path: path.to_path_buf(), source })?;
         let empty = Position { applied_lsn: 0, digest: Digest::EMPTY, key_count: 0 };
-        let store = Store { path: path.to_path_buf(), db, writer: Mutex::new(empty), published: RwLock::new(empty) };
+        let store = Store {
+            path: path.to_path_buf(),
+            db,
+            writer: Mutex::new(empty),
+            published: RwLock::new(empty),
+            expiring: RwLock::new(Expiring::default()),
+        };
         let position = Position {
             applied_lsn: store.meta_u64(META_APPLIED_LSN)?,
             digest: store.meta_digest()?,
             key_count: store.meta_u64(META_KEY_COUNT)?,
         };
         store.publish(&mut store.lock_writer(), position);
+        let expiring = match store.db.get(META_EXPIRING).map_err(|e| store.err(e))? {
+            Some(bytes) => Expiring::from_bytes(&bytes).ok_or_else(|| store.bad_meta(META_EXPIRING))?,
+            None => {
+                let counted = store.count_expiring()?;
+                store.db.insert(META_EXPIRING, &counted.to_bytes()).map_err(|e| store.err(e))?;
+                counted
+            }
+        };
+        *store.expiring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = expiring;
         Ok(store)
+    }
+
+    /// Keys with an expiry and the sum of their deadlines, as of the last batch.
+    pub fn expiring(&self) -> Expiring {
+        *self.expiring.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts the keys with an expiry by scanning every stored value.
+    fn count_expiring(&self) -> Result<Expiring, StoreError> {
+        let mut counted = Expiring::default();
+        for item in self.db.scan_prefix([DATA_PREFIX]) {
+            let (_, value) = item.map_err(|e| self.err(e))?;
+            counted = counted.updated(None, Some(&value));
+        }
+        Ok(counted)
+    }
+
+    fn set_expiring(&self, expiring: Expiring) {
+        *self.expiring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = expiring;
     }
 
     pub fn path(&self) -> &Path {
@@ -166,7 +242,7 @@ impl Store {
             return Err(StoreError::Gap { applied: position.applied_lsn, got: record.lsn });
         }
         let changes = match &record.body {
-            RecordBody::Txn { ops } => ops.iter().map(|op| (op.key.as_slice(), op.after.as_deref())).collect(),
+            RecordBody::Txn { ops, .. } => ops.iter().map(|op| (op.key.as_slice(), op.after.as_deref())).collect(),
             _ => Vec::new(),
         };
         let next = self.write_changes(&position, &changes, record.lsn)?;
@@ -209,6 +285,7 @@ impl Store {
         // Values this run has written so far (`None` = deleted), over what sled holds.
         let mut overlay: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
         let mut batch = sled::Batch::default();
+        let mut expiring = self.expiring();
         // One record's writes, kept out of `batch` until its digest is known to be right.
         let mut pending: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         for record in records {
@@ -217,8 +294,9 @@ impl Store {
             }
             let mut digest = next.digest;
             let mut key_count = next.key_count;
+            let mut record_expiring = expiring;
             pending.clear();
-            if let RecordBody::Txn { ops } = &record.body {
+            if let RecordBody::Txn { ops, .. } = &record.body {
                 for op in ops {
                     let key = op.key.as_slice();
                     let after = op.after.as_deref();
@@ -231,6 +309,7 @@ impl Store {
                         }
                     };
                     digest = digest.updated(key, current, after);
+                    record_expiring = record_expiring.updated(current, after);
                     match (current.is_some(), after.is_some()) {
                         (false, true) => key_count += 1,
                         (true, false) => key_count -= 1,
@@ -253,13 +332,16 @@ impl Store {
                 }
             }
             next = Position { applied_lsn: record.lsn, digest, key_count };
+            expiring = record_expiring;
             applied += 1;
         }
         if applied > 0 {
             batch.insert(META_APPLIED_LSN, &next.applied_lsn.to_le_bytes());
             batch.insert(META_DIGEST, &next.digest.to_le_bytes());
             batch.insert(META_KEY_COUNT, &next.key_count.to_le_bytes());
+            batch.insert(META_EXPIRING, &expiring.to_bytes());
             self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+            self.set_expiring(expiring);
             self.publish(&mut position, next);
         }
         Ok(AppliedRun { position: next, applied, mismatch })
@@ -272,7 +354,9 @@ impl Store {
             return Err(StoreError::RewindOrder { applied: position.applied_lsn, got: record.lsn });
         }
         let changes = match &record.body {
-            RecordBody::Txn { ops } => ops.iter().rev().map(|op| (op.key.as_slice(), op.before.as_deref())).collect(),
+            RecordBody::Txn { ops, .. } => {
+                ops.iter().rev().map(|op| (op.key.as_slice(), op.before.as_deref())).collect()
+            }
             _ => Vec::new(),
         };
         let next = self.write_changes(&position, &changes, record.lsn - 1)?;
@@ -289,6 +373,7 @@ impl Store {
     ) -> Result<Position, StoreError> {
         let mut digest = position.digest;
         let mut key_count = position.key_count;
+        let mut expiring = self.expiring();
         let mut overlay: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
         let mut batch = sled::Batch::default();
         for &(key, value) in changes {
@@ -297,6 +382,7 @@ impl Store {
                 None => self.get(key)?,
             };
             digest = digest.updated(key, current.as_deref(), value);
+            expiring = expiring.updated(current.as_deref(), value);
             match (current.is_some(), value.is_some()) {
                 (false, true) => key_count += 1,
                 (true, false) => key_count -= 1,
@@ -311,7 +397,9 @@ impl Store {
         batch.insert(META_APPLIED_LSN, &lsn.to_le_bytes());
         batch.insert(META_DIGEST, &digest.to_le_bytes());
         batch.insert(META_KEY_COUNT, &key_count.to_le_bytes());
+        batch.insert(META_EXPIRING, &expiring.to_bytes());
         self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.set_expiring(expiring);
         Ok(Position { applied_lsn: lsn, digest, key_count })
     }
 
@@ -369,6 +457,25 @@ impl Store {
         Ok(pairs)
     }
 
+    /// Up to `limit` stored pairs in key order from `start` (`Bound` over client keys).
+    pub fn scan_from(&self, start: std::ops::Bound<&[u8]>, limit: usize) -> Result<Vec<StoredPair>, StoreError> {
+        use std::ops::Bound;
+        let start = match start {
+            Bound::Included(key) => Bound::Included(data_key(key)),
+            Bound::Excluded(key) => Bound::Excluded(data_key(key)),
+            Bound::Unbounded => Bound::Included(vec![DATA_PREFIX]),
+        };
+        let mut pairs = Vec::new();
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            if key.first() != Some(&DATA_PREFIX) {
+                break;
+            }
+            pairs.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(pairs)
+    }
+
     /// Full copy, sending side: holds off every writer while `send` is given the stored pairs
     /// in batches of about `batch_bytes`, so that the copy is exactly the store at the position
     /// returned. On a primary, commits go on meanwhile (journal and overlay); only applying
@@ -401,6 +508,7 @@ impl Store {
     pub fn clear(&self) -> Result<(), StoreError> {
         let mut writer = self.lock_writer();
         self.db.clear().map_err(|e| self.err(e))?;
+        self.set_expiring(Expiring::default());
         self.publish(&mut writer, Position { applied_lsn: 0, digest: Digest::EMPTY, key_count: 0 });
         Ok(())
     }
@@ -427,10 +535,13 @@ impl Store {
             ));
         }
         let mut writer = self.lock_writer();
+        let expiring = self.count_expiring().map_err(|e| e.to_string())?;
         let mut batch = sled::Batch::default();
         batch.insert(META_APPLIED_LSN, &expected.applied_lsn.to_le_bytes());
         batch.insert(META_DIGEST, &expected.digest.to_le_bytes());
         batch.insert(META_KEY_COUNT, &expected.key_count.to_le_bytes());
+        batch.insert(META_EXPIRING, &expiring.to_bytes());
+        self.set_expiring(expiring);
         self.db.apply_batch(batch).map_err(|e| self.err(e).to_string())?;
         self.db.flush().map_err(|e| self.err(e).to_string())?;
         self.publish(&mut writer, expected);
@@ -496,7 +607,7 @@ mod tests {
 
     fn txn(store: &Store, lsn: Lsn, writes: Vec<KeyWrite>) -> Record {
         let (ops, digest_after) = store.prepare(writes).unwrap();
-        Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::Txn { ops } }
+        Record { lsn, epoch: 1, timestamp_ms: 0, digest_after, body: RecordBody::txn(ops) }
     }
 
     fn snapshot(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -739,7 +850,7 @@ mod tests {
             epoch: 1,
             timestamp_ms: 0,
             digest_after: Digest::EMPTY.updated(b"k", None, Some(b"y")).updated(b"j", None, Some(b"z")),
-            body: RecordBody::Txn { ops: vec![Op { key: b"k".to_vec(), before: Some(b"x".to_vec()), after: None }] },
+            body: RecordBody::txn(vec![Op { key: b"k".to_vec(), before: Some(b"x".to_vec()), after: None }]),
         };
         assert!(matches!(store.apply(&record).unwrap(), Applied::Done { digest_matches: false, .. }));
     }

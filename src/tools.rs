@@ -164,7 +164,11 @@ pub fn record_json(record: &Record) -> Value {
         "digest_after": record.digest_after.to_hex(),
     });
     match &record.body {
-        RecordBody::Txn { ops } => {
+        RecordBody::Txn { ops, commands } => {
+            if !commands.is_empty() {
+                value["commands"] =
+                    commands.iter().map(|args| args.iter().map(|a| bytes_json(a)).collect::<Vec<_>>()).collect();
+            }
             value["ops"] = ops
                 .iter()
                 .map(|op| json!({ "key": bytes_json(&op.key), "before": op.before.as_deref().map(bytes_json), "after": op.after.as_deref().map(bytes_json) }))
@@ -194,14 +198,25 @@ fn record_text(record: &Record) -> String {
         record.digest_after
     );
     let detail = match &record.body {
-        RecordBody::Txn { ops } => ops
-            .iter()
-            .map(|op| match &op.after {
-                Some(v) => format!("set {} ({} bytes)", printable(&op.key), v.len()),
-                None => format!("del {}", printable(&op.key)),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
+        RecordBody::Txn { ops, commands } => {
+            let ops = ops
+                .iter()
+                .map(|op| match &op.after {
+                    Some(v) => format!("set {} ({} bytes)", printable(&op.key), v.len()),
+                    None => format!("del {}", printable(&op.key)),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let commands = commands
+                .iter()
+                .map(|args| args.iter().map(|a| printable(a)).collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>();
+            if commands.is_empty() {
+                ops
+            } else {
+                format!("{ops} [{}]", commands.join("; "))
+            }
+        }
         RecordBody::EpochStart { history } => history
             .iter()
             .map(|h| format!("epoch {} from lsn {} on {}", h.epoch, h.first_lsn, h.primary))

@@ -289,6 +289,7 @@ fn a_journal_that_cannot_preallocate_still_takes_every_record() {
         digest_after: hotpair::Digest(u128::from(lsn)),
         body: RecordBody::Txn {
             ops: vec![Op { key: format!("k{lsn}").into_bytes(), before: None, after: Some(vec![7; 100]) }],
+            commands: Vec::new(),
         },
     };
     {

@@ -22,6 +22,11 @@ use hotpair::Digest;
 /// `"journal"` label in the dump is the same on every checkout.
 const GOLDEN_DIR: &str = "journals/golden";
 const EXPECTED_DUMP: &str = "journals/golden/expected-dump.jsonl";
+/// The second golden journal: what the commands of issue 23 write (txns that carry client
+/// commands, hash and expiring values, a flush, a transaction of many keys). The first one must
+/// still read unchanged beside it: old journals still read.
+const COMMANDS_DIR: &str = "journals/golden-commands";
+const COMMANDS_DUMP: &str = "journals/golden-commands/expected-dump.jsonl";
 const REGEN_ENV: &str = "HOTPAIR_REGEN_GOLDEN";
 
 /// 2026-01-01T00:00:00Z: every timestamp and creation time is fixed, so the bytes are too.
@@ -48,6 +53,17 @@ struct KeySpace {
 
 impl KeySpace {
     fn txn(&mut self, lsn: Lsn, epoch: u64, timestamp_ms: u64, writes: &[(&[u8], Option<&[u8]>)]) -> Record {
+        self.txn_with(lsn, epoch, timestamp_ms, writes, Vec::new())
+    }
+
+    fn txn_with(
+        &mut self,
+        lsn: Lsn,
+        epoch: u64,
+        timestamp_ms: u64,
+        writes: &[(&[u8], Option<&[u8]>)],
+        commands: Vec<Vec<Vec<u8>>>,
+    ) -> Record {
         let mut ops = Vec::new();
         for &(key, after) in writes {
             let before = self.pairs.get(key).cloned();
@@ -58,7 +74,7 @@ impl KeySpace {
             };
             ops.push(Op { key: key.to_vec(), before, after: after.map(<[u8]>::to_vec) });
         }
-        self.record(lsn, epoch, timestamp_ms, RecordBody::Txn { ops })
+        self.record(lsn, epoch, timestamp_ms, RecordBody::Txn { ops, commands })
     }
 
     fn record(&self, lsn: Lsn, epoch: u64, timestamp_ms: u64, body: RecordBody) -> Record {
@@ -104,11 +120,53 @@ fn golden_records() -> Vec<Record> {
     records
 }
 
+/// The records of the commands' golden journal, one segment: values in the `hotpair::value`
+/// format (strings with and without expiry, hashes with and without expiry), a txn carrying an
+/// increment's client command (kind 5), an EXEC-like txn of several keys, a flush of them all.
+fn commands_records() -> Vec<Record> {
+    use hotpair::value::{Data, StoredValue};
+    let string = |data: &[u8], expires| StoredValue::string(data.to_vec(), expires).encode();
+    let hash = |fields: &[(&[u8], &[u8])], expires| {
+        let fields = fields.iter().map(|(f, v)| (f.to_vec(), v.to_vec())).collect();
+        StoredValue { expires_at_ms: expires, data: Data::Hash(fields) }.encode()
+    };
+    let words = |line: &str| line.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
+    let mut space = KeySpace::default();
+    let alpha = HistoryEntry { epoch: 1, first_lsn: 1, primary: "alpha".into() };
+    let mut records = vec![space.record(1, 1, T0, RecordBody::EpochStart { history: vec![alpha] })];
+    let session = hash(&[(b"user", b"ada"), (b"csrf", &[0xff, 0x00])], Some(T0 + 3_600_000));
+    records.push(space.txn(
+        2,
+        1,
+        T0 + 10,
+        &[(b"session:1", Some(&session)), (b"page", Some(&string(b"<html>", Some(T0 + 300))))],
+    ));
+    records.push(space.txn_with(3, 1, T0 + 20, &[(b"hits", Some(&string(b"5", None)))], vec![words("INCRBY hits 5")]));
+    let counts = hash(&[(b"views", b"3")], None);
+    records.push(space.txn_with(
+        4,
+        1,
+        T0 + 30,
+        &[(b"hits", Some(&string(b"6", None))), (b"stats", Some(&counts)), (b"page", None)],
+        vec![words("INCRBY hits 1"), words("HINCRBY stats views 3")],
+    ));
+    let keys: Vec<Vec<u8>> = space.pairs.keys().cloned().collect();
+    let flush: Vec<(&[u8], Option<&[u8]>)> = keys.iter().map(|k| (k.as_slice(), None)).collect();
+    records.push(space.txn_with(5, 1, T0 + 40, &flush, vec![words("FLUSHALL")]));
+    records.push(space.record(6, 1, T0 + 50, RecordBody::Checkpoint { key_count: space.pairs.len() as u64 }));
+    records
+}
+
 /// Writes the golden journal into `dir` (which holds no segment yet).
 fn write_golden(dir: &Path) {
+    write_records(dir, golden_records(), Some(SECOND_SEGMENT_LSN));
+}
+
+/// Writes `records`, opening a second segment before `second_segment_at` if given.
+fn write_records(dir: &Path, records: Vec<Record>, second_segment_at: Option<Lsn>) {
     let (journal, _) = Journal::open(dir, identity(), JournalOptions::default()).unwrap();
-    for record in golden_records() {
-        if record.lsn == SECOND_SEGMENT_LSN {
+    for record in records {
+        if Some(record.lsn) == second_segment_at {
             journal.reopen_log(SECOND_SEGMENT_EPOCH, T0 + 1_000).unwrap().expect("the second segment");
         }
         journal.append(&record).unwrap();
@@ -142,6 +200,16 @@ fn golden_dir() -> &'static Path {
             write_golden(dir);
             std::fs::write(EXPECTED_DUMP, dump_json(dir)).unwrap();
             eprintln!("{REGEN_ENV}=1: rewrote the segments in {GOLDEN_DIR} and {EXPECTED_DUMP}");
+        }
+        if std::env::var(REGEN_ENV).is_ok_and(|v| v == "1" || v == "commands") {
+            let dir = Path::new(COMMANDS_DIR);
+            std::fs::create_dir_all(dir).unwrap();
+            for old in segment_files(dir) {
+                std::fs::remove_file(old).unwrap();
+            }
+            write_records(dir, commands_records(), None);
+            std::fs::write(COMMANDS_DUMP, dump_json(dir)).unwrap();
+            eprintln!("{REGEN_ENV}: rewrote the segments in {COMMANDS_DIR} and {COMMANDS_DUMP}");
         }
     });
     Path::new(GOLDEN_DIR)
@@ -210,4 +278,31 @@ fn writing_the_golden_records_again_gives_identical_bytes() {
             );
         }
     }
+}
+
+#[test]
+fn committed_commands_journal_dumps_decodes_and_rewrites_identically() {
+    golden_dir();
+    let dir = Path::new(COMMANDS_DIR);
+    let expected = std::fs::read_to_string(COMMANDS_DUMP)
+        .unwrap_or_else(|err| panic!("{COMMANDS_DUMP}: {err} ({})", regen_hint()));
+    assert_eq!(dump_json(dir), expected, "the dump of {COMMANDS_DIR} changed; {}", regen_hint());
+    let decoded: Vec<Record> = read_dir_from(dir, 0).unwrap().map(|e| e.unwrap().record).collect();
+    assert_eq!(decoded, commands_records(), "{}", regen_hint());
+    // The kinds it pins: a txn that carries client commands is kind 5, one without is kind 1.
+    let committed = std::fs::read(&segment_files(dir)[0]).unwrap();
+    let kinds: Vec<u8> = {
+        let mut at = hotpair::journal::format::SEGMENT_HEADER_LEN;
+        let mut kinds = Vec::new();
+        while at + 8 < committed.len() {
+            let len = u32::from_le_bytes(committed[at..at + 4].try_into().unwrap()) as usize;
+            kinds.push(committed[at + 8]);
+            at += 8 + len;
+        }
+        kinds
+    };
+    assert_eq!(kinds, vec![2, 1, 5, 5, 5, 4]);
+    let scratch = tempfile::tempdir().unwrap();
+    write_records(scratch.path(), commands_records(), None);
+    assert_eq!(std::fs::read(&segment_files(scratch.path())[0]).unwrap(), committed, "{}", regen_hint());
 }

@@ -37,6 +37,7 @@ fn record(lsn: Lsn) -> Record {
         digest_after: Digest(u128::from(lsn)),
         body: RecordBody::Txn {
             ops: vec![Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![b'v'; 64]) }],
+            commands: Vec::new(),
         },
     }
 }
@@ -368,6 +369,7 @@ fn records_written_beside_the_filler_are_all_there_after_rolls_and_truncations()
         let big = |lsn: Lsn| Record {
             body: RecordBody::Txn {
                 ops: vec![Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![b'w'; 1000]) }],
+                commands: Vec::new(),
             },
             ..record(lsn)
         };

@@ -39,7 +39,7 @@ fn record(lsn: Lsn) -> Record {
             let value = vec![b'a' + (lsn % 26) as u8; 20 + (lsn as usize * 37) % 90];
             let before = (lsn % 3 == 0).then(|| format!("old-{lsn}").into_bytes());
             let after = (lsn % 4 != 3).then_some(value);
-            RecordBody::Txn { ops: vec![Op { key: format!("key-{lsn}").into_bytes(), before, after }] }
+            RecordBody::txn(vec![Op { key: format!("key-{lsn}").into_bytes(), before, after }])
         }
     };
     Record {
@@ -618,7 +618,10 @@ fn out_of_sequence_and_oversized_records_are_refused_and_harmless() {
     // A body one byte over the limit: 41 fixed bytes, op count 4, flags 1, key 4 + 3, value 4 + v.
     let over = MAX_RECORD_BODY + 1 - (41 + 4 + 1 + 4 + 3 + 4);
     let huge = Record {
-        body: RecordBody::Txn { ops: vec![Op { key: b"big".to_vec(), before: None, after: Some(vec![0u8; over]) }] },
+        body: RecordBody::Txn {
+            ops: vec![Op { key: b"big".to_vec(), before: None, after: Some(vec![0u8; over]) }],
+            commands: Vec::new(),
+        },
         ..record(2)
     };
     assert_eq!(hotpair::journal::format::encoded_len(&huge), FRAME_HEADER_LEN + MAX_RECORD_BODY + 1);
@@ -1055,7 +1058,7 @@ fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records
 /// Record `lsn` as [`record`] makes it, but writing one key with a value of `size` bytes.
 fn record_of_size(lsn: Lsn, size: usize) -> Record {
     let op = Op { key: format!("key-{lsn}").into_bytes(), before: None, after: Some(vec![lsn as u8; size]) };
-    Record { body: RecordBody::Txn { ops: vec![op] }, ..record(lsn) }
+    Record { body: RecordBody::txn(vec![op]), ..record(lsn) }
 }
 
 /// How many pages of `path` between byte `from` and `to` are in the page cache (`mincore`).

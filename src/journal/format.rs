@@ -25,7 +25,7 @@
 //!      4    4 CRC32C of (the 4 length bytes ‖ body)
 //!      8    L body
 //! body:
-//!      0    1 kind: 1 txn, 2 epoch-start, 3 canary, 4 checkpoint
+//!      0    1 kind: 1 txn, 2 epoch-start, 3 canary, 4 checkpoint, 5 txn with commands
 //!      1    8 LSN
 //!      9    8 epoch
 //!     17    8 timestamp, ms since the Unix epoch
@@ -33,6 +33,8 @@
 //!     41    … payload of the kind:
 //!   txn:         u32 op count, then per op: u8 flags (bit 0 before-image present, bit 1
 //!                after-image present), u32 key length, key, [u32 length, before], [u32 length, after]
+//!   txn with commands: u32 command count, then per command: u32 argument count, then per
+//!                argument u32 length and bytes; then the txn payload above
 //!   epoch-start: u32 entry count, then per entry: u64 epoch, u64 first LSN, u8 name length, name
 //!   canary:      u64 sequence
 //!   checkpoint:  u64 key count
@@ -59,6 +61,9 @@ const KIND_TXN: u8 = 1;
 const KIND_EPOCH_START: u8 = 2;
 const KIND_CANARY: u8 = 3;
 const KIND_CHECKPOINT: u8 = 4;
+/// A txn that also carries the client commands behind it (added after version 1's first four
+/// kinds; a txn without commands is still written as kind 1, byte for byte as before).
+const KIND_TXN_COMMANDS: u8 = 5;
 const FLAG_BEFORE: u8 = 1;
 const FLAG_AFTER: u8 = 2;
 
@@ -179,20 +184,30 @@ pub fn encoded_len(record: &Record) -> usize {
 
 fn payload_len(body: &RecordBody) -> usize {
     match body {
-        RecordBody::Txn { ops } => {
-            4 + ops
-                .iter()
-                .map(|op| {
-                    1 + 4
-                        + op.key.len()
-                        + op.before.as_ref().map_or(0, |v| 4 + v.len())
-                        + op.after.as_ref().map_or(0, |v| 4 + v.len())
-                })
-                .sum::<usize>()
+        RecordBody::Txn { ops, commands } => {
+            commands_len(commands)
+                + 4
+                + ops
+                    .iter()
+                    .map(|op| {
+                        1 + 4
+                            + op.key.len()
+                            + op.before.as_ref().map_or(0, |v| 4 + v.len())
+                            + op.after.as_ref().map_or(0, |v| 4 + v.len())
+                    })
+                    .sum::<usize>()
         }
         RecordBody::EpochStart { history } => 4 + history.iter().map(|h| 8 + 8 + 1 + h.primary.len()).sum::<usize>(),
         RecordBody::Canary { .. } | RecordBody::Checkpoint { .. } => 8,
     }
+}
+
+/// Bytes the command list of a kind-5 txn takes (none for a txn without commands).
+fn commands_len(commands: &[super::record::ClientCommand]) -> usize {
+    if commands.is_empty() {
+        return 0;
+    }
+    4 + commands.iter().map(|args| 4 + args.iter().map(|arg| 4 + arg.len()).sum::<usize>()).sum::<usize>()
 }
 
 /// Appends the framed record to `out`. The caller checks the size limit first
@@ -207,7 +222,16 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&record.timestamp_ms.to_le_bytes());
     out.extend_from_slice(&record.digest_after.to_le_bytes());
     match &record.body {
-        RecordBody::Txn { ops } => {
+        RecordBody::Txn { ops, commands } => {
+            if !commands.is_empty() {
+                put_u32(out, commands.len() as u32);
+                for args in commands {
+                    put_u32(out, args.len() as u32);
+                    for arg in args {
+                        put_bytes(out, arg);
+                    }
+                }
+            }
             put_u32(out, ops.len() as u32);
             for op in ops {
                 let flags =
@@ -243,6 +267,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 
 fn kind_byte(body: &RecordBody) -> (u8, &'static str) {
     match body {
+        RecordBody::Txn { commands, .. } if !commands.is_empty() => (KIND_TXN_COMMANDS, "txn"),
         RecordBody::Txn { .. } => (KIND_TXN, "txn"),
         RecordBody::EpochStart { .. } => (KIND_EPOCH_START, "epoch-start"),
         RecordBody::Canary { .. } => (KIND_CANARY, "canary"),
@@ -306,7 +331,8 @@ fn decode_body(body: &[u8]) -> Result<Record, String> {
     let timestamp_ms = cur.u64()?;
     let digest_after = Digest::from_le_bytes(cur.array16()?);
     let body = match kind {
-        KIND_TXN => {
+        KIND_TXN | KIND_TXN_COMMANDS => {
+            let commands = if kind == KIND_TXN_COMMANDS { decode_commands(&mut cur)? } else { Vec::new() };
             let count = cur.u32()? as usize;
             // Each op takes at least 5 bytes: refuse a count the body cannot hold before allocating.
             if count > cur.remaining() / 5 {
@@ -323,7 +349,7 @@ fn decode_body(body: &[u8]) -> Result<Record, String> {
                 let after = (flags & FLAG_AFTER != 0).then(|| cur.bytes()).transpose()?;
                 ops.push(Op { key, before, after });
             }
-            RecordBody::Txn { ops }
+            RecordBody::Txn { ops, commands }
         }
         KIND_EPOCH_START => {
             let count = cur.u32()? as usize;
@@ -350,6 +376,23 @@ fn decode_body(body: &[u8]) -> Result<Record, String> {
         return Err(format!("{} unexpected bytes after the payload", cur.remaining()));
     }
     Ok(Record { lsn, epoch, timestamp_ms, digest_after, body })
+}
+
+/// The command list of a kind-5 txn. An empty list is refused: such a txn is written as kind 1.
+fn decode_commands(cur: &mut Cursor<'_>) -> Result<Vec<super::record::ClientCommand>, String> {
+    let count = cur.u32()? as usize;
+    if count == 0 || count > cur.remaining() / 4 {
+        return Err(format!("txn claims {count} client commands, which its body cannot hold"));
+    }
+    let mut commands = Vec::with_capacity(count);
+    for _ in 0..count {
+        let args = cur.u32()? as usize;
+        if args > cur.remaining() / 4 {
+            return Err(format!("client command claims {args} arguments, more than its body can hold"));
+        }
+        commands.push((0..args).map(|_| cur.bytes()).collect::<Result<Vec<_>, _>>()?);
+    }
+    Ok(commands)
 }
 
 struct Cursor<'a> {
@@ -429,7 +472,11 @@ mod tests {
         let entry = (any::<u64>(), any::<u64>(), "[a-z0-9-]{1,20}")
             .prop_map(|(epoch, first_lsn, primary)| HistoryEntry { epoch, first_lsn, primary });
         prop_oneof![
-            proptest::collection::vec(op, 0..8).prop_map(|ops| RecordBody::Txn { ops }),
+            (
+                proptest::collection::vec(op, 0..8),
+                proptest::collection::vec(proptest::collection::vec(arb_bytes(8), 0..4), 0..3)
+            )
+                .prop_map(|(ops, commands)| RecordBody::Txn { ops, commands }),
             proptest::collection::vec(entry, 0..4).prop_map(|history| RecordBody::EpochStart { history }),
             any::<u64>().prop_map(|sequence| RecordBody::Canary { sequence }),
             any::<u64>().prop_map(|key_count| RecordBody::Checkpoint { key_count }),

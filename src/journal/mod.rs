@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 pub use format::{JournalKind, SegmentHeader, MAX_RECORD_BODY};
 pub use reader::{inspect, read_dir_from, JournalEntry, JournalReader, SegmentInfo, SegmentReport};
-pub use record::{Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
+pub use record::{ClientCommand, Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
 pub use writer::{
     Gather, Journal, JournalFootprint, JournalIdentity, JournalOptions, JournalStats, Recovery, CACHE_BEHIND_BYTES,
     DEFAULT_SEGMENT_BYTES, PREALLOCATE_BYTES,

@@ -31,8 +31,11 @@ pub struct Record {
 /// What a record says. The discriminants are the on-disk kind bytes (see `journals/README.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBody {
-    /// One committed transaction: its operations in the order they were applied.
-    Txn { ops: Vec<Op> },
+    /// One committed transaction: its operations in the order they were applied, and the client
+    /// commands behind those of its writes whose after-images do not say what the client asked
+    /// for (increments, flushes), as sent. `commands` is for people and for re-applying orphans;
+    /// apply and rewind use only the ops. A transaction with commands is written as kind 5.
+    Txn { ops: Vec<Op>, commands: Vec<ClientCommand> },
     /// First record of an epoch: the whole history up to and including the new epoch.
     EpochStart { history: Vec<HistoryEntry> },
     /// Test data sent through the journal at an interval so the backup can prove the path works.
@@ -50,6 +53,16 @@ impl RecordBody {
             RecordBody::Canary { .. } => "canary",
             RecordBody::Checkpoint { .. } => "checkpoint",
         }
+    }
+}
+
+/// A client's command as it was sent: the command name and its arguments.
+pub type ClientCommand = Vec<Vec<u8>>;
+
+impl RecordBody {
+    /// A transaction of `ops` alone (no client commands).
+    pub fn txn(ops: Vec<Op>) -> RecordBody {
+        RecordBody::Txn { ops, commands: Vec::new() }
     }
 }
 

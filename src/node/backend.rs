@@ -14,6 +14,9 @@
 //!   before it reaches the pipeline (`super::disk`). `ERR`, not `TRYAGAIN`: it may last long and
 //!   needs an admin to look, and every client shows an `ERR` line as it is; the text says that
 //!   writes resume by themselves.
+//! - `EXEC` is one commit: every queued command runs under the pipeline's writer lock against
+//!   the same view, its writes become **one** record, and the replies go out only once that
+//!   record reached the sync level. A `WATCH`ed key written since aborts it before it runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +26,21 @@ use tokio::time::Instant;
 
 use super::Node;
 use crate::config::{PeerLossPolicy, SyncLevel};
+use crate::journal::ClientCommand;
+use crate::keyspace::{self, Context, Savepoint, ScanSlice, ScanStart};
 use crate::meta::Role;
-use crate::pipeline::{CommitError, Txn};
+use crate::pipeline::CommitError;
 use crate::resp::{self, Command, Frame};
 use crate::server::DataBackend;
-use crate::value::StoredValue;
+use crate::watch::{Registry, Watcher};
 use crate::Error;
 
 /// How long `WAIT numreplicas 0` ("forever") waits at most before answering what it has.
 const WAIT_FOREVER_CAP: Duration = Duration::from_secs(3600);
+
+/// Most bytes of before-images one `FLUSHALL` record may carry: under the journal's record limit
+/// with room for the record's own framing (`docs/commands.md`, "FLUSHALL").
+pub const MAX_FLUSH_BYTES: usize = crate::journal::format::MAX_RECORD_BODY - (1 << 20);
 
 pub struct Backend {
     node: Arc<Node>,
@@ -51,6 +60,44 @@ impl DataBackend for Backend {
         demotions.borrow_and_update();
         Some(demotions)
     }
+
+    fn execute_transaction(
+        &self,
+        commands: Vec<Command>,
+        watcher: Option<Arc<Watcher>>,
+    ) -> impl std::future::Future<Output = Frame> + Send {
+        let node = self.node.clone();
+        async move { execute_transaction(&node, commands, watcher).await }
+    }
+
+    fn watch(&self, watcher: &Arc<Watcher>, keys: &[Bytes]) -> Option<Arc<Registry>> {
+        let now = crate::clock::now_ms();
+        let view = ReadView { node: &self.node };
+        for key in keys {
+            let live = keyspace::View::get(&view, key)
+                .ok()
+                .flatten()
+                .and_then(|stored| keyspace::live(&stored, now).ok().flatten())
+                .is_some();
+            self.node.watches.watch(watcher, key.to_vec(), live);
+        }
+        Some(self.node.watches.clone())
+    }
+
+    fn write_refusal(&self) -> Option<Frame> {
+        match (self.node.role(), self.node.pipeline()) {
+            (Role::Primary | Role::Draining, Some(_)) => None,
+            (role, _) => Some(not_primary(role)),
+        }
+    }
+
+    fn role_name(&self) -> &'static str {
+        if master_pipeline(&self.node).is_some() {
+            "master"
+        } else {
+            "replica"
+        }
+    }
 }
 
 /// Serves the data port until the node shuts down.
@@ -62,6 +109,7 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result
         max_connections: configured.max_connections,
         ..resp::Limits::default()
     };
+    std::sync::LazyLock::force(&PROCESS_STARTED);
     let mut shutdown = node.shutdown.subscribe();
     let demotions = crate::sentinel::watch_demotions(&node);
     let backend = Arc::new(Backend { node, demotions });
@@ -72,160 +120,220 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result
     .map_err(|source| Error::Io { context: "data port".into(), source })
 }
 
-async fn execute(node: &Node, command: Command) -> Frame {
-    if command.is_write() {
-        return write(node, command).await;
+fn not_primary(role: Role) -> Frame {
+    match role {
+        Role::Fenced => Frame::error("READONLY this node is fenced (a newer primary exists); write to the primary"),
+        _ => Frame::error("READONLY You can't write against a read only replica."),
     }
-    let now = crate::clock::now_ms();
+}
+
+async fn execute(node: &Arc<Node>, command: Command) -> Frame {
+    if command.is_write() {
+        return Box::pin(run_transaction(node, vec![command], None)).await.into_single();
+    }
     match command {
-        Command::Get { key } => match read(node, &key, now) {
-            Ok(Some(value)) => Frame::bulk(value),
-            Ok(None) => Frame::null(),
-            Err(err) => err,
-        },
-        Command::MGet { keys } => {
-            let mut values = Vec::with_capacity(keys.len());
-            for key in keys {
-                match read(node, &key, now) {
-                    Ok(Some(value)) => values.push(Frame::bulk(value)),
-                    Ok(None) => values.push(Frame::null()),
-                    Err(err) => return err,
-                }
-            }
-            Frame::array(values)
-        }
-        Command::Exists { keys } => {
-            let mut count = 0;
-            for key in keys {
-                match read(node, &key, now) {
-                    Ok(Some(_)) => count += 1,
-                    Ok(None) => {}
-                    Err(err) => return err,
-                }
-            }
-            Frame::Integer(count)
-        }
-        Command::DbSize => Frame::Integer(key_count(node) as i64),
         Command::Role => role_frame(node),
         Command::Info { sections } => Frame::bulk(info_text(node, &sections)),
         Command::Wait { replicas, timeout } => wait_command(node, replicas, timeout).await,
-        other => Frame::error(format!("ERR internal: '{}' reached the read path", other.name())),
+        // Reads never wait on sled's writers for long, but a KEYS or a large SCAN walks the
+        // store: off the async workers.
+        Command::Keys { .. } | Command::Scan { .. } | Command::RandomKey => {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || read(&node, command))
+                .await
+                .unwrap_or_else(|err| Frame::error(format!("ERR internal: the read failed: {err}")))
+        }
+        command => read(node, command),
     }
 }
 
-/// The live value of `key`: unapplied writes first on the primary, the store otherwise.
-fn read(node: &Node, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, Frame> {
-    let stored = match node.pipeline() {
-        Some(pipeline) => pipeline.read(key).map_err(|e| Frame::error(format!("ERR {e}")))?,
-        None => node.store.get(key).map_err(|e| Frame::error(format!("ERR {e}")))?,
-    };
-    live_value(stored.as_deref(), now_ms)
+/// Runs a read-only command over the node's current state.
+fn read(node: &Node, command: Command) -> Frame {
+    let now = crate::clock::now_ms();
+    let context = Context { now_ms: now, cursors: &node.scan_cursors, max_flush_bytes: MAX_FLUSH_BYTES };
+    let mut view = ReadView { node };
+    match keyspace::execute(&mut view, command, &context) {
+        Ok(frame) => frame,
+        Err(err) => Frame::error(format!("ERR {err}")),
+    }
 }
 
-fn live_value(stored: Option<&[u8]>, now_ms: u64) -> Result<Option<Vec<u8>>, Frame> {
-    let Some(bytes) = stored else {
-        return Ok(None);
-    };
-    let value =
-        StoredValue::decode(bytes).ok_or_else(|| Frame::error("ERR stored value is damaged (unknown format tag)"))?;
-    Ok(value.is_live(now_ms).then_some(value.data))
+/// What an `EXEC` (or a single write) answers.
+enum TxnReply {
+    /// One reply per command.
+    Replies(Vec<Frame>),
+    /// The whole transaction was refused or aborted: nothing ran.
+    Whole(Frame),
 }
 
-fn key_count(node: &Node) -> u64 {
-    node.pipeline().map_or_else(|| node.store.position().key_count, |p| p.key_count())
+impl TxnReply {
+    /// The reply of a transaction of one command.
+    fn into_single(self) -> Frame {
+        match self {
+            TxnReply::Replies(mut replies) if replies.len() == 1 => replies.remove(0),
+            TxnReply::Replies(_) => Frame::error("ERR internal: one command, several replies"),
+            TxnReply::Whole(frame) => frame,
+        }
+    }
 }
 
-async fn write(node: &Node, command: Command) -> Frame {
+async fn execute_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Option<Arc<Watcher>>) -> Frame {
+    match run_transaction(node, commands, watcher).await {
+        TxnReply::Replies(replies) => Frame::array(replies),
+        TxnReply::Whole(frame) => frame,
+    }
+}
+
+/// Commands that read the node rather than the key space: answered after the commit, in place.
+fn is_node_command(command: &Command) -> bool {
+    matches!(command, Command::Role | Command::Info { .. } | Command::Wait { .. })
+}
+
+async fn run_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Option<Arc<Watcher>>) -> TxnReply {
+    let writes = commands.iter().any(Command::is_write);
     let pipeline = match (node.role(), node.pipeline()) {
         (Role::Primary | Role::Draining, Some(pipeline)) => pipeline,
-        (Role::Fenced, _) => {
-            return Frame::error("READONLY this node is fenced (a newer primary exists); write to the primary")
-        }
-        _ => return Frame::error("READONLY You can't write against a read only replica."),
+        (role, _) if writes => return TxnReply::Whole(not_primary(role)),
+        // A backup runs a read-only EXEC over its store; nothing can commit meanwhile except
+        // the records it applies, which it does not watch (`crate::watch`, "Caveat").
+        _ => return read_transaction(node, commands, watcher.as_deref()).await,
     };
-    if let Some(refusal) = node.disk_refusal() {
-        return Frame::error(refusal);
+    if writes {
+        if let Some(refusal) = node.disk_refusal() {
+            return TxnReply::Whole(Frame::error(refusal));
+        }
     }
     let now = crate::clock::now_ms();
     let submitted = Instant::now();
-    match pipeline.commit(now, |txn| run_write(txn, command, now)) {
-        Ok((None, reply)) => reply,
-        Ok((Some(lsn), reply)) => match wait_sync(node, lsn).await {
+    let context = Context { now_ms: now, cursors: &node.scan_cursors, max_flush_bytes: MAX_FLUSH_BYTES };
+    let committed = pipeline.commit(now, |txn| -> Result<Option<Vec<Option<Frame>>>, CommitError> {
+        if let Some(watcher) = &watcher {
+            if aborted_by_watch(txn, watcher, now)? {
+                return Ok(None);
+            }
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in &commands {
+            replies.push(if is_node_command(command) {
+                None
+            } else {
+                Some(keyspace::execute(txn, command.clone(), &context)?)
+            });
+        }
+        Ok(Some(replies))
+    });
+    let replies = match committed {
+        Ok((_, None)) => return TxnReply::Whole(Frame::Array(None)),
+        Ok((None, Some(replies))) => replies,
+        Ok((Some(lsn), Some(replies))) => match wait_sync(node, lsn).await {
             Ok(()) => {
                 node.metrics.observe_commit(node.pair.sync, submitted.elapsed());
-                reply
+                replies
             }
             Err(message) => {
                 // A full disk fails the journal write behind the wait: see it now, not next tick.
                 super::disk::check(node);
-                Frame::error(message)
+                return TxnReply::Whole(Frame::error(message));
             }
         },
         Err(CommitError::NotAccepting(reason)) => {
-            Frame::error(format!("TRYAGAIN {reason}{}", crate::sentinel::drain_hint(node)))
+            return TxnReply::Whole(Frame::error(format!("TRYAGAIN {reason}{}", crate::sentinel::drain_hint(node))))
         }
-        Err(CommitError::Rejected(message)) => Frame::error(message),
+        Err(CommitError::Rejected(message)) => return TxnReply::Whole(Frame::error(message)),
         Err(err) => {
             super::disk::check(node);
-            Frame::error(format!("ERR write failed, nothing was acknowledged: {err}"))
+            return TxnReply::Whole(Frame::error(format!("ERR write failed, nothing was acknowledged: {err}")));
         }
+    };
+    TxnReply::Replies(fill_node_replies(node, commands, replies).await)
+}
+
+/// Whether a `WATCH`ed key changed: written since (the watcher is dirty) or expired since.
+fn aborted_by_watch(view: &impl keyspace::View, watcher: &Watcher, now: u64) -> Result<bool, CommitError> {
+    if watcher.is_dirty() {
+        return Ok(true);
+    }
+    for (key, was_live) in watcher.keys() {
+        if was_live
+            && keyspace::View::get(view, &key)?
+                .is_some_and(|stored| keyspace::live(&stored, now).ok().flatten().is_none())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The replies of `ROLE`, `INFO`, `WAIT` inside a transaction, put in their places.
+async fn fill_node_replies(node: &Arc<Node>, commands: Vec<Command>, replies: Vec<Option<Frame>>) -> Vec<Frame> {
+    let mut out = Vec::with_capacity(replies.len());
+    for (command, reply) in commands.into_iter().zip(replies) {
+        out.push(match reply {
+            Some(frame) => frame,
+            None => Box::pin(execute(node, command)).await,
+        });
+    }
+    out
+}
+
+/// A read-only `EXEC` where there is no pipeline (a backup).
+async fn read_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Option<&Watcher>) -> TxnReply {
+    let now = crate::clock::now_ms();
+    if let Some(watcher) = watcher {
+        if aborted_by_watch(&ReadView { node }, watcher, now).unwrap_or(true) {
+            return TxnReply::Whole(Frame::Array(None));
+        }
+    }
+    let mut replies = Vec::with_capacity(commands.len());
+    for command in commands {
+        replies.push(Box::pin(execute(node, command)).await);
+    }
+    TxnReply::Replies(replies)
+}
+
+/// The key space as a read sees it: on the primary the store plus the writes not yet applied,
+/// on a backup its store. It takes no writes: the read path only runs commands that write
+/// nothing ([`Command::is_write`]), and a write reaching it is dropped and reported.
+struct ReadView<'a> {
+    node: &'a Node,
+}
+
+impl keyspace::View for ReadView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CommitError> {
+        match self.node.pipeline() {
+            Some(pipeline) => pipeline.read(key),
+            None => Ok(self.node.store.get(key)?),
+        }
+    }
+
+    fn scan(&self, start: &ScanStart, limit: usize) -> Result<ScanSlice, CommitError> {
+        match self.node.pipeline() {
+            Some(pipeline) => pipeline.scan(start, limit),
+            None => crate::pipeline::scan_store(&self.node.store, start, limit),
+        }
+    }
+
+    fn key_count(&self) -> Result<u64, CommitError> {
+        Ok(self.node.pipeline().map_or_else(|| self.node.store.position().key_count, |p| p.key_count()))
     }
 }
 
-/// The transaction a write command runs. Errors are whole Redis error lines.
-fn run_write(txn: &mut Txn<'_>, command: Command, now_ms: u64) -> Result<Frame, CommitError> {
-    let current = |txn: &Txn<'_>, key: &[u8]| -> Result<Option<StoredValue>, CommitError> {
-        match txn.get(key)? {
-            None => Ok(None),
-            Some(bytes) => match StoredValue::decode(&bytes) {
-                Some(value) if value.is_live(now_ms) => Ok(Some(value)),
-                Some(_) => Ok(None),
-                None => Err(CommitError::Rejected("ERR stored value is damaged (unknown format tag)".into())),
-            },
-        }
-    };
-    match command {
-        Command::Set { key, value, expire } => {
-            let expires_at_ms = expire.map(|ttl| now_ms.saturating_add(ttl.as_millis() as u64));
-            txn.put(key.to_vec(), StoredValue { expires_at_ms, data: value.to_vec() }.encode());
-            Ok(Frame::ok())
-        }
-        Command::MSet { pairs } => {
-            for (key, value) in pairs {
-                txn.put(key.to_vec(), StoredValue { expires_at_ms: None, data: value.to_vec() }.encode());
-            }
-            Ok(Frame::ok())
-        }
-        Command::Del { keys } => {
-            let mut deleted = 0;
-            for key in keys {
-                let stored = txn.get(&key)?;
-                if stored.is_some() {
-                    // An expired key is removed too, but not counted: for the client it was gone.
-                    if current(txn, &key)?.is_some() {
-                        deleted += 1;
-                    }
-                    txn.delete(key.to_vec());
-                }
-            }
-            Ok(Frame::Integer(deleted))
-        }
-        Command::IncrBy { key, delta } => {
-            let existing = current(txn, &key)?;
-            let old = match &existing {
-                None => 0,
-                Some(value) => resp::frame::parse_integer(&value.data)
-                    .ok_or_else(|| CommitError::Rejected("ERR value is not an integer or out of range".into()))?,
-            };
-            let new = old
-                .checked_add(delta)
-                .ok_or_else(|| CommitError::Rejected("ERR increment or decrement would overflow".into()))?;
-            let expires_at_ms = existing.and_then(|v| v.expires_at_ms);
-            txn.put(key.to_vec(), StoredValue { expires_at_ms, data: new.to_string().into_bytes() }.encode());
-            Ok(Frame::Integer(new))
-        }
-        other => Err(CommitError::Rejected(format!("ERR internal: '{}' reached the write path", other.name()))),
+impl keyspace::Writer for ReadView<'_> {
+    fn put(&mut self, key: Vec<u8>, _stored: Vec<u8>) {
+        tracing::error!(key = %key.escape_ascii(), "internal: a read-only command tried to write; dropped");
     }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        tracing::error!(key = %key.escape_ascii(), "internal: a read-only command tried to delete; dropped");
+    }
+
+    fn note(&mut self, _command: ClientCommand) {}
+
+    fn savepoint(&self) -> Savepoint {
+        Savepoint { writes: 0, notes: 0 }
+    }
+
+    fn rollback(&mut self, _savepoint: Savepoint) {}
 }
 
 /// Waits until record `lsn` reached the pair's sync level (see the module invariants).
@@ -362,10 +470,7 @@ fn info_text(node: &Node, sections: &[String]) -> Bytes {
     let status = super::status::node_status(node);
     let mut text = String::new();
     if all || sections.iter().any(|s| s == "server") {
-        text.push_str(&format!(
-            "# Server\r\nredis_version:7.0.0\r\nhotpair_version:{}\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        ));
+        text.push_str(&server_section(node));
     }
     if all || sections.iter().any(|s| s == "replication") {
         let peer = node.peer.borrow().clone();
@@ -400,6 +505,50 @@ fn info_text(node: &Node, sections: &[String]) -> Bytes {
             let value = value.as_str().map_or_else(|| value.to_string(), str::to_string);
             text.push_str(&format!("hotpair_{name}:{value}\r\n"));
         }
+        text.push_str("\r\n");
+    }
+    if all || sections.iter().any(|s| s == "keyspace") {
+        text.push_str(&keyspace_section(node));
     }
     Bytes::from(text)
 }
+
+/// `INFO server`: what clients read to pick commands (`redis_version`), and who this is.
+fn server_section(node: &Node) -> String {
+    let started = *PROCESS_STARTED;
+    let uptime = started.elapsed().as_secs();
+    format!(
+        "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhotpair_version:{}\r\nhotpair_types:string,hash\r\n\r\n",
+        crate::server::session::REDIS_VERSION,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        usize::BITS,
+        std::process::id(),
+        node.meta().incarnation.simple(),
+        node.config.data.port(),
+        uptime / 86_400,
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// `INFO keyspace`: `db0:keys=N,expires=M,avg_ttl=ms` (nothing when the store is empty, as
+/// Redis). Keys and expiring keys count expired keys not yet deleted, as Redis does; the
+/// counts are the store's (on a primary, up to one applier pace behind the last commit).
+fn keyspace_section(node: &Node) -> String {
+    let keys = node.pipeline().map_or_else(|| node.store.position().key_count, |p| p.key_count());
+    let expiring = node.store.expiring();
+    let mut text = "# Keyspace\r\n".to_string();
+    if keys > 0 {
+        let now = u128::from(crate::clock::now_ms());
+        let avg_ttl = match expiring.keys {
+            0 => 0,
+            n => (expiring.deadline_sum_ms / u128::from(n)).saturating_sub(now),
+        };
+        text.push_str(&format!("db0:keys={keys},expires={},avg_ttl={avg_ttl}\r\n", expiring.keys));
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// When this process started, for `uptime_in_seconds`.
+static PROCESS_STARTED: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);

@@ -96,6 +96,10 @@ pub struct Node {
     pub metrics: metrics::Counters,
     /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
     pub disk: watch::Sender<disk::DiskSpace>,
+    /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
+    pub watches: Arc<crate::watch::Registry>,
+    /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
+    pub scan_cursors: crate::keyspace::ScanCursors,
 }
 
 impl Node {
@@ -184,6 +188,8 @@ impl Node {
             incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
+            watches: Arc::new(crate::watch::Registry::default()),
+            scan_cursors: crate::keyspace::ScanCursors::default(),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -341,8 +347,13 @@ impl Node {
             Role::Primary => {
                 let fresh = self.last_lsn() == 0;
                 let meta = self.meta();
-                let pipeline =
-                    Arc::new(Pipeline::start(self.local.clone(), self.store.clone(), self.last_lsn() + 1, meta.epoch));
+                let pipeline = Arc::new(Pipeline::start_watched(
+                    self.local.clone(),
+                    self.store.clone(),
+                    self.last_lsn() + 1,
+                    meta.epoch,
+                    self.watches.clone(),
+                ));
                 if fresh {
                     // A brand-new pair: the history starts the journal, and nobody can be ahead.
                     pipeline

@@ -255,8 +255,13 @@ fn take_over(node: &Node, new_epoch: Epoch, expect_lsn: Option<Lsn>) -> Result<L
             meta.orchestration = None;
         })
         .map_err(|e| after(e.to_string()))?;
-    let pipeline =
-        Arc::new(crate::pipeline::Pipeline::start(node.local.clone(), node.store.clone(), first_lsn, new_epoch));
+    let pipeline = Arc::new(crate::pipeline::Pipeline::start_watched(
+        node.local.clone(),
+        node.store.clone(),
+        first_lsn,
+        new_epoch,
+        node.watches.clone(),
+    ));
     pipeline
         .append_control(crate::clock::now_ms(), RecordBody::EpochStart { history: meta.history.clone() })
         .map_err(|e| after(e.to_string()))?;
@@ -599,7 +604,7 @@ fn save_orphans(node: &Node, op_id: Uuid, orphans: &[Record]) -> std::io::Result
     let tmp = path.with_extension("jsonl.tmp");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     for record in orphans {
-        let RecordBody::Txn { ops } = &record.body else { continue };
+        let RecordBody::Txn { ops, commands } = &record.body else { continue };
         let ops: Vec<Value> = ops
             .iter()
             .map(|op| {
@@ -610,7 +615,13 @@ fn save_orphans(node: &Node, op_id: Uuid, orphans: &[Record]) -> std::io::Result
                 })
             })
             .collect();
-        let line = json!({ "lsn": record.lsn, "epoch": record.epoch, "time_ms": record.timestamp_ms, "ops": ops });
+        let mut line = json!({ "lsn": record.lsn, "epoch": record.epoch, "time_ms": record.timestamp_ms, "ops": ops });
+        // What the client sent, for the writes whose after-images do not say it (increments):
+        // re-applying an orphaned increment means sending the command again, not the value.
+        if !commands.is_empty() {
+            line["commands"] =
+                commands.iter().map(|args| args.iter().map(|a| text_or_hex(a)).collect::<Vec<_>>()).collect();
+        }
         writeln!(out, "{line}")?;
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -629,7 +640,15 @@ fn text_or_hex(bytes: &[u8]) -> Value {
 
 fn value_json(stored: &[u8]) -> Value {
     match crate::value::StoredValue::decode(stored) {
-        Some(value) => json!({ "data": text_or_hex(&value.data), "expires_at_ms": value.expires_at_ms }),
+        Some(value) => {
+            let data = match &value.data {
+                crate::value::Data::String(bytes) => text_or_hex(bytes),
+                crate::value::Data::Hash(fields) => {
+                    json!({ "hash": fields.iter().map(|(f, v)| json!([text_or_hex(f), text_or_hex(v)])).collect::<Vec<_>>() })
+                }
+            };
+            json!({ "data": data, "expires_at_ms": value.expires_at_ms })
+        }
         None => json!({ "raw": text_or_hex(stored) }),
     }
 }

@@ -17,8 +17,12 @@
 //!   place in the reply order. The client's connection stays open.
 //! - A connection that subscribes (`SUBSCRIBE`, `PSUBSCRIBE`, `MONITOR`) becomes a plain byte
 //!   tunnel to the primary of the moment, and is closed when that connection ends.
-//! - `MULTI`…`EXEC` is forwarded as it comes; if the upstream changes in the middle, the queued
-//!   commands are gone with the old connection and `EXEC` answers an error (nothing executed).
+//! - `MULTI`…`EXEC` is forwarded as it comes and never sent again: an `EXEC` refused with
+//!   `-TRYAGAIN` (a drain) reaches the client as it is (nothing executed); if the upstream ends
+//!   in the middle, what was in flight gets the outcome-unknown error.
+//! - `HELLO`, `CLIENT SETNAME` and `SELECT` are replayed on every new upstream connection, so a
+//!   client keeps its protocol (RESP3 included), name and database; RESP3 pushes go straight
+//!   through.
 //!
 //! ## Bounds
 //! [`MAX_QUEUED_BYTES`] of requests read and not yet answered (held, in flight, or part of a
@@ -37,7 +41,7 @@ use tokio::time::Instant;
 
 use super::follow::Target;
 use super::scan::Scanner;
-use crate::resp::{encode, parse, request_arguments, CommandError, Frame, Request};
+use crate::resp::{parse, request_arguments, CommandError, Request};
 
 /// Bytes of requests a session keeps (held, in flight, or incomplete) before it stops reading.
 pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
@@ -60,6 +64,9 @@ enum Kind {
     /// Changes data, or not known not to: sent again only after an answer that says it was not
     /// executed (`-TRYAGAIN`).
     Write,
+    /// Part of a transaction (`MULTI`, the commands it queues, `EXEC`, `DISCARD`, `WATCH`):
+    /// never sent again — its queue lives on one upstream connection.
+    Transaction,
     /// `QUIT`: answered by the proxy, which then closes.
     Quit,
     /// Turns the connection into a byte tunnel.
@@ -118,8 +125,11 @@ pub struct Session {
     queued_bytes: usize,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
-    /// The client's `CLIENT SETNAME`, replayed on each new upstream.
-    name: Option<Bytes>,
+    /// The client's last `HELLO`, `CLIENT SETNAME` and `SELECT`, replayed on each new upstream
+    /// so that it keeps its protocol, name and database.
+    replay: Vec<(&'static str, Bytes)>,
+    /// Between `MULTI` and `EXEC`/`DISCARD`, in request order.
+    in_multi: bool,
     /// Do not send before this (after a `-TRYAGAIN` or a failed connect) unless the target changes.
     not_before: Option<Instant>,
     held_since: Option<Instant>,
@@ -145,7 +155,8 @@ impl Session {
             queued_bytes: 0,
             to_client: Vec::new(),
             to_upstream: Vec::new(),
-            name: None,
+            replay: Vec::new(),
+            in_multi: false,
             not_before: None,
             held_since: None,
             abandon_at: None,
@@ -249,13 +260,8 @@ impl Session {
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(node, %data, "proxy: connected to the primary");
                 // Seam: once the data port takes a password ([clients]), AUTH goes here first.
-                if let Some(name) = &self.name {
-                    let setname = Frame::array(vec![
-                        Frame::bulk("CLIENT"),
-                        Frame::bulk("SETNAME"),
-                        Frame::Bulk(Some(name.clone())),
-                    ]);
-                    encode(&setname, &mut self.to_upstream);
+                for (_, request) in &self.replay {
+                    self.to_upstream.extend_from_slice(request);
                     self.pending.push_back(Item::Handshake);
                 }
                 self.upstream =
@@ -372,7 +378,7 @@ impl Session {
         self.closing = true;
     }
 
-    fn classify(&mut self, bytes: &[u8]) -> Kind {
+    fn classify(&mut self, bytes: &Bytes) -> Kind {
         let limits = crate::resp::Limits {
             max_value_bytes: usize::MAX,
             max_args: usize::MAX,
@@ -382,13 +388,24 @@ impl Session {
         let Ok(Some((frame, _))) = parse(bytes, &limits) else { return Kind::Write };
         let Ok(arguments) = request_arguments(frame) else { return Kind::Write };
         let Some(name) = arguments.first() else { return Kind::Read };
-        match name.to_ascii_uppercase().as_slice() {
-            b"QUIT" => return Kind::Quit,
-            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" => return Kind::Tunnel,
-            b"CLIENT" if arguments.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"SETNAME")) => {
-                self.name = arguments.get(2).cloned().filter(|n| !n.is_empty());
-                return Kind::Read;
+        let upper = name.to_ascii_uppercase();
+        let subcommand = arguments.get(1).map(|s| s.to_ascii_uppercase());
+        match (upper.as_slice(), subcommand.as_deref()) {
+            (b"QUIT", _) => return Kind::Quit,
+            (b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR", _) => return Kind::Tunnel,
+            (b"MULTI", _) => {
+                self.in_multi = true;
+                return Kind::Transaction;
             }
+            (b"EXEC" | b"DISCARD", _) => {
+                self.in_multi = false;
+                return Kind::Transaction;
+            }
+            (b"WATCH" | b"UNWATCH", _) => return Kind::Transaction,
+            _ if self.in_multi => return Kind::Transaction,
+            (b"HELLO", _) => self.remember("HELLO", bytes),
+            (b"SELECT", _) => self.remember("SELECT", bytes),
+            (b"CLIENT", Some(b"SETNAME")) => self.remember("CLIENT SETNAME", bytes),
             _ => {}
         }
         match Request::parse(&arguments) {
@@ -398,6 +415,12 @@ impl Session {
             Err(error) if !matches!(error, CommandError::UnknownCommand { .. }) => Kind::Read,
             Err(_) => Kind::Write,
         }
+    }
+
+    /// Keeps the latest request of `what` to replay on a new upstream.
+    fn remember(&mut self, what: &'static str, bytes: &Bytes) {
+        self.replay.retain(|(kind, _)| *kind != what);
+        self.replay.push((what, bytes.clone()));
     }
 
     /// Matches whole replies from the upstream with the requests in flight.
@@ -413,6 +436,11 @@ impl Session {
                 }
             };
             let reply = upstream.input.split_to(end).freeze();
+            if reply.first() == Some(&b'>') {
+                // A RESP3 push (client tracking): no request waits for it; straight through.
+                self.to_client.extend_from_slice(&reply);
+                continue;
+            }
             match self.pending.pop_front() {
                 Some(Item::Handshake) => {}
                 Some(Item::Request { bytes, kind }) => self.answered(bytes, kind, reply),
@@ -429,7 +457,8 @@ impl Session {
     }
 
     fn answered(&mut self, bytes: Bytes, kind: Kind, reply: Bytes) {
-        let refused = reply.starts_with(b"-TRYAGAIN");
+        // A transaction's parts are never sent again: EXEC refused as a whole is the client's.
+        let refused = reply.starts_with(b"-TRYAGAIN") && kind != Kind::Transaction;
         if refused || (!self.retrying.is_empty() && kind == Kind::Read) {
             // Not executed (or a read, safe to ask again): set aside, sent again later.
             self.retrying.push(Item::Answered { bytes, kind, reply });

@@ -2,40 +2,196 @@
 //!
 //! Commands split by who answers them. [`Command`] is what the backend executes: the data and the
 //! node's state. [`ConnectionCommand`] is answered by the connection itself (`PING`, `SELECT 0`,
-//! `QUIT`, and what clients send at start-up), so the backend never sees it and a node answers it
-//! whatever its role.
+//! `QUIT`, `HELLO`, `CLIENT …`, `MULTI`/`EXEC`/`WATCH` …), so the backend never sees it directly
+//! and a node answers it whatever its role.
+//!
+//! Times to live are kept as the client gave them (relative or absolute, in milliseconds): the
+//! primary turns a relative one into an absolute deadline with the timestamp of the record that
+//! commits it, so that the journal holds absolute times only.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::frame::{parse_integer, quote, Frame, ProtocolError, ProtocolErrorKind};
+use super::table;
 
 /// Longest command name quoted back in an error, as Redis does.
 const QUOTED_NAME_BYTES: usize = 128;
 
-/// A command the backend executes. Keys and values are binary-safe.
+/// `SCAN`'s default `COUNT`, as Redis.
+pub const DEFAULT_SCAN_COUNT: usize = 10;
+
+/// A point in time for an expiry: relative to the commit (`In`) or absolute (`At`), both in ms.
+/// `In` may be zero or negative (`EXPIRE k -1`), which deletes the key as Redis does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    In(i64),
+    At(i64),
+}
+
+impl Deadline {
+    /// The absolute time in ms for a commit at `now_ms`; `None` if it does not fit an i64.
+    pub fn resolve(self, now_ms: u64) -> Option<i64> {
+        match self {
+            Deadline::In(ms) => (now_ms as i64).checked_add(ms),
+            Deadline::At(ms) => Some(ms),
+        }
+    }
+}
+
+/// What `SET` does with the key's time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetExpiry {
+    /// No option: the key loses any time to live it had.
+    Clear,
+    /// `KEEPTTL`.
+    Keep,
+    /// `EX`, `PX`, `EXAT`, `PXAT` (and `SETEX`, `PSETEX`).
+    Until(Deadline),
+}
+
+/// `NX` / `XX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+/// How `SET` and its relatives answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetReply {
+    /// `+OK`, or null when a condition failed (`SET`, `SETEX`, `PSETEX`).
+    Status,
+    /// `1` if set, `0` if not (`SETNX`).
+    Flag,
+    /// The old value, or null (`SET … GET`, `GETSET`).
+    Old,
+}
+
+/// `EXPIRE`'s `NX | XX | GT | LT` (XX may go with GT or LT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExpireCondition {
+    /// Only if the key has no expiry.
+    pub nx: bool,
+    /// Only if the key has an expiry.
+    pub xx: bool,
+    /// Only if the new expiry is later (no expiry counts as infinite).
+    pub gt: bool,
+    /// Only if the new expiry is sooner.
+    pub lt: bool,
+}
+
+/// What `TTL` and its relatives answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlForm {
+    /// `TTL`: seconds left.
+    Seconds,
+    /// `PTTL`: milliseconds left.
+    Milliseconds,
+    /// `EXPIRETIME`: Unix time in seconds.
+    UnixSeconds,
+    /// `PEXPIRETIME`: Unix time in milliseconds.
+    UnixMilliseconds,
+}
+
+/// `GETEX`'s option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetExpiry {
+    Unchanged,
+    Persist,
+    Until(Deadline),
+}
+
+/// `SCAN`/`HSCAN` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOptions {
+    pub cursor: u64,
+    pub pattern: Option<Bytes>,
+    pub count: usize,
+    /// `TYPE` (`SCAN` only), lowercased.
+    pub type_name: Option<String>,
+}
+
+/// A command the backend executes. Keys and values are binary-safe.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// `GET key`: bulk string, or null when absent.
     Get { key: Bytes },
-    /// `SET key value [EX seconds | PX milliseconds]`: `+OK`. `expire` is a time to live counted
-    /// from when the backend applies it (never zero).
-    Set { key: Bytes, value: Bytes, expire: Option<Duration> },
-    /// `DEL key…`: how many existed.
-    Del { keys: Vec<Bytes> },
-    /// `EXISTS key…`: how many of the keys exist (a key named twice counts twice).
-    Exists { keys: Vec<Bytes> },
-    /// `INCR key` (delta 1) and `INCRBY key delta`: the new value, or
-    /// `-ERR value is not an integer or out of range` when the stored value or result is not an i64.
+    /// `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT t | KEEPTTL]`, and `SETEX`, `PSETEX`,
+    /// `SETNX`, `GETSET`.
+    Set { key: Bytes, value: Bytes, expiry: SetExpiry, condition: Condition, reply: SetReply },
+    /// `GETDEL key`.
+    GetDel { key: Bytes },
+    /// `GETEX key [EX|PX|EXAT|PXAT t | PERSIST]`.
+    GetEx { key: Bytes, expiry: GetExpiry },
+    /// `APPEND key value`: the new length.
+    Append { key: Bytes, value: Bytes },
+    /// `STRLEN key`.
+    StrLen { key: Bytes },
+    /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: the new value. `name` is the command as sent, for the
+    /// journal's client commands.
     IncrBy { key: Bytes, delta: i64 },
+    /// `INCRBYFLOAT key increment`: the new value as a bulk string.
+    IncrByFloat { key: Bytes, delta: f64 },
     /// `MGET key…`: one bulk string or null per key.
     MGet { keys: Vec<Bytes> },
-    /// `MSET key value [key value …]`: `+OK`; all pairs in one transaction; the last of a repeated
-    /// key wins.
-    MSet { pairs: Vec<(Bytes, Bytes)> },
+    /// `MSET key value […]` (`+OK`) and `MSETNX` (`1` if all were set, `0` if none was): one
+    /// transaction; the last of a repeated key wins.
+    MSet { pairs: Vec<(Bytes, Bytes)>, only_if_none_exist: bool },
+    /// `DEL key…` and `UNLINK key…`: how many existed.
+    Del { keys: Vec<Bytes> },
+    /// `EXISTS key…` and `TOUCH key…`: how many of the keys exist (a key named twice counts twice).
+    Exists { keys: Vec<Bytes> },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`: `1` if the expiry was set (or the key was
+    /// deleted because the time has passed), `0` otherwise.
+    Expire { key: Bytes, deadline: Deadline, condition: ExpireCondition, command: &'static str },
+    /// `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`: `-2` when absent, `-1` without expiry.
+    Ttl { key: Bytes, form: TtlForm },
+    /// `PERSIST key`: `1` if an expiry was removed.
+    Persist { key: Bytes },
+    /// `TYPE key`: `string`, `hash` or `none`.
+    Type { key: Bytes },
+    /// `RENAME` (`+OK`) and `RENAMENX` (`1`/`0`).
+    Rename { from: Bytes, to: Bytes, only_if_absent: bool },
+    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`.
+    Scan { options: ScanOptions },
+    /// `KEYS pattern`.
+    Keys { pattern: Bytes },
+    /// `RANDOMKEY`.
+    RandomKey,
+    /// `FLUSHALL` and `FLUSHDB` (`ASYNC`/`SYNC` accepted; always done at once).
+    FlushAll,
     /// `DBSIZE`: number of keys.
     DbSize,
+    /// `HSET key f v […]` (number of new fields) and `HMSET` (`+OK`).
+    HSet { key: Bytes, pairs: Vec<(Bytes, Bytes)>, reply_ok: bool },
+    /// `HSETNX key field value`.
+    HSetNx { key: Bytes, field: Bytes, value: Bytes },
+    /// `HGET key field`.
+    HGet { key: Bytes, field: Bytes },
+    /// `HMGET key field…`.
+    HMGet { key: Bytes, fields: Vec<Bytes> },
+    /// `HGETALL key`: a map (RESP3) or flat field/value array (RESP2).
+    HGetAll { key: Bytes },
+    /// `HDEL key field…`: how many were removed; the key goes with its last field.
+    HDel { key: Bytes, fields: Vec<Bytes> },
+    /// `HEXISTS key field`.
+    HExists { key: Bytes, field: Bytes },
+    /// `HLEN key`.
+    HLen { key: Bytes },
+    /// `HKEYS key` (`values` false) and `HVALS key` (`values` true).
+    HKeys { key: Bytes, values: bool },
+    /// `HSTRLEN key field`.
+    HStrLen { key: Bytes, field: Bytes },
+    /// `HINCRBY key field delta`.
+    HIncrBy { key: Bytes, field: Bytes, delta: i64 },
+    /// `HINCRBYFLOAT key field delta`.
+    HIncrByFloat { key: Bytes, field: Bytes, delta: f64 },
+    /// `HSCAN key cursor [MATCH p] [COUNT n]`: every field in one reply, cursor 0 (as Redis does
+    /// for a small hash).
+    HScan { key: Bytes, options: ScanOptions },
     /// `ROLE`: as Redis, e.g. `["master", offset, [[host, port, offset]…]]` or
     /// `["slave", host, port, state, offset]`.
     Role,
@@ -45,6 +201,9 @@ pub enum Command {
     /// `WAIT numreplicas timeout`: how many replicas have everything this node committed so far.
     /// `timeout` is `None` for Redis's `0`, which means "block until they have".
     Wait { replicas: u64, timeout: Option<Duration> },
+    /// A command whose arguments failed a check that Redis makes when it runs the command, not
+    /// when it queues it: inside `MULTI` it is queued and answers this error at `EXEC`.
+    Fail { error: CommandError },
 }
 
 impl Command {
@@ -53,23 +212,90 @@ impl Command {
         match self {
             Command::Get { .. } => "get",
             Command::Set { .. } => "set",
-            Command::Del { .. } => "del",
-            Command::Exists { .. } => "exists",
+            Command::GetDel { .. } => "getdel",
+            Command::GetEx { .. } => "getex",
+            Command::Append { .. } => "append",
+            Command::StrLen { .. } => "strlen",
             Command::IncrBy { .. } => "incrby",
+            Command::IncrByFloat { .. } => "incrbyfloat",
             Command::MGet { .. } => "mget",
             Command::MSet { .. } => "mset",
+            Command::Del { .. } => "del",
+            Command::Exists { .. } => "exists",
+            Command::Expire { .. } => "expire",
+            Command::Ttl { .. } => "ttl",
+            Command::Persist { .. } => "persist",
+            Command::Type { .. } => "type",
+            Command::Rename { .. } => "rename",
+            Command::Scan { .. } => "scan",
+            Command::Keys { .. } => "keys",
+            Command::RandomKey => "randomkey",
+            Command::FlushAll => "flushall",
             Command::DbSize => "dbsize",
+            Command::HSet { .. } => "hset",
+            Command::HSetNx { .. } => "hsetnx",
+            Command::HGet { .. } => "hget",
+            Command::HMGet { .. } => "hmget",
+            Command::HGetAll { .. } => "hgetall",
+            Command::HDel { .. } => "hdel",
+            Command::HExists { .. } => "hexists",
+            Command::HLen { .. } => "hlen",
+            Command::HKeys { .. } => "hkeys",
+            Command::HStrLen { .. } => "hstrlen",
+            Command::HIncrBy { .. } => "hincrby",
+            Command::HIncrByFloat { .. } => "hincrbyfloat",
+            Command::HScan { .. } => "hscan",
             Command::Role => "role",
             Command::Info { .. } => "info",
             Command::Wait { .. } => "wait",
+            Command::Fail { .. } => "fail",
         }
     }
 
-    /// Whether the command changes data: refused on a backup (`-READONLY`) or a draining primary
-    /// (`-TRYAGAIN`).
+    /// Whether the command may change data: refused on a backup (`-READONLY`) or a draining
+    /// primary (`-TRYAGAIN`), and run through the commit pipeline on a primary.
     pub fn is_write(&self) -> bool {
-        matches!(self, Command::Set { .. } | Command::Del { .. } | Command::IncrBy { .. } | Command::MSet { .. })
+        matches!(
+            self,
+            Command::Set { .. }
+                | Command::GetDel { .. }
+                | Command::GetEx { expiry: GetExpiry::Persist | GetExpiry::Until(_), .. }
+                | Command::Append { .. }
+                | Command::IncrBy { .. }
+                | Command::IncrByFloat { .. }
+                | Command::MSet { .. }
+                | Command::Del { .. }
+                | Command::Expire { .. }
+                | Command::Persist { .. }
+                | Command::Rename { .. }
+                | Command::FlushAll
+                | Command::HSet { .. }
+                | Command::HSetNx { .. }
+                | Command::HDel { .. }
+                | Command::HIncrBy { .. }
+                | Command::HIncrByFloat { .. }
+        )
     }
+}
+
+/// `CLIENT` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// `CLIENT SETINFO attribute value`: `+OK`; `LIB-NAME`/`LIB-VER` show in `CLIENT INFO`.
+    SetInfo { attribute: Bytes, value: Bytes },
+    /// `CLIENT SETNAME name`: `+OK`; the name lives as long as the connection.
+    SetName { name: Bytes },
+    /// `CLIENT GETNAME`: the name, or null.
+    GetName,
+    /// `CLIENT ID`: this connection's id.
+    Id,
+    /// `CLIENT INFO`: one line about this connection, as Redis words it.
+    Info,
+    /// `CLIENT NO-EVICT on|off`, `CLIENT NO-TOUCH on|off`: `+OK` (hotpair evicts nothing and
+    /// keeps no access times).
+    Accept,
+    /// `CLIENT TRACKING off` (`+OK`); `on` is refused: hotpair does no client-side caching.
+    TrackingOff,
 }
 
 /// A command the connection answers by itself.
@@ -83,25 +309,36 @@ pub enum ConnectionCommand {
     Select,
     /// `QUIT`: `+OK`, then the server closes the connection.
     Quit,
-    /// `COMMAND`, `COMMAND DOCS …`, `COMMAND INFO …`: an empty array. `redis-cli` asks for
-    /// `COMMAND DOCS` at start-up for its hints and works without them.
-    CommandDocs,
-    /// `COMMAND COUNT`: 0, consistent with the empty `COMMAND DOCS`.
+    /// `COMMAND` (every command), `COMMAND INFO name…`.
+    CommandInfo { names: Option<Vec<Bytes>> },
+    /// `COMMAND DOCS [name…]`.
+    CommandDocs { names: Vec<Bytes> },
+    /// `COMMAND COUNT`.
     CommandCount,
+    /// `COMMAND LIST`.
+    CommandList,
     /// `CONFIG GET parameter…`: name/value pairs for the few parameters clients ask about
     /// (`redis-benchmark` asks for `save` and `appendonly` at start-up).
     ConfigGet { patterns: Vec<Bytes> },
-    /// `CLIENT SETINFO attribute value`: `+OK`, ignored (the `redis` crate sends it at start-up,
-    /// and ignores the answer).
-    ClientSetInfo,
-    /// `CLIENT SETNAME name`: `+OK`; the name lives as long as the connection.
-    ClientSetName { name: Bytes },
-    /// `CLIENT GETNAME`: the name, or null.
-    ClientGetName,
+    /// `CLIENT …`.
+    Client(ClientCommand),
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`. `AUTH` is parsed and kept for the
+    /// data port's authentication to check.
+    Hello { protocol: Option<i64>, auth: Option<(Bytes, Bytes)>, name: Option<Bytes> },
+    /// `MULTI`.
+    Multi,
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `WATCH key…`.
+    Watch { keys: Vec<Bytes> },
+    /// `UNWATCH`.
+    Unwatch,
 }
 
 /// What a client asked for, sorted by who answers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// For the backend.
     Data(Command),
@@ -113,12 +350,14 @@ pub enum Request {
 /// error line as Redis words it, code first.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    #[error("ERR unknown command '{name}'")]
-    UnknownCommand { name: String },
+    #[error("ERR unknown command '{name}', with args beginning with: {args}")]
+    UnknownCommand { name: String, args: String },
     #[error("ERR wrong number of arguments for '{command}' command")]
     WrongArity { command: &'static str },
     #[error("ERR value is not an integer or out of range")]
     NotAnInteger,
+    #[error("ERR value is not a valid float")]
+    NotAFloat,
     #[error("ERR value is out of range, must be positive")]
     NotPositive,
     #[error("ERR timeout is negative")]
@@ -127,20 +366,39 @@ pub enum CommandError {
     Syntax,
     #[error("ERR invalid expire time in '{command}' command")]
     InvalidExpireTime { command: &'static str },
-    #[error("ERR the {option} option of '{command}' is not supported by hotpair")]
-    UnsupportedOption { command: &'static str, option: String },
+    #[error("ERR invalid cursor")]
+    InvalidCursor,
+    #[error("ERR Unsupported option {option}")]
+    UnsupportedExpireOption { option: String },
+    #[error("ERR NX and XX, GT or LT options at the same time are not compatible")]
+    NxWithOthers,
+    #[error("ERR GT and LT options at the same time are not compatible")]
+    GtWithLt,
     #[error("ERR DB index is out of range (hotpair has only database 0)")]
     DbIndexOutOfRange,
-    #[error("ERR unknown subcommand '{subcommand}' for '{command}'")]
+    #[error("ERR unknown subcommand '{subcommand}'. Try {command} HELP.")]
     UnknownSubcommand { command: &'static str, subcommand: String },
-    #[error("NOPROTO hotpair speaks RESP2 only; connect without HELLO")]
+    #[error("NOPROTO unsupported protocol version")]
     NoProto,
+    #[error("ERR Protocol version is not an integer or out of range")]
+    BadProtocolVersion,
+    #[error("ERR Syntax error in HELLO option '{option}'")]
+    HelloSyntax { option: String },
+    #[error("ERR hotpair does not do client-side caching (CLIENT TRACKING on)")]
+    NoTracking,
 }
 
 impl CommandError {
     /// The error reply.
     pub fn to_frame(&self) -> Frame {
         Frame::Error(self.to_string())
+    }
+
+    /// Whether Redis finds this error when the command is queued inside `MULTI` (an unknown
+    /// command, a wrong argument count by the command table), which aborts the transaction;
+    /// the others are found when the command runs.
+    pub fn aborts_multi(&self) -> bool {
+        matches!(self, CommandError::UnknownCommand { .. } | CommandError::WrongArity { .. })
     }
 }
 
@@ -167,178 +425,409 @@ pub fn request_arguments(frame: Frame) -> Result<Vec<Bytes>, ProtocolError> {
 impl Request {
     /// Turns a request's arguments (command name first, as [`request_arguments`] gives them)
     /// into a request. Names and options are case-insensitive.
+    ///
+    /// An unknown command or an argument count the command table refuses is an `Err`; so is any
+    /// other bad argument of a command the connection answers. A data command whose arguments
+    /// fail a check Redis makes at run time is `Ok(Command::Fail)` (see [`Command::Fail`]).
     pub fn parse(arguments: &[Bytes]) -> Result<Request, CommandError> {
         let Some((name, args)) = arguments.split_first() else {
-            return Err(CommandError::UnknownCommand { name: String::new() });
+            return Err(CommandError::UnknownCommand { name: String::new(), args: String::new() });
         };
-        let data = |command| Ok(Request::Data(command));
-        let connection = |command| Ok(Request::Connection(command));
-        let upper = name.to_ascii_uppercase();
-        match upper.as_slice() {
-            b"GET" => {
-                let [key] = exactly("get", args)?;
-                data(Command::Get { key })
-            }
-            b"SET" => parse_set(args).map(Request::Data),
-            b"DEL" => data(Command::Del { keys: at_least_one("del", args)? }),
-            b"EXISTS" => data(Command::Exists { keys: at_least_one("exists", args)? }),
-            b"INCR" => {
-                let [key] = exactly("incr", args)?;
-                data(Command::IncrBy { key, delta: 1 })
-            }
-            b"INCRBY" => {
-                let [key, delta] = exactly("incrby", args)?;
-                data(Command::IncrBy { key, delta: integer(&delta)? })
-            }
-            b"MGET" => data(Command::MGet { keys: at_least_one("mget", args)? }),
-            b"MSET" => {
-                if args.is_empty() || args.len() % 2 != 0 {
-                    return Err(CommandError::WrongArity { command: "mset" });
-                }
-                // chunks_exact(2) yields slices of exactly two, so both indexes exist.
-                let pairs = args.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
-                data(Command::MSet { pairs })
-            }
-            b"DBSIZE" => {
-                let [] = exactly("dbsize", args)?;
-                data(Command::DbSize)
-            }
-            b"ROLE" => {
-                let [] = exactly("role", args)?;
-                data(Command::Role)
-            }
-            b"INFO" => {
-                let sections = args.iter().map(|section| String::from_utf8_lossy(section).to_lowercase()).collect();
-                data(Command::Info { sections })
-            }
-            b"WAIT" => {
-                let [replicas, timeout] = exactly("wait", args)?;
-                let replicas = u64::try_from(integer(&replicas)?).map_err(|_| CommandError::NotPositive)?;
-                let timeout = match integer(&timeout)? {
-                    0 => None,
-                    milliseconds => Some(Duration::from_millis(
-                        u64::try_from(milliseconds).map_err(|_| CommandError::NegativeTimeout)?,
-                    )),
-                };
-                data(Command::Wait { replicas, timeout })
-            }
-            b"PING" => match args {
-                [] => connection(ConnectionCommand::Ping { message: None }),
-                [message] => connection(ConnectionCommand::Ping { message: Some(message.clone()) }),
-                _ => Err(CommandError::WrongArity { command: "ping" }),
-            },
-            b"ECHO" => {
-                let [message] = exactly("echo", args)?;
-                connection(ConnectionCommand::Echo { message })
-            }
-            b"SELECT" => {
-                let [index] = exactly("select", args)?;
-                match integer(&index)? {
-                    0 => connection(ConnectionCommand::Select),
-                    _ => Err(CommandError::DbIndexOutOfRange),
-                }
-            }
-            b"QUIT" => connection(ConnectionCommand::Quit),
-            b"COMMAND" => parse_command_introspection(args).map(Request::Connection),
-            b"CONFIG" => parse_config(args).map(Request::Connection),
-            b"CLIENT" => parse_client(args).map(Request::Connection),
-            // RESP3 clients ask with HELLO first and fall back to RESP2 when refused.
-            b"HELLO" => Err(CommandError::NoProto),
-            _ => Err(CommandError::UnknownCommand { name: quote_name(name) }),
+        let Some(spec) = table::lookup(name) else {
+            return Err(CommandError::UnknownCommand { name: quote_name(name), args: quoted_args(args) });
+        };
+        if !spec.arity_fits(arguments.len()) {
+            return Err(CommandError::WrongArity { command: spec.name });
+        }
+        match parse_connection(spec.name, args)? {
+            Some(command) => Ok(Request::Connection(command)),
+            None => Ok(Request::Data(parse_data(spec.name, args).unwrap_or_else(|error| Command::Fail { error }))),
         }
     }
 }
 
-/// `SET key value [EX seconds | PX milliseconds]`.
-fn parse_set(args: &[Bytes]) -> Result<Command, CommandError> {
-    let [key, value, options @ ..] = args else {
-        return Err(CommandError::WrongArity { command: "set" });
+/// The first arguments of an unknown command as Redis quotes them: `'a' 'b' ` (each followed by
+/// a space).
+fn quoted_args(args: &[Bytes]) -> String {
+    args.iter().take(8).map(|arg| format!("'{}' ", quote_name(arg))).collect()
+}
+
+fn parse_connection(name: &str, args: &[Bytes]) -> Result<Option<ConnectionCommand>, CommandError> {
+    let command = match name {
+        "ping" => match args {
+            [] => ConnectionCommand::Ping { message: None },
+            [message] => ConnectionCommand::Ping { message: Some(message.clone()) },
+            _ => return Err(CommandError::WrongArity { command: "ping" }),
+        },
+        "echo" => ConnectionCommand::Echo { message: args[0].clone() },
+        "select" => match integer(&args[0])? {
+            0 => ConnectionCommand::Select,
+            _ => return Err(CommandError::DbIndexOutOfRange),
+        },
+        "quit" => ConnectionCommand::Quit,
+        "command" => parse_command_introspection(args)?,
+        "config" => parse_config(args)?,
+        "client" => ConnectionCommand::Client(parse_client(args)?),
+        "hello" => parse_hello(args)?,
+        "multi" => ConnectionCommand::Multi,
+        "exec" => ConnectionCommand::Exec,
+        "discard" => ConnectionCommand::Discard,
+        "watch" => ConnectionCommand::Watch { keys: args.to_vec() },
+        "unwatch" => ConnectionCommand::Unwatch,
+        _ => return Ok(None),
     };
-    let mut expire = None;
+    Ok(Some(command))
+}
+
+/// A data command; the argument count already fits the command table.
+fn parse_data(name: &'static str, args: &[Bytes]) -> Result<Command, CommandError> {
+    let key = || args[0].clone();
+    let keys = || args.to_vec();
+    Ok(match name {
+        "get" => Command::Get { key: key() },
+        "set" => parse_set(args)?,
+        "setex" | "psetex" => {
+            let unit = if name == "setex" { 1000 } else { 1 };
+            let deadline = expire_amount(&args[1], unit, false, name)?;
+            Command::Set {
+                key: key(),
+                value: args[2].clone(),
+                expiry: SetExpiry::Until(deadline),
+                condition: Condition::Always,
+                reply: SetReply::Status,
+            }
+        }
+        "setnx" => Command::Set {
+            key: key(),
+            value: args[1].clone(),
+            expiry: SetExpiry::Clear,
+            condition: Condition::IfAbsent,
+            reply: SetReply::Flag,
+        },
+        "getset" => Command::Set {
+            key: key(),
+            value: args[1].clone(),
+            expiry: SetExpiry::Clear,
+            condition: Condition::Always,
+            reply: SetReply::Old,
+        },
+        "getdel" => Command::GetDel { key: key() },
+        "getex" => Command::GetEx { key: key(), expiry: parse_getex(&args[1..])? },
+        "append" => Command::Append { key: key(), value: args[1].clone() },
+        "strlen" => Command::StrLen { key: key() },
+        "incr" => Command::IncrBy { key: key(), delta: 1 },
+        "decr" => Command::IncrBy { key: key(), delta: -1 },
+        "incrby" => Command::IncrBy { key: key(), delta: integer(&args[1])? },
+        "decrby" => {
+            let delta = integer(&args[1])?;
+            Command::IncrBy {
+                key: key(),
+                delta: delta.checked_neg().ok_or(CommandError::Syntax).map_err(|_| CommandError::NotAnInteger)?,
+            }
+        }
+        "incrbyfloat" => Command::IncrByFloat { key: key(), delta: float(&args[1])? },
+        "mget" => Command::MGet { keys: keys() },
+        "mset" | "msetnx" => {
+            if args.len() % 2 != 0 {
+                return Err(CommandError::WrongArity { command: name });
+            }
+            // chunks_exact(2) yields slices of exactly two, so both indexes exist.
+            let pairs = args.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
+            Command::MSet { pairs, only_if_none_exist: name == "msetnx" }
+        }
+        "del" | "unlink" => Command::Del { keys: keys() },
+        "exists" | "touch" => Command::Exists { keys: keys() },
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let unit = if name.starts_with('p') { 1 } else { 1000 };
+            let deadline = expire_amount(&args[1], unit, name.ends_with("at"), name)?;
+            Command::Expire { key: key(), deadline, condition: parse_expire_condition(&args[2..])?, command: name }
+        }
+        "ttl" => Command::Ttl { key: key(), form: TtlForm::Seconds },
+        "pttl" => Command::Ttl { key: key(), form: TtlForm::Milliseconds },
+        "expiretime" => Command::Ttl { key: key(), form: TtlForm::UnixSeconds },
+        "pexpiretime" => Command::Ttl { key: key(), form: TtlForm::UnixMilliseconds },
+        "persist" => Command::Persist { key: key() },
+        "type" => Command::Type { key: key() },
+        "rename" | "renamenx" => {
+            Command::Rename { from: key(), to: args[1].clone(), only_if_absent: name == "renamenx" }
+        }
+        "scan" => Command::Scan { options: parse_scan(&args[0], &args[1..], true)? },
+        "keys" => Command::Keys { pattern: key() },
+        "randomkey" => Command::RandomKey,
+        "flushall" | "flushdb" => {
+            match args {
+                [] => {}
+                [mode] if matches!(mode.to_ascii_uppercase().as_slice(), b"ASYNC" | b"SYNC") => {}
+                _ => return Err(CommandError::Syntax),
+            }
+            Command::FlushAll
+        }
+        "dbsize" => Command::DbSize,
+        "hset" | "hmset" => {
+            if args.len() % 2 != 1 {
+                return Err(CommandError::WrongArity { command: name });
+            }
+            let pairs = args[1..].chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
+            Command::HSet { key: key(), pairs, reply_ok: name == "hmset" }
+        }
+        "hsetnx" => Command::HSetNx { key: key(), field: args[1].clone(), value: args[2].clone() },
+        "hget" => Command::HGet { key: key(), field: args[1].clone() },
+        "hmget" => Command::HMGet { key: key(), fields: args[1..].to_vec() },
+        "hgetall" => Command::HGetAll { key: key() },
+        "hdel" => Command::HDel { key: key(), fields: args[1..].to_vec() },
+        "hexists" => Command::HExists { key: key(), field: args[1].clone() },
+        "hlen" => Command::HLen { key: key() },
+        "hkeys" => Command::HKeys { key: key(), values: false },
+        "hvals" => Command::HKeys { key: key(), values: true },
+        "hstrlen" => Command::HStrLen { key: key(), field: args[1].clone() },
+        "hincrby" => Command::HIncrBy { key: key(), field: args[1].clone(), delta: integer(&args[2])? },
+        "hincrbyfloat" => Command::HIncrByFloat { key: key(), field: args[1].clone(), delta: float(&args[2])? },
+        "hscan" => Command::HScan { key: key(), options: parse_scan(&args[1], &args[2..], false)? },
+        "role" => Command::Role,
+        "info" => Command::Info { sections: args.iter().map(|s| String::from_utf8_lossy(s).to_lowercase()).collect() },
+        "wait" => {
+            let replicas = u64::try_from(integer(&args[0])?).map_err(|_| CommandError::NotPositive)?;
+            let timeout = match integer(&args[1])? {
+                0 => None,
+                milliseconds => {
+                    Some(Duration::from_millis(u64::try_from(milliseconds).map_err(|_| CommandError::NegativeTimeout)?))
+                }
+            };
+            Command::Wait { replicas, timeout }
+        }
+        // Every name of the table is handled above or in `parse_connection`.
+        other => return Err(CommandError::UnknownCommand { name: other.to_string(), args: String::new() }),
+    })
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`, in any order.
+fn parse_set(args: &[Bytes]) -> Result<Command, CommandError> {
+    let (key, value) = (args[0].clone(), args[1].clone());
+    let mut expiry = SetExpiry::Clear;
+    let mut condition = Condition::Always;
+    let mut reply = SetReply::Status;
+    // As Redis: an option may be repeated (the last value wins), but not combined with one it
+    // excludes (NX with XX, KEEPTTL or another unit with EX …).
+    let mut expiry_option: Option<Vec<u8>> = None;
+    let mut options = args[2..].iter();
+    while let Some(option) = options.next() {
+        let upper = option.to_ascii_uppercase();
+        let compatible = expiry_option.as_ref().is_none_or(|seen| *seen == upper);
+        match upper.as_slice() {
+            b"NX" if condition != Condition::IfPresent => condition = Condition::IfAbsent,
+            b"XX" if condition != Condition::IfAbsent => condition = Condition::IfPresent,
+            b"GET" => reply = SetReply::Old,
+            b"KEEPTTL" if compatible => expiry = SetExpiry::Keep,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if compatible => {
+                let unit = if upper[0] == b'E' { 1000 } else { 1 };
+                let amount = options.next().ok_or(CommandError::Syntax)?;
+                expiry = SetExpiry::Until(expire_amount(amount, unit, upper.ends_with(b"AT"), "set")?);
+            }
+            _ => return Err(CommandError::Syntax),
+        }
+        if !matches!(upper.as_slice(), b"NX" | b"XX" | b"GET") {
+            expiry_option = Some(upper);
+        }
+    }
+    Ok(Command::Set { key, value, expiry, condition, reply })
+}
+
+/// `GETEX`'s options: at most one of `EX|PX|EXAT|PXAT t` and `PERSIST`.
+fn parse_getex(options: &[Bytes]) -> Result<GetExpiry, CommandError> {
+    let mut expiry = GetExpiry::Unchanged;
+    let mut seen: Option<Vec<u8>> = None;
     let mut options = options.iter();
     while let Some(option) = options.next() {
         let upper = option.to_ascii_uppercase();
-        let unit_milliseconds = match upper.as_slice() {
-            b"EX" => 1000,
-            b"PX" => 1,
-            b"NX" | b"XX" | b"GET" | b"KEEPTTL" | b"EXAT" | b"PXAT" => {
-                return Err(CommandError::UnsupportedOption {
-                    command: "set",
-                    option: String::from_utf8_lossy(&upper).into_owned(),
-                })
+        // The same option again is accepted (the last value wins), as Redis does.
+        if seen.as_ref().is_some_and(|seen| *seen != upper) {
+            return Err(CommandError::Syntax);
+        }
+        seen = Some(upper.clone());
+        expiry = match upper.as_slice() {
+            b"PERSIST" => GetExpiry::Persist,
+            upper @ (b"EX" | b"PX" | b"EXAT" | b"PXAT") => {
+                let unit = if upper[0] == b'E' { 1000 } else { 1 };
+                let amount = options.next().ok_or(CommandError::Syntax)?;
+                GetExpiry::Until(expire_amount(amount, unit, upper.ends_with(b"AT"), "getex")?)
             }
             _ => return Err(CommandError::Syntax),
         };
-        // EX and PX together, or twice, is a syntax error in Redis too.
-        if expire.is_some() {
-            return Err(CommandError::Syntax);
-        }
-        let amount = integer(options.next().ok_or(CommandError::Syntax)?)?;
-        // As Redis: positive, and not so large that the deadline in milliseconds would overflow.
-        if amount <= 0 || amount > i64::MAX / 1000 {
-            return Err(CommandError::InvalidExpireTime { command: "set" });
-        }
-        let milliseconds = amount.unsigned_abs() * unit_milliseconds;
-        expire = Some(Duration::from_millis(milliseconds));
     }
-    Ok(Command::Set { key: key.clone(), value: value.clone(), expire })
+    Ok(expiry)
 }
 
-/// `COMMAND [DOCS|INFO|COUNT …]`.
+/// An expiry amount in `unit` ms. `SET`/`GETEX`/`SETEX` refuse zero or less (`strict`), as Redis
+/// does; `EXPIRE` and its relatives accept any value whose milliseconds fit (a time already
+/// passed deletes the key).
+fn expire_amount(text: &[u8], unit: i64, absolute: bool, command: &'static str) -> Result<Deadline, CommandError> {
+    let amount = integer(text)?;
+    let strict = !command.contains("expire");
+    if strict && amount <= 0 {
+        return Err(CommandError::InvalidExpireTime { command });
+    }
+    let ms = amount.checked_mul(unit).ok_or(CommandError::InvalidExpireTime { command })?;
+    Ok(if absolute { Deadline::At(ms) } else { Deadline::In(ms) })
+}
+
+/// `EXPIRE`'s `NX | XX | GT | LT`, with Redis's checks of which go together.
+fn parse_expire_condition(options: &[Bytes]) -> Result<ExpireCondition, CommandError> {
+    let mut condition = ExpireCondition::default();
+    for option in options {
+        match option.to_ascii_uppercase().as_slice() {
+            b"NX" => condition.nx = true,
+            b"XX" => condition.xx = true,
+            b"GT" => condition.gt = true,
+            b"LT" => condition.lt = true,
+            _ => return Err(CommandError::UnsupportedExpireOption { option: String::from_utf8_lossy(option).into() }),
+        }
+    }
+    if condition.nx && (condition.xx || condition.gt || condition.lt) {
+        return Err(CommandError::NxWithOthers);
+    }
+    if condition.gt && condition.lt {
+        return Err(CommandError::GtWithLt);
+    }
+    Ok(condition)
+}
+
+/// `cursor [MATCH p] [COUNT n] [TYPE t]` (`TYPE` for `SCAN` only).
+fn parse_scan(cursor: &[u8], options: &[Bytes], with_type: bool) -> Result<ScanOptions, CommandError> {
+    let cursor = std::str::from_utf8(cursor).ok().and_then(|text| text.parse::<u64>().ok());
+    let mut scan = ScanOptions {
+        cursor: cursor.ok_or(CommandError::InvalidCursor)?,
+        pattern: None,
+        count: DEFAULT_SCAN_COUNT,
+        type_name: None,
+    };
+    let mut options = options.iter();
+    while let Some(option) = options.next() {
+        let value = options.next().ok_or(CommandError::Syntax)?;
+        match option.to_ascii_uppercase().as_slice() {
+            b"MATCH" => scan.pattern = Some(value.clone()),
+            b"COUNT" => {
+                let count = integer(value)?;
+                if count < 1 {
+                    return Err(CommandError::Syntax);
+                }
+                scan.count = usize::try_from(count).unwrap_or(usize::MAX);
+            }
+            b"TYPE" if with_type => scan.type_name = Some(String::from_utf8_lossy(value).to_lowercase()),
+            _ => return Err(CommandError::Syntax),
+        }
+    }
+    Ok(scan)
+}
+
+/// `COMMAND [INFO|DOCS|COUNT|LIST …]`.
 fn parse_command_introspection(args: &[Bytes]) -> Result<ConnectionCommand, CommandError> {
-    let Some(subcommand) = args.first() else {
-        return Ok(ConnectionCommand::CommandDocs);
+    let Some((subcommand, rest)) = args.split_first() else {
+        return Ok(ConnectionCommand::CommandInfo { names: None });
     };
     match subcommand.to_ascii_uppercase().as_slice() {
-        b"DOCS" | b"INFO" => Ok(ConnectionCommand::CommandDocs),
-        b"COUNT" if args.len() == 1 => Ok(ConnectionCommand::CommandCount),
+        b"DOCS" => Ok(ConnectionCommand::CommandDocs { names: rest.to_vec() }),
+        b"INFO" => Ok(ConnectionCommand::CommandInfo { names: Some(rest.to_vec()) }),
+        b"COUNT" if rest.is_empty() => Ok(ConnectionCommand::CommandCount),
         b"COUNT" => Err(CommandError::WrongArity { command: "command|count" }),
-        _ => Err(CommandError::UnknownSubcommand { command: "command", subcommand: quote_name(subcommand) }),
+        // `LIST [FILTERBY …]`: the filters are not supported; every command is listed.
+        b"LIST" => Ok(ConnectionCommand::CommandList),
+        _ => Err(CommandError::UnknownSubcommand { command: "COMMAND", subcommand: quote_name(subcommand) }),
     }
 }
 
 /// `CONFIG GET parameter…`; every other subcommand is refused.
 fn parse_config(args: &[Bytes]) -> Result<ConnectionCommand, CommandError> {
-    let Some((subcommand, rest)) = args.split_first() else {
-        return Err(CommandError::WrongArity { command: "config" });
-    };
+    let (subcommand, rest) = (&args[0], &args[1..]);
     match subcommand.to_ascii_uppercase().as_slice() {
         b"GET" if rest.is_empty() => Err(CommandError::WrongArity { command: "config|get" }),
         b"GET" => Ok(ConnectionCommand::ConfigGet { patterns: rest.to_vec() }),
-        _ => Err(CommandError::UnknownSubcommand { command: "config", subcommand: quote_name(subcommand) }),
+        _ => Err(CommandError::UnknownSubcommand { command: "CONFIG", subcommand: quote_name(subcommand) }),
     }
 }
 
-/// `CLIENT SETINFO|SETNAME|GETNAME`.
-fn parse_client(args: &[Bytes]) -> Result<ConnectionCommand, CommandError> {
-    let Some((subcommand, rest)) = args.split_first() else {
-        return Err(CommandError::WrongArity { command: "client" });
-    };
+/// The `CLIENT` subcommands clients and frameworks send when they connect.
+fn parse_client(args: &[Bytes]) -> Result<ClientCommand, CommandError> {
+    let (subcommand, rest) = (&args[0], &args[1..]);
+    let on_off = |value: &Bytes| matches!(value.to_ascii_uppercase().as_slice(), b"ON" | b"OFF");
     match (subcommand.to_ascii_uppercase().as_slice(), rest) {
-        (b"SETINFO", [_attribute, _value]) => Ok(ConnectionCommand::ClientSetInfo),
+        (b"SETINFO", [attribute, value]) => {
+            match attribute.to_ascii_uppercase().as_slice() {
+                b"LIB-NAME" | b"LIB-VER" => {}
+                _ => {
+                    return Err(CommandError::UnknownSubcommand {
+                        command: "CLIENT",
+                        subcommand: format!("SETINFO {}", quote_name(attribute)),
+                    })
+                }
+            }
+            Ok(ClientCommand::SetInfo { attribute: attribute.clone(), value: value.clone() })
+        }
         (b"SETINFO", _) => Err(CommandError::WrongArity { command: "client|setinfo" }),
-        (b"SETNAME", [name]) => Ok(ConnectionCommand::ClientSetName { name: name.clone() }),
+        (b"SETNAME", [name]) => Ok(ClientCommand::SetName { name: name.clone() }),
         (b"SETNAME", _) => Err(CommandError::WrongArity { command: "client|setname" }),
-        (b"GETNAME", []) => Ok(ConnectionCommand::ClientGetName),
+        (b"GETNAME", []) => Ok(ClientCommand::GetName),
         (b"GETNAME", _) => Err(CommandError::WrongArity { command: "client|getname" }),
-        _ => Err(CommandError::UnknownSubcommand { command: "client", subcommand: quote_name(subcommand) }),
+        (b"ID", []) => Ok(ClientCommand::Id),
+        (b"ID", _) => Err(CommandError::WrongArity { command: "client|id" }),
+        (b"INFO", []) => Ok(ClientCommand::Info),
+        (b"INFO", _) => Err(CommandError::WrongArity { command: "client|info" }),
+        (b"NO-EVICT" | b"NO-TOUCH", [value]) if on_off(value) => Ok(ClientCommand::Accept),
+        (b"NO-EVICT" | b"NO-TOUCH", [_]) => Err(CommandError::Syntax),
+        (b"NO-EVICT", _) => Err(CommandError::WrongArity { command: "client|no-evict" }),
+        (b"NO-TOUCH", _) => Err(CommandError::WrongArity { command: "client|no-touch" }),
+        (b"TRACKING", [value, ..]) if value.eq_ignore_ascii_case(b"OFF") => Ok(ClientCommand::TrackingOff),
+        (b"TRACKING", [value, ..]) if value.eq_ignore_ascii_case(b"ON") => Err(CommandError::NoTracking),
+        (b"TRACKING", [_, ..]) => Err(CommandError::Syntax),
+        (b"TRACKING", _) => Err(CommandError::WrongArity { command: "client|tracking" }),
+        _ => Err(CommandError::UnknownSubcommand { command: "CLIENT", subcommand: quote_name(subcommand) }),
     }
 }
 
-/// Exactly `N` arguments, or Redis's arity error.
-fn exactly<const N: usize>(command: &'static str, args: &[Bytes]) -> Result<[Bytes; N], CommandError> {
-    <&[Bytes; N]>::try_from(args).cloned().map_err(|_| CommandError::WrongArity { command })
-}
-
-fn at_least_one(command: &'static str, args: &[Bytes]) -> Result<Vec<Bytes>, CommandError> {
-    if args.is_empty() {
-        return Err(CommandError::WrongArity { command });
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`. The protocol version is
+/// checked by the connection (2 and 3 are spoken).
+fn parse_hello(args: &[Bytes]) -> Result<ConnectionCommand, CommandError> {
+    let Some((protocol, options)) = args.split_first() else {
+        return Ok(ConnectionCommand::Hello { protocol: None, auth: None, name: None });
+    };
+    let protocol = parse_integer(protocol).ok_or(CommandError::BadProtocolVersion)?;
+    let (mut auth, mut name) = (None, None);
+    let mut index = 0;
+    while index < options.len() {
+        let option = &options[index];
+        let remaining = options.len() - index - 1;
+        match option.to_ascii_uppercase().as_slice() {
+            b"AUTH" if remaining >= 2 => {
+                auth = Some((options[index + 1].clone(), options[index + 2].clone()));
+                index += 3;
+            }
+            b"SETNAME" if remaining >= 1 => {
+                name = Some(options[index + 1].clone());
+                index += 2;
+            }
+            _ => return Err(CommandError::HelloSyntax { option: quote_name(option) }),
+        }
     }
-    Ok(args.to_vec())
+    Ok(ConnectionCommand::Hello { protocol: Some(protocol), auth, name })
 }
 
 fn integer(text: &[u8]) -> Result<i64, CommandError> {
     parse_integer(text).ok_or(CommandError::NotAnInteger)
+}
+
+/// A float as Redis reads one (`strtold`): no spaces, not NaN.
+pub fn parse_float(text: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(text).ok()?;
+    if text.is_empty()
+        || text.starts_with(|c: char| c.is_ascii_whitespace())
+        || text.ends_with(|c: char| c.is_ascii_whitespace())
+    {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|value| !value.is_nan())
+}
+
+fn float(text: &[u8]) -> Result<f64, CommandError> {
+    parse_float(text).ok_or(CommandError::NotAFloat)
 }
 
 /// A client-supplied name, made safe to put in an error line.
@@ -352,123 +841,4 @@ fn quote_name(name: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(line: &str) -> Result<Request, CommandError> {
-        let arguments: Vec<Bytes> = line.split(' ').map(|word| Bytes::copy_from_slice(word.as_bytes())).collect();
-        Request::parse(&arguments)
-    }
-
-    fn command(line: &str) -> Command {
-        match request(line) {
-            Ok(Request::Data(command)) => command,
-            other => panic!("{line}: expected a data command, got {other:?}"),
-        }
-    }
-
-    fn error_line(line: &str) -> String {
-        match request(line) {
-            Err(error) => error.to_string(),
-            other => panic!("{line}: expected an error, got {other:?}"),
-        }
-    }
-
-    fn b(text: &str) -> Bytes {
-        Bytes::copy_from_slice(text.as_bytes())
-    }
-
-    #[test]
-    fn data_commands_parse_case_insensitively() {
-        assert_eq!(command("get k"), Command::Get { key: b("k") });
-        assert_eq!(command("GeT k"), Command::Get { key: b("k") });
-        assert_eq!(command("SET k v"), Command::Set { key: b("k"), value: b("v"), expire: None });
-        assert_eq!(
-            command("set k v ex 10"),
-            Command::Set { key: b("k"), value: b("v"), expire: Some(Duration::from_secs(10)) }
-        );
-        assert_eq!(
-            command("SET k v PX 1500"),
-            Command::Set { key: b("k"), value: b("v"), expire: Some(Duration::from_millis(1500)) }
-        );
-        assert_eq!(command("DEL a b"), Command::Del { keys: vec![b("a"), b("b")] });
-        assert_eq!(command("EXISTS a a"), Command::Exists { keys: vec![b("a"), b("a")] });
-        assert_eq!(command("INCR n"), Command::IncrBy { key: b("n"), delta: 1 });
-        assert_eq!(command("INCRBY n -5"), Command::IncrBy { key: b("n"), delta: -5 });
-        assert_eq!(command("MGET a b"), Command::MGet { keys: vec![b("a"), b("b")] });
-        assert_eq!(command("MSET a 1 b 2"), Command::MSet { pairs: vec![(b("a"), b("1")), (b("b"), b("2"))] });
-        assert_eq!(command("DBSIZE"), Command::DbSize);
-        assert_eq!(command("ROLE"), Command::Role);
-        assert_eq!(command("INFO Replication"), Command::Info { sections: vec!["replication".into()] });
-        assert_eq!(command("WAIT 1 0"), Command::Wait { replicas: 1, timeout: None });
-        assert_eq!(command("WAIT 1 250"), Command::Wait { replicas: 1, timeout: Some(Duration::from_millis(250)) });
-        assert!(command("MSET a 1").is_write() && !command("MGET a").is_write());
-    }
-
-    #[test]
-    fn connection_commands_parse() {
-        let connection = |line| match request(line) {
-            Ok(Request::Connection(command)) => command,
-            other => panic!("{line}: expected a connection command, got {other:?}"),
-        };
-        assert_eq!(connection("PING"), ConnectionCommand::Ping { message: None });
-        assert_eq!(connection("ping hi"), ConnectionCommand::Ping { message: Some(b("hi")) });
-        assert_eq!(connection("ECHO hi"), ConnectionCommand::Echo { message: b("hi") });
-        assert_eq!(connection("SELECT 0"), ConnectionCommand::Select);
-        assert_eq!(connection("QUIT"), ConnectionCommand::Quit);
-        assert_eq!(connection("COMMAND DOCS"), ConnectionCommand::CommandDocs);
-        assert_eq!(connection("COMMAND"), ConnectionCommand::CommandDocs);
-        assert_eq!(connection("COMMAND COUNT"), ConnectionCommand::CommandCount);
-        assert_eq!(connection("CONFIG GET save"), ConnectionCommand::ConfigGet { patterns: vec![b("save")] });
-        assert_eq!(connection("CLIENT SETINFO LIB-NAME redis-rs"), ConnectionCommand::ClientSetInfo);
-        assert_eq!(connection("client setname me"), ConnectionCommand::ClientSetName { name: b("me") });
-        assert_eq!(connection("CLIENT GETNAME"), ConnectionCommand::ClientGetName);
-    }
-
-    #[test]
-    fn refusals_read_as_redis_words_them() {
-        assert_eq!(error_line("GET"), "ERR wrong number of arguments for 'get' command");
-        assert_eq!(error_line("GET a b"), "ERR wrong number of arguments for 'get' command");
-        assert_eq!(error_line("FOO bar"), "ERR unknown command 'FOO'");
-        assert_eq!(error_line("INCRBY n 1.5"), "ERR value is not an integer or out of range");
-        assert_eq!(error_line("INCRBY n 99999999999999999999"), "ERR value is not an integer or out of range");
-        assert_eq!(error_line("SET k v EX"), "ERR syntax error");
-        assert_eq!(error_line("SET k v FOO"), "ERR syntax error");
-        assert_eq!(error_line("SET k v EX 1 PX 1"), "ERR syntax error");
-        assert_eq!(error_line("SET k v EX ten"), "ERR value is not an integer or out of range");
-        assert_eq!(error_line("SET k v EX 0"), "ERR invalid expire time in 'set' command");
-        assert_eq!(error_line("SET k v PX -1"), "ERR invalid expire time in 'set' command");
-        assert_eq!(error_line("SET k v EX 9223372036854776"), "ERR invalid expire time in 'set' command");
-        assert_eq!(error_line("SET k v nx"), "ERR the NX option of 'set' is not supported by hotpair");
-        assert_eq!(error_line("MSET a"), "ERR wrong number of arguments for 'mset' command");
-        assert_eq!(error_line("MSET a 1 b"), "ERR wrong number of arguments for 'mset' command");
-        assert_eq!(error_line("DEL"), "ERR wrong number of arguments for 'del' command");
-        assert_eq!(error_line("SELECT 1"), "ERR DB index is out of range (hotpair has only database 0)");
-        assert_eq!(error_line("SELECT x"), "ERR value is not an integer or out of range");
-        assert_eq!(error_line("WAIT 1 -1"), "ERR timeout is negative");
-        assert_eq!(error_line("WAIT -1 0"), "ERR value is out of range, must be positive");
-        assert_eq!(error_line("PING a b"), "ERR wrong number of arguments for 'ping' command");
-        assert_eq!(error_line("CONFIG SET save x"), "ERR unknown subcommand 'SET' for 'config'");
-        assert_eq!(error_line("HELLO 3"), "NOPROTO hotpair speaks RESP2 only; connect without HELLO");
-    }
-
-    #[test]
-    fn client_bytes_in_errors_are_escaped_and_short() {
-        let name = Bytes::from(vec![b'\r'; 1000]);
-        match Request::parse(&[name]) {
-            Err(CommandError::UnknownCommand { name }) => assert!(name.len() < 200 && !name.contains('\r')),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn request_frames_must_be_arrays_of_bulk_strings() {
-        let args = request_arguments(Frame::array(vec![Frame::bulk(&b"PING"[..])])).unwrap();
-        assert_eq!(args, vec![b("PING")]);
-        assert_eq!(request_arguments(Frame::array(vec![])).unwrap(), Vec::<Bytes>::new());
-        let error = request_arguments(Frame::array(vec![Frame::bulk(&b"GET"[..]), Frame::Integer(1)])).unwrap_err();
-        assert_eq!(error.kind, ProtocolErrorKind::NotBulkString { index: 1, found: "an integer" });
-        let error = request_arguments(Frame::ok()).unwrap_err();
-        assert_eq!(error.kind, ProtocolErrorKind::NotAnArray { found: "a simple string" });
-    }
-}
+mod tests;

@@ -51,6 +51,10 @@ pub enum Frame {
     Bulk(Option<Bytes>),
     /// `*n` then n frames; `None` is the null array.
     Array(Option<Vec<Frame>>),
+    /// A reply only: RESP3's map (`%n`), sent to a RESP2 client as a flat array of key, value, …
+    Map(Vec<(Frame, Frame)>),
+    /// A reply only: RESP3's set (`~n`), sent to a RESP2 client as an array.
+    Set(Vec<Frame>),
 }
 
 impl Frame {
@@ -92,6 +96,8 @@ impl Frame {
             Frame::Bulk(Some(_)) => "a bulk string",
             Frame::Array(None) => "a null array",
             Frame::Array(Some(_)) => "an array",
+            Frame::Map(_) => "a map",
+            Frame::Set(_) => "a set",
         }
     }
 }
@@ -164,8 +170,51 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, Prot
     }
 }
 
-/// Appends the wire form of `frame` to `out`.
+/// Appends the RESP2 wire form of `frame` to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    encode_as(frame, Protocol::Resp2, out)
+}
+
+/// The reply protocol a connection speaks: RESP2 until `HELLO 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+/// Appends the wire form of `frame` in `protocol` to `out`. RESP3 differs for replies only: one
+/// null (`_`) for both RESP2 nulls, maps (`%`) and sets (`~`) instead of arrays.
+pub fn encode_as(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
+    let resp3 = protocol == Protocol::Resp3;
+    match frame {
+        Frame::Bulk(None) | Frame::Array(None) if resp3 => out.extend_from_slice(b"_\r\n"),
+        Frame::Map(pairs) => {
+            if resp3 {
+                out.push(b'%');
+                push_length(pairs.len(), out);
+            } else {
+                out.push(b'*');
+                push_length(pairs.len() * 2, out);
+            }
+            for (key, value) in pairs {
+                encode_as(key, protocol, out);
+                encode_as(value, protocol, out);
+            }
+        }
+        Frame::Set(items) => {
+            out.push(if resp3 { b'~' } else { b'*' });
+            push_length(items.len(), out);
+            for item in items {
+                encode_as(item, protocol, out);
+            }
+        }
+        _ => encode_plain(frame, protocol, out),
+    }
+}
+
+/// The frames both protocols write alike (their elements may differ).
+fn encode_plain(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
     match frame {
         Frame::Simple(text) => encode_line(b'+', text, out),
         Frame::Error(text) => encode_line(b'-', text, out),
@@ -186,9 +235,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.push(b'*');
             push_length(items.len(), out);
             for item in items {
-                encode(item, out);
+                encode_as(item, protocol, out);
             }
         }
+        Frame::Map(_) | Frame::Set(_) => encode_as(frame, protocol, out),
     }
 }
 

@@ -27,14 +27,16 @@
 //! `max_request_bytes` (4 MiB) and `max_connections` (512), plus [`frame::MAX_NESTING_DEPTH`].
 //! Every error for a broken limit names the limit and its value.
 //!
-//! ## Caveats
-//! RESP2 only: `HELLO` is refused with `-NOPROTO`, which RESP3 clients take as "fall back to RESP2".
-//! `SET` takes `EX`/`PX`; `NX`, `XX`, `GET`, `KEEPTTL`, `EXAT` and `PXAT` are refused by name.
+//! ## Protocols
+//! Requests are RESP2 (RESP3 clients send the same arrays of bulk strings). Replies are RESP2
+//! until a connection says `HELLO 3`; then [`encode_as`] writes RESP3's null, maps and sets.
+//! [`table`] lists every command with its arity and flags (`COMMAND`, and `MULTI`'s checks).
 
 pub mod command;
 pub mod frame;
 pub mod limits;
+pub mod table;
 
-pub use command::{request_arguments, Command, CommandError, ConnectionCommand, Request};
-pub use frame::{encode, parse, Frame, ProtocolError, ProtocolErrorKind};
+pub use command::{request_arguments, ClientCommand, Command, CommandError, ConnectionCommand, Request};
+pub use frame::{encode, encode_as, parse, Frame, Protocol, ProtocolError, ProtocolErrorKind};
 pub use limits::Limits;

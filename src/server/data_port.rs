@@ -1,4 +1,6 @@
-//! The data port: a TCP server speaking RESP2, one task per client, commands handed to a backend.
+//! The data port: a TCP server speaking RESP2 (RESP3 after `HELLO 3`), one task per client,
+//! commands handed to a backend; each connection's own state (name, protocol, `MULTI` queue,
+//! watch) lives in its [`Session`].
 //!
 //! ## Per connection
 //! Read → parse every whole request in the buffer → execute them in order → write all their
@@ -35,7 +37,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::resp::{encode, parse, request_arguments, Command, ConnectionCommand, Frame, Limits, Request};
+use super::session::{Outcome, Session};
+use crate::resp::{encode, encode_as, parse, request_arguments, Command, Frame, Limits, Request};
+use crate::watch::{Registry, Watcher};
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -84,6 +88,43 @@ pub trait DataBackend: Send + Sync + 'static {
     /// has read, as at shutdown. `None`: never.
     fn hand_off(&self) -> Option<watch::Receiver<u64>> {
         None
+    }
+
+    /// `EXEC`: runs `commands` as one transaction and answers an array of their replies — or
+    /// null, running nothing, when `watcher` says a watched key changed; or one error when the
+    /// whole transaction is refused. Without an override, the commands run one by one.
+    fn execute_transaction(
+        &self,
+        commands: Vec<Command>,
+        watcher: Option<Arc<Watcher>>,
+    ) -> impl Future<Output = Frame> + Send {
+        async move {
+            if watcher.is_some_and(|w| w.is_dirty()) {
+                return Frame::Array(None);
+            }
+            let mut replies = Vec::with_capacity(commands.len());
+            for command in commands {
+                replies.push(self.execute(command).await);
+            }
+            Frame::array(replies)
+        }
+    }
+
+    /// `WATCH keys`: registers `watcher` for them; the registry, so the connection can unwatch
+    /// (`None`: this backend does not watch, and `EXEC` is never aborted).
+    fn watch(&self, _watcher: &Arc<Watcher>, _keys: &[Bytes]) -> Option<Arc<Registry>> {
+        None
+    }
+
+    /// The error a write would get right now (`-READONLY` on a backup), if any: a write queued
+    /// inside `MULTI` gets it at once and aborts the transaction, as in Redis.
+    fn write_refusal(&self) -> Option<Frame> {
+        None
+    }
+
+    /// `master` or `replica`, for `HELLO`.
+    fn role_name(&self) -> &'static str {
+        "master"
     }
 }
 
@@ -177,8 +218,8 @@ struct Connection<B> {
     limits: Limits,
     stop: watch::Receiver<bool>,
     input: BytesMut,
-    /// Set by `CLIENT SETNAME`.
-    name: Option<Bytes>,
+    /// Name, protocol, transaction and watch of this client.
+    session: Session,
     /// See [`DataBackend::hand_off`].
     hand_off: Option<watch::Receiver<u64>>,
 }
@@ -189,6 +230,7 @@ impl<B: DataBackend> Connection<B> {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "data port: could not set TCP_NODELAY");
         }
+        let session = Session::new(peer);
         let hand_off = backend.hand_off();
         Connection {
             stream,
@@ -197,7 +239,7 @@ impl<B: DataBackend> Connection<B> {
             limits,
             stop,
             input: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            name: None,
+            session,
             hand_off,
         }
     }
@@ -250,16 +292,13 @@ impl<B: DataBackend> Connection<B> {
             if arguments.is_empty() {
                 continue;
             }
-            let reply = match Request::parse(&arguments) {
-                Ok(Request::Data(command)) => self.backend.execute(command).await,
-                Ok(Request::Connection(ConnectionCommand::Quit)) => {
-                    encode(&Frame::ok(), replies);
+            match self.session.handle(&*self.backend, Request::parse(&arguments)).await {
+                Outcome::Reply(reply) => encode_as(&reply, self.session.protocol, replies),
+                Outcome::Close(reply) => {
+                    encode_as(&reply, self.session.protocol, replies);
                     return Ok(Next::Close);
                 }
-                Ok(Request::Connection(command)) => self.answer(command),
-                Err(error) => error.to_frame(),
-            };
-            encode(&reply, replies);
+            }
             if replies.len() >= FLUSH_REPLY_BYTES {
                 self.write(replies).await?;
             }
@@ -270,25 +309,6 @@ impl<B: DataBackend> Connection<B> {
         tracing::debug!(peer = %self.peer, %error, "data port: protocol error; closing the connection");
         encode(&Frame::Error(format!("ERR Protocol error: {error}")), replies);
         Next::CloseAfterError
-    }
-
-    /// Answers what the connection answers by itself.
-    fn answer(&mut self, command: ConnectionCommand) -> Frame {
-        match command {
-            ConnectionCommand::Ping { message: None } => Frame::simple("PONG"),
-            ConnectionCommand::Ping { message: Some(message) } | ConnectionCommand::Echo { message } => {
-                Frame::Bulk(Some(message))
-            }
-            ConnectionCommand::Select | ConnectionCommand::ClientSetInfo | ConnectionCommand::Quit => Frame::ok(),
-            ConnectionCommand::CommandDocs => Frame::array(Vec::new()),
-            ConnectionCommand::CommandCount => Frame::Integer(0),
-            ConnectionCommand::ConfigGet { patterns } => config_get(&patterns),
-            ConnectionCommand::ClientSetName { name } => {
-                self.name = (!name.is_empty()).then_some(name);
-                Frame::ok()
-            }
-            ConnectionCommand::ClientGetName => Frame::Bulk(self.name.clone()),
-        }
     }
 
     /// Writes and clears `replies`. Once shutdown has begun, a client that does not read gets
@@ -342,15 +362,14 @@ async fn handed_off(hand_off: &mut Option<watch::Receiver<u64>>) {
 }
 
 /// `CONFIG GET pattern…`: a flat array of name/value pairs for the parameters that match.
-fn config_get(patterns: &[Bytes]) -> Frame {
+pub(super) fn config_get(patterns: &[Bytes]) -> Frame {
     let mut reply = Vec::new();
     for (name, value) in CONFIG_PARAMETERS {
         if patterns.iter().any(|pattern| glob_matches(&pattern.to_ascii_lowercase(), name.as_bytes())) {
-            reply.push(Frame::bulk(name.as_bytes()));
-            reply.push(Frame::bulk(value.as_bytes()));
+            reply.push((Frame::bulk(name.as_bytes()), Frame::bulk(value.as_bytes())));
         }
     }
-    Frame::array(reply)
+    Frame::Map(reply)
 }
 
 /// Glob matching with `*` and `?`, enough for `CONFIG GET *`. Iterative with one backtrack
@@ -389,13 +408,13 @@ mod tests {
     #[test]
     fn config_get_answers_what_benchmark_tools_ask() {
         let pair = |name: &str, value: &str| {
-            vec![Frame::bulk(name.as_bytes().to_vec()), Frame::bulk(value.as_bytes().to_vec())]
+            vec![(Frame::bulk(name.as_bytes().to_vec()), Frame::bulk(value.as_bytes().to_vec()))]
         };
-        assert_eq!(config_get(&[Bytes::from_static(b"save")]), Frame::array(pair("save", "")));
-        assert_eq!(config_get(&[Bytes::from_static(b"APPENDONLY")]), Frame::array(pair("appendonly", "no")));
-        assert_eq!(config_get(&[Bytes::from_static(b"maxmemory")]), Frame::array(vec![]));
-        let Frame::Array(Some(all)) = config_get(&[Bytes::from_static(b"*")]) else { panic!() };
-        assert_eq!(all.len(), 2 * CONFIG_PARAMETERS.len());
+        assert_eq!(config_get(&[Bytes::from_static(b"save")]), Frame::Map(pair("save", "")));
+        assert_eq!(config_get(&[Bytes::from_static(b"APPENDONLY")]), Frame::Map(pair("appendonly", "no")));
+        assert_eq!(config_get(&[Bytes::from_static(b"maxmemory")]), Frame::Map(vec![]));
+        let Frame::Map(all) = config_get(&[Bytes::from_static(b"*")]) else { panic!() };
+        assert_eq!(all.len(), CONFIG_PARAMETERS.len());
     }
 
     #[test]

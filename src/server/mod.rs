@@ -15,5 +15,6 @@
 //! - Shutdown is a future passed in; `serve` returns only after every connection task has ended.
 
 pub mod data_port;
+pub mod session;
 
 pub use data_port::{serve, DataBackend};

@@ -1,6 +1,6 @@
 // An ioredis application that writes through a hotpair pair's Sentinel ports: one client made
 // with the `sentinels` option, writing PREFIX:SEQ = SEQ in a loop; an error is counted and the
-// next write goes on (no reconfiguration, no restart). Used by tests/clients.rs and
+// next write goes on (no reconfiguration, no restart). Used by tests/follow_primary.rs and
 // benches/client_gap.sh; the same arguments and summary as redis_py_writer.py.
 //
 //   node ioredis_writer.js --sentinels 127.0.0.1:7403,127.0.0.1:7503 --name hotpair \

@@ -2,7 +2,7 @@
 
 It is what an unchanged application does: one `Sentinel([...]).master_for(NAME)` client, created
 once, writing `PREFIX:SEQ = SEQ` in a loop; an error is counted and the next write goes on (no
-reconfiguration, no restart). Used by tests/clients.rs and benches/client_gap.sh.
+reconfiguration, no restart). Used by tests/follow_primary.rs and benches/client_gap.sh.
 
   python3 redis_py_writer.py --sentinels 127.0.0.1:7403,127.0.0.1:7503 --name hotpair \
       --progress FILE --stop FILE --out FILE [--prefix py] [--pause-ms 1]

@@ -514,9 +514,12 @@ pub fn dumped_bytes(value: &Value) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit")).collect()
 }
 
-/// The client's value in a stored value (`hotpair::value` format: tag, optional expiry, data).
+/// The client's string in a stored value (`hotpair::value` format: tag, optional expiry, data).
 pub fn client_value(stored: &[u8]) -> Vec<u8> {
-    hotpair::value::StoredValue::decode(stored).expect("a stored value").data
+    match hotpair::value::StoredValue::decode(stored).expect("a stored value").data {
+        hotpair::value::Data::String(bytes) => bytes,
+        other => panic!("not a string value: {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
