@@ -29,7 +29,38 @@ pub async fn request_within(
 }
 
 /// A mutual-TLS admin connection to one node.
-type AdminStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub type AdminStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A fresh admin connection to `node`, for a request that streams (a backup).
+pub async fn connect(pair: &PairConfig, node: &str) -> Result<AdminStream, String> {
+    let connector = crate::tls::admin_client_config(pair).map(TlsConnector::from).map_err(|e| e.to_string())?;
+    dial(pair, &connector, node).await
+}
+
+async fn dial(pair: &PairConfig, connector: &TlsConnector, node: &str) -> Result<AdminStream, String> {
+    let config = pair.node(node).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(config.control)
+        .await
+        .map_err(|e| format!("cannot reach {node} at {}: {e}", config.control))?;
+    let _ = tcp.set_nodelay(true);
+    connector
+        .connect(crate::tls::server_name(pair, node), tcp)
+        .await
+        .map_err(|e| explain_revoked(format!("TLS with {node} failed: {e}")))
+}
+
+/// Adds what to do to a refusal for a rotated certificate. (In TLS 1.3 the client finishes its
+/// handshake before the server has checked the client's certificate, so the node's refusal
+/// arrives as an alert on the first read, not at connect.)
+fn explain_revoked(message: String) -> String {
+    if message.contains("received fatal alert: CertificateRevoked") {
+        format!("{message} (the node does not accept this admin certificate: it is not the one in the admin_cert file its pair file names; after `hotpair certs rotate --admin` use the new files)")
+    } else if message.contains("Revoked") {
+        format!("{message} (the node presented a certificate that is not the one in the file our pair file names for it: rotated, and this host does not have the new file yet?)")
+    } else {
+        message
+    }
+}
 
 /// Admin connections kept open across requests. An orchestration sends a dozen requests in a
 /// row, several inside the write outage; a fresh mutual-TLS handshake (and reading the PEM
@@ -50,6 +81,10 @@ impl Sessions {
     /// turns out broken is replaced once (the primitives are idempotent, so a request that did
     /// reach the node before the break may safely arrive twice).
     pub async fn request(&self, node: &str, request: AdminRequest, timeout: Duration) -> Result<Value, String> {
+        self.request_once(node, request, timeout).await.map_err(explain_revoked)
+    }
+
+    async fn request_once(&self, node: &str, request: AdminRequest, timeout: Duration) -> Result<Value, String> {
         let reused = self.open.lock().await.remove(node);
         let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || format!("{node} did not answer within {}", humantime::format_duration(timeout));
@@ -78,16 +113,8 @@ impl Sessions {
     }
 
     async fn connect(&self, node: &str) -> Result<AdminStream, String> {
-        let config = self.pair.node(node).map_err(|e| e.to_string())?;
         let connector = self.connector.as_ref().map_err(Clone::clone)?;
-        let tcp = tokio::net::TcpStream::connect(config.control)
-            .await
-            .map_err(|e| format!("cannot reach {node} at {}: {e}", config.control))?;
-        let _ = tcp.set_nodelay(true);
-        connector
-            .connect(crate::tls::server_name(&self.pair, node), tcp)
-            .await
-            .map_err(|e| format!("TLS with {node} failed: {e}"))
+        dial(&self.pair, connector, node).await
     }
 }
 

@@ -139,6 +139,66 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Online backup of one node: a copy of its store and the journal records that make it
+    /// consistent, with a manifest (cluster, node, LSN, digest, history, the journal's time
+    /// range). Writes never stop. Back up the backup node where you can. OUT must be new or empty.
+    Backup {
+        /// The node to back up (its name in the pair file).
+        node: String,
+        /// The directory to write the backup into (made if missing; must be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also copy the journal records from this LSN on (as far back as the node still holds
+        /// them), so that the backup alone restores to points before its consistent LSN.
+        #[arg(long)]
+        journal_from: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Makes a NEW pair (new cluster id, CA and certificates, as `init` does) whose first node
+    /// holds the data of BACKUP's pair as of a point in time, and whose second node holds the
+    /// same copy. The recovery from a logical mistake (a FLUSHDB, a bad deploy). Without
+    /// --to-lsn or --to-time it replays as far as the journals reach. Nothing of the old pair is
+    /// changed.
+    Restore {
+        /// A directory written by `hotpair backup`.
+        backup: PathBuf,
+        /// Where to make the new pair (made if missing; must be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The new pair's two nodes as NAME=CONTROL_ADDRESS (as for init); the first is primary.
+        #[arg(long)]
+        nodes: NodeSpecs,
+        /// Stop after this LSN (its state exactly).
+        #[arg(long, conflicts_with = "to_time")]
+        to_lsn: Option<u64>,
+        /// Stop before the first record stamped after this time: RFC 3339 in UTC
+        /// (2026-12-05T10:31:02Z) or @<milliseconds since 1970>.
+        #[arg(long, value_parser = crate::tools::parse_time)]
+        to_time: Option<u64>,
+        /// More journals to replay from (repeatable): a node's data directory, another backup,
+        /// a journal directory, or the archive of trimmed segments. They reach further back
+        /// (to LSN 1: points before the backup) or further on (after it) than the backup's own.
+        #[arg(long = "journal")]
+        journals: Vec<PathBuf>,
+        /// The new pair's sync level (default: the old pair's).
+        #[arg(long)]
+        sync: Option<SyncLevel>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certificate rotation: new identities from the pair's CA, taken by the running nodes
+    /// without a restart; the old certificates are refused from then on.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+    /// What a rejoin set aside (the orphans file it names): show it, or re-apply chosen
+    /// transactions as new writes on the current primary.
+    Orphans {
+        #[command(subcommand)]
+        action: OrphansAction,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -188,6 +248,65 @@ pub enum ReplicateAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OrphansAction {
+    /// Each orphaned transaction, oldest first: LSN, epoch, commit time, and per key the value
+    /// before and after it.
+    Show {
+        file: PathBuf,
+        /// The file's JSON lines, oldest first.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-applies chosen transactions, in their order, as new writes through the current
+    /// primary's data port. Refuses (writing nothing) when a key changed since the orphan's
+    /// before-image, unless --force; skips a transaction already there. Safe to run again.
+    Apply {
+        file: PathBuf,
+        /// A transaction to re-apply, by its LSN in the file (repeatable).
+        #[arg(long = "lsn")]
+        lsns: Vec<u64>,
+        /// Every transaction in the file.
+        #[arg(long, conflicts_with = "lsns")]
+        all: bool,
+        /// Print what would be sent, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the orphan's values even over keys that changed since.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// New key and certificate for each identity asked (default: both nodes and the admin),
+    /// signed by the pair's CA; the files the pair file names are replaced, running nodes take
+    /// them at their next connection, and accept only them from then on (a stolen key is dead).
+    /// With --ca: start a CA rotation (a new CA bundled with the old one; then rotate every
+    /// identity and run `certs finish-ca`).
+    Rotate {
+        /// A node to renew (repeatable).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Renew the admin's certificate.
+        #[arg(long)]
+        admin: bool,
+        /// Start a CA rotation: a new CA key and certificate, trusted beside the old one.
+        #[arg(long, conflicts_with_all = ["nodes", "admin"])]
+        ca: bool,
+        /// The CA's private key (default: ca.key next to the pair file's CA certificate).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+    },
+    /// Ends a CA rotation once every identity was renewed: only the new CA stays trusted and the
+    /// old CA key is removed.
+    FinishCa {
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum JournalAction {
     /// Lists the segments with their LSN ranges, sizes and state.
     Ls {
@@ -203,9 +322,20 @@ pub enum JournalAction {
         #[arg(long)]
         json: bool,
     },
-    /// Checks every segment and record; exits 1 if anything is damaged.
+    /// Checks every segment and record, and a node's two journals together as one history
+    /// (no LSN missing between them); exits 1 if anything is damaged.
     Verify {
         path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The LSN of a time: the last record stamped at or before TIME (what `restore --to-time`
+    /// stops after). PATH: a node's data directory, a backup, or a journal directory.
+    FindTime {
+        path: PathBuf,
+        /// RFC 3339 in UTC (2026-12-05T10:31:02Z) or @<milliseconds since 1970>.
+        #[arg(value_parser = crate::tools::parse_time)]
+        time: u64,
         #[arg(long)]
         json: bool,
     },
@@ -308,6 +438,36 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Journal { action } => journal(action),
+        Command::Orphans { action: OrphansAction::Show { file, json } } => {
+            print!("{}", crate::orphans::show(&file, json)?);
+            Ok(0)
+        }
+        Command::Orphans { action: OrphansAction::Apply { file, lsns, all, dry_run, force } } => {
+            let options = crate::orphans::ApplyOptions { lsns, all, dry_run, force };
+            print!("{}", crate::orphans::apply(&load_pair()?, &file, &options)?);
+            Ok(0)
+        }
+        Command::Certs { action: CertsAction::Rotate { nodes, admin, ca, ca_key } } => {
+            let options = crate::certs::RotateOptions { nodes, admin, ca, ca_key };
+            print!("{}", crate::certs::rotate(&load_pair()?, &options)?);
+            Ok(0)
+        }
+        Command::Certs { action: CertsAction::FinishCa { ca_key } } => {
+            print!("{}", crate::certs::finish_ca(&load_pair()?, ca_key)?);
+            Ok(0)
+        }
+        Command::Backup { node, out, journal_from, json } => {
+            crate::backup::main(&load_pair()?, &crate::backup::BackupOptions { node, out, journal_from, json })
+        }
+        Command::Restore { backup, dir, nodes, to_lsn, to_time, journals, sync, json } => {
+            let target = match (to_lsn, to_time) {
+                (Some(lsn), _) => crate::restore::Target::Lsn(lsn),
+                (None, Some(ms)) => crate::restore::Target::Time(ms),
+                (None, None) => crate::restore::Target::Latest,
+            };
+            let options = crate::restore::RestoreOptions { backup, dir, nodes, target, journals, sync, json };
+            crate::restore::main(&options)
+        }
         Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
         Command::Drill { playbook, report } => crate::drill::main(&playbook, report),
         Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
@@ -388,6 +548,12 @@ fn journal(action: JournalAction) -> Result<u8, Error> {
                 print!("{}", report.text);
             }
             Ok(if report.damaged { 1 } else { 0 })
+        }
+        JournalAction::FindTime { path, time, json } => {
+            require_dir(&path)?;
+            let (text, found) = crate::tools::find_time_report(&path, time, json)?;
+            print!("{text}");
+            Ok(if found { 0 } else { 1 })
         }
     }
 }

@@ -22,6 +22,14 @@ pub enum Error {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Init(#[from] InitError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertsError),
+    #[error(transparent)]
+    Orphans(#[from] crate::orphans::OrphansError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{0}")]
@@ -42,6 +50,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             Error::Init(e) if e.is_usage() => 2,
+            Error::Orphans(e) => e.exit_code(),
             _ => 1,
         }
     }

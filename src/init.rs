@@ -27,8 +27,8 @@
 //! ## Caveats
 //! - `tls/ca.key` can mint identities for this cluster: keep it offline once the pair is set
 //!   up. Nothing in a running pair needs it.
-//! - Certificates are valid from yesterday (clock skew) for ten years (the CA for twenty); there
-//!   is no rotation command yet.
+//! - Certificates are valid from yesterday (clock skew) for ten years (the CA for twenty);
+//!   `hotpair certs rotate` (`crate::certs`) renews them with `ca.key`.
 //! - The node names become directory names in `DIR` and DNS labels; `tls` is reserved.
 
 use std::fmt::Write as _;
@@ -370,9 +370,14 @@ fn write_everything(dir: &Path, pair: &PairConfig, text: &str, created: &mut Cre
     created.file(&pair.path, text.as_bytes(), 0o644)?;
     sync_dir(&tls_dir)?;
     sync_dir(dir)?;
+    Ok(leaf_valid_until(today))
+}
+
+/// When a certificate made `today` expires (UTC, `YYYY-MM-DD 00:00`).
+pub(crate) fn leaf_valid_until(today: i64) -> String {
     let (y, m, d) = civil_from_days(today - 1);
     let (y, m, d) = valid_date(y + LEAF_YEARS, m, d);
-    Ok(format!("{y:04}-{m:02}-{d:02} 00:00"))
+    format!("{y:04}-{m:02}-{d:02} 00:00")
 }
 
 fn sync_dir(dir: &Path) -> Result<(), InitError> {
@@ -436,16 +441,27 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs) -> String {
 
 fn make_ca(cluster: Uuid, today: i64) -> Result<(Certificate, KeyPair), rcgen::Error> {
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = name(&format!("hotpair CA for cluster {cluster}"));
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    set_validity(&mut params, today, CA_YEARS);
-    let cert = params.self_signed(&key)?;
+    let cert = ca_certificate(&ca_common_name(cluster), &key, today)?;
     Ok((cert, key))
 }
 
-fn make_leaf(
+/// The common name of the CA `init` makes for `cluster` (a rotated CA adds a suffix to it).
+pub(crate) fn ca_common_name(cluster: Uuid) -> String {
+    format!("hotpair CA for cluster {cluster}")
+}
+
+/// A CA certificate named `common_name` for `key`. Made again from the same name and key, it is
+/// an issuer that signs exactly as the original (`certs rotate`, which has only `ca.key`).
+pub(crate) fn ca_certificate(common_name: &str, key: &KeyPair, today: i64) -> Result<Certificate, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params, today, CA_YEARS);
+    params.self_signed(key)
+}
+
+pub(crate) fn make_leaf(
     identity: &str,
     ca: &Certificate,
     ca_key: &KeyPair,
@@ -481,7 +497,7 @@ fn set_validity(params: &mut CertificateParams, today: i64, years: i32) {
     params.serial_number = Some(SerialNumber::from_slice(&serial));
 }
 
-fn days_since_epoch() -> i64 {
+pub(crate) fn days_since_epoch() -> i64 {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     (secs / 86_400) as i64
 }

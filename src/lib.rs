@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod applier;
+pub mod backup;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -22,10 +24,12 @@ pub mod keyspace;
 pub mod meta;
 pub mod node;
 pub mod orchestrator;
+pub mod orphans;
 pub mod pipeline;
 pub mod proxy;
 pub mod replication;
 pub mod resp;
+pub mod restore;
 pub mod role;
 pub mod sentinel;
 pub mod server;

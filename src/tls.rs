@@ -30,16 +30,32 @@
 //!   to have done so), then requires the certificate to be valid for **exactly one** expected
 //!   name; a wildcard or multi-name certificate that could pass as two identities is refused.
 //!
+//! ## Rotation and revocation: the files are the allow-list
+//! A certificate is accepted only if it chains to the pair's CA, carries one expected identity,
+//! **and is the very certificate in the file the pair file names for that identity** (`cert` of
+//! each node, `tls.admin_cert`): the end entity presented is compared byte for byte with the
+//! first certificate of that file. `hotpair certs rotate` replaces a file; from then on the old
+//! certificate is refused — at the TLS handshake (with a `certificate_revoked` alert), and on an
+//! admin connection already open, at its next request. Nothing to distribute but the new files,
+//! and no list of revoked serials to keep: a stolen admin key is dead once `admin.pem` changes.
+//! The same holds the other way: a client accepts a node only with the certificate in that
+//! node's file.
+//!
+//! Sessions are never resumed (no tickets, no session cache): a resumed TLS 1.3 session skips
+//! the certificate check and carries the certificate of the session it resumes, which is how a
+//! rotated-away certificate would live on. Every configuration built here reads its files again
+//! when they change on disk (size, mtime or inode; the rotation replaces them by rename), so
+//! running nodes take new certificates without a restart: their own identity ([`FileIdentity`], kept at the last good pair while a
+//! certificate and its key do not match yet, mid-rotation), the CA bundle, and the pins.
+//!
 //! ## Caveats
 //! - Authorisation is the caller's job: `identify_peer` says *who* connected; a node must still
 //!   check that a `Peer::Node` is its peer (not itself) and that admin-only requests come from
 //!   `Peer::Admin`.
 //! - A second installation holding a *copy* of a node's key is the same identity to TLS; it is
 //!   told apart by the incarnation id in node metadata (see `meta`), not here.
-//! - There is no revocation and no rotation yet: certificates minted by `init` are valid for ten
-//!   years; re-running `init` in a new directory makes a new cluster.
-//! - Each call reads the PEM files again (they are small and connections are few); a changed
-//!   file takes effect for the next configuration built.
+//! - Each host needs every certificate file the pair file names (the peer's and the admin's are
+//!   public; only its own key is secret): a missing one refuses that identity (fail closed).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,6 +120,11 @@ pub enum TlsError {
     NotOurIdentity { expected: Vec<String> },
     #[error("client certificate is valid for several identities at once ({}); refusing it", names.join(", "))]
     Ambiguous { names: Vec<String> },
+    #[error(
+        "the certificate presented for {who} is not the one in {} (the file the pair file names): it was replaced by `hotpair certs rotate` and is no longer accepted",
+        path.display()
+    )]
+    NotCurrent { who: String, path: PathBuf },
     #[error("cannot build the TLS configuration: {0}")]
     Rustls(String),
 }
@@ -130,23 +151,29 @@ pub fn server_name(pair: &PairConfig, node: &str) -> ServerName<'static> {
 }
 
 /// A node's listener: presents `node`'s certificate, requires a client certificate from the
-/// pair's CA. Identify the client afterwards with [`identify_peer`].
+/// pair's CA that is one of the pair's current certificates (see "Rotation and revocation").
+/// Identify the client afterwards with [`identify_peer`].
 pub fn server_config(pair: &PairConfig, node: &str) -> Result<Arc<ServerConfig>, TlsError> {
     let node = pair.node(node)?;
     let provider = provider();
-    let verifier = client_verifier(pair, &provider)?;
-    let (certs, key) = load_identity(&node.cert, &node.key, &format!("node {}", node.name))?;
+    let verifier = Arc::new(PinnedClientVerifier::new(pair, provider.clone())?);
+    let identity =
+        Arc::new(FileIdentity::new(&node.cert, &node.key, &format!("node {}", node.name), provider.clone())?);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| identity_error(&node.cert, &node.key, e))?;
+        .with_cert_resolver(identity);
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: a resumed session skips the client certificate check and carries the
+    // certificate of the session it resumes, which may have been rotated away since.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
-/// A node dialling its peer: presents `node`'s certificate, trusts only the pair's CA.
+/// A node dialling its peer: presents `node`'s certificate, trusts only the pair's CA and, of
+/// it, only the peer's current certificate.
 pub fn node_client_config(pair: &PairConfig, node: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let node = pair.node(node)?;
     client_config(pair, &node.cert, &node.key, &format!("node {}", node.name))
@@ -183,11 +210,40 @@ pub fn identify_peer(pair: &PairConfig, certs: &[CertificateDer<'_>]) -> Result<
             ServerName::try_from(name.as_str()).is_ok_and(|server| verify_server_name(&parsed, &server).is_ok())
         })
         .collect();
-    match matches.len() {
-        0 => Err(TlsError::NotOurIdentity { expected }),
-        1 => Ok(matches.remove(0).0),
-        _ => Err(TlsError::Ambiguous { names: matches.into_iter().map(|(_, name)| name).collect() }),
+    let peer = match matches.len() {
+        0 => return Err(TlsError::NotOurIdentity { expected }),
+        1 => matches.remove(0).0,
+        _ => return Err(TlsError::Ambiguous { names: matches.into_iter().map(|(_, name)| name).collect() }),
+    };
+    let (who, file) = match &peer {
+        Peer::Node(name) => (format!("node {name}"), pair.node(name)?.cert.clone()),
+        Peer::Admin => ("the admin".to_string(), pair.tls.admin_cert.clone()),
+    };
+    if current_leaf(&file, &who)?.as_ref() != end_entity.as_ref() {
+        return Err(TlsError::NotCurrent { who, path: file });
     }
+    Ok(peer)
+}
+
+/// Whether `cert` chains to the pair's CA as the CA file is now (a certificate `certs rotate`
+/// just made is checked with it before it replaces anything).
+pub fn check_chain(pair: &PairConfig, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
+    client_verifier(pair, &provider())?
+        .verify_client_cert(cert, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| TlsError::Untrusted { ca: pair.tls.ca.clone(), reason: e.to_string() })
+}
+
+/// The end-entity certificate in `path` as it is on disk now (`None` if unreadable): a session
+/// authenticated with an older one ends when this changes (the peer reconnects with its new one).
+pub fn current_certificate(path: &Path) -> Option<Vec<u8>> {
+    current_leaf(path, "a node").ok().map(|leaf| leaf.as_ref().to_vec())
+}
+
+/// The end-entity certificate (the first) of a certificate file, as it is on disk now.
+fn current_leaf(path: &Path, who: &str) -> Result<CertificateDer<'static>, TlsError> {
+    let mut certs = load_certs(path, &format!("certificate of {who}"))?;
+    Ok(certs.swap_remove(0))
 }
 
 /// Reads every certificate of a PEM file, refusing a file that holds none.
@@ -223,12 +279,16 @@ fn not_pem(path: &Path, what: &str, reason: String) -> TlsError {
 }
 
 fn ca_roots(pair: &PairConfig) -> Result<Arc<RootCertStore>, TlsError> {
-    let path = &pair.tls.ca;
+    roots_from(&pair.tls.ca).map(Arc::new)
+}
+
+/// Every certificate of the CA file as a trust anchor (a bundle during a CA rotation).
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path, "CA certificate")? {
-        roots.add(cert).map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: path.to_path_buf(), reason: e.to_string() })?;
     }
-    Ok(Arc::new(roots))
+    Ok(roots)
 }
 
 fn client_verifier(pair: &PairConfig, provider: &Arc<CryptoProvider>) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
@@ -255,14 +315,336 @@ fn identity_error(cert: &Path, key: &Path, err: rustls::Error) -> TlsError {
 }
 
 fn client_config(pair: &PairConfig, cert: &Path, key: &Path, who: &str) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = ca_roots(pair)?;
-    let (certs, private_key) = load_identity(cert, key, who)?;
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let verifier = Arc::new(PinnedServerVerifier::new(pair, provider.clone())?);
+    let identity = Arc::new(FileIdentity::new(cert, key, who, provider.clone())?);
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, private_key)
-        .map_err(|e| identity_error(cert, key, e))?;
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(identity);
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // Every connection is a full handshake, checked against the files as they are now.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// How a file looked on disk when it was last read: a different look means read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() })
+}
+
+/// The files' stamps when a value was loaded from them, and the value.
+type Loaded<T> = Option<(Vec<Option<Stamp>>, Arc<T>)>;
+
+/// A value loaded from files, loaded again whenever one of them changes on disk.
+#[derive(Debug)]
+struct Reloading<T> {
+    files: Vec<PathBuf>,
+    state: std::sync::Mutex<Loaded<T>>,
+}
+
+impl<T> Reloading<T> {
+    fn new(files: Vec<PathBuf>) -> Reloading<T> {
+        Reloading { files, state: std::sync::Mutex::new(None) }
+    }
+
+    /// The value for the files as they are now. If they changed and no longer load, `keep_last`
+    /// says whether the last good value stands in (an identity mid-rotation) or the error wins
+    /// (a pin: refusing is the safe side).
+    fn get(&self, keep_last: bool, load: impl FnOnce() -> Result<T, TlsError>) -> Result<Arc<T>, TlsError> {
+        let stamps: Vec<Option<Stamp>> = self.files.iter().map(|f| stamp(f)).collect();
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((seen, value)) = &*state {
+            if *seen == stamps {
+                return Ok(value.clone());
+            }
+        }
+        match load() {
+            Ok(value) => {
+                let value = Arc::new(value);
+                *state = Some((stamps, value.clone()));
+                Ok(value)
+            }
+            Err(err) => match &*state {
+                Some((_, last)) if keep_last => {
+                    tracing::warn!(error = %err, "TLS files changed but do not load (yet); keeping the last good ones");
+                    Ok(last.clone())
+                }
+                _ => Err(err),
+            },
+        }
+    }
+}
+
+/// A certificate and its key from two files, re-read when they change: what a node presents
+/// (as server and as client) and what the admin CLI presents.
+#[derive(Debug)]
+pub struct FileIdentity {
+    cert: PathBuf,
+    key: PathBuf,
+    who: String,
+    provider: Arc<CryptoProvider>,
+    loaded: Reloading<rustls::sign::CertifiedKey>,
+}
+
+impl FileIdentity {
+    /// Loads the identity now, so that a bad file is an error at start, naming it.
+    fn new(cert: &Path, key: &Path, who: &str, provider: Arc<CryptoProvider>) -> Result<FileIdentity, TlsError> {
+        let identity = FileIdentity {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            who: who.to_string(),
+            provider,
+            loaded: Reloading::new(vec![cert.to_path_buf(), key.to_path_buf()]),
+        };
+        identity.current()?;
+        Ok(identity)
+    }
+
+    fn current(&self) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        self.loaded.get(true, || {
+            let (certs, key) = load_identity(&self.cert, &self.key, &self.who)?;
+            rustls::sign::CertifiedKey::from_der(certs, key, &self.provider)
+                .map_err(|e| identity_error(&self.cert, &self.key, e))
+        })
+    }
+
+    fn resolve_now(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current().inspect_err(|err| tracing::error!(%err, "no TLS identity to present")).ok()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for FileIdentity {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.resolve_now()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for FileIdentity {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.resolve_now()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The pair's CA bundle, re-read when `ca.pem` changes (a CA rotation adds the new CA to it).
+#[derive(Debug)]
+struct Roots {
+    ca: PathBuf,
+    loaded: Reloading<RootCertStore>,
+}
+
+impl Roots {
+    fn new(pair: &PairConfig) -> Result<Roots, TlsError> {
+        let roots = Roots { ca: pair.tls.ca.clone(), loaded: Reloading::new(vec![pair.tls.ca.clone()]) };
+        roots.current()?;
+        Ok(roots)
+    }
+
+    fn current(&self) -> Result<Arc<RootCertStore>, TlsError> {
+        self.loaded.get(true, || roots_from(&self.ca))
+    }
+}
+
+/// One identity's certificate file, for comparing what a peer presents with it.
+#[derive(Debug)]
+struct Pin {
+    who: String,
+    /// The identity name the certificate carries (`<node>.<cluster>.hotpair`).
+    name: String,
+    file: PathBuf,
+    loaded: Reloading<CertificateDer<'static>>,
+}
+
+impl Pin {
+    fn new(who: String, name: String, file: &Path) -> Pin {
+        Pin { who, name, file: file.to_path_buf(), loaded: Reloading::new(vec![file.to_path_buf()]) }
+    }
+
+    /// Whether `presented` is the certificate in the file now (an unreadable file matches nothing).
+    fn matches(&self, presented: &[u8]) -> bool {
+        match self.loaded.get(false, || current_leaf(&self.file, &self.who)) {
+            Ok(leaf) => leaf.as_ref().as_ref() == presented,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read a certificate the pair file names; that identity is refused");
+                false
+            }
+        }
+    }
+}
+
+fn pins(pair: &PairConfig) -> Vec<Pin> {
+    let mut pins: Vec<Pin> = pair
+        .nodes
+        .iter()
+        .map(|n| Pin::new(format!("node {}", n.name), node_identity(pair.cluster, &n.name), &n.cert))
+        .collect();
+    pins.push(Pin::new("the admin".into(), admin_identity(pair.cluster), &pair.tls.admin_cert));
+    pins
+}
+
+/// A certificate that chains to the CA but is not a current one: rotated away, or minted with
+/// `ca.key` and never installed.
+fn revoked(presented_for: &str) -> rustls::Error {
+    tracing::warn!(
+        "refused a certificate that is not the current one for {presented_for} (replaced by `hotpair certs rotate`, or never installed)"
+    );
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+}
+
+/// The listener's check of a client: the CA (re-read on change), then one of the current files.
+#[derive(Debug)]
+struct PinnedClientVerifier {
+    roots: Roots,
+    pins: Vec<Pin>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedClientVerifier {
+    fn new(pair: &PairConfig, provider: Arc<CryptoProvider>) -> Result<PinnedClientVerifier, TlsError> {
+        let verifier = PinnedClientVerifier { roots: Roots::new(pair)?, pins: pins(pair), provider };
+        verifier.inner().map_err(|e| TlsError::BadCa { path: pair.tls.ca.clone(), reason: e.to_string() })?;
+        Ok(verifier)
+    }
+
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let roots = self.roots.current().map_err(|e| rustls::Error::General(e.to_string()))?;
+        WebPkiClientVerifier::builder_with_provider(roots, self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+}
+
+impl ClientCertVerifier for PinnedClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // Every hotpair client has exactly one certificate to offer: no hints needed.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner()?.verify_client_cert(end_entity, intermediates, now)?;
+        if self.pins.iter().any(|pin| pin.matches(end_entity.as_ref())) {
+            return Ok(verified);
+        }
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        let claims: Vec<&str> = self
+            .pins
+            .iter()
+            .filter(|pin| {
+                ServerName::try_from(pin.name.as_str()).is_ok_and(|n| verify_server_name(&parsed, &n).is_ok())
+            })
+            .map(|pin| pin.who.as_str())
+            .collect();
+        Err(revoked(&if claims.is_empty() { "no identity of this pair".to_string() } else { claims.join(", ") }))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client's check of a node: the CA (re-read on change), the name it asked for, and that
+/// node's current certificate file.
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    roots: Roots,
+    pins: Vec<Pin>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedServerVerifier {
+    fn new(pair: &PairConfig, provider: Arc<CryptoProvider>) -> Result<PinnedServerVerifier, TlsError> {
+        let verifier = PinnedServerVerifier { roots: Roots::new(pair)?, pins: pins(pair), provider };
+        verifier.inner().map_err(|e| TlsError::BadCa { path: pair.tls.ca.clone(), reason: e.to_string() })?;
+        Ok(verifier)
+    }
+
+    fn inner(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        let roots = self.roots.current().map_err(|e| rustls::Error::General(e.to_string()))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner()?.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let asked = server_name.to_str();
+        match self.pins.iter().find(|pin| pin.name == asked.as_ref()) {
+            Some(pin) if pin.matches(end_entity.as_ref()) => Ok(verified),
+            Some(pin) => Err(revoked(&pin.who)),
+            None => Err(revoked(asked.as_ref())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }

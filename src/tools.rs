@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::journal::merged::{Merged, Source};
 use crate::journal::{self, JournalError, Lsn, Record, RecordBody, SegmentReport};
 
-/// Journal directories under PATH, each with a label.
+/// Journal directories under PATH, each with a label: a node's data directory gives its local
+/// and remote journals, a backup directory (`hotpair backup`) its journal, anything else is
+/// taken as one journal directory.
 pub fn journal_dirs(path: &Path) -> Vec<(String, PathBuf)> {
     let local = path.join("journal").join("local");
     let remote = path.join("journal").join("remote");
@@ -20,9 +23,107 @@ pub fn journal_dirs(path: &Path) -> Vec<(String, PathBuf)> {
             .filter(|(_, dir)| dir.is_dir())
             .map(|(label, dir)| (label.to_string(), dir))
             .collect()
+    } else if path.join(crate::backup::MANIFEST_FILE).is_file() {
+        vec![("backup".to_string(), path.join(crate::backup::JOURNAL_DIR))]
     } else {
         vec![(path.display().to_string(), path.to_path_buf())]
     }
+}
+
+/// A point in time on the command line: RFC 3339 in UTC (`2026-12-05T10:31:02Z`, fractions of a
+/// second allowed, `T` or a space, the `Z` optional) or `@` and milliseconds since the Unix
+/// epoch (`@1796077316675`, what `journal dump` prints as `ts=`). Returns milliseconds.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Some(ms) = text.strip_prefix('@') {
+        return ms.parse().map_err(|_| format!("{text:?}: after `@` give milliseconds since the Unix epoch"));
+    }
+    let bare = text.strip_suffix('Z').or_else(|| text.strip_suffix("+00:00")).unwrap_or(text);
+    let time = humantime::parse_rfc3339_weak(bare).map_err(|e| {
+        format!("{text:?} is not a time ({e}); write it as 2026-12-05T10:31:02Z (UTC) or @<milliseconds since 1970>")
+    })?;
+    let since = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{text:?} is before 1970"))?;
+    Ok(since.as_millis() as u64)
+}
+
+/// Where a time falls in a history: the last record stamped at or before it (replay up to there
+/// and stop before the first record stamped after it, as PostgreSQL's `recovery_target_time`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TimePoint {
+    pub time_ms: u64,
+    /// The last record at or before the time, and its timestamp; `None` when the first record
+    /// held is already after it.
+    pub lsn: Option<Lsn>,
+    pub lsn_time_ms: Option<u64>,
+    /// The first record after the time, if any.
+    pub next_lsn: Option<Lsn>,
+    pub next_time_ms: Option<u64>,
+    /// The first and last LSN the sources hold.
+    pub first_lsn: Option<Lsn>,
+    pub last_lsn: Option<Lsn>,
+}
+
+/// Reads `sources` as one history and finds `time_ms` in it. Timestamps are the primary's
+/// clock: after a failover to a host whose clock is behind they may step back, and the first
+/// record stamped after the time ends the search whatever follows.
+pub fn find_time(sources: &[Source], time_ms: u64) -> Result<TimePoint, JournalError> {
+    let mut point = TimePoint {
+        time_ms,
+        lsn: None,
+        lsn_time_ms: None,
+        next_lsn: None,
+        next_time_ms: None,
+        first_lsn: None,
+        last_lsn: None,
+    };
+    for entry in Merged::open(sources, 0, Lsn::MAX)? {
+        let record = entry?.entry.record;
+        point.first_lsn.get_or_insert(record.lsn);
+        point.last_lsn = Some(record.lsn);
+        if point.next_lsn.is_none() {
+            if record.timestamp_ms <= time_ms {
+                point.lsn = Some(record.lsn);
+                point.lsn_time_ms = Some(record.timestamp_ms);
+            } else {
+                point.next_lsn = Some(record.lsn);
+                point.next_time_ms = Some(record.timestamp_ms);
+            }
+        }
+    }
+    Ok(point)
+}
+
+/// `journal find-time PATH TIME`: the text (or JSON) and whether a record was found.
+pub fn find_time_report(path: &Path, time_ms: u64, as_json: bool) -> Result<(String, bool), JournalError> {
+    let sources: Vec<Source> = journal_dirs(path).into_iter().map(|(label, dir)| Source::new(label, dir)).collect();
+    let point = find_time(&sources, time_ms)?;
+    let found = point.lsn.is_some();
+    if as_json {
+        return Ok((format!("{}\n", serde_json::to_string(&point).unwrap_or_default()), found));
+    }
+    let when = crate::backup::format_time(Some(time_ms));
+    let mut text = match (point.lsn, point.first_lsn) {
+        (Some(lsn), _) => format!(
+            "LSN {lsn} is the last record at or before {when} (stamped {})\n",
+            crate::backup::format_time(point.lsn_time_ms)
+        ),
+        (None, Some(first)) => {
+            format!("no record at or before {when}: the journals begin at LSN {first}, stamped later\n")
+        }
+        (None, None) => "no records in these journals\n".to_string(),
+    };
+    match point.next_lsn {
+        Some(next) => text.push_str(&format!(
+            "  the next, LSN {next}, is stamped {}\n",
+            crate::backup::format_time(point.next_time_ms)
+        )),
+        None if found => text.push_str(&format!(
+            "  it is the last record held (LSN {}); nothing after {when} is in these journals\n",
+            opt(point.last_lsn)
+        )),
+        None => {}
+    }
+    Ok((text, found))
 }
 
 /// `journal ls`: one line (or JSON object) per segment.
@@ -82,7 +183,10 @@ pub fn dump(path: &Path, from: Lsn, as_json: bool, out: &mut dyn std::io::Write)
         if !as_json {
             writeln!(out, "# {label} journal ({})", dir.display())?;
         }
-        for entry in journal::read_dir_from(&dir, from)? {
+        // From the journal's own first record when `from` is before it: a journal that starts
+        // past LSN 1 (its peer wrote the epochs before) is not missing anything.
+        let first = journal::inspect(&dir)?.iter().find(|r| r.last_lsn.is_some()).and_then(|r| r.first_lsn);
+        for entry in journal::read_dir_from(&dir, first.map_or(from, |first| from.max(first)))? {
             let entry = entry?;
             if as_json {
                 let mut value = record_json(&entry.record);
@@ -104,18 +208,27 @@ pub struct VerifyReport {
     pub damaged: bool,
 }
 
-/// `journal verify`: checks every segment (headers, CRCs, LSN continuity, full decode).
+/// `journal verify`: checks every segment (headers, CRCs, LSN continuity, full decode) of each
+/// journal under PATH, then — when PATH holds more than one (a node's local and remote journals,
+/// split by epoch) — reads them together as one history ([`journal::merged`]): no LSN missing
+/// between the first and the last, no two journals contradicting each other. Records before the
+/// first one held (trimmed, archived, or never there after a full copy) are not damage.
 pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
     let mut text = String::new();
     let mut journals = Vec::new();
     let mut damaged = false;
-    for (label, dir) in journal_dirs(path) {
-        let reports = journal::inspect(&dir)?;
-        let mut records = 0u64;
+    let dirs = journal_dirs(path);
+    for (label, dir) in &dirs {
+        let reports = journal::inspect(dir)?;
         let mut problems: Vec<String> =
             reports.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.path.display()))).collect();
+        let first = reports.iter().find(|r| r.last_lsn.is_some()).and_then(|r| r.first_lsn);
+        let last = reports.iter().rev().find_map(|r| r.last_lsn);
+        let mut records = 0u64;
         if problems.is_empty() {
-            match journal::read_dir_from(&dir, 0) {
+            // From the journal's own first record: one that starts past LSN 1 (its peer wrote
+            // the epochs before) is not missing anything.
+            match journal::read_dir_from(dir, first.unwrap_or(Lsn::MAX)) {
                 Ok(reader) => {
                     for entry in reader {
                         match entry {
@@ -131,8 +244,6 @@ pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
             }
         }
         let torn: u64 = reports.iter().map(|r| r.torn_tail_bytes).sum();
-        let first = reports.iter().find_map(|r| r.first_lsn);
-        let last = reports.iter().rev().find_map(|r| r.last_lsn);
         damaged |= !problems.is_empty();
         text.push_str(&format!(
             "{label} journal ({}): {} segments, {records} records, LSN {}..{}{}\n",
@@ -150,8 +261,92 @@ pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
             "first_lsn": first, "last_lsn": last, "torn_tail_bytes": torn, "problems": problems,
         }));
     }
+    let mut report = json!({ "ok": true, "journals": journals });
+    if dirs.len() > 1 && !damaged {
+        let history = verify_history(&dirs);
+        damaged |= history.problem.is_some();
+        text.push_str(&history.text);
+        report["history"] = history.json;
+    }
+    report["ok"] = json!(!damaged);
     text.push_str(if damaged { "verify: DAMAGED\n" } else { "verify: ok\n" });
-    Ok(VerifyReport { text, json: json!({ "ok": !damaged, "journals": journals }), damaged })
+    Ok(VerifyReport { text, json: report, damaged })
+}
+
+/// The journals of one node read together as one history.
+struct HistoryCheck {
+    text: String,
+    json: Value,
+    problem: Option<String>,
+}
+
+fn verify_history(dirs: &[(String, PathBuf)]) -> HistoryCheck {
+    let sources: Vec<Source> = dirs.iter().map(|(label, dir)| Source::new(label.clone(), dir.clone())).collect();
+    let mut first = None;
+    let mut last = None;
+    let mut records = 0u64;
+    let mut problem = None;
+    let merged = Merged::open(&sources, 0, Lsn::MAX);
+    let (taken, superseded, epochs) = match merged {
+        Ok(mut merged) => {
+            for entry in merged.by_ref() {
+                match entry {
+                    Ok(entry) => {
+                        first.get_or_insert(entry.entry.record.lsn);
+                        last = Some(entry.entry.record.lsn);
+                        records += 1;
+                    }
+                    Err(err) => {
+                        problem = Some(err.to_string());
+                        break;
+                    }
+                }
+            }
+            (merged.taken.clone(), merged.superseded, merged.epochs.clone())
+        }
+        Err(err) => {
+            problem = Some(err.to_string());
+            (vec![0; sources.len()], 0, Vec::new())
+        }
+    };
+    let from: Vec<String> =
+        sources.iter().zip(&taken).map(|(source, count)| format!("{count} from {}", source.label)).collect();
+    let mut text = format!(
+        "one history: LSN {}..{}, {records} records ({}), without a gap{}\n",
+        opt(first),
+        opt(last),
+        from.join(", "),
+        if problem.is_some() { " up to the problem below" } else { "" }
+    );
+    if !epochs.is_empty() {
+        let list: Vec<String> = epochs
+            .iter()
+            .map(|e| match &e.primary {
+                Some(primary) => format!("{} from LSN {} ({primary})", e.epoch, e.first_lsn),
+                None => format!("{} from LSN {}", e.epoch, e.first_lsn),
+            })
+            .collect();
+        text.push_str(&format!("  epochs: {}\n", list.join(", ")));
+    }
+    if first.is_some_and(|first| first > 1) {
+        text.push_str(&format!(
+            "  records before LSN {} are not here (trimmed, archived, or this node was built by a full copy or a restore): not damage\n",
+            opt(first)
+        ));
+    }
+    if superseded > 0 {
+        text.push_str(&format!(
+            "  {superseded} record(s) of an older epoch were replaced by a newer epoch's (an orphaned tail not yet rejoined: `hotpair rejoin` saves and removes it)\n"
+        ));
+    }
+    if let Some(problem) = &problem {
+        text.push_str(&format!("  DAMAGED: {problem}\n"));
+    }
+    let json = json!({
+        "first_lsn": first, "last_lsn": last, "records": records, "superseded": superseded,
+        "epochs": epochs, "problems": problem.iter().collect::<Vec<_>>(),
+    });
+    HistoryCheck { text, json, problem }
 }
 
 /// A record as JSON: bytes that are UTF-8 print as strings, others as `{"hex": "…"}`.

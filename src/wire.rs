@@ -203,6 +203,14 @@ pub enum AdminRequest {
     AcceptPeer {
         incarnation: Uuid,
     },
+    /// `hotpair backup`: the connection turns into a stream (`node::backup`): replies with
+    /// `"backup"` set to `begin`, `scanned` and `end`, the store's pairs as [`Frame::Copy`] and
+    /// the journal records as [`Frame::Records`] between them. `journal_from` asks for records
+    /// from that LSN on (default: from where the store copy starts).
+    Backup {
+        #[serde(default)]
+        journal_from: Option<Lsn>,
+    },
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.

@@ -359,8 +359,13 @@ fn a_trusted_certificate_must_carry_exactly_one_expected_identity() {
     let pair = init(tmp.path());
     let c = pair.cluster;
 
-    let good = mint(&pair, &[&format!("b.{c}.hotpair")]);
-    assert_eq!(tls::identify_peer(&pair, &[good]).unwrap(), Peer::Node("b".into()));
+    let installed = tls::load_certs(&pair.nodes[1].cert, "b").unwrap();
+    assert_eq!(tls::identify_peer(&pair, &installed).unwrap(), Peer::Node("b".into()));
+    // Right CA, right name, but not the certificate in b's file (minted with ca.key and never
+    // installed, or rotated away): refused, naming the file.
+    let minted = mint(&pair, &[&format!("b.{c}.hotpair")]);
+    let err = tls::identify_peer(&pair, &[minted]).unwrap_err();
+    assert!(matches!(err, TlsError::NotCurrent { .. }) && err.to_string().contains("b.pem"), "{err}");
 
     let stranger = mint(&pair, &[&format!("c.{c}.hotpair")]);
     let err = tls::identify_peer(&pair, &[stranger]).unwrap_err();

@@ -22,8 +22,10 @@
 //! - [`record`]: what a record says. [`format`]: how it is laid out in bytes (no I/O).
 //! - [`segment`]: walking one segment file. [`writer`]: the open journal with group commit.
 //! - [`reader`]: forward reads across archived and live segments; offline inspection.
+//! - [`merged`]: several journal directories (a node's two, a backup's, archives) read as one history.
 
 pub mod format;
+pub mod merged;
 pub mod reader;
 pub mod record;
 pub mod segment;
@@ -90,6 +92,8 @@ pub enum JournalError {
     Missing { lsn: Lsn },
     #[error("{}: {reason}", path.display())]
     Inspect { path: PathBuf, reason: String },
+    #[error("{reason}")]
+    Merge { reason: String },
     #[error("node name {0:?} must be 1 to 64 bytes")]
     InvalidNodeName(String),
 }

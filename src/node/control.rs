@@ -28,6 +28,8 @@ use crate::Error;
 
 /// How long a new connection may take for its TLS handshake and first frame.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a live peer session looks at the peer's certificate file.
+const CERTIFICATE_RECHECK: Duration = Duration::from_secs(1);
 /// Connections served at once on the control port; more wait to be accepted.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
 
@@ -76,15 +78,21 @@ async fn connection(node: Arc<Node>, acceptor: TlsAcceptor, socket: tokio::net::
     let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
     let peer = crate::tls::identify_peer(&node.pair, &certs).map_err(|e| e.to_string())?;
     match peer {
-        Peer::Admin => admin(node, stream).await,
+        Peer::Admin => admin(node, stream, certs).await,
         Peer::Node(name) if name == node.peer_config.name => peer_session(node, stream).await,
         Peer::Node(name) => Err(format!("node certificate {name} is not this node's peer")),
     }
 }
 
 /// Serves admin requests until the admin closes, or sends nothing for `admin_idle_timeout`:
-/// an idle connection would otherwise hold one of the control port's slots for ever.
-async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S) -> Result<(), String> {
+/// an idle connection would otherwise hold one of the control port's slots for ever. Each
+/// request is checked against the admin certificate the pair file names *now*: after
+/// `hotpair certs rotate --admin` an open connection with the old one gets no more answers.
+async fn admin<S: AsyncRead + AsyncWrite + Unpin>(
+    node: Arc<Node>,
+    mut stream: S,
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<(), String> {
     let idle = node.pair.limits.admin_idle_timeout;
     loop {
         let Ok(next) = tokio::time::timeout(idle, wire::read_frame(&mut stream)).await else {
@@ -97,6 +105,19 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut stream: S
         let Frame::Message(Envelope { message: Message::Admin { request }, .. }) = frame else {
             return Err("admin connection sent something other than an admin request".into());
         };
+        if let Err(err) = crate::tls::identify_peer(&node.pair, &certs) {
+            let reply = Envelope {
+                from: node.name().to_string(),
+                epoch: node.meta().epoch,
+                message: Message::AdminReply { ok: false, body: serde_json::json!({ "error": err.to_string() }) },
+            };
+            let _ = wire::write_frame(&mut stream, &Frame::Message(reply)).await;
+            return Err(format!("admin connection closed: {err}"));
+        }
+        if let AdminRequest::Backup { journal_from } = request {
+            // A stream, not one answer: the connection is the backup's until it ends.
+            return super::backup::serve(node, stream, journal_from).await;
+        }
         let (ok, body) = handle_admin(&node, request).await;
         let reply = Envelope {
             from: node.name().to_string(),
@@ -407,11 +428,15 @@ fn check_hello(
     Ok(())
 }
 
-/// A channel that turns true when the node shuts down, replication is stopped, or the role changes.
+/// A channel that turns true when the node shuts down, replication is stopped, the role
+/// changes, or the peer's certificate file changes (`hotpair certs rotate --node`: the peer
+/// reconnects, and is let in only with the certificate now in the file).
 fn stop_signal(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let (mut shutdown, mut replicating, mut role) =
         (node.shutdown.subscribe(), node.replicating.subscribe(), node.subscribe_role());
+    let peer_cert = node.peer_config.cert.clone();
+    let presented = crate::tls::current_certificate(&peer_cert);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -419,6 +444,10 @@ fn stop_signal(node: &Arc<Node>) -> tokio::sync::watch::Receiver<bool> {
                 _ = replicating.changed() => if !*replicating.borrow() { break },
                 // A draining primary goes on shipping: the backup must reach the drain LSN.
                 _ = role.changed() => if !matches!(*role.borrow(), Role::Primary | Role::Draining) { break },
+                _ = tokio::time::sleep(CERTIFICATE_RECHECK) => if crate::tls::current_certificate(&peer_cert) != presented {
+                    tracing::info!(file = %peer_cert.display(), "the peer's certificate file changed: ending its session so that it reconnects with the current one");
+                    break;
+                },
                 _ = tx.closed() => return,
             }
         }

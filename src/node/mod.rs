@@ -23,6 +23,7 @@
 //!   durable, journals are synced and the store flushed before the process exits.
 
 pub mod backend;
+mod backup;
 mod control;
 pub mod disk;
 mod expiry;

@@ -89,6 +89,16 @@ impl Pair {
         panic!("could not start a pair in {START_ATTEMPTS} attempts; last: {last_failure}");
     }
 
+    /// Starts both nodes of a pair that already exists in `dir` (made by `hotpair restore`, say)
+    /// and waits until it is ready, as [`Pair::start`] does.
+    pub fn start_existing(dir: tempfile::TempDir, pair_file: PathBuf) -> Pair {
+        let config = PairConfig::load(&pair_file).expect("the pair file loads");
+        let mut pair = Pair { dir, pair_file, config, children: HashMap::new(), env: HashMap::new() };
+        pair.spawn_both().unwrap_or_else(|failure| panic!("starting the existing pair: {failure}"));
+        pair.wait_ready();
+        pair
+    }
+
     fn init(sync: SyncLevel, options: &Options) -> Pair {
         let dir = match &options.parent_dir {
             Some(parent) => tempfile::tempdir_in(parent),
