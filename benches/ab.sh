@@ -49,7 +49,7 @@ for spec in "$@"; do
     binary=${parts[0]}; envs=("${parts[@]:1}")
     [[ -x "$binary" ]] || { echo "ab.sh: $binary is not an executable" >&2; exit 1; }
     dir="$TMP/$name"; mkdir -p "$dir"
-    free_ports 2; pa=$FP; free_ports 2; pb=$FP
+    free_ports 3; pa=$FP; free_ports 3; pb=$FP
     "$binary" init --dir "$dir" --nodes "a=127.0.0.1:$pa,b=127.0.0.1:$pb" --sync "$LEVEL" >"$dir/init.log"
     env "${envs[@]}" "$binary" --pair "$dir/pair.toml" run a >"$dir/a.log" 2>&1 & pids_a+=($!); PIDS+=($!)
     env "${envs[@]}" "$binary" --pair "$dir/pair.toml" run b >"$dir/b.log" 2>&1 & pids_b+=($!); PIDS+=($!)

@@ -28,7 +28,7 @@ cpu_ticks() { local p; for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"
 start_pair() {
     local binary=$1 dir=$2 level=$3 pa pb
     mkdir -p "$dir"
-    free_ports 2; pa=$FP; free_ports 2; pb=$FP
+    free_ports 3; pa=$FP; free_ports 3; pb=$FP
     "$binary" init --dir "$dir" --nodes "a=127.0.0.1:$pa,b=127.0.0.1:$pb" --sync "$level" >"$dir/init.log"
     "$binary" --pair "$dir/pair.toml" run a >"$dir/a.log" 2>&1 & PAIR_A=$!; PIDS+=($!)
     "$binary" --pair "$dir/pair.toml" run b >"$dir/b.log" 2>&1 & PAIR_B=$!; PIDS+=($!)

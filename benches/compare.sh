@@ -156,7 +156,7 @@ hp_start() { # LEVEL NAME [PARENT_DIR]
     local level=$1 name=$2 parent=${3:-$TMP} pa pb dir try
     for try in 1 2 3; do
         dir="$parent/hp-$name-$try"
-        free_ports 2; pa=$FP; free_ports 2; pb=$FP
+        free_ports 3; pa=$FP; free_ports 3; pb=$FP
         hp_try "$level" "$dir" "$pa" "$pb" && return 0
         log "hotpair pair ($level) attempt $try did not come up: $(tail -n 1 "$dir/a.log") / $(tail -n 1 "$dir/b.log")"
         hp_stop

@@ -29,7 +29,7 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// The two nodes as NAME=CONTROL_ADDRESS; the first starts as primary. Each node's data
-        /// (RESP) port is its control port + 1.
+        /// (RESP) port is its control port + 1, its Sentinel port (for applications) + 2.
         #[arg(long, default_value = crate::init::DEFAULT_NODES)]
         nodes: NodeSpecs,
         /// When a commit is acknowledged: async, received, durable or applied.
@@ -56,6 +56,26 @@ pub enum Command {
     Run {
         /// The node's name in the pair file.
         node: String,
+    },
+    /// A primary-following proxy for clients without Sentinel support (redis-cli,
+    /// redis-benchmark, legacy applications): forwards each client connection to the current
+    /// primary, learns role changes from the nodes' Sentinel ports, and holds requests during a
+    /// planned switchover instead of failing them (docs/clients.md). Runs until SIGINT/SIGTERM.
+    Proxy {
+        /// Address to accept clients on, e.g. 127.0.0.1:6379.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// How long a request may wait for a primary (a switchover, a failover) before it is
+        /// answered -TRYAGAIN (never executed).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        hold_timeout: std::time::Duration,
+        /// Most clients at once; one more is refused.
+        #[arg(long, default_value_t = crate::proxy::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Worker threads. One keeps each request on one thread (the lowest added latency);
+        /// more serve more clients at once.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Both nodes at a glance: role, epoch, LSNs, lag, sync level, journals, peer link.
     Status {
@@ -416,6 +436,13 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
     let load_pair = || crate::config::PairConfig::load(&crate::config::PairConfig::locate(pair.as_deref()));
     match command {
         Command::Run { node } => crate::node::run(load_pair()?, &node).map(|_| 0),
+        Command::Proxy { listen, hold_timeout, max_connections, threads } => {
+            if max_connections == 0 || threads == 0 {
+                return Err(Error::Usage("--max-connections and --threads must be at least 1".into()));
+            }
+            let options = crate::proxy::Options { listen, hold_timeout, max_connections, threads };
+            crate::proxy::main(load_pair()?, options).map(|_| 0)
+        }
         Command::Reinit { node } => {
             print!("{}", crate::init::reinit(&load_pair()?, &node)?);
             Ok(0)

@@ -22,7 +22,11 @@
 //!   label may not start or end with a hyphen. `admin` is reserved: it is the admin's identity.
 //! - The listening addresses (two control, two data, and the optional `metrics` of each node)
 //!   are pairwise distinct, also counting a wildcard address (`0.0.0.0`, `::`) as clashing with
-//!   any address on the same port. Port 0 is refused (the peer must know where to connect). A node's `data` defaults to its control port + 1.
+//!   any address on the same port. Port 0 is refused (the peer must know where to connect). A node's `data` defaults to its control port + 1,
+//!   its `sentinel` (the Sentinel-compatible discovery port, `crate::sentinel`) to its control
+//!   port + 2; a default that clashes is refused like a written address, naming the key to set.
+//! - `name` (the master name clients ask the Sentinel ports for) is 1..=64 printable ASCII
+//!   characters without blanks: Sentinel messages separate their fields with spaces.
 //! - The two nodes' data directories differ: two nodes sharing one directory would share one
 //!   journal.
 //! - Every path is absolute in the result, resolved relative to the pair file's own directory
@@ -49,6 +53,11 @@ use std::time::Duration;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
+
+/// The master name on the Sentinel-compatible ports when the pair file has no `name`.
+pub const DEFAULT_MASTER_NAME: &str = "hotpair";
+/// Longest master name accepted.
+pub const MAX_MASTER_NAME: usize = 64;
 
 /// The environment variable naming the pair file when `--pair` is not given.
 pub const PAIR_ENV: &str = "HOTPAIR_PAIR";
@@ -260,6 +269,9 @@ pub struct NodeConfig {
     pub peer_via: SocketAddr,
     /// Where the node serves Prometheus metrics (`GET /metrics`, plain HTTP); `None`: no endpoint.
     pub metrics: Option<SocketAddr>,
+    /// The Sentinel-compatible discovery port (`crate::sentinel`; default: control port + 2):
+    /// Sentinel-aware clients ask it where the primary is and hear `+switch-master` there.
+    pub sentinel: SocketAddr,
     /// The node's data directory (journals, store, `meta.json`).
     pub dir: PathBuf,
     pub cert: PathBuf,
@@ -411,6 +423,8 @@ pub struct PairConfig {
     /// The pair file itself, absolute.
     pub path: PathBuf,
     pub cluster: Uuid,
+    /// The master name the Sentinel-compatible ports answer for (`name`, default "hotpair").
+    pub name: String,
     pub sync: SyncLevel,
     pub sync_timeout: Duration,
     pub on_peer_loss: PeerLossPolicy,
@@ -460,6 +474,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawPair {
     cluster: Option<String>,
+    name: Option<String>,
     sync: Option<String>,
     sync_timeout: Option<String>,
     on_peer_loss: Option<String>,
@@ -489,6 +504,7 @@ struct RawNode {
     data: Option<String>,
     peer_via: Option<String>,
     metrics: Option<String>,
+    sentinel: Option<String>,
     dir: Option<String>,
     cert: Option<String>,
     key: Option<String>,
@@ -636,6 +652,18 @@ pub fn check_node_name(name: &str) -> Result<(), BadValue> {
     Ok(())
 }
 
+/// Checks a master name (`name`): 1..=64 printable ASCII characters, no blanks. Returns it.
+pub fn check_master_name(name: &str) -> Result<String, BadValue> {
+    let printable = name.bytes().all(|b| b.is_ascii_graphic());
+    if name.is_empty() || name.len() > MAX_MASTER_NAME || !printable {
+        return Err(BadValue(format!(
+            "is {name:?}; a master name is 1 to {MAX_MASTER_NAME} printable ASCII characters without blanks \
+             (Sentinel messages separate fields with spaces)"
+        )));
+    }
+    Ok(name.to_string())
+}
+
 /// Units of [`parse_byte_size`], matched without regard to case.
 const BYTE_UNITS: &[(&str, u64)] = &[
     ("", 1),
@@ -746,6 +774,10 @@ impl Validator<'_> {
         if cluster.is_nil() {
             return Err(self.invalid("cluster", "is the nil UUID; use the id `hotpair init` wrote"));
         }
+        let name = match raw.name {
+            None => DEFAULT_MASTER_NAME.to_string(),
+            Some(text) => check_master_name(&text).map_err(|e| self.invalid("name", e.0))?,
+        };
         let sync = match raw.sync {
             None => DEFAULT_SYNC,
             Some(text) => {
@@ -821,6 +853,7 @@ impl Validator<'_> {
         Ok(PairConfig {
             path: self.path.to_path_buf(),
             cluster,
+            name,
             sync,
             sync_timeout,
             on_peer_loss,
@@ -988,6 +1021,18 @@ impl Validator<'_> {
             None => control,
         };
         let metrics = raw.metrics.map(|text| self.address(&key("metrics"), &text)).transpose()?;
+        let sentinel = match raw.sentinel {
+            Some(text) => self.address(&key("sentinel"), &text)?,
+            None => {
+                let port = control.port().checked_add(2).ok_or_else(|| {
+                    self.invalid(
+                        &key("sentinel"),
+                        "is missing and the control port + 2 is not a port; give `sentinel` explicitly",
+                    )
+                })?;
+                SocketAddr::new(control.ip(), port)
+            }
+        };
         let hint = "give a path relative to the pair file";
         Ok(NodeConfig {
             dir: self.file_path(&key("dir"), self.required(&key("dir"), raw.dir, hint)?)?,
@@ -1000,6 +1045,7 @@ impl Validator<'_> {
             data,
             peer_via,
             metrics,
+            sentinel,
         })
     }
 
@@ -1008,6 +1054,7 @@ impl Validator<'_> {
         for node in nodes {
             addresses.push((format!("nodes.{}.control", node.name), node.control));
             addresses.push((format!("nodes.{}.data", node.name), node.data));
+            addresses.push((format!("nodes.{}.sentinel", node.name), node.sentinel));
             if let Some(metrics) = node.metrics {
                 addresses.push((format!("nodes.{}.metrics", node.name), metrics));
             }

@@ -76,6 +76,11 @@ impl NodeSpec {
     pub fn data(&self) -> SocketAddr {
         SocketAddr::new(self.control.ip(), self.control.port().saturating_add(1))
     }
+
+    /// The Sentinel-compatible discovery port: control port + 2, checked to exist when parsed.
+    pub fn sentinel(&self) -> SocketAddr {
+        SocketAddr::new(self.control.ip(), self.control.port().saturating_add(2))
+    }
 }
 
 /// The value of `--nodes`: exactly two nodes, the first one the preferred primary. Parsing
@@ -103,9 +108,10 @@ impl FromStr for NodeSpecs {
                 .trim()
                 .parse()
                 .map_err(|_| BadValue(format!("{addr:?} (node {name}) is not an IP:port address; {usage}")))?;
-            if control.port() == 0 || control.port() == u16::MAX {
+            if control.port() == 0 || control.port() > u16::MAX - 2 {
                 return Err(BadValue(format!(
-                    "node {name}'s control port must be 1..=65534 (its data port is the control port + 1)"
+                    "node {name}'s control port must be 1..=65533 (its data port is the control port + 1, its \
+                     Sentinel port + 2)"
                 )));
             }
             nodes.push(NodeSpec { name: name.to_string(), control });
@@ -115,14 +121,20 @@ impl FromStr for NodeSpecs {
         }
         let addresses: Vec<(String, SocketAddr)> = nodes
             .iter()
-            .flat_map(|n| [(format!("{} control", n.name), n.control), (format!("{} data", n.name), n.data())])
+            .flat_map(|n| {
+                [
+                    (format!("{} control", n.name), n.control),
+                    (format!("{} data", n.name), n.data()),
+                    (format!("{} sentinel", n.name), n.sentinel()),
+                ]
+            })
             .collect();
         for (i, (what_a, a)) in addresses.iter().enumerate() {
             for (what_b, b) in &addresses[i + 1..] {
                 if addresses_clash(*a, *b) {
                     return Err(BadValue(format!(
                         "{what_b} address {b} clashes with {what_a} address {a} (a node's data port is its \
-                         control port + 1); pick control ports at least 2 apart"
+                         control port + 1, its Sentinel port + 2); pick control ports at least 3 apart"
                     )));
                 }
             }
@@ -535,6 +547,7 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs, options: In
          # this file. Durations are humantime strings: 250ms, 5s, 2m. Unknown keys are refused.\n\
          #\n\
          # cluster       the pair's id; certificates carry it, and a node refuses a peer of another cluster\n\
+         # name          the master name applications ask the Sentinel ports for (docs/clients.md)\n\
          # sync          when a commit is acknowledged: async (local journal durable), received (in the\n\
          #               peer's memory), durable (in the peer's remote journal, fsynced), applied (visible\n\
          #               on the peer)\n\
@@ -545,7 +558,9 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs, options: In
          #               the admin's certificate and key\n\
          # [nodes.NAME]  control: mutual-TLS address (replication and admin); data: RESP address for\n\
          #               applications (default control port + 1); dir: data directory; cert, key: its TLS\n\
-         #               identity; metrics (optional): IP:port of its Prometheus endpoint (GET /metrics).\n\
+         #               identity; metrics (optional): IP:port of its Prometheus endpoint (GET /metrics);\n\
+         #               sentinel: its Sentinel-compatible discovery port for applications (default\n\
+         #               control port + 2).\n\
          #               Exactly two nodes; the first listed starts as primary on a fresh pair\n\
          # [notify]      commands: each gets every incident as JSON on stdin; incident_log: JSON lines\n\
          # [limits]      optional: max_value_bytes (default 16777216; requests may be 1 MiB larger),\n\
@@ -563,6 +578,7 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs, options: In
          #               receiving, until space returns\n\n",
     );
     let _ = writeln!(out, "cluster = \"{cluster}\"");
+    let _ = writeln!(out, "name = \"{}\"", crate::config::DEFAULT_MASTER_NAME);
     let _ = writeln!(out, "sync = \"{sync}\"");
     out.push_str("sync_timeout = \"5s\"\non_peer_loss = \"block\"\nheartbeat = \"200ms\"\n\n");
     out.push_str("[tls]\nca = \"tls/ca.pem\"\nadmin_cert = \"tls/admin.pem\"\nadmin_key = \"tls/admin.key\"\n");
@@ -570,9 +586,10 @@ fn pair_file_text(cluster: Uuid, sync: SyncLevel, nodes: &NodeSpecs, options: In
         let name = &node.name;
         let _ = write!(
             out,
-            "\n[nodes.{name}]\ncontrol = \"{}\"\ndata = \"{}\"\ndir = \"{name}\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n",
+            "\n[nodes.{name}]\ncontrol = \"{}\"\ndata = \"{}\"\nsentinel = \"{}\"\ndir = \"{name}\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n",
             node.control,
-            node.data()
+            node.data(),
+            node.sentinel()
         );
         if options.client_tls {
             let _ = write!(out, "data_cert = \"tls/{name}.data.pem\"\ndata_key = \"tls/{name}.data.key\"\n");

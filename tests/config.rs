@@ -406,3 +406,39 @@ fn a_node_and_the_cli_refuse_durations_out_of_range_at_once() {
         assert!(stderr.contains("out of range") && stderr.contains("between 1ms and 1day"), "{stderr}");
     }
 }
+
+#[test]
+fn the_sentinel_port_and_the_master_name_take_defaults_and_are_refused_by_key_when_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PairConfig::load(&write(dir.path(), &good())).unwrap();
+    assert_eq!(pair.name, "hotpair", "the default master name");
+    assert_eq!(pair.node("a").unwrap().sentinel, "127.0.0.1:7403".parse().unwrap(), "control port + 2");
+    assert_eq!(pair.node("b").unwrap().sentinel, "127.0.0.1:7503".parse().unwrap());
+
+    let named = format!("name = \"orders\"\n{}", good());
+    let with_sentinel =
+        |value: &str| named.replacen("key = \"tls/b.key\"\n", &format!("key = \"tls/b.key\"\nsentinel = {value}\n"), 1);
+    let pair = PairConfig::load(&write(dir.path(), &with_sentinel("\"127.0.0.1:26379\""))).unwrap();
+    assert_eq!(pair.name, "orders");
+    assert_eq!(pair.node("b").unwrap().sentinel, "127.0.0.1:26379".parse().unwrap());
+
+    for bad in ["\"nowhere:1\"", "\"127.0.0.1:0\"", "\"\""] {
+        let (err, path) = refused(&with_sentinel(bad));
+        assert_eq!(err.key(), Some("nodes.b.sentinel"), "{bad}: {err}");
+        assert_names(&err, &path, &["`nodes.b.sentinel`"]);
+    }
+    let (err, path) = refused(&with_sentinel("\"127.0.0.1:7402\""));
+    assert_eq!(err.key(), Some("nodes.b.sentinel"), "a clash with a's data port: {err}");
+    assert_names(&err, &path, &["nodes.a.data"]);
+    // A default that lands on another address is refused by the key to set.
+    let crowded = good().replace("127.0.0.1:7501", "127.0.0.1:7403").replace("127.0.0.1:7502", "127.0.0.1:7404");
+    let (err, path) = refused(&crowded);
+    assert!(matches!(err.key(), Some("nodes.b.control" | "nodes.a.sentinel")), "{err}");
+    assert_names(&err, &path, &["7403"]);
+
+    for bad in ["\"\"", "\"two words\"", &format!("\"{}\"", "n".repeat(65))] {
+        let (err, path) = refused(&format!("name = {bad}\n{}", good()));
+        assert_eq!(err.key(), Some("name"), "{bad}: {err}");
+        assert_names(&err, &path, &["`name`", "master name"]);
+    }
+}

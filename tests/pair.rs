@@ -533,7 +533,7 @@ fn pair_from_another_init(dir: &std::path::Path) -> PairConfig {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotpair"))
         .args(["init", "--dir"])
         .arg(dir.join("other"))
-        .args(["--nodes", "a=127.0.0.1:1,b=127.0.0.1:3"])
+        .args(["--nodes", "a=127.0.0.1:1,b=127.0.0.1:4"])
         .output()
         .expect("run hotpair init");
     assert!(out.status.success(), "{}", common::stderr(&out));

@@ -149,6 +149,20 @@ fn init_takes_node_names_addresses_and_sync_level() {
     assert_eq!(pair.sync, hotpair::config::SyncLevel::Applied);
     assert_eq!(pair.preferred_primary().name, "east");
     assert_eq!(pair.peer_of("east").unwrap().data, "127.0.0.2:9101".parse().unwrap());
+    assert_eq!(pair.peer_of("east").unwrap().sentinel, "127.0.0.2:9102".parse().unwrap(), "Sentinel port + 2, written");
+    assert_eq!(pair.name, "hotpair");
+    let text = std::fs::read_to_string(dir.join("pair.toml")).unwrap();
+    assert!(text.contains("sentinel = \"127.0.0.1:9102\"") && text.contains("name = \"hotpair\""), "{text}");
+    // Control ports 2 apart leave no room for the Sentinel port: refused, saying so.
+    let out = hotpair(&[
+        "init",
+        "--dir",
+        tmp.path().join("q").to_str().unwrap(),
+        "--nodes",
+        "a=127.0.0.1:9200,b=127.0.0.1:9202",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Sentinel"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(NodeMeta::load(&dir.join("west")).unwrap().history[0].primary, "east");
 }
 

@@ -38,8 +38,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use self::pair::DrillPair;
-use self::playbook::{Action, Playbook, PlaybookError, Step, Target};
-use self::workload::{Finished, Workload};
+use self::playbook::{Action, Connect, Playbook, PlaybookError, Step, Target};
+use self::workload::{Finished, Route, Workload};
 use crate::config::ConfigError;
 
 /// Bound on one orchestration subprocess (its own `--timeout` is usually shorter).
@@ -179,6 +179,17 @@ struct Drill {
     verify: Option<Value>,
     snapshots: Vec<tokio::task::JoinHandle<(f64, usize, Value)>>,
     notes: Vec<String>,
+    /// The `hotpair proxy` a `connect = "proxy"` workload goes through, once started.
+    proxy: Option<AppProxy>,
+}
+
+/// How long `hotpair proxy` may take to start forwarding.
+const PROXY_START: Duration = Duration::from_secs(20);
+
+/// A `hotpair proxy` child of the drill (killed when dropped).
+struct AppProxy {
+    _child: tokio::process::Child,
+    address: std::net::SocketAddr,
 }
 
 impl Drill {
@@ -201,19 +212,18 @@ impl Drill {
                     return Outcome::failed("a workload is already running; stop it first (do = \"stop-workload\")");
                 }
                 let run = self.finished.len() as u32 + 1;
-                let endpoints = match self.pair.data_endpoints() {
-                    Ok(endpoints) => endpoints,
-                    Err(e) => {
-                        return Outcome::failed(format!("cannot reach the data ports as the pair file says: {e}"))
-                    }
+                let route = match self.route(spec.connect).await {
+                    Ok(route) => route,
+                    Err(e) => return Outcome::failed(e.to_string()),
                 };
-                self.workload = Some(Workload::start(spec.clone(), run, endpoints, self.origin));
+                self.workload = Some(Workload::start(spec.clone(), run, route, self.origin));
                 Outcome::ok(format!(
-                    "{} clients, {}/s in all, {} keys each, {}-byte values",
+                    "{} clients, {}/s in all, {} keys each, {}-byte values, connecting {}",
                     spec.clients,
                     spec.rate,
                     spec.keys_per_client(),
-                    spec.value_size
+                    spec.value_size,
+                    spec.connect.name()
                 ))
             }
             Action::StopWorkload => match self.workload.take() {
@@ -314,6 +324,69 @@ impl Drill {
         let mut again = self.execute(step).await;
         again.summary = format!("{first}; run again: {}", again.summary);
         again
+    }
+
+    /// Where a workload connecting by `connect` sends its writes (a proxy is started once).
+    async fn route(&mut self, connect: Connect) -> Result<Route, DrillError> {
+        let nodes = self.pair.data_endpoints().map_err(|e| {
+            DrillError::Setup(format!("cannot reach the data ports as the pair file says: {e}"))
+        })?;
+        Ok(match connect {
+            Connect::Direct => Route::Direct { nodes },
+            Connect::Sentinel => Route::Sentinel {
+                sentinels: self.pair.config.nodes.iter().map(|n| n.sentinel).collect(),
+                master: self.pair.config.name.clone(),
+                nodes,
+            },
+            Connect::Proxy => {
+                if self.proxy.is_none() {
+                    self.proxy = Some(self.start_proxy().await?);
+                }
+                let Some(proxy) = self.proxy.as_ref() else {
+                    return Err(DrillError::Setup("hotpair proxy did not start".into()));
+                };
+                Route::Proxy { address: client::DataEndpoint::plain(proxy.address) }
+            }
+        })
+    }
+
+    /// Starts `hotpair proxy` for the pair, its log in the pair's directory, and waits until a
+    /// request through it is answered by a primary.
+    async fn start_proxy(&self) -> Result<AppProxy, DrillError> {
+        let port = pair::free_control_port()?;
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let log_path = self.pair.dir.join("proxy.log");
+        let io = |context: String| move |source| DrillError::Io { context, source };
+        let log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let child = tokio::process::Command::new(self.pair.exe())
+            .arg("--pair")
+            .arg(&self.pair.pair_file)
+            .args(["proxy", "--listen", &address.to_string()])
+            .env("HOTPAIR_LOG", "hotpair=info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io("cloning the proxy log".into()))?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("spawning hotpair proxy".into()))?;
+        let role = crate::resp::Frame::array(vec![crate::resp::Frame::bulk(bytes::Bytes::from_static(b"ROLE"))]);
+        let deadline = Instant::now() + PROXY_START;
+        loop {
+            let answered = async {
+                let mut connection = workload::RespConn::connect(address, Duration::from_secs(1)).await.ok()?;
+                tokio::time::timeout(Duration::from_secs(2), connection.request(&role)).await.ok()?.ok()
+            };
+            if let Some(crate::resp::Frame::Array(_)) = answered.await {
+                return Ok(AppProxy { _child: child, address });
+            }
+            if Instant::now() >= deadline {
+                return Err(DrillError::Setup(format!(
+                    "hotpair proxy on {address} did not answer through a primary within {PROXY_START:?}; see {}",
+                    log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn replicate(&self, action: &str, node: &Option<String>) -> Outcome {
@@ -539,9 +612,14 @@ fn human(d: Duration) -> String {
 /// A step's parameters as a short text.
 fn params(step: &Step) -> String {
     let mut text = match &step.action {
-        Action::Workload(w) => {
-            format!("clients={} rate={} keys={} value_size={}", w.clients, w.rate, w.keys, w.value_size)
-        }
+        Action::Workload(w) => format!(
+            "clients={} rate={} keys={} value_size={} connect={}",
+            w.clients,
+            w.rate,
+            w.keys,
+            w.value_size,
+            w.connect.name()
+        ),
         Action::Sleep(d) => format!("for={}", human(*d)),
         Action::Kill { node } | Action::Pause { node } | Action::Resume { node } | Action::Restart { node } => {
             format!("node={node}")
@@ -600,6 +678,7 @@ async fn run(book: Playbook, report_file: Option<PathBuf>, exe: PathBuf) -> Resu
         verify: None,
         snapshots: Vec::new(),
         notes: Vec::new(),
+        proxy: None,
     };
     drill.snapshot(0);
 

@@ -548,7 +548,8 @@ fn make_temp_dir() -> Result<PathBuf, DrillError> {
     Err(DrillError::Setup(format!("could not create a new directory under {}", base.display())))
 }
 
-/// A control port P with P and P + 1 free on 127.0.0.1; never the same one twice per process.
+/// A control port P with P, P + 1 and P + 2 (control, data, Sentinel) free on 127.0.0.1; never
+/// the same one twice per process.
 pub fn free_control_port() -> Result<u16, DrillError> {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -556,17 +557,17 @@ pub fn free_control_port() -> Result<u16, DrillError> {
     // Start where the process id points, so drills (and tests) running at once begin far apart.
     let _ = NEXT.compare_exchange(
         0,
-        (std::process::id() % u32::from(span / 2)) as u16 * 2,
+        (std::process::id() % u32::from(span / 3)) as u16 * 3,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    for _ in 0..span / 2 {
-        let port = PORTS.start + NEXT.fetch_add(2, Ordering::SeqCst) % span;
-        if port + 1 < PORTS.end && [port, port + 1].iter().all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+    for _ in 0..span / 3 {
+        let port = PORTS.start + NEXT.fetch_add(3, Ordering::SeqCst) % span;
+        if port + 2 < PORTS.end && (port..=port + 2).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return Ok(port);
         }
     }
-    Err(DrillError::Setup(format!("no two consecutive free ports on 127.0.0.1 in {PORTS:?}")))
+    Err(DrillError::Setup(format!("no three consecutive free ports on 127.0.0.1 in {PORTS:?}")))
 }
 
 /// Replaces the top-level line `key = …`, or adds it before the first table.

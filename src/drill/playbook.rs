@@ -58,6 +58,33 @@ pub enum Target {
     Attach { pair: PathBuf },
 }
 
+/// How the workload's clients reach the primary (`[workload] connect`, or a step's `connect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connect {
+    /// To the nodes' data ports; on a refusal or a broken connection, to the other node.
+    #[default]
+    Direct,
+    /// As a Sentinel-aware client library: ask the nodes' Sentinel ports where the primary
+    /// is, and ask again on a refusal or a broken connection.
+    Sentinel,
+    /// Through a `hotpair proxy` the drill runs: one address, never changed.
+    Proxy,
+}
+
+impl Connect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Connect::Direct => "direct",
+            Connect::Sentinel => "sentinel",
+            Connect::Proxy => "proxy",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Connect> {
+        [Connect::Direct, Connect::Sentinel, Connect::Proxy].into_iter().find(|c| c.name() == text)
+    }
+}
+
 /// The client workload's shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadSpec {
@@ -72,6 +99,8 @@ pub struct WorkloadSpec {
     /// A gap without acknowledgements longer than this (while writes are attempted) is an
     /// outage window; default: 3 × the per-client interval, at least 100 ms.
     pub outage_threshold: Option<Duration>,
+    /// How the clients reach the primary: the outage windows are what such an application sees.
+    pub connect: Connect,
 }
 
 /// How `partition` cuts the link.
@@ -112,7 +141,7 @@ pub enum Action {
 
 /// Every verb with the keys it takes (besides `do`), in the order the docs list them.
 pub const VERBS: &[(&str, &[&str])] = &[
-    ("workload", &["clients", "rate", "keys", "value_size", "request_timeout", "outage_threshold"]),
+    ("workload", &["clients", "rate", "keys", "value_size", "request_timeout", "outage_threshold", "connect"]),
     ("stop-workload", &[]),
     ("sleep", &["for"]),
     ("kill", &["node"]),
@@ -171,10 +200,19 @@ pub struct Expectations {
     /// `true`: every lost acknowledged write is accounted for by an orphaned transaction
     /// (lost ≤ orphaned): at `async`/`received` loss is allowed, but never silent.
     pub lost_reported: Option<bool>,
+    /// At most this many writes the application saw fail (failed or unknown outcome).
+    pub max_failed_writes: Option<u64>,
 }
 
-pub const EXPECT_KEYS: &[&str] =
-    &["lost_acknowledged", "max_write_outage", "max_orphaned", "digests_equal", "min_acknowledged", "lost_reported"];
+pub const EXPECT_KEYS: &[&str] = &[
+    "lost_acknowledged",
+    "max_write_outage",
+    "max_orphaned",
+    "digests_equal",
+    "min_acknowledged",
+    "lost_reported",
+    "max_failed_writes",
+];
 const TOP_KEYS: &[&str] = &[
     "name",
     "description",
@@ -185,9 +223,12 @@ const TOP_KEYS: &[&str] = &[
     "client_password",
     "client_tls",
     "attach",
+    "workload",
     "step",
     "expect",
 ];
+/// Keys of the top-level `[workload]` table: defaults for every workload step.
+const WORKLOAD_TABLE_KEYS: &[&str] = &["connect"];
 /// The longest duration a playbook may give any key.
 const PLAYBOOK_DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 const PAIR_SETTING_KEYS: &[&str] =
@@ -370,6 +411,17 @@ impl Parser<'_> {
             }
         };
 
+        let default_connect = match table.get("workload") {
+            None => Connect::Direct,
+            Some(toml::Value::Table(workload)) => {
+                self.refuse_unknown(workload, WORKLOAD_TABLE_KEYS, None, "workload.", "[workload] takes")?;
+                let fields = Fields { table: workload, step: None, prefix: "workload." };
+                self.connect(&fields)?.unwrap_or_default()
+            }
+            Some(_) => {
+                return Err(self.invalid(None, Some("workload".into()), "must be a table: [workload] connect = \"…\""))
+            }
+        };
         let mut steps = Vec::new();
         match table.get("step") {
             None => {}
@@ -379,7 +431,7 @@ impl Parser<'_> {
                     let step = item.as_table().ok_or_else(|| {
                         self.invalid(Some(number), None, "must be a table; write each step as [[step]] do = \"…\"")
                     })?;
-                    steps.push(self.step(number, step, &target)?);
+                    steps.push(self.step(number, step, &target, default_connect)?);
                 }
             }
             Some(_) => return Err(self.invalid(None, Some("step".into()), "must be an array of [[step]] tables")),
@@ -411,7 +463,13 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn step(&self, number: usize, table: &toml::Table, target: &Target) -> Result<Step, PlaybookError> {
+    fn step(
+        &self,
+        number: usize,
+        table: &toml::Table,
+        target: &Target,
+        default_connect: Connect,
+    ) -> Result<Step, PlaybookError> {
         let fields = Fields { table, step: Some(number), prefix: "" };
         let verb_text = self.string(&fields, "do")?.ok_or_else(|| {
             self.invalid(
@@ -478,6 +536,7 @@ impl Parser<'_> {
                     value_size: value_size as usize,
                     request_timeout: self.duration(&fields, "request_timeout")?.unwrap_or(Duration::from_secs(2)),
                     outage_threshold: self.duration(&fields, "outage_threshold")?,
+                    connect: self.connect(&fields)?.unwrap_or(default_connect),
                 })
             }
             "stop-workload" => Action::StopWorkload,
@@ -572,6 +631,7 @@ impl Parser<'_> {
             digests_equal: self.boolean(&fields, "digests_equal")?,
             min_acknowledged: whole("min_acknowledged")?,
             lost_reported: self.boolean(&fields, "lost_reported")?,
+            max_failed_writes: whole("max_failed_writes")?,
         })
     }
 
@@ -589,6 +649,18 @@ impl Parser<'_> {
                 format!("is {other}; it must be a string (in quotes)"),
             )),
         }
+    }
+
+    /// `connect = "direct" | "sentinel" | "proxy"`.
+    fn connect(&self, fields: &Fields<'_>) -> Result<Option<Connect>, PlaybookError> {
+        let Some(text) = self.string(fields, "connect")? else { return Ok(None) };
+        Connect::parse(&text).map(Some).ok_or_else(|| {
+            self.invalid(
+                fields.step,
+                Some(Self::key_name(fields, "connect")),
+                format!("is {text:?}; use \"direct\", \"sentinel\" or \"proxy\""),
+            )
+        })
     }
 
     fn node_key(&self, fields: &Fields<'_>, key: &str) -> Result<Option<String>, PlaybookError> {
@@ -773,6 +845,26 @@ digests_equal = true
             }
         }
         assert!(count >= 8, "{count} playbooks");
+    }
+
+    #[test]
+    fn workloads_say_how_they_connect() {
+        let p = parse(
+            "[workload]\nconnect = \"sentinel\"\n[[step]]\ndo = \"workload\"\n[[step]]\ndo = \"stop-workload\"\n\
+             [[step]]\ndo = \"workload\"\nconnect = \"proxy\"\n[expect]\nmax_failed_writes = 0\n",
+        )
+        .unwrap();
+        assert!(matches!(&p.steps[0].action, Action::Workload(w) if w.connect == Connect::Sentinel));
+        assert!(matches!(&p.steps[2].action, Action::Workload(w) if w.connect == Connect::Proxy));
+        assert_eq!(p.expect.max_failed_writes, Some(0));
+        let p = parse("[[step]]\ndo = \"workload\"\n").unwrap();
+        assert!(matches!(&p.steps[0].action, Action::Workload(w) if w.connect == Connect::Direct));
+        let err = parse("[workload]\nconnect = \"carrier-pigeon\"\n[[step]]\ndo = \"heal\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("workload.connect"), "{err}");
+        let err = parse("[workload]\nclients = 3\n[[step]]\ndo = \"heal\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("workload.clients"), "{err}");
+        let err = parse("[[step]]\ndo = \"workload\"\nconnect = \"sentinels\"\n").unwrap_err();
+        assert_eq!((err.step(), err.key()), (Some(1), Some("connect")), "{err}");
     }
 
     #[test]

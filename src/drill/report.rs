@@ -62,6 +62,9 @@ pub struct Digests {
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadReport {
     pub runs: usize,
+    /// How the clients reached the primary (`direct`, `sentinel`, `proxy`; several joined by
+    /// `+` when runs differ): the outage windows are what such an application saw.
+    pub connect: String,
     pub attempted: u64,
     pub acknowledged: u64,
     pub failed: u64,
@@ -157,8 +160,15 @@ impl Report {
         let max_outage = (!finished.is_empty()).then(|| outages.iter().map(OutageWindow::ms).fold(0.0, f64::max));
 
         let workload = (!finished.is_empty()).then(|| {
+            let mut connects: Vec<&str> = Vec::new();
+            for run in finished {
+                if !connects.contains(&run.spec.connect.name()) {
+                    connects.push(run.spec.connect.name());
+                }
+            }
             let mut w = WorkloadReport {
                 runs: finished.len(),
+                connect: connects.join("+"),
                 attempted: 0,
                 acknowledged: 0,
                 failed: 0,
@@ -259,6 +269,13 @@ impl Report {
                 Some(w) => (json!(w.acknowledged), w.acknowledged >= min),
             };
             expectations.push(verdict("min_acknowledged", format!(">= {min}"), measured, pass));
+        }
+        if let Some(max) = e.max_failed_writes {
+            let (measured, pass) = match &workload {
+                None => (not_measured("no workload ran"), false),
+                Some(w) => (json!(w.failed + w.unknown), w.failed + w.unknown <= max),
+            };
+            expectations.push(verdict("max_failed_writes", format!("<= {max}"), measured, pass));
         }
         if let Some(want) = e.lost_reported {
             let (measured, pass) = match (workload.as_ref().and_then(|w| w.lost), orphaned_measured) {
@@ -374,8 +391,8 @@ pub fn text(r: &Report) -> String {
             let show = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "\nworkload: {} writes attempted: {} acknowledged, {} failed, {} unknown; {} failed connections",
-                w.attempted, w.acknowledged, w.failed, w.unknown, w.connect_errors
+                "\nworkload (connecting {}): {} writes attempted: {} acknowledged, {} failed, {} unknown; {} failed connections",
+                w.connect, w.attempted, w.acknowledged, w.failed, w.unknown, w.connect_errors
             );
             let _ = writeln!(
                 out,

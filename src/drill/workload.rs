@@ -9,9 +9,11 @@
 //! with the value `c{c}:s{seq}:` padded with `x` to `value_size` bytes. Every attempt is recorded
 //! as [`Outcome::Acknowledged`] (`+OK`), [`Outcome::Failed`] (an error reply) or
 //! [`Outcome::Unknown`] (no reply: timeout or connection lost after the request was sent).
-//! Clients follow the primary: on `-READONLY`, `-TRYAGAIN` or a broken connection they move to
-//! the other node (or to the node another client last got an acknowledgement from) after a
-//! small backoff, and try again with a *new* write (new `seq`).
+//! Clients follow the primary as the spec's [`Connect`] says ([`Route`]): `direct` clients, on
+//! `-READONLY`, `-TRYAGAIN` or a broken connection, move to the other node (or to the node
+//! another client last got an acknowledgement from); `sentinel` clients ask the nodes'
+//! Sentinel ports again, as a Sentinel-aware client library does; `proxy` clients keep their
+//! one address. Each tries again after a small backoff with a *new* write (new `seq`).
 //!
 //! After the workload stops, [`read_back`] reads every owned key from one node and [`judge`]
 //! compares each with the record.
@@ -67,7 +69,7 @@ pub struct Attempt {
     pub start_ms: f64,
     pub end_ms: f64,
     pub outcome: Outcome,
-    /// Index of the node written to (in the pair file's order).
+    /// Index of the node written to (in the pair file's order); `u8::MAX` through a proxy.
     pub node: u8,
 }
 
@@ -81,6 +83,30 @@ pub struct ClientLog {
     /// The first few distinct error replies, for the report.
     pub error_samples: Vec<String>,
 }
+
+/// Where the clients send their writes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// The nodes' data ports, in pair-file order.
+    Direct { nodes: Vec<DataEndpoint> },
+    /// Ask the nodes' Sentinel ports (pair-file order) for `master`; `nodes` are the data ports,
+    /// to tell which node an answer names (and how to talk to it: TLS, `AUTH`).
+    Sentinel { sentinels: Vec<SocketAddr>, master: String, nodes: Vec<DataEndpoint> },
+    /// One address that follows the primary by itself (`hotpair proxy`).
+    Proxy { address: DataEndpoint },
+}
+
+impl Route {
+    fn node_count(&self) -> usize {
+        match self {
+            Route::Direct { nodes } | Route::Sentinel { nodes, .. } => nodes.len(),
+            Route::Proxy { .. } => 1,
+        }
+    }
+}
+
+/// How long a client waits for one Sentinel port's answer.
+const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A running workload.
 pub struct Workload {
@@ -144,18 +170,18 @@ pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
 }
 
 impl Workload {
-    /// Starts the clients against `nodes` (data ports, in pair-file order).
-    pub fn start(spec: WorkloadSpec, run: u32, nodes: Vec<DataEndpoint>, origin: std::time::Instant) -> Workload {
+    /// Starts the clients, sending their writes by `route`.
+    pub fn start(spec: WorkloadSpec, run: u32, route: Route, origin: std::time::Instant) -> Workload {
         let (stop, _) = watch::channel(false);
         let hint = Arc::new(AtomicUsize::new(0));
-        let nodes = Arc::new(nodes);
+        let route = Arc::new(route);
         let tasks = (0..spec.clients)
             .map(|client| {
                 let client = Client {
                     id: client,
                     run,
                     spec: spec.clone(),
-                    nodes: nodes.clone(),
+                    route: route.clone(),
                     hint: hint.clone(),
                     origin,
                     stop: stop.subscribe(),
@@ -192,7 +218,7 @@ struct Client {
     id: u32,
     run: u32,
     spec: WorkloadSpec,
-    nodes: Arc<Vec<DataEndpoint>>,
+    route: Arc<Route>,
     /// The node some client last got an acknowledgement from.
     hint: Arc<AtomicUsize>,
     origin: std::time::Instant,
@@ -204,7 +230,7 @@ impl Client {
         let mut log = ClientLog::default();
         let interval = self.spec.interval();
         let keys_per_client = self.spec.keys_per_client();
-        let mut node = self.hint.load(Ordering::Relaxed) % self.nodes.len().max(1);
+        let mut node = self.hint.load(Ordering::Relaxed) % self.route.node_count().max(1);
         let mut conn: Option<RespConn> = None;
         let mut backoff = FIRST_BACKOFF;
         // Stagger the clients over one interval so that they do not all write at once.
@@ -217,11 +243,13 @@ impl Client {
             if *self.stop.borrow() {
                 break;
             }
-            let Some(endpoint) = self.nodes.get(node) else { break };
             let connection = match conn.as_mut() {
                 Some(c) => c,
-                None => match endpoint.connect(self.spec.request_timeout).await {
-                    Ok(connected) => conn.insert(connected),
+                None => match self.connect(node).await {
+                    Ok((connected, index)) => {
+                        node = index;
+                        conn.insert(connected)
+                    }
                     Err(error) => {
                         if error.kind() == std::io::ErrorKind::PermissionDenied
                             && log.error_samples.len() < 5
@@ -257,7 +285,10 @@ impl Client {
                     }
                     if text.starts_with("READONLY") || text.starts_with("TRYAGAIN") {
                         node = self.other_node(node);
-                        conn = None;
+                        // Through a proxy the one connection stays: the proxy follows.
+                        if !matches!(*self.route, Route::Proxy { .. }) {
+                            conn = None;
+                        }
                     }
                     Outcome::Failed
                 }
@@ -291,10 +322,28 @@ impl Client {
         log
     }
 
+    /// A new connection by the route (TLS and `AUTH` as the pair file says), and the index of
+    /// the node it reaches (`u8::MAX` as usize through a proxy).
+    async fn connect(&self, node: usize) -> std::io::Result<(RespConn, usize)> {
+        let nowhere = || std::io::Error::new(std::io::ErrorKind::NotFound, "no node to connect to");
+        let (endpoint, index) = match &*self.route {
+            Route::Direct { nodes } => (nodes.get(node).ok_or_else(nowhere)?.clone(), node),
+            Route::Proxy { address } => (address.clone(), usize::from(u8::MAX)),
+            Route::Sentinel { sentinels, master, nodes } => {
+                let address = ask_sentinels(sentinels, master).await.ok_or_else(nowhere)?;
+                match nodes.iter().position(|n| n.address == address) {
+                    Some(index) => (nodes[index].clone(), index),
+                    None => (DataEndpoint::plain(address), usize::from(u8::MAX)),
+                }
+            }
+        };
+        Ok((endpoint.connect(self.spec.request_timeout).await?, index))
+    }
+
     /// Where to go after a refusal or a broken connection: the node another client last got an
     /// acknowledgement from, unless that is the one that just failed; then the other one.
     fn other_node(&self, current: usize) -> usize {
-        let count = self.nodes.len().max(1);
+        let count = self.route.node_count().max(1);
         let hint = self.hint.load(Ordering::Relaxed) % count;
         if hint != current {
             hint
@@ -302,6 +351,36 @@ impl Client {
             (current + 1) % count
         }
     }
+}
+
+/// What Jedis, ioredis and go-redis do: ask each Sentinel in turn for the master's address; the
+/// first one that names it wins.
+async fn ask_sentinels(sentinels: &[SocketAddr], master: &str) -> Option<SocketAddr> {
+    let request = Frame::array(vec![
+        Frame::bulk(Bytes::from_static(b"SENTINEL")),
+        Frame::bulk(Bytes::from_static(b"get-master-addr-by-name")),
+        Frame::bulk(Bytes::from(master.to_string())),
+    ]);
+    for sentinel in sentinels {
+        let answer = async {
+            let mut connection = RespConn::connect(*sentinel, SENTINEL_TIMEOUT).await.ok()?;
+            match connection.request(&request).await.ok()? {
+                Frame::Array(Some(items)) => match items.as_slice() {
+                    [Frame::Bulk(Some(ip)), Frame::Bulk(Some(port))] => {
+                        let ip: std::net::IpAddr = std::str::from_utf8(ip).ok()?.parse().ok()?;
+                        let port: u16 = std::str::from_utf8(port).ok()?.parse().ok()?;
+                        Some(SocketAddr::new(ip, port))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        if let Ok(Some(address)) = tokio::time::timeout(SENTINEL_TIMEOUT, answer).await {
+            return Some(address);
+        }
+    }
+    None
 }
 
 fn node_index(node: usize) -> u8 {
@@ -687,6 +766,7 @@ mod tests {
             value_size: 16,
             request_timeout: Duration::from_secs(1),
             outage_threshold: None,
+            connect: crate::drill::playbook::Connect::Direct,
         };
         let log =
             |o: &[Outcome]| ClientLog { attempts: o.iter().copied().map(attempt).collect(), ..Default::default() };

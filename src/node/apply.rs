@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{lock, Node};
-use crate::engine::{Action, Alarm, Effect, Event, Gate, Outcome, ReplayBound, Reply};
+use crate::engine::{Action, Alarm, Effect, Event, Gate, Outcome, ReplayBound, Reply, WriteRefusal};
 use crate::incident::{Kind, Severity};
 use crate::journal::{Lsn, RecordBody};
 use crate::Error;
@@ -133,6 +133,11 @@ impl Node {
                 self.role.send_replace(role);
             }
             Effect::Writes(gate) => {
+                let in_doubt = matches!(
+                    gate,
+                    Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. })
+                );
+                self.standing_in_doubt.store(in_doubt, std::sync::atomic::Ordering::SeqCst);
                 if let Some(pipeline) = self.pipeline() {
                     pipeline.set_refusing(match gate {
                         Gate::Open => None,

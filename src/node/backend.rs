@@ -46,12 +46,21 @@ pub const MAX_FLUSH_BYTES: usize = crate::journal::format::MAX_RECORD_BODY - (1 
 
 pub struct Backend {
     node: Arc<Node>,
+    /// Moves when the node stops being the primary (`crate::sentinel::watch_demotions`).
+    demotions: tokio::sync::watch::Receiver<u64>,
 }
 
 impl DataBackend for Backend {
     fn execute(&self, command: Command) -> impl std::future::Future<Output = Frame> + Send {
         let node = self.node.clone();
         async move { execute(&node, command).await }
+    }
+
+    fn hand_off(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let mut demotions = self.demotions.clone();
+        // Only demotions after the connection opened close it.
+        demotions.borrow_and_update();
+        Some(demotions)
     }
 
     fn execute_transaction(
@@ -85,7 +94,7 @@ impl DataBackend for Backend {
     }
 
     fn role_name(&self) -> &'static str {
-        if self.node.pipeline().is_some() {
+        if master_pipeline(&self.node).is_some() {
             "master"
         } else {
             "replica"
@@ -125,7 +134,8 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, security:
     };
     std::sync::LazyLock::force(&PROCESS_STARTED);
     let mut shutdown = node.shutdown.subscribe();
-    let backend = Arc::new(Backend { node });
+    let demotions = crate::sentinel::watch_demotions(&node);
+    let backend = Arc::new(Backend { node, demotions });
     crate::server::serve_with(listener, backend, options, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
@@ -265,7 +275,9 @@ async fn run_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Opti
                 return TxnReply::Whole(Frame::error(message));
             }
         },
-        Err(CommitError::NotAccepting(reason)) => return TxnReply::Whole(Frame::error(format!("TRYAGAIN {reason}"))),
+        Err(CommitError::NotAccepting(reason)) => {
+            return TxnReply::Whole(Frame::error(format!("TRYAGAIN {reason}{}", crate::sentinel::drain_hint(node))))
+        }
         Err(CommitError::Rejected(message)) => return TxnReply::Whole(Frame::error(message)),
         Err(err) => {
             super::disk::check(node);
@@ -455,11 +467,21 @@ async fn wait_command(node: &Node, replicas: u64, timeout: Option<Duration>) -> 
     Frame::Integer(count)
 }
 
+/// The commit pipeline while this node is the primary (draining included): what `ROLE` and
+/// `INFO` call `master`. A fenced node may still hold its pipeline, but it is no master; nor is
+/// a restarted primary until its peer confirmed it was not failed over meanwhile.
+fn master_pipeline(node: &Node) -> Option<Arc<crate::pipeline::Pipeline>> {
+    match node.role() {
+        Role::Primary | Role::Draining if !node.awaits_peer() => node.pipeline(),
+        _ => None,
+    }
+}
+
 fn role_frame(node: &Node) -> Frame {
     let peer = node.peer.borrow().clone();
     let peer_host = Frame::bulk(node.peer_config.data.ip().to_string());
     let peer_port = Frame::bulk(node.peer_config.data.port().to_string());
-    match node.pipeline() {
+    match master_pipeline(node) {
         Some(pipeline) => {
             let replicas = if peer.connected {
                 vec![Frame::array(vec![peer_host, peer_port, Frame::bulk(peer.applied_lsn.to_string())])]
@@ -493,7 +515,7 @@ fn info_text(node: &Node, sections: &[String]) -> Bytes {
         let peer = node.peer.borrow().clone();
         let field = |name: &str| status.get(name).cloned().unwrap_or_default();
         text.push_str("# Replication\r\n");
-        match node.pipeline() {
+        match master_pipeline(node) {
             Some(pipeline) => {
                 text.push_str(&format!("role:master\r\nconnected_slaves:{}\r\n", u8::from(peer.connected)));
                 if peer.connected {

@@ -5,6 +5,7 @@
 //! store is missing from the journals, and then runs, until shutdown:
 //! - the control port (mutual TLS): the peer's replication connection, and admin requests;
 //! - the data port (RESP) through [`backend`];
+//! - the Sentinel-compatible discovery port ([`crate::sentinel`]);
 //! - as backup, the follower loop that connects to the primary and keeps up with it;
 //! - when the pair file gives the node a `metrics` address, the Prometheus endpoint ([`metrics`]).
 //! - the disk-space guard ([`disk`]): below `disk_min_free` writes are refused and the backup
@@ -112,6 +113,9 @@ pub struct Node {
     /// The budget of the data port's client buffers (`[limits] max_client_memory`), shared by its
     /// connections and by replies the backend builds (`MGET`).
     pub client_memory: Arc<crate::server::memory::ClientMemory>,
+    /// The pipeline refuses because the node's standing as primary is in doubt (fenced, or a
+    /// restarted primary awaiting its peer): see [`Node::awaits_peer`].
+    standing_in_doubt: std::sync::atomic::AtomicBool,
     /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
     pub watches: Arc<crate::watch::Registry>,
     /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
@@ -221,6 +225,7 @@ impl Node {
             disk: watch::channel(disk::DiskSpace::default()).0,
             _dir_lock: dir_lock,
             client_memory,
+            standing_in_doubt: std::sync::atomic::AtomicBool::new(false),
             watches: Arc::new(crate::watch::Registry::default()),
             scan_cursors: crate::keyspace::ScanCursors::default(),
         });
@@ -256,6 +261,15 @@ impl Node {
 
     pub fn subscribe_role(&self) -> watch::Receiver<Role> {
         self.role.subscribe()
+    }
+
+    /// Whether this node's standing as primary is in doubt: a restarted primary still waiting
+    /// for its peer's word that it was not promoted past it, or a primary being fenced (its
+    /// pipeline refuses a moment before its role says so). Set with the pipeline's
+    /// gate ([`crate::engine::Gate`]), which keeps it from writing; `ROLE` and the Sentinel
+    /// port do not call it master.
+    pub fn awaits_peer(&self) -> bool {
+        self.pipeline().is_some() && self.standing_in_doubt.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn meta(&self) -> NodeMeta {
@@ -722,21 +736,24 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let data_security = backend::DataSecurity::load(&node)?;
     let control = bind(node.config.control, "control").await?;
     let data = bind(node.config.data, "data").await?;
+    let sentinel = bind(node.config.sentinel, "sentinel").await?;
     let metrics_listener = match node.config.metrics {
         Some(address) => Some(bind(address, "metrics").await?),
         None => None,
     };
     eprintln!(
-        "hotpair node {} ({}, epoch {}) control {} data {}",
+        "hotpair node {} ({}, epoch {}) control {} data {} sentinel {}",
         node.name(),
         node.role().name(),
         node.meta().epoch,
         node.config.control,
-        node.config.data
+        node.config.data,
+        node.config.sentinel
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
     tasks.spawn(backend::serve(node.clone(), data, data_security));
+    tasks.spawn(crate::sentinel::serve(node.clone(), sentinel));
     tasks.spawn(follow::run_on_own_thread(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));

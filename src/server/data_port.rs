@@ -126,6 +126,14 @@ pub trait DataBackend: Send + Sync + 'static {
     /// Executes one command; returns the reply. Errors are reply frames (-READONLY, -TRYAGAIN, -ERR …).
     fn execute(&self, command: Command) -> impl Future<Output = Frame> + Send;
 
+    /// Connection hand-off: a watch that moves whenever every client connection should be
+    /// closed (the node stopped being the primary), so that pooled clients look for the new
+    /// one at once. A connection closes at its next wait for bytes, after answering what it
+    /// has read, as at shutdown. `None`: never.
+    fn hand_off(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
     /// `EXEC`: runs `commands` as one transaction and answers an array of their replies — or
     /// null, running nothing, when `watcher` says a watched key changed; or one error when the
     /// whole transaction is refused. Without an override, the commands run one by one.
@@ -383,6 +391,8 @@ struct Connection<B, S> {
     session: Session,
     /// The last time a request arrived or a reply was written: the idle timeout counts from it.
     last_activity: Instant,
+    /// See [`DataBackend::hand_off`].
+    hand_off: Option<watch::Receiver<u64>>,
 }
 
 impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
@@ -391,7 +401,9 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
             Some(_) => Access::Anonymous,
             None => Access::User { name: Bytes::from_static(DEFAULT_USER.as_bytes()), rights: Rights::ReadWrite },
         };
+        let hand_off = backend.hand_off();
         Connection {
+            hand_off,
             stream,
             peer,
             backend,
@@ -437,6 +449,7 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
                 tokio::select! {
                     biased;
                     _ = self.stop.wait_for(|stop| *stop) => return Ok(()),
+                    () = handed_off(&mut self.hand_off) => return Ok(()),
                     read = self.stream.read_buf(&mut self.input) => break read?,
                     () = &mut idle, if idle_limit.is_some() => {}
                 }
@@ -706,6 +719,14 @@ impl<B: DataBackend, S: AsyncRead + AsyncWrite + Unpin> Connection<B, S> {
     }
 }
 
+/// Completes when the backend's hand-off watch moves; never without one (or once it is gone).
+async fn handed_off(hand_off: &mut Option<watch::Receiver<u64>>) {
+    let Some(receiver) = hand_off else { return std::future::pending().await };
+    if receiver.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// `CONFIG GET pattern…`: a flat array of name/value pairs for the parameters that match.
 pub(super) fn config_get(patterns: &[Bytes]) -> Frame {
     let mut reply = Vec::new();
@@ -719,7 +740,7 @@ pub(super) fn config_get(patterns: &[Bytes]) -> Frame {
 
 /// Glob matching with `*` and `?`, enough for `CONFIG GET *`. Iterative with one backtrack
 /// point, so a pattern of many stars costs O(pattern × text), not exponential time.
-fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where to resume after the last star: (pattern index after it, text index it swallowed up to).
     let mut resume: Option<(usize, usize)> = None;

@@ -202,8 +202,8 @@ impl Pair {
         }
     }
 
-    /// Starts `node`'s process (it must not be running).
-    fn spawn(&mut self, node: &str) {
+    /// Starts `node`'s process (it must not be running), without waiting for it to answer.
+    pub fn spawn(&mut self, node: &str) {
         assert!(!self.children.contains_key(node), "{node} is already running");
         let log_path = self.log_path(node);
         let mut log = OpenOptions::new().create(true).append(true).open(&log_path).expect("open the node log");
@@ -615,7 +615,7 @@ impl Writers {
     }
 }
 
-/// A control port P with P and P + 1 (the data port) both free on 127.0.0.1, never handed out
+/// A control port P with P, P + 1 and P + 2 (data and Sentinel ports) free on 127.0.0.1, never handed out
 /// twice by this process — the drill's own chooser, so tests and drills share one rule.
 pub fn free_control_port() -> u16 {
     hotpair::drill::pair::free_control_port().unwrap_or_else(|e| panic!("{e}"))

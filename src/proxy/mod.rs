@@ -1,0 +1,135 @@
+//! `hotpair proxy --listen ADDR`: a primary-following proxy for clients without Sentinel
+//! support (redis-cli, redis-benchmark, legacy applications).
+//!
+//! ## Job
+//! Accepts Redis clients on ADDR and forwards each one's requests to the current primary's data
+//! port, its replies back, byte for byte. It learns where the primary is, and when a switchover
+//! drains it, from the nodes' Sentinel ports ([`follow`]: a subscription to `+hotpair-view` on
+//! each node — pushed, not polled per request). During a planned switchover it holds requests
+//! instead of failing them, and sends them to the new primary once promoted, as PgBouncer's
+//! PAUSE/RESUME does; which in-flight requests can still get an error is in [`session`] and
+//! docs/clients.md.
+//!
+//! ## Invariants
+//! - A client sees replies in the order of its requests, always.
+//! - A request is sent again only when it was certainly not executed (answered `-TRYAGAIN`,
+//!   held and never sent) or changes nothing (a read). A write whose outcome is unknown gets an
+//!   error that says so, never a silent second execution.
+//! - The proxy decides nothing about roles: it follows the nodes' views.
+//!
+//! ## Bounds
+//! `--max-connections` clients (one more is answered `-ERR max number of clients reached`),
+//! `--hold-timeout` per held request, and per client [`session::MAX_QUEUED_BYTES`].
+//!
+//! ## Caveats
+//! - One upstream connection per client: a client's requests keep their order on it.
+//! - No password or TLS yet. When the data port gets them (`[clients]`), the proxy must check a
+//!   client's `AUTH` itself and authenticate its own upstream connections: the seam is
+//!   `Session::connect`.
+
+pub mod follow;
+pub mod scan;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::PairConfig;
+use crate::Error;
+
+pub use follow::Target;
+
+/// Defaults of `hotpair proxy`'s options.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    /// How long a request may be held (no primary, or a drain) before it is answered `-TRYAGAIN`.
+    pub hold_timeout: Duration,
+    pub max_connections: usize,
+    /// Worker threads (`--threads`, default 1).
+    pub threads: usize,
+}
+
+/// Runs the proxy in the foreground until SIGINT or SIGTERM.
+pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
+    // One thread by default: a client's bytes and its upstream's are handled in one task, and
+    // with one thread no request is handed between threads (docs/benchmarks.md, "hotpair proxy").
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|source| Error::Io {
+            context: format!("binding the proxy's address {}", options.listen),
+            source,
+        })?;
+        let nodes = pair.nodes.iter().map(|n| (n.name.clone(), n.sentinel)).collect();
+        let target = follow::start(pair.name.clone(), nodes);
+        eprintln!(
+            "hotpair proxy on {} for pair {} (master name {:?}), following {}",
+            options.listen,
+            pair.path.display(),
+            pair.name,
+            pair.nodes
+                .iter()
+                .map(|n| format!("{} (sentinel {})", n.name, n.sentinel))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+        tokio::select! {
+            () = serve(listener, target, options) => {}
+            () = wait_for_signal() => tracing::info!("proxy: stopping"),
+        }
+        Ok(())
+    })
+}
+
+/// Accepts clients for ever.
+pub async fn serve(listener: tokio::net::TcpListener, target: tokio::sync::watch::Receiver<Target>, options: Options) {
+    let permits = Arc::new(Semaphore::new(options.max_connections.min(Semaphore::MAX_PERMITS)));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => {
+                    let session = session::Session::new(stream, target.clone(), options.hold_timeout);
+                    tokio::spawn(async move {
+                        if let Err(error) = session.run().await {
+                            tracing::debug!(%peer, %error, "proxy: client connection ended");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, limit = options.max_connections, "proxy: max connections reached; refusing a client");
+                    let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "proxy: accept failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
