@@ -218,6 +218,15 @@ pub fn render_status(status: &Value) -> String {
             notes.push(format!("DIVERGED after LSN {at}: run hotpair rejoin {name}"));
         }
         out.push_str(&format!("         {}\n", notes.join("; ")));
+        for incident in node["incidents"].as_array().into_iter().flatten() {
+            let field = |key: &str| incident[key].as_str().unwrap_or("?").to_string();
+            out.push_str(&format!(
+                "         INCIDENT {} ({}, open): {}\n",
+                field("kind"),
+                field("severity"),
+                field("message")
+            ));
+        }
     }
     out
 }

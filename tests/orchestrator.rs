@@ -644,9 +644,11 @@ fn failover_after_sigkill_and_the_restarted_old_primary_fences_itself() {
     assert_eq!(status["nodes"][BACKUP]["role"], "primary", "{status}");
     assert_ne!(status["nodes"][PRIMARY]["writes"]["accepting"], true, "{status}");
     assert_eq!(pair.redis(BACKUP).get::<_, Option<String>>("on-old").unwrap(), None);
-    // The new primary heard a node claim to be primary at a lower epoch: a split-brain incident.
+    // The new primary heard the primary of the superseded epoch probe: a stale-primary
+    // incident (a node to rejoin), not a split-brain.
     let incidents = status["nodes"][BACKUP]["incidents"].as_array().cloned().unwrap_or_default();
-    assert!(incidents.iter().any(|i| i["kind"] == "split-brain"), "no split-brain incident on b: {incidents:?}");
+    assert!(incidents.iter().any(|i| i["kind"] == "stale-primary"), "no stale-primary incident on b: {incidents:?}");
+    assert!(!incidents.iter().any(|i| i["kind"] == "split-brain"), "a split-brain incident on b: {incidents:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -117,6 +117,9 @@ pub enum ReplayBound {
 pub enum Alarm {
     Fenced,
     SplitBrain,
+    /// The primary of a superseded epoch is back (the old primary restarted after a
+    /// failover): it is told the newer epoch and fences itself; the admin rejoins it.
+    StalePrimary,
     SecondInstallation,
     OrphanedTail,
     ApplyError,

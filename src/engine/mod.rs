@@ -698,7 +698,9 @@ impl Engine {
         if matches!(hello.role, Role::Primary | Role::Draining) {
             // A probe: tell it where we stand. Our epoch is what it needs (a higher one fences
             // it), and our last LSN (a restarted primary takes no writes while we hold more).
-            if self.writer() {
+            if self.writer() && hello.epoch < ours {
+                out.push(Effect::Incident { kind: Alarm::StalePrimary, message: self.stale_primary(&hello) });
+            } else if self.writer() {
                 let message = format!(
                     "{} claims to be primary at epoch {} while this node is primary at epoch {ours}; it is told our epoch and fences",
                     hello.from, hello.epoch
@@ -756,6 +758,26 @@ impl Engine {
             }
             Plan::Diverged { at_lsn } => HelloAnswer::Diverged { at_lsn, history: self.state.history.clone() },
         }
+    }
+
+    /// What an old primary's probe means: not two writers (it restarted waiting for our word,
+    /// or it took writes only in an epoch our promotion closed), but a node to rejoin, and
+    /// how much of its tail the rejoin will set aside.
+    fn stale_primary(&self, hello: &Hello) -> String {
+        let ours = self.state.epoch;
+        let peer = &hello.from;
+        let closed_at =
+            self.state.history.iter().find(|h| h.epoch > hello.epoch).map(|h| h.first_lsn.saturating_sub(1));
+        let beyond = closed_at.map_or(0, |at| hello.last_lsn.saturating_sub(at));
+        let tail = if beyond > 0 {
+            format!("; it holds {beyond} record(s) past LSN {} where its epoch ended, which the rejoin sets aside as orphans", closed_at.unwrap_or(0))
+        } else {
+            String::new()
+        };
+        format!(
+            "{peer}, primary of epoch {} before this node's promotion, is back; it is told epoch {ours} and fences itself, taking no more writes{tail}; run `hotpair rejoin {peer}`",
+            hello.epoch
+        )
     }
 
     fn probe_answered(

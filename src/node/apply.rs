@@ -22,6 +22,7 @@ use super::{lock, Node};
 use crate::engine::{Action, Alarm, Effect, Event, Gate, Outcome, ReplayBound, Reply, WriteRefusal};
 use crate::incident::{Kind, Severity};
 use crate::journal::{Lsn, RecordBody};
+use crate::meta::Role;
 use crate::Error;
 
 /// How often the engine hears the time (a drain lease ends at most this late).
@@ -131,12 +132,15 @@ impl Node {
             }
             Effect::Publish(role) => {
                 self.role.send_replace(role);
+                if matches!(role, Role::Primary | Role::Backup) {
+                    // Rejoined or promoted: whatever fenced it is behind it.
+                    let message = format!("{} is {} of epoch {} now", self.name(), role.name(), self.meta().epoch);
+                    self.incidents.resolve(Kind::Fenced, message);
+                }
             }
             Effect::Writes(gate) => {
-                let in_doubt = matches!(
-                    gate,
-                    Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. })
-                );
+                let in_doubt =
+                    matches!(gate, Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. }));
                 self.standing_in_doubt.store(in_doubt, std::sync::atomic::Ordering::SeqCst);
                 if let Some(pipeline) = self.pipeline() {
                     pipeline.set_refusing(match gate {
@@ -200,6 +204,7 @@ impl Node {
         match kind {
             Alarm::Fenced => self.incidents.raise(Kind::Fenced, Severity::Critical, message),
             Alarm::SplitBrain => self.incidents.raise(Kind::SplitBrain, Severity::Critical, message),
+            Alarm::StalePrimary => self.incidents.raise(Kind::StalePrimary, Severity::Warning, message),
             Alarm::SecondInstallation => self.incidents.raise(Kind::SecondInstallation, Severity::Critical, message),
             Alarm::ApplyError => self.incidents.raise(Kind::ApplyError, Severity::Critical, message),
             Alarm::OrphanedTail => {

@@ -63,6 +63,7 @@ pub fn node_status(node: &Node) -> Value {
         "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
         "incidents": node.incidents.open(),
         "incidents_dropped": node.incidents.dropped(),
+        "incidents_pending": node.incidents.pending(),
         "expired_keys": node.metrics.expired_keys(),
         "last_lsn": node.last_lsn(),
         "applied_lsn": node.store.position().applied_lsn,
