@@ -205,6 +205,7 @@ impl Node {
             Alarm::Fenced => self.incidents.raise(Kind::Fenced, Severity::Critical, message),
             Alarm::SplitBrain => self.incidents.raise(Kind::SplitBrain, Severity::Critical, message),
             Alarm::StalePrimary => self.incidents.raise(Kind::StalePrimary, Severity::Warning, message),
+            Alarm::ForcedPromotion => self.incidents.raise(Kind::ForcedPromotion, Severity::Critical, message),
             Alarm::SecondInstallation => self.incidents.raise(Kind::SecondInstallation, Severity::Critical, message),
             Alarm::ApplyError => self.incidents.raise(Kind::ApplyError, Severity::Critical, message),
             Alarm::OrphanedTail => {

@@ -58,6 +58,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
             ever_connected = true;
             node.incidents.resolve(Kind::PeerLost, format!("{name} is connected again"));
             node.incidents.resolve(Kind::StalePrimary, format!("{name} is connected again"));
+            node.incidents.resolve(Kind::ForcedPromotion, format!("{name} is back and follows"));
         } else if ever_connected {
             let (severity, message) = peer_lost(&node, peer.since.elapsed());
             node.incidents.raise(Kind::PeerLost, severity, message);

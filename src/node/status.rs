@@ -46,6 +46,9 @@ pub fn node_status(node: &Node) -> Value {
         "diverged_at": diverged,
         "replicating": *node.replicating.borrow(),
         "degraded": node.is_degraded(),
+        // A restarted primary that takes no writes until its peer confirms it was not
+        // promoted past it (`failover --to <it> --force` if the peer is gone for good).
+        "awaiting_peer": node.awaits_peer() && matches!(role, Role::Primary),
         "peer": {
             "name": node.peer_config.name,
             "connected": peer.connected,
