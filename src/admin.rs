@@ -205,6 +205,9 @@ pub fn render_status(status: &Value) -> String {
         if let Some(ago) = peer["last_heartbeat_ms_ago"].as_u64() {
             notes.push(format!("last heard {ago} ms ago"));
         }
+        if let Some(digest) = node["config_digest"].as_str() {
+            notes.push(format!("pair file {}", digest.get(..12).unwrap_or(digest)));
+        }
         if node["writes"]["accepting"] == Value::Bool(false) {
             notes.push(format!("writes refused: {}", node["writes"]["reason"].as_str().unwrap_or("?")));
         }

@@ -47,6 +47,8 @@ pub enum Kind {
     SplitBrain,
     /// The primary of a superseded epoch came back (after a failover) and was told to fence.
     StalePrimary,
+    /// The peer runs another pair file (its hello's digest differs from ours).
+    ConfigDrift,
     /// A restarted primary took a new epoch without its peer (`failover --to it --force`).
     ForcedPromotion,
     Fenced,

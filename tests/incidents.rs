@@ -206,6 +206,7 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             confirmed_lsn: last_lsn,
             tail_crcs: Vec::new(),
             last_crc: None,
+            config_digest: None,
         };
         wire::write_frame(&mut stream, &envelope(hello)).await.expect("send hello");
         match wire::read_frame(&mut stream).await.expect("an answer to hello") {
@@ -386,4 +387,41 @@ fn an_old_primary_restarted_after_a_failover_is_a_stale_primary_and_its_rejoin_r
     );
     let status = pair.node_status(PRIMARY);
     assert!(!open_kinds(&status).contains(&"fenced".to_string()), "{status}");
+}
+
+#[test]
+fn nodes_running_different_pair_files_show_their_digests_and_a_config_drift_incident() {
+    let options = Options { heartbeat: Some("100ms"), notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let dir = pair.dir().to_path_buf();
+    let status = pair.status();
+    let digest = |s: &Value, n: &str| s["nodes"][n]["config_digest"].as_str().map(String::from);
+    assert!(digest(&status, PRIMARY).is_some_and(|d| d.len() == 64), "{status}");
+    assert_eq!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");
+
+    // b restarted from an edited pair file, a still runs the old one.
+    pair.kill(BACKUP);
+    let text = std::fs::read_to_string(&pair.pair_file).expect("pair file");
+    let edited = text.replacen("sync_timeout = \"", "sync_timeout = \"7", 1);
+    assert_ne!(edited, text, "the pair file has a sync_timeout");
+    std::fs::write(&pair.pair_file, edited).expect("edit the pair file");
+    pair.restart(BACKUP);
+    for node in [PRIMARY, BACKUP] {
+        let drift = wait_notified(&dir, "config-drift", event("config-drift", node, "open"));
+        assert!(drift["message"].as_str().is_some_and(|m| m.contains("hotpair reload")), "{drift}");
+    }
+    let status = pair.status();
+    assert_ne!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");
+    let text = pair.hotpair_ok(&["status"]);
+    assert!(text.contains("INCIDENT config-drift"), "{text}");
+    let short = |n: &str| digest(&status, n).map(|d| d[..12].to_string()).unwrap_or_default();
+    assert!(text.contains(&format!("pair file {}", short(PRIMARY))), "{text}");
+    assert!(text.contains(&format!("pair file {}", short(BACKUP))), "{text}");
+
+    // a restarted from the same file: b hears the same digest and the drift is resolved.
+    pair.terminate(PRIMARY);
+    pair.restart(PRIMARY);
+    wait_notified(&dir, "config-drift resolved on b", event("config-drift", BACKUP, "resolved"));
+    let status = pair.status();
+    assert_eq!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");
 }

@@ -372,6 +372,7 @@ fn hello(pair: &Pair, incarnation: uuid::Uuid, last_lsn: u64) -> Frame {
             confirmed_lsn: last_lsn,
             tail_crcs: Vec::new(),
             last_crc: None,
+            config_digest: None,
         },
     })
 }

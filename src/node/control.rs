@@ -280,11 +280,13 @@ where
                 confirmed_lsn,
                 tail_crcs,
                 last_crc,
+                config_digest,
             },
     })) = first
     else {
         return Err("peer's first frame was not a hello".into());
     };
+    node.note_peer_config(config_digest);
     let meta = node.meta();
     // Only a would-be backup's tail matters (a probe, every 500 ms, reads no journal).
     let probe = matches!(hello_role, Role::Primary | Role::Draining);
@@ -372,7 +374,13 @@ where
     let welcome = Envelope {
         from: node.name().to_string(),
         epoch: meta.epoch,
-        message: Message::Welcome { start_lsn, history: meta.history.clone(), last_lsn: our_last, cut_after },
+        message: Message::Welcome {
+            start_lsn,
+            history: meta.history.clone(),
+            last_lsn: our_last,
+            cut_after,
+            config_digest: Some(node.config_digest()),
+        },
     };
     let result = match wire::write_frame(&mut stream, &Frame::Message(welcome)).await {
         Ok(()) => {

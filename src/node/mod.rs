@@ -120,6 +120,8 @@ pub struct Node {
     pub watches: Arc<crate::watch::Registry>,
     /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
     pub scan_cursors: crate::keyspace::ScanCursors,
+    /// The digest of the pair file the peer said (in its last hello or welcome) it runs.
+    peer_config_digest: Mutex<Option<String>>,
 }
 
 impl Node {
@@ -228,6 +230,7 @@ impl Node {
             standing_in_doubt: std::sync::atomic::AtomicBool::new(false),
             watches: Arc::new(crate::watch::Registry::default()),
             scan_cursors: crate::keyspace::ScanCursors::default(),
+            peer_config_digest: Mutex::new(None),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -270,6 +273,23 @@ impl Node {
     /// port do not call it master.
     pub fn awaits_peer(&self) -> bool {
         self.pipeline().is_some() && self.standing_in_doubt.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The SHA-256 of the pair file this node runs.
+    pub fn config_digest(&self) -> String {
+        self.pair.digest.clone()
+    }
+
+    /// What the peer said of its pair file; `None` from a build that does not say.
+    pub fn note_peer_config(&self, digest: Option<String>) {
+        if digest.is_some() {
+            *lock(&self.peer_config_digest) = digest;
+        }
+    }
+
+    /// The peer's pair-file digest, as last heard.
+    pub fn peer_config_digest(&self) -> Option<String> {
+        lock(&self.peer_config_digest).clone()
     }
 
     pub fn meta(&self) -> NodeMeta {

@@ -63,6 +63,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
             let (severity, message) = peer_lost(&node, peer.since.elapsed());
             node.incidents.raise(Kind::PeerLost, severity, message);
         }
+        check_config(&node);
         if peer.heartbeat_gaps > gaps_seen {
             let message = format!("{} heartbeat(s) from {name} went missing", peer.heartbeat_gaps - gaps_seen);
             node.incidents.raise(Kind::HeartbeatGap, Severity::Warning, message);
@@ -89,6 +90,30 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         check_canary(&node, role, &peer);
         check_retention(&node, role, &peer);
     }
+}
+
+/// `config-drift` while the peer last said it runs another pair file than this node.
+fn check_config(node: &Node) {
+    let Some(theirs) = node.peer_config_digest() else { return };
+    let ours = node.config_digest();
+    let peer = &node.peer_config.name;
+    if theirs == ours {
+        node.incidents.resolve(Kind::ConfigDrift, format!("{peer} runs the same pair file ({})", short(&ours)));
+        return;
+    }
+    let message = format!(
+        "{} runs pair file {} ({}), {peer} runs another ({}): the nodes may disagree on addresses, sync level or limits; copy the same pair file to both hosts and run `hotpair reload` (or restart the node with the old one)",
+        node.name(),
+        node.pair.path.display(),
+        short(&ours),
+        short(&theirs)
+    );
+    node.incidents.raise(Kind::ConfigDrift, Severity::Warning, message);
+}
+
+/// The first 12 hex digits of a digest: what `status` shows.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 /// The peer-lost incident: informational while an orchestration this node was told of (its
