@@ -58,7 +58,7 @@ fn explain_revoked(message: String) -> String {
     } else if message.contains("Revoked") {
         format!("{message} (the node presented a certificate that is not the one in the file our pair file names for it: rotated, and this host does not have the new file yet?)")
     } else {
-        message
+        crate::tls::explain_foreign(message)
     }
 }
 

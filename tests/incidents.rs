@@ -408,7 +408,7 @@ fn nodes_running_different_pair_files_show_their_digests_and_a_config_drift_inci
     pair.restart(BACKUP);
     for node in [PRIMARY, BACKUP] {
         let drift = wait_notified(&dir, "config-drift", event("config-drift", node, "open"));
-        assert!(drift["message"].as_str().is_some_and(|m| m.contains("hotpair reload")), "{drift}");
+        assert!(drift["message"].as_str().is_some_and(|m| m.contains("restart the node")), "{drift}");
     }
     let status = pair.status();
     assert_ne!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");

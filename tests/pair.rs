@@ -529,6 +529,21 @@ fn refusals_on_both_ports_leave_the_pair_working() {
     );
 }
 
+#[test]
+fn reaching_another_pairs_node_says_so_and_what_to_check() {
+    // The admin's pair file names this pair's addresses but another pair's certificates: the
+    // node's certificate is not from our CA. rustls says only `UnknownIssuer`.
+    let pair = Pair::start(SyncLevel::Async);
+    let other = pair_from_another_init(pair.dir());
+    let crossed = PairConfig { tls: other.tls.clone(), cluster: other.cluster, ..pair.config.clone() };
+    let request = hotpair::admin::request(&crossed, PRIMARY, hotpair::wire::AdminRequest::Status);
+    let err = hotpair::admin::block_on(request).expect("runtime").expect_err("another pair's node answered");
+    assert!(err.contains("UnknownIssuer") && err.contains("another pair's node"), "{err}");
+    assert!(err.contains("check the address in the pair file"), "{err}");
+    // The node, for its part, logs the stranger with the same explanation.
+    pair.wait_log(PRIMARY, "another pair's node", "the node explaining the foreign certificate");
+}
+
 /// Runs `hotpair init` in `dir` (never started) and loads its pair file.
 fn pair_from_another_init(dir: &std::path::Path) -> PairConfig {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotpair"))

@@ -147,14 +147,14 @@ async fn connection(
             start = tokio::time::timeout_at(deadline, &mut hello) => start.map_err(|_| timed_out())?,
         },
     }
-    .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?;
+    .map_err(|e| Ended::Stranger(crate::tls::explain_foreign(format!("TLS handshake failed: {e}"))))?;
     slot.hello_received();
     let stream = tokio::select! {
         biased;
         _ = &mut evicted => return Err(evicted_error()),
         stream = tokio::time::timeout_at(deadline, start.into_stream(config)) => stream
             .map_err(|_| timed_out())?
-            .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?,
+            .map_err(|e| Ended::Stranger(crate::tls::explain_foreign(format!("TLS handshake failed: {e}"))))?,
     };
     drop(slot);
     let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();

@@ -210,7 +210,7 @@ pub(super) async fn connect(
     tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(crate::tls::server_name(&node.pair, &peer.name), tcp))
         .await
         .map_err(|_| format!("TLS with {} timed out", peer.name))?
-        .map_err(|e| format!("TLS with {}: {e}", peer.name))
+        .map_err(|e| crate::tls::explain_foreign(format!("TLS with {} at {}: {e}", peer.name, peer.peer_via)))
 }
 
 /// The hello, and the engine's generation it was sent under (read first: a role change after it

@@ -133,7 +133,14 @@ impl Node {
         // must stop here, having changed nothing (opening a journal trims its preallocated end).
         crate::datadir::check_permissions(&config.dir, name)?;
         let dir_lock = crate::datadir::DataDirLock::acquire(&config.dir, name)?;
-        let meta = NodeMeta::load(&config.dir)?;
+        let meta = NodeMeta::load(&config.dir).map_err(|err| match err {
+            crate::meta::MetaError::Missing { path } => Error::Failed(format!(
+                "node {name} cannot start: {} holds no {} (an empty disk, or its data was lost); if node {name}'s data is gone, run `hotpair reinit {name}`, start it, then `hotpair rejoin {name} --allow-full-copy` (docs/runbook.md procedure 4)",
+                config.dir.display(),
+                path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+            )),
+            other => other.into(),
+        })?;
         if meta.cluster != pair.cluster || meta.node != name {
             return Err(Error::Failed(format!(
                 "{} belongs to node {} of cluster {}, not node {name} of cluster {}",
