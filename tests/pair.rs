@@ -530,6 +530,30 @@ fn refusals_on_both_ports_leave_the_pair_working() {
 }
 
 #[test]
+fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
+    // A b of an older build (protocol 1, before the hello carried a version) says hello to a:
+    // refused, both versions named, and a keeps serving (the rolling upgrade's mixed moment).
+    let mut pair = Pair::start(SyncLevel::Async);
+    pair.kill(BACKUP);
+    pair.wait_for_node(PRIMARY, "a to see b gone", |s| s["peer"]["connected"] == false);
+    let incarnation = NodeMeta::load(&pair.node_dir(BACKUP)).expect("b's metadata").incarnation;
+    let mut old = hello(&pair, incarnation, 0);
+    if let Frame::Message(Envelope { message: Message::Hello { protocol, .. }, .. }) = &mut old {
+        *protocol = 1;
+    }
+    let as_b = hotpair::tls::node_client_config(&pair.config, BACKUP).expect("b's client config");
+    match control_exchange(&pair, PRIMARY, as_b, vec![old]) {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason, .. }, .. })) => {
+            let ours = format!("protocol {}", hotpair::engine::PROTOCOL_VERSION);
+            assert!(reason.contains("protocol 1") && reason.contains(&ours), "{reason}");
+            assert!(reason.contains("same hotpair version"), "{reason}");
+        }
+        other => panic!("a did not refuse a hello of protocol 1: {other:?}"),
+    }
+    let _: () = pair.redis(PRIMARY).set("after-old-hello", "1").expect("a keeps taking writes");
+}
+
+#[test]
 fn reaching_another_pairs_node_says_so_and_what_to_check() {
     // The admin's pair file names this pair's addresses but another pair's certificates: the
     // node's certificate is not from our CA. rustls says only `UnknownIssuer`.
