@@ -91,6 +91,12 @@ impl DataEndpoint {
         DataEndpoint { address, tls: None, password: None }
     }
 
+    /// The same credentials sent to `address` over plain TCP: a client of `hotpair proxy`,
+    /// which forwards its `AUTH` to the primary.
+    pub fn via(&self, address: SocketAddr) -> DataEndpoint {
+        DataEndpoint { address, tls: None, password: self.password.clone() }
+    }
+
     /// Every node's data port of `pair`, in pair-file order.
     pub fn of_pair(pair: &PairConfig) -> Result<Vec<DataEndpoint>, Error> {
         let password = match &pair.clients.password_file {

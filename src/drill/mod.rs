@@ -328,9 +328,10 @@ impl Drill {
 
     /// Where a workload connecting by `connect` sends its writes (a proxy is started once).
     async fn route(&mut self, connect: Connect) -> Result<Route, DrillError> {
-        let nodes = self.pair.data_endpoints().map_err(|e| {
-            DrillError::Setup(format!("cannot reach the data ports as the pair file says: {e}"))
-        })?;
+        let nodes = self
+            .pair
+            .data_endpoints()
+            .map_err(|e| DrillError::Setup(format!("cannot reach the data ports as the pair file says: {e}")))?;
         Ok(match connect {
             Connect::Direct => Route::Direct { nodes },
             Connect::Sentinel => Route::Sentinel {
@@ -345,7 +346,11 @@ impl Drill {
                 let Some(proxy) = self.proxy.as_ref() else {
                     return Err(DrillError::Setup("hotpair proxy did not start".into()));
                 };
-                Route::Proxy { address: client::DataEndpoint::plain(proxy.address) }
+                let address = match nodes.first() {
+                    Some(node) => node.via(proxy.address),
+                    None => client::DataEndpoint::plain(proxy.address),
+                };
+                Route::Proxy { address }
             }
         })
     }

@@ -133,10 +133,8 @@ impl Node {
                 self.role.send_replace(role);
             }
             Effect::Writes(gate) => {
-                let in_doubt = matches!(
-                    gate,
-                    Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. })
-                );
+                let in_doubt =
+                    matches!(gate, Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. }));
                 self.standing_in_doubt.store(in_doubt, std::sync::atomic::Ordering::SeqCst);
                 if let Some(pipeline) = self.pipeline() {
                     pipeline.set_refusing(match gate {

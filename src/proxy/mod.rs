@@ -23,9 +23,11 @@
 //!
 //! ## Caveats
 //! - One upstream connection per client: a client's requests keep their order on it.
-//! - No password or TLS yet. When the data port gets them (`[clients]`), the proxy must check a
-//!   client's `AUTH` itself and authenticate its own upstream connections: the seam is
-//!   `Session::connect`.
+//! - Passwords pass through: the proxy forwards a client's `AUTH` (or `HELLO … AUTH`) to the
+//!   primary and replays it on each new upstream, so the data port checks it, as without the
+//!   proxy. The proxy itself takes no `AUTH` of its own: run it where only the application
+//!   reaches it (its host's loopback).
+//! - No TLS: a pair whose data ports take TLS only (`[clients] tls = true`) is refused at start.
 
 pub mod follow;
 pub mod scan;
@@ -65,6 +67,13 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
+    if pair.clients.tls {
+        return Err(Error::Usage(format!(
+            "hotpair proxy does not speak TLS to the data ports yet, and {} sets [clients] tls = true: \
+             connect the applications to the Sentinel ports (docs/clients.md) or turn client TLS off",
+            pair.path.display()
+        )));
+    }
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|source| Error::Io {
             context: format!("binding the proxy's address {}", options.listen),

@@ -20,9 +20,9 @@
 //! - `MULTI`…`EXEC` is forwarded as it comes and never sent again: an `EXEC` refused with
 //!   `-TRYAGAIN` (a drain) reaches the client as it is (nothing executed); if the upstream ends
 //!   in the middle, what was in flight gets the outcome-unknown error.
-//! - `HELLO`, `CLIENT SETNAME` and `SELECT` are replayed on every new upstream connection, so a
-//!   client keeps its protocol (RESP3 included), name and database; RESP3 pushes go straight
-//!   through.
+//! - `AUTH`, `HELLO`, `CLIENT SETNAME` and `SELECT` are replayed on every new upstream
+//!   connection (`AUTH` first), so a client keeps its credentials, protocol (RESP3 included),
+//!   name and database; RESP3 pushes go straight through.
 //!
 //! ## Bounds
 //! [`MAX_QUEUED_BYTES`] of requests read and not yet answered (held, in flight, or part of a
@@ -125,8 +125,8 @@ pub struct Session {
     queued_bytes: usize,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
-    /// The client's last `HELLO`, `CLIENT SETNAME` and `SELECT`, replayed on each new upstream
-    /// so that it keeps its protocol, name and database.
+    /// The client's last `AUTH`, `HELLO`, `CLIENT SETNAME` and `SELECT`, replayed on each new
+    /// upstream so that it keeps its credentials, protocol, name and database.
     replay: Vec<(&'static str, Bytes)>,
     /// Between `MULTI` and `EXEC`/`DISCARD`, in request order.
     in_multi: bool,
@@ -259,7 +259,6 @@ impl Session {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(node, %data, "proxy: connected to the primary");
-                // Seam: once the data port takes a password ([clients]), AUTH goes here first.
                 for (_, request) in &self.replay {
                     self.to_upstream.extend_from_slice(request);
                     self.pending.push_back(Item::Handshake);
@@ -403,6 +402,7 @@ impl Session {
             }
             (b"WATCH" | b"UNWATCH", _) => return Kind::Transaction,
             _ if self.in_multi => return Kind::Transaction,
+            (b"AUTH", _) => self.remember("AUTH", bytes),
             (b"HELLO", _) => self.remember("HELLO", bytes),
             (b"SELECT", _) => self.remember("SELECT", bytes),
             (b"CLIENT", Some(b"SETNAME")) => self.remember("CLIENT SETNAME", bytes),
@@ -420,7 +420,11 @@ impl Session {
     /// Keeps the latest request of `what` to replay on a new upstream.
     fn remember(&mut self, what: &'static str, bytes: &Bytes) {
         self.replay.retain(|(kind, _)| *kind != what);
-        self.replay.push((what, bytes.clone()));
+        // AUTH first: on a data port with a password nothing else is answered before it.
+        match what {
+            "AUTH" => self.replay.insert(0, (what, bytes.clone())),
+            _ => self.replay.push((what, bytes.clone())),
+        }
     }
 
     /// Matches whole replies from the upstream with the requests in flight.
