@@ -102,8 +102,10 @@ fn auth_comes_first_and_read_only_users_cannot_write() {
         "+OK\r\n$1\r\nv\r\n-NOPERM User report has no permissions to run the 'set' command\r\n"
     );
     let mut app = TcpStream::connect(pair.data_address(PRIMARY)).expect("connect");
+    let hello = exchange(&mut app, "HELLO 4 AUTH app x\r\n", 1);
+    assert!(hello.starts_with("-NOPROTO"), "HELLO 4 is refused before its AUTH is looked at: {hello}");
     let hello = exchange(&mut app, "HELLO 3 AUTH app x\r\n", 1);
-    assert!(hello.starts_with("-NOPROTO"), "HELLO 3 is refused before its AUTH is looked at: {hello}");
+    assert!(hello.starts_with("-WRONGPASS"), "HELLO 3 with a wrong password: {hello}");
     // *12, then six names and values: 22 lines in all.
     let hello = exchange(&mut app, "HELLO 2 AUTH app \"app pass with spaces\" SETNAME me\r\n", 22);
     assert!(hello.starts_with("*12\r\n$6\r\nserver\r\n") && hello.contains("proto\r\n:2\r\n"), "{hello}");
