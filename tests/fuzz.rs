@@ -244,7 +244,11 @@ fn valid_wire_frame(rng: &mut Rng) -> wire::Frame {
         0 => Message::Heartbeat { seq: rng.next(), time_ms: rng.next(), last_lsn: rng.next(), head_lsn: rng.next() },
         1 => Message::Durable { lsn: rng.next() },
         2 => Message::Diverged { at_lsn: rng.next(), history },
-        3 => Message::Refused { reason: String::from_utf8_lossy(&rng.bytes(30)).into_owned(), last_lsn: None, leader: None },
+        3 => Message::Refused {
+            reason: String::from_utf8_lossy(&rng.bytes(30)).into_owned(),
+            last_lsn: None,
+            leader: None,
+        },
         _ => Message::CopyEnd { pairs: rng.next(), position: None },
     };
     match rng.below(3) {
