@@ -690,7 +690,7 @@ fn both_nodes_down_and_only_the_primary_back_a_forced_failover_to_it_resumes_wri
     // b comes back in epoch 1: it never takes writes; it follows a, or, if it holds records a
     // lost, is refused as diverged until rejoined.
     pair.restart(BACKUP);
-    let status = pair.wait_for(&"b following a, or diverged", |s| {
+    let status = pair.wait_for("b following a, or diverged", |s| {
         let b = &s["nodes"][BACKUP];
         (b["role"] == "backup" && b["epoch"] == 2 && b["following"] == true) || b["remote_journal"] == "diverged"
     });
