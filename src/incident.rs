@@ -55,6 +55,14 @@ pub enum Kind {
     /// A closed journal segment no longer matches the CRC its seal recorded when it was closed
     /// (found by the background check after start; `journal::seal`).
     JournalDamaged,
+    /// The primary cannot renew its witness lease (`crate::witness`).
+    WitnessLost,
+    /// The backup took over through the witness (or, in observe mode, would have).
+    AutoFailover,
+    /// A fenced old primary rejoined behind the new one by itself.
+    AutoRejoin,
+    /// The witness would have failed over but a condition held it back (the message says which).
+    FailoverSuppressed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

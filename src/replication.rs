@@ -148,6 +148,9 @@ pub struct PeerState {
     pub peer_last_lsn: Lsn,
     /// Heartbeat sequence numbers that never arrived.
     pub heartbeat_gaps: u64,
+    /// On a primary: its own clock (wall ms) at the send of the last heartbeat the backup
+    /// echoed — the backup heard from us at or after that moment (witness failsafe).
+    pub echoed_ms: u64,
     /// On a backup: canary records received, when the last one arrived, and how long it took
     /// from the primary's clock to ours (clocks of the two hosts are assumed close).
     pub canaries: u64,
@@ -170,6 +173,7 @@ impl Default for PeerState {
             last_heard_ms: 0,
             peer_last_lsn: 0,
             heartbeat_gaps: 0,
+            echoed_ms: 0,
             canaries: 0,
             last_canary_at: None,
             last_canary_delay_ms: 0,
@@ -318,7 +322,7 @@ where
                 seq += 1;
                 told = durable_lsn;
                 let heartbeat =
-                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn, head_lsn: until };
+                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn, head_lsn: until, echo_ms: 0 };
                 if let Err(err) = write_or_silence(&mut writer, &shipper_message(&ctx, heartbeat), &heard, limit).await {
                     break Err(err);
                 }
@@ -409,12 +413,13 @@ async fn read_acks<R: AsyncRead + Unpin>(
                     let _ = first.send(());
                 }
             }
-            Message::Heartbeat { seq, last_lsn, .. } => {
+            Message::Heartbeat { seq, last_lsn, echo_ms, .. } => {
                 let gap = heartbeats.observe(seq);
                 if gap > 0 {
                     tracing::warn!(gap, "heartbeats from the backup went missing");
                 }
                 peer.send_modify(|s| {
+                    s.echoed_ms = s.echoed_ms.max(echo_ms);
                     s.heartbeat_gaps += gap;
                     s.last_heard_ms = now;
                     s.peer_last_lsn = last_lsn;
@@ -481,6 +486,8 @@ where
     // Set at every heartbeat tick: then a receipt alone is worth an ack too.
     let mut report_receipt = true;
     let mut unapplied = UnappliedTimes::default();
+    // The primary's clock reading in the last heartbeat it sent us, echoed back (witness failsafe).
+    let mut echo_ms = 0u64;
     let result = loop {
         let applied_lsn = *applied.borrow_and_update();
         let oldest = unapplied.oldest(applied_lsn);
@@ -543,7 +550,8 @@ where
                     Err(err) => break Err(err),
                 },
                 Some(Ok(Some(Frame::Message(envelope)))) => match envelope.message {
-                    Message::Heartbeat { seq, last_lsn, head_lsn, .. } => {
+                    Message::Heartbeat { seq, last_lsn, head_lsn, time_ms, .. } => {
+                        echo_ms = echo_ms.max(time_ms);
                         let gap = heartbeats.observe(seq);
                         if gap > 0 {
                             tracing::warn!(gap, "heartbeats from the primary went missing");
@@ -567,7 +575,7 @@ where
                 report_receipt = true;
                 seq += 1;
                 let heartbeat =
-                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received, head_lsn: received };
+                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: received, head_lsn: received, echo_ms };
                 if let Err(err) = send(&mut writer, ctx, heartbeat, &heard, limit).await {
                     break Err(err);
                 }

@@ -127,7 +127,16 @@ pub enum Message {
     Ack { received_lsn: Lsn, durable_lsn: Lsn, applied_lsn: Lsn, digest: Digest },
     /// Liveness both ways; a gap in `seq` means lost messages. `last_lsn` is the primary's
     /// durable LSN (the backup's received one); `head_lsn` the last LSN the sender appended.
-    Heartbeat { seq: u64, time_ms: u64, last_lsn: Lsn, head_lsn: Lsn },
+    /// From a backup, `echo_ms` is the `time_ms` of the last heartbeat it received from the
+    /// primary (0: none yet): the primary's witness failsafe counts from when it sent that one.
+    Heartbeat {
+        seq: u64,
+        time_ms: u64,
+        last_lsn: Lsn,
+        head_lsn: Lsn,
+        #[serde(default)]
+        echo_ms: u64,
+    },
     /// First message of a full-copy connection (instead of a hello): send me your store — or,
     /// with `resume`, the rest of a copy that was cut off (`node::copy`).
     CopyRequest {

@@ -36,6 +36,8 @@ pub enum Event {
     PeerBack,
     /// Time passed (the node ticks a few times a second; the simulation at will).
     Tick { now_ms: u64 },
+    /// A round of the witness agent, or its claim won (`super::witness`).
+    Witness(super::witness::WitnessReport),
 }
 
 /// What a node found on its disk when it started.

@@ -135,7 +135,9 @@ impl Node {
             Effect::Writes(gate) => {
                 let in_doubt = matches!(
                     gate,
-                    Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. })
+                    Gate::Refusing(
+                        WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. } | WriteRefusal::NoWitness { .. }
+                    )
                 );
                 self.standing_in_doubt.store(in_doubt, std::sync::atomic::Ordering::SeqCst);
                 if let Some(pipeline) = self.pipeline() {
@@ -190,6 +192,15 @@ impl Node {
                 })?;
             }
             Effect::Incident { kind, message } => self.alarm(kind, message),
+            Effect::ResolveIncident { kind, message } => {
+                if let Some((kind, _)) = incident_kind(kind) {
+                    self.incidents.resolve(kind, message);
+                }
+            }
+            Effect::WriteDeadline(deadline) => {
+                // u64::MAX: no deadline (a pair without a witness never sets one).
+                self.write_deadline.store(deadline.unwrap_or(u64::MAX), std::sync::atomic::Ordering::SeqCst);
+            }
             Effect::Note(text) => tracing::warn!("{text}"),
             Effect::Run(_) | Effect::Reply(_) => unreachable!("handled by apply"),
         }
@@ -197,17 +208,20 @@ impl Node {
     }
 
     fn alarm(&self, kind: Alarm, message: String) {
-        match kind {
-            Alarm::Fenced => self.incidents.raise(Kind::Fenced, Severity::Critical, message),
-            Alarm::SplitBrain => self.incidents.raise(Kind::SplitBrain, Severity::Critical, message),
-            Alarm::SecondInstallation => self.incidents.raise(Kind::SecondInstallation, Severity::Critical, message),
-            Alarm::ApplyError => self.incidents.raise(Kind::ApplyError, Severity::Critical, message),
-            Alarm::OrphanedTail => {
-                // A notice: the tail is saved and undone, nothing remains to be done about it.
-                self.incidents.raise(Kind::OrphanedTail, Severity::Warning, message.clone());
-                self.incidents.resolve(Kind::OrphanedTail, message);
-            }
+        if let Some((kind, severity)) = incident_kind(kind) {
+            self.incidents.raise(kind, severity, message.clone());
         }
+        if kind == Alarm::OrphanedTail {
+            // A notice: the tail is saved and undone, nothing remains to be done about it.
+            self.incidents.resolve(Kind::OrphanedTail, message);
+        }
+    }
+
+    /// Whether a write may still be acknowledged now: with a witness, not past the standing's
+    /// deadline (a primary resumed after a freeze sees it passed before any tick runs).
+    pub(crate) fn within_write_deadline(&self) -> bool {
+        let deadline = self.write_deadline.load(std::sync::atomic::Ordering::SeqCst);
+        deadline == u64::MAX || self.now_ms() < deadline
     }
 
     /// Carries out a long action and says how it ended.
@@ -293,6 +307,20 @@ impl Node {
         }
         Outcome::ReceivingStopped { last_lsn: self.last_lsn(), heard_primary_lsn }
     }
+}
+
+/// The incident an engine alarm raises, and how loud.
+fn incident_kind(alarm: Alarm) -> Option<(Kind, Severity)> {
+    Some(match alarm {
+        Alarm::Fenced => (Kind::Fenced, Severity::Critical),
+        Alarm::SplitBrain => (Kind::SplitBrain, Severity::Critical),
+        Alarm::SecondInstallation => (Kind::SecondInstallation, Severity::Critical),
+        Alarm::ApplyError => (Kind::ApplyError, Severity::Critical),
+        Alarm::OrphanedTail => (Kind::OrphanedTail, Severity::Warning),
+        Alarm::WitnessLost => (Kind::WitnessLost, Severity::Critical),
+        Alarm::FailoverSuppressed => (Kind::FailoverSuppressed, Severity::Warning),
+        Alarm::WouldAct => (Kind::AutoFailover, Severity::Warning),
+    })
 }
 
 /// Runs blocking work (fsync waits, thread joins, sled) without stalling the async runtime.

@@ -95,7 +95,7 @@ pub struct Node {
     /// Set once commits were acknowledged without the peer (`on_peer_loss = degrade-after`).
     degraded: std::sync::atomic::AtomicBool,
     /// Serialises orchestration primitives on this node (and a follower session's start).
-    role_change: tokio::sync::Mutex<()>,
+    pub(crate) role_change: tokio::sync::Mutex<()>,
     /// Whether the follower is in a session with the primary right now.
     pub following: watch::Sender<bool>,
     /// While true the follower opens no session (a promotion or rejoin is taking over).
@@ -120,6 +120,10 @@ pub struct Node {
     pub watches: Arc<crate::watch::Registry>,
     /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
     pub scan_cursors: crate::keyspace::ScanCursors,
+    /// With a witness: engine ms past which no write is acknowledged (`u64::MAX`: none).
+    write_deadline: std::sync::atomic::AtomicU64,
+    /// What the witness agent saw last (`status` shows it); `None` without a witness.
+    pub witness_seen: Mutex<Option<serde_json::Value>>,
 }
 
 impl Node {
@@ -228,6 +232,8 @@ impl Node {
             standing_in_doubt: std::sync::atomic::AtomicBool::new(false),
             watches: Arc::new(crate::watch::Registry::default()),
             scan_cursors: crate::keyspace::ScanCursors::default(),
+            write_deadline: std::sync::atomic::AtomicU64::new(u64::MAX),
+            witness_seen: Mutex::new(None),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -239,6 +245,7 @@ impl Node {
             );
             node.copy_progress.send_replace(Some((cut_off.pairs, cut_off.total)));
         }
+        lock(&node.engine).set_witness(node.pair.witness.as_ref().map(crate::witness::policy));
         let met_peer = node.meta().peer.is_some();
         let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn(), met_peer };
         node.step_now(crate::engine::Event::Restarted(recovered))?;
@@ -764,6 +771,9 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(disk::run(node.clone()));
     tasks.spawn(expiry::run(node.clone()));
     tasks.spawn(apply::tick(node.clone()));
+    if node.pair.witness.is_some() {
+        tasks.spawn(crate::witness::agent::run(node.clone()));
+    }
     journal_check::start(node.clone());
     wait_for_signal().await;
     node.shutdown.send_replace(true);
