@@ -156,6 +156,7 @@ impl Engine {
                     w.standing = true;
                     w.suppressed = None;
                 }
+                out.push(Effect::WriteDeadline(Some(lease_until_ms)));
                 if self.pending.is_none() && self.state.role == Role::Backup && epoch == self.state.epoch + 1 {
                     // The same promotion as `hotpair failover`'s; its Reply::Promoted ends it.
                     let ours = self.state.epoch;

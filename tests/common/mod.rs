@@ -68,6 +68,8 @@ pub struct Options {
     pub replace: &'static [(&'static str, &'static str)],
     /// Files to write (mode 0600) in the pair's directory before the nodes start: (name, text).
     pub files: &'static [(&'static str, &'static str)],
+    /// Text appended to the pair file (a whole table, e.g. `[witness]` with a test's etcd).
+    pub append: Option<String>,
 }
 
 pub struct Pair {
@@ -160,6 +162,9 @@ impl Pair {
                 let port = free_control_port();
                 text = text.replacen(&table, &format!("{table}metrics = \"127.0.0.1:{port}\"\n"), 1);
             }
+        }
+        if let Some(extra) = &options.append {
+            text.push_str(&format!("\n{extra}\n"));
         }
         for (what, with) in options.replace {
             assert!(text.contains(what), "pair.toml has no {what:?} to replace:\n{text}");
