@@ -254,15 +254,19 @@ impl Engine {
         } else {
             None
         };
-        if leased && w.lost_said {
+        let resolved = leased && w.lost_said;
+        if resolved {
             w.lost_said = false;
+        }
+        // The gate first: a closing gate comes before anything else of the step.
+        if was != standing {
+            self.commit(out, Vec::new());
+        }
+        if resolved {
             out.push(Effect::ResolveIncident { kind: Alarm::WitnessLost, message: "the witness lease is held again".into() });
         }
         if let Some(message) = message {
             out.push(Effect::Incident { kind: Alarm::WitnessLost, message });
-        }
-        if was != standing {
-            self.commit(out, Vec::new());
         }
     }
 
