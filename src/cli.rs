@@ -208,6 +208,12 @@ pub enum Command {
         #[command(subcommand)]
         action: OrphansAction,
     },
+    /// The etcd witness of automatic failover (`[witness]`, docs/witness.md): show what etcd
+    /// holds (leader, epoch, pause), or pause and resume automatic decisions for maintenance.
+    Witness {
+        #[command(subcommand)]
+        action: WitnessAction,
+    },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
         #[command(subcommand)]
@@ -263,6 +269,19 @@ pub enum ReplicateAction {
     Start,
     Stop,
     ReopenLog,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WitnessAction {
+    /// The leader key (who holds the lease, in which epoch), the epoch key and the pause.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// No automatic failover or rejoin until `resume` (kept in etcd: holds across restarts).
+    Pause,
+    /// Automatic decisions again, as `[witness] failover` says.
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,6 +491,15 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Journal { action } => journal(action),
+        Command::Witness { action } => {
+            let action = match action {
+                WitnessAction::Show { json } => crate::witness::command::Action::Show { json },
+                WitnessAction::Pause => crate::witness::command::Action::Pause,
+                WitnessAction::Resume => crate::witness::command::Action::Resume,
+            };
+            print!("{}", crate::witness::command::main(&load_pair()?, action)?);
+            Ok(0)
+        }
         Command::Orphans { action: OrphansAction::Show { file, json } } => {
             print!("{}", crate::orphans::show(&file, json)?);
             Ok(0)

@@ -280,3 +280,35 @@ fn a_short_freeze_and_etcd_down_cause_no_failover_and_no_write_failure() {
     eprintln!("{writes} writes succeeded with etcd down");
     let _: () = redis.set("after-etcd", "1").expect("a still takes writes");
 }
+
+#[test]
+fn witness_show_pause_and_resume_hold_and_release_an_automatic_failover() {
+    let Some(witness) = etcd_or_skip("witness_show_pause_and_resume_hold_and_release_an_automatic_failover") else {
+        return;
+    };
+    let mut pair = pair_with(&witness, SyncLevel::Async);
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: a (epoch 1)") && shown.contains("mode: automatic"), "{shown}");
+    let shown: Value = serde_json::from_str(&pair.hotpair_ok(&["witness", "show", "--json"])).expect("JSON");
+    assert_eq!(shown["leader"]["node"], "a", "{shown}");
+    assert_eq!(shown["paused"], false, "{shown}");
+
+    pair.hotpair_ok(&["witness", "pause"]);
+    pair.wait_for_node(BACKUP, "b sees the pause", |s| s["witness"]["paused"] == true);
+    pair.kill(PRIMARY);
+    // The lease runs out and a is silent: b holds back and says why.
+    let b = pair.wait_for_node(BACKUP, "b reporting the suppressed takeover", |s| {
+        s["incidents"].as_array().is_some_and(|all| {
+            all.iter().any(|i| i["kind"] == "failover-suppressed" && i["message"].as_str().is_some_and(|m| m.contains("paused")))
+        })
+    });
+    assert_eq!(role(&b), "backup", "paused: no takeover: {b}");
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: none") && shown.contains("paused"), "{shown}");
+
+    pair.hotpair_ok(&["witness", "resume"]);
+    pair.wait_for_node(BACKUP, "b takes over once resumed", |s| role(s) == "primary" && s["epoch"] == 2);
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: b (epoch 2)") && shown.contains("(automatic failover)"), "{shown}");
+    drop(witness);
+}

@@ -277,9 +277,14 @@ impl Engine {
         if automatic {
             return WitnessDecision::Rejoin;
         }
+        let why = if self.state.witness.as_ref().is_some_and(|w| w.paused) {
+            "automatic decisions are paused (`hotpair witness resume`)"
+        } else {
+            "observe mode"
+        };
         self.say_suppressed(
             format!(
-                "observe mode: would rejoin {} behind {} (epoch {}); run `hotpair rejoin {}`",
+                "{why}: would rejoin {} behind {} (epoch {}); run `hotpair rejoin {}`",
                 self.id.node, key.node, key.epoch, self.id.node
             ),
             out,

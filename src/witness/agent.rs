@@ -61,6 +61,11 @@ pub fn keys(cluster: Uuid) -> (String, String) {
     (format!("/hotpair/{cluster}/leader"), format!("/hotpair/{cluster}/epoch"))
 }
 
+/// The pause key (`hotpair witness pause`): present, no automatic decision.
+pub fn paused_key(cluster: Uuid) -> String {
+    format!("/hotpair/{cluster}/paused")
+}
+
 /// The leader key's value.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Leader {
@@ -79,6 +84,8 @@ struct Agent {
     ttl: Duration,
     leader_key: Vec<u8>,
     epoch_key: Vec<u8>,
+    paused_key: Vec<u8>,
+    paused: bool,
     /// The lease we hold (id) and its safe end.
     held: Option<(i64, u64)>,
     last_renew: Option<Instant>,
@@ -101,6 +108,8 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         ttl: config.ttl,
         leader_key: leader_key.into_bytes(),
         epoch_key: epoch_key.into_bytes(),
+        paused_key: paused_key(node.pair.cluster).into_bytes(),
+        paused: false,
         held: None,
         last_renew: None,
         last_contact: Instant::now(),
@@ -127,6 +136,13 @@ impl Agent {
     }
 
     async fn round(&mut self, config: &WitnessConfig) {
+        if let Ok(key) = self.client.get(&self.paused_key).await {
+            if key.is_some() != self.paused {
+                self.paused = key.is_some();
+                tracing::warn!(paused = self.paused, "automatic witness decisions paused or resumed (hotpair witness)");
+                self.step(WitnessReport::Paused(self.paused));
+            }
+        }
         let role = self.node.role();
         match role {
             Role::Primary | Role::Draining => self.hold().await,

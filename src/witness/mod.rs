@@ -6,6 +6,7 @@
 //! them out against etcd and reports what it saw.
 
 pub mod agent;
+pub mod command;
 pub mod etcd;
 
 pub use agent::policy;
