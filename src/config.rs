@@ -490,7 +490,8 @@ pub const WITNESS_TTL_BOUNDS: DurationBounds = DurationBounds::new(Duration::fro
 /// `[witness] max_lag`.
 pub const WITNESS_MAX_LAG_BOUNDS: DurationBounds = DurationBounds::new(Duration::ZERO, HOUR);
 /// `[witness] min_interval`: `0s` turns the flapping guard off.
-pub const WITNESS_MIN_INTERVAL_BOUNDS: DurationBounds = DurationBounds::new(Duration::ZERO, Duration::from_secs(7 * 24 * 3600));
+pub const WITNESS_MIN_INTERVAL_BOUNDS: DurationBounds =
+    DurationBounds::new(Duration::ZERO, Duration::from_secs(7 * 24 * 3600));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -964,7 +965,10 @@ impl Validator<'_> {
         if ttl.subsec_nanos() != 0 {
             return Err(self.invalid(
                 "witness.ttl",
-                format!("is {:?}; etcd's leases are whole seconds: write e.g. \"3s\" or \"5s\"", raw.ttl.unwrap_or_default()),
+                format!(
+                    "is {:?}; etcd's leases are whole seconds: write e.g. \"3s\" or \"5s\"",
+                    raw.ttl.unwrap_or_default()
+                ),
             ));
         }
         let max_lag = match raw.max_lag {

@@ -241,10 +241,20 @@ fn read_frame(bytes: &[u8]) -> Result<Option<wire::Frame>, WireError> {
 fn valid_wire_frame(rng: &mut Rng) -> wire::Frame {
     let history = vec![HistoryEntry { epoch: 1 + rng.below(5) as u64, first_lsn: 1, primary: "a".into() }];
     let message = match rng.below(5) {
-        0 => Message::Heartbeat { seq: rng.next(), time_ms: rng.next(), last_lsn: rng.next(), head_lsn: rng.next(), echo_ms: rng.next() },
+        0 => Message::Heartbeat {
+            seq: rng.next(),
+            time_ms: rng.next(),
+            last_lsn: rng.next(),
+            head_lsn: rng.next(),
+            echo_ms: rng.next(),
+        },
         1 => Message::Durable { lsn: rng.next() },
         2 => Message::Diverged { at_lsn: rng.next(), history },
-        3 => Message::Refused { reason: String::from_utf8_lossy(&rng.bytes(30)).into_owned(), last_lsn: None, leader: None },
+        3 => Message::Refused {
+            reason: String::from_utf8_lossy(&rng.bytes(30)).into_owned(),
+            last_lsn: None,
+            leader: None,
+        },
         _ => Message::CopyEnd { pairs: rng.next(), position: None },
     };
     match rng.below(3) {

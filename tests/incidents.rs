@@ -213,7 +213,8 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             other => panic!("a did not welcome b's hello: {other:?}"),
         }
         for seq in [1, 2, 6] {
-            let heartbeat = Message::Heartbeat { seq, time_ms: hotpair::clock::now_ms(), last_lsn: 0, head_lsn: 0, echo_ms: 0 };
+            let heartbeat =
+                Message::Heartbeat { seq, time_ms: hotpair::clock::now_ms(), last_lsn: 0, head_lsn: 0, echo_ms: 0 };
             wire::write_frame(&mut stream, &envelope(heartbeat)).await.expect("send a heartbeat");
         }
         // Keep the session open (reading what a ships) until a counts the gap.

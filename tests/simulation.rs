@@ -834,7 +834,11 @@ impl World {
                 }
                 Effect::ClearDiverged => self.nodes[n].diverged = false,
                 Effect::RememberPeer { .. } => self.nodes[n].known_peer = true,
-                Effect::Incident { .. } | Effect::Note(_) => {}
+                // No witness in the simulation yet (docs/witness.md, "Not done yet").
+                Effect::Incident { .. }
+                | Effect::ResolveIncident { .. }
+                | Effect::WriteDeadline(_)
+                | Effect::Note(_) => {}
                 Effect::Run(action) => {
                     self.nodes[n].pending = true;
                     self.pending_action[n] = Some(action);
@@ -1053,7 +1057,7 @@ impl World {
                     done,
                 }))
             }
-            Reply::Hello(_) | Reply::Follow => return,
+            Reply::Hello(_) | Reply::Follow | Reply::Witness(_) => return,
         };
         self.nodes[n].running = None;
         self.send(conn, CLI, Body::Reply { body });

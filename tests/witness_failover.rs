@@ -45,10 +45,8 @@ fn pair_with(witness: &Witness, sync: SyncLevel) -> Pair {
 }
 
 fn pair_with_options(witness: &Witness, sync: SyncLevel, options: Options) -> Pair {
-    let table = format!(
-        "[witness]\netcd = [\"{}\"]\nfailover = \"automatic\"\nttl = \"{TTL_S}s\"\n",
-        witness.etcd.endpoint()
-    );
+    let table =
+        format!("[witness]\netcd = [\"{}\"]\nfailover = \"automatic\"\nttl = \"{TTL_S}s\"\n", witness.etcd.endpoint());
     let pair = Pair::start_with(sync, Options { append: Some(table), ..options });
     pair.wait_for_node(PRIMARY, "the primary holding the witness lease", |s| s["witness"]["holds_lease"] == true);
     pair
@@ -58,12 +56,15 @@ fn role(status: &Value) -> &str {
     status["role"].as_str().unwrap_or("?")
 }
 
+/// An acknowledged write: key, value, the node that acknowledged it, and when.
+type Acked = (String, String, &'static str, Instant);
+
 /// One client writing distinct keys to whichever node takes them: it tries the node it wrote to
 /// last, and the other one when that fails. Remembers every acknowledged write, with the node
 /// and the time.
 struct Writer {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, String, &'static str, Instant)>>>,
+    acked: Arc<Mutex<Vec<Acked>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -71,7 +72,7 @@ impl Writer {
     fn start(pair: &Pair) -> Writer {
         let clients = [(PRIMARY, pair.client(PRIMARY)), (BACKUP, pair.client(BACKUP))];
         let stop = Arc::new(AtomicBool::new(false));
-        let acked: Arc<Mutex<Vec<(String, String, &'static str, Instant)>>> = Arc::default();
+        let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
         let (stop2, acked2) = (stop.clone(), acked.clone());
         let thread = std::thread::spawn(move || {
             let mut target = 0usize;
@@ -111,7 +112,11 @@ impl Writer {
     fn wait_count(&self, target: usize, what: &str) {
         let deadline = Instant::now() + DEADLINE;
         while self.count() < target {
-            assert!(Instant::now() < deadline, "{what}: only {} writes acknowledged, waiting for {target}", self.count());
+            assert!(
+                Instant::now() < deadline,
+                "{what}: only {} writes acknowledged, waiting for {target}",
+                self.count()
+            );
             std::thread::sleep(POLL);
         }
     }
@@ -120,7 +125,7 @@ impl Writer {
         self.acked.lock().unwrap().iter().find(|(_, _, n, at)| *n == node && *at > after).map(|w| w.3)
     }
 
-    fn finish(mut self) -> Vec<(String, String, &'static str, Instant)> {
+    fn finish(mut self) -> Vec<Acked> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("writer thread");
@@ -130,7 +135,7 @@ impl Writer {
 }
 
 /// Every acknowledged write is on `node`.
-fn assert_all_on(pair: &Pair, node: &str, acked: &[(String, String, &'static str, Instant)]) {
+fn assert_all_on(pair: &Pair, node: &str, acked: &[Acked]) {
     let mut redis = pair.redis(node);
     let keys: Vec<&str> = acked.iter().map(|w| w.0.as_str()).collect();
     let mut lost = BTreeMap::new();
@@ -191,7 +196,8 @@ fn a_killed_primary_is_replaced_within_ttl_plus_a_second_and_rejoins_by_itself()
     let log = pair.log(PRIMARY);
     assert!(!log.contains("full copy"), "the rejoin was not a full copy:\n{log}");
     let lsn = pair.wait_for("a caught up with b", |s| {
-        s["nodes"][PRIMARY]["lsn"] == s["nodes"][BACKUP]["lsn"] && s["nodes"][PRIMARY]["digest"] == s["nodes"][BACKUP]["digest"]
+        s["nodes"][PRIMARY]["lsn"] == s["nodes"][BACKUP]["lsn"]
+            && s["nodes"][PRIMARY]["digest"] == s["nodes"][BACKUP]["digest"]
     });
     assert_eq!(lsn["nodes"][PRIMARY]["digest"], lsn["nodes"][BACKUP]["digest"]);
     assert_all_on(&pair, PRIMARY, &acked);
@@ -267,7 +273,9 @@ fn a_short_freeze_and_etcd_down_cause_no_failover_and_no_write_failure() {
     let mut writes = 0;
     while Instant::now() < until {
         writes += 1;
-        redis.set::<_, _, ()>(format!("etcd-down-{writes}"), "1").unwrap_or_else(|e| panic!("write {writes} with etcd down failed: {e}"));
+        redis
+            .set::<_, _, ()>(format!("etcd-down-{writes}"), "1")
+            .unwrap_or_else(|e| panic!("write {writes} with etcd down failed: {e}"));
     }
     let a = pair.node_status(PRIMARY);
     assert!(a.to_string().contains("witness-lost"), "a reports the witness lost: {a}");
@@ -299,7 +307,9 @@ fn witness_show_pause_and_resume_hold_and_release_an_automatic_failover() {
     // The lease runs out and a is silent: b holds back and says why.
     let b = pair.wait_for_node(BACKUP, "b reporting the suppressed takeover", |s| {
         s["incidents"].as_array().is_some_and(|all| {
-            all.iter().any(|i| i["kind"] == "failover-suppressed" && i["message"].as_str().is_some_and(|m| m.contains("paused")))
+            all.iter().any(|i| {
+                i["kind"] == "failover-suppressed" && i["message"].as_str().is_some_and(|m| m.contains("paused"))
+            })
         })
     });
     assert_eq!(role(&b), "backup", "paused: no takeover: {b}");

@@ -162,7 +162,8 @@ fn a_promotion_refused_for_a_missing_drain_lsn_leaves_the_backup_following() {
 // ---------------------------------------------------------------------------------------------
 // The witness.
 
-const POLICY: WitnessPolicy = WitnessPolicy { automatic: true, ttl_ms: 3000, max_lag_ms: Some(1000), min_interval_ms: 60_000 };
+const POLICY: WitnessPolicy =
+    WitnessPolicy { automatic: true, ttl_ms: 3000, max_lag_ms: Some(1000), min_interval_ms: 60_000 };
 
 fn witnessed(node: &str, role: Role, last_lsn: Lsn, policy: WitnessPolicy) -> Engine {
     let peer = if node == "a" { "b" } else { "a" };
@@ -178,7 +179,13 @@ fn key(epoch: Epoch, node: &str, at_ms: u64, automatic: bool) -> Option<WitnessE
 }
 
 fn holder(now_ms: u64, epoch_key: Option<WitnessEpoch>, lease: Option<u64>, backed: Option<u64>) -> Event {
-    Event::Witness(WitnessReport::Holder { now_ms, reachable: true, epoch_key, lease_until_ms: lease, backed_until_ms: backed })
+    Event::Witness(WitnessReport::Holder {
+        now_ms,
+        reachable: true,
+        epoch_key,
+        lease_until_ms: lease,
+        backed_until_ms: backed,
+    })
 }
 
 fn watcher(leader_present: bool, silent: u64, lag: u64, epoch_key: Option<WitnessEpoch>) -> Event {
@@ -207,21 +214,31 @@ fn incident(effects: &[Effect], kind: Alarm) -> bool {
 #[test]
 fn a_primary_with_a_witness_writes_only_while_its_lease_or_its_backup_covers_it() {
     let mut a = witnessed("a", Role::Primary, 0, POLICY);
-    assert!(matches!(a.state().gate, Gate::Refusing(WriteRefusal::NoWitness { .. })), "no lease yet: {:?}", a.state().gate);
+    assert!(
+        matches!(a.state().gate, Gate::Refusing(WriteRefusal::NoWitness { .. })),
+        "no lease yet: {:?}",
+        a.state().gate
+    );
     let effects = a.step(holder(100, key(1, "a", 0, false), Some(2000), None));
     assert!(effects.contains(&Effect::WriteDeadline(Some(2000))), "{effects:?}");
     assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
     assert_ordered(&effects);
     // The lease's safe end passes with nothing renewed and no backup: writes stop, said once.
     let effects = a.step(Event::Tick { now_ms: 2000 });
-    assert!(matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::NoWitness { .. })))), "{effects:?}");
+    assert!(
+        matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::NoWitness { .. })))),
+        "{effects:?}"
+    );
     assert!(incident(&effects, Alarm::WitnessLost), "{effects:?}");
     assert!(a.step(Event::Tick { now_ms: 2100 }).is_empty());
     // The backup's echo covers us again: writes go on.
     let effects = a.step(holder(2200, None, None, Some(4000)));
     assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
     let effects = a.step(holder(2400, None, Some(5000), Some(4000)));
-    assert!(effects.iter().any(|e| matches!(e, Effect::ResolveIncident { kind: Alarm::WitnessLost, .. })), "{effects:?}");
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::ResolveIncident { kind: Alarm::WitnessLost, .. })),
+        "{effects:?}"
+    );
     // etcd down while the backup acknowledges: writes go on (failsafe), and it is said once.
     let effects = a.step(holder(5100, None, None, Some(7000)));
     assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
@@ -233,7 +250,10 @@ fn a_primary_with_a_witness_writes_only_while_its_lease_or_its_backup_covers_it(
 fn a_newer_witness_epoch_fences_a_primary_first_and_asks_for_a_rejoin() {
     let mut a = witnessed("a", Role::Primary, 10, POLICY);
     let effects = a.step(holder(100, key(2, "b", 5, true), None, None));
-    assert!(matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::Fenced { .. })))), "{effects:?}");
+    assert!(
+        matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::Fenced { .. })))),
+        "{effects:?}"
+    );
     assert_ordered(&effects);
     assert_eq!(a.state().role, Role::Fenced);
     assert_eq!(decision(&effects), Some(&WitnessDecision::Rejoin));
@@ -257,7 +277,11 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
     let mut b = witnessed("b", Role::Backup, 10, POLICY);
     let seen = key(1, "a", 0, false);
     assert_eq!(decision(&b.step(watcher(true, 9000, 0, seen.clone()))), Some(&WitnessDecision::Nothing), "lease held");
-    assert_eq!(decision(&b.step(watcher(false, 2999, 0, seen.clone()))), Some(&WitnessDecision::Nothing), "heard within the ttl");
+    assert_eq!(
+        decision(&b.step(watcher(false, 2999, 0, seen.clone()))),
+        Some(&WitnessDecision::Nothing),
+        "heard within the ttl"
+    );
     let effects = b.step(watcher(false, 3000, 1500, seen.clone()));
     assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "too far behind");
     assert!(incident(&effects, Alarm::FailoverSuppressed), "{effects:?}");
@@ -278,7 +302,11 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
     b.step(Event::Done(Outcome::ReceivingStopped { last_lsn: 10, heard_primary_lsn: 10 }));
     let effects = b.step(Event::Done(Outcome::Replayed { last_lsn: 10, applied_lsn: 10 }));
     assert_ordered(&effects);
-    assert_eq!((b.state().role, b.state().epoch, b.state().gate.clone()), (Role::Primary, 2, Gate::Open), "{effects:?}");
+    assert_eq!(
+        (b.state().role, b.state().epoch, b.state().gate.clone()),
+        (Role::Primary, 2, Gate::Open),
+        "{effects:?}"
+    );
     // Observe mode never claims.
     let mut b = witnessed("b", Role::Backup, 10, WitnessPolicy { automatic: false, ..POLICY });
     let effects = b.step(watcher(false, 3000, 0, seen));

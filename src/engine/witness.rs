@@ -81,13 +81,48 @@ pub enum WitnessReport {
     Paused(bool),
 }
 
+/// Why a takeover the lease and the silence allow is held back, if it is.
+fn blocker(
+    paused: bool,
+    epoch_key: Option<&WitnessEpoch>,
+    ours: Epoch,
+    peer: &str,
+    policy: WitnessPolicy,
+    lag_ms: u64,
+    wall_ms: u64,
+) -> Option<String> {
+    if paused {
+        return Some("automatic decisions are paused (`hotpair witness resume`)".to_string());
+    }
+    if let Some(key) = epoch_key.filter(|k| k.epoch > ours) {
+        return Some(format!(
+            "the witness shows epoch {} (taken by {}), beyond ours ({ours}): this node missed a change",
+            key.epoch, key.node
+        ));
+    }
+    if let Some(max) = policy.max_lag_ms.filter(|&max| lag_ms > max) {
+        return Some(format!("this node was {lag_ms} ms behind {peer} when it lost it, more than max_lag ({max} ms)"));
+    }
+    let recent =
+        epoch_key.filter(|k| k.automatic && k.at_ms > 0 && wall_ms < k.at_ms.saturating_add(policy.min_interval_ms))?;
+    Some(format!(
+        "the last automatic failover (epoch {}, to {}) was {} s ago, less than min_interval ({} s)",
+        recent.epoch,
+        recent.node,
+        wall_ms.saturating_sub(recent.at_ms) / 1000,
+        policy.min_interval_ms / 1000
+    ))
+}
+
 /// What the agent is to do after a round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WitnessDecision {
     Nothing,
     /// Write the leader key and the epoch key for `epoch` in one etcd transaction; if it
     /// wins, report [`WitnessReport::Claimed`].
-    Claim { epoch: Epoch },
+    Claim {
+        epoch: Epoch,
+    },
     /// Rejoin behind the peer as `hotpair rejoin` does.
     Rejoin,
 }
@@ -263,7 +298,10 @@ impl Engine {
             self.commit(out, Vec::new());
         }
         if resolved {
-            out.push(Effect::ResolveIncident { kind: Alarm::WitnessLost, message: "the witness lease is held again".into() });
+            out.push(Effect::ResolveIncident {
+                kind: Alarm::WitnessLost,
+                message: "the witness lease is held again".into(),
+            });
         }
         if let Some(message) = message {
             out.push(Effect::Incident { kind: Alarm::WitnessLost, message });
@@ -320,32 +358,13 @@ impl Engine {
         let ours = self.state.epoch;
         let next = ours + 1;
         let peer = self.id.peer.clone();
-        let reason = if paused {
-            Some("automatic decisions are paused (`hotpair witness resume`)".to_string())
-        } else if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours) {
-            Some(format!(
-                "the witness shows epoch {} (taken by {}), beyond ours ({ours}): this node missed a change",
-                key.epoch, key.node
-            ))
-        } else if let Some(max) = policy.max_lag_ms.filter(|&max| lag_ms > max) {
-            Some(format!("this node was {lag_ms} ms behind {peer} when it lost it, more than max_lag ({max} ms)"))
-        } else if let Some(key) = epoch_key
-            .as_ref()
-            .filter(|k| k.automatic && k.at_ms > 0 && wall_ms < k.at_ms.saturating_add(policy.min_interval_ms))
-        {
-            Some(format!(
-                "the last automatic failover (epoch {}, to {}) was {} s ago, less than min_interval ({} s)",
-                key.epoch,
-                key.node,
-                wall_ms.saturating_sub(key.at_ms) / 1000,
-                policy.min_interval_ms / 1000
-            ))
-        } else {
-            None
-        };
+        let reason = blocker(paused, epoch_key.as_ref(), ours, &peer, policy, lag_ms, wall_ms);
         if let Some(reason) = reason {
             self.say_suppressed(
-                format!("{} does not take over from {peer} (lease gone, silent {primary_silent_ms} ms): {reason}", self.id.node),
+                format!(
+                    "{} does not take over from {peer} (lease gone, silent {primary_silent_ms} ms): {reason}",
+                    self.id.node
+                ),
                 out,
             );
             return WitnessDecision::Nothing;

@@ -136,7 +136,9 @@ impl Node {
                 let in_doubt = matches!(
                     gate,
                     Gate::Refusing(
-                        WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. } | WriteRefusal::NoWitness { .. }
+                        WriteRefusal::Fenced { .. }
+                            | WriteRefusal::AwaitingPeer { .. }
+                            | WriteRefusal::NoWitness { .. }
                     )
                 );
                 self.standing_in_doubt.store(in_doubt, std::sync::atomic::Ordering::SeqCst);

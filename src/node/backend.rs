@@ -402,9 +402,9 @@ pub async fn wait_sync(node: &Node, lsn: u64) -> Result<(), String> {
     }
     let local = tokio::time::timeout_at(deadline, durable.wait_for(|&d| d >= lsn)).await;
     match local {
-        Ok(Ok(_)) if !node.within_write_deadline() => Err(format!(
-            "ERR this primary's witness lease ran out before the write could be acknowledged; the write is NOT acknowledged (it may have been replaced: retry on the primary)"
-        )),
+        Ok(Ok(_)) if !node.within_write_deadline() => Err(
+            "ERR this primary's witness lease ran out before the write could be acknowledged; the write is NOT acknowledged (it may have been replaced: retry on the primary)".to_string()
+        ),
         Ok(Ok(_)) => Ok(()),
         _ => Err(not_reached("the local journal is not durable yet")),
     }

@@ -202,7 +202,9 @@ where
         if last < next {
             return Err(format!("the journals do not hold record {next}, needed to finish the copy"));
         }
-        wire::write_frame(stream, &Frame::Records { durable: until, head: until, frames }).await.map_err(|e| e.to_string())?;
+        wire::write_frame(stream, &Frame::Records { durable: until, head: until, frames })
+            .await
+            .map_err(|e| e.to_string())?;
         next = last + 1;
     }
     Ok(until.saturating_sub(after))

@@ -237,7 +237,10 @@ impl Agent {
                 self.last_renew = Some(Instant::now());
             }
             Ok(None) => {
-                tracing::warn!(lease, "the witness lease is gone (it ran out or was revoked); taking it again if we may");
+                tracing::warn!(
+                    lease,
+                    "the witness lease is gone (it ran out or was revoked); taking it again if we may"
+                );
                 self.held = None;
             }
             Err(err) => tracing::warn!(%err, "renewing the witness lease failed; retrying"),
@@ -308,7 +311,10 @@ impl Agent {
                     automatic: false,
                 };
                 let bytes = serde_json::to_vec(&value).unwrap_or_default();
-                let _ = self.client.put_all_if(&[Compare::AtRevision(&self.epoch_key, *revision)], &[(&self.epoch_key, &bytes, 0)]).await;
+                let _ = self
+                    .client
+                    .put_all_if(&[Compare::AtRevision(&self.epoch_key, *revision)], &[(&self.epoch_key, &bytes, 0)])
+                    .await;
                 tracing::warn!(
                     holder = %leader.node,
                     their = e.epoch,
@@ -376,7 +382,8 @@ impl Agent {
             Some((_, revision)) => Compare::AtRevision(&self.epoch_key, *revision),
             None => Compare::Absent(&self.epoch_key),
         };
-        let puts: [(&[u8], &[u8], i64); 2] = [(&self.leader_key, &leader, lease.id), (&self.epoch_key, &epoch_value, 0)];
+        let puts: [(&[u8], &[u8], i64); 2] =
+            [(&self.leader_key, &leader, lease.id), (&self.epoch_key, &epoch_value, 0)];
         let won = match self.client.put_all_if(&[Compare::Absent(&self.leader_key), condition], &puts).await {
             Ok(true) => true,
             // A timed-out attempt may have landed: the key then holds our own value.
@@ -438,10 +445,9 @@ impl Agent {
         let (pair, node) = (self.node.pair.clone(), name.clone());
         let (done, code) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new().name("auto-rejoin".into()).spawn(move || {
-            let code = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_or(1, |runtime| runtime.block_on(crate::orchestrator::commands::rejoin(&pair, &node, false, true)));
+            let code = tokio::runtime::Builder::new_current_thread().enable_all().build().map_or(1, |runtime| {
+                runtime.block_on(crate::orchestrator::commands::rejoin(&pair, &node, false, true))
+            });
             let _ = done.send(code);
         });
         let code = if spawned.is_ok() { code.await.unwrap_or(1) } else { 1 };

@@ -73,7 +73,9 @@ pub fn main(pair: &PairConfig, action: Action) -> Result<String, Error> {
                     });
                     return Ok(format!("{value}\n"));
                 }
-                let leader = leader.map_or("none (no node holds the lease)".to_string(), |l| format!("{} (epoch {})", l.node, l.epoch));
+                let leader = leader.map_or("none (no node holds the lease)".to_string(), |l| {
+                    format!("{} (epoch {})", l.node, l.epoch)
+                });
                 let epoch = epoch.map_or("none yet".to_string(), |e| {
                     format!("{} taken by {}{}", e.epoch, e.node, if e.automatic { " (automatic failover)" } else { "" })
                 });
