@@ -102,11 +102,14 @@ fn auth_comes_first_and_read_only_users_cannot_write() {
         "+OK\r\n$1\r\nv\r\n-NOPERM User report has no permissions to run the 'set' command\r\n"
     );
     let mut app = TcpStream::connect(pair.data_address(PRIMARY)).expect("connect");
+    let hello = exchange(&mut app, "HELLO 4 AUTH app x\r\n", 1);
+    assert!(hello.starts_with("-NOPROTO"), "HELLO 4 is refused before its AUTH is looked at: {hello}");
     let hello = exchange(&mut app, "HELLO 3 AUTH app x\r\n", 1);
-    assert!(hello.starts_with("-NOPROTO"), "HELLO 3 is refused before its AUTH is looked at: {hello}");
-    // *12, then six names and values: 22 lines in all.
-    let hello = exchange(&mut app, "HELLO 2 AUTH app \"app pass with spaces\" SETNAME me\r\n", 22);
-    assert!(hello.starts_with("*12\r\n$6\r\nserver\r\n") && hello.contains("proto\r\n:2\r\n"), "{hello}");
+    assert!(hello.starts_with("-WRONGPASS"), "HELLO 3 with a wrong password: {hello}");
+    // *14, then seven names and values as Redis sends them (`modules` an empty array): 26 lines.
+    let hello = exchange(&mut app, "HELLO 2 AUTH app \"app pass with spaces\" SETNAME me\r\n", 26);
+    assert!(hello.starts_with("*14\r\n$6\r\nserver\r\n") && hello.contains("proto\r\n:2\r\n"), "{hello}");
+    assert!(hello.ends_with("modules\r\n*0\r\n"), "{hello}");
     assert_eq!(exchange(&mut app, "SET k w\r\nCLIENT GETNAME\r\n", 3), "+OK\r\n$2\r\nme\r\n");
 
     // The redis crate with the password in the URL (the harness's own client).
