@@ -322,3 +322,26 @@ fn witness_show_pause_and_resume_hold_and_release_an_automatic_failover() {
     assert!(shown.contains("leader: b (epoch 2)") && shown.contains("(automatic failover)"), "{shown}");
     drop(witness);
 }
+
+#[test]
+fn a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary() {
+    let Some(witness) = etcd_or_skip("a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary") else {
+        return;
+    };
+    let mut pair = pair_with(&witness, SyncLevel::Durable);
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("before", "1").expect("a write on a");
+    pair.hotpair_ok(&["switchover", "--to", BACKUP]);
+    let b = pair.wait_for_node(BACKUP, "b holding the witness lease after the switchover", |s| {
+        role(s) == "primary" && s["witness"]["holds_lease"] == true && s["writes"]["accepting"] == true
+    });
+    assert_eq!(b["epoch"], 2, "{b}");
+    let mut redis = pair.redis(BACKUP);
+    let _: () = redis.set("after", "1").expect("b takes writes after the switchover");
+    let a = pair.node_status(PRIMARY);
+    assert_eq!(role(&a), "backup", "{a}");
+    assert_eq!(a["witness"]["holds_lease"], false, "the old primary let the key go: {a}");
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: b (epoch 2)") && !shown.contains("(automatic failover)"), "{shown}");
+    drop(witness);
+}
