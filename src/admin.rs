@@ -214,6 +214,23 @@ pub fn render_status(status: &Value) -> String {
         if let Some(failure) = node["failure"].as_str() {
             notes.push(format!("FAILED: {failure}"));
         }
+        if let Some(witness) = node["witness"].as_object() {
+            let flag = |key: &str| witness.get(key) == Some(&Value::Bool(true));
+            let leader = match (witness["leader"]["node"].as_str(), witness["leader"]["epoch"].as_u64()) {
+                (Some(node), Some(epoch)) => format!("leader {node} (epoch {epoch})"),
+                _ => "no leader".to_string(),
+            };
+            let lease = match witness["lease_left_ms"].as_u64() {
+                Some(left) if flag("holds_lease") => format!("holds the lease ({left} ms left)"),
+                _ => "holds no lease".to_string(),
+            };
+            notes.push(format!(
+                "witness {}{}: {}, {leader}, {lease}",
+                witness["mode"].as_str().unwrap_or("?"),
+                if flag("paused") { " PAUSED" } else { "" },
+                if flag("reachable") { "reachable" } else { "UNREACHABLE" },
+            ));
+        }
         if let Some(at) = node["diverged_at"].as_u64() {
             notes.push(format!("DIVERGED after LSN {at}: run hotpair rejoin {name}"));
         }

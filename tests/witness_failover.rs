@@ -328,7 +328,7 @@ fn a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary() {
     let Some(witness) = etcd_or_skip("a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary") else {
         return;
     };
-    let mut pair = pair_with(&witness, SyncLevel::Durable);
+    let pair = pair_with(&witness, SyncLevel::Durable);
     let mut redis = pair.redis(PRIMARY);
     let _: () = redis.set("before", "1").expect("a write on a");
     pair.hotpair_ok(&["switchover", "--to", BACKUP]);
@@ -343,5 +343,9 @@ fn a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary() {
     assert_eq!(a["witness"]["holds_lease"], false, "the old primary let the key go: {a}");
     let shown = pair.hotpair_ok(&["witness", "show"]);
     assert!(shown.contains("leader: b (epoch 2)") && !shown.contains("(automatic failover)"), "{shown}");
+    // `status` shows the witness on each node: mode, reachable, leader, the lease.
+    let status = pair.hotpair_ok(&["status"]);
+    assert!(status.contains("witness automatic: reachable, leader b (epoch 2), holds the lease"), "{status}");
+    pair.wait_for_node(PRIMARY, "a seeing b as the leader", |s| s["witness"]["leader"]["node"] == "b");
     drop(witness);
 }

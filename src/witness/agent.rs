@@ -86,6 +86,8 @@ struct Agent {
     epoch_key: Vec<u8>,
     paused_key: Vec<u8>,
     paused: bool,
+    /// The leader key as last read (`status` shows it).
+    leader: Option<Leader>,
     /// The lease we hold (id) and its safe end.
     held: Option<(i64, u64)>,
     last_renew: Option<Instant>,
@@ -110,6 +112,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         epoch_key: epoch_key.into_bytes(),
         paused_key: paused_key(node.pair.cluster).into_bytes(),
         paused: false,
+        leader: None,
         held: None,
         last_renew: None,
         last_contact: Instant::now(),
@@ -209,6 +212,9 @@ impl Agent {
             } else {
                 self.acquire(ours, epoch.as_ref()).await;
             }
+        }
+        if reachable {
+            self.leader = self.held.map(|_| Leader { node: self.node.name().to_string(), epoch: ours });
         }
         let backed = self.backed_until();
         let report = WitnessReport::Holder {
@@ -351,6 +357,9 @@ impl Agent {
         let epoch = self.read_epoch().await;
         let reachable = leader.is_ok() && epoch.is_ok();
         let leader_present = leader.as_ref().map_or(true, |l| l.is_some());
+        if let Ok(kv) = &leader {
+            self.leader = kv.as_ref().and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        }
         let epoch = epoch.ok().flatten();
         let report = WitnessReport::Watcher {
             now_ms: self.node.now_ms(),
@@ -471,6 +480,7 @@ impl Agent {
             "reachable": witness.is_some_and(|w| w.reachable),
             "paused": witness.is_some_and(|w| w.paused),
             "holds_lease": self.held.is_some(),
+            "leader": self.leader,
             "lease_left_ms": self.held.map(|(_, until)| until.saturating_sub(now)),
             "standing_left_ms": witness.filter(|_| matches!(state.role, Role::Primary | Role::Draining)).map(|w| w.valid_until_ms.saturating_sub(now)),
             "suppressed": witness.and_then(|w| w.suppressed.clone()),
