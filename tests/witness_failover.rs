@@ -349,3 +349,29 @@ fn a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary() {
     pair.wait_for_node(PRIMARY, "a seeing b as the leader", |s| s["witness"]["leader"]["node"] == "b");
     drop(witness);
 }
+
+#[test]
+fn a_primary_restarted_alone_takes_writes_again_once_it_holds_the_leader_key() {
+    let Some(witness) = etcd_or_skip("a_primary_restarted_alone_takes_writes_again_once_it_holds_the_leader_key")
+    else {
+        return;
+    };
+    let options = Options { on_peer_loss: Some("degrade-after:0s"), ..Options::default() };
+    let mut pair = pair_with_options(&witness, SyncLevel::Durable, options);
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("before", "1").expect("a write before both go down");
+    // Both nodes down: the backup first, then the primary.
+    pair.kill(BACKUP);
+    pair.kill(PRIMARY);
+    pair.restart(PRIMARY);
+    // Its peer is gone, so only the witness can say nobody was promoted past it.
+    let a = pair.wait_for_node(PRIMARY, "a taking writes again without its peer", |s| {
+        role(s) == "primary" && s["witness"]["holds_lease"] == true && s["writes"]["accepting"] == true
+    });
+    assert_eq!(a["epoch"], 1, "{a}");
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("after", "1").expect("a takes writes alone");
+    let before: Option<String> = redis.get("before").expect("GET");
+    assert_eq!(before.as_deref(), Some("1"));
+    drop(witness);
+}
