@@ -45,10 +45,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::journal::format::encode_record;
-use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody};
-use crate::store::Store;
+use crate::storage::digest::Digest;
+use crate::storage::journal::format::encode_record;
+use crate::storage::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody};
+use crate::storage::store::Store;
 use crate::Error;
 
 /// Committer counts the group-commit measurement runs with, in order.
@@ -659,13 +659,13 @@ pub fn apply(dir: Option<PathBuf>, records: u64, keys: u64, json: bool) -> Resul
 }
 
 fn measure_apply(scratch: &Path, records: u64, keys: u64) -> Result<ApplyReport, Error> {
-    let run_records = crate::applier::MAX_RUN_RECORDS;
+    let run_records = crate::kv::applier::MAX_RUN_RECORDS;
     progress(&format!("{records} records, Store::apply one at a time"));
     let (per_record, expected) = {
         let store = Store::open(&scratch.join("store-per-record"))?;
         let timed = time_chunks(records, keys, run_records, |chunk| {
             for record in chunk {
-                if let crate::store::Applied::Done { digest_matches: false, .. } = store.apply(record)? {
+                if let crate::storage::store::Applied::Done { digest_matches: false, .. } = store.apply(record)? {
                     return Err(Error::Failed(format!("bench: digest mismatch at LSN {}", record.lsn)));
                 }
             }
@@ -722,12 +722,17 @@ fn time_chunks(
 
 /// Catch-up as the backup does it, minus the network: records read back from a durable journal,
 /// decoded, and submitted to an `Applier`, timed until the applier has published the last LSN.
-fn applier_run(scratch: &Path, records: u64, keys: u64, expected: crate::store::Position) -> Result<ApplyRate, Error> {
+fn applier_run(
+    scratch: &Path,
+    records: u64,
+    keys: u64,
+    expected: crate::storage::store::Position,
+) -> Result<ApplyRate, Error> {
     let identity = JournalIdentity { cluster: [0x42; 16], node: "bench".into(), kind: JournalKind::Remote };
     let (journal, _) = Journal::open(&scratch.join("journal"), identity, JournalOptions::default())?;
     let mut source = SetRecords::new(records, keys);
     loop {
-        let chunk = source.chunk(crate::applier::MAX_RUN_RECORDS);
+        let chunk = source.chunk(crate::kv::applier::MAX_RUN_RECORDS);
         let Some(last) = chunk.last().map(|r| r.lsn) else { break };
         for record in &chunk {
             journal.append(record)?;
@@ -735,7 +740,7 @@ fn applier_run(scratch: &Path, records: u64, keys: u64, expected: crate::store::
         journal.sync_to(last)?;
     }
     let store = std::sync::Arc::new(Store::open(&scratch.join("store-applier"))?);
-    let applier = crate::applier::Applier::start(journal.clone(), store.clone(), |_| {});
+    let applier = crate::kv::applier::Applier::start(journal.clone(), store.clone(), |_| {});
     // Keep the queue bounded as a network would, so memory does not grow with --records.
     const MAX_AHEAD: Lsn = 200_000;
     let started = Instant::now();
@@ -758,7 +763,11 @@ fn applier_run(scratch: &Path, records: u64, keys: u64, expected: crate::store::
     Ok(ApplyRate::new(records, elapsed))
 }
 
-fn check_position(what: &str, got: crate::store::Position, expected: crate::store::Position) -> Result<(), Error> {
+fn check_position(
+    what: &str,
+    got: crate::storage::store::Position,
+    expected: crate::storage::store::Position,
+) -> Result<(), Error> {
     if got != expected {
         return Err(Error::Failed(format!("bench: {what} ended at {got:?}, one record at a time at {expected:?}")));
     }
@@ -787,7 +796,7 @@ fn apply_table(report: &ApplyReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::format::encoded_len;
+    use crate::storage::journal::format::encoded_len;
 
     #[test]
     fn sample_record_has_the_advertised_size() {

@@ -19,10 +19,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
-use hotpair::journal::format::{decode_record, encode_record, DecodeError, FRAME_HEADER_LEN};
-use hotpair::journal::{HistoryEntry, JournalKind, Op, Record, RecordBody, SegmentHeader};
+use hotpair::replication::wire::{self, Envelope, Message, WireError};
 use hotpair::resp::{encode, parse, request_arguments, Frame, Limits, RequestDecoder};
-use hotpair::wire::{self, Envelope, Message, WireError};
+use hotpair::storage::journal::format::{decode_record, encode_record, DecodeError, FRAME_HEADER_LEN};
+use hotpair::storage::journal::{HistoryEntry, JournalKind, Op, Record, RecordBody, SegmentHeader};
 use hotpair::Digest;
 
 const DEFAULT_CASES: u64 = 20_000;
@@ -244,7 +244,11 @@ fn valid_wire_frame(rng: &mut Rng) -> wire::Frame {
         0 => Message::Heartbeat { seq: rng.next(), time_ms: rng.next(), last_lsn: rng.next(), head_lsn: rng.next() },
         1 => Message::Durable { lsn: rng.next() },
         2 => Message::Diverged { at_lsn: rng.next(), history },
-        3 => Message::Refused { reason: String::from_utf8_lossy(&rng.bytes(30)).into_owned(), last_lsn: None, leader: None },
+        3 => Message::Refused {
+            reason: String::from_utf8_lossy(&rng.bytes(30)).into_owned(),
+            last_lsn: None,
+            leader: None,
+        },
         _ => Message::CopyEnd { pairs: rng.next(), position: None },
     };
     match rng.below(3) {

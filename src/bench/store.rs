@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::journal::{Lsn, Op, Record, RecordBody};
-use crate::store::{Before, Store};
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Lsn, Op, Record, RecordBody};
+use crate::storage::store::{Before, Store};
 use crate::Error;
 
 /// Records per `apply_many` while loading.
@@ -209,7 +209,7 @@ fn measure(scratch: &Path, keys: u64, ops: u64) -> Result<Report, Error> {
     })
 }
 
-fn check(run: crate::store::AppliedRun) -> Result<(), Error> {
+fn check(run: crate::storage::store::AppliedRun) -> Result<(), Error> {
     match run.mismatch {
         Some(m) => Err(Error::Failed(format!("bench: digest mismatch at LSN {}", m.lsn))),
         None => Ok(()),

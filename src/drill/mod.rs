@@ -328,9 +328,10 @@ impl Drill {
 
     /// Where a workload connecting by `connect` sends its writes (a proxy is started once).
     async fn route(&mut self, connect: Connect) -> Result<Route, DrillError> {
-        let nodes = self.pair.data_endpoints().map_err(|e| {
-            DrillError::Setup(format!("cannot reach the data ports as the pair file says: {e}"))
-        })?;
+        let nodes = self
+            .pair
+            .data_endpoints()
+            .map_err(|e| DrillError::Setup(format!("cannot reach the data ports as the pair file says: {e}")))?;
         Ok(match connect {
             Connect::Direct => Route::Direct { nodes },
             Connect::Sentinel => Route::Sentinel {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::journal::merged::{Merged, Source};
-use crate::journal::{self, JournalError, Lsn, Record, RecordBody, SegmentReport};
+use crate::storage::journal::merged::{Merged, Source};
+use crate::storage::journal::{self, JournalError, Lsn, Record, RecordBody, SegmentReport};
 
 /// Journal directories under PATH, each with a label: a node's data directory gives its local
 /// and remote journals, a backup directory (`hotpair backup`) its journal, anything else is
@@ -23,8 +23,8 @@ pub fn journal_dirs(path: &Path) -> Vec<(String, PathBuf)> {
             .filter(|(_, dir)| dir.is_dir())
             .map(|(label, dir)| (label.to_string(), dir))
             .collect()
-    } else if path.join(crate::backup::MANIFEST_FILE).is_file() {
-        vec![("backup".to_string(), path.join(crate::backup::JOURNAL_DIR))]
+    } else if path.join(crate::admin::backup::MANIFEST_FILE).is_file() {
+        vec![("backup".to_string(), path.join(crate::admin::backup::JOURNAL_DIR))]
     } else {
         vec![(path.display().to_string(), path.to_path_buf())]
     }
@@ -101,11 +101,11 @@ pub fn find_time_report(path: &Path, time_ms: u64, as_json: bool) -> Result<(Str
     if as_json {
         return Ok((format!("{}\n", serde_json::to_string(&point).unwrap_or_default()), found));
     }
-    let when = crate::backup::format_time(Some(time_ms));
+    let when = crate::admin::backup::format_time(Some(time_ms));
     let mut text = match (point.lsn, point.first_lsn) {
         (Some(lsn), _) => format!(
             "LSN {lsn} is the last record at or before {when} (stamped {})\n",
-            crate::backup::format_time(point.lsn_time_ms)
+            crate::admin::backup::format_time(point.lsn_time_ms)
         ),
         (None, Some(first)) => {
             format!("no record at or before {when}: the journals begin at LSN {first}, stamped later\n")
@@ -115,7 +115,7 @@ pub fn find_time_report(path: &Path, time_ms: u64, as_json: bool) -> Result<(Str
     match point.next_lsn {
         Some(next) => text.push_str(&format!(
             "  the next, LSN {next}, is stamped {}\n",
-            crate::backup::format_time(point.next_time_ms)
+            crate::admin::backup::format_time(point.next_time_ms)
         )),
         None if found => text.push_str(&format!(
             "  it is the last record held (LSN {}); nothing after {when} is in these journals\n",

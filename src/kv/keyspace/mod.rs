@@ -1,6 +1,6 @@
 //! The key space's commands: what each data command reads, writes and answers, over a view of
 //! the keys. No I/O and no node here: the primary runs a write inside its commit pipeline's
-//! transaction ([`crate::pipeline::Txn`] is a [`Writer`]), any node runs a read over its store
+//! transaction ([`crate::kv::pipeline::Txn`] is a [`Writer`]), any node runs a read over its store
 //! (and, on the primary, the writes not yet applied).
 //!
 //! ## Invariants
@@ -22,11 +22,11 @@ mod strings;
 pub use glob::matches as glob_matches;
 pub use scan::{ScanCursors, ScanStart};
 
-use crate::journal::ClientCommand;
-use crate::pipeline::CommitError;
+use crate::kv::pipeline::CommitError;
 use crate::resp::command::Command;
 use crate::resp::Frame;
-use crate::value::{Data, StoredValue};
+use crate::storage::journal::ClientCommand;
+use crate::storage::value::{Data, StoredValue};
 
 /// A key and its stored bytes.
 pub type StoredPair = (Vec<u8>, Vec<u8>);

@@ -22,7 +22,7 @@
 //! A record's before-images are what this pipeline read, under its lock, from the store (or
 //! the overlay of records not yet applied) — the store's values, with this pipeline as their
 //! only writer. So the primary's applier takes the digest's before-values from the images
-//! ([`crate::store::Before::FromRecord`]) rather than looking every key up in sled a second
+//! ([`crate::storage::store::Before::FromRecord`]) rather than looking every key up in sled a second
 //! time; at a million keys that lookup was a third of the applier's CPU (docs/benchmarks.md,
 //! issue 24). What the second lookup would catch is still caught: a primary store that lost or
 //! changed a value gives wrong before-images to the next write of that key, hence a wrong
@@ -38,12 +38,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-use crate::applier::{Applier, APPLY_PACE};
-use crate::digest::Digest;
-use crate::journal::{ClientCommand, Epoch, Journal, JournalError, Lsn, Record, RecordBody};
-use crate::keyspace::{ScanSlice, ScanStart, StoredPair};
-use crate::store::{Applied, Store, StoreError};
-use crate::watch::Registry;
+use crate::kv::applier::{Applier, APPLY_PACE};
+use crate::kv::keyspace::{ScanSlice, ScanStart, StoredPair};
+use crate::kv::watch::Registry;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{ClientCommand, Epoch, Journal, JournalError, Lsn, Record, RecordBody};
+use crate::storage::store::{Applied, Store, StoreError};
 
 /// Why a commit failed. Nothing is acknowledged when one is returned.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub struct Pipeline {
     overlay: Arc<Mutex<HashMap<Vec<u8>, Pending>>>,
     applier: Applier,
     recent: Mutex<RecentFrames>,
-    /// `WATCH`ed keys: every commit touches the keys it writes (`crate::watch`).
+    /// `WATCH`ed keys: every commit touches the keys it writes (`crate::kv::watch`).
     watches: Arc<Registry>,
 }
 
@@ -119,7 +119,7 @@ pub struct Txn<'a> {
 }
 
 impl Txn<'_> {
-    /// The current stored bytes of `key` (see [`crate::value`] for their format).
+    /// The current stored bytes of `key` (see [`crate::storage::value`] for their format).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CommitError> {
         if let Some(value) = self.own.get(key) {
             return Ok(value.clone());
@@ -151,7 +151,7 @@ impl Txn<'_> {
     }
 }
 
-impl crate::keyspace::View for Txn<'_> {
+impl crate::kv::keyspace::View for Txn<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CommitError> {
         Txn::get(self, key)
     }
@@ -172,7 +172,7 @@ impl crate::keyspace::View for Txn<'_> {
     }
 }
 
-impl crate::keyspace::Writer for Txn<'_> {
+impl crate::kv::keyspace::Writer for Txn<'_> {
     fn put(&mut self, key: Vec<u8>, stored: Vec<u8>) {
         Txn::put(self, key, stored);
     }
@@ -185,11 +185,11 @@ impl crate::keyspace::Writer for Txn<'_> {
         self.commands.push(command);
     }
 
-    fn savepoint(&self) -> crate::keyspace::Savepoint {
-        crate::keyspace::Savepoint { writes: self.writes.len(), notes: self.commands.len() }
+    fn savepoint(&self) -> crate::kv::keyspace::Savepoint {
+        crate::kv::keyspace::Savepoint { writes: self.writes.len(), notes: self.commands.len() }
     }
 
-    fn rollback(&mut self, savepoint: crate::keyspace::Savepoint) {
+    fn rollback(&mut self, savepoint: crate::kv::keyspace::Savepoint) {
         self.writes.truncate(savepoint.writes);
         self.commands.truncate(savepoint.notes);
         self.own = self.writes.iter().cloned().collect();
@@ -415,7 +415,7 @@ impl Pipeline {
                 _ => {}
             }
             seen.insert(key, after.clone());
-            ops.push(crate::journal::Op { key: key.clone(), before, after: after.clone() });
+            ops.push(crate::storage::journal::Op { key: key.clone(), before, after: after.clone() });
         }
         let record = Record {
             lsn: writer.next_lsn,
@@ -496,8 +496,8 @@ impl Pipeline {
     /// segment files back.) Called with the writer lock held, so nothing else is remembered in
     /// between and a failed append can take its frame back.
     fn append_and_remember(&self, record: &Record) -> Result<(), CommitError> {
-        let mut frame = Vec::with_capacity(crate::journal::format::encoded_len(record));
-        crate::journal::format::encode_record(record, &mut frame);
+        let mut frame = Vec::with_capacity(crate::storage::journal::format::encoded_len(record));
+        crate::storage::journal::format::encode_record(record, &mut frame);
         let frame = Arc::new(frame);
         self.remember(record, frame.clone());
         if let Err(err) = self.journal.append_encoded(record, &frame) {
@@ -593,7 +593,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{JournalIdentity, JournalKind, JournalOptions};
+    use crate::storage::journal::{JournalIdentity, JournalKind, JournalOptions};
 
     fn setup(dir: &std::path::Path) -> (Journal, Arc<Store>) {
         let identity = JournalIdentity { cluster: [1; 16], node: "a".into(), kind: JournalKind::Local };

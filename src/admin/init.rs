@@ -33,7 +33,7 @@
 //! - `tls/ca.key` can mint identities for this cluster: keep it offline once the pair is set
 //!   up. Nothing in a running pair needs it.
 //! - Certificates are valid from yesterday (clock skew) for ten years (the CA for twenty);
-//!   `hotpair certs rotate` (`crate::certs`) renews them with `ca.key`.
+//!   `hotpair certs rotate` (`crate::admin::certs`) renews them with `ca.key`.
 //! - The node names become directory names in `DIR` and DNS labels; `tls` is reserved.
 
 use std::fmt::Write as _;
@@ -52,8 +52,8 @@ use rcgen::{
 use uuid::Uuid;
 
 use crate::config::{addresses_clash, check_node_name, BadValue, ConfigError, PairConfig, SyncLevel};
-use crate::journal::HistoryEntry;
-use crate::meta::{MetaError, NodeMeta, Role};
+use crate::storage::journal::HistoryEntry;
+use crate::storage::meta::{MetaError, NodeMeta, Role};
 use crate::tls::{admin_identity, node_identity};
 
 /// `--nodes` when none is given.
@@ -268,10 +268,10 @@ pub fn reinit(pair: &PairConfig, node: &str) -> Result<String, crate::Error> {
     let config = pair.node(node)?;
     let dir = &config.dir;
     refuse_unless_empty(node, dir)?;
-    crate::datadir::create_private_dir(dir).map_err(|source| InitError::Io { path: dir.clone(), source })?;
-    crate::datadir::check_permissions(dir, node)?;
+    crate::storage::datadir::create_private_dir(dir).map_err(|source| InitError::Io { path: dir.clone(), source })?;
+    crate::storage::datadir::check_permissions(dir, node)?;
     // Held while the directory is made: a node started meanwhile waits on it (and refuses).
-    let _lock = crate::datadir::DataDirLock::acquire(dir, node)?;
+    let _lock = crate::storage::datadir::DataDirLock::acquire(dir, node)?;
     refuse_unless_empty(node, dir)?;
     let meta = NodeMeta::new(pair.cluster, node, Role::Backup, 0, Vec::new());
     meta.create(dir)?;
@@ -291,7 +291,7 @@ fn refuse_unless_empty(node: &str, dir: &Path) -> Result<(), InitError> {
     let found: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|path| !path.ends_with(crate::datadir::LOCK_FILE))
+            .filter(|path| !path.ends_with(crate::storage::datadir::LOCK_FILE))
             .collect(),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => return Err(InitError::Io { path: dir.to_path_buf(), source }),
@@ -365,7 +365,7 @@ impl Created {
 
     /// Creates `path` (its parent must exist) with mode 0700: node data directories and `tls/`.
     fn dir(&mut self, path: &Path) -> Result<(), InitError> {
-        let made = std::fs::DirBuilder::new().mode(crate::datadir::PRIVATE_DIR_MODE).create(path);
+        let made = std::fs::DirBuilder::new().mode(crate::storage::datadir::PRIVATE_DIR_MODE).create(path);
         match made {
             Ok(()) => {
                 self.dirs.push(path.to_path_buf());
@@ -442,7 +442,7 @@ fn write_everything(
         created.dir(&node.dir)?;
         let role = if i == 0 { Role::Primary } else { Role::Backup };
         let history = vec![HistoryEntry { epoch: 1, first_lsn: 1, primary: first.clone() }];
-        created.files.push(node.dir.join(crate::meta::META_FILE));
+        created.files.push(node.dir.join(crate::storage::meta::META_FILE));
         NodeMeta::new(pair.cluster, &node.name, role, 1, history).create(&node.dir)?;
     }
 

@@ -98,10 +98,10 @@ pub fn rotate(pair: &PairConfig, options: &RotateOptions) -> Result<String, Cert
         ));
     }
     let issuer = issuer(pair, &ca_key, &ca_key_path)?;
-    let today = crate::init::days_since_epoch();
+    let today = crate::admin::init::days_since_epoch();
     let mut report = String::new();
     for (who, identity, cert_path, key_path) in targets {
-        let (cert, key) = crate::init::make_leaf(&identity, &issuer, &ca_key, today)?;
+        let (cert, key) = crate::admin::init::make_leaf(&identity, &issuer, &ca_key, today)?;
         crate::tls::check_chain(pair, cert.der()).map_err(|e| {
             CertsError::Refused(format!(
                 "the certificate made for {who} does not chain to {} ({e}); is {} the key of that CA?",
@@ -115,7 +115,7 @@ pub fn rotate(pair: &PairConfig, options: &RotateOptions) -> Result<String, Cert
             "rotated {who}: {} and {} (valid until {} UTC); the old certificate is refused from now on\n",
             cert_path.display(),
             key_path.display(),
-            crate::init::leaf_valid_until(today)
+            crate::admin::init::leaf_valid_until(today)
         ));
     }
     report.push_str(
@@ -189,11 +189,14 @@ fn start_ca_rotation(pair: &PairConfig, old_key: &KeyPair, ca_key_path: &Path) -
             ca_key_path.display()
         )));
     }
-    let today = crate::init::days_since_epoch();
+    let today = crate::admin::init::days_since_epoch();
     let key = KeyPair::generate()?;
-    let name =
-        format!("{}, rotated {}", crate::init::ca_common_name(pair.cluster), &uuid::Uuid::new_v4().to_string()[..8]);
-    let ca = crate::init::ca_certificate(&name, &key, today)?;
+    let name = format!(
+        "{}, rotated {}",
+        crate::admin::init::ca_common_name(pair.cluster),
+        &uuid::Uuid::new_v4().to_string()[..8]
+    );
+    let ca = crate::admin::init::ca_certificate(&name, &key, today)?;
     let mut text = ca.pem();
     for old_ca in &bundle {
         text.push_str(&pem_of(old_ca));
@@ -233,15 +236,15 @@ fn issuer(pair: &PairConfig, key: &KeyPair, key_path: &Path) -> Result<rcgen::Ce
     let ca = bundle.iter().find(|ca| same_key(ca, key)).ok_or_else(|| {
         CertsError::Refused(format!("no CA in {} belongs to {}", pair.tls.ca.display(), key_path.display()))
     })?;
-    let name = common_name(ca.as_ref(), &crate::init::ca_common_name(pair.cluster)).ok_or_else(|| {
+    let name = common_name(ca.as_ref(), &crate::admin::init::ca_common_name(pair.cluster)).ok_or_else(|| {
         CertsError::Refused(format!(
             "the CA in {} was not made by hotpair for cluster {} (its name is not \"{}…\")",
             pair.tls.ca.display(),
             pair.cluster,
-            crate::init::ca_common_name(pair.cluster)
+            crate::admin::init::ca_common_name(pair.cluster)
         ))
     })?;
-    Ok(crate::init::ca_certificate(&name, key, crate::init::days_since_epoch())?)
+    Ok(crate::admin::init::ca_certificate(&name, key, crate::admin::init::days_since_epoch())?)
 }
 
 /// The first DER string (UTF8String or PrintableString) in `der` whose text starts with
@@ -303,9 +306,9 @@ mod tests {
     fn the_ca_name_is_read_from_its_certificate() {
         let key = KeyPair::generate().unwrap();
         let cluster = uuid::Uuid::new_v4();
-        let name = format!("{}, rotated 1a2b3c4d", crate::init::ca_common_name(cluster));
-        let ca = crate::init::ca_certificate(&name, &key, 20_000).unwrap();
-        assert_eq!(common_name(ca.der(), &crate::init::ca_common_name(cluster)), Some(name));
+        let name = format!("{}, rotated 1a2b3c4d", crate::admin::init::ca_common_name(cluster));
+        let ca = crate::admin::init::ca_certificate(&name, &key, 20_000).unwrap();
+        assert_eq!(common_name(ca.der(), &crate::admin::init::ca_common_name(cluster)), Some(name));
         assert_eq!(common_name(ca.der(), "hotpair CA for cluster 0000"), None);
         assert!(same_key(ca.der(), &key));
         assert!(!same_key(ca.der(), &KeyPair::generate().unwrap()));

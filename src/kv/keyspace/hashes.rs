@@ -1,4 +1,4 @@
-//! Hash commands. A hash is one stored value (fields in insertion order, see [`crate::value`]):
+//! Hash commands. A hash is one stored value (fields in insertion order, see [`crate::storage::value`]):
 //! a field write rewrites the whole value, and its record carries the whole hash before and
 //! after. Cheap for the small hashes sessions and caches keep; for a hash of N fields every
 //! write costs O(N) bytes in the journal (`docs/commands.md`, "Store layout").
@@ -6,11 +6,11 @@
 use bytes::Bytes;
 
 use super::{format_float, glob, lookup, rejected, Writer, WRONGTYPE};
-use crate::pipeline::CommitError;
+use crate::kv::pipeline::CommitError;
 use crate::resp::command::{parse_float, Command};
 use crate::resp::frame::parse_integer;
 use crate::resp::Frame;
-use crate::value::{Data, StoredValue};
+use crate::storage::value::{Data, StoredValue};
 
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 

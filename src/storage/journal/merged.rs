@@ -227,8 +227,8 @@ impl Iterator for Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
-    use crate::journal::{HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Op, Record};
+    use crate::storage::digest::Digest;
+    use crate::storage::journal::{HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Op, Record};
 
     fn journal(dir: &std::path::Path, kind: JournalKind) -> Journal {
         let identity = JournalIdentity { cluster: [7; 16], node: "a".into(), kind };

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::digest::Digest;
-use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody};
-use crate::store::Store;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody};
+use crate::storage::store::Store;
 use crate::Error;
 
 /// How many of the last transactions the demo rewinds.
@@ -104,7 +104,7 @@ fn run_in(dir: &Path, records: u64, committers: u64) -> Result<(), Error> {
         position.digest,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    print!("{}", crate::tools::ls(dir, false)?);
+    print!("{}", crate::admin::journal_tools::ls(dir, false)?);
     println!("demo: ok");
     Ok(())
 }

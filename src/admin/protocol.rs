@@ -1,4 +1,4 @@
-//! The admin protocol's replies, typed: one struct per request ([`crate::wire::AdminRequest`]),
+//! The admin protocol's replies, typed: one struct per request ([`crate::replication::wire::AdminRequest`]),
 //! as a node writes them and the admin CLI reads them.
 //!
 //! ## Invariants
@@ -12,8 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use crate::engine::{Promotion, Rejoined};
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 
 /// An `Option` field that must be present (as `null` when empty): without this serde reads a
 /// missing `Option` as `None`.
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_request_missing_a_field_or_with_an_unknown_one_is_refused() {
-        use crate::wire::AdminRequest;
+        use crate::replication::wire::AdminRequest;
         let promote = json!({ "op": "promote", "op_id": Uuid::nil(), "epoch": 1, "expect_lsn": null });
         assert!(matches!(
             serde_json::from_value::<AdminRequest>(promote),

@@ -8,7 +8,7 @@
 //! Every record — not only transactions — takes the next LSN. That keeps "no gaps" a one-line
 //! check (`next == last + 1`) everywhere: in the journal, in the store and on the wire.
 
-use crate::digest::Digest;
+use crate::storage::digest::Digest;
 
 /// Journal sequence number: one sequence for the whole pair, across roles. LSN 0 means "nothing".
 pub type Lsn = u64;

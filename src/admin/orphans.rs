@@ -236,7 +236,7 @@ fn shown_image(image: &Option<Image>) -> String {
         None => "(absent)".into(),
         Some(Image::Value { data, expires_at_ms: None }) => shown_data(data),
         Some(Image::Value { data, expires_at_ms: Some(at) }) => {
-            format!("{} expiring {}", shown_data(data), crate::backup::format_time(Some(*at)))
+            format!("{} expiring {}", shown_data(data), crate::admin::backup::format_time(Some(*at)))
         }
         Some(Image::Raw(bytes)) => format!("raw {}", shown(bytes)),
     }
@@ -276,8 +276,8 @@ pub fn show(path: &Path, as_json: bool) -> Result<String, OrphansError> {
                 ", LSN {}..{}, committed {} .. {} on the old primary and never received by the new one",
                 f.lsn,
                 l.lsn,
-                crate::backup::format_time(Some(f.time_ms)),
-                crate::backup::format_time(Some(l.time_ms))
+                crate::admin::backup::format_time(Some(f.time_ms)),
+                crate::admin::backup::format_time(Some(l.time_ms))
             ),
             _ => String::new(),
         }
@@ -287,7 +287,7 @@ pub fn show(path: &Path, as_json: bool) -> Result<String, OrphansError> {
             "LSN {} (epoch {}, {})\n",
             orphan.lsn,
             orphan.epoch,
-            crate::backup::format_time(Some(orphan.time_ms))
+            crate::admin::backup::format_time(Some(orphan.time_ms))
         ));
         for op in &orphan.ops {
             out.push_str(&format!("  {}: {} -> {}\n", shown(&op.key), shown_image(&op.before), shown_image(&op.after)));
@@ -500,7 +500,7 @@ fn judge(orphan: &Orphan, current: &[Option<Data>], force: bool, now_ms: u64) ->
                 notes.push(format!(
                     "{} expired at {}: not re-applied",
                     shown(&op.key),
-                    crate::backup::format_time(Some(*at))
+                    crate::admin::backup::format_time(Some(*at))
                 ));
             }
             Some(Image::Value { data: Data::String(value), expires_at_ms }) => {
@@ -536,8 +536,12 @@ fn judge(orphan: &Orphan, current: &[Option<Data>], force: bool, now_ms: u64) ->
 }
 
 fn describe(orphan: &Orphan, verdict: &Verdict, dry_run: bool) -> String {
-    let head =
-        format!("LSN {} (epoch {}, {})", orphan.lsn, orphan.epoch, crate::backup::format_time(Some(orphan.time_ms)));
+    let head = format!(
+        "LSN {} (epoch {}, {})",
+        orphan.lsn,
+        orphan.epoch,
+        crate::admin::backup::format_time(Some(orphan.time_ms))
+    );
     match verdict {
         Verdict::AppliedEarlier => format!("  {head}: applied earlier by `orphans apply`, skipped\n"),
         Verdict::AlreadyThere => format!("  {head}: already there, skipped\n"),
@@ -552,8 +556,8 @@ fn describe(orphan: &Orphan, verdict: &Verdict, dry_run: bool) -> String {
 
 /// The node that is primary and takes writes now, and its data address.
 fn find_primary(pair: &PairConfig) -> Result<(String, std::net::SocketAddr), OrphansError> {
-    let status =
-        crate::admin::block_on(crate::admin::status(pair)).map_err(|e| OrphansError::Refused(e.to_string()))?;
+    let status = crate::admin::client::block_on(crate::admin::client::status(pair))
+        .map_err(|e| OrphansError::Refused(e.to_string()))?;
     for node in &pair.nodes {
         let s = &status["nodes"][&node.name];
         if s["reachable"] == true && s["role"] == "primary" && s["writes"]["accepting"] != false {

@@ -1152,7 +1152,7 @@ impl Inner {
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
-            .mode(crate::datadir::PRIVATE_FILE_MODE)
+            .mode(crate::storage::datadir::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|source| JournalError::Io { path: path.clone(), source })?;
         let header_bytes = header.encode();
@@ -1627,7 +1627,7 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
     if dir.is_dir() {
         return Ok(());
     }
-    io(dir, crate::datadir::create_private_dir(dir))?;
+    io(dir, crate::storage::datadir::create_private_dir(dir))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }

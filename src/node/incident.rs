@@ -189,7 +189,7 @@ fn notify_loop(events: Receiver<Event>, log: PathBuf, commands: Vec<String>) {
         let logged = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(crate::datadir::PRIVATE_FILE_MODE)
+            .mode(crate::storage::datadir::PRIVATE_FILE_MODE)
             .open(&log)
             .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
         if let Err(err) = logged {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio_rustls::TlsConnector;
 
 use crate::config::PairConfig;
-use crate::wire::{self, AdminRequest, Envelope, Frame, Message};
+use crate::replication::wire::{self, AdminRequest, Envelope, Frame, Message};
 use crate::Error;
 
 /// How long one admin request may take, connection included.

@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::journal::{Journal, Lsn, Record, RecordBody};
-use crate::store::{Before, Store};
+use crate::storage::journal::{Journal, Lsn, Record, RecordBody};
+use crate::storage::store::{Before, Store};
 
 /// Most records applied as one run (one sled batch).
 pub const MAX_RUN_RECORDS: usize = 4096;
@@ -340,8 +340,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
-    use crate::journal::{JournalIdentity, JournalKind, JournalOptions, Op};
+    use crate::storage::digest::Digest;
+    use crate::storage::journal::{JournalIdentity, JournalKind, JournalOptions, Op};
 
     fn setup(dir: &std::path::Path) -> (Journal, Arc<Store>) {
         let identity = JournalIdentity { cluster: [7; 16], node: "b".into(), kind: JournalKind::Remote };
@@ -512,6 +512,6 @@ mod tests {
         }
         applier.shutdown();
         assert_eq!(applier.failure(), None);
-        assert_eq!(store.position(), crate::store::Position { applied_lsn: 2, digest, key_count: 1 });
+        assert_eq!(store.position(), crate::storage::store::Position { applied_lsn: 2, digest, key_count: 1 });
     }
 }

@@ -4,11 +4,11 @@
 use bytes::Bytes;
 
 use super::{format_float, lookup, rejected, string_of, Writer};
-use crate::pipeline::CommitError;
+use crate::kv::pipeline::CommitError;
 use crate::resp::command::{Command, Condition, GetExpiry, SetExpiry, SetReply};
 use crate::resp::frame::parse_integer;
 use crate::resp::Frame;
-use crate::value::{Data, StoredValue};
+use crate::storage::value::{Data, StoredValue};
 
 pub(super) fn execute(view: &mut impl Writer, command: Command, now: u64) -> Result<Frame, CommitError> {
     match command {

@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::digest::Digest;
-use crate::journal::{Epoch, HistoryEntry, Lsn, MAX_RECORD_BODY};
-use crate::meta::Role;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn, MAX_RECORD_BODY};
+use crate::storage::meta::Role;
 
 /// Largest frame accepted: one maximal record plus room for its frame header.
 pub const MAX_FRAME: usize = MAX_RECORD_BODY + 1024;
@@ -139,7 +139,7 @@ pub enum Message {
     /// The copy begins: pairs in key order ([`Frame::Copy`]) read from the store while it
     /// moves on from `position` (its applied LSN, and its key count for progress), then the
     /// records after that LSN ([`Frame::Records`]) to redo over them.
-    CopyBegin { position: crate::store::Position, history: Vec<HistoryEntry> },
+    CopyBegin { position: crate::storage::store::Position, history: Vec<HistoryEntry> },
     /// The copy is complete: `pairs` pairs were sent, and the records up to `position` (the
     /// sender's store when its scan ended, with its digest and key count, which the copy must
     /// then have). `None` from a sender that predates redo records: its copy was the store
@@ -147,7 +147,7 @@ pub enum Message {
     CopyEnd {
         pairs: u64,
         #[serde(default)]
-        position: Option<crate::store::Position>,
+        position: Option<crate::storage::store::Position>,
     },
     /// An admin request (the CLI is the sender).
     Admin { request: AdminRequest },
@@ -170,7 +170,7 @@ pub struct CopyResume {
 /// primitives carry the id of the run (`op_id`) and the epoch the orchestrator saw the node in:
 /// a node whose epoch moved on refuses them, so a stale orchestrator changes nothing. Read
 /// strictly: an unknown field, or a missing one (optional values are sent as `null`), is a bad
-/// request. Each has its reply struct in [`crate::protocol`].
+/// request. Each has its reply struct in [`crate::admin::protocol`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum AdminRequest {
@@ -200,7 +200,7 @@ pub enum AdminRequest {
     Promote {
         op_id: Uuid,
         epoch: Epoch,
-        #[serde(deserialize_with = "crate::protocol::required")]
+        #[serde(deserialize_with = "crate::admin::protocol::required")]
         expect_lsn: Option<Lsn>,
     },
     /// A higher epoch exists (`primary` leads it): a node taking writes stops at once.
@@ -235,7 +235,7 @@ pub enum AdminRequest {
     FirstAvailable,
     /// Record (or clear) the orchestration in flight in `meta.json`.
     SetProgress {
-        #[serde(deserialize_with = "crate::protocol::required")]
+        #[serde(deserialize_with = "crate::admin::protocol::required")]
         progress: Option<serde_json::Value>,
     },
     /// Take `incarnation` as the peer's from now on: its data directory was rebuilt

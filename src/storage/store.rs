@@ -48,10 +48,10 @@ use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::digest::Digest;
-use crate::journal::{Lsn, Op, Record, RecordBody};
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Lsn, Op, Record, RecordBody};
 
-/// A client key and its stored bytes (see [`crate::value`]).
+/// A client key and its stored bytes (see [`crate::storage::value`]).
 pub type StoredPair = (Vec<u8>, Vec<u8>);
 
 const DATA_PREFIX: u8 = b'd';
@@ -221,11 +221,11 @@ pub struct Expiring {
 impl Expiring {
     /// After `key` changes from `before` to `after` (stored bytes).
     fn updated(mut self, before: Option<&[u8]>, after: Option<&[u8]>) -> Expiring {
-        if let Some(at) = before.and_then(crate::value::expiry_of) {
+        if let Some(at) = before.and_then(crate::storage::value::expiry_of) {
             self.keys = self.keys.saturating_sub(1);
             self.deadline_sum_ms = self.deadline_sum_ms.saturating_sub(u128::from(at));
         }
-        if let Some(at) = after.and_then(crate::value::expiry_of) {
+        if let Some(at) = after.and_then(crate::storage::value::expiry_of) {
             self.keys += 1;
             self.deadline_sum_ms += u128::from(at);
         }

@@ -21,7 +21,7 @@
 //! 10  6  zero
 //! 16  …  chunks: u32 length L (> 0), u32 CRC32C of the L bytes, L bytes of pairs
 //!        (u32 key length, key, u32 value length, value — repeated; values are stored values,
-//!        `crate::value`)
+//!        `crate::storage::value`)
 //!  …  8  end: u32 0, u32 0
 //!  …  8  u64 number of pairs in all chunks
 //! ```
@@ -41,10 +41,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::{PairConfig, SyncLevel};
-use crate::digest::Digest;
-use crate::journal::{self, Epoch, HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn};
-use crate::store::Position;
-use crate::wire::{self, AdminRequest, Envelope, Frame, Message};
+use crate::replication::wire::{self, AdminRequest, Envelope, Frame, Message};
+use crate::storage::digest::Digest;
+use crate::storage::journal::{self, Epoch, HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn};
+use crate::storage::store::Position;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const STORE_FILE: &str = "store.pairs";
@@ -279,7 +279,7 @@ pub struct BackupOptions {
 pub fn main(pair: &PairConfig, options: &BackupOptions) -> Result<u8, crate::Error> {
     pair.node(&options.node)?;
     let created = prepare_dir(&options.out)?;
-    let result = crate::admin::block_on(run(pair, options))?;
+    let result = crate::admin::client::block_on(run(pair, options))?;
     match result {
         Ok(manifest) => {
             if options.json {
@@ -380,7 +380,7 @@ struct Begin {
 
 async fn run(pair: &PairConfig, options: &BackupOptions) -> Result<Manifest, String> {
     let started_at_ms = crate::clock::now_ms();
-    let mut stream = crate::admin::connect(pair, &options.node).await?;
+    let mut stream = crate::admin::client::connect(pair, &options.node).await?;
     let request = AdminRequest::Backup { journal_from: options.journal_from };
     let envelope = Envelope { from: "admin".into(), epoch: 0, message: Message::Admin { request } };
     wire::write_frame(&mut stream, &Frame::Message(envelope)).await.map_err(|e| e.to_string())?;

@@ -48,6 +48,13 @@
 //!   calling a vanished backup connected (so `degrade-after` never began, every write waited
 //!   out `sync_timeout`, and the backup's next hello was refused as a second session), and a
 //!   backup would wait forever on a vanished primary.
+//!
+//! ## Parts
+//! This file holds the two sessions; [`wire`] is the control port's framing they (and the admin
+//! requests) travel in. The node's side — accepting the peer, the follower loop, the full copy —
+//! is in `node::control`, `node::follow` and `node::copy`, since it needs the node's state.
+
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,12 +63,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::applier::Applier;
-use crate::digest::Digest;
-use crate::journal::{format, Epoch, HistoryEntry, Journal, JournalError, JournalReader, Lsn, RecordBody};
-use crate::pipeline::Pipeline;
-use crate::store::Store;
-use crate::wire::{self, Envelope, Frame, Message, WireError, BATCH_BYTES};
+use crate::kv::applier::Applier;
+use crate::kv::pipeline::Pipeline;
+use crate::replication::wire::{Envelope, Frame, Message, WireError, BATCH_BYTES};
+use crate::storage::digest::Digest;
+use crate::storage::journal::{format, Epoch, HistoryEntry, Journal, JournalError, JournalReader, Lsn, RecordBody};
+use crate::storage::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -303,7 +310,7 @@ where
                 let durable_lsn = (*durable.borrow()).max(remote_durable);
                 if told < next - 1 && told < durable_lsn {
                     let message = shipper_message(&ctx, Message::Durable { lsn: durable_lsn });
-                    let tell = crate::wire::write_frame(&mut writer, &message);
+                    let tell = crate::replication::wire::write_frame(&mut writer, &message);
                     let _ = tokio::time::timeout(STOP_CONFIRM_GRACE, tell).await;
                 }
                 break Ok(())
@@ -358,7 +365,7 @@ fn next_batch(
     let mut batch = Vec::new();
     let mut last = next - 1;
     // A batch ends at an epoch gap: the LSNs after it are in the other journal.
-    let in_order = |e: &Result<crate::journal::JournalEntry, JournalError>, last: Lsn| {
+    let in_order = |e: &Result<crate::storage::journal::JournalEntry, JournalError>, last: Lsn| {
         e.as_ref().map_or(true, |e| e.record.lsn <= until && e.record.lsn == last + 1)
     };
     while let Some(entry) = reader.next_if(|e| in_order(e, last)) {
@@ -377,7 +384,7 @@ fn next_batch(
 
 /// The journal that holds `lsn`: ours for the epochs we led, the remote one for our peer's.
 fn journal_holding(ctx: &ShipContext, lsn: Lsn) -> &Journal {
-    crate::journal::holding(&ctx.history, &ctx.name, &ctx.journal, &ctx.remote, lsn)
+    crate::storage::journal::holding(&ctx.history, &ctx.name, &ctx.journal, &ctx.remote, lsn)
 }
 
 async fn read_acks<R: AsyncRead + Unpin>(

@@ -42,7 +42,7 @@
 //! The payload must be consumed exactly: trailing bytes make a record invalid.
 
 use super::record::{Epoch, HistoryEntry, Lsn, Op, Record, RecordBody};
-use crate::digest::Digest;
+use crate::storage::digest::Digest;
 
 pub const MAGIC: [u8; 8] = *b"HOTPAIRJ";
 pub const FORMAT_VERSION: u16 = 1;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
 
 pub const META_FILE: &str = "meta.json";
 pub const META_FORMAT_VERSION: u32 = 1;
@@ -189,7 +189,7 @@ fn write_atomically(dir: &Path, meta: &NodeMeta) -> Result<(), MetaError> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(crate::datadir::PRIVATE_FILE_MODE)
+        .mode(crate::storage::datadir::PRIVATE_FILE_MODE)
         .open(&tmp)
         .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;

@@ -32,14 +32,16 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::backup::{format_time, BackupError, Manifest, StoreFileReader};
+use crate::admin::backup::{format_time, BackupError, Manifest, StoreFileReader};
+use crate::admin::init::NodeSpecs;
 use crate::config::{PairConfig, SyncLevel};
-use crate::digest::Digest;
-use crate::init::NodeSpecs;
-use crate::journal::merged::{Merged, Source};
-use crate::journal::{HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Record, RecordBody};
-use crate::meta::NodeMeta;
-use crate::store::{Position, Store};
+use crate::storage::digest::Digest;
+use crate::storage::journal::merged::{Merged, Source};
+use crate::storage::journal::{
+    HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Record, RecordBody,
+};
+use crate::storage::meta::NodeMeta;
+use crate::storage::store::{Position, Store};
 
 /// Records applied to the store per batch (one sled batch) once digests are checked per record.
 const REPLAY_BATCH: usize = 1000;
@@ -166,15 +168,17 @@ fn sources(options: &RestoreOptions, manifest: &Manifest) -> Result<Vec<Source>,
                 path.display()
             )));
         }
-        for (label, dir) in crate::tools::journal_dirs(path) {
+        for (label, dir) in crate::admin::journal_tools::journal_dirs(path) {
             let label = if label == path.display().to_string() { label } else { format!("{}:{label}", path.display()) };
             sources.push(Source::new(label, dir));
         }
     }
     for source in &sources {
-        let segments = crate::journal::segment::list(&source.dir).map_err(|e| RestoreError::Refused(e.to_string()))?;
+        let segments =
+            crate::storage::journal::segment::list(&source.dir).map_err(|e| RestoreError::Refused(e.to_string()))?;
         if let Some((_, path)) = segments.first() {
-            let header = crate::journal::reader::read_header(path).map_err(|e| RestoreError::Refused(e.to_string()))?;
+            let header =
+                crate::storage::journal::reader::read_header(path).map_err(|e| RestoreError::Refused(e.to_string()))?;
             let cluster = uuid::Uuid::from_bytes(header.cluster);
             if cluster != manifest.cluster {
                 return Err(RestoreError::Refused(format!(
@@ -200,7 +204,8 @@ fn survey(sources: &[Source], target: Target) -> Result<Survey, RestoreError> {
         Target::Time(ms) => ms,
         _ => u64::MAX,
     };
-    let point = crate::tools::find_time(sources, time).map_err(|e| RestoreError::Refused(e.to_string()))?;
+    let point =
+        crate::admin::journal_tools::find_time(sources, time).map_err(|e| RestoreError::Refused(e.to_string()))?;
     Ok(Survey { first: point.first_lsn, last: point.last_lsn, at_time: point.lsn })
 }
 
@@ -258,7 +263,7 @@ fn build(
     base: Base,
 ) -> Result<Restored, String> {
     let sync = options.sync.unwrap_or(manifest.sync);
-    let report = crate::init::init(&options.dir, &options.nodes, sync).map_err(|e| e.to_string())?;
+    let report = crate::admin::init::init(&options.dir, &options.nodes, sync).map_err(|e| e.to_string())?;
     let pair = report.pair;
     let (first, second) = (&pair.nodes[0], &pair.nodes[1]);
     let store = Store::open(&first.dir.join("store")).map_err(|e| e.to_string())?;
