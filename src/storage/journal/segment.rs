@@ -9,7 +9,7 @@
 //! at sync level `durable` or above the peer's remote journal still holds that record.
 //!
 //! ## Preallocated space
-//! The writer zero-fills the active segment ahead of its records (see `writer`, "Preallocation"),
+//! The writer zero-fills the active segment ahead of its records (see `writer::fill`, "Preallocation"),
 //! so the last segment of a journal whose writer did not close it may end in zero bytes. Where a
 //! torn tail would be allowed, a tail that is *entirely* zero is that space, not a torn write:
 //! [`Tail::Zeroed`]. A zero byte anywhere else is judged like any other byte.
@@ -164,7 +164,7 @@ pub(crate) fn cache_page_floor(offset: u64) -> u64 {
 /// Tells the kernel the cached pages of `len` bytes of `file` from `offset` (`len` 0: to the
 /// end) are not needed (`posix_fadvise(POSIX_FADV_DONTNEED)`). Advice only: dirty pages are
 /// not dropped, nothing is lost, and a failure is ignored. Why the journal drops its pages:
-/// `writer`, "Dropping the cache behind".
+/// `writer::fill`, "Dropping the cache behind".
 pub(crate) fn drop_from_cache(file: &std::fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {

@@ -1,68 +1,10 @@
 //! The journal a node writes to: recovery at open, appends, group commit, and the maintenance
 //! operations (truncate, reopen, trim).
 //!
-//! ## Group commit
-//! Appends only encode into an in-memory buffer under a short lock. One flusher thread per
-//! journal writes the buffer to the active segment and calls `fdatasync`; one fsync therefore
-//! covers every record appended before it started, however many committers are waiting. Waiters
-//! learn durability from `sync_to` (blocking) or from the `watch` channel (async).
-//!
-//! Blocking waiters register in a list with the LSN they wait for and park. After an fsync the
-//! flusher takes out exactly the waiters the new durable LSN covers and unparks them, after
-//! dropping the lock; waiters it does not cover stay asleep (no `notify_all` storm). Then, if the
-//! fsync carried more than one record, the flusher *gathers*: it waits, without the lock, until
-//! as many new records have been appended as that fsync released (the released committers coming
-//! back), or a bound passes. The appender that completes the group wakes it, so the next fsync
-//! carries nearly every active committer instead of half of them.
-//!
-//! ## Preallocation
-//! The active segment is zero-filled ahead of its records, [`PREALLOCATE_BYTES`] at a time, and
-//! records are written into that space at their offset. An `fdatasync` after an append that
-//! grows the file must also write the inode (the new size) — a second write on the disk for
-//! every group commit. Into preallocated space only the data goes: on this VM's disk a
-//! 2 KB write+`fdatasync` took 86–111 µs instead of 109–150 µs. A segment is cut back to its
-//! records when it is closed (a roll, a clean shutdown), and at open a zero tail left by a crash
-//! is cut too, so only the active segment of a running journal ever ends in zeros (`segment`,
-//! "Preallocated space").
-//!
-//! The zeros are written by a *filler* thread, one chunk ahead, beside the commits: writing a
-//! megabyte of zeros into the page cache took 2–2.5 ms, and the `fdatasync` that then carried it
-//! to the disk another 0.7–5 ms. Done by the flusher under the state lock, that stalled every
-//! committer once per megabyte. The filler writes through a file it opened itself (in 64 KB
-//! pieces, so a record's write never waits long for the kernel's inode lock) and fdatasyncs
-//! that file, so the zeros and the new size are normally on disk before records reach them.
-//! It only writes at or past `State::allocated`, which records never pass while a fill is in
-//! flight: a write that would waits for its zeros to be written (`settle_fill`), and so does
-//! anything that cuts or replaces the active file (a roll, a truncation, a clean close). A
-//! writer that outruns the filler fills the chunk itself, as all writers once did.
-//!
-//! ## Dropping the cache behind
-//! After each fill the filler also drops from the page cache the active segment's pages more
-//! than [`CACHE_BEHIND_BYTES`] behind the records, and the whole of the segment it dropped in
-//! before, once that is closed (`posix_fadvise(DONTNEED)`; a segment rolled past between two
-//! fills is left to the kernel's reclaim). Nothing reads those pages in the normal course (the
-//! primary ships from memory; a backup's hello reads a few recent records), and a page the cache
-//! takes anew is dear on the VMs this runs on: the first touch of a guest page the host has not
-//! backed yet costs ~20 µs, so while the cache grew by every record the zero-fill took 5–6 ms of
-//! CPU per megabyte; taking back pages the journal just let go, 0.3 ms. The pages dropped are
-//! clean: every record below the end taken at the fill's start was written before the fill's
-//! `fdatasync`, which writes back the whole file. Catch-up, rejoin and `verify` read older
-//! records from the disk.
-//!
-//! ## Paced fsyncs
-//! With [`JournalOptions::sync_pace`] set, the flusher starts an fsync at most that often: one
-//! fsync then covers everything that arrived meanwhile. A waiter waits up to one pace longer. A
-//! shutdown is not paced.
-//!
-//! ## Syncing on the caller's thread
-//! With [`JournalOptions::caller_syncs`] set, appends do not wake the flusher: the appender calls
-//! [`Journal::sync_now`], which writes the buffer and fsyncs on its own thread. The backup's
-//! remote journal at `durable` works this way: the follower receives a batch, appends it, fsyncs
-//! and acks in one go, instead of waking the flusher thread and being woken back by it (two
-//! cross-thread wake-ups per batch, on the path every commit waits for). The flusher then only
-//! serves `sync_to` waiters, when no `sync_now` is in flight (one that is wakes it as it ends if
-//! it left waiters uncovered), and shutdown. `sync_now` waits for an fsync already in flight
-//! rather than start a second one beside it.
+//! ## Parts
+//! - [`group_commit`]: the flusher, fsync pacing, and syncing on the caller's thread.
+//! - [`fill`]: preallocation of the active segment, and dropping the page cache behind it.
+//! - [`recovery`]: what `open` checks and cuts. [`files`]: the file operations underneath.
 //!
 //! ## Invariants
 //! - The durable LSN only moves past records that were written *and* fsynced: it is set by the
@@ -71,6 +13,11 @@
 //! - After an fsync error the journal is failed for good (an fsync error may have dropped dirty
 //!   pages; retrying could report lost data as durable). Appends and waits return `Failed`.
 //! - A new segment's header is fsynced, and then its directory, before any record goes into it.
+
+mod files;
+mod fill;
+mod group_commit;
+mod recovery;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -88,6 +35,10 @@ use super::record::{Epoch, Lsn, Record};
 use super::seal::{self, Seal};
 use super::segment::{self, Tail};
 use super::JournalError;
+use files::{create_dir_durably, cut_file, io, move_file, open_for_writing, remove_file, sync_dir};
+use fill::write_zeros;
+use group_commit::{recheck_all, wake_durable};
+use recovery::{crc_of_file, offset_after, recover};
 
 /// Default size at which the active segment is closed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -95,11 +46,11 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// flusher, so that memory stays bounded under a burst.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// The chunk in which the active segment is zero-filled ahead of its records (see
-/// "Preallocation"): the filler adds one once the records come within one of the zeros' end, so
+/// `fill`, "Preallocation"): the filler adds one once the records come within one of the zeros' end, so
 /// 1–2 chunks of zeros lie ahead of them.
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 /// Cached pages of the active segment this far behind its records are left in the page cache;
-/// the filler drops older ones (see "Dropping the cache behind").
+/// the filler drops older ones (see `fill`, "Dropping the cache behind").
 pub const CACHE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
 /// Zeros are written in pieces this size (see [`write_zeros`]).
 const FILL_PIECE_BYTES: usize = 64 * 1024;
@@ -121,12 +72,12 @@ pub struct JournalOptions {
     pub archive_dir: Option<PathBuf>,
     /// The flusher starts an fsync at most this often (zero: as soon as anything is appended).
     /// Only for a journal whose durability no commit waits for: the backup's remote journal below
-    /// sync level `durable` (see "Paced fsyncs").
+    /// sync level `durable` (see `group_commit`, "Paced fsyncs").
     pub sync_pace: Duration,
     /// How long the flusher may wait after an fsync for the committers it released to come back.
     pub gather: Gather,
     /// Appends do not wake the flusher: the appender makes its records durable itself with
-    /// [`Journal::sync_now`] (see "Syncing on the caller's thread"). The flusher still serves
+    /// [`Journal::sync_now`] (see `group_commit`, "Syncing on the caller's thread"). The flusher still serves
     /// `sync_to` and shutdown.
     pub caller_syncs: bool,
 }
@@ -177,7 +128,7 @@ pub struct Recovery {
     /// Bytes cut from a torn tail, with where and why.
     pub cut: Option<(PathBuf, u64, u64, String)>,
     /// Zero bytes cut from the end of the last segment: preallocated space a writer that did not
-    /// close the journal had not reached (not damage; see "Preallocation").
+    /// close the journal had not reached (not damage; see `fill`, "Preallocation").
     pub zeroed: Option<(PathBuf, u64, u64)>,
     /// Closed segments taken from their seals: only their headers were read (`seal`).
     pub sealed: usize,
@@ -632,7 +583,7 @@ impl Journal {
 
     /// Writes what was appended and fsyncs it on the calling thread; returns the durable LSN.
     /// For an appender that would otherwise hand its records to the flusher and wait for its
-    /// wake-up (see "Syncing on the caller's thread"). Blocks for one fsync.
+    /// wake-up (see `group_commit`, "Syncing on the caller's thread"). Blocks for one fsync.
     pub fn sync_now(&self) -> Result<Lsn, JournalError> {
         let inner = &self.inner;
         // One fsync of the journal at a time. One in flight (the flusher's, for a `sync_to`
@@ -995,97 +946,6 @@ impl Inner {
         Ok(())
     }
 
-    /// The next chunk the filler should zero-fill, if the records have come within a chunk of
-    /// the zeros' end: from `allocated` to the chunk boundary after it (at most the segment's
-    /// size). Only when every record, buffered or written, lies below `allocated`.
-    fn next_fill(&self, state: &State) -> Option<(u64, u64)> {
-        let seg = state.segments.last().filter(|_| state.active.is_some())?;
-        let end = seg.bytes + state.buffer.len() as u64;
-        let from = state.allocated;
-        let due = state.filling.is_none() && state.failed.is_none() && !state.shutdown;
-        if !due || end > from || from - end >= PREALLOCATE_BYTES {
-            return None;
-        }
-        let to = ((from / PREALLOCATE_BYTES + 1) * PREALLOCATE_BYTES).min(self.options.segment_bytes);
-        (to > from).then_some((from, to))
-    }
-
-    /// Wakes the filler if there is a chunk to fill and it has not been asked yet (a wake-up is
-    /// a syscall; this runs at every write). Caller holds the lock.
-    fn ask_fill(&self, state: &mut State) {
-        if !state.fill_asked && self.next_fill(state).is_some() {
-            state.fill_asked = true;
-            self.fill_wanted.notify_one();
-        }
-    }
-
-    /// Waits for the filler's fill in flight, if any, and counts its chunk as allocated. Called,
-    /// with the lock held, before anything writes past `allocated` or cuts or replaces the active
-    /// file. The filler reports a finished fill without the state lock, so this cannot deadlock.
-    fn settle_fill(&self, state: &mut State) {
-        let Some(Fill { number, end }) = state.filling.take() else {
-            return;
-        };
-        let mut done = self.fills_done.lock().unwrap_or_else(|p| p.into_inner());
-        while *done < number {
-            done = self.fill_done.wait(done).unwrap_or_else(|p| p.into_inner());
-        }
-        state.allocated = state.allocated.max(end);
-    }
-
-    /// The filler thread: zero-fills the active segment one chunk ahead of its records (see
-    /// "Preallocation"), outside the state lock, while records are written below it.
-    fn fill_loop(&self) {
-        // The segment whose cache the filler drops behind its records, and how far it has.
-        let mut behind: Option<(PathBuf, u64)> = None;
-        let mut state = self.lock();
-        loop {
-            if state.shutdown {
-                return;
-            }
-            // Only when asked (by a write or a roll): a journal opened only to be read is left
-            // as it is.
-            let job = if std::mem::take(&mut state.fill_asked) { self.next_fill(&state) } else { None };
-            let (Some((from, to)), Some(seg)) = (job, state.segments.last()) else {
-                state = self.fill_wanted.wait(state).unwrap_or_else(|p| p.into_inner());
-                continue;
-            };
-            let (path, records_end) = (seg.path.clone(), seg.bytes);
-            state.fills_started += 1;
-            let number = state.fills_started;
-            state.filling = Some(Fill { number, end: to });
-            drop(state);
-            let delay = self.simulated_fill_delay_ns.load(Ordering::Relaxed);
-            if delay > 0 {
-                std::thread::sleep(Duration::from_nanos(delay));
-            }
-            // Its own open file, not a clone of the journal's: Linux reports a writeback error
-            // to the next fsync of every file that was open when it happened, so an error the
-            // fdatasync below sees (for the records' pages too) still reaches the flusher's
-            // fsync, which fails the journal. A clone shares one report, which this could take.
-            let written =
-                OpenOptions::new().write(true).open(&path).and_then(|file| write_zeros(&file, from, to).map(|()| file));
-            // Done as far as writers care: records may go in past the zeros now. The fdatasync
-            // only brings the zeros and the new size to the disk before a commit's fsync would;
-            // after a roll or a truncation it syncs a file nobody writes any more, harmlessly.
-            *self.fills_done.lock().unwrap_or_else(|p| p.into_inner()) = number;
-            self.fill_done.notify_all();
-            match written.and_then(|file| self.sync_data(&file).map(|()| file)) {
-                Ok(file) => drop_cache_behind(&mut behind, &path, &file, records_end),
-                // Only a speed-up: the records still go in (they grow the file instead), and the
-                // flusher's own fsync reports any error that matters for them.
-                Err(err) => tracing::warn!(path = %path.display(), %err, "could not preallocate journal space"),
-            }
-            state = self.lock();
-            if state.filling.is_some_and(|fill| fill.number == number) {
-                state.filling = None;
-                state.allocated = state.allocated.max(to);
-            }
-            // The records may have come within a chunk of the new end meanwhile.
-            state.fill_asked = true;
-        }
-    }
-
     /// Moves the shippable LSN forward; a write of a group already shipped wakes nobody. Called
     /// under the state lock, so that it moves in LSN order.
     fn publish_shippable(&self, lsn: Lsn) {
@@ -1175,167 +1035,6 @@ impl Inner {
         self.ask_fill(state);
         Ok(path)
     }
-
-    /// At a clean close: cuts the active segment's zeros, so that the file ends with its last
-    /// record (as every closed segment does). Failing to is harmless — the next open cuts them —
-    /// so it is only logged.
-    fn cut_preallocation(&self, state: &mut State) {
-        self.settle_fill(state);
-        let (Some(file), Some(seg)) = (&state.active, state.segments.last()) else {
-            return;
-        };
-        if state.allocated > seg.bytes {
-            match file.set_len(seg.bytes).and_then(|()| file.sync_all()) {
-                Ok(()) => state.allocated = seg.bytes,
-                Err(err) => {
-                    tracing::warn!(path = %seg.path.display(), %err, "could not cut the preallocated end of the segment")
-                }
-            }
-        }
-    }
-
-    /// Fsyncs `file` without the lock, every record up to `target` having been written to it
-    /// before, then publishes `target` as durable (taking the waiters it covers into `covered`)
-    /// or fails the journal. Shared by the flusher and `sync_now`. A journal failed meanwhile (a
-    /// roll's fsync, say) stays failed: nothing more is called durable. Returns the lock again,
-    /// the outcome and how long the fsync took.
-    fn fsync_written<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State>,
-        file: &File,
-        target: Lsn,
-        covered: &mut Vec<Arc<Waiter>>,
-    ) -> (MutexGuard<'a, State>, Result<(), JournalError>, Duration) {
-        state.syncing += 1;
-        drop(state);
-        let started = Instant::now();
-        let result = self.sync_data(file);
-        let delay = self.simulated_fsync_delay_ns.load(Ordering::Relaxed);
-        if delay > 0 && result.is_ok() {
-            std::thread::sleep(Duration::from_nanos(delay));
-        }
-        let took = started.elapsed();
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.lock();
-        state.syncing -= 1;
-        let outcome = match (result, state.failed.clone()) {
-            (Ok(()), None) => {
-                self.publish_durable(&mut state, target, covered);
-                Ok(())
-            }
-            (Ok(()), Some(reason)) => Err(self.failed_error(&reason)),
-            (Err(err), _) => {
-                Err(self.fail(&mut state, format!("fsync of journal {} failed: {err}", self.dir.display())))
-            }
-        };
-        self.durable.notify_all();
-        (state, outcome, took)
-    }
-
-    /// Moves the durable LSN up to `lsn` (never down) and takes the waiters it now covers out
-    /// of the list, into `covered`, for the caller to wake with [`wake_durable`].
-    fn publish_durable(&self, state: &mut State, lsn: Lsn, covered: &mut Vec<Arc<Waiter>>) {
-        if lsn <= state.durable_lsn {
-            return;
-        }
-        state.durable_lsn = lsn;
-        self.durable_tx.send_replace(lsn);
-        let mut i = 0;
-        while i < state.waiters.len() {
-            if state.waiters[i].0 <= lsn {
-                covered.push(state.waiters.swap_remove(i).1);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    /// The flusher thread: write what was appended, fsync once, publish the durable LSN, wake
-    /// exactly the waiters it covers, then gather the next group.
-    ///
-    /// After an fsync that covered more than one record (so several committers are active) the
-    /// flusher waits, *without the lock*, until as many records have been appended since as that
-    /// fsync covered — the committers it just released, coming back — or until the bound of
-    /// [`JournalOptions::gather`] has passed. The append that completes the group wakes it at
-    /// once. Without the pause the released committers miss the next fsync and the committers
-    /// split into two alternating halves, each fsync carrying only half of them (measured: N/2
-    /// records per fsync at N committers). [`Gather::Long`] is the default because half an fsync
-    /// (once the only bound) is too short once the CPU is busy: a released committer's round trip
-    /// through its client then takes longer, and a primary at 50 clients fsynced every 12–14
-    /// records instead of every 28–32 (docs/benchmarks.md, "Gathering longer"). A lone committer
-    /// never pauses, so its latency stays one fsync.
-    fn flush_loop(&self) {
-        let mut covered_waiters: Vec<Arc<Waiter>> = Vec::new();
-        let (pace, gather_bound) = (self.options.sync_pace, self.options.gather);
-        let mut last_sync = Instant::now();
-        let mut state = self.lock();
-        loop {
-            // A caller-synced journal is the flusher's business only when someone waits in
-            // `sync_to`, or at shutdown.
-            let asked =
-                !self.options.caller_syncs || (!state.waiters.is_empty() && state.syncing == 0) || state.shutdown;
-            let pending = asked && state.last_lsn.unwrap_or(0) > state.durable_lsn;
-            if !pending || state.failed.is_some() {
-                if state.shutdown {
-                    if state.failed.is_none() {
-                        self.cut_preallocation(&mut state);
-                    }
-                    recheck_all(&mut state);
-                    return;
-                }
-                state.flusher_wants = Some(0);
-                state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            state.flusher_wants = None;
-            if let Some(left) = (last_sync + pace).checked_duration_since(Instant::now()) {
-                if !left.is_zero() && !state.shutdown {
-                    // Pacing, not synchronisation: appends do not wake it; a shutdown does.
-                    state = self.work.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-                    continue;
-                }
-            }
-            last_sync = Instant::now();
-            let write_delay = self.simulated_write_delay_ns.load(Ordering::Relaxed);
-            if write_delay > 0 && !state.shutdown {
-                drop(state);
-                std::thread::sleep(Duration::from_nanos(write_delay));
-                state = self.lock();
-            }
-            if self.write_buffer(&mut state).is_err() {
-                continue;
-            }
-            let target = state.written_lsn;
-            let covered = target.saturating_sub(state.durable_lsn);
-            let Some(file) = state.active.clone() else {
-                continue;
-            };
-            let (relocked, _, took) = self.fsync_written(state, &file, target, &mut covered_waiters);
-            state = relocked;
-            // A paced journal gathers by its pace; a caller-synced one has its callers.
-            let gather = covered > 1
-                && pace.is_zero()
-                && !self.options.caller_syncs
-                && state.failed.is_none()
-                && !state.shutdown;
-            // The released committers' next records, on top of what was appended meanwhile.
-            let wants = state.last_lsn.unwrap_or(0) + covered;
-            drop(state);
-            wake_durable(&mut covered_waiters);
-            state = self.lock();
-            if gather {
-                let deadline = Instant::now() + gather_bound.bound(took);
-                while state.last_lsn.unwrap_or(0) < wants && state.failed.is_none() && !state.shutdown {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-                        break;
-                    };
-                    state.flusher_wants = Some(wants);
-                    state = self.work.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-                }
-                state.flusher_wants = None;
-            }
-        }
-    }
 }
 
 /// Whether a record (or segment) of `epoch` starting at `lsn` may follow a journal whose next LSN
@@ -1346,296 +1045,8 @@ pub(crate) fn is_epoch_gap(previous: Option<&SegmentInfo>, expected: Lsn, lsn: L
     lsn > expected && previous.is_some_and(|seg| epoch > seg.epoch)
 }
 
-/// Wakes waiters whose LSN is durable (taken out of the list by `publish_durable`).
-fn wake_durable(covered: &mut Vec<Arc<Waiter>>) {
-    for waiter in covered.drain(..) {
-        waiter.wake(WOKEN_DURABLE);
-    }
-}
-
-/// Wakes every waiter to look at the state again (failure, truncation, shutdown).
-fn recheck_all(state: &mut State) {
-    for (_, waiter) in state.waiters.drain(..) {
-        waiter.wake(WOKEN_RECHECK);
-    }
-}
-
 /// The last LSN a journal holds: its last record's, or — when trimming left only an empty
 /// active segment — the one before the LSN that segment waits for.
 fn last_of(segments: &[SegmentInfo], next_lsn: Option<Lsn>) -> Option<Lsn> {
     segments.iter().rev().find_map(|s| s.last_lsn).or(next_lsn.map(|n| n - 1)).filter(|&l| l > 0)
-}
-
-/// Opens every segment of `dir`, checking identity and continuity, and cuts a torn tail of the
-/// last one. A closed segment with a valid seal is taken from it (only its header is read); the
-/// last segment, and any closed one without a seal, is read and checked whole (and sealed, so
-/// the next open need not). Returns the live segments and the CRC32C of the last one's bytes.
-fn recover(dir: &Path, identity: &JournalIdentity) -> Result<(Vec<SegmentInfo>, Recovery, u32), JournalError> {
-    let files = segment::list(dir)?;
-    let mut recovery = Recovery { segments: files.len(), ..Recovery::default() };
-    let mut segments: Vec<SegmentInfo> = Vec::new();
-    let mut last_crc = 0;
-    let mut sealed_now = false;
-    for (index, (named_lsn, path)) in files.iter().enumerate() {
-        let is_last = index + 1 == files.len();
-        if !is_last {
-            if let Some((info, crc)) = open_sealed(path, *named_lsn, identity, &mut recovery)? {
-                check_continuity(segments.last(), &info)?;
-                recovery.records += info.last_lsn.map_or(0, |last| last + 1 - info.first_lsn);
-                recovery.sealed += 1;
-                segments.push(info);
-                last_crc = crc;
-                continue;
-            }
-        }
-        let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
-        recovery.bytes_read += bytes.len() as u64;
-        if is_last && bytes.len() < SEGMENT_HEADER_LEN {
-            // Created but never made durable: the crash came before the header's fsync.
-            tracing::warn!(path = %path.display(), bytes = bytes.len(), "removing a segment whose header was never completed");
-            remove_file(path)?;
-            if let Some(previous) = segments.last() {
-                // The sealed segment before it is the active one again: it will grow.
-                seal::remove(&previous.path)?;
-                recovery.sealed -= 1;
-            }
-            sync_dir(dir)?;
-            recovery.segments -= 1;
-            continue;
-        }
-        let scanned = segment::scan(path, &bytes, is_last, |_| Ok(()))?;
-        check_identity(path, &scanned.header, identity)?;
-        if scanned.header.first_lsn != *named_lsn {
-            return Err(JournalError::Corrupt {
-                path: path.clone(),
-                offset: 28,
-                reason: format!("header says first LSN {}, file name says {named_lsn}", scanned.header.first_lsn),
-            });
-        }
-        let info = SegmentInfo {
-            path: path.clone(),
-            first_lsn: scanned.header.first_lsn,
-            last_lsn: scanned.last_lsn,
-            bytes: scanned.valid_len,
-            epoch: scanned.header.epoch,
-            archived: false,
-        };
-        check_continuity(segments.last(), &info)?;
-        if let Tail::Torn { offset, bytes: torn, reason } = &scanned.tail {
-            tracing::warn!(path = %path.display(), offset, bytes = torn, %reason, "cutting a torn tail back to the last whole record");
-            cut_file(path, *offset)?;
-            recovery.cut = Some((path.clone(), *offset, *torn, reason.clone()));
-        }
-        if let Tail::Zeroed { offset, bytes: zeros } = &scanned.tail {
-            // Space the writer preallocated and had not reached: nothing was lost.
-            tracing::info!(path = %path.display(), offset, bytes = zeros, "cutting the preallocated end of the last segment");
-            cut_file(path, *offset)?;
-            recovery.zeroed = Some((path.clone(), *offset, *zeros));
-        }
-        recovery.records += scanned.record_count;
-        let crc = crc32c::crc32c(&bytes[..scanned.valid_len as usize]);
-        if is_last {
-            last_crc = crc;
-        } else {
-            // A closed segment from before seals existed (or whose seal was lost): seal it now.
-            let sealed =
-                Seal { first_lsn: info.first_lsn, last_lsn: info.last_lsn, epoch: info.epoch, bytes: info.bytes, crc };
-            match seal::write(path, &sealed) {
-                Ok(()) => sealed_now = true,
-                Err(err) => tracing::warn!(path = %path.display(), %err, "could not seal a closed journal segment"),
-            }
-        }
-        segments.push(info);
-    }
-    if sealed_now {
-        sync_dir(dir)?;
-    }
-    Ok((segments, recovery, last_crc))
-}
-
-/// A closed segment as its seal describes it, if the seal is there and agrees with the file
-/// (length, header identity, first LSN, epoch); `None` means "read it whole". Reads the header.
-fn open_sealed(
-    path: &Path,
-    named_lsn: Lsn,
-    identity: &JournalIdentity,
-    recovery: &mut Recovery,
-) -> Result<Option<(SegmentInfo, u32)>, JournalError> {
-    let Some(sealed) = seal::read(path) else {
-        return Ok(None);
-    };
-    let len = std::fs::metadata(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?.len();
-    if sealed.bytes != len || sealed.first_lsn != named_lsn || len < SEGMENT_HEADER_LEN as u64 {
-        return Ok(None);
-    }
-    let header = reader::read_header(path)?;
-    recovery.bytes_read += SEGMENT_HEADER_LEN as u64;
-    check_identity(path, &header, identity)?;
-    if header.first_lsn != named_lsn || header.epoch != sealed.epoch {
-        return Ok(None);
-    }
-    let info = SegmentInfo {
-        path: path.to_path_buf(),
-        first_lsn: sealed.first_lsn,
-        last_lsn: sealed.last_lsn,
-        bytes: sealed.bytes,
-        epoch: sealed.epoch,
-        archived: false,
-    };
-    Ok(Some((info, sealed.crc)))
-}
-
-/// The segment after `previous` must start where it ends, or past it at an epoch gap.
-fn check_continuity(previous: Option<&SegmentInfo>, next: &SegmentInfo) -> Result<(), JournalError> {
-    if let Some(prev) = previous {
-        let expected = prev.last_lsn.map_or(prev.first_lsn, |l| l + 1);
-        if next.first_lsn != expected && !is_epoch_gap(Some(prev), expected, next.first_lsn, next.epoch) {
-            return Err(JournalError::Gap { path: next.path.clone(), expected, found: next.first_lsn });
-        }
-    }
-    Ok(())
-}
-
-/// CRC32C of the first `len` bytes of the file at `path` (a segment cut by a truncation).
-fn crc_of_file(path: &Path, len: u64) -> Result<u32, JournalError> {
-    use std::io::Read;
-    let file = File::open(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(len));
-    let mut crc = 0;
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut chunk).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
-        if n == 0 {
-            return Ok(crc);
-        }
-        crc = crc32c::crc32c_append(crc, &chunk[..n]);
-    }
-}
-
-fn check_identity(path: &Path, header: &SegmentHeader, identity: &JournalIdentity) -> Result<(), JournalError> {
-    if header.cluster != identity.cluster || header.node != identity.node || header.kind != identity.kind {
-        return Err(JournalError::Foreign {
-            path: path.to_path_buf(),
-            found: format!(
-                "{} journal of node {} in cluster {}",
-                header.kind.name(),
-                header.node,
-                hex(&header.cluster)
-            ),
-            expected: format!(
-                "{} journal of node {} in cluster {}",
-                identity.kind.name(),
-                identity.node,
-                hex(&identity.cluster)
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The byte offset just past record `lsn` in the segment at `path` (the header's end if `lsn` is
-/// before the segment's first record).
-fn offset_after(path: &Path, lsn: Lsn) -> Result<u64, JournalError> {
-    let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
-    let mut end = SEGMENT_HEADER_LEN as u64;
-    // The segment may be the active one, which ends in preallocated zeros.
-    segment::scan(path, &bytes, true, |frame| {
-        if frame.lsn <= lsn {
-            end = frame.offset + frame.bytes.len() as u64;
-        }
-        Ok(())
-    })?;
-    Ok(end)
-}
-
-/// Opens a segment to write records at their offsets (not `O_APPEND`: the file runs on past the
-/// records into preallocated zeros).
-fn open_for_writing(path: &Path) -> Result<File, JournalError> {
-    OpenOptions::new().write(true).open(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })
-}
-
-/// Cuts the file at `path` to `len` bytes, durably.
-fn cut_file(path: &Path, len: u64) -> Result<(), JournalError> {
-    let file = open_for_writing(path)?;
-    io(path, file.set_len(len))?;
-    io(path, file.sync_all())
-}
-
-fn io<T>(path: &Path, result: std::io::Result<T>) -> Result<T, JournalError> {
-    result.map_err(|source| JournalError::Io { path: path.to_path_buf(), source })
-}
-
-fn remove_file(path: &Path) -> Result<(), JournalError> {
-    io(path, std::fs::remove_file(path))
-}
-
-fn move_file(from: &Path, to: &Path) -> Result<(), JournalError> {
-    if std::fs::rename(from, to).is_ok() {
-        return Ok(());
-    }
-    // Another filesystem: copy, make the copy durable, then remove the original.
-    io(to, std::fs::copy(from, to))?;
-    io(to, File::open(to).and_then(|f| f.sync_all()))?;
-    remove_file(from)
-}
-
-/// Drops from the page cache what the records of the segment at `path` (written up to
-/// `records_end`) left more than [`CACHE_BEHIND_BYTES`] behind them, and all of the segment
-/// dropped from before, if the active segment has changed since (see "Dropping the cache
-/// behind"). Advice only: it loses nothing (dirty pages are not dropped) and a failure is
-/// ignored. `behind` is the filler's note of the segment and offset it has dropped up to.
-fn drop_cache_behind(behind: &mut Option<(PathBuf, u64)>, path: &Path, file: &File, records_end: u64) {
-    // On a page boundary: the kernel keeps a page only partly in the range, so the next range
-    // must start where this one ends.
-    let to = segment::cache_page_floor(records_end.saturating_sub(CACHE_BEHIND_BYTES));
-    let from = match behind.take() {
-        Some((dropped, done)) if dropped == path => done.min(to),
-        Some((closed, _)) => {
-            // Closed by a roll (or cut by a truncation, or archived: then there is nothing to open).
-            if let Ok(closed) = File::open(&closed) {
-                segment::drop_from_cache(&closed, 0, 0);
-            }
-            0
-        }
-        None => 0,
-    };
-    if to > from {
-        segment::drop_from_cache(file, from, to - from);
-    }
-    *behind = Some((path.to_path_buf(), to));
-}
-
-/// Writes zeros into `file` from `from` to `to`, in pieces of [`FILL_PIECE_BYTES`]: the kernel
-/// holds the file's inode lock for each `pwrite`, and a record's write waits for it.
-fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    static ZEROS: [u8; FILL_PIECE_BYTES] = [0; FILL_PIECE_BYTES];
-    let mut at = from;
-    while at < to {
-        let len = (to - at).min(FILL_PIECE_BYTES as u64) as usize;
-        file.write_all_at(&ZEROS[..len], at)?;
-        at += len as u64;
-    }
-    Ok(())
-}
-
-/// Creates `dir` (and parents) and fsyncs the parent so the new entry survives a crash.
-pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    io(dir, crate::storage::datadir::create_private_dir(dir))?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-/// fsyncs a directory so that created, renamed or removed entries in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    let path = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    io(path, File::open(path).and_then(|f| f.sync_all()))
 }
