@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and the dispatcher that turns a parsed command into
-//! library calls, printed output and an exit code. `main.rs` only calls [`run`].
+//! library calls, printed output and an exit code. `main.rs` calls [`run`], and [`run_with`] for
+//! `hotpair bench`, whose arguments and code live in the binary (`src/bench/`), not the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -243,11 +244,6 @@ pub enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// Benchmarks, each against a baseline measured in the same run.
-    Bench {
-        #[command(subcommand)]
-        which: BenchWhich,
-    },
     /// Test helper: appends records with group commit forever, printing each durable LSN.
     #[command(hide = true)]
     AppendLoop {
@@ -359,63 +355,16 @@ pub enum JournalAction {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchWhich {
-    /// Group-commit append rate at 1, 8 and 64 committers versus a raw write+fdatasync loop,
-    /// and sled apply throughput.
-    Journal {
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-        #[arg(long)]
-        json: bool,
-        /// Simulate a slower disk: sleep this many milliseconds after every fdatasync, in the raw
-        /// loop and in the journal's flusher alike. The report is labelled as simulated.
-        #[arg(long, default_value_t = 0.0)]
-        fsync_delay_ms: f64,
-    },
-    /// Catch-up apply rate: the same records applied to sled one per batch, in runs of one
-    /// batch, and through the applier from a journal.
-    Apply {
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Records applied by each measurement (single-key SETs of 100-byte values).
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        /// Distinct keys the SETs cycle through.
-        #[arg(long, default_value_t = 100_000)]
-        keys: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Issue 24: the store's CPU time per get and per applied SET at a given number of keys,
-    /// its memory and disk per key, and the time to reopen it.
-    Store {
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keys loaded before measuring (random order, 100-byte values).
-        #[arg(long, default_value_t = 1_000_000)]
-        keys: u64,
-        /// Operations of each kind measured, over random existing keys.
-        #[arg(long, default_value_t = 200_000)]
-        ops: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Issue 4: switchover write outage under load, failover time, rejoin time versus database
-    /// size and versus a full copy, each on spawned pairs of real processes.
-    Orchestrator(crate::bench::orchestrator::Options),
-}
-
 /// Runs a parsed command; prints errors as one sentence and returns the exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    run_with(|| dispatch(cli.pair, cli.command))
+}
+
+/// Runs `command` as [`run`] runs a parsed one: with logging set up, an error printed as one
+/// sentence, and the exit code. `main.rs` runs `hotpair bench` (outside the library) through it.
+pub fn run_with(command: impl FnOnce() -> Result<u8, Error>) -> ExitCode {
     init_tracing();
-    match dispatch(cli.pair, cli.command) {
+    match command() {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("hotpair: {err}");
@@ -512,16 +461,6 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Some(playbook) => crate::drill::main(&playbook, report),
             None => Err(Error::Usage("give a playbook, or --random SEED".into())),
         },
-        Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
-            crate::bench::journal(dir, seconds, json, fsync_delay_ms).map(|_| 0)
-        }
-        Command::Bench { which: BenchWhich::Apply { dir, records, keys, json } } => {
-            crate::bench::apply(dir, records, keys, json).map(|_| 0)
-        }
-        Command::Bench { which: BenchWhich::Store { dir, keys, ops, json } } => {
-            crate::bench::store::main(dir, keys, ops, json).map(|()| 0)
-        }
-        Command::Bench { which: BenchWhich::Orchestrator(options) } => crate::bench::orchestrator::main(options),
         Command::AppendLoop { dir, committers } => crate::admin::demo::append_loop(&dir, committers).map(|_| 0),
     }
 }

@@ -6,7 +6,6 @@
 //! its invariants.
 
 pub mod admin;
-pub mod bench;
 pub mod bounded_read;
 pub mod cli;
 pub mod clock;

@@ -1,5 +1,9 @@
 //! `hotpair bench`: measurements that report ratios against a baseline taken in the same run.
 //!
+//! Part of the `hotpair` binary, not of the library: `main.rs` declares this module and adds its
+//! subcommands to the library's command line, and it uses only the library's public API (as a
+//! `benches/` or `examples/` program would), so nothing in the library depends on it.
+//!
 //! ## `bench journal`: what is measured
 //! Everything runs in one fresh scratch directory (under `--dir`, else under the system temp
 //! directory; removed afterwards), one measurement after the other, each for `--seconds`:
@@ -43,13 +47,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use clap::Subcommand;
 use serde::Serialize;
 
-use crate::storage::digest::Digest;
-use crate::storage::journal::format::encode_record;
-use crate::storage::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody};
-use crate::storage::store::Store;
-use crate::Error;
+use hotpair::storage::digest::Digest;
+use hotpair::storage::journal::format::encode_record;
+use hotpair::storage::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody};
+use hotpair::storage::store::Store;
+use hotpair::Error;
 
 /// Committer counts the group-commit measurement runs with, in order.
 const COMMITTER_COUNTS: [usize; 3] = [1, 8, 64];
@@ -139,6 +144,71 @@ struct Verdict {
     met: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BenchWhich {
+    /// Group-commit append rate at 1, 8 and 64 committers versus a raw write+fdatasync loop,
+    /// and sled apply throughput.
+    Journal {
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+        /// Simulate a slower disk: sleep this many milliseconds after every fdatasync, in the raw
+        /// loop and in the journal's flusher alike. The report is labelled as simulated.
+        #[arg(long, default_value_t = 0.0)]
+        fsync_delay_ms: f64,
+    },
+    /// Catch-up apply rate: the same records applied to sled one per batch, in runs of one
+    /// batch, and through the applier from a journal.
+    Apply {
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Records applied by each measurement (single-key SETs of 100-byte values).
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Distinct keys the SETs cycle through.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue 24: the store's CPU time per get and per applied SET at a given number of keys,
+    /// its memory and disk per key, and the time to reopen it.
+    Store {
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keys loaded before measuring (random order, 100-byte values).
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Operations of each kind measured, over random existing keys.
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue 4: switchover write outage under load, failover time, rejoin time versus database
+    /// size and versus a full copy, each on spawned pairs of real processes.
+    Orchestrator(orchestrator::Options),
+}
+
+/// Runs the measurement `which` names; the exit code as the CLI gives it.
+pub fn run(which: BenchWhich) -> Result<u8, Error> {
+    match which {
+        BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } => {
+            journal(dir, seconds, json, fsync_delay_ms).map(|_| 0)
+        }
+        BenchWhich::Apply { dir, records, keys, json } => apply(dir, records, keys, json).map(|_| 0),
+        BenchWhich::Store { dir, keys, ops, json } => store::main(dir, keys, ops, json).map(|()| 0),
+        BenchWhich::Orchestrator(options) => orchestrator::main(options),
+    }
+}
+
 /// Runs the journal benchmark and prints its report (see the module documentation).
 pub fn journal(dir: Option<PathBuf>, seconds: f64, json: bool, fsync_delay_ms: f64) -> Result<(), Error> {
     let duration = measurement_duration(seconds)?;
@@ -160,7 +230,7 @@ pub(crate) fn in_scratch<T>(
         Some(dir) => dir,
         None => std::env::temp_dir(),
     };
-    let scratch = parent.join(format!("{prefix}-{}-{}", std::process::id(), crate::clock::now_ms()));
+    let scratch = parent.join(format!("{prefix}-{}-{}", std::process::id(), hotpair::clock::now_ms()));
     std::fs::create_dir(&scratch).map_err(|source| io_error("creating the bench directory", &scratch, source))?;
     let result = measure(&scratch);
     let removed = std::fs::remove_dir_all(&scratch);
@@ -278,7 +348,7 @@ fn sample_record(lsn: Lsn) -> Record {
     Record {
         lsn,
         epoch: 1,
-        timestamp_ms: crate::clock::now_ms(),
+        timestamp_ms: hotpair::clock::now_ms(),
         digest_after: Digest::EMPTY,
         body: RecordBody::Txn {
             ops: vec![Op {
@@ -452,7 +522,7 @@ fn apply_one(store: &Store, lsn: Lsn) -> Result<(), Error> {
     value.resize(APPLY_VALUE_BYTES, b'.');
     let (ops, digest_after) = store.prepare(vec![(key, Some(value))])?;
     let record =
-        Record { lsn, epoch: 1, timestamp_ms: crate::clock::now_ms(), digest_after, body: RecordBody::txn(ops) };
+        Record { lsn, epoch: 1, timestamp_ms: hotpair::clock::now_ms(), digest_after, body: RecordBody::txn(ops) };
     store.apply(&record)?;
     Ok(())
 }
@@ -659,13 +729,13 @@ pub fn apply(dir: Option<PathBuf>, records: u64, keys: u64, json: bool) -> Resul
 }
 
 fn measure_apply(scratch: &Path, records: u64, keys: u64) -> Result<ApplyReport, Error> {
-    let run_records = crate::kv::applier::MAX_RUN_RECORDS;
+    let run_records = hotpair::kv::applier::MAX_RUN_RECORDS;
     progress(&format!("{records} records, Store::apply one at a time"));
     let (per_record, expected) = {
         let store = Store::open(&scratch.join("store-per-record"))?;
         let timed = time_chunks(records, keys, run_records, |chunk| {
             for record in chunk {
-                if let crate::storage::store::Applied::Done { digest_matches: false, .. } = store.apply(record)? {
+                if let hotpair::storage::store::Applied::Done { digest_matches: false, .. } = store.apply(record)? {
                     return Err(Error::Failed(format!("bench: digest mismatch at LSN {}", record.lsn)));
                 }
             }
@@ -726,13 +796,13 @@ fn applier_run(
     scratch: &Path,
     records: u64,
     keys: u64,
-    expected: crate::storage::store::Position,
+    expected: hotpair::storage::store::Position,
 ) -> Result<ApplyRate, Error> {
     let identity = JournalIdentity { cluster: [0x42; 16], node: "bench".into(), kind: JournalKind::Remote };
     let (journal, _) = Journal::open(&scratch.join("journal"), identity, JournalOptions::default())?;
     let mut source = SetRecords::new(records, keys);
     loop {
-        let chunk = source.chunk(crate::kv::applier::MAX_RUN_RECORDS);
+        let chunk = source.chunk(hotpair::kv::applier::MAX_RUN_RECORDS);
         let Some(last) = chunk.last().map(|r| r.lsn) else { break };
         for record in &chunk {
             journal.append(record)?;
@@ -740,7 +810,7 @@ fn applier_run(
         journal.sync_to(last)?;
     }
     let store = std::sync::Arc::new(Store::open(&scratch.join("store-applier"))?);
-    let applier = crate::kv::applier::Applier::start(journal.clone(), store.clone(), |_| {});
+    let applier = hotpair::kv::applier::Applier::start(journal.clone(), store.clone(), |_| {});
     // Keep the queue bounded as a network would, so memory does not grow with --records.
     const MAX_AHEAD: Lsn = 200_000;
     let started = Instant::now();
@@ -765,8 +835,8 @@ fn applier_run(
 
 fn check_position(
     what: &str,
-    got: crate::storage::store::Position,
-    expected: crate::storage::store::Position,
+    got: hotpair::storage::store::Position,
+    expected: hotpair::storage::store::Position,
 ) -> Result<(), Error> {
     if got != expected {
         return Err(Error::Failed(format!("bench: {what} ended at {got:?}, one record at a time at {expected:?}")));
@@ -796,7 +866,7 @@ fn apply_table(report: &ApplyReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::journal::format::encoded_len;
+    use hotpair::storage::journal::format::encoded_len;
 
     #[test]
     fn sample_record_has_the_advertised_size() {
