@@ -31,7 +31,7 @@
 //! ## Pacing
 //! Every sled batch rolls sled's IO buffer twice, and each roll hands a write to sled's thread
 //! pool, whose `notify_all` wakes every idle pool thread: at one batch per journal fsync that
-//! was ~150,000 context switches per 100,000 SETs on a loaded primary. Where nothing waits on
+//! was more than one context switch per SET on a loaded primary (docs/benchmarks.md, "Figures moved out of module headers"). Where nothing waits on
 //! the store (the primary: its reads see pending writes through the pipeline's overlay), the
 //! applier starts a run at most every `pace`, so runs are larger and batches fewer. The backup
 //! is paced too unless the pair runs at `applied`, where every commit waits for its applier.

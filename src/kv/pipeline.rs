@@ -23,7 +23,7 @@
 //! the overlay of records not yet applied) — the store's values, with this pipeline as their
 //! only writer. So the primary's applier takes the digest's before-values from the images
 //! ([`crate::storage::store::Before::FromRecord`]) rather than looking every key up in sled a second
-//! time; at a million keys that lookup was a third of the applier's CPU (docs/benchmarks.md,
+//! time, which at a million keys was a large share of the applier's CPU (docs/benchmarks.md,
 //! issue 24). What the second lookup would catch is still caught: a primary store that lost or
 //! changed a value gives wrong before-images to the next write of that key, hence a wrong
 //! digest, and the backup — which computes its digest from its own stored values — reports the

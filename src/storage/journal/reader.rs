@@ -7,8 +7,8 @@
 //!
 //! A reader reads a segment [`READ_CHUNK_BYTES`] at a time (more for a larger record), not the
 //! whole file: a primary's shipper reads on the data port's worker during a catch-up, and a
-//! 64 MB segment read at once from the disk held every client up for tens of milliseconds (and
-//! took 64 MB of fresh memory per segment). Once it is past part of a closed segment it drops
+//! whole segment read at once from the disk held every client up (and took a segment's worth of
+//! fresh memory; docs/benchmarks.md, "Figures moved out of module headers"). Once it is past part of a closed segment it drops
 //! those pages from the page cache, as the writer does behind its records (`writer`, "Dropping
 //! the cache behind"): a catch-up reads each record once.
 //!

@@ -2,9 +2,8 @@
 //! journal does not read every segment.
 //!
 //! ## Job
-//! Opening a journal used to read every segment whole, to find where each ends and to check
-//! every record's CRC: with 5 GB of journal kept for a backup, a restart read 5 GB before the
-//! node served. A closed segment never changes again (records are never rewritten in place),
+//! Reading every segment whole at open, to find where each ends and to check every record's
+//! CRC, would make a restart as slow as the journal is long (a backup may keep gigabytes). A closed segment never changes again (records are never rewritten in place),
 //! so when the writer closes one it writes `NNNN.hpj.seal` next to it: the segment's first and
 //! last LSN, its epoch, its length, and the CRC32C of all its bytes (kept up to date as the
 //! records were written, so sealing reads nothing back). At open, a closed segment whose seal

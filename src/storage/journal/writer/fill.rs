@@ -5,16 +5,14 @@
 //! The active segment is zero-filled ahead of its records, [`PREALLOCATE_BYTES`] at a time, and
 //! records are written into that space at their offset. An `fdatasync` after an append that
 //! grows the file must also write the inode (the new size) — a second write on the disk for
-//! every group commit. Into preallocated space only the data goes: on this VM's disk a
-//! 2 KB write+`fdatasync` took 86–111 µs instead of 109–150 µs. A segment is cut back to its
+//! every group commit. Into preallocated space only the data goes (figures: docs/benchmarks.md, "Figures moved out of module headers"). A segment is cut back to its
 //! records when it is closed (a roll, a clean shutdown), and at open a zero tail left by a crash
 //! is cut too, so only the active segment of a running journal ever ends in zeros (`segment`,
 //! "Preallocated space").
 //!
-//! The zeros are written by a *filler* thread, one chunk ahead, beside the commits: writing a
-//! megabyte of zeros into the page cache took 2–2.5 ms, and the `fdatasync` that then carried it
-//! to the disk another 0.7–5 ms. Done by the flusher under the state lock, that stalled every
-//! committer once per megabyte. The filler writes through a file it opened itself (in 64 KB
+//! The zeros are written by a *filler* thread, one chunk ahead, beside the commits: a megabyte of
+//! zeros and its `fdatasync` take milliseconds, which, done by the flusher under the state lock,
+//! stalled every committer once per megabyte. The filler writes through a file it opened itself (in 64 KB
 //! pieces, so a record's write never waits long for the kernel's inode lock) and fdatasyncs
 //! that file, so the zeros and the new size are normally on disk before records reach them.
 //! It only writes at or past `State::allocated`, which records never pass while a fill is in
@@ -28,9 +26,8 @@
 //! before, once that is closed (`posix_fadvise(DONTNEED)`; a segment rolled past between two
 //! fills is left to the kernel's reclaim). Nothing reads those pages in the normal course (the
 //! primary ships from memory; a backup's hello reads a few recent records), and a page the cache
-//! takes anew is dear on the VMs this runs on: the first touch of a guest page the host has not
-//! backed yet costs ~20 µs, so while the cache grew by every record the zero-fill took 5–6 ms of
-//! CPU per megabyte; taking back pages the journal just let go, 0.3 ms. The pages dropped are
+//! takes anew is dear on the VMs this runs on (the first touch of a guest page the host has not
+//! backed yet; figures: docs/benchmarks.md, "Figures moved out of module headers"). The pages dropped are
 //! clean: every record below the end taken at the fill's start was written before the fill's
 //! `fdatasync`, which writes back the whole file. Catch-up, rejoin and `verify` read older
 //! records from the disk.
