@@ -102,11 +102,14 @@ fn auth_comes_first_and_read_only_users_cannot_write() {
         "+OK\r\n$1\r\nv\r\n-NOPERM User report has no permissions to run the 'set' command\r\n"
     );
     let mut app = TcpStream::connect(pair.data_address(PRIMARY)).expect("connect");
+    let hello = exchange(&mut app, "HELLO 4 AUTH app x\r\n", 1);
+    assert!(hello.starts_with("-NOPROTO"), "HELLO 4 is refused before its AUTH is looked at: {hello}");
     let hello = exchange(&mut app, "HELLO 3 AUTH app x\r\n", 1);
-    assert!(hello.starts_with("-NOPROTO"), "HELLO 3 is refused before its AUTH is looked at: {hello}");
-    // *12, then six names and values: 22 lines in all.
-    let hello = exchange(&mut app, "HELLO 2 AUTH app \"app pass with spaces\" SETNAME me\r\n", 22);
-    assert!(hello.starts_with("*12\r\n$6\r\nserver\r\n") && hello.contains("proto\r\n:2\r\n"), "{hello}");
+    assert!(hello.starts_with("-WRONGPASS"), "HELLO 3 with a wrong password: {hello}");
+    // *14, then seven names and values as Redis sends them (`modules` an empty array): 26 lines.
+    let hello = exchange(&mut app, "HELLO 2 AUTH app \"app pass with spaces\" SETNAME me\r\n", 26);
+    assert!(hello.starts_with("*14\r\n$6\r\nserver\r\n") && hello.contains("proto\r\n:2\r\n"), "{hello}");
+    assert!(hello.ends_with("modules\r\n*0\r\n"), "{hello}");
     assert_eq!(exchange(&mut app, "SET k w\r\nCLIENT GETNAME\r\n", 3), "+OK\r\n$2\r\nme\r\n");
 
     // The redis crate with the password in the URL (the harness's own client).
@@ -202,4 +205,22 @@ fn client_certificates_are_required_when_tls_auth_clients_says_so() {
     assert!(ok && text == "PONG", "with the applications' certificate: {text}");
     let (_, text) = redis_cli(&pair, &["--tls", "--cacert", &ca(&pair), "PING"]);
     assert!(!text.contains("PONG"), "without a client certificate: {text}");
+}
+
+#[test]
+fn the_sentinel_port_names_the_primary_without_auth_and_checks_an_auth_it_is_sent() {
+    // Clients configured to send the data-port password to their Sentinels too must work; the
+    // port itself only says where the primary is, so it asks nothing first.
+    let pair = secured(&["--client-password"], &[]);
+    let password = pair.client_password().expect("init wrote a password");
+    let sentinel = pair.config.node(PRIMARY).unwrap().sentinel;
+    let mut raw = TcpStream::connect(sentinel).expect("connect to the Sentinel port");
+    let data_port = pair.data_address(PRIMARY).port().to_string();
+    let asked = exchange(&mut raw, "SENTINEL get-master-addr-by-name hotpair\r\n", 5);
+    assert!(asked.contains("127.0.0.1") && asked.contains(&data_port), "{asked}");
+    assert_eq!(
+        exchange(&mut raw, "AUTH nope\r\n", 1),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(exchange(&mut raw, &format!("AUTH {password}\r\nAUTH default {password}\r\n"), 2), "+OK\r\n+OK\r\n");
 }

@@ -74,7 +74,7 @@ fn foreign_files(dir: &Path) -> PathBuf {
     let out = Command::new(env!("CARGO_BIN_EXE_hotpair"))
         .args(["init", "--dir"])
         .arg(&other)
-        .args(["--nodes", "a=127.0.0.1:1,b=127.0.0.1:3"])
+        .args(["--nodes", "a=127.0.0.1:1,b=127.0.0.1:4"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));

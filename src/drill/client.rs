@@ -14,58 +14,18 @@
 //! these clients (the drill says so when it is refused).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::workload::RespConn;
 use crate::config::PairConfig;
 use crate::resp::Frame;
+pub use crate::tls::ClientStream;
 use crate::Error;
-
-/// A data-port connection: plain TCP or TLS over it.
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
 
 /// One node's data port and how to talk to it.
 #[derive(Clone)]
@@ -89,6 +49,12 @@ impl DataEndpoint {
     /// Plain TCP, no `AUTH`.
     pub fn plain(address: SocketAddr) -> DataEndpoint {
         DataEndpoint { address, tls: None, password: None }
+    }
+
+    /// The same credentials sent to `address` over plain TCP: a client of `hotpair proxy`,
+    /// which forwards its `AUTH` to the primary.
+    pub fn via(&self, address: SocketAddr) -> DataEndpoint {
+        DataEndpoint { address, tls: None, password: self.password.clone() }
     }
 
     /// Every node's data port of `pair`, in pair-file order.

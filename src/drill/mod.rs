@@ -341,19 +341,23 @@ impl Drill {
             },
             Connect::Proxy => {
                 if self.proxy.is_none() {
-                    self.proxy = Some(self.start_proxy().await?);
+                    self.proxy = Some(self.start_proxy(nodes.first()).await?);
                 }
                 let Some(proxy) = self.proxy.as_ref() else {
                     return Err(DrillError::Setup("hotpair proxy did not start".into()));
                 };
-                Route::Proxy { address: client::DataEndpoint::plain(proxy.address) }
+                let address = match nodes.first() {
+                    Some(node) => node.via(proxy.address),
+                    None => client::DataEndpoint::plain(proxy.address),
+                };
+                Route::Proxy { address }
             }
         })
     }
 
     /// Starts `hotpair proxy` for the pair, its log in the pair's directory, and waits until a
     /// request through it is answered by a primary.
-    async fn start_proxy(&self) -> Result<AppProxy, DrillError> {
+    async fn start_proxy(&self, credentials: Option<&client::DataEndpoint>) -> Result<AppProxy, DrillError> {
         let port = pair::free_control_port()?;
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let log_path = self.pair.dir.join("proxy.log");
@@ -374,7 +378,11 @@ impl Drill {
         let deadline = Instant::now() + PROXY_START;
         loop {
             let answered = async {
-                let mut connection = workload::RespConn::connect(address, Duration::from_secs(1)).await.ok()?;
+                let through = match credentials {
+                    Some(node) => node.via(address),
+                    None => client::DataEndpoint::plain(address),
+                };
+                let mut connection = through.connect(Duration::from_secs(1)).await.ok()?;
                 tokio::time::timeout(Duration::from_secs(2), connection.request(&role)).await.ok()?.ok()
             };
             if let Some(crate::resp::Frame::Array(_)) = answered.await {

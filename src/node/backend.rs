@@ -109,6 +109,12 @@ pub struct DataSecurity {
 }
 
 impl DataSecurity {
+    /// Who may `AUTH` on the data port (`None`: no password is set); the Sentinel port checks
+    /// an `AUTH` it is sent against the same users.
+    pub fn users(&self) -> Option<Arc<Users>> {
+        self.users.clone()
+    }
+
     /// Reads the password and users files and the data-port certificate: an error names the file.
     pub fn load(node: &Node) -> Result<DataSecurity, Error> {
         let clients = &node.pair.clients;

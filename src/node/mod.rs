@@ -754,8 +754,9 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(node.clone(), control));
+    let sentinel_users = data_security.users();
     tasks.spawn(backend::serve(node.clone(), data, data_security));
-    tasks.spawn(crate::sentinel::serve(node.clone(), sentinel));
+    tasks.spawn(crate::sentinel::serve(node.clone(), sentinel, sentinel_users));
     tasks.spawn(follow::run_on_own_thread(node.clone()));
     tasks.spawn(monitor::run(node.clone()));
     tasks.spawn(monitor::write_canaries(node.clone()));

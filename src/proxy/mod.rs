@@ -23,9 +23,13 @@
 //!
 //! ## Caveats
 //! - One upstream connection per client: a client's requests keep their order on it.
-//! - No password or TLS yet. When the data port gets them (`[clients]`), the proxy must check a
-//!   client's `AUTH` itself and authenticate its own upstream connections: the seam is
-//!   `Session::connect`.
+//! - Passwords pass through: the proxy forwards a client's `AUTH` (or `HELLO … AUTH`) to the
+//!   primary and replays it on each new upstream, so the data port checks it, as without the
+//!   proxy. The proxy itself takes no `AUTH` of its own: run it where only the application
+//!   reaches it (its host's loopback).
+//! - With `[clients] tls = true` the proxy speaks TLS to the data ports (trusting only the pair's
+//!   CA, presenting the admin certificate if the nodes ask for one); its own clients connect to
+//!   it in plain TCP, so it belongs on the application's host.
 
 pub mod follow;
 pub mod scan;
@@ -56,6 +60,19 @@ pub struct Options {
     pub threads: usize,
 }
 
+/// How the proxy reaches data ports that take TLS only (`[clients] tls = true`).
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    pair: PairConfig,
+}
+
+impl UpstreamTls {
+    /// The name `node`'s data-port certificate carries.
+    fn server_name(&self, node: &str) -> rustls::pki_types::ServerName<'static> {
+        crate::tls::data_server_name(&self.pair, node)
+    }
+}
+
 /// Runs the proxy in the foreground until SIGINT or SIGTERM.
 pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
     // One thread by default: a client's bytes and its upstream's are handled in one task, and
@@ -65,6 +82,13 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
+    let tls = match pair.clients.tls {
+        true => Some(Arc::new(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(crate::tls::data_client_config(&pair)?),
+            pair: pair.clone(),
+        })),
+        false => None,
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|source| Error::Io {
             context: format!("binding the proxy's address {}", options.listen),
@@ -84,7 +108,7 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
                 .join(" and ")
         );
         tokio::select! {
-            () = serve(listener, target, options) => {}
+            () = serve(listener, target, options, tls) => {}
             () = wait_for_signal() => tracing::info!("proxy: stopping"),
         }
         Ok(())
@@ -92,13 +116,18 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
 }
 
 /// Accepts clients for ever.
-pub async fn serve(listener: tokio::net::TcpListener, target: tokio::sync::watch::Receiver<Target>, options: Options) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    target: tokio::sync::watch::Receiver<Target>,
+    options: Options,
+    tls: Option<Arc<UpstreamTls>>,
+) {
     let permits = Arc::new(Semaphore::new(options.max_connections.min(Semaphore::MAX_PERMITS)));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => match Arc::clone(&permits).try_acquire_owned() {
                 Ok(permit) => {
-                    let session = session::Session::new(stream, target.clone(), options.hold_timeout);
+                    let session = session::Session::new(stream, target.clone(), options.hold_timeout, tls.clone());
                     tokio::spawn(async move {
                         if let Err(error) = session.run().await {
                             tracing::debug!(%peer, %error, "proxy: client connection ended");

@@ -20,9 +20,9 @@
 //! - `MULTI`…`EXEC` is forwarded as it comes and never sent again: an `EXEC` refused with
 //!   `-TRYAGAIN` (a drain) reaches the client as it is (nothing executed); if the upstream ends
 //!   in the middle, what was in flight gets the outcome-unknown error.
-//! - `HELLO`, `CLIENT SETNAME` and `SELECT` are replayed on every new upstream connection, so a
-//!   client keeps its protocol (RESP3 included), name and database; RESP3 pushes go straight
-//!   through.
+//! - `AUTH`, `HELLO`, `CLIENT SETNAME` and `SELECT` are replayed on every new upstream
+//!   connection (`AUTH` first), so a client keeps its credentials, protocol (RESP3 included),
+//!   name and database; RESP3 pushes go straight through.
 //!
 //! ## Bounds
 //! [`MAX_QUEUED_BYTES`] of requests read and not yet answered (held, in flight, or part of a
@@ -31,6 +31,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -41,7 +42,9 @@ use tokio::time::Instant;
 
 use super::follow::Target;
 use super::scan::Scanner;
+use super::UpstreamTls;
 use crate::resp::{parse, request_arguments, CommandError, Request};
+use crate::tls::ClientStream;
 
 /// Bytes of requests a session keeps (held, in flight, or incomplete) before it stops reading.
 pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
@@ -102,7 +105,7 @@ impl Item {
 }
 
 struct Upstream {
-    stream: TcpStream,
+    stream: ClientStream,
     data: SocketAddr,
     node: String,
     input: BytesMut,
@@ -125,8 +128,10 @@ pub struct Session {
     queued_bytes: usize,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
-    /// The client's last `HELLO`, `CLIENT SETNAME` and `SELECT`, replayed on each new upstream
-    /// so that it keeps its protocol, name and database.
+    /// How to reach the data ports when they take TLS only.
+    tls: Option<Arc<UpstreamTls>>,
+    /// The client's last `AUTH`, `HELLO`, `CLIENT SETNAME` and `SELECT`, replayed on each new
+    /// upstream so that it keeps its credentials, protocol, name and database.
     replay: Vec<(&'static str, Bytes)>,
     /// Between `MULTI` and `EXEC`/`DISCARD`, in request order.
     in_multi: bool,
@@ -140,10 +145,16 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client: TcpStream, target: watch::Receiver<Target>, hold_timeout: Duration) -> Session {
+    pub fn new(
+        client: TcpStream,
+        target: watch::Receiver<Target>,
+        hold_timeout: Duration,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Session {
         let _ = client.set_nodelay(true);
         Session {
             client,
+            tls,
             target,
             hold_timeout,
             upstream: None,
@@ -255,11 +266,9 @@ impl Session {
     }
 
     async fn connect(&mut self, node: String, data: SocketAddr) {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(data)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, open_upstream(self.tls.as_deref(), &node, data)).await {
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
                 tracing::debug!(node, %data, "proxy: connected to the primary");
-                // Seam: once the data port takes a password ([clients]), AUTH goes here first.
                 for (_, request) in &self.replay {
                     self.to_upstream.extend_from_slice(request);
                     self.pending.push_back(Item::Handshake);
@@ -403,6 +412,7 @@ impl Session {
             }
             (b"WATCH" | b"UNWATCH", _) => return Kind::Transaction,
             _ if self.in_multi => return Kind::Transaction,
+            (b"AUTH", _) => self.remember("AUTH", bytes),
             (b"HELLO", _) => self.remember("HELLO", bytes),
             (b"SELECT", _) => self.remember("SELECT", bytes),
             (b"CLIENT", Some(b"SETNAME")) => self.remember("CLIENT SETNAME", bytes),
@@ -420,7 +430,11 @@ impl Session {
     /// Keeps the latest request of `what` to replay on a new upstream.
     fn remember(&mut self, what: &'static str, bytes: &Bytes) {
         self.replay.retain(|(kind, _)| *kind != what);
-        self.replay.push((what, bytes.clone()));
+        // AUTH first: on a data port with a password nothing else is answered before it.
+        match what {
+            "AUTH" => self.replay.insert(0, (what, bytes.clone())),
+            _ => self.replay.push((what, bytes.clone())),
+        }
     }
 
     /// Matches whole replies from the upstream with the requests in flight.
@@ -557,6 +571,17 @@ impl Session {
         self.client.write_all(&upstream.input).await?;
         tokio::io::copy_bidirectional(&mut self.client, &mut upstream.stream).await.map(|_| ())
     }
+}
+
+/// A connection to `node`'s data port at `data`: TLS over TCP when the pair's data ports take
+/// TLS only, else plain TCP.
+async fn open_upstream(tls: Option<&UpstreamTls>, node: &str, data: SocketAddr) -> std::io::Result<ClientStream> {
+    let tcp = TcpStream::connect(data).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(match tls {
+        None => ClientStream::Plain(tcp),
+        Some(tls) => ClientStream::Tls(Box::new(tls.connector.connect(tls.server_name(node), tcp).await?)),
+    })
 }
 
 async fn read_upstream(upstream: &mut Option<Upstream>) -> std::io::Result<usize> {

@@ -263,7 +263,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
     let mut len_bytes = [0u8; 4];
     let mut filled = 0;
     while filled < len_bytes.len() {
-        match reader.read(&mut len_bytes[filled..]).await? {
+        let read = match reader.read(&mut len_bytes[filled..]).await {
+            // Between frames, a TLS peer that closes its socket without a close_notify (a CLI
+            // that exits) has ended cleanly: frames delimit themselves, so nothing is cut.
+            Err(e) if filled == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            other => other?,
+        };
+        match read {
             0 if filled == 0 => return Ok(None),
             0 => {
                 let cut =

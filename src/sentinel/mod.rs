@@ -75,10 +75,14 @@ fn snapshot(node: &Node) -> answers::Snapshot<'_> {
 }
 
 /// Serves the Sentinel port and publishes the node's view changes until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result<(), crate::Error> {
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    users: Option<Arc<crate::server::auth::Users>>,
+) -> Result<(), crate::Error> {
     let hub = Arc::new(events::Hub::new(&node));
     let publisher = tokio::spawn(events::publish(node.clone(), hub.clone()));
-    server::serve(node, listener, hub).await;
+    server::serve(node, listener, hub, users).await;
     let _ = publisher.await;
     Ok(())
 }
