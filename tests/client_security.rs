@@ -206,3 +206,21 @@ fn client_certificates_are_required_when_tls_auth_clients_says_so() {
     let (_, text) = redis_cli(&pair, &["--tls", "--cacert", &ca(&pair), "PING"]);
     assert!(!text.contains("PONG"), "without a client certificate: {text}");
 }
+
+#[test]
+fn the_sentinel_port_names_the_primary_without_auth_and_checks_an_auth_it_is_sent() {
+    // Clients configured to send the data-port password to their Sentinels too must work; the
+    // port itself only says where the primary is, so it asks nothing first.
+    let pair = secured(&["--client-password"], &[]);
+    let password = pair.client_password().expect("init wrote a password");
+    let sentinel = pair.config.node(PRIMARY).unwrap().sentinel;
+    let mut raw = TcpStream::connect(sentinel).expect("connect to the Sentinel port");
+    let data_port = pair.data_address(PRIMARY).port().to_string();
+    let asked = exchange(&mut raw, "SENTINEL get-master-addr-by-name hotpair\r\n", 5);
+    assert!(asked.contains("127.0.0.1") && asked.contains(&data_port), "{asked}");
+    assert_eq!(
+        exchange(&mut raw, "AUTH nope\r\n", 1),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(exchange(&mut raw, &format!("AUTH {password}\r\nAUTH default {password}\r\n"), 2), "+OK\r\n+OK\r\n");
+}

@@ -19,10 +19,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
-use hotpair::journal::format::{decode_record, encode_record, DecodeError, FRAME_HEADER_LEN};
-use hotpair::journal::{HistoryEntry, JournalKind, Op, Record, RecordBody, SegmentHeader};
+use hotpair::replication::wire::{self, Envelope, Message, WireError};
 use hotpair::resp::{encode, parse, request_arguments, Frame, Limits, RequestDecoder};
-use hotpair::wire::{self, Envelope, Message, WireError};
+use hotpair::storage::journal::format::{decode_record, encode_record, DecodeError, FRAME_HEADER_LEN};
+use hotpair::storage::journal::{HistoryEntry, JournalKind, Op, Record, RecordBody, SegmentHeader};
 use hotpair::Digest;
 
 const DEFAULT_CASES: u64 = 20_000;

@@ -25,18 +25,18 @@
 
 use std::collections::BTreeMap;
 
-use hotpair::digest::Digest;
+use hotpair::admin::protocol::{self, StatusView};
 use hotpair::engine::{
     Action, Effect, Engine, Event, Gate, Hello, HelloAnswer, Identity, Outcome, Persisted, PrimaryView, Primitive,
     Recovered, RejoinRequest, ReplayBound, Reply, TailMatch, PROTOCOL_VERSION,
 };
-use hotpair::journal::{Epoch, HistoryEntry, Lsn};
-use hotpair::meta::Role;
 use hotpair::orchestrator::plan::{self, Command, Finish, Heard, Memory, Next};
 use hotpair::orchestrator::view::{NodeView, PairView};
 use hotpair::orchestrator::Step;
-use hotpair::protocol::{self, StatusView};
-use hotpair::wire::AdminRequest;
+use hotpair::replication::wire::AdminRequest;
+use hotpair::storage::digest::Digest;
+use hotpair::storage::journal::{Epoch, HistoryEntry, Lsn};
+use hotpair::storage::meta::Role;
 use uuid::Uuid;
 
 const SCHEDULES_ENV: &str = "HOTPAIR_SIM_SCHEDULES";

@@ -16,13 +16,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hotpair::digest::Digest;
 use hotpair::engine::{
     render, Engine, Event, Hello, Identity, Outcome, Persisted, PrimaryView, Primitive, Promotion, Recovered,
     RejoinRequest, Rejoined, TailMatch, WitnessEpoch, WitnessPolicy, WitnessReport, PROTOCOL_VERSION,
 };
-use hotpair::journal::HistoryEntry;
-use hotpair::meta::Role;
+use hotpair::storage::digest::Digest;
+use hotpair::storage::journal::HistoryEntry;
+use hotpair::storage::meta::Role;
 use uuid::Uuid;
 
 const UPDATE_ENV: &str = "UPDATE_TRANSCRIPTS";

@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::event::{Persisted, Promotion, Rejoined};
 use super::history::PrimaryView;
-use crate::digest::Digest;
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 
 /// One thing the node must do.
 #[derive(Debug, Clone, PartialEq)]

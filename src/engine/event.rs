@@ -7,9 +7,9 @@
 use uuid::Uuid;
 
 use super::history::PrimaryView;
-use crate::digest::Digest;
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 
 /// One input to the engine.
 #[derive(Debug, Clone, PartialEq)]

@@ -46,8 +46,8 @@ pub use event::{
 pub use history::PrimaryView;
 pub use witness::{WitnessDecision, WitnessEpoch, WitnessPolicy, WitnessReport, WitnessState};
 
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 use history::{divergence_point, standing, welcome_plan, BackupTail, Plan};
 use role::{transition, Event as Change};
 

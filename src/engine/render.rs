@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::effect::{Action, Effect, Gate, HelloAnswer, RejoinPlan, Reply};
 use super::event::{Persisted, Promotion, Rejoined};
-use crate::journal::HistoryEntry;
+use crate::storage::journal::HistoryEntry;
 
 /// `#7` for a small id, the UUID otherwise.
 pub fn id(uuid: &Uuid) -> String {

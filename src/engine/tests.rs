@@ -22,12 +22,12 @@ const FORBIDDEN: [&str; 13] = [
 
 /// The crate paths the engine may use: plain data types.
 const ALLOWED_CRATE_PATHS: [&str; 6] = [
-    "crate::journal::{Epoch, HistoryEntry, Lsn}",
-    "crate::journal::{HistoryEntry, Lsn}",
-    "crate::journal::HistoryEntry",
-    "crate::journal::Epoch",
-    "crate::meta::Role",
-    "crate::digest::Digest",
+    "crate::storage::journal::{Epoch, HistoryEntry, Lsn}",
+    "crate::storage::journal::{HistoryEntry, Lsn}",
+    "crate::storage::journal::HistoryEntry",
+    "crate::storage::journal::Epoch",
+    "crate::storage::meta::Role",
+    "crate::storage::digest::Digest",
 ];
 
 #[test]
@@ -105,7 +105,7 @@ fn a_drained_primary_resumes_when_its_lease_runs_out_but_not_while_it_is_demoted
     let effects = a.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 100, now_ms: 1000 }));
     assert_ordered(&effects);
     assert_eq!(effects.last(), Some(&Effect::Run(Action::FinishInFlight)));
-    a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::digest::Digest(7) }));
+    a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::storage::digest::Digest(7) }));
     assert!(a.step(Event::Tick { now_ms: 1099 }).is_empty(), "the lease is not over yet");
     // A demote under way holds the lease.
     assert_eq!(a.step(Event::Admin(Primitive::Demote { op_id, epoch: 1 })), vec![Effect::Run(Action::StopPipeline)]);
@@ -132,7 +132,7 @@ fn a_higher_epoch_closes_the_gate_before_anything_else_even_during_a_drain() {
     assert_ordered(&effects);
     assert_eq!(a.state().role, Role::Fenced);
     // The drain's outcome now finds a fenced node: refused, and the lease cannot resume it.
-    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::digest::Digest(0) }));
+    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::storage::digest::Digest(0) }));
     assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))), "{effects:?}");
     assert!(a.step(Event::Tick { now_ms: 1000 }).is_empty());
     assert_eq!(a.state().role, Role::Fenced);

@@ -24,8 +24,8 @@
 use uuid::Uuid;
 
 use super::{Alarm, Effect, Engine, Out, Reply};
-use crate::journal::Epoch;
-use crate::meta::Role;
+use crate::storage::journal::Epoch;
+use crate::storage::meta::Role;
 
 /// `[witness]` as the engine needs it (milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use super::{lock, Node};
 use crate::engine::{Action, Alarm, Effect, Event, Gate, Outcome, ReplayBound, Reply, WriteRefusal};
-use crate::incident::{Kind, Severity};
-use crate::journal::{Lsn, RecordBody};
+use crate::node::incident::{Kind, Severity};
+use crate::storage::journal::{Lsn, RecordBody};
 use crate::Error;
 
 /// How often the engine hears the time (a drain lease ends at most this late).
@@ -159,7 +159,7 @@ impl Node {
                 tracing::info!(replayed, "replayed what the store was missing from the journals");
             }
             Effect::StartPipeline { first_lsn, epoch, epoch_start } => {
-                let pipeline = crate::pipeline::Pipeline::start_watched(
+                let pipeline = crate::kv::pipeline::Pipeline::start_watched(
                     self.local.clone(),
                     self.store.clone(),
                     first_lsn,
@@ -189,7 +189,7 @@ impl Node {
                 self.update_meta(|meta| {
                     if meta.peer.is_none() {
                         let epoch = meta.epoch;
-                        meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
+                        meta.peer = Some(crate::storage::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
                     }
                 })?;
             }

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::Node;
-use crate::meta::Role;
+use crate::storage::meta::Role;
 
 pub fn node_status(node: &Node) -> Value {
     let meta = node.meta();

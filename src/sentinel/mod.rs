@@ -48,7 +48,7 @@ pub fn current_view(node: &Node) -> View {
     let meta = node.meta();
     let role = node.role();
     let link_up = match role {
-        crate::meta::Role::Primary | crate::meta::Role::Draining => node.peer.borrow().connected,
+        crate::storage::meta::Role::Primary | crate::storage::meta::Role::Draining => node.peer.borrow().connected,
         _ => *node.following.borrow(),
     };
     view::view(&view::Knowledge {
@@ -75,10 +75,14 @@ fn snapshot(node: &Node) -> answers::Snapshot<'_> {
 }
 
 /// Serves the Sentinel port and publishes the node's view changes until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result<(), crate::Error> {
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    users: Option<Arc<crate::server::auth::Users>>,
+) -> Result<(), crate::Error> {
     let hub = Arc::new(events::Hub::new(&node));
     let publisher = tokio::spawn(events::publish(node.clone(), hub.clone()));
-    server::serve(node, listener, hub).await;
+    server::serve(node, listener, hub, users).await;
     let _ = publisher.await;
     Ok(())
 }
@@ -87,7 +91,7 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result
 /// take over (in a pair, always the peer), so that a client or an admin reading it knows where
 /// writes go next. Empty when the node is not draining.
 pub fn drain_hint(node: &Node) -> String {
-    if node.role() != crate::meta::Role::Draining {
+    if node.role() != crate::storage::meta::Role::Draining {
         return String::new();
     }
     format!("; the new primary is expected to be {} at {}", node.peer_config.name, node.peer_config.data)

@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, Semaphore};
 use super::events::{Event, Hub, VIEW_CHANNEL};
 use crate::node::Node;
 use crate::resp::{encode, parse, request_arguments, Frame, Limits};
+use crate::server::auth::Users;
 
 /// Limits on one request to the Sentinel port.
 pub const REQUEST_LIMITS: Limits = Limits {
@@ -50,7 +51,7 @@ pub const EVENT_BACKLOG: usize = 1024;
 const READ_CHUNK_BYTES: usize = 4096;
 
 /// Accepts Sentinel clients until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, hub: Arc<Hub>) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, hub: Arc<Hub>, users: Option<Arc<Users>>) {
     let permits = Arc::new(Semaphore::new(node.pair.limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let mut shutdown = node.shutdown.subscribe();
     let mut connections = tokio::task::JoinSet::new();
@@ -63,7 +64,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, hub: Arc<Hub>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match Arc::clone(&permits).try_acquire_owned() {
                     Ok(permit) => {
-                        let connection = Connection::new(stream, node.clone(), hub.clone());
+                        let connection = Connection::new(stream, node.clone(), hub.clone(), users.clone());
                         connections.spawn(async move {
                             if let Err(error) = connection.run().await {
                                 tracing::debug!(%peer, %error, "sentinel port: connection ended");
@@ -93,6 +94,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, hub: Arc<Hub>) {
 
 struct Connection {
     stream: TcpStream,
+    /// The data port's users: an `AUTH` sent here is checked against them (never required).
+    users: Option<Arc<Users>>,
     node: Arc<Node>,
     hub: Arc<Hub>,
     /// The event stream, while subscribed to anything.
@@ -108,10 +111,11 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, node: Arc<Node>, hub: Arc<Hub>) -> Connection {
+    fn new(stream: TcpStream, node: Arc<Node>, hub: Arc<Hub>, users: Option<Arc<Users>>) -> Connection {
         let _ = stream.set_nodelay(true);
         Connection {
             stream,
+            users,
             node,
             hub,
             events: None,
@@ -233,7 +237,7 @@ impl Connection {
             b"HELLO" => {
                 self.reply(Frame::error("NOPROTO hotpair's Sentinel port speaks RESP2 only; connect without HELLO"))
             }
-            b"AUTH" => self.reply(auth_reply(args)),
+            b"AUTH" => self.reply(auth_reply(self.users.as_deref(), args)),
             b"COMMAND" => self.reply(Frame::array(Vec::new())),
             b"INFO" => {
                 let info = self.snapshot().info();
@@ -401,11 +405,23 @@ fn wrong_arity(command: &str) -> Frame {
 /// `AUTH`: the Sentinel port has no password yet. When the data port gets one (`[clients]`
 /// password), this is where it is checked, so that a client configured with one password for
 /// both works.
-fn auth_reply(args: &[Bytes]) -> Frame {
-    match args.len() {
-        1 | 2 => Frame::error(
+/// `AUTH [user] password`. Without a password on the data port, Redis's "none configured"
+/// error; with one, the same check as the data port's, so a client configured to send the
+/// data-port password to its Sentinels works. Nothing here requires it: this port only says
+/// where the primary is.
+fn auth_reply(users: Option<&Users>, args: &[Bytes]) -> Frame {
+    let (user, password) = match args {
+        [password] => (None, password),
+        [user, password] => (Some(user.as_ref()), password),
+        _ => return wrong_arity("auth"),
+    };
+    match users {
+        None => Frame::error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         ),
-        _ => wrong_arity("auth"),
+        Some(users) => match users.check(user, password) {
+            Some(_) => Frame::Simple("OK".into()),
+            None => Frame::error("WRONGPASS invalid username-password pair or user is disabled."),
+        },
     }
 }

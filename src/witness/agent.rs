@@ -32,9 +32,9 @@ use uuid::Uuid;
 use super::etcd::{Compare, EtcdClient, EtcdTls, KeyValue};
 use crate::config::{FailoverMode, WitnessConfig};
 use crate::engine::{Event, Reply, WitnessDecision, WitnessEpoch, WitnessPolicy, WitnessReport};
-use crate::incident::{Kind, Severity};
-use crate::meta::Role;
+use crate::node::incident::{Kind, Severity};
 use crate::node::Node;
+use crate::storage::meta::Role;
 use crate::Error;
 
 /// How often the agent looks (and a backup may notice the lease gone at most this late).

@@ -41,7 +41,7 @@ pub fn main(pair: &PairConfig, action: Action) -> Result<String, Error> {
     let failed = |e: super::EtcdError| Error::Failed(format!("the witness: {e}"));
     let (leader_key, epoch_key) = keys(pair.cluster);
     let paused_key = paused_key(pair.cluster);
-    crate::admin::block_on(async {
+    crate::admin::client::block_on(async {
         match action {
             Action::Pause => {
                 let value = json!({ "at_ms": crate::clock::now_ms() }).to_string();

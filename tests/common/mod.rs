@@ -421,9 +421,13 @@ impl Pair {
     /// One node's status through the admin client (does not wait for the other node, which may
     /// be paused: `status` would spend its whole timeout on it).
     pub fn node_status(&self, node: &str) -> Value {
-        hotpair::admin::block_on(hotpair::admin::request(&self.config, node, hotpair::wire::AdminRequest::Status))
-            .expect("runtime")
-            .unwrap_or_else(|e| panic!("status of {node}: {e}"))
+        hotpair::admin::client::block_on(hotpair::admin::client::request(
+            &self.config,
+            node,
+            hotpair::replication::wire::AdminRequest::Status,
+        ))
+        .expect("runtime")
+        .unwrap_or_else(|e| panic!("status of {node}: {e}"))
     }
 
     /// Polls one node's status until `condition` holds (see [`Pair::wait_for`]).
@@ -675,10 +679,10 @@ pub fn dumped_bytes(value: &Value) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit")).collect()
 }
 
-/// The client's string in a stored value (`hotpair::value` format: tag, optional expiry, data).
+/// The client's string in a stored value (`hotpair::storage::value` format: tag, optional expiry, data).
 pub fn client_value(stored: &[u8]) -> Vec<u8> {
-    match hotpair::value::StoredValue::decode(stored).expect("a stored value").data {
-        hotpair::value::Data::String(bytes) => bytes,
+    match hotpair::storage::value::StoredValue::decode(stored).expect("a stored value").data {
+        hotpair::storage::value::Data::String(bytes) => bytes,
         other => panic!("not a string value: {other:?}"),
     }
 }
