@@ -1331,8 +1331,9 @@ fn failover_estimates_what_the_backup_never_received_and_rejoin_reports_the_real
     }
     let last = pair.node_status(PRIMARY)["lsn"].as_u64().expect("a's last LSN");
     assert_eq!(last, base + N as u64, "one LSN per write");
-    // A slow link holds most of the catch-up in flight when its first batch arrives.
-    proxy.set_delay(Duration::from_millis(300));
+    // A slow link (~1 MB of catch-up at 100 kB/s) holds most of the catch-up in flight for
+    // seconds after its first batch arrives, however slowly this test polls.
+    proxy.set_bandwidth(Some(100_000));
     pair.hotpair_ok(&["replicate", "start"]);
     // Cut the link as soon as the catch-up has begun: what is in flight is lost.
     let deadline = Instant::now() + DEADLINE;
