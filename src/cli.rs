@@ -1,13 +1,14 @@
 //! Command-line definitions (clap derive) and the dispatcher that turns a parsed command into
-//! library calls, printed output and an exit code. `main.rs` only calls [`run`].
+//! library calls, printed output and an exit code. `main.rs` calls [`run`], and [`run_with`] for
+//! `hotpair bench`, whose arguments and code live in the binary (`src/bench/`), not the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::init::NodeSpecs;
 use crate::config::SyncLevel;
-use crate::init::NodeSpecs;
 use crate::Error;
 
 #[derive(Debug, Parser)]
@@ -30,7 +31,7 @@ pub enum Command {
         dir: PathBuf,
         /// The two nodes as NAME=CONTROL_ADDRESS; the first starts as primary. Each node's data
         /// (RESP) port is its control port + 1, its Sentinel port (for applications) + 2.
-        #[arg(long, default_value = crate::init::DEFAULT_NODES)]
+        #[arg(long, default_value = crate::admin::init::DEFAULT_NODES)]
         nodes: NodeSpecs,
         /// When a commit is acknowledged: async, received, durable or applied.
         #[arg(long, default_value_t = SyncLevel::Durable)]
@@ -187,7 +188,7 @@ pub enum Command {
         to_lsn: Option<u64>,
         /// Stop before the first record stamped after this time: RFC 3339 in UTC
         /// (2026-12-05T10:31:02Z) or @<milliseconds since 1970>.
-        #[arg(long, value_parser = crate::tools::parse_time)]
+        #[arg(long, value_parser = crate::admin::journal_tools::parse_time)]
         to_time: Option<u64>,
         /// More journals to replay from (repeatable): a node's data directory, another backup,
         /// a journal directory, or the archive of trimmed segments. They reach further back
@@ -211,6 +212,12 @@ pub enum Command {
     Orphans {
         #[command(subcommand)]
         action: OrphansAction,
+    },
+    /// The etcd witness of automatic failover (`[witness]`, docs/witness.md): show what etcd
+    /// holds (leader, epoch, pause), or pause and resume automatic decisions for maintenance.
+    Witness {
+        #[command(subcommand)]
+        action: WitnessAction,
     },
     /// Offline journal tools on a node's journal directory (nothing is changed).
     Journal {
@@ -247,11 +254,6 @@ pub enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// Benchmarks, each against a baseline measured in the same run.
-    Bench {
-        #[command(subcommand)]
-        which: BenchWhich,
-    },
     /// Test helper: appends records with group commit forever, printing each durable LSN.
     #[command(hide = true)]
     AppendLoop {
@@ -267,6 +269,19 @@ pub enum ReplicateAction {
     Start,
     Stop,
     ReopenLog,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WitnessAction {
+    /// The leader key (who holds the lease, in which epoch), the epoch key and the pause.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// No automatic failover or rejoin until `resume` (kept in etcd: holds across restarts).
+    Pause,
+    /// Automatic decisions again, as `[witness] failover` says.
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,70 +371,23 @@ pub enum JournalAction {
     FindTime {
         path: PathBuf,
         /// RFC 3339 in UTC (2026-12-05T10:31:02Z) or @<milliseconds since 1970>.
-        #[arg(value_parser = crate::tools::parse_time)]
+        #[arg(value_parser = crate::admin::journal_tools::parse_time)]
         time: u64,
         #[arg(long)]
         json: bool,
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchWhich {
-    /// Group-commit append rate at 1, 8 and 64 committers versus a raw write+fdatasync loop,
-    /// and sled apply throughput.
-    Journal {
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-        #[arg(long)]
-        json: bool,
-        /// Simulate a slower disk: sleep this many milliseconds after every fdatasync, in the raw
-        /// loop and in the journal's flusher alike. The report is labelled as simulated.
-        #[arg(long, default_value_t = 0.0)]
-        fsync_delay_ms: f64,
-    },
-    /// Catch-up apply rate: the same records applied to sled one per batch, in runs of one
-    /// batch, and through the applier from a journal.
-    Apply {
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Records applied by each measurement (single-key SETs of 100-byte values).
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        /// Distinct keys the SETs cycle through.
-        #[arg(long, default_value_t = 100_000)]
-        keys: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Issue 24: the store's CPU time per get and per applied SET at a given number of keys,
-    /// its memory and disk per key, and the time to reopen it.
-    Store {
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keys loaded before measuring (random order, 100-byte values).
-        #[arg(long, default_value_t = 1_000_000)]
-        keys: u64,
-        /// Operations of each kind measured, over random existing keys.
-        #[arg(long, default_value_t = 200_000)]
-        ops: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Issue 4: switchover write outage under load, failover time, rejoin time versus database
-    /// size and versus a full copy, each on spawned pairs of real processes.
-    Orchestrator(crate::bench::orchestrator::Options),
-}
-
 /// Runs a parsed command; prints errors as one sentence and returns the exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    run_with(|| dispatch(cli.pair, cli.command))
+}
+
+/// Runs `command` as [`run`] runs a parsed one: with logging set up, an error printed as one
+/// sentence, and the exit code. `main.rs` runs `hotpair bench` (outside the library) through it.
+pub fn run_with(command: impl FnOnce() -> Result<u8, Error>) -> ExitCode {
     init_tracing();
-    match dispatch(cli.pair, cli.command) {
+    match command() {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("hotpair: {err}");
@@ -448,65 +416,75 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             crate::proxy::main(load_pair()?, options).map(|_| 0)
         }
         Command::Reinit { node } => {
-            print!("{}", crate::init::reinit(&load_pair()?, &node)?);
+            print!("{}", crate::admin::init::reinit(&load_pair()?, &node)?);
             Ok(0)
         }
         Command::Status { json, watch } => status(&load_pair()?, json, watch),
         Command::Replicate { action, node } => replicate(&load_pair()?, action, node),
         Command::Switchover { to, timeout, max_lag, dry_run, json } => {
             let options = crate::orchestrator::commands::SwitchoverOptions { to, timeout, max_lag, dry_run, json };
-            crate::admin::block_on(crate::orchestrator::switchover(&load_pair()?, options))
+            crate::admin::client::block_on(crate::orchestrator::switchover(&load_pair()?, options))
         }
         Command::Failover { to, force, json } => {
-            crate::admin::block_on(crate::orchestrator::failover(&load_pair()?, &to, force, json))
+            crate::admin::client::block_on(crate::orchestrator::failover(&load_pair()?, &to, force, json))
         }
         Command::Rejoin { node, allow_full_copy, json } => {
-            crate::admin::block_on(crate::orchestrator::rejoin(&load_pair()?, &node, allow_full_copy, json))
+            crate::admin::client::block_on(crate::orchestrator::rejoin(&load_pair()?, &node, allow_full_copy, json))
         }
         Command::Switchback { timeout, json } => {
-            crate::admin::block_on(crate::orchestrator::switchback(&load_pair()?, timeout, json))
+            crate::admin::client::block_on(crate::orchestrator::switchback(&load_pair()?, timeout, json))
         }
         Command::Verify { full, json } => {
-            crate::admin::block_on(crate::orchestrator::verify(&load_pair()?, full, json))
+            crate::admin::client::block_on(crate::orchestrator::verify(&load_pair()?, full, json))
         }
         Command::Init { dir, nodes, sync, client_password, client_tls } => {
-            let options = crate::init::InitOptions { client_password, client_tls };
-            let report = crate::init::init_with(&dir, &nodes, sync, options)?;
+            let options = crate::admin::init::InitOptions { client_password, client_tls };
+            let report = crate::admin::init::init_with(&dir, &nodes, sync, options)?;
             print!("{}", report.text());
             Ok(0)
         }
         Command::Journal { action } => journal(action),
+        Command::Witness { action } => {
+            let action = match action {
+                WitnessAction::Show { json } => crate::witness::command::Action::Show { json },
+                WitnessAction::Pause => crate::witness::command::Action::Pause,
+                WitnessAction::Resume => crate::witness::command::Action::Resume,
+            };
+            print!("{}", crate::witness::command::main(&load_pair()?, action)?);
+            Ok(0)
+        }
         Command::Orphans { action: OrphansAction::Show { file, json } } => {
-            print!("{}", crate::orphans::show(&file, json)?);
+            print!("{}", crate::admin::orphans::show(&file, json)?);
             Ok(0)
         }
         Command::Orphans { action: OrphansAction::Apply { file, lsns, all, dry_run, force } } => {
-            let options = crate::orphans::ApplyOptions { lsns, all, dry_run, force };
-            print!("{}", crate::orphans::apply(&load_pair()?, &file, &options)?);
+            let options = crate::admin::orphans::ApplyOptions { lsns, all, dry_run, force };
+            print!("{}", crate::admin::orphans::apply(&load_pair()?, &file, &options)?);
             Ok(0)
         }
         Command::Certs { action: CertsAction::Rotate { nodes, admin, ca, ca_key } } => {
-            let options = crate::certs::RotateOptions { nodes, admin, ca, ca_key };
-            print!("{}", crate::certs::rotate(&load_pair()?, &options)?);
+            let options = crate::admin::certs::RotateOptions { nodes, admin, ca, ca_key };
+            print!("{}", crate::admin::certs::rotate(&load_pair()?, &options)?);
             Ok(0)
         }
         Command::Certs { action: CertsAction::FinishCa { ca_key } } => {
-            print!("{}", crate::certs::finish_ca(&load_pair()?, ca_key)?);
+            print!("{}", crate::admin::certs::finish_ca(&load_pair()?, ca_key)?);
             Ok(0)
         }
-        Command::Backup { node, out, journal_from, json } => {
-            crate::backup::main(&load_pair()?, &crate::backup::BackupOptions { node, out, journal_from, json })
-        }
+        Command::Backup { node, out, journal_from, json } => crate::admin::backup::main(
+            &load_pair()?,
+            &crate::admin::backup::BackupOptions { node, out, journal_from, json },
+        ),
         Command::Restore { backup, dir, nodes, to_lsn, to_time, journals, sync, json } => {
             let target = match (to_lsn, to_time) {
-                (Some(lsn), _) => crate::restore::Target::Lsn(lsn),
-                (None, Some(ms)) => crate::restore::Target::Time(ms),
-                (None, None) => crate::restore::Target::Latest,
+                (Some(lsn), _) => crate::admin::restore::Target::Lsn(lsn),
+                (None, Some(ms)) => crate::admin::restore::Target::Time(ms),
+                (None, None) => crate::admin::restore::Target::Latest,
             };
-            let options = crate::restore::RestoreOptions { backup, dir, nodes, target, journals, sync, json };
-            crate::restore::main(&options)
+            let options = crate::admin::restore::RestoreOptions { backup, dir, nodes, target, journals, sync, json };
+            crate::admin::restore::main(&options)
         }
-        Command::Demo { dir, records, committers } => crate::demo::run(dir, records, committers).map(|_| 0),
+        Command::Demo { dir, records, committers } => crate::admin::demo::run(dir, records, committers).map(|_| 0),
         Command::Drill { playbook, random: Some(seed), steps, report } => {
             debug_assert!(playbook.is_none(), "clap refuses a playbook with --random");
             crate::drill::main_random(seed, steps, report)
@@ -515,30 +493,20 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             Some(playbook) => crate::drill::main(&playbook, report),
             None => Err(Error::Usage("give a playbook, or --random SEED".into())),
         },
-        Command::Bench { which: BenchWhich::Journal { dir, seconds, json, fsync_delay_ms } } => {
-            crate::bench::journal(dir, seconds, json, fsync_delay_ms).map(|_| 0)
-        }
-        Command::Bench { which: BenchWhich::Apply { dir, records, keys, json } } => {
-            crate::bench::apply(dir, records, keys, json).map(|_| 0)
-        }
-        Command::Bench { which: BenchWhich::Store { dir, keys, ops, json } } => {
-            crate::bench::store::main(dir, keys, ops, json).map(|()| 0)
-        }
-        Command::Bench { which: BenchWhich::Orchestrator(options) } => crate::bench::orchestrator::main(options),
-        Command::AppendLoop { dir, committers } => crate::demo::append_loop(&dir, committers).map(|_| 0),
+        Command::AppendLoop { dir, committers } => crate::admin::demo::append_loop(&dir, committers).map(|_| 0),
     }
 }
 
 fn status(pair: &crate::config::PairConfig, json: bool, watch: bool) -> Result<u8, Error> {
     loop {
-        let status = crate::admin::block_on(crate::admin::status(pair))?;
+        let status = crate::admin::client::block_on(crate::admin::client::status(pair))?;
         if json {
             println!("{status}");
         } else {
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", crate::admin::render_status(&status));
+            print!("{}", crate::admin::client::render_status(&status));
         }
         if !watch {
             let all_reachable = status["nodes"].as_object().is_some_and(|n| n.values().all(|v| v["reachable"] == true));
@@ -549,7 +517,7 @@ fn status(pair: &crate::config::PairConfig, json: bool, watch: bool) -> Result<u
 }
 
 fn replicate(pair: &crate::config::PairConfig, action: ReplicateAction, node: Option<String>) -> Result<u8, Error> {
-    use crate::wire::AdminRequest;
+    use crate::replication::wire::AdminRequest;
     let request = match action {
         ReplicateAction::Start => AdminRequest::ReplicateStart,
         ReplicateAction::Stop => AdminRequest::ReplicateStop,
@@ -561,7 +529,7 @@ fn replicate(pair: &crate::config::PairConfig, action: ReplicateAction, node: Op
     };
     let mut failed = false;
     for target in targets {
-        match crate::admin::block_on(crate::admin::request(pair, &target, request.clone()))? {
+        match crate::admin::client::block_on(crate::admin::client::request(pair, &target, request.clone()))? {
             Ok(body) => println!("{target}: {body}"),
             Err(reason) => {
                 eprintln!("hotpair: {reason}");
@@ -576,20 +544,20 @@ fn journal(action: JournalAction) -> Result<u8, Error> {
     match action {
         JournalAction::Ls { path, json } => {
             require_dir(&path)?;
-            print!("{}", crate::tools::ls(&path, json)?);
+            print!("{}", crate::admin::journal_tools::ls(&path, json)?);
             Ok(0)
         }
         JournalAction::Dump { path, from, json } => {
             require_dir(&path)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            crate::tools::dump(&path, from, json, &mut out)?;
+            crate::admin::journal_tools::dump(&path, from, json, &mut out)?;
             std::io::Write::flush(&mut out)?;
             Ok(0)
         }
         JournalAction::Verify { path, json } => {
             require_dir(&path)?;
-            let report = crate::tools::verify(&path)?;
+            let report = crate::admin::journal_tools::verify(&path)?;
             if json {
                 println!("{}", report.json);
             } else {
@@ -599,7 +567,7 @@ fn journal(action: JournalAction) -> Result<u8, Error> {
         }
         JournalAction::FindTime { path, time, json } => {
             require_dir(&path)?;
-            let (text, found) = crate::tools::find_time_report(&path, time, json)?;
+            let (text, found) = crate::admin::journal_tools::find_time_report(&path, time, json)?;
             print!("{text}");
             Ok(if found { 0 } else { 1 })
         }

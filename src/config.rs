@@ -443,7 +443,58 @@ pub struct PairConfig {
     /// SHA-256 of the pair file's bytes, hex: what `status` shows as `config_digest` and the
     /// hello compares (two nodes running different pair files: `config-drift`).
     pub digest: String,
+    /// `[witness]`: automatic failover through etcd (`crate::witness`); `None`: manual only.
+    pub witness: Option<WitnessConfig>,
 }
+
+/// `[witness] failover`: act, or only say what would be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    Automatic,
+    Observe,
+}
+
+impl FailoverMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailoverMode::Automatic => "automatic",
+            FailoverMode::Observe => "observe",
+        }
+    }
+}
+
+/// `[witness]`, validated (docs/witness.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessConfig {
+    /// etcd client endpoints, `http://host:port` or `https://host:port`.
+    pub etcd: Vec<String>,
+    pub failover: FailoverMode,
+    /// The leader key's lease; whole seconds (etcd's leases are).
+    pub ttl: Duration,
+    /// `async`/`received` pairs: the backup takes over only if it was at most this far behind.
+    pub max_lag: Option<Duration>,
+    /// No second automatic failover sooner than this after the last one.
+    pub min_interval: Duration,
+    /// TLS to `https` endpoints: the CA that signed etcd's certificate, and an optional client
+    /// certificate and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[witness] ttl` default.
+pub const DEFAULT_WITNESS_TTL: Duration = Duration::from_secs(5);
+/// `[witness] min_interval` default.
+pub const DEFAULT_WITNESS_MIN_INTERVAL: Duration = Duration::from_secs(300);
+/// `[witness] ttl`: etcd grants leases of at least about 2 s (1.5 election timeouts) and whole
+/// seconds only; past a minute automatic failover is slower than a human with a pager.
+pub const WITNESS_TTL_BOUNDS: DurationBounds = DurationBounds::new(Duration::from_secs(2), Duration::from_secs(60));
+/// `[witness] max_lag`.
+pub const WITNESS_MAX_LAG_BOUNDS: DurationBounds = DurationBounds::new(Duration::ZERO, HOUR);
+/// `[witness] min_interval`: `0s` turns the flapping guard off.
+pub const WITNESS_MIN_INTERVAL_BOUNDS: DurationBounds =
+    DurationBounds::new(Duration::ZERO, Duration::from_secs(7 * 24 * 3600));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -490,6 +541,20 @@ struct RawPair {
     monitor: Option<RawMonitor>,
     /// An integer of bytes or a size string; any other TOML type is refused naming the key.
     disk_min_free: Option<toml::Value>,
+    witness: Option<RawWitness>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    etcd: Option<Vec<String>>,
+    failover: Option<String>,
+    ttl: Option<String>,
+    max_lag: Option<String>,
+    min_interval: Option<String>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -858,6 +923,7 @@ impl Validator<'_> {
         }
 
         let monitor = self.monitor(raw.monitor.unwrap_or_default())?;
+        let witness = raw.witness.map(|w| self.witness(w, sync)).transpose()?;
 
         Ok(PairConfig {
             path: self.path.to_path_buf(),
@@ -875,6 +941,75 @@ impl Validator<'_> {
             monitor,
             disk_min_free: self.byte_size("disk_min_free", raw.disk_min_free, DEFAULT_DISK_MIN_FREE)?,
             digest: String::new(),
+            witness,
+        })
+    }
+
+    fn witness(&self, raw: RawWitness, sync: SyncLevel) -> Result<WitnessConfig, ConfigError> {
+        let hint = "list etcd's client endpoints, e.g. etcd = [\"http://10.0.0.3:2379\"] (docs/witness.md)";
+        let etcd = self.required("witness.etcd", raw.etcd, hint)?;
+        if etcd.is_empty() {
+            return Err(self.invalid("witness.etcd", format!("is empty; {hint}")));
+        }
+        for (i, endpoint) in etcd.iter().enumerate() {
+            let https = crate::witness::etcd::check_endpoint(endpoint)
+                .map_err(|reason| self.invalid(&format!("witness.etcd[{i}]"), reason))?;
+            if https && raw.ca.is_none() {
+                return Err(self.invalid(
+                    &format!("witness.etcd[{i}]"),
+                    format!("is {endpoint:?}, an https endpoint, but [witness] names no `ca` to check its certificate"),
+                ));
+            }
+        }
+        let failover = match raw.failover.as_deref().map(str::trim) {
+            None | Some("automatic") => FailoverMode::Automatic,
+            Some("observe") => FailoverMode::Observe,
+            Some(other) => {
+                return Err(self.invalid(
+                    "witness.failover",
+                    format!("is {other:?}; use \"automatic\" or \"observe\" (decide and report, change nothing)"),
+                ))
+            }
+        };
+        let ttl = self.duration("witness.ttl", raw.ttl.clone(), DEFAULT_WITNESS_TTL, WITNESS_TTL_BOUNDS)?;
+        if ttl.subsec_nanos() != 0 {
+            return Err(self.invalid(
+                "witness.ttl",
+                format!(
+                    "is {:?}; etcd's leases are whole seconds: write e.g. \"3s\" or \"5s\"",
+                    raw.ttl.unwrap_or_default()
+                ),
+            ));
+        }
+        let max_lag = match raw.max_lag {
+            None => None,
+            Some(_) if sync >= SyncLevel::Durable => {
+                return Err(self.invalid(
+                    "witness.max_lag",
+                    format!("is set, but sync = \"{sync}\" loses no acknowledged write in a failover; remove it (it is for async and received pairs)"),
+                ))
+            }
+            Some(text) => Some(self.duration("witness.max_lag", Some(text), Duration::ZERO, WITNESS_MAX_LAG_BOUNDS)?),
+        };
+        let min_interval = self.duration(
+            "witness.min_interval",
+            raw.min_interval,
+            DEFAULT_WITNESS_MIN_INTERVAL,
+            WITNESS_MIN_INTERVAL_BOUNDS,
+        )?;
+        if raw.cert.is_some() != raw.key.is_some() {
+            let missing = if raw.cert.is_some() { "witness.key" } else { "witness.cert" };
+            return Err(self.invalid(missing, "is missing; a client certificate for etcd needs both `cert` and `key`"));
+        }
+        Ok(WitnessConfig {
+            etcd,
+            failover,
+            ttl,
+            max_lag,
+            min_interval,
+            ca: raw.ca.map(|p| self.file_path("witness.ca", p)).transpose()?,
+            cert: raw.cert.map(|p| self.file_path("witness.cert", p)).transpose()?,
+            key: raw.key.map(|p| self.file_path("witness.key", p)).transpose()?,
         })
     }
 

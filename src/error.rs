@@ -1,12 +1,12 @@
 //! The crate-level error: one enum that every layer's error converts into, and the exit code
 //! the CLI gives each. Layers keep their own typed errors; this only joins them at the edge.
 
+use crate::admin::init::InitError;
 use crate::config::ConfigError;
-use crate::datadir::DataDirError;
-use crate::init::InitError;
-use crate::journal::JournalError;
-use crate::meta::MetaError;
-use crate::store::StoreError;
+use crate::storage::datadir::DataDirError;
+use crate::storage::journal::JournalError;
+use crate::storage::meta::MetaError;
+use crate::storage::store::StoreError;
 use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +31,13 @@ pub enum Error {
     )]
     StoreDamaged { node: String, dir: std::path::PathBuf, source: StoreError },
     #[error(transparent)]
-    Backup(#[from] crate::backup::BackupError),
+    Backup(#[from] crate::admin::backup::BackupError),
     #[error(transparent)]
-    Restore(#[from] crate::restore::RestoreError),
+    Restore(#[from] crate::admin::restore::RestoreError),
     #[error(transparent)]
-    Certs(#[from] crate::certs::CertsError),
+    Certs(#[from] crate::admin::certs::CertsError),
     #[error(transparent)]
-    Orphans(#[from] crate::orphans::OrphansError),
+    Orphans(#[from] crate::admin::orphans::OrphansError),
     #[error(transparent)]
     Clients(#[from] crate::server::auth::AuthFileError),
     #[error("{context}: {source}")]

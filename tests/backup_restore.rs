@@ -210,7 +210,12 @@ fn cross(addresses: &PairConfig, tls: &PairConfig) -> PairConfig {
 }
 
 fn status_of(pair: &PairConfig, node: &str) -> Result<Value, String> {
-    hotpair::admin::block_on(hotpair::admin::request(pair, node, hotpair::wire::AdminRequest::Status)).unwrap()
+    hotpair::admin::client::block_on(hotpair::admin::client::request(
+        pair,
+        node,
+        hotpair::replication::wire::AdminRequest::Status,
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -300,7 +305,7 @@ fn backup_under_load_restores_to_an_lsn_and_a_time_exactly_into_a_pair_of_its_ow
     drop(restored);
 
     // 2. To a time before the backup: an empty store and the journal from LSN 1.
-    let time = hotpair::backup::format_time(Some(early_time));
+    let time = hotpair::admin::backup::format_time(Some(early_time));
     let (_keep, pair_file, outcome) = restore(&backup, &["--to-time", &time, "--journal", a_dir.to_str().unwrap()]);
     assert_eq!((outcome["lsn"].as_u64(), outcome["from"].as_str()), (Some(early_lsn), Some("empty")), "{outcome}");
     let restored = Pair::start_existing(_keep, pair_file);
@@ -398,13 +403,15 @@ fn archived_segments_or_a_backup_with_its_journal_reach_back_before_the_backup()
     let a_dir = pair.node_dir(common::PRIMARY);
     let archive = backups.path().join("archive");
     {
-        let identity = hotpair::journal::JournalIdentity {
+        let identity = hotpair::storage::journal::JournalIdentity {
             cluster: *pair.config.cluster.as_bytes(),
             node: common::PRIMARY.into(),
-            kind: hotpair::journal::JournalKind::Local,
+            kind: hotpair::storage::journal::JournalKind::Local,
         };
-        let options = hotpair::journal::JournalOptions { archive_dir: Some(archive.clone()), ..Default::default() };
-        let (journal, _) = hotpair::journal::Journal::open(&a_dir.join("journal/local"), identity, options).unwrap();
+        let options =
+            hotpair::storage::journal::JournalOptions { archive_dir: Some(archive.clone()), ..Default::default() };
+        let (journal, _) =
+            hotpair::storage::journal::Journal::open(&a_dir.join("journal/local"), identity, options).unwrap();
         assert!(!journal.trim_below(early + 1).unwrap().is_empty(), "a closed segment was archived");
     }
     let expected: BTreeMap<String, Option<String>> =

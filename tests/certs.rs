@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use common::{stderr, Pair, DEADLINE, POLL};
 use hotpair::config::{PairConfig, SyncLevel};
-use hotpair::wire::AdminRequest;
+use hotpair::replication::wire::AdminRequest;
 use redis::Commands;
 
 /// Copies of an identity's files as they were before a rotation (what a thief would hold).
@@ -23,16 +23,16 @@ fn keep_copy(file: &Path, dir: &Path) -> PathBuf {
 }
 
 fn status_of(pair: &PairConfig, node: &str) -> Result<serde_json::Value, String> {
-    hotpair::admin::block_on(hotpair::admin::request(pair, node, AdminRequest::Status)).unwrap()
+    hotpair::admin::client::block_on(hotpair::admin::client::request(pair, node, AdminRequest::Status)).unwrap()
 }
 
 /// A TLS connection to `node`'s control port presenting `client`'s identity, then one frame:
 /// `Ok` when the TLS session stood (the node answers, or closes it for not being a hello),
 /// `Err` when the handshake was refused.
 fn connect_as(pair: &PairConfig, client: Arc<rustls::ClientConfig>, node: &str) -> Result<(), String> {
-    use hotpair::wire::{self, Envelope, Frame, Message};
+    use hotpair::replication::wire::{self, Envelope, Frame, Message};
     let address = pair.node(node).unwrap().control;
-    hotpair::admin::block_on(async move {
+    hotpair::admin::client::block_on(async move {
         let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
         let mut stream = tokio_rustls::TlsConnector::from(client)
             .connect(hotpair::tls::server_name(pair, node), tcp)
@@ -60,9 +60,11 @@ fn a_rotated_admin_certificate_is_refused_by_both_running_nodes_and_the_new_one_
     thief.tls.admin_cert = keep_copy(&pair.config.tls.admin_cert, stolen.path());
     thief.tls.admin_key = keep_copy(&pair.config.tls.admin_key, stolen.path());
     // An admin connection opened with the old certificate before the rotation.
-    let open = hotpair::admin::Sessions::new(&thief);
+    let open = hotpair::admin::client::Sessions::new(&thief);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(open.request("a", AdminRequest::Status, hotpair::admin::ADMIN_TIMEOUT)).expect("works before");
+    runtime
+        .block_on(open.request("a", AdminRequest::Status, hotpair::admin::client::ADMIN_TIMEOUT))
+        .expect("works before");
 
     let out = pair.hotpair_ok(&["certs", "rotate", "--admin"]);
     assert!(out.contains("rotated the admin"), "{out}");
@@ -74,7 +76,7 @@ fn a_rotated_admin_certificate_is_refused_by_both_running_nodes_and_the_new_one_
     }
     // The connection opened before gets no answer to its next request.
     let err = runtime
-        .block_on(open.request("a", AdminRequest::Status, hotpair::admin::ADMIN_TIMEOUT))
+        .block_on(open.request("a", AdminRequest::Status, hotpair::admin::client::ADMIN_TIMEOUT))
         .expect_err("an open connection with the old certificate is refused at its next request");
     assert!(err.contains("replaced by `hotpair certs rotate`") || err.contains("Revoked"), "{err}");
     // No restart: each node was started once, and the pair is still whole.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hotpair::config::{ConfigError, Limits, PairConfig, PeerLossPolicy, SyncLevel};
+use hotpair::config::{ConfigError, FailoverMode, Limits, PairConfig, PeerLossPolicy, SyncLevel};
 
 const CLUSTER: &str = "6f1c1f0e-8a43-4d2b-9b1e-3c2a7d5e9f10";
 
@@ -441,4 +441,57 @@ fn the_sentinel_port_and_the_master_name_take_defaults_and_are_refused_by_key_wh
         assert_eq!(err.key(), Some("name"), "{bad}: {err}");
         assert_names(&err, &path, &["`name`", "master name"]);
     }
+}
+
+#[test]
+fn the_witness_table_loads_with_defaults_and_is_absent_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PairConfig::load(&write(dir.path(), &good())).unwrap();
+    assert_eq!(pair.witness, None, "no [witness]: manual failover only, as before");
+
+    let text = format!("{}\n[witness]\netcd = [\"http://127.0.0.1:2379\", \"http://10.0.0.3:2379\"]\n", good());
+    let witness = PairConfig::load(&write(dir.path(), &text)).unwrap().witness.expect("a witness");
+    assert_eq!(witness.etcd, ["http://127.0.0.1:2379", "http://10.0.0.3:2379"]);
+    assert_eq!(witness.failover, FailoverMode::Automatic);
+    assert_eq!(witness.ttl, Duration::from_secs(5));
+    assert_eq!(witness.min_interval, Duration::from_secs(300));
+    assert_eq!(witness.max_lag, None);
+
+    let text = format!(
+        "{}\n[witness]\netcd = [\"https://etcd.example:2379\"]\nfailover = \"observe\"\nttl = \"3s\"\nmin_interval = \"0s\"\nca = \"etcd-ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n",
+        good().replace("sync = \"durable\"", "sync = \"async\"")
+    ) + "";
+    let text = text.replace("min_interval = \"0s\"", "min_interval = \"0s\"\nmax_lag = \"2s\"");
+    let witness = PairConfig::load(&write(dir.path(), &text)).unwrap().witness.expect("a witness");
+    assert_eq!(witness.failover, FailoverMode::Observe);
+    assert_eq!(witness.ttl, Duration::from_secs(3));
+    assert_eq!(witness.max_lag, Some(Duration::from_secs(2)));
+    assert_eq!(witness.min_interval, Duration::ZERO);
+    assert_eq!(witness.ca, Some(dir.path().join("etcd-ca.pem")));
+}
+
+#[test]
+fn a_bad_witness_table_is_refused_naming_the_key() {
+    let with = |lines: &str| format!("{}\n[witness]\n{lines}\n", good());
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("failover = \"automatic\"", "witness.etcd", &["missing", "endpoints"]),
+        ("etcd = []", "witness.etcd", &["empty"]),
+        ("etcd = [\"127.0.0.1:2379\"]", "witness.etcd[0]", &["http://"]),
+        ("etcd = [\"http://h:1\", \"http://h\"]", "witness.etcd[1]", &["port"]),
+        ("etcd = [\"https://h:2379\"]", "witness.etcd[0]", &["ca"]),
+        ("etcd = [\"http://h:2379\"]\nfailover = \"auto\"", "witness.failover", &["automatic", "observe"]),
+        ("etcd = [\"http://h:2379\"]\nttl = \"1s\"", "witness.ttl", &["between"]),
+        ("etcd = [\"http://h:2379\"]\nttl = \"2500ms\"", "witness.ttl", &["whole seconds"]),
+        ("etcd = [\"http://h:2379\"]\nttl = \"soon\"", "witness.ttl", &["not a duration"]),
+        ("etcd = [\"http://h:2379\"]\nmax_lag = \"1s\"", "witness.max_lag", &["durable", "async"]),
+        ("etcd = [\"http://h:2379\"]\nmin_interval = \"30d\"", "witness.min_interval", &["between"]),
+        ("etcd = [\"http://h:2379\"]\ncert = \"c.pem\"", "witness.key", &["both"]),
+    ];
+    for (lines, key, words) in cases {
+        let (err, path) = refused(&with(lines));
+        assert_eq!(err.key(), Some(*key), "{lines}: {err}");
+        assert_names(&err, &path, words);
+    }
+    let (err, path) = refused(&with("etcd = [\"http://h:2379\"]\nleader_key = \"x\""));
+    assert_names(&err, &path, &["leader_key"]);
 }

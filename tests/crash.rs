@@ -20,9 +20,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hotpair::demo::{crash_record, crash_test_identity, CRASH_TEST_SEGMENT_BYTES};
-use hotpair::journal::format::encode_record;
-use hotpair::journal::{segment, Journal, JournalOptions, Lsn};
+use hotpair::admin::demo::{crash_record, crash_test_identity, CRASH_TEST_SEGMENT_BYTES};
+use hotpair::storage::journal::format::encode_record;
+use hotpair::storage::journal::{segment, Journal, JournalOptions, Lsn};
 
 const ROUNDS: u32 = 25;
 const COMMITTERS: &str = "8";
@@ -84,7 +84,7 @@ struct Running {
 fn spawn_child(dir: &Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hotpair"))
         .args(["append-loop", "--dir", dir.to_str().unwrap(), "--committers", COMMITTERS])
-        .env("HOTPAIR_LOG", "warn,hotpair::journal=info")
+        .env("HOTPAIR_LOG", "warn,hotpair::storage::journal=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -138,7 +138,7 @@ fn journal_tools_write_nothing_into_a_killed_nodes_journals() {
         .max()
         .expect("a local segment");
     assert!(
-        local >= usize::try_from(hotpair::journal::PREALLOCATE_BYTES).unwrap(),
+        local >= usize::try_from(hotpair::storage::journal::PREALLOCATE_BYTES).unwrap(),
         "no preallocated end to cut: {local} bytes"
     );
     for args in [["ls"].as_slice(), &["dump", "--json"], &["verify"], &["verify", "--json"]] {

@@ -279,7 +279,7 @@ fn a_journal_that_cannot_preallocate_still_takes_every_record() {
     let Some(tmpfs) = Tmpfs::mount_or_skip("512k") else {
         return;
     };
-    use hotpair::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Op, Record, RecordBody};
+    use hotpair::storage::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Op, Record, RecordBody};
     let identity = JournalIdentity { cluster: [3; 16], node: "a".into(), kind: JournalKind::Local };
     let dir = tmpfs.path().join("journal");
     let record = |lsn: u64| Record {
@@ -300,7 +300,10 @@ fn a_journal_that_cannot_preallocate_still_takes_every_record() {
         journal.sync_to(500).expect("every record durable without preallocation");
         let active = std::fs::read_dir(&dir).expect("list").next().expect("a segment").expect("entry").path();
         let len = std::fs::metadata(&active).expect("stat").len();
-        assert!(len < hotpair::journal::PREALLOCATE_BYTES, "the tmpfs held a full preallocation ({len} bytes)?");
+        assert!(
+            len < hotpair::storage::journal::PREALLOCATE_BYTES,
+            "the tmpfs held a full preallocation ({len} bytes)?"
+        );
     }
     let (journal, recovery) = Journal::open(&dir, identity, JournalOptions::default()).expect("reopen");
     assert_eq!(recovery.cut, None);

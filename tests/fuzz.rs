@@ -19,10 +19,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
-use hotpair::journal::format::{decode_record, encode_record, DecodeError, FRAME_HEADER_LEN};
-use hotpair::journal::{HistoryEntry, JournalKind, Op, Record, RecordBody, SegmentHeader};
+use hotpair::replication::wire::{self, Envelope, Message, WireError};
 use hotpair::resp::{encode, parse, request_arguments, Frame, Limits, RequestDecoder};
-use hotpair::wire::{self, Envelope, Message, WireError};
+use hotpair::storage::journal::format::{decode_record, encode_record, DecodeError, FRAME_HEADER_LEN};
+use hotpair::storage::journal::{HistoryEntry, JournalKind, Op, Record, RecordBody, SegmentHeader};
 use hotpair::Digest;
 
 const DEFAULT_CASES: u64 = 20_000;
@@ -241,7 +241,13 @@ fn read_frame(bytes: &[u8]) -> Result<Option<wire::Frame>, WireError> {
 fn valid_wire_frame(rng: &mut Rng) -> wire::Frame {
     let history = vec![HistoryEntry { epoch: 1 + rng.below(5) as u64, first_lsn: 1, primary: "a".into() }];
     let message = match rng.below(5) {
-        0 => Message::Heartbeat { seq: rng.next(), time_ms: rng.next(), last_lsn: rng.next(), head_lsn: rng.next() },
+        0 => Message::Heartbeat {
+            seq: rng.next(),
+            time_ms: rng.next(),
+            last_lsn: rng.next(),
+            head_lsn: rng.next(),
+            echo_ms: rng.next(),
+        },
         1 => Message::Durable { lsn: rng.next() },
         2 => Message::Diverged { at_lsn: rng.next(), history },
         3 => Message::Refused {

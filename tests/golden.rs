@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use hotpair::journal::{
+use hotpair::storage::journal::{
     read_dir_from, segment, HistoryEntry, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record,
     RecordBody,
 };
@@ -120,11 +120,11 @@ fn golden_records() -> Vec<Record> {
     records
 }
 
-/// The records of the commands' golden journal, one segment: values in the `hotpair::value`
+/// The records of the commands' golden journal, one segment: values in the `hotpair::storage::value`
 /// format (strings with and without expiry, hashes with and without expiry), a txn carrying an
 /// increment's client command (kind 5), an EXEC-like txn of several keys, a flush of them all.
 fn commands_records() -> Vec<Record> {
-    use hotpair::value::{Data, StoredValue};
+    use hotpair::storage::value::{Data, StoredValue};
     let string = |data: &[u8], expires| StoredValue::string(data.to_vec(), expires).encode();
     let hash = |fields: &[(&[u8], &[u8])], expires| {
         let fields = fields.iter().map(|(f, v)| (f.to_vec(), v.to_vec())).collect();
@@ -181,7 +181,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 
 fn dump_json(dir: &Path) -> String {
     let mut out = Vec::new();
-    hotpair::tools::dump(dir, 0, true, &mut out).unwrap();
+    hotpair::admin::journal_tools::dump(dir, 0, true, &mut out).unwrap();
     String::from_utf8(out).unwrap()
 }
 
@@ -240,7 +240,7 @@ fn committed_golden_journal_dumps_to_the_expected_file() {
     // The committed bytes also decode to exactly the records they were written from.
     let decoded: Vec<Record> = read_dir_from(dir, 0).unwrap().map(|e| e.unwrap().record).collect();
     assert_eq!(decoded, golden_records(), "{}", regen_hint());
-    let report = hotpair::tools::verify(dir).unwrap();
+    let report = hotpair::admin::journal_tools::verify(dir).unwrap();
     assert!(!report.damaged, "{}", report.text);
     assert!(report.text.contains("2 segments, 9 records, LSN 1..9"), "{}", report.text);
 }
@@ -292,7 +292,7 @@ fn committed_commands_journal_dumps_decodes_and_rewrites_identically() {
     // The kinds it pins: a txn that carries client commands is kind 5, one without is kind 1.
     let committed = std::fs::read(&segment_files(dir)[0]).unwrap();
     let kinds: Vec<u8> = {
-        let mut at = hotpair::journal::format::SEGMENT_HEADER_LEN;
+        let mut at = hotpair::storage::journal::format::SEGMENT_HEADER_LEN;
         let mut kinds = Vec::new();
         while at + 8 < committed.len() {
             let len = u32::from_le_bytes(committed[at..at + 4].try_into().unwrap()) as usize;

@@ -177,8 +177,8 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
     // sequence numbers (a bug, or a replayed or spliced session). Played for real: b is killed,
     // and a client with b's certificate and incarnation says hello on a's control port, as b
     // would, then sends heartbeats 1, 2 and 6.
-    use hotpair::meta::{NodeMeta, Role};
-    use hotpair::wire::{self, AdminRequest, Envelope, Frame, Message};
+    use hotpair::replication::wire::{self, AdminRequest, Envelope, Frame, Message};
+    use hotpair::storage::meta::{NodeMeta, Role};
     let options = Options { notify_command: Some(NOTIFY), ..Options::default() };
     let mut pair = Pair::start_with(SyncLevel::Async, options);
     let dir = pair.dir().to_path_buf();
@@ -214,13 +214,15 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             other => panic!("a did not welcome b's hello: {other:?}"),
         }
         for seq in [1, 2, 6] {
-            let heartbeat = Message::Heartbeat { seq, time_ms: hotpair::clock::now_ms(), last_lsn: 0, head_lsn: 0 };
+            let heartbeat =
+                Message::Heartbeat { seq, time_ms: hotpair::clock::now_ms(), last_lsn: 0, head_lsn: 0, echo_ms: 0 };
             wire::write_frame(&mut stream, &envelope(heartbeat)).await.expect("send a heartbeat");
         }
         // Keep the session open (reading what a ships) until a counts the gap.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let status = hotpair::admin::request(&config, PRIMARY, AdminRequest::Status).await.expect("a's status");
+            let status =
+                hotpair::admin::client::request(&config, PRIMARY, AdminRequest::Status).await.expect("a's status");
             let gaps = status["peer"]["heartbeat_gaps"].as_u64().unwrap_or(0);
             if gaps > 0 {
                 break gaps;
@@ -303,7 +305,7 @@ fn a_flipped_bit_in_a_closed_journal_segment_is_found_after_a_restart_while_the_
         .collect();
     closed.sort();
     let segment = closed.first().expect("a closed segment").clone();
-    assert!(hotpair::journal::seal::path_of(&segment).exists(), "the closed segment is sealed");
+    assert!(hotpair::storage::journal::seal::path_of(&segment).exists(), "the closed segment is sealed");
     let mut bytes = std::fs::read(&segment).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;

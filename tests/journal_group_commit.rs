@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use hotpair::journal::{
+use hotpair::storage::journal::{
     inspect, read_dir_from, Gather, Journal, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
 };
 use hotpair::Digest;

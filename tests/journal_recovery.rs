@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use hotpair::journal::format::{encode_record, FRAME_HEADER_LEN, MAX_RECORD_BODY, SEGMENT_HEADER_LEN};
-use hotpair::journal::reader::read_header;
-use hotpair::journal::segment::{self, file_name};
-use hotpair::journal::{
+use hotpair::storage::journal::format::{encode_record, FRAME_HEADER_LEN, MAX_RECORD_BODY, SEGMENT_HEADER_LEN};
+use hotpair::storage::journal::reader::read_header;
+use hotpair::storage::journal::segment::{self, file_name};
+use hotpair::storage::journal::{
     Journal, JournalEntry, JournalError, JournalIdentity, JournalKind, JournalOptions, Lsn, Op, Record, RecordBody,
 };
 use hotpair::Digest;
@@ -51,7 +51,7 @@ fn record(lsn: Lsn) -> Record {
     }
 }
 
-fn open(dir: &Path) -> (Journal, hotpair::journal::Recovery) {
+fn open(dir: &Path) -> (Journal, hotpair::storage::journal::Recovery) {
     Journal::open(dir, identity(), options()).unwrap_or_else(|err| panic!("open {}: {err}", dir.display()))
 }
 
@@ -354,7 +354,7 @@ fn a_missing_segment_is_a_gap() {
 fn copy_with_seals(from: &Path, to: &Path) {
     copy_journal(from, to);
     for file in segment_files(from) {
-        let seal = hotpair::journal::seal::path_of(&file);
+        let seal = hotpair::storage::journal::seal::path_of(&file);
         if seal.exists() {
             std::fs::copy(&seal, to.join(seal.file_name().unwrap())).unwrap();
         }
@@ -429,14 +429,14 @@ fn a_seal_that_disagrees_with_its_segment_is_not_trusted() {
         ("seal of the next segment", |seal, segment| {
             let files = segment_files(segment.parent().unwrap());
             let at = files.iter().position(|f| f == segment).unwrap();
-            std::fs::copy(hotpair::journal::seal::path_of(&files[at + 1]), seal).unwrap();
+            std::fs::copy(hotpair::storage::journal::seal::path_of(&files[at + 1]), seal).unwrap();
         }),
     ];
     for (what, spoil) in damage {
         let copy = tempfile::tempdir().unwrap();
         copy_with_seals(base.path(), copy.path());
         let segment = copy.path().join(&second);
-        spoil(&hotpair::journal::seal::path_of(&segment), &segment);
+        spoil(&hotpair::storage::journal::seal::path_of(&segment), &segment);
         match Journal::open(copy.path(), identity(), options()) {
             Ok((journal, recovery)) => {
                 assert_ne!(what, "segment longer than sealed", "{what}: the full read must find the zeros");
@@ -757,7 +757,7 @@ fn out_of_sequence_and_oversized_records_are_refused_and_harmless() {
         },
         ..record(2)
     };
-    assert_eq!(hotpair::journal::format::encoded_len(&huge), FRAME_HEADER_LEN + MAX_RECORD_BODY + 1);
+    assert_eq!(hotpair::storage::journal::format::encoded_len(&huge), FRAME_HEADER_LEN + MAX_RECORD_BODY + 1);
     match journal.append(&huge) {
         Err(err @ JournalError::RecordTooLarge { size, max }) => {
             assert_eq!((size, max), (FRAME_HEADER_LEN + MAX_RECORD_BODY + 1, MAX_RECORD_BODY));
@@ -950,7 +950,7 @@ fn cli_verify_reports_healthy_damaged_and_torn_journals() {
 
 /// The entry of record `lsn` (the journal may have a torn tail, so it is read offline).
 fn layout_without_tail(dir: &Path, lsn: Lsn) -> JournalEntry {
-    hotpair::journal::read_dir_from(dir, lsn).unwrap().next().unwrap().unwrap()
+    hotpair::storage::journal::read_dir_from(dir, lsn).unwrap().next().unwrap().unwrap()
 }
 
 #[test]
@@ -968,7 +968,7 @@ fn cli_dump_json_prints_one_object_per_record() {
         assert_eq!(value["lsn"], lsn);
         assert_eq!(value["kind"], record(lsn).body.kind_name());
         assert_eq!(value, {
-            let mut expected = hotpair::tools::record_json(&record(lsn));
+            let mut expected = hotpair::admin::journal_tools::record_json(&record(lsn));
             expected["journal"] = serde_json::json!(dir.path().display().to_string());
             expected
         });
@@ -1063,7 +1063,7 @@ fn epoch_gap_is_accepted_forward_into_a_later_epoch_only() {
     journal.append(&record_in(41, 5)).unwrap();
     journal.sync_to(41).unwrap();
     assert_eq!(lsns(&entries(&journal, 1)), (1..=10).chain([41]).collect::<Vec<_>>());
-    let report = hotpair::journal::inspect(dir.path()).unwrap();
+    let report = hotpair::storage::journal::inspect(dir.path()).unwrap();
     assert!(report.iter().all(|s| s.error.is_none()), "offline inspection accepts the gap: {report:?}");
 }
 
@@ -1083,7 +1083,7 @@ fn gap_without_a_later_epoch_is_refused_at_open() {
     // Rewrite the later segment's header to claim epoch 1: now the gap lies inside one epoch.
     let gapped = dir.path().join(file_name(21));
     let mut bytes = std::fs::read(&gapped).unwrap();
-    let mut header = hotpair::journal::SegmentHeader::decode(&bytes).unwrap();
+    let mut header = hotpair::storage::journal::SegmentHeader::decode(&bytes).unwrap();
     header.epoch = 1;
     bytes[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
     std::fs::write(&gapped, bytes).unwrap();
@@ -1102,7 +1102,7 @@ fn the_published_footprint_matches_the_segment_files() {
         let files = segment_files(dir);
         let records_end = |f: &PathBuf| {
             let bytes = std::fs::read(f).unwrap();
-            hotpair::journal::segment::scan(f, &bytes, true, |_| Ok(())).unwrap().valid_len
+            hotpair::storage::journal::segment::scan(f, &bytes, true, |_| Ok(())).unwrap().valid_len
         };
         (files.len() as u64, files.iter().map(records_end).sum::<u64>())
     };
@@ -1145,7 +1145,7 @@ fn the_active_segment_is_preallocated_and_every_closed_one_ends_with_its_records
     // The filler keeps a whole chunk of zeros ahead of the records, on its own thread: the
     // first write filled up to the first chunk boundary, so the filler adds the next chunk (in
     // pieces: wait for the whole of it), and no more.
-    let chunk = hotpair::journal::PREALLOCATE_BYTES;
+    let chunk = hotpair::storage::journal::PREALLOCATE_BYTES;
     assert!(records_end < chunk / 2, "the test's records fit well in one chunk");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let len = loop {
@@ -1256,7 +1256,8 @@ fn the_filler_drops_the_page_cache_behind_the_records() {
     let active_end = journal.footprint().bytes - closed_len;
     // The filler takes the records' end as it starts a fill, one chunk at a time: it has
     // dropped the cache to within a window and two chunks of the end.
-    let dropped_to = active_end - hotpair::journal::CACHE_BEHIND_BYTES - 2 * hotpair::journal::PREALLOCATE_BYTES;
+    let dropped_to =
+        active_end - hotpair::storage::journal::CACHE_BEHIND_BYTES - 2 * hotpair::storage::journal::PREALLOCATE_BYTES;
     assert!(dropped_to > 2 * mb, "the test writes well past the window");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -1284,7 +1285,7 @@ fn the_filler_drops_the_page_cache_behind_the_records() {
 #[test]
 fn records_larger_than_a_read_chunk_are_read_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let chunk = hotpair::journal::reader::READ_CHUNK_BYTES;
+    let chunk = hotpair::storage::journal::reader::READ_CHUNK_BYTES;
     let big = JournalOptions { segment_bytes: 4 * chunk as u64, ..JournalOptions::default() };
     let (journal, _) = Journal::open(dir.path(), identity(), big).unwrap();
     let frame_len = |record: &Record| {

@@ -76,8 +76,11 @@ fn verify_after_switchovers_reads_both_journals_as_one_history_and_still_finds_d
     let remote = dir.join("journal").join("remote");
     let records = journal_dump(&remote);
     let victim = records.iter().find(|r| r["kind"] == "txn").expect("b's epoch wrote transactions");
-    let entry =
-        hotpair::journal::read_dir_from(&remote, victim["lsn"].as_u64().unwrap()).unwrap().next().unwrap().unwrap();
+    let entry = hotpair::storage::journal::read_dir_from(&remote, victim["lsn"].as_u64().unwrap())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
     let mut bytes = std::fs::read(&entry.path).unwrap();
     bytes[entry.offset as usize + 8 + 20] ^= 0x10;
     std::fs::write(&entry.path, &bytes).unwrap();

@@ -1377,7 +1377,8 @@ fn failover_estimates_what_the_backup_never_received_and_rejoin_reports_the_real
     // print the real count beside it: here they are equal.
     const N: usize = 20_000;
     // No canary records: they take LSNs but are no transactions, and the counts are compared.
-    let quiet = Options { monitor: Some("canary_interval = \"1h\""), ..fast() };
+    // A 500 ms heartbeat lets the backup wait ~5 s for a batch on the slow link below.
+    let quiet = Options { monitor: Some("canary_interval = \"1h\""), heartbeat: Some("500ms"), ..fast() };
     let mut pair = Pair::start_with(SyncLevel::Async, quiet);
     let _: () = pair.redis(PRIMARY).set("base", "0").unwrap();
     let base = pair.wait_caught_up();
@@ -1386,14 +1387,16 @@ fn failover_estimates_what_the_backup_never_received_and_rejoin_reports_the_real
     for chunk in 0..N / 1000 {
         let mut pipe = redis::pipe();
         for i in 0..1000 {
-            pipe.set(format!("far-{chunk}-{i}"), i).ignore();
+            // ~250 bytes a record: ~5 MB of catch-up, five batches of 1 MB.
+            pipe.set(format!("far-{chunk}-{i}"), format!("{i:0>200}")).ignore();
         }
         let _: () = pipe.query(&mut a).expect("async writes with shipping stopped");
     }
     let last = pair.node_status(PRIMARY)["lsn"].as_u64().expect("a's last LSN");
     assert_eq!(last, base + N as u64, "one LSN per write");
-    // A slow link holds most of the catch-up in flight when its first batch arrives.
-    proxy.set_delay(Duration::from_millis(300));
+    // A slow link (~5 MB of catch-up at 1 MB/s) holds most of the catch-up in flight for
+    // seconds after its first batch arrives, however slowly this test polls.
+    proxy.set_bandwidth(Some(1_000_000));
     pair.hotpair_ok(&["replicate", "start"]);
     // Cut the link as soon as the catch-up has begun: what is in flight is lost.
     let deadline = Instant::now() + DEADLINE;

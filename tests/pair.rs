@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{client_value, dumped_bytes, journal_dump, Options, Pair, BACKUP, DEADLINE, PRIMARY};
 use hotpair::config::{PairConfig, SyncLevel};
-use hotpair::meta::{NodeMeta, Role};
-use hotpair::wire::{self, AdminRequest, Envelope, Frame, Message};
+use hotpair::replication::wire::{self, AdminRequest, Envelope, Frame, Message};
+use hotpair::storage::meta::{NodeMeta, Role};
 use redis::{Commands, ErrorKind, RedisResult};
 use serde_json::{json, Value};
 
@@ -560,8 +560,8 @@ fn reaching_another_pairs_node_says_so_and_what_to_check() {
     let pair = Pair::start(SyncLevel::Async);
     let other = pair_from_another_init(pair.dir());
     let crossed = PairConfig { tls: other.tls.clone(), cluster: other.cluster, ..pair.config.clone() };
-    let request = hotpair::admin::request(&crossed, PRIMARY, hotpair::wire::AdminRequest::Status);
-    let err = hotpair::admin::block_on(request).expect("runtime").expect_err("another pair's node answered");
+    let request = hotpair::admin::client::request(&crossed, PRIMARY, hotpair::replication::wire::AdminRequest::Status);
+    let err = hotpair::admin::client::block_on(request).expect("runtime").expect_err("another pair's node answered");
     assert!(err.contains("UnknownIssuer") && err.contains("another pair's node"), "{err}");
     assert!(err.contains("check the address in the pair file"), "{err}");
     // The node, for its part, logs the stranger with the same explanation.
@@ -586,7 +586,7 @@ fn pair_from_another_init(dir: &std::path::Path) -> PairConfig {
 /// Cuts every record past `lsn` from the journal in `dir`, as a power loss takes what was
 /// written but not fsynced: the segment files past it go, the one holding it ends after it.
 fn cut_journal_after(dir: &std::path::Path, lsn: u64) {
-    let entries = hotpair::journal::read_dir_from(dir, lsn + 1).expect("read the primary's journal");
+    let entries = hotpair::storage::journal::read_dir_from(dir, lsn + 1).expect("read the primary's journal");
     let mut first_cut: Option<(std::path::PathBuf, u64)> = None;
     for entry in entries {
         let entry = entry.expect("a whole record");
@@ -682,7 +682,7 @@ fn a_primary_that_lost_records_it_had_shipped_is_followed_again_without_them() {
     let written = writer.join().expect("the writer thread");
     assert!(written.is_err(), "the write was acknowledged before the primary's fsync was done");
 
-    let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::journal::JournalKind::Local);
+    let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::storage::journal::JournalKind::Local);
     cut_journal_after(&local, durable);
     pair.set_env(PRIMARY, hotpair::node::SIMULATED_FSYNC_DELAY_ENV, None);
     // First with b answering probes but not following: a's probe sees b holding more than a
@@ -710,8 +710,8 @@ fn a_primary_killed_before_writing_a_record_it_shipped_is_followed_again_without
         ship_an_unconfirmed_write(&mut pair, 20, hotpair::node::SIMULATED_WRITE_DELAY_ENV, "20s", "unwritten");
     pair.kill(PRIMARY);
     assert!(writer.join().expect("the writer thread").is_err(), "the write was acknowledged before it was written");
-    let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::journal::JournalKind::Local);
-    let in_files: Vec<u64> = hotpair::journal::read_dir_from(&local, durable + 1)
+    let local = hotpair::node::journal_dir(&pair.node_dir(PRIMARY), hotpair::storage::journal::JournalKind::Local);
+    let in_files: Vec<u64> = hotpair::storage::journal::read_dir_from(&local, durable + 1)
         .expect("read the primary's journal")
         .map(|entry| entry.expect("a whole record").record.lsn)
         .collect();
@@ -739,7 +739,7 @@ fn a_drain_that_runs_out_leaves_a_restarted_primary_waiting_for_its_backup() {
     pair.restart(PRIMARY);
     let epoch = pair.node_status(PRIMARY)["epoch"].as_u64().expect("epoch");
     let drain = AdminRequest::Drain { op_id: uuid::Uuid::new_v4(), epoch, lease_ms: 200 };
-    hotpair::admin::block_on(hotpair::admin::request(&pair.config, PRIMARY, drain))
+    hotpair::admin::client::block_on(hotpair::admin::client::request(&pair.config, PRIMARY, drain))
         .expect("runtime")
         .expect("the restarted primary drains");
     let status = pair.wait_for_node(PRIMARY, "the drain lease to run out", |s| s["role"] == "primary");
@@ -836,7 +836,7 @@ fn tear_a_record_being_written(dir: &std::path::Path) {
     // The killed node's segment runs on into preallocated zeros: the record being written when
     // it died starts where its records end.
     let bytes = std::fs::read(last).expect("read the last segment");
-    let records_end = hotpair::journal::segment::scan(last, &bytes, true, |_| Ok(())).expect("scan").valid_len;
+    let records_end = hotpair::storage::journal::segment::scan(last, &bytes, true, |_| Ok(())).expect("scan").valid_len;
     let file = std::fs::OpenOptions::new().write(true).open(last).expect("open the last segment");
     let mut partial = 100u32.to_le_bytes().to_vec();
     partial.extend_from_slice(&[0xA5; 4 + 20]);

@@ -192,7 +192,7 @@ fn backup_and_recovery_from_a_logical_mistake_run_as_written() {
         &[
             ("BACKUPS", backups.display().to_string()),
             ("PRIMARY_DIR", session.config().node("a").unwrap().dir.display().to_string()),
-            ("MISTAKE_TIME", hotpair::backup::format_time(Some(mistake))),
+            ("MISTAKE_TIME", hotpair::admin::backup::format_time(Some(mistake))),
             ("RESTORED", restored.display().to_string()),
             ("RESTORED_NODES", nodes),
         ],

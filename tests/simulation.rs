@@ -25,18 +25,18 @@
 
 use std::collections::BTreeMap;
 
-use hotpair::digest::Digest;
+use hotpair::admin::protocol::{self, StatusView};
 use hotpair::engine::{
     Action, Effect, Engine, Event, Gate, Hello, HelloAnswer, Identity, Outcome, Persisted, PrimaryView, Primitive,
     Recovered, RejoinRequest, ReplayBound, Reply, TailMatch, PROTOCOL_VERSION,
 };
-use hotpair::journal::{Epoch, HistoryEntry, Lsn};
-use hotpair::meta::Role;
 use hotpair::orchestrator::plan::{self, Command, Finish, Heard, Memory, Next};
 use hotpair::orchestrator::view::{NodeView, PairView};
 use hotpair::orchestrator::Step;
-use hotpair::protocol::{self, StatusView};
-use hotpair::wire::AdminRequest;
+use hotpair::replication::wire::AdminRequest;
+use hotpair::storage::digest::Digest;
+use hotpair::storage::journal::{Epoch, HistoryEntry, Lsn};
+use hotpair::storage::meta::Role;
 use uuid::Uuid;
 
 const SCHEDULES_ENV: &str = "HOTPAIR_SIM_SCHEDULES";
@@ -835,7 +835,11 @@ impl World {
                 }
                 Effect::ClearDiverged => self.nodes[n].diverged = false,
                 Effect::RememberPeer { .. } => self.nodes[n].known_peer = true,
-                Effect::Incident { .. } | Effect::Note(_) => {}
+                // No witness in the simulation yet (docs/witness.md, "Not done yet").
+                Effect::Incident { .. }
+                | Effect::ResolveIncident { .. }
+                | Effect::WriteDeadline(_)
+                | Effect::Note(_) => {}
                 Effect::Run(action) => {
                     self.nodes[n].pending = true;
                     self.pending_action[n] = Some(action);
@@ -1054,7 +1058,7 @@ impl World {
                     done,
                 }))
             }
-            Reply::Hello(_) | Reply::Follow => return,
+            Reply::Hello(_) | Reply::Follow | Reply::Witness(_) => return,
         };
         self.nodes[n].running = None;
         self.send(conn, CLI, Body::Reply { body });

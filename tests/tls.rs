@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotpair::config::PairConfig;
-use hotpair::meta::{NodeMeta, Role};
+use hotpair::storage::meta::{NodeMeta, Role};
 use hotpair::tls::{self, Peer, TlsError};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};

@@ -16,13 +16,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hotpair::digest::Digest;
 use hotpair::engine::{
     render, Engine, Event, Hello, Identity, Outcome, Persisted, PrimaryView, Primitive, Promotion, Recovered,
-    RejoinRequest, Rejoined, TailMatch, PROTOCOL_VERSION,
+    RejoinRequest, Rejoined, TailMatch, WitnessEpoch, WitnessPolicy, WitnessReport, PROTOCOL_VERSION,
 };
-use hotpair::journal::HistoryEntry;
-use hotpair::meta::Role;
+use hotpair::storage::digest::Digest;
+use hotpair::storage::journal::HistoryEntry;
+use hotpair::storage::meta::Role;
 use uuid::Uuid;
 
 const UPDATE_ENV: &str = "UPDATE_TRANSCRIPTS";
@@ -96,6 +96,18 @@ fn replay(text: &str) -> Result<String, String> {
         let engine = engines.entry(node.clone()).or_insert_with(|| new_engine(node));
         if rest.first().map(String::as_str) == Some("state") {
             out.push_str(&format!("  = {}\n", state(engine)));
+            continue;
+        }
+        if rest.first().map(String::as_str) == Some("witness") {
+            // `witness ttl= [observe] [max-lag=] [min-interval=]`: the pair file's [witness].
+            let args = Args::parse(&rest[1..]);
+            engine.set_witness(Some(WitnessPolicy {
+                automatic: !args.flag("observe"),
+                ttl_ms: args.number("ttl").map_err(at)?,
+                max_lag_ms: args.maybe("max-lag").map_err(at)?,
+                min_interval_ms: args.maybe("min-interval").map_err(at)?.unwrap_or(300_000),
+            }));
+            out.push_str("  (witness set)\n");
             continue;
         }
         let event = parse_event(engine, rest).map_err(at)?;
@@ -243,6 +255,9 @@ fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
 ///   [acknowledged=] [confirmed= matched=] [all-matched] [replication-stopped] [cluster=]`
 /// - `probe-answer epoch= [leader=] [last=] our-last=`, `welcomed epoch= history= [cut-after=] [generation=]`
 /// - `peer-acked`, `peer-lost`, `peer-back`, `tick now=`
+/// - the witness (after `witness ttl= [observe] [max-lag=] [min-interval=]`):
+///   `holder now= [key-epoch= key-node= [key-auto-at=]] [lease=] [backed=] [unreachable]`,
+///   `watcher silent= [leader] [lag=] [wall=] [key-…]`, `claimed op= epoch= lease=`, `paused`, `resumed`
 fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
     let (verb, rest) = tokens.split_first().ok_or("no event")?;
     let args = Args::parse(rest);
@@ -339,8 +354,39 @@ fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
         "peer-lost" => Event::PeerLost,
         "peer-back" => Event::PeerBack,
         "tick" => Event::Tick { now_ms: args.number("now")? },
+        "holder" => Event::Witness(WitnessReport::Holder {
+            now_ms: args.number("now")?,
+            reachable: !args.flag("unreachable"),
+            epoch_key: witness_epoch(&args)?,
+            lease_until_ms: args.maybe("lease")?,
+            backed_until_ms: args.maybe("backed")?,
+        }),
+        "watcher" => Event::Witness(WitnessReport::Watcher {
+            now_ms: args.maybe("now")?.unwrap_or(0),
+            wall_ms: args.maybe("wall")?.unwrap_or(0),
+            reachable: !args.flag("unreachable"),
+            leader_present: args.flag("leader"),
+            epoch_key: witness_epoch(&args)?,
+            primary_silent_ms: args.number("silent")?,
+            lag_ms: args.maybe("lag")?.unwrap_or(0),
+        }),
+        "claimed" => Event::Witness(WitnessReport::Claimed {
+            op_id: args.id("op")?,
+            epoch: args.number("epoch")?,
+            lease_until_ms: args.number("lease")?,
+        }),
+        "paused" => Event::Witness(WitnessReport::Paused(true)),
+        "resumed" => Event::Witness(WitnessReport::Paused(false)),
         other => return Err(format!("unknown event {other}")),
     })
+}
+
+/// The witness's epoch key: `key-epoch= key-node= [key-auto-at=]` (absent: no key).
+fn witness_epoch(args: &Args) -> Result<Option<WitnessEpoch>, String> {
+    let Some(epoch) = args.maybe("key-epoch")? else { return Ok(None) };
+    let node = args.values.get("key-node").cloned().ok_or("key-epoch needs key-node")?;
+    let at_ms = args.maybe("key-auto-at")?;
+    Ok(Some(WitnessEpoch { epoch, node, at_ms: at_ms.unwrap_or(0), automatic: at_ms.is_some() }))
 }
 
 fn parse_outcome(args: &Args) -> Result<Outcome, String> {

@@ -38,12 +38,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::config::{PeerLossPolicy, SyncLevel};
-use crate::drill::pair::DrillPair;
-use crate::drill::playbook::PairSettings;
-use crate::drill::workload::RespConn;
-use crate::resp::Frame;
-use crate::Error;
+use hotpair::config::{PeerLossPolicy, SyncLevel};
+use hotpair::drill::pair::DrillPair;
+use hotpair::drill::playbook::PairSettings;
+use hotpair::drill::workload::RespConn;
+use hotpair::resp::Frame;
+use hotpair::Error;
 
 /// Pause after both nodes refused a write in a row (so a writer does not spin a core while the
 /// pair has no primary); it bounds what the client adds to an outage.
@@ -391,7 +391,7 @@ async fn cli_checked(pair: &DrillPair, args: &[&str]) -> Result<CliResult, Error
 }
 
 fn primary_of(status: &Value) -> Option<String> {
-    crate::drill::primary_of(status)
+    hotpair::drill::primary_of(status)
 }
 
 /// Waits until a primary answers and the other node (a backup) has applied its LSN.

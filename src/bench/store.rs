@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::journal::{Lsn, Op, Record, RecordBody};
-use crate::store::{Before, Store};
-use crate::Error;
+use hotpair::storage::digest::Digest;
+use hotpair::storage::journal::{Lsn, Op, Record, RecordBody};
+use hotpair::storage::store::{Before, Store};
+use hotpair::Error;
 
 /// Records per `apply_many` while loading.
 const LOAD_RUN: usize = 1024;
@@ -209,7 +209,7 @@ fn measure(scratch: &Path, keys: u64, ops: u64) -> Result<Report, Error> {
     })
 }
 
-fn check(run: crate::store::AppliedRun) -> Result<(), Error> {
+fn check(run: hotpair::storage::store::AppliedRun) -> Result<(), Error> {
     match run.mismatch {
         Some(m) => Err(Error::Failed(format!("bench: digest mismatch at LSN {}", m.lsn))),
         None => Ok(()),

@@ -113,7 +113,7 @@ impl DrillPair {
         if !out.status.success() {
             return Err(DrillError::Setup(format!("hotpair init failed: {}", String::from_utf8_lossy(&out.stderr))));
         }
-        let pair_file = dir.join(crate::init::PAIR_FILE);
+        let pair_file = dir.join(crate::admin::init::PAIR_FILE);
         let mut text = std::fs::read_to_string(&pair_file)
             .map_err(|source| DrillError::Io { context: format!("reading {}", pair_file.display()), source })?;
         let quoted = |s: String| toml::Value::String(s).to_string();
@@ -410,7 +410,7 @@ impl DrillPair {
             .ok_or_else(|| DrillError::Step(format!("{} holds no journal segment", dir.display())))?;
         let mut data = std::fs::read(&newest).map_err(io(format!("reading {}", newest.display())))?;
         // A killed node's segment runs on into preallocated zeros: damage its last *records*.
-        let records_end = crate::journal::segment::scan(&newest, &data, true, |_| Ok(()))
+        let records_end = crate::storage::journal::segment::scan(&newest, &data, true, |_| Ok(()))
             .map_or(data.len(), |scanned| scanned.valid_len as usize);
         let n = (bytes as usize).min(records_end);
         for byte in &mut data[records_end - n..records_end] {
@@ -422,9 +422,9 @@ impl DrillPair {
 
     /// The node's own lock on its data directory, held while a step changes its files: no
     /// process of the node may run meanwhile, not even one this drill did not start.
-    fn lock_down_node(&self, node: &str) -> Result<crate::datadir::DataDirLock, DrillError> {
+    fn lock_down_node(&self, node: &str) -> Result<crate::storage::datadir::DataDirLock, DrillError> {
         let dir = &self.config.node(node)?.dir;
-        crate::datadir::DataDirLock::acquire(dir, node).map_err(|e| DrillError::Step(e.to_string()))
+        crate::storage::datadir::DataDirLock::acquire(dir, node).map_err(|e| DrillError::Step(e.to_string()))
     }
 
     /// Removes every local journal segment of `node` but the newest (the node must be down):
@@ -520,7 +520,7 @@ pub async fn pair_status(config: &PairConfig) -> Value {
 
 /// One node's status, or `reachable: false` with the reason.
 pub async fn node_status(config: &PairConfig, node: &str) -> Value {
-    let request = crate::admin::request(config, node, crate::wire::AdminRequest::Status);
+    let request = crate::admin::client::request(config, node, crate::replication::wire::AdminRequest::Status);
     match tokio::time::timeout(STATUS_TIMEOUT, request).await {
         Ok(Ok(value)) => value,
         Ok(Err(error)) => serde_json::json!({ "reachable": false, "error": error }),

@@ -13,7 +13,9 @@
 //! - [`Proxy::heal`]: connections that lived through a partition are closed (their byte streams
 //!   have holes, so they can never be trusted again) and new ones are forwarded;
 //! - [`Proxy::set_delay`]: every chunk is held for this long before it is passed on, in each
-//!   direction, order kept.
+//!   direction, order kept;
+//! - [`Proxy::set_bandwidth`]: each direction passes at most this many bytes per second (a slow
+//!   link: a catch-up stays in flight long enough for a test to cut it midway).
 //!
 //! ## Invariants
 //! - Listens on 127.0.0.1 only.
@@ -31,6 +33,9 @@ use tokio::time::Instant;
 
 pub use super::playbook::PartitionMode;
 
+/// How many bytes a bandwidth-limited direction passes between its pauses.
+const BANDWIDTH_SLICE: usize = 1024;
+
 /// What every connection of a proxy must do right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LinkState {
@@ -39,6 +44,8 @@ struct LinkState {
     /// link closes itself.
     generation: u64,
     delay: Duration,
+    /// Bytes per second in each direction; `None` is unlimited.
+    bandwidth: Option<u64>,
 }
 
 pub struct Proxy {
@@ -53,7 +60,8 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let listen = listener.local_addr()?;
-        let (state, _) = watch::channel(LinkState { partitioned: None, generation: 0, delay: Duration::ZERO });
+        let (state, _) =
+            watch::channel(LinkState { partitioned: None, generation: 0, delay: Duration::ZERO, bandwidth: None });
         let accept_task = tokio::spawn(accept_loop(listener, target, state.clone()));
         Ok(Proxy { listen, target, state, accept_task })
     }
@@ -75,17 +83,23 @@ impl Proxy {
         tracing::info!(proxy = %self.listen, target = %self.target, ?mode, "link partitioned");
     }
 
-    /// Ends a partition and removes any delay.
+    /// Ends a partition and removes any delay and bandwidth limit.
     pub fn heal(&self) {
         self.state.send_modify(|s| {
             s.partitioned = None;
             s.delay = Duration::ZERO;
+            s.bandwidth = None;
         });
         tracing::info!(proxy = %self.listen, target = %self.target, "link healed");
     }
 
     pub fn set_delay(&self, delay: Duration) {
         self.state.send_modify(|s| s.delay = delay);
+    }
+
+    /// Limits each direction to `bytes_per_second` (`None`: unlimited).
+    pub fn set_bandwidth(&self, bytes_per_second: Option<u64>) {
+        self.state.send_modify(|s| s.bandwidth = bytes_per_second.filter(|rate| *rate > 0));
     }
 
     pub fn is_partitioned(&self) -> bool {
@@ -173,12 +187,18 @@ async fn pump(
     let writer = async move {
         while let Some((at, chunk_generation, chunk)) = due.recv().await {
             tokio::time::sleep_until(at).await;
-            let now = *writer_state.borrow();
-            if now.partitioned.is_some() || now.generation != chunk_generation {
-                continue; // Lost in the partition.
-            }
-            if to.write_all(&chunk).await.is_err() {
-                return;
+            // Small slices, so a partition mid-chunk still loses the rest of it on a slow link.
+            for slice in chunk.chunks(BANDWIDTH_SLICE) {
+                let now = *writer_state.borrow();
+                if now.partitioned.is_some() || now.generation != chunk_generation {
+                    break; // Lost in the partition.
+                }
+                if to.write_all(slice).await.is_err() {
+                    return;
+                }
+                if let Some(rate) = now.bandwidth {
+                    tokio::time::sleep(Duration::from_secs_f64(slice.len() as f64 / rate as f64)).await;
+                }
             }
         }
     };
@@ -273,13 +293,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reset_closes_and_delay_holds_bytes() {
+    async fn reset_closes_and_delay_and_bandwidth_hold_bytes() {
         let proxy = Proxy::start(echo_server().await).await.unwrap();
         proxy.set_delay(Duration::from_millis(100));
         let mut socket = TcpStream::connect(proxy.listen_address()).await.unwrap();
         let started = std::time::Instant::now();
         assert!(round_trip(&mut socket, Duration::from_secs(2)).await.is_some());
         assert!(started.elapsed() >= Duration::from_millis(200), "delay in each direction: {:?}", started.elapsed());
+
+        proxy.set_delay(Duration::ZERO);
+        proxy.set_bandwidth(Some(10_000));
+        let block = vec![7u8; 5_000];
+        let started = std::time::Instant::now();
+        socket.write_all(&block).await.unwrap();
+        let mut echoed = vec![0u8; block.len()];
+        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut echoed)).await.unwrap().unwrap();
+        assert_eq!(echoed, block);
+        // 5 kB at 10 kB/s, each way: at least ~0.5 s before the last byte is back.
+        assert!(started.elapsed() >= Duration::from_millis(400), "bandwidth not limited: {:?}", started.elapsed());
 
         proxy.partition(PartitionMode::Reset);
         let mut buf = [0u8; 8];

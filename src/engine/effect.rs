@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::event::{Persisted, Promotion, Rejoined};
 use super::history::PrimaryView;
-use crate::digest::Digest;
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 
 /// One thing the node must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +46,11 @@ pub enum Effect {
     RememberPeer { incarnation: Uuid },
     /// Raise an incident (logged and notified).
     Incident { kind: Alarm, message: String },
+    /// The incident of this kind is over.
+    ResolveIncident { kind: Alarm, message: String },
+    /// With a witness: no write may be acknowledged past this engine ms (`None`: no limit).
+    /// Checked when a write is acknowledged, not only at ticks (`super::witness`).
+    WriteDeadline(Option<u64>),
     /// Log a line an admin should read.
     Note(String),
     /// Carry out a long action; its outcome is the next event.
@@ -77,6 +82,10 @@ pub enum WriteRefusal {
         peer: String,
         epoch: Epoch,
     },
+    /// A primary with a witness that can neither renew its lease nor count on its backup.
+    NoWitness {
+        peer: String,
+    },
 }
 
 impl std::fmt::Display for WriteRefusal {
@@ -86,6 +95,10 @@ impl std::fmt::Display for WriteRefusal {
                 write!(f, "draining for a switchover (op {op_id}); retry on the new primary")
             }
             WriteRefusal::Fenced { reason } => write!(f, "fenced: {reason}"),
+            WriteRefusal::NoWitness { peer } => write!(
+                f,
+                "this primary holds no witness lease (etcd unreachable or not renewed) and {peer} does not acknowledge it: it may have been replaced"
+            ),
             WriteRefusal::AwaitingPeer { peer, epoch } => {
                 write!(f, "restarted primary waits for {peer} to confirm it has not been promoted past epoch {epoch}")
             }
@@ -125,6 +138,10 @@ pub enum Alarm {
     SecondInstallation,
     OrphanedTail,
     ApplyError,
+    WitnessLost,
+    FailoverSuppressed,
+    /// Observe mode: what automatic failover would have done.
+    WouldAct,
 }
 
 /// The long actions: each ends in an [`super::Outcome`] fed back as [`super::Event::Done`].
@@ -181,6 +198,7 @@ pub enum Reply {
     Hello(HelloAnswer),
     /// The follower may start its session.
     Follow,
+    Witness(super::witness::WitnessDecision),
 }
 
 /// What a rejoin will do (a dry run) or did.

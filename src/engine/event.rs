@@ -7,9 +7,9 @@
 use uuid::Uuid;
 
 use super::history::PrimaryView;
-use crate::digest::Digest;
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::digest::Digest;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 
 /// One input to the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,8 @@ pub enum Event {
     PeerBack,
     /// Time passed (the node ticks a few times a second; the simulation at will).
     Tick { now_ms: u64 },
+    /// A round of the witness agent, or its claim won (`super::witness`).
+    Witness(super::witness::WitnessReport),
 }
 
 /// What a node found on its disk when it started.

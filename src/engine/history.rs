@@ -7,7 +7,7 @@
 //! - A welcome never cuts a backup below what it confirmed, matched or acknowledged
 //!   ([`welcome_plan`]): what it cuts was neither applied nor acknowledged.
 
-use crate::journal::{HistoryEntry, Lsn};
+use crate::storage::journal::{HistoryEntry, Lsn};
 
 /// Where a node with history `theirs` and last LSN `their_last` stands against `ours`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub fn welcome_plan(standing: Standing, tail: BackupTail, acknowledged: Lsn) -> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrimaryView {
     pub history: Vec<HistoryEntry>,
-    pub epoch: crate::journal::Epoch,
+    pub epoch: crate::storage::journal::Epoch,
     pub last_lsn: Lsn,
     /// The lowest LSN its journals can still ship.
     pub first_available: Lsn,
@@ -117,7 +117,7 @@ pub fn divergence_point(primary: &PrimaryView, history: &[HistoryEntry], our_las
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Epoch;
+    use crate::storage::journal::Epoch;
 
     fn h(entries: &[(Epoch, Lsn, &str)]) -> Vec<HistoryEntry> {
         entries.iter().map(|&(epoch, first_lsn, p)| HistoryEntry { epoch, first_lsn, primary: p.into() }).collect()

@@ -35,6 +35,7 @@ pub mod event;
 pub mod history;
 pub mod render;
 pub mod role;
+pub mod witness;
 
 use uuid::Uuid;
 
@@ -43,9 +44,10 @@ pub use event::{
     Event, Hello, Outcome, Persisted, Primitive, Promotion, Recovered, RejoinRequest, Rejoined, TailMatch,
 };
 pub use history::PrimaryView;
+pub use witness::{WitnessDecision, WitnessEpoch, WitnessPolicy, WitnessReport, WitnessState};
 
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 use history::{divergence_point, standing, welcome_plan, BackupTail, Plan};
 use role::{transition, Event as Change};
 
@@ -84,8 +86,10 @@ pub struct State {
     pub gate: Gate,
     /// Raised at every published role change: a welcome to a hello sent before is void.
     pub generation: u64,
-    /// Whether a replication session with the peer is up (for the witness to come).
+    /// Whether a replication session with the peer is up.
     pub peer_connected: bool,
+    /// `[witness]`: what the engine keeps of it; `None` without one.
+    pub witness: Option<WitnessState>,
 }
 
 /// A decision waiting for the outcome of its long action.
@@ -159,6 +163,7 @@ impl Engine {
             gate: Gate::Closed,
             generation: 0,
             peer_connected: false,
+            witness: None,
         };
         Engine { id, state, pending: None, started: false, saved: None, published: None }
     }
@@ -209,6 +214,7 @@ impl Engine {
             Event::PeerLost => self.state.peer_connected = false,
             Event::PeerBack => self.state.peer_connected = true,
             Event::Tick { now_ms } => self.tick(now_ms, &mut out),
+            Event::Witness(report) => self.witness(report, &mut out),
         }
         debug_assert!(
             out.iter().rev().skip(1).all(|e| !matches!(e, Effect::Run(_))),
@@ -232,6 +238,10 @@ impl Engine {
         self.state.drain = None;
         self.state.gate = Gate::Closed;
         self.state.peer_connected = false;
+        if let Some(w) = &mut self.state.witness {
+            // A restart holds no lease: the agent gets one (or finds a newer epoch) first.
+            *w = WitnessState { paused: w.paused, ..WitnessState::new(w.policy) };
+        }
         self.saved = Some(persisted);
         self.published = None;
         if self.state.role == Role::Draining {
@@ -929,6 +939,7 @@ impl Engine {
     }
 
     fn tick(&mut self, now_ms: u64, out: &mut Out) {
+        self.judge_standing(now_ms, out);
         let Some(lease) = self.state.drain else { return };
         let demoting = matches!(self.pending, Some(Pending::Demote { .. }));
         if self.state.role != Role::Draining || lease.expires_at_ms > now_ms || demoting {
@@ -982,6 +993,9 @@ impl Engine {
         match self.state.role {
             Role::Primary if self.state.awaiting_peer => {
                 Gate::Refusing(WriteRefusal::AwaitingPeer { peer: self.id.peer.clone(), epoch: self.state.epoch })
+            }
+            Role::Primary if self.witness_refuses() => {
+                Gate::Refusing(WriteRefusal::NoWitness { peer: self.id.peer.clone() })
             }
             Role::Primary => Gate::Open,
             Role::Draining => {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::effect::{Action, Effect, Gate, HelloAnswer, RejoinPlan, Reply};
 use super::event::{Persisted, Promotion, Rejoined};
-use crate::journal::HistoryEntry;
+use crate::storage::journal::HistoryEntry;
 
 /// `#7` for a small id, the UUID otherwise.
 pub fn id(uuid: &Uuid) -> String {
@@ -149,6 +149,7 @@ impl fmt::Display for Reply {
             Reply::Refused(reason) => write!(f, "refused: {reason}"),
             Reply::Hello(answer) => write!(f, "hello {answer}"),
             Reply::Follow => write!(f, "follow"),
+            Reply::Witness(decision) => write!(f, "witness {}", format!("{decision:?}").to_lowercase()),
         }
     }
 }
@@ -174,6 +175,11 @@ impl fmt::Display for Effect {
             Effect::Incident { kind, message } => {
                 write!(f, "incident {}: {message}", format!("{kind:?}").to_lowercase())
             }
+            Effect::ResolveIncident { kind, message } => {
+                write!(f, "resolve {}: {message}", format!("{kind:?}").to_lowercase())
+            }
+            Effect::WriteDeadline(Some(ms)) => write!(f, "write-deadline {ms}"),
+            Effect::WriteDeadline(None) => write!(f, "write-deadline none"),
             Effect::Note(text) => write!(f, "note: {text}"),
             Effect::Run(action) => write!(f, "run {action}"),
             Effect::Reply(reply) => write!(f, "reply {reply}"),

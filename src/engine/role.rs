@@ -20,7 +20,7 @@
 //!   `Drain`, `Demote`, `Promote`, `Resume` in the role it leads to is accepted and changes nothing).
 //! - Hearing a higher epoch never leaves a node able to write.
 
-use crate::meta::Role;
+use crate::storage::meta::Role;
 
 /// What can happen to a node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

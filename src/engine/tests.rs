@@ -22,12 +22,12 @@ const FORBIDDEN: [&str; 13] = [
 
 /// The crate paths the engine may use: plain data types.
 const ALLOWED_CRATE_PATHS: [&str; 6] = [
-    "crate::journal::{Epoch, HistoryEntry, Lsn}",
-    "crate::journal::{HistoryEntry, Lsn}",
-    "crate::journal::HistoryEntry",
-    "crate::journal::Epoch",
-    "crate::meta::Role",
-    "crate::digest::Digest",
+    "crate::storage::journal::{Epoch, HistoryEntry, Lsn}",
+    "crate::storage::journal::{HistoryEntry, Lsn}",
+    "crate::storage::journal::HistoryEntry",
+    "crate::storage::journal::Epoch",
+    "crate::storage::meta::Role",
+    "crate::storage::digest::Digest",
 ];
 
 #[test]
@@ -105,7 +105,7 @@ fn a_drained_primary_resumes_when_its_lease_runs_out_but_not_while_it_is_demoted
     let effects = a.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 100, now_ms: 1000 }));
     assert_ordered(&effects);
     assert_eq!(effects.last(), Some(&Effect::Run(Action::FinishInFlight)));
-    a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::digest::Digest(7) }));
+    a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::storage::digest::Digest(7) }));
     assert!(a.step(Event::Tick { now_ms: 1099 }).is_empty(), "the lease is not over yet");
     // A demote under way holds the lease.
     assert_eq!(a.step(Event::Admin(Primitive::Demote { op_id, epoch: 1 })), vec![Effect::Run(Action::StopPipeline)]);
@@ -132,7 +132,7 @@ fn a_higher_epoch_closes_the_gate_before_anything_else_even_during_a_drain() {
     assert_ordered(&effects);
     assert_eq!(a.state().role, Role::Fenced);
     // The drain's outcome now finds a fenced node: refused, and the lease cannot resume it.
-    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::digest::Digest(0) }));
+    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 5, digest: crate::storage::digest::Digest(0) }));
     assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))), "{effects:?}");
     assert!(a.step(Event::Tick { now_ms: 1000 }).is_empty());
     assert_eq!(a.state().role, Role::Fenced);
@@ -165,7 +165,7 @@ fn a_restarted_primary_promoted_alone_takes_the_next_epoch_after_its_last_lsn() 
     let op_id = Uuid::from_u128(2);
     let effects = a.step(Event::Admin(Primitive::Promote { op_id, epoch: 1, expect_lsn: None }));
     assert_eq!(effects.last(), Some(&Effect::Run(Action::FinishInFlight)), "{effects:?}");
-    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::digest::Digest(7) }));
+    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::storage::digest::Digest(7) }));
     assert_eq!(effects.last(), Some(&Effect::Run(Action::StopPipeline)), "{effects:?}");
     let effects = a.step(Event::Done(Outcome::PipelineStopped));
     assert_ordered(&effects);
@@ -177,4 +177,159 @@ fn a_restarted_primary_promoted_alone_takes_the_next_epoch_after_its_last_lsn() 
     // A primary taking writes is never promoted again: only one waiting for its peer is.
     let effects = a.step(Event::Admin(Primitive::Promote { op_id, epoch: 2, expect_lsn: None }));
     assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))), "{effects:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The witness.
+
+const POLICY: WitnessPolicy =
+    WitnessPolicy { automatic: true, ttl_ms: 3000, max_lag_ms: Some(1000), min_interval_ms: 60_000 };
+
+fn witnessed(node: &str, role: Role, last_lsn: Lsn, policy: WitnessPolicy) -> Engine {
+    let peer = if node == "a" { "b" } else { "a" };
+    let mut engine = Engine::new(Identity { node: node.into(), peer: peer.into(), cluster: Uuid::nil() });
+    engine.set_witness(Some(policy));
+    let persisted = Persisted { role, epoch: 1, history: history(&[(1, 1, "a")]), promotion: None, rejoined: None };
+    engine.step(Event::Restarted(Recovered { persisted, last_lsn, met_peer: last_lsn > 0 }));
+    engine
+}
+
+fn key(epoch: Epoch, node: &str, at_ms: u64, automatic: bool) -> Option<WitnessEpoch> {
+    Some(WitnessEpoch { epoch, node: node.into(), at_ms, automatic })
+}
+
+fn holder(now_ms: u64, epoch_key: Option<WitnessEpoch>, lease: Option<u64>, backed: Option<u64>) -> Event {
+    Event::Witness(WitnessReport::Holder {
+        now_ms,
+        reachable: true,
+        epoch_key,
+        lease_until_ms: lease,
+        backed_until_ms: backed,
+    })
+}
+
+fn watcher(leader_present: bool, silent: u64, lag: u64, epoch_key: Option<WitnessEpoch>) -> Event {
+    Event::Witness(WitnessReport::Watcher {
+        now_ms: 10_000,
+        wall_ms: 1_000_000,
+        reachable: true,
+        leader_present,
+        epoch_key,
+        primary_silent_ms: silent,
+        lag_ms: lag,
+    })
+}
+
+fn decision(effects: &[Effect]) -> Option<&WitnessDecision> {
+    effects.iter().find_map(|e| match e {
+        Effect::Reply(Reply::Witness(d)) => Some(d),
+        _ => None,
+    })
+}
+
+fn incident(effects: &[Effect], kind: Alarm) -> bool {
+    effects.iter().any(|e| matches!(e, Effect::Incident { kind: k, .. } if *k == kind))
+}
+
+#[test]
+fn a_primary_with_a_witness_writes_only_while_its_lease_or_its_backup_covers_it() {
+    let mut a = witnessed("a", Role::Primary, 0, POLICY);
+    assert!(
+        matches!(a.state().gate, Gate::Refusing(WriteRefusal::NoWitness { .. })),
+        "no lease yet: {:?}",
+        a.state().gate
+    );
+    let effects = a.step(holder(100, key(1, "a", 0, false), Some(2000), None));
+    assert!(effects.contains(&Effect::WriteDeadline(Some(2000))), "{effects:?}");
+    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
+    assert_ordered(&effects);
+    // The lease's safe end passes with nothing renewed and no backup: writes stop, said once.
+    let effects = a.step(Event::Tick { now_ms: 2000 });
+    assert!(
+        matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::NoWitness { .. })))),
+        "{effects:?}"
+    );
+    assert!(incident(&effects, Alarm::WitnessLost), "{effects:?}");
+    assert!(a.step(Event::Tick { now_ms: 2100 }).is_empty());
+    // The backup's echo covers us again: writes go on.
+    let effects = a.step(holder(2200, None, None, Some(4000)));
+    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
+    let effects = a.step(holder(2400, None, Some(5000), Some(4000)));
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::ResolveIncident { kind: Alarm::WitnessLost, .. })),
+        "{effects:?}"
+    );
+    // etcd down while the backup acknowledges: writes go on (failsafe), and it is said once.
+    let effects = a.step(holder(5100, None, None, Some(7000)));
+    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
+    assert!(incident(&effects, Alarm::WitnessLost), "{effects:?}");
+    assert!(!incident(&a.step(holder(5300, None, None, Some(7200))), Alarm::WitnessLost));
+}
+
+#[test]
+fn a_newer_witness_epoch_fences_a_primary_first_and_asks_for_a_rejoin() {
+    let mut a = witnessed("a", Role::Primary, 10, POLICY);
+    let effects = a.step(holder(100, key(2, "b", 5, true), None, None));
+    assert!(
+        matches!(effects.first(), Some(Effect::Writes(Gate::Refusing(WriteRefusal::Fenced { .. })))),
+        "{effects:?}"
+    );
+    assert_ordered(&effects);
+    assert_eq!(a.state().role, Role::Fenced);
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Rejoin));
+    // Observe mode: said, not done.
+    let mut a = witnessed("a", Role::Primary, 10, WitnessPolicy { automatic: false, ..POLICY });
+    let effects = a.step(holder(100, key(2, "b", 5, true), None, None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing));
+    assert!(incident(&effects, Alarm::WouldAct), "{effects:?}");
+}
+
+#[test]
+fn a_restarted_primary_holding_the_key_in_its_epoch_takes_writes_without_its_peer() {
+    let mut a = witnessed("a", Role::Primary, 10, POLICY);
+    assert!(a.state().awaiting_peer);
+    let effects = a.step(holder(100, key(1, "a", 0, false), Some(2500), None));
+    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
+}
+
+#[test]
+fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
+    let mut b = witnessed("b", Role::Backup, 10, POLICY);
+    let seen = key(1, "a", 0, false);
+    assert_eq!(decision(&b.step(watcher(true, 9000, 0, seen.clone()))), Some(&WitnessDecision::Nothing), "lease held");
+    assert_eq!(
+        decision(&b.step(watcher(false, 2999, 0, seen.clone()))),
+        Some(&WitnessDecision::Nothing),
+        "heard within the ttl"
+    );
+    let effects = b.step(watcher(false, 3000, 1500, seen.clone()));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "too far behind");
+    assert!(incident(&effects, Alarm::FailoverSuppressed), "{effects:?}");
+    assert!(!incident(&b.step(watcher(false, 3200, 1500, seen.clone())), Alarm::FailoverSuppressed), "said once");
+    let recent = key(1, "a", 990_000, true);
+    let effects = b.step(watcher(false, 3000, 0, recent));
+    assert!(incident(&effects, Alarm::FailoverSuppressed), "min_interval: {effects:?}");
+    let effects = b.step(watcher(false, 3000, 0, key(3, "a", 0, false)));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "the witness is ahead of us");
+    b.step(Event::Witness(WitnessReport::Paused(true)));
+    assert_eq!(decision(&b.step(watcher(false, 3000, 0, seen.clone()))), Some(&WitnessDecision::Nothing), "paused");
+    b.step(Event::Witness(WitnessReport::Paused(false)));
+    assert_eq!(decision(&b.step(watcher(false, 3000, 0, seen.clone()))), Some(&WitnessDecision::Claim { epoch: 2 }));
+    // The claim won: the same promotion as `hotpair failover`'s.
+    let op_id = Uuid::from_u128(9);
+    let effects = b.step(Event::Witness(WitnessReport::Claimed { op_id, epoch: 2, lease_until_ms: 12_000 }));
+    assert_eq!(effects.last(), Some(&Effect::Run(Action::StopReceiving)), "{effects:?}");
+    b.step(Event::Done(Outcome::ReceivingStopped { last_lsn: 10, heard_primary_lsn: 10 }));
+    let effects = b.step(Event::Done(Outcome::Replayed { last_lsn: 10, applied_lsn: 10 }));
+    assert_ordered(&effects);
+    assert_eq!(
+        (b.state().role, b.state().epoch, b.state().gate.clone()),
+        (Role::Primary, 2, Gate::Open),
+        "{effects:?}"
+    );
+    // Observe mode never claims.
+    let mut b = witnessed("b", Role::Backup, 10, WitnessPolicy { automatic: false, ..POLICY });
+    let effects = b.step(watcher(false, 3000, 0, seen));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing));
+    assert!(incident(&effects, Alarm::WouldAct), "{effects:?}");
 }

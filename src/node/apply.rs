@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use super::{lock, Node};
 use crate::engine::{Action, Alarm, Effect, Event, Gate, Outcome, ReplayBound, Reply, WriteRefusal};
-use crate::incident::{Kind, Severity};
-use crate::journal::{Lsn, RecordBody};
-use crate::meta::Role;
+use crate::node::incident::{Kind, Severity};
+use crate::storage::journal::{Lsn, RecordBody};
+use crate::storage::meta::Role;
 use crate::Error;
 
 /// How often the engine hears the time (a drain lease ends at most this late).
@@ -139,8 +139,14 @@ impl Node {
                 }
             }
             Effect::Writes(gate) => {
-                let in_doubt =
-                    matches!(gate, Gate::Refusing(WriteRefusal::Fenced { .. } | WriteRefusal::AwaitingPeer { .. }));
+                let in_doubt = matches!(
+                    gate,
+                    Gate::Refusing(
+                        WriteRefusal::Fenced { .. }
+                            | WriteRefusal::AwaitingPeer { .. }
+                            | WriteRefusal::NoWitness { .. }
+                    )
+                );
                 self.standing_in_doubt.store(in_doubt, std::sync::atomic::Ordering::SeqCst);
                 if let Some(pipeline) = self.pipeline() {
                     pipeline.set_refusing(match gate {
@@ -159,7 +165,7 @@ impl Node {
                 tracing::info!(replayed, "replayed what the store was missing from the journals");
             }
             Effect::StartPipeline { first_lsn, epoch, epoch_start } => {
-                let pipeline = crate::pipeline::Pipeline::start_watched(
+                let pipeline = crate::kv::pipeline::Pipeline::start_watched(
                     self.local.clone(),
                     self.store.clone(),
                     first_lsn,
@@ -189,11 +195,20 @@ impl Node {
                 self.update_meta(|meta| {
                     if meta.peer.is_none() {
                         let epoch = meta.epoch;
-                        meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
+                        meta.peer = Some(crate::storage::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
                     }
                 })?;
             }
             Effect::Incident { kind, message } => self.alarm(kind, message),
+            Effect::ResolveIncident { kind, message } => {
+                if let Some((kind, _)) = incident_kind(kind) {
+                    self.incidents.resolve(kind, message);
+                }
+            }
+            Effect::WriteDeadline(deadline) => {
+                // u64::MAX: no deadline (a pair without a witness never sets one).
+                self.write_deadline.store(deadline.unwrap_or(u64::MAX), std::sync::atomic::Ordering::SeqCst);
+            }
             Effect::Note(text) => tracing::warn!("{text}"),
             Effect::Run(_) | Effect::Reply(_) => unreachable!("handled by apply"),
         }
@@ -201,19 +216,20 @@ impl Node {
     }
 
     fn alarm(&self, kind: Alarm, message: String) {
-        match kind {
-            Alarm::Fenced => self.incidents.raise(Kind::Fenced, Severity::Critical, message),
-            Alarm::SplitBrain => self.incidents.raise(Kind::SplitBrain, Severity::Critical, message),
-            Alarm::StalePrimary => self.incidents.raise(Kind::StalePrimary, Severity::Warning, message),
-            Alarm::ForcedPromotion => self.incidents.raise(Kind::ForcedPromotion, Severity::Critical, message),
-            Alarm::SecondInstallation => self.incidents.raise(Kind::SecondInstallation, Severity::Critical, message),
-            Alarm::ApplyError => self.incidents.raise(Kind::ApplyError, Severity::Critical, message),
-            Alarm::OrphanedTail => {
-                // A notice: the tail is saved and undone, nothing remains to be done about it.
-                self.incidents.raise(Kind::OrphanedTail, Severity::Warning, message.clone());
-                self.incidents.resolve(Kind::OrphanedTail, message);
-            }
+        if let Some((kind, severity)) = incident_kind(kind) {
+            self.incidents.raise(kind, severity, message.clone());
         }
+        if kind == Alarm::OrphanedTail {
+            // A notice: the tail is saved and undone, nothing remains to be done about it.
+            self.incidents.resolve(Kind::OrphanedTail, message);
+        }
+    }
+
+    /// Whether a write may still be acknowledged now: with a witness, not past the standing's
+    /// deadline (a primary resumed after a freeze sees it passed before any tick runs).
+    pub(crate) fn within_write_deadline(&self) -> bool {
+        let deadline = self.write_deadline.load(std::sync::atomic::Ordering::SeqCst);
+        deadline == u64::MAX || self.now_ms() < deadline
     }
 
     /// Carries out a long action and says how it ended.
@@ -299,6 +315,22 @@ impl Node {
         }
         Outcome::ReceivingStopped { last_lsn: self.last_lsn(), heard_primary_lsn }
     }
+}
+
+/// The incident an engine alarm raises, and how loud.
+fn incident_kind(alarm: Alarm) -> Option<(Kind, Severity)> {
+    Some(match alarm {
+        Alarm::Fenced => (Kind::Fenced, Severity::Critical),
+        Alarm::SplitBrain => (Kind::SplitBrain, Severity::Critical),
+        Alarm::StalePrimary => (Kind::StalePrimary, Severity::Warning),
+        Alarm::ForcedPromotion => (Kind::ForcedPromotion, Severity::Critical),
+        Alarm::SecondInstallation => (Kind::SecondInstallation, Severity::Critical),
+        Alarm::ApplyError => (Kind::ApplyError, Severity::Critical),
+        Alarm::OrphanedTail => (Kind::OrphanedTail, Severity::Warning),
+        Alarm::WitnessLost => (Kind::WitnessLost, Severity::Critical),
+        Alarm::FailoverSuppressed => (Kind::FailoverSuppressed, Severity::Warning),
+        Alarm::WouldAct => (Kind::AutoFailover, Severity::Warning),
+    })
 }
 
 /// Runs blocking work (fsync waits, thread joins, sled) without stalling the async runtime.

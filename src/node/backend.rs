@@ -26,15 +26,15 @@ use tokio::time::Instant;
 
 use super::Node;
 use crate::config::{PeerLossPolicy, SyncLevel};
-use crate::journal::ClientCommand;
-use crate::keyspace::{self, Context, Savepoint, ScanSlice, ScanStart};
-use crate::meta::Role;
-use crate::pipeline::CommitError;
+use crate::kv::keyspace::{self, Context, Savepoint, ScanSlice, ScanStart};
+use crate::kv::pipeline::CommitError;
+use crate::kv::watch::{Registry, Watcher};
 use crate::resp::{Command, Frame};
 use crate::server::auth::Users;
 use crate::server::memory::ReplyLimit;
 use crate::server::{DataBackend, ServeOptions};
-use crate::watch::{Registry, Watcher};
+use crate::storage::journal::ClientCommand;
+use crate::storage::meta::Role;
 use crate::Error;
 
 /// How long `WAIT numreplicas 0` ("forever") waits at most before answering what it has.
@@ -42,7 +42,7 @@ const WAIT_FOREVER_CAP: Duration = Duration::from_secs(3600);
 
 /// Most bytes of before-images one `FLUSHALL` record may carry: under the journal's record limit
 /// with room for the record's own framing (`docs/commands.md`, "FLUSHALL").
-pub const MAX_FLUSH_BYTES: usize = crate::journal::format::MAX_RECORD_BODY - (1 << 20);
+pub const MAX_FLUSH_BYTES: usize = crate::storage::journal::format::MAX_RECORD_BODY - (1 << 20);
 
 pub struct Backend {
     node: Arc<Node>,
@@ -235,7 +235,7 @@ async fn run_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Opti
         (Role::Primary | Role::Draining, Some(pipeline)) => pipeline,
         (role, _) if writes => return TxnReply::Whole(not_primary(role)),
         // A backup runs a read-only EXEC over its store; nothing can commit meanwhile except
-        // the records it applies, which it does not watch (`crate::watch`, "Caveat").
+        // the records it applies, which it does not watch (`crate::kv::watch`, "Caveat").
         _ => return read_transaction(node, commands, watcher.as_deref()).await,
     };
     if writes {
@@ -354,7 +354,7 @@ impl keyspace::View for ReadView<'_> {
     fn scan(&self, start: &ScanStart, limit: usize) -> Result<ScanSlice, CommitError> {
         match self.node.pipeline() {
             Some(pipeline) => pipeline.scan(start, limit),
-            None => crate::pipeline::scan_store(&self.node.store, start, limit),
+            None => crate::kv::pipeline::scan_store(&self.node.store, start, limit),
         }
     }
 
@@ -408,6 +408,9 @@ pub async fn wait_sync(node: &Node, lsn: u64) -> Result<(), String> {
     }
     let local = tokio::time::timeout_at(deadline, durable.wait_for(|&d| d >= lsn)).await;
     match local {
+        Ok(Ok(_)) if !node.within_write_deadline() => Err(
+            "ERR this primary's witness lease ran out before the write could be acknowledged; the write is NOT acknowledged (it may have been replaced: retry on the primary)".to_string()
+        ),
         Ok(Ok(_)) => Ok(()),
         _ => Err(not_reached("the local journal is not durable yet")),
     }
@@ -476,7 +479,7 @@ async fn wait_command(node: &Node, replicas: u64, timeout: Option<Duration>) -> 
 /// The commit pipeline while this node is the primary (draining included): what `ROLE` and
 /// `INFO` call `master`. A fenced node may still hold its pipeline, but it is no master; nor is
 /// a restarted primary until its peer confirmed it was not failed over meanwhile.
-fn master_pipeline(node: &Node) -> Option<Arc<crate::pipeline::Pipeline>> {
+fn master_pipeline(node: &Node) -> Option<Arc<crate::kv::pipeline::Pipeline>> {
     match node.role() {
         Role::Primary | Role::Draining if !node.awaits_peer() => node.pipeline(),
         _ => None,

@@ -38,10 +38,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Node;
-use crate::journal::{HistoryEntry, Lsn};
-use crate::meta::Role;
-use crate::store::Position;
-use crate::wire::{self, Envelope, Frame, Message};
+use crate::replication::wire::{self, Envelope, Frame, Message};
+use crate::storage::journal::{HistoryEntry, Lsn};
+use crate::storage::meta::Role;
+use crate::storage::store::Position;
 
 /// Pairs read from the store per look (each look is a fresh read).
 const SCAN_SLICE: usize = 1024;
@@ -206,7 +206,7 @@ async fn send_journal<S: AsyncWrite + Unpin>(
         let frames = frames?;
         let mut rest = frames.as_slice();
         while !rest.is_empty() {
-            let (record, used) = crate::journal::format::decode_record(rest)
+            let (record, used) = crate::storage::journal::format::decode_record(rest)
                 .map_err(|e| format!("a journal record read back does not decode: {e:?}"))?;
             first.get_or_insert(record.lsn);
             last = Some(record.lsn);
@@ -234,7 +234,7 @@ fn read_records(
         let reader = match journal.read_from(next) {
             Ok(reader) => reader,
             // Older than S and gone (a node built by a full copy): S+1 on is what matters.
-            Err(crate::journal::JournalError::RangeGone { .. }) if next <= start => {
+            Err(crate::storage::journal::JournalError::RangeGone { .. }) if next <= start => {
                 next = start + 1;
                 continue;
             }

@@ -29,13 +29,13 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::{status, Node};
 use crate::engine::{Event, Hello, HelloAnswer, Reply, TailMatch};
-use crate::journal::Lsn;
-use crate::meta::Role;
+use crate::replication::wire::{self, AdminRequest, Envelope, Frame, Message};
 use crate::replication::{self, ShipContext};
 use crate::server::handshake::{Admission, HandshakeSlots, Stage, HANDSHAKE_TIMEOUT, HELLO_GRACE};
 use crate::server::throttle::LogThrottle;
+use crate::storage::journal::Lsn;
+use crate::storage::meta::Role;
 use crate::tls::Peer;
-use crate::wire::{self, AdminRequest, Envelope, Frame, Message};
 use crate::Error;
 
 /// How long the peer has, once its handshake is done, to send its hello.

@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Node;
-use crate::journal::{Lsn, Record};
-use crate::store::{CopyCheckpoint, Position, StoredPair};
-use crate::wire::{self, CopyResume, Envelope, Frame, Message};
+use crate::replication::wire::{self, CopyResume, Envelope, Frame, Message};
+use crate::storage::journal::{Lsn, Record};
+use crate::storage::store::{CopyCheckpoint, Position, StoredPair};
 
 /// About the bytes of pairs per copy frame: large enough that per-frame costs vanish, small
 /// enough that three in flight stay a few megabytes.
@@ -145,7 +145,7 @@ where
 /// Reads the store in key order after `after`, handing `send` batches of about
 /// [`COPY_BATCH_BYTES`]; stops early when `send` returns false.
 fn scan(
-    store: &crate::store::Store,
+    store: &crate::storage::store::Store,
     mut after: Option<Vec<u8>>,
     mut send: impl FnMut(Vec<StoredPair>) -> bool,
 ) -> Result<(), String> {
@@ -394,7 +394,7 @@ fn write_incoming(
 fn decode_records(mut bytes: &[u8]) -> Result<Vec<Record>, String> {
     let mut records = Vec::new();
     while !bytes.is_empty() {
-        let (record, used) = crate::journal::format::decode_record(bytes)
+        let (record, used) = crate::storage::journal::format::decode_record(bytes)
             .map_err(|err| format!("a redo record is not valid: {err:?}"))?;
         records.push(record);
         bytes = &bytes[used..];

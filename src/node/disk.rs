@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
-use crate::incident::{Kind, Severity};
+use crate::node::incident::{Kind, Severity};
 use crate::Error;
 
 /// How often free space is measured. One `statvfs` is a few microseconds.

@@ -1,7 +1,7 @@
 //! Active expiry: the primary journals the deletion of keys whose time to live has passed.
 //!
 //! Reads treat an expired key as absent on either node from the moment it expires
-//! ([`crate::value`]); this task removes it for good, so that it stops taking space and
+//! ([`crate::storage::value`]); this task removes it for good, so that it stops taking space and
 //! counting in `DBSIZE`. It walks the store in key order, one slice per tick, and deletes the
 //! slice's expired keys through the pipeline like a client's `DEL`: the deletion is journaled,
 //! shipped and applied on the backup, and both digests move together.
@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
-use crate::meta::Role;
-use crate::pipeline::{CommitError, Pipeline};
-use crate::value::StoredValue;
+use crate::kv::pipeline::{CommitError, Pipeline};
+use crate::storage::meta::Role;
+use crate::storage::value::StoredValue;
 use crate::Error;
 
 const TICK: Duration = Duration::from_millis(100);

@@ -31,9 +31,9 @@ use tokio_rustls::TlsConnector;
 
 use super::Node;
 use crate::engine::{Event, Reply};
-use crate::meta::Role;
+use crate::replication::wire::{self, Envelope, Frame, Message};
 use crate::replication::{self, FollowContext};
-use crate::wire::{self, Envelope, Frame, Message};
+use crate::storage::meta::Role;
 use crate::Error;
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);

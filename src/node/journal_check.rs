@@ -4,7 +4,7 @@
 //! Opening a journal reads only its last segment whole; closed segments are taken from their
 //! seals (`journal::seal`), so a restart does not grow with the journal. This thread makes up
 //! for it once per start: it reads every sealed segment of both journals
-//! ([`crate::journal::Journal::check_sealed`]) and compares it with the CRC32C recorded when the
+//! ([`crate::storage::journal::Journal::check_sealed`]) and compares it with the CRC32C recorded when the
 //! segment was closed. Damage raises a `journal-damaged` incident naming the file (the records
 //! themselves are still CRC-checked whenever anything reads them, and fail there too).
 //!
@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::Node;
-use crate::incident::{Kind, Severity};
+use crate::node::incident::{Kind, Severity};
 
 /// Starts the check on its own thread.
 pub fn start(node: Arc<Node>) {

@@ -11,7 +11,7 @@
 //! ## Invariants
 //! - A scrape never waits on sled, on a journal's state lock, on a commit, or on any lock held
 //!   across I/O: it reads watch channels, the store's published position, each journal's
-//!   published [`crate::journal::JournalFootprint`], the incident table (whose lock is never held
+//!   published [`crate::storage::journal::JournalFootprint`], the incident table (whose lock is never held
 //!   across I/O) and atomics. The one lock held across I/O that it would need, the node's
 //!   metadata (saved under its lock), is only *tried*: when busy, the last epoch read is shown.
 //! - It only reads: serving metrics changes nothing in the node, so a scraper cannot disturb it.
@@ -43,8 +43,8 @@ use tokio::task::JoinSet;
 
 use super::Node;
 use crate::config::SyncLevel;
-use crate::journal::{Journal, JournalFootprint};
-use crate::meta::Role;
+use crate::storage::journal::{Journal, JournalFootprint};
+use crate::storage::meta::Role;
 use crate::Error;
 
 /// The one path served.
@@ -368,7 +368,7 @@ fn incidents(out: &mut Exposition, node: &Node) {
 }
 
 /// The kind as the incident log spells it (`peer-lost`, …).
-fn kind_name(kind: &crate::incident::Kind) -> String {
+fn kind_name(kind: &crate::node::incident::Kind) -> String {
     match serde_json::to_value(kind) {
         Ok(serde_json::Value::String(name)) => name,
         _ => format!("{kind:?}"),

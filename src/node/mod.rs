@@ -36,6 +36,7 @@ mod copy;
 pub mod disk;
 mod expiry;
 pub(crate) mod follow;
+pub mod incident;
 mod journal_check;
 pub mod metrics;
 mod monitor;
@@ -48,15 +49,15 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::applier::Applier;
 use crate::config::{NodeConfig, PairConfig};
 use crate::engine::Engine;
-use crate::incident::{Kind, Severity};
-use crate::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn};
-use crate::meta::{NodeMeta, Role};
-use crate::pipeline::Pipeline;
+use crate::kv::applier::Applier;
+use crate::kv::pipeline::Pipeline;
+use crate::node::incident::{Kind, Severity};
 use crate::replication::PeerState;
-use crate::store::Store;
+use crate::storage::journal::{Journal, JournalIdentity, JournalKind, JournalOptions, Lsn};
+use crate::storage::meta::{NodeMeta, Role};
+use crate::storage::store::Store;
 use crate::Error;
 
 /// Below sync level `durable`, the backup fsyncs its remote journal at most this often
@@ -95,21 +96,21 @@ pub struct Node {
     /// Set once commits were acknowledged without the peer (`on_peer_loss = degrade-after`).
     degraded: std::sync::atomic::AtomicBool,
     /// Serialises orchestration primitives on this node (and a follower session's start).
-    role_change: tokio::sync::Mutex<()>,
+    pub(crate) role_change: tokio::sync::Mutex<()>,
     /// Whether the follower is in a session with the primary right now.
     pub following: watch::Sender<bool>,
     /// While true the follower opens no session (a promotion or rejoin is taking over).
     follower_held: watch::Sender<bool>,
     /// A full copy in progress: pairs received so far and the total expected.
     pub copy_progress: watch::Sender<Option<(u64, u64)>>,
-    /// Open incidents; raising one logs it and notifies (`crate::incident`).
-    pub incidents: crate::incident::Incidents,
+    /// Open incidents; raising one logs it and notifies (`crate::node::incident`).
+    pub incidents: crate::node::incident::Incidents,
     /// What only the metrics endpoint needs counted (commit latencies, follower sessions).
     pub metrics: metrics::Counters,
     /// Free space of the data directory and whether it is below `disk_min_free` ([`disk`]).
     pub disk: watch::Sender<disk::DiskSpace>,
     /// This process's exclusive hold on the data directory, for the node's whole life.
-    _dir_lock: crate::datadir::DataDirLock,
+    _dir_lock: crate::storage::datadir::DataDirLock,
     /// The budget of the data port's client buffers (`[limits] max_client_memory`), shared by its
     /// connections and by replies the backend builds (`MGET`).
     pub client_memory: Arc<crate::server::memory::ClientMemory>,
@@ -117,9 +118,13 @@ pub struct Node {
     /// restarted primary awaiting its peer): see [`Node::awaits_peer`].
     standing_in_doubt: std::sync::atomic::AtomicBool,
     /// Keys clients `WATCH`; every commit of the pipeline touches the keys it writes.
-    pub watches: Arc<crate::watch::Registry>,
-    /// Where `SCAN` cursors handed out by this node resume (`crate::keyspace::scan`).
-    pub scan_cursors: crate::keyspace::ScanCursors,
+    pub watches: Arc<crate::kv::watch::Registry>,
+    /// Where `SCAN` cursors handed out by this node resume (`crate::kv::keyspace::scan`).
+    pub scan_cursors: crate::kv::keyspace::ScanCursors,
+    /// With a witness: engine ms past which no write is acknowledged (`u64::MAX`: none).
+    write_deadline: std::sync::atomic::AtomicU64,
+    /// What the witness agent saw last (`status` shows it); `None` without a witness.
+    pub witness_seen: Mutex<Option<serde_json::Value>>,
     /// The digest of the pair file the peer said (in its last hello or welcome) it runs.
     peer_config_digest: Mutex<Option<String>>,
 }
@@ -131,10 +136,10 @@ impl Node {
         let peer_config = pair.peer_of(name)?.clone();
         // Before any other file of the directory is opened: a second process for this node
         // must stop here, having changed nothing (opening a journal trims its preallocated end).
-        crate::datadir::check_permissions(&config.dir, name)?;
-        let dir_lock = crate::datadir::DataDirLock::acquire(&config.dir, name)?;
+        crate::storage::datadir::check_permissions(&config.dir, name)?;
+        let dir_lock = crate::storage::datadir::DataDirLock::acquire(&config.dir, name)?;
         let meta = NodeMeta::load(&config.dir).map_err(|err| match err {
-            crate::meta::MetaError::Missing { path } => Error::Failed(format!(
+            crate::storage::meta::MetaError::Missing { path } => Error::Failed(format!(
                 "node {name} cannot start: {} holds no {} (an empty disk, or its data was lost); if node {name}'s data is gone, run `hotpair reinit {name}`, start it, then `hotpair rejoin {name} --allow-full-copy` (docs/runbook.md procedure 4)",
                 config.dir.display(),
                 path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
@@ -190,7 +195,7 @@ impl Node {
         }
         let store = match Store::open(&config.dir.join("store")) {
             Ok(store) => Arc::new(store),
-            Err(source @ crate::store::StoreError::Damaged { .. }) => {
+            Err(source @ crate::storage::store::StoreError::Damaged { .. }) => {
                 return Err(Error::StoreDamaged { node: name.to_string(), dir: config.dir.clone(), source })
             }
             Err(other) => return Err(other.into()),
@@ -229,14 +234,16 @@ impl Node {
             following: watch::channel(false).0,
             follower_held: watch::channel(false).0,
             copy_progress: watch::channel(None).0,
-            incidents: crate::incident::Incidents::start(name, notify.incident_log, notify.commands),
+            incidents: crate::node::incident::Incidents::start(name, notify.incident_log, notify.commands),
             metrics: metrics::Counters::new(epoch),
             disk: watch::channel(disk::DiskSpace::default()).0,
             _dir_lock: dir_lock,
             client_memory,
             standing_in_doubt: std::sync::atomic::AtomicBool::new(false),
-            watches: Arc::new(crate::watch::Registry::default()),
-            scan_cursors: crate::keyspace::ScanCursors::default(),
+            watches: Arc::new(crate::kv::watch::Registry::default()),
+            scan_cursors: crate::kv::keyspace::ScanCursors::default(),
+            write_deadline: std::sync::atomic::AtomicU64::new(u64::MAX),
+            witness_seen: Mutex::new(None),
             peer_config_digest: Mutex::new(None),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
@@ -249,6 +256,7 @@ impl Node {
             );
             node.copy_progress.send_replace(Some((cut_off.pairs, cut_off.total)));
         }
+        lock(&node.engine).set_witness(node.pair.witness.as_ref().map(crate::witness::policy));
         let met_peer = node.meta().peer.is_some();
         let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn(), met_peer };
         node.step_now(crate::engine::Event::Restarted(recovered))?;
@@ -332,7 +340,7 @@ impl Node {
                 if crcs.len() == count || entry.record.lsn != from + crcs.len() as u64 {
                     break;
                 }
-                crcs.push(crate::journal::format::frame_crc(&entry.frame).unwrap_or(0));
+                crcs.push(crate::storage::journal::format::frame_crc(&entry.frame).unwrap_or(0));
             }
             if crcs.len() == before {
                 break;
@@ -342,12 +350,12 @@ impl Node {
     }
 
     /// The journal that holds `lsn`: the local one for epochs this node was primary in (see
-    /// [`crate::journal::holding`]).
+    /// [`crate::storage::journal::holding`]).
     pub fn journal_for(&self, lsn: Lsn) -> &Journal {
         // A copy of the history: `holding` takes the journals' locks, which a segment roll holds
         // across an fsync, and the meta lock must never wait on that.
         let history = lock(&self.meta).history.clone();
-        crate::journal::holding(&history, self.name(), &self.local, &self.remote, lsn)
+        crate::storage::journal::holding(&history, self.name(), &self.local, &self.remote, lsn)
     }
 
     /// Applies every journal record the store does not have yet (after a crash the store may be
@@ -380,7 +388,8 @@ impl Node {
                     }
                     Err(_) => true,
                 });
-            let applied = crate::pipeline::replay(&self.store, records).map_err(|e| Error::Failed(e.to_string()))?;
+            let applied =
+                crate::kv::pipeline::replay(&self.store, records).map_err(|e| Error::Failed(e.to_string()))?;
             if applied == 0 {
                 return Ok(total);
             }
@@ -391,7 +400,7 @@ impl Node {
     /// How far this node's remote journal is settled under `history`: everything before its
     /// current epoch (that epoch's primary held all of it when the epoch began) and whatever the
     /// store already applied. Past it a record may be unconfirmed.
-    pub(crate) fn settled_lsn(&self, history: &[crate::journal::HistoryEntry]) -> Lsn {
+    pub(crate) fn settled_lsn(&self, history: &[crate::storage::journal::HistoryEntry]) -> Lsn {
         let epoch_start = history.last().map_or(0, |h| h.first_lsn.saturating_sub(1));
         self.store.position().applied_lsn.max(epoch_start)
     }
@@ -463,7 +472,7 @@ impl Node {
         let pace = if self.pair.sync == crate::config::SyncLevel::Applied {
             Duration::ZERO
         } else {
-            crate::applier::APPLY_PACE
+            crate::kv::applier::APPLY_PACE
         };
         Applier::start_gated(self.remote.clone(), self.store.clone(), pace, |_| {})
     }
@@ -626,12 +635,12 @@ impl Node {
         self.forget_peer_acks();
         let mut meta = lock(&self.meta);
         let epoch = meta.epoch;
-        meta.peer = Some(crate::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
+        meta.peer = Some(crate::storage::meta::PeerPosition { incarnation, epoch, durable_lsn: 0 });
         meta.save(&self.config.dir)?;
         drop(meta);
         tracing::warn!(peer = %self.peer_config.name, %incarnation, "the admin accepted a new incarnation of the peer");
         let message = format!("{} is accepted with its new incarnation {incarnation}", self.peer_config.name);
-        self.incidents.resolve(crate::incident::Kind::SecondInstallation, message);
+        self.incidents.resolve(crate::node::incident::Kind::SecondInstallation, message);
         Ok(())
     }
 
@@ -705,7 +714,7 @@ pub fn run(pair: PairConfig, name: &str) -> Result<(), Error> {
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
     // Journals, store, meta.json, orphans files and the incident log: the owner's alone.
-    crate::datadir::restrict_new_files();
+    crate::storage::datadir::restrict_new_files();
     let outcome = runtime.block_on(async move {
         let node = Node::open(pair, name)?;
         let result = serve(node.clone()).await;
@@ -792,6 +801,9 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(disk::run(node.clone()));
     tasks.spawn(expiry::run(node.clone()));
     tasks.spawn(apply::tick(node.clone()));
+    if node.pair.witness.is_some() {
+        tasks.spawn(crate::witness::agent::run(node.clone()));
+    }
     journal_check::start(node.clone());
     wait_for_signal().await;
     node.shutdown.send_replace(true);

@@ -7,7 +7,7 @@
 //! - The watch loop only reads; each incident is raised once while its condition holds and
 //!   resolved when it ends (repeats are rate-limited by `incident`).
 //! - A canary takes an LSN like a write, so it is only written while the pipeline accepts
-//!   writes ([`crate::pipeline::Pipeline::append_canary`]): never past a drain, never by a
+//!   writes ([`crate::kv::pipeline::Pipeline::append_canary`]): never past a drain, never by a
 //!   restarted primary its peer has not confirmed.
 //! - The periodic digest check compares a digest recomputed from the stored pairs with the
 //!   store's incremental digest at the same position. The applier already checked that
@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Node;
-use crate::incident::{Kind, Severity};
-use crate::meta::Role;
+use crate::node::incident::{Kind, Severity};
+use crate::storage::meta::Role;
 use crate::Error;
 
 /// How often the conditions are looked at.

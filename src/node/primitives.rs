@@ -8,7 +8,7 @@
 //! - Epoch-guarded and idempotent (the engine's rules): a request naming another epoch than the
 //!   node's is refused and changes nothing; repeating one whose effect is there answers
 //!   "already".
-//! - Every reply is a typed struct of [`crate::protocol`].
+//! - Every reply is a typed struct of [`crate::admin::protocol`].
 //! - Rejoin saves the orphaned tail to a file (fsynced) *before* it undoes it in the store.
 
 use std::io::Write;
@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use super::apply::blocking;
 use super::Node;
+use crate::admin::protocol::{self, body};
 use crate::engine::{Event, PrimaryView, Primitive, RejoinRequest, Reply};
-use crate::journal::{Lsn, Record, RecordBody};
-use crate::protocol::{self, body};
-use crate::wire::AdminRequest;
+use crate::replication::wire::AdminRequest;
+use crate::storage::journal::{Lsn, Record, RecordBody};
 
 /// Carries out one primitive; `Err` is the refusal, in one sentence.
 pub async fn handle(node: &Arc<Node>, request: AdminRequest) -> Result<Value, String> {
@@ -293,7 +293,7 @@ pub(super) async fn copy_in(node: &Arc<Node>, op_id: Uuid, divergence: Lsn) -> R
 /// line, into `DIR/orphans/`, and fsyncs it. Returns the path.
 fn save_orphans(node: &Node, op_id: Uuid, orphans: &[Record]) -> std::io::Result<String> {
     let dir = node.config.dir.join("orphans");
-    crate::datadir::create_private_dir(&dir)?;
+    crate::storage::datadir::create_private_dir(&dir)?;
     let (low, high) = (orphans.last().map_or(0, |r| r.lsn), orphans.first().map_or(0, |r| r.lsn));
     let path = dir.join(format!("orphans-{low}-{high}-{}.jsonl", &op_id.to_string()[..8]));
     let tmp = path.with_extension("jsonl.tmp");
@@ -301,7 +301,7 @@ fn save_orphans(node: &Node, op_id: Uuid, orphans: &[Record]) -> std::io::Result
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(crate::datadir::PRIVATE_FILE_MODE)
+        .mode(crate::storage::datadir::PRIVATE_FILE_MODE)
         .open(&tmp)?;
     let mut out = std::io::BufWriter::new(file);
     for record in orphans {
@@ -340,11 +340,11 @@ fn text_or_hex(bytes: &[u8]) -> Value {
 }
 
 fn value_json(stored: &[u8]) -> Value {
-    match crate::value::StoredValue::decode(stored) {
+    match crate::storage::value::StoredValue::decode(stored) {
         Some(value) => {
             let data = match &value.data {
-                crate::value::Data::String(bytes) => text_or_hex(bytes),
-                crate::value::Data::Hash(fields) => {
+                crate::storage::value::Data::String(bytes) => text_or_hex(bytes),
+                crate::storage::value::Data::Hash(fields) => {
                     json!({ "hash": fields.iter().map(|(f, v)| json!([text_or_hex(f), text_or_hex(v)])).collect::<Vec<_>>() })
                 }
             };

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::Node;
-use crate::meta::Role;
+use crate::storage::meta::Role;
 
 pub fn node_status(node: &Node) -> Value {
     let meta = node.meta();
@@ -46,6 +46,7 @@ pub fn node_status(node: &Node) -> Value {
         "diverged_at": diverged,
         "replicating": *node.replicating.borrow(),
         "degraded": node.is_degraded(),
+        "witness": super::lock(&node.witness_seen).clone(),
         "peer": {
             "name": node.peer_config.name,
             "connected": peer.connected,
@@ -103,7 +104,7 @@ fn operations(node: &Node, role: Role) -> serde_json::Map<String, Value> {
 /// (and when a heartbeat told it of more). Ages compare two hosts' clocks. When neither side has
 /// a time (records older than the primary keeps in memory and never announced), it falls back to
 /// the time since the peer was last heard from.
-pub(super) fn lag_ms(node: &Node, role: Role, peer: &crate::replication::PeerState, lag_records: u64, now: u64) -> u64 {
+pub(crate) fn lag_ms(node: &Node, role: Role, peer: &crate::replication::PeerState, lag_records: u64, now: u64) -> u64 {
     if lag_records == 0 {
         return 0;
     }

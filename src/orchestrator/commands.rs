@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::plan::{self, Answer, Command, Finish, Heard, Memory, Next, Until, Verdict};
 use super::{OrchestrationError, Run, Step};
 use crate::config::PairConfig;
-use crate::journal::Lsn;
-use crate::wire::AdminRequest;
+use crate::replication::wire::AdminRequest;
+use crate::storage::journal::Lsn;
 
 use OrchestrationError::Refused;
 
@@ -304,7 +304,7 @@ async fn with_catch_up_progress(
 
 /// A node's own status, or `None` if it does not answer within a second or two.
 async fn status_of(run: &Run, node: &str) -> Option<Value> {
-    let request = crate::admin::request(&run.pair, node, AdminRequest::Status);
+    let request = crate::admin::client::request(&run.pair, node, AdminRequest::Status);
     tokio::time::timeout(Duration::from_secs(2), request).await.ok()?.ok()
 }
 

@@ -30,8 +30,8 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::config::PairConfig;
-use crate::journal::{Epoch, Lsn};
-use crate::wire::AdminRequest;
+use crate::replication::wire::AdminRequest;
+use crate::storage::journal::{Epoch, Lsn};
 
 pub use commands::{failover, rejoin, switchback, switchover, verify};
 
@@ -141,7 +141,7 @@ pub struct Run {
     quiet: bool,
     started: Instant,
     /// Admin connections to the nodes, reused across the run's requests.
-    sessions: crate::admin::Sessions,
+    sessions: crate::admin::client::Sessions,
     phases: std::cell::RefCell<Vec<(String, Duration)>>,
     details: std::cell::RefCell<Map<String, Value>>,
 }
@@ -154,7 +154,7 @@ impl Run {
             op_id: Uuid::new_v4(),
             quiet: json,
             started: Instant::now(),
-            sessions: crate::admin::Sessions::new(pair),
+            sessions: crate::admin::client::Sessions::new(pair),
             phases: Default::default(),
             details: Default::default(),
         }
@@ -205,7 +205,7 @@ impl Run {
         let save = |name: String| {
             let request = AdminRequest::SetProgress { progress: value.clone() };
             async move {
-                if let Err(reason) = self.send(&name, request, crate::admin::ADMIN_TIMEOUT).await {
+                if let Err(reason) = self.send(&name, request, crate::admin::client::ADMIN_TIMEOUT).await {
                     tracing::info!(node = %name, %reason, "could not save orchestration progress");
                 }
             }

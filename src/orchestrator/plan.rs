@@ -18,13 +18,13 @@ use uuid::Uuid;
 
 use super::view::{NodeView, PairView};
 use super::{OrchestrationError, Progress, Step};
-use crate::journal::Lsn;
-use crate::meta::Role;
-use crate::protocol::{
+use crate::admin::protocol::{
     read, DemoteReply, DrainReply, FenceReply, PromoteReply, RejoinReply, ResumeReply, StatusView, VerifyReply,
     WaitAppliedReply,
 };
-use crate::wire::AdminRequest;
+use crate::replication::wire::AdminRequest;
+use crate::storage::journal::Lsn;
+use crate::storage::meta::Role;
 
 use OrchestrationError::{PartWay, Refused};
 
@@ -171,10 +171,10 @@ pub fn answer_of(node: &str, request: &AdminRequest, body: Value) -> Result<Answ
         AdminRequest::Rejoin { .. } => Answer::Rejoin(read(&what, body)?),
         AdminRequest::Verify { .. } => Answer::Verified(read(&what, body)?),
         AdminRequest::FirstAvailable => {
-            Answer::FirstAvailable(read::<crate::protocol::FirstAvailableReply>(&what, body)?.first_available)
+            Answer::FirstAvailable(read::<crate::admin::protocol::FirstAvailableReply>(&what, body)?.first_available)
         }
         AdminRequest::AcceptPeer { .. } => {
-            read::<crate::protocol::AcceptPeerReply>(&what, body)?;
+            read::<crate::admin::protocol::AcceptPeerReply>(&what, body)?;
             Answer::Accepted
         }
         AdminRequest::Status => Answer::Status(Box::new(read(&what, body)?)),

@@ -5,10 +5,10 @@
 //! needs is shown as unreadable with the reason, never with a default in its place.
 
 use super::Progress;
+use crate::admin::protocol::StatusView;
 use crate::config::PairConfig;
-use crate::journal::{Epoch, HistoryEntry, Lsn};
-use crate::meta::Role;
-use crate::protocol::StatusView;
+use crate::storage::journal::{Epoch, HistoryEntry, Lsn};
+use crate::storage::meta::Role;
 
 /// One node as its status reported it (or why it could not be reached or read).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,11 +108,13 @@ pub struct PairView {
 
 impl PairView {
     /// Reads both nodes' status at once over `sessions`.
-    pub async fn load(pair: &PairConfig, sessions: &crate::admin::Sessions) -> PairView {
+    pub async fn load(pair: &PairConfig, sessions: &crate::admin::client::Sessions) -> PairView {
         let ask = |name: String| async move {
-            let answer = sessions.request(&name, crate::wire::AdminRequest::Status, crate::admin::ADMIN_TIMEOUT).await;
+            let answer = sessions
+                .request(&name, crate::replication::wire::AdminRequest::Status, crate::admin::client::ADMIN_TIMEOUT)
+                .await;
             let status =
-                answer.and_then(|body| crate::protocol::read::<StatusView>(&format!("status of {name}"), body));
+                answer.and_then(|body| crate::admin::protocol::read::<StatusView>(&format!("status of {name}"), body));
             NodeView { name, status }
         };
         // Invariant: a loaded pair file has exactly two nodes.

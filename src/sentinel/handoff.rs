@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::meta::Role;
 use crate::node::Node;
+use crate::storage::meta::Role;
 
 fn writes(role: Role) -> bool {
     matches!(role, Role::Primary | Role::Draining)

@@ -48,7 +48,7 @@ pub fn current_view(node: &Node) -> View {
     let meta = node.meta();
     let role = node.role();
     let link_up = match role {
-        crate::meta::Role::Primary | crate::meta::Role::Draining => node.peer.borrow().connected,
+        crate::storage::meta::Role::Primary | crate::storage::meta::Role::Draining => node.peer.borrow().connected,
         _ => *node.following.borrow(),
     };
     view::view(&view::Knowledge {
@@ -91,7 +91,7 @@ pub async fn serve(
 /// take over (in a pair, always the peer), so that a client or an admin reading it knows where
 /// writes go next. Empty when the node is not draining.
 pub fn drain_hint(node: &Node) -> String {
-    if node.role() != crate::meta::Role::Draining {
+    if node.role() != crate::storage::meta::Role::Draining {
         return String::new();
     }
     format!("; the new primary is expected to be {} at {}", node.peer_config.name, node.peer_config.data)

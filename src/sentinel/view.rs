@@ -24,8 +24,8 @@
 use std::net::SocketAddr;
 
 use crate::config::NodeConfig;
-use crate::journal::Epoch;
-use crate::meta::Role;
+use crate::storage::journal::Epoch;
+use crate::storage::meta::Role;
 
 /// What a node knows, as [`view`] needs it.
 #[derive(Debug, Clone)]

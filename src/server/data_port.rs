@@ -64,11 +64,11 @@ use super::auth::{Rights, Users, DEFAULT_USER};
 use super::memory::{out_of_memory, reply_too_large, ClientMemory, Reservation};
 use super::session::{Outcome, Session};
 use super::throttle::{AuthThrottle, AuthVerdict, LogThrottle};
+use crate::kv::watch::{Registry, Watcher};
 use crate::resp::{
     encode_into, encoded_len, Command, ConnectionCommand, Frame, Limits, Protocol, ProtocolError, Request,
     RequestDecoder,
 };
-use crate::watch::{Registry, Watcher};
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::data_port::{config_get, DataBackend};
+use crate::kv::watch::{Registry, Watcher};
 use crate::resp::command::CommandError;
 use crate::resp::table::{self, COMMANDS};
 use crate::resp::{ClientCommand, Command, ConnectionCommand, Frame, Protocol, Request};
-use crate::watch::{Registry, Watcher};
 
 /// The Redis version `HELLO` and `INFO` report: the release whose commands clients may assume
 /// (see `docs/commands.md`, "What `redis_version` claims").

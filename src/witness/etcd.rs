@@ -110,6 +110,15 @@ pub enum Cas {
     Lost { current: Option<KeyValue> },
 }
 
+/// One condition of [`EtcdClient::put_all_if`].
+#[derive(Debug, Clone, Copy)]
+pub enum Compare<'a> {
+    /// The key does not exist.
+    Absent(&'a [u8]),
+    /// The key was last written at this revision.
+    AtRevision(&'a [u8], i64),
+}
+
 /// The client: a list of endpoints, tried in turn from the last one that answered.
 pub struct EtcdClient {
     endpoints: Vec<Endpoint>,
@@ -196,6 +205,32 @@ impl EtcdClient {
             "success": [{ "request_delete_range": { "key": key } }],
         });
         let (endpoint, reply) = self.call("/v3/kv/txn", body).await?;
+        let reply: TxnReply = parse(&endpoint, "/v3/kv/txn", &reply)?;
+        Ok(reply.succeeded)
+    }
+
+    /// Writes every `(key, value, lease)` of `puts` in one transaction if every comparison
+    /// holds. `Ok(true)`: written. A `false` after a timeout may hide a first attempt that
+    /// landed: read the keys back and compare values.
+    pub async fn put_all_if(&self, compares: &[Compare<'_>], puts: &[(&[u8], &[u8], i64)]) -> Result<bool, EtcdError> {
+        let compare: Vec<serde_json::Value> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(key) => {
+                    json!({ "result": "EQUAL", "target": "CREATE", "key": BASE64.encode(key), "create_revision": "0" })
+                }
+                Compare::AtRevision(key, revision) => json!({
+                    "result": "EQUAL", "target": "MOD", "key": BASE64.encode(key), "mod_revision": revision.to_string()
+                }),
+            })
+            .collect();
+        let success: Vec<serde_json::Value> = puts
+            .iter()
+            .map(|(key, value, lease)| {
+                json!({ "request_put": { "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string() } })
+            })
+            .collect();
+        let (endpoint, reply) = self.call("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
         let reply: TxnReply = parse(&endpoint, "/v3/kv/txn", &reply)?;
         Ok(reply.succeeded)
     }
@@ -301,6 +336,15 @@ where
     .await;
     driver.abort();
     result
+}
+
+/// Checks an endpoint as the pair file gives it; `Ok(true)` for `https`. `Err` says why not.
+pub fn check_endpoint(url: &str) -> Result<bool, String> {
+    match parse_endpoint(url) {
+        Ok(endpoint) => Ok(endpoint.https),
+        Err(EtcdError::BadEndpoint { reason, .. }) => Err(format!("is {url:?}, not a valid endpoint: {reason}")),
+        Err(other) => Err(other.to_string()),
+    }
 }
 
 fn parse_endpoint(url: &str) -> Result<Endpoint, EtcdError> {

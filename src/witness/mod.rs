@@ -5,6 +5,9 @@
 //! backup may take over) are not made here but by the pair's engine; this module only carries
 //! them out against etcd and reports what it saw.
 
+pub mod agent;
+pub mod command;
 pub mod etcd;
 
-pub use etcd::{Cas, EtcdClient, EtcdError, EtcdTls, KeyValue, Lease};
+pub use agent::policy;
+pub use etcd::{Cas, Compare, EtcdClient, EtcdError, EtcdTls, KeyValue, Lease};

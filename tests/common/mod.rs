@@ -68,6 +68,8 @@ pub struct Options {
     pub replace: &'static [(&'static str, &'static str)],
     /// Files to write (mode 0600) in the pair's directory before the nodes start: (name, text).
     pub files: &'static [(&'static str, &'static str)],
+    /// Text appended to the pair file (a whole table, e.g. `[witness]` with a test's etcd).
+    pub append: Option<String>,
 }
 
 pub struct Pair {
@@ -160,6 +162,9 @@ impl Pair {
                 let port = free_control_port();
                 text = text.replacen(&table, &format!("{table}metrics = \"127.0.0.1:{port}\"\n"), 1);
             }
+        }
+        if let Some(extra) = &options.append {
+            text.push_str(&format!("\n{extra}\n"));
         }
         for (what, with) in options.replace {
             assert!(text.contains(what), "pair.toml has no {what:?} to replace:\n{text}");
@@ -416,9 +421,13 @@ impl Pair {
     /// One node's status through the admin client (does not wait for the other node, which may
     /// be paused: `status` would spend its whole timeout on it).
     pub fn node_status(&self, node: &str) -> Value {
-        hotpair::admin::block_on(hotpair::admin::request(&self.config, node, hotpair::wire::AdminRequest::Status))
-            .expect("runtime")
-            .unwrap_or_else(|e| panic!("status of {node}: {e}"))
+        hotpair::admin::client::block_on(hotpair::admin::client::request(
+            &self.config,
+            node,
+            hotpair::replication::wire::AdminRequest::Status,
+        ))
+        .expect("runtime")
+        .unwrap_or_else(|e| panic!("status of {node}: {e}"))
     }
 
     /// Polls one node's status until `condition` holds (see [`Pair::wait_for`]).
@@ -670,10 +679,10 @@ pub fn dumped_bytes(value: &Value) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit")).collect()
 }
 
-/// The client's string in a stored value (`hotpair::value` format: tag, optional expiry, data).
+/// The client's string in a stored value (`hotpair::storage::value` format: tag, optional expiry, data).
 pub fn client_value(stored: &[u8]) -> Vec<u8> {
-    match hotpair::value::StoredValue::decode(stored).expect("a stored value").data {
-        hotpair::value::Data::String(bytes) => bytes,
+    match hotpair::storage::value::StoredValue::decode(stored).expect("a stored value").data {
+        hotpair::storage::value::Data::String(bytes) => bytes,
         other => panic!("not a string value: {other:?}"),
     }
 }

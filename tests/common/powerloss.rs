@@ -25,7 +25,7 @@ const MKDIR: u8 = 7;
 const DIRSYNC: u8 = 8;
 
 /// Set to build and run the tests with a journal that skips its fsyncs (see
-/// `hotpair::journal::SKIP_FSYNC_ENV`): the power-loss tests must then fail.
+/// `hotpair::storage::journal::SKIP_FSYNC_ENV`): the power-loss tests must then fail.
 pub const SKIP_FSYNC_ENV: &str = "HOTPAIR_TEST_SKIP_FSYNC";
 
 /// The compiled shim.

@@ -3,8 +3,8 @@
 //! (issue 21) are here as the situations they came from.
 
 use super::*;
-use crate::journal::HistoryEntry;
-use crate::protocol::{PeerView, WritesView};
+use crate::admin::protocol::{PeerView, WritesView};
+use crate::storage::journal::HistoryEntry;
 
 const OP: u128 = 7;
 const EARLIER: u128 = 3;

@@ -1,0 +1,407 @@
+//! The witness's part of the engine: when a primary may take writes under its lease, when a
+//! backup may take over, when a fenced node rejoins by itself (docs/witness.md).
+//!
+//! ## Job
+//! The node's witness agent (`crate::witness::agent`) talks to etcd and reports each round
+//! as a [`WitnessReport`]; the engine decides and answers with a [`WitnessDecision`] for the
+//! agent to carry out (claim the next epoch in etcd, start a rejoin). A claim won becomes a
+//! promotion through the same stages as `hotpair failover`'s ([`super::Action::StopReceiving`],
+//! [`super::Action::ReplayReceived`]).
+//!
+//! ## Invariants
+//! - A primary with a witness takes writes only while its standing is valid: until the later
+//!   of its lease's safe end (renewal sent + ttl shrunk for clock drift, minus a margin) and
+//!   its backup's failsafe (the send time of the last heartbeat the backup echoed, plus the
+//!   same). The node checks that deadline again when it acknowledges a write
+//!   ([`super::Effect::WriteDeadline`]), so a process resumed after a freeze acknowledges
+//!   nothing of the old epoch even before the next tick.
+//! - A backup asks to take over only when all hold: the leader key is gone, it has heard
+//!   nothing from the primary for at least the ttl, its lag is within `max_lag`, the last
+//!   automatic failover is `min_interval` old, the witness shows no epoch beyond ours, and no
+//!   pause. Each unmet condition is reported once as `failover-suppressed`, with the reason.
+//! - A witness epoch above ours fences a writer before anything else, as a peer's would.
+
+use uuid::Uuid;
+
+use super::{Alarm, Effect, Engine, Out, Reply};
+use crate::storage::journal::Epoch;
+use crate::storage::meta::Role;
+
+/// `[witness]` as the engine needs it (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WitnessPolicy {
+    /// `failover = "automatic"`; `false`: observe (say what would be done, do nothing).
+    pub automatic: bool,
+    pub ttl_ms: u64,
+    pub max_lag_ms: Option<u64>,
+    pub min_interval_ms: u64,
+}
+
+/// The witness's epoch key: the highest epoch handed out, who took it and when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WitnessEpoch {
+    pub epoch: Epoch,
+    pub node: String,
+    /// Wall-clock ms when it was taken (the flapping guard's clock; 0 if unknown).
+    #[serde(default)]
+    pub at_ms: u64,
+    /// Taken by an automatic failover (the flapping guard counts only those).
+    #[serde(default)]
+    pub automatic: bool,
+}
+
+/// One round of the witness agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WitnessReport {
+    /// On a node that is (or was) primary: what it holds.
+    Holder {
+        now_ms: u64,
+        reachable: bool,
+        epoch_key: Option<WitnessEpoch>,
+        /// Engine ms until which the lease is surely still ours (`None`: no lease).
+        lease_until_ms: Option<u64>,
+        /// Engine ms until which the backup's echo keeps us safe (`None`: no backup session).
+        backed_until_ms: Option<u64>,
+    },
+    /// On a backup: what it sees of the primary and the witness.
+    Watcher {
+        now_ms: u64,
+        wall_ms: u64,
+        reachable: bool,
+        leader_present: bool,
+        epoch_key: Option<WitnessEpoch>,
+        /// How long nothing was heard from the primary.
+        primary_silent_ms: u64,
+        /// How far behind the primary it was when it last heard from it.
+        lag_ms: u64,
+    },
+    /// The backup won its claim of `epoch` in etcd, holding the leader key until `lease_until_ms`.
+    Claimed { op_id: Uuid, epoch: Epoch, lease_until_ms: u64 },
+    /// `hotpair witness pause|resume`.
+    Paused(bool),
+}
+
+/// Why a takeover the lease and the silence allow is held back, if it is.
+fn blocker(
+    paused: bool,
+    epoch_key: Option<&WitnessEpoch>,
+    ours: Epoch,
+    peer: &str,
+    policy: WitnessPolicy,
+    lag_ms: u64,
+    wall_ms: u64,
+) -> Option<String> {
+    if paused {
+        return Some("automatic decisions are paused (`hotpair witness resume`)".to_string());
+    }
+    if let Some(key) = epoch_key.filter(|k| k.epoch > ours) {
+        return Some(format!(
+            "the witness shows epoch {} (taken by {}), beyond ours ({ours}): this node missed a change",
+            key.epoch, key.node
+        ));
+    }
+    if let Some(max) = policy.max_lag_ms.filter(|&max| lag_ms > max) {
+        return Some(format!("this node was {lag_ms} ms behind {peer} when it lost it, more than max_lag ({max} ms)"));
+    }
+    let recent =
+        epoch_key.filter(|k| k.automatic && k.at_ms > 0 && wall_ms < k.at_ms.saturating_add(policy.min_interval_ms))?;
+    Some(format!(
+        "the last automatic failover (epoch {}, to {}) was {} s ago, less than min_interval ({} s)",
+        recent.epoch,
+        recent.node,
+        wall_ms.saturating_sub(recent.at_ms) / 1000,
+        policy.min_interval_ms / 1000
+    ))
+}
+
+/// What the agent is to do after a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WitnessDecision {
+    Nothing,
+    /// Write the leader key and the epoch key for `epoch` in one etcd transaction; if it
+    /// wins, report [`WitnessReport::Claimed`].
+    Claim {
+        epoch: Epoch,
+    },
+    /// Rejoin behind the peer as `hotpair rejoin` does.
+    Rejoin,
+}
+
+/// What the engine keeps of the witness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessState {
+    pub policy: WitnessPolicy,
+    /// Engine ms until which this node may take writes as primary (0: not yet): the later of
+    /// `lease_until_ms` and `backed_until_ms`.
+    pub valid_until_ms: u64,
+    pub lease_until_ms: u64,
+    pub backed_until_ms: u64,
+    /// Whether, at the last round or tick, the standing was valid.
+    pub standing: bool,
+    pub paused: bool,
+    pub reachable: bool,
+    /// The last reason a takeover was held back, so each is said once.
+    pub suppressed: Option<String>,
+    /// Whether the last lease-less stretch was said (`witness-lost`).
+    pub lost_said: bool,
+}
+
+impl WitnessState {
+    pub fn new(policy: WitnessPolicy) -> WitnessState {
+        WitnessState {
+            policy,
+            valid_until_ms: 0,
+            lease_until_ms: 0,
+            backed_until_ms: 0,
+            standing: false,
+            paused: false,
+            reachable: false,
+            suppressed: None,
+            lost_said: false,
+        }
+    }
+}
+
+impl Engine {
+    /// Gives the engine the pair's `[witness]`; without it the engine decides as it always did.
+    pub fn set_witness(&mut self, policy: Option<WitnessPolicy>) {
+        self.state.witness = policy.map(WitnessState::new);
+    }
+
+    pub(super) fn witness(&mut self, report: WitnessReport, out: &mut Out) {
+        if self.state.witness.is_none() {
+            return out.push(Effect::Reply(Reply::Witness(WitnessDecision::Nothing)));
+        }
+        let decision = match report {
+            WitnessReport::Holder { now_ms, reachable, epoch_key, lease_until_ms, backed_until_ms } => {
+                self.holder(now_ms, reachable, epoch_key, lease_until_ms, backed_until_ms, out)
+            }
+            WitnessReport::Watcher {
+                now_ms: _,
+                wall_ms,
+                reachable,
+                leader_present,
+                epoch_key,
+                primary_silent_ms,
+                lag_ms,
+            } => self.watcher(wall_ms, reachable, leader_present, epoch_key, primary_silent_ms, lag_ms, out),
+            WitnessReport::Claimed { op_id, epoch, lease_until_ms } => {
+                if let Some(w) = &mut self.state.witness {
+                    (w.valid_until_ms, w.lease_until_ms) = (lease_until_ms, lease_until_ms);
+                    w.standing = true;
+                    w.suppressed = None;
+                }
+                out.push(Effect::WriteDeadline(Some(lease_until_ms)));
+                if self.pending.is_none() && self.state.role == Role::Backup && epoch == self.state.epoch + 1 {
+                    // The same promotion as `hotpair failover`'s; its Reply::Promoted ends it.
+                    let ours = self.state.epoch;
+                    return self.promote(op_id, ours, None, out);
+                }
+                let reason = format!(
+                    "{} claimed epoch {epoch} in the witness but is {} at epoch {}: not promoting",
+                    self.id.node,
+                    self.state.role.name(),
+                    self.state.epoch
+                );
+                return out.push(Effect::Reply(Reply::Refused(reason)));
+            }
+            WitnessReport::Paused(paused) => {
+                if let Some(w) = &mut self.state.witness {
+                    w.paused = paused;
+                }
+                WitnessDecision::Nothing
+            }
+        };
+        out.push(Effect::Reply(Reply::Witness(decision)));
+    }
+
+    fn holder(
+        &mut self,
+        now_ms: u64,
+        reachable: bool,
+        epoch_key: Option<WitnessEpoch>,
+        lease_until_ms: Option<u64>,
+        backed_until_ms: Option<u64>,
+        out: &mut Out,
+    ) -> WitnessDecision {
+        let ours = self.state.epoch;
+        let automatic = self.witness_acts();
+        if let Some(w) = &mut self.state.witness {
+            w.reachable = reachable;
+        }
+        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours) {
+            if self.writer() {
+                let reason = format!("the witness shows epoch {} led by {}, ahead of our {ours}", key.epoch, key.node);
+                self.fence(reason, out);
+            }
+            return self.rejoin_decision(key, out, automatic);
+        }
+        if self.state.role == Role::Fenced {
+            if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch >= ours && k.node != self.id.node) {
+                return self.rejoin_decision(key, out, automatic);
+            }
+            return WitnessDecision::Nothing;
+        }
+        if !self.writer() {
+            return WitnessDecision::Nothing;
+        }
+        let lease = lease_until_ms.unwrap_or(0);
+        let backed = backed_until_ms.unwrap_or(0);
+        let valid_until = lease.max(backed);
+        let deadline_changed = self.state.witness.as_ref().is_some_and(|w| w.valid_until_ms != valid_until);
+        if let Some(w) = &mut self.state.witness {
+            (w.valid_until_ms, w.lease_until_ms, w.backed_until_ms) = (valid_until, lease, backed);
+        }
+        if deadline_changed {
+            out.push(Effect::WriteDeadline(Some(valid_until)));
+        }
+        // The witness holds our key in our epoch and shows nothing newer: a restarted primary
+        // may take writes without its peer's word (its peer may be gone too).
+        if lease > now_ms && epoch_key.as_ref().is_some_and(|k| k.epoch == ours) && self.state.awaiting_peer {
+            self.state.awaiting_peer = false;
+            out.push(Effect::Note("the witness shows no epoch beyond ours and we hold its leader key".into()));
+        }
+        self.judge_standing(now_ms, out);
+        WitnessDecision::Nothing
+    }
+
+    /// Re-decides whether a writer's standing holds at `now_ms`; at a tick too.
+    pub(super) fn judge_standing(&mut self, now_ms: u64, out: &mut Out) {
+        let peer = self.id.peer.clone();
+        if !self.writer() {
+            return;
+        }
+        let Some(w) = &mut self.state.witness else { return };
+        let (leased, backed) = (w.lease_until_ms > now_ms, w.backed_until_ms > now_ms);
+        let standing = w.valid_until_ms > now_ms;
+        let was = w.standing;
+        w.standing = standing;
+        let message = if !leased && backed && !w.lost_said {
+            w.lost_said = true;
+            Some(format!(
+                "cannot renew the witness lease (etcd unreachable or the key is gone); {peer} still acknowledges us, so writes go on (failsafe)"
+            ))
+        } else if !standing && was {
+            w.lost_said = true;
+            Some(format!(
+                "the witness lease ran out and {peer} does not acknowledge us: writes refused until the lease is held again"
+            ))
+        } else {
+            None
+        };
+        let resolved = leased && w.lost_said;
+        if resolved {
+            w.lost_said = false;
+        }
+        // The gate first: a closing gate comes before anything else of the step.
+        if was != standing {
+            self.commit(out, Vec::new());
+        }
+        if resolved {
+            out.push(Effect::ResolveIncident {
+                kind: Alarm::WitnessLost,
+                message: "the witness lease is held again".into(),
+            });
+        }
+        if let Some(message) = message {
+            out.push(Effect::Incident { kind: Alarm::WitnessLost, message });
+        }
+    }
+
+    fn rejoin_decision(&mut self, key: &WitnessEpoch, out: &mut Out, automatic: bool) -> WitnessDecision {
+        if self.state.role != Role::Fenced || self.pending.is_some() {
+            return WitnessDecision::Nothing;
+        }
+        if automatic {
+            return WitnessDecision::Rejoin;
+        }
+        let why = if self.state.witness.as_ref().is_some_and(|w| w.paused) {
+            "automatic decisions are paused (`hotpair witness resume`)"
+        } else {
+            "observe mode"
+        };
+        self.say_suppressed(
+            format!(
+                "{why}: would rejoin {} behind {} (epoch {}); run `hotpair rejoin {}`",
+                self.id.node, key.node, key.epoch, self.id.node
+            ),
+            out,
+        );
+        WitnessDecision::Nothing
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn watcher(
+        &mut self,
+        wall_ms: u64,
+        reachable: bool,
+        leader_present: bool,
+        epoch_key: Option<WitnessEpoch>,
+        primary_silent_ms: u64,
+        lag_ms: u64,
+        out: &mut Out,
+    ) -> WitnessDecision {
+        let Some(w) = &mut self.state.witness else { return WitnessDecision::Nothing };
+        w.reachable = reachable;
+        let policy = w.policy;
+        let paused = w.paused;
+        if self.state.role != Role::Backup || self.pending.is_some() || !reachable {
+            return WitnessDecision::Nothing;
+        }
+        if leader_present || primary_silent_ms < policy.ttl_ms {
+            // The primary holds its lease, or we heard it within the ttl: nothing to decide.
+            if let Some(w) = &mut self.state.witness {
+                w.suppressed = None;
+            }
+            return WitnessDecision::Nothing;
+        }
+        let ours = self.state.epoch;
+        let next = ours + 1;
+        let peer = self.id.peer.clone();
+        let reason = blocker(paused, epoch_key.as_ref(), ours, &peer, policy, lag_ms, wall_ms);
+        if let Some(reason) = reason {
+            self.say_suppressed(
+                format!(
+                    "{} does not take over from {peer} (lease gone, silent {primary_silent_ms} ms): {reason}",
+                    self.id.node
+                ),
+                out,
+            );
+            return WitnessDecision::Nothing;
+        }
+        if !policy.automatic {
+            self.say_suppressed(
+                format!(
+                    "observe mode: would fail over to {} as primary of epoch {next} ({peer}'s lease is gone and it was silent {primary_silent_ms} ms)",
+                    self.id.node
+                ),
+                out,
+            );
+            return WitnessDecision::Nothing;
+        }
+        WitnessDecision::Claim { epoch: next }
+    }
+
+    /// Reports a held-back decision once per distinct reason (the text after its last `: `,
+    /// which carries no changing numbers).
+    fn say_suppressed(&mut self, message: String, out: &mut Out) {
+        let Some(w) = &mut self.state.witness else { return };
+        let kind = if message.starts_with("observe mode") { Alarm::WouldAct } else { Alarm::FailoverSuppressed };
+        let stable = message.rsplit(": ").next().unwrap_or_default().to_string();
+        if w.suppressed.as_deref() == Some(stable.as_str()) {
+            return;
+        }
+        w.suppressed = Some(stable);
+        out.push(Effect::Incident { kind, message });
+    }
+
+    /// Whether the witness acts (automatic, not paused).
+    fn witness_acts(&self) -> bool {
+        self.state.witness.as_ref().is_some_and(|w| w.policy.automatic && !w.paused)
+    }
+
+    /// Whether a primary's standing under the witness is in doubt (no witness: never).
+    pub(super) fn witness_refuses(&self) -> bool {
+        self.state.witness.as_ref().is_some_and(|w| !w.standing)
+    }
+}

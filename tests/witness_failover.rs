@@ -1,0 +1,377 @@
+//! Automatic failover through an etcd witness, end to end: a real etcd on 127.0.0.1 (Debian's
+//! `etcd-server`, which `.ci/run` installs), two real `hotpair run` nodes, real faults (kill -9,
+//! SIGSTOP, etcd killed). Without an etcd executable each test prints SKIPPED.
+//!
+//! What must show (issue 20): a killed primary's backup takes writes with no admin command
+//! within ttl + 1 s and loses no acknowledged write at `durable`; the old primary, restarted,
+//! rejoins by itself; a primary frozen past its lease acknowledges nothing after it resumes and
+//! rejoins by itself; a freeze of a third of the ttl, or etcd down, changes nothing and (etcd
+//! down) fails no write.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Options, Pair, BACKUP, DEADLINE, POLL, PRIMARY};
+use hotpair::config::SyncLevel;
+use hotpair::drill::etcd::LocalEtcd;
+use redis::Commands as _;
+use serde_json::Value;
+
+const TTL_S: u64 = 3;
+
+struct Witness {
+    etcd: LocalEtcd,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn etcd_or_skip(name: &str) -> Option<Witness> {
+    if LocalEtcd::executable().is_none() {
+        eprintln!("SKIPPED {name}: no etcd executable (apt-get install etcd-server)");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let etcd = runtime.block_on(LocalEtcd::start(dir.path())).expect("start etcd");
+    Some(Witness { etcd, runtime, _dir: dir })
+}
+
+fn pair_with(witness: &Witness, sync: SyncLevel) -> Pair {
+    pair_with_options(witness, sync, Options::default())
+}
+
+fn pair_with_options(witness: &Witness, sync: SyncLevel, options: Options) -> Pair {
+    let table =
+        format!("[witness]\netcd = [\"{}\"]\nfailover = \"automatic\"\nttl = \"{TTL_S}s\"\n", witness.etcd.endpoint());
+    let pair = Pair::start_with(sync, Options { append: Some(table), ..options });
+    pair.wait_for_node(PRIMARY, "the primary holding the witness lease", |s| s["witness"]["holds_lease"] == true);
+    pair
+}
+
+fn role(status: &Value) -> &str {
+    status["role"].as_str().unwrap_or("?")
+}
+
+/// An acknowledged write: key, value, the node that acknowledged it, and when.
+type Acked = (String, String, &'static str, Instant);
+
+/// One client writing distinct keys to whichever node takes them: it tries the node it wrote to
+/// last, and the other one when that fails. Remembers every acknowledged write, with the node
+/// and the time.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(pair: &Pair) -> Writer {
+        let clients = [(PRIMARY, pair.client(PRIMARY)), (BACKUP, pair.client(BACKUP))];
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+        let (stop2, acked2) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut target = 0usize;
+            let mut connection: Option<redis::Connection> = None;
+            let mut i = 0u64;
+            while !stop2.load(Ordering::SeqCst) {
+                if connection.is_none() {
+                    connection = clients[target].1.get_connection_with_timeout(Duration::from_millis(500)).ok();
+                    if let Some(c) = &connection {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                        let _ = c.set_write_timeout(Some(Duration::from_secs(3)));
+                    }
+                }
+                let (key, value) = (format!("k{i}"), format!("v{i}"));
+                i += 1;
+                let ok = match connection.as_mut() {
+                    Some(c) => c.set::<_, _, ()>(&key, &value).is_ok(),
+                    None => false,
+                };
+                if ok {
+                    acked2.lock().unwrap().push((key, value, clients[target].0, Instant::now()));
+                } else {
+                    connection = None;
+                    target = 1 - target;
+                    // Not a synchronisation: only keeps a refused client from spinning.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Writer { stop, acked, thread: Some(thread) }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn wait_count(&self, target: usize, what: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.count() < target {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: only {} writes acknowledged, waiting for {target}",
+                self.count()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn first_on(&self, node: &str, after: Instant) -> Option<Instant> {
+        self.acked.lock().unwrap().iter().find(|(_, _, n, at)| *n == node && *at > after).map(|w| w.3)
+    }
+
+    fn finish(mut self) -> Vec<Acked> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("writer thread");
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Every acknowledged write is on `node`.
+fn assert_all_on(pair: &Pair, node: &str, acked: &[Acked]) {
+    let mut redis = pair.redis(node);
+    let keys: Vec<&str> = acked.iter().map(|w| w.0.as_str()).collect();
+    let mut lost = BTreeMap::new();
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<String>> = redis.mget(chunk).expect("MGET");
+        for (key, value) in chunk.iter().zip(values) {
+            let expected = acked.iter().find(|w| w.0 == *key).map(|w| w.1.clone());
+            if value != expected {
+                lost.insert(key.to_string(), (expected, value));
+            }
+        }
+    }
+    assert!(lost.is_empty(), "{} acknowledged write(s) lost or changed on {node}: {lost:?}", lost.len());
+}
+
+#[test]
+fn a_killed_primary_is_replaced_within_ttl_plus_a_second_and_rejoins_by_itself() {
+    let Some(witness) = etcd_or_skip("a_killed_primary_is_replaced_within_ttl_plus_a_second_and_rejoins_by_itself")
+    else {
+        return;
+    };
+    // A new primary whose peer is dead acknowledges at `durable` only once it degrades: at
+    // once here, as an automatic failover that must take writes within ttl + 1 s needs.
+    let options = Options { on_peer_loss: Some("degrade-after:0s"), ..Options::default() };
+    let mut pair = pair_with_options(&witness, SyncLevel::Durable, options);
+    let writer = Writer::start(&pair);
+    writer.wait_count(300, "load before the kill");
+    let killed = Instant::now();
+    pair.kill(PRIMARY);
+    pair.wait_for_node(BACKUP, "b promoted by itself", |s| role(s) == "primary" && s["epoch"] == 2);
+    let deadline = Instant::now() + DEADLINE;
+    let first = loop {
+        if let Some(at) = writer.first_on(BACKUP, killed) {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "no write acknowledged by b after the kill: {}", pair.node_status(BACKUP));
+        std::thread::sleep(POLL);
+    };
+    let took = first.duration_since(killed);
+    eprintln!("first write acknowledged by the new primary {took:?} after kill -9 (ttl {TTL_S}s)");
+    assert!(
+        took <= Duration::from_secs(TTL_S + 1),
+        "first write on the new primary {took:?} after the kill; at most ttl + 1 s"
+    );
+    let count = writer.count();
+    writer.wait_count(count + 100, "load on the new primary");
+    let acked = writer.finish();
+    assert_all_on(&pair, BACKUP, &acked);
+    let incidents = pair.node_status(BACKUP).to_string();
+    assert!(incidents.contains("auto-failover"), "b reports the automatic failover: {incidents}");
+
+    // The old primary, restarted, rejoins behind b by itself: no admin command.
+    pair.spawn(PRIMARY);
+    pair.wait_for("a rejoined by itself as b's backup", |s| {
+        let (a, b) = (&s["nodes"][PRIMARY], &s["nodes"][BACKUP]);
+        role(a) == "backup" && a["epoch"] == 2 && role(b) == "primary" && b["peer"]["connected"] == true
+    });
+    let log = pair.log(PRIMARY);
+    assert!(!log.contains("full copy"), "the rejoin was not a full copy:\n{log}");
+    let lsn = pair.wait_for("a caught up with b", |s| {
+        s["nodes"][PRIMARY]["lsn"] == s["nodes"][BACKUP]["lsn"]
+            && s["nodes"][PRIMARY]["digest"] == s["nodes"][BACKUP]["digest"]
+    });
+    assert_eq!(lsn["nodes"][PRIMARY]["digest"], lsn["nodes"][BACKUP]["digest"]);
+    assert_all_on(&pair, PRIMARY, &acked);
+    drop(witness);
+}
+
+#[test]
+fn a_primary_frozen_past_its_lease_acknowledges_nothing_after_it_resumes_and_rejoins() {
+    let Some(witness) =
+        etcd_or_skip("a_primary_frozen_past_its_lease_acknowledges_nothing_after_it_resumes_and_rejoins")
+    else {
+        return;
+    };
+    let mut pair = pair_with(&witness, SyncLevel::Async);
+    let mut old = pair.redis(PRIMARY);
+    let _: () = old.set("before", "1").expect("a write before the freeze");
+    pair.pause(PRIMARY);
+    // A write sent to the frozen primary sits in its socket until it resumes.
+    let in_flight = std::thread::spawn(move || {
+        let result = old.set::<_, _, ()>("during", "1");
+        (old, result)
+    });
+    pair.wait_for_node(BACKUP, "b promoted while a is frozen", |s| role(s) == "primary" && s["epoch"] == 2);
+    let mut fresh = pair.redis(BACKUP);
+    let _: () = fresh.set("on-b", "1").expect("b takes writes");
+    pair.resume(PRIMARY);
+    let (mut old, result) = in_flight.join().expect("the in-flight writer");
+    assert!(result.is_err(), "the write in flight during the freeze was acknowledged in the old epoch");
+    // Every write to a after SIGCONT fails, until (and after) it has rejoined as backup.
+    let deadline = Instant::now() + DEADLINE;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let attempt = old.set::<_, _, ()>(format!("after-{tries}"), "1");
+        assert!(attempt.is_err(), "write {tries} after SIGCONT was acknowledged by the old primary");
+        let a = pair.node_status(PRIMARY);
+        if role(&a) == "backup" && a["epoch"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a did not rejoin by itself: {a}");
+        if let Ok(reconnected) = pair.client(PRIMARY).get_connection_with_timeout(Duration::from_secs(1)) {
+            old = reconnected;
+        }
+        std::thread::sleep(POLL);
+    }
+    pair.wait_for("a following b again", |s| s["nodes"][BACKUP]["peer"]["connected"] == true);
+    let mut redis = pair.redis(PRIMARY);
+    let during: Option<String> = redis.get("during").expect("GET");
+    assert_eq!(during, None, "the write of the frozen primary is not in the new epoch's data");
+    drop(witness);
+}
+
+#[test]
+fn a_short_freeze_and_etcd_down_cause_no_failover_and_no_write_failure() {
+    let Some(mut witness) = etcd_or_skip("a_short_freeze_and_etcd_down_cause_no_failover_and_no_write_failure") else {
+        return;
+    };
+    let mut pair = pair_with(&witness, SyncLevel::Durable);
+    // A freeze of a third of the ttl: the injected fault's length, not a wait for anything.
+    pair.pause(PRIMARY);
+    std::thread::sleep(Duration::from_millis(TTL_S * 1000 / 3));
+    pair.resume(PRIMARY);
+    pair.wait_ready();
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("after-freeze", "1").expect("a takes writes after a short freeze");
+    let status = pair.status();
+    assert_eq!(role(&status["nodes"][PRIMARY]), "primary", "{status}");
+    assert_eq!(status["nodes"][BACKUP]["epoch"], 1, "no failover after a short freeze: {status}");
+
+    // etcd down for twice the ttl: every write still succeeds (the backup acknowledges a).
+    witness.etcd.kill();
+    let until = Instant::now() + Duration::from_secs(2 * TTL_S);
+    let mut writes = 0;
+    while Instant::now() < until {
+        writes += 1;
+        redis
+            .set::<_, _, ()>(format!("etcd-down-{writes}"), "1")
+            .unwrap_or_else(|e| panic!("write {writes} with etcd down failed: {e}"));
+    }
+    let a = pair.node_status(PRIMARY);
+    assert!(a.to_string().contains("witness-lost"), "a reports the witness lost: {a}");
+    witness.runtime.block_on(witness.etcd.restart()).expect("etcd back");
+    pair.wait_for_node(PRIMARY, "a holding the lease again", |s| s["witness"]["holds_lease"] == true);
+    let status = pair.status();
+    assert_eq!(role(&status["nodes"][PRIMARY]), "primary", "{status}");
+    assert_eq!(role(&status["nodes"][BACKUP]), "backup", "{status}");
+    assert_eq!(status["nodes"][BACKUP]["epoch"], 1, "no failover while etcd was down: {status}");
+    eprintln!("{writes} writes succeeded with etcd down");
+    let _: () = redis.set("after-etcd", "1").expect("a still takes writes");
+}
+
+#[test]
+fn witness_show_pause_and_resume_hold_and_release_an_automatic_failover() {
+    let Some(witness) = etcd_or_skip("witness_show_pause_and_resume_hold_and_release_an_automatic_failover") else {
+        return;
+    };
+    let mut pair = pair_with(&witness, SyncLevel::Async);
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: a (epoch 1)") && shown.contains("mode: automatic"), "{shown}");
+    let shown: Value = serde_json::from_str(&pair.hotpair_ok(&["witness", "show", "--json"])).expect("JSON");
+    assert_eq!(shown["leader"]["node"], "a", "{shown}");
+    assert_eq!(shown["paused"], false, "{shown}");
+
+    pair.hotpair_ok(&["witness", "pause"]);
+    pair.wait_for_node(BACKUP, "b sees the pause", |s| s["witness"]["paused"] == true);
+    pair.kill(PRIMARY);
+    // The lease runs out and a is silent: b holds back and says why.
+    let b = pair.wait_for_node(BACKUP, "b reporting the suppressed takeover", |s| {
+        s["incidents"].as_array().is_some_and(|all| {
+            all.iter().any(|i| {
+                i["kind"] == "failover-suppressed" && i["message"].as_str().is_some_and(|m| m.contains("paused"))
+            })
+        })
+    });
+    assert_eq!(role(&b), "backup", "paused: no takeover: {b}");
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: none") && shown.contains("paused"), "{shown}");
+
+    pair.hotpair_ok(&["witness", "resume"]);
+    pair.wait_for_node(BACKUP, "b takes over once resumed", |s| role(s) == "primary" && s["epoch"] == 2);
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: b (epoch 2)") && shown.contains("(automatic failover)"), "{shown}");
+    drop(witness);
+}
+
+#[test]
+fn a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary() {
+    let Some(witness) = etcd_or_skip("a_switchover_with_a_witness_hands_the_leader_key_to_the_new_primary") else {
+        return;
+    };
+    let pair = pair_with(&witness, SyncLevel::Durable);
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("before", "1").expect("a write on a");
+    pair.hotpair_ok(&["switchover", "--to", BACKUP]);
+    let b = pair.wait_for_node(BACKUP, "b holding the witness lease after the switchover", |s| {
+        role(s) == "primary" && s["witness"]["holds_lease"] == true && s["writes"]["accepting"] == true
+    });
+    assert_eq!(b["epoch"], 2, "{b}");
+    let mut redis = pair.redis(BACKUP);
+    let _: () = redis.set("after", "1").expect("b takes writes after the switchover");
+    let a = pair.node_status(PRIMARY);
+    assert_eq!(role(&a), "backup", "{a}");
+    assert_eq!(a["witness"]["holds_lease"], false, "the old primary let the key go: {a}");
+    let shown = pair.hotpair_ok(&["witness", "show"]);
+    assert!(shown.contains("leader: b (epoch 2)") && !shown.contains("(automatic failover)"), "{shown}");
+    // `status` shows the witness on each node: mode, reachable, leader, the lease.
+    let status = pair.hotpair_ok(&["status"]);
+    assert!(status.contains("witness automatic: reachable, leader b (epoch 2), holds the lease"), "{status}");
+    pair.wait_for_node(PRIMARY, "a seeing b as the leader", |s| s["witness"]["leader"]["node"] == "b");
+    drop(witness);
+}
+
+#[test]
+fn a_primary_restarted_alone_takes_writes_again_once_it_holds_the_leader_key() {
+    let Some(witness) = etcd_or_skip("a_primary_restarted_alone_takes_writes_again_once_it_holds_the_leader_key")
+    else {
+        return;
+    };
+    let options = Options { on_peer_loss: Some("degrade-after:0s"), ..Options::default() };
+    let mut pair = pair_with_options(&witness, SyncLevel::Durable, options);
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("before", "1").expect("a write before both go down");
+    // Both nodes down: the backup first, then the primary.
+    pair.kill(BACKUP);
+    pair.kill(PRIMARY);
+    pair.restart(PRIMARY);
+    // Its peer is gone, so only the witness can say nobody was promoted past it.
+    let a = pair.wait_for_node(PRIMARY, "a taking writes again without its peer", |s| {
+        role(s) == "primary" && s["witness"]["holds_lease"] == true && s["writes"]["accepting"] == true
+    });
+    assert_eq!(a["epoch"], 1, "{a}");
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis.set("after", "1").expect("a takes writes alone");
+    let before: Option<String> = redis.get("before").expect("GET");
+    assert_eq!(before.as_deref(), Some("1"));
+    drop(witness);
+}
