@@ -44,6 +44,7 @@
 //! - The cluster id is only read here; refusing a peer of another cluster is the job of `tls`
 //!   (each cluster has its own CA, and certificates carry the cluster id).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -481,6 +482,17 @@ pub struct WitnessConfig {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `[nodes.N] witness_etcd`: the endpoints node N dials instead of `etcd` (a drill's fault
+    /// proxy between one node and etcd; a node that should ask its own host's etcd member first).
+    /// `hotpair witness` and a node absent here use `etcd`.
+    pub node_etcd: BTreeMap<String, Vec<String>>,
+}
+
+impl WitnessConfig {
+    /// The etcd endpoints `node` dials.
+    pub fn endpoints_for(&self, node: &str) -> &[String] {
+        self.node_etcd.get(node).unwrap_or(&self.etcd)
+    }
 }
 
 /// `[witness] ttl` default.
@@ -571,6 +583,7 @@ struct RawNode {
     control: Option<String>,
     data: Option<String>,
     peer_via: Option<String>,
+    witness_etcd: Option<Vec<String>>,
     metrics: Option<String>,
     sentinel: Option<String>,
     dir: Option<String>,
@@ -886,7 +899,11 @@ impl Validator<'_> {
             ));
         }
         let mut nodes = Vec::with_capacity(2);
-        for (name, raw_node) in raw_nodes {
+        let mut node_etcd = BTreeMap::new();
+        for (name, mut raw_node) in raw_nodes {
+            if let Some(endpoints) = raw_node.witness_etcd.take() {
+                node_etcd.insert(name.clone(), endpoints);
+            }
             nodes.push(self.node(name, raw_node)?);
         }
         self.check_nodes(&nodes)?;
@@ -923,7 +940,13 @@ impl Validator<'_> {
         }
 
         let monitor = self.monitor(raw.monitor.unwrap_or_default())?;
-        let witness = raw.witness.map(|w| self.witness(w, sync)).transpose()?;
+        let witness = raw.witness.map(|w| self.witness(w, sync, node_etcd.clone())).transpose()?;
+        if let (None, Some(node)) = (&witness, node_etcd.keys().next()) {
+            return Err(self.invalid(
+                &format!("nodes.{node}.witness_etcd"),
+                "is set, but the pair file has no [witness] table; add one or remove the key",
+            ));
+        }
 
         Ok(PairConfig {
             path: self.path.to_path_buf(),
@@ -945,21 +968,17 @@ impl Validator<'_> {
         })
     }
 
-    fn witness(&self, raw: RawWitness, sync: SyncLevel) -> Result<WitnessConfig, ConfigError> {
+    fn witness(
+        &self,
+        raw: RawWitness,
+        sync: SyncLevel,
+        node_etcd: BTreeMap<String, Vec<String>>,
+    ) -> Result<WitnessConfig, ConfigError> {
         let hint = "list etcd's client endpoints, e.g. etcd = [\"http://10.0.0.3:2379\"] (docs/witness.md)";
         let etcd = self.required("witness.etcd", raw.etcd, hint)?;
-        if etcd.is_empty() {
-            return Err(self.invalid("witness.etcd", format!("is empty; {hint}")));
-        }
-        for (i, endpoint) in etcd.iter().enumerate() {
-            let https = crate::witness::etcd::check_endpoint(endpoint)
-                .map_err(|reason| self.invalid(&format!("witness.etcd[{i}]"), reason))?;
-            if https && raw.ca.is_none() {
-                return Err(self.invalid(
-                    &format!("witness.etcd[{i}]"),
-                    format!("is {endpoint:?}, an https endpoint, but [witness] names no `ca` to check its certificate"),
-                ));
-            }
+        self.etcd_endpoints("witness.etcd", &etcd, raw.ca.is_some(), hint)?;
+        for (node, endpoints) in &node_etcd {
+            self.etcd_endpoints(&format!("nodes.{node}.witness_etcd"), endpoints, raw.ca.is_some(), hint)?;
         }
         let failover = match raw.failover.as_deref().map(str::trim) {
             None | Some("automatic") => FailoverMode::Automatic,
@@ -1010,7 +1029,26 @@ impl Validator<'_> {
             ca: raw.ca.map(|p| self.file_path("witness.ca", p)).transpose()?,
             cert: raw.cert.map(|p| self.file_path("witness.cert", p)).transpose()?,
             key: raw.key.map(|p| self.file_path("witness.key", p)).transpose()?,
+            node_etcd,
         })
+    }
+
+    /// A non-empty list of etcd endpoints under `key`; https ones need `[witness] ca`.
+    fn etcd_endpoints(&self, key: &str, endpoints: &[String], has_ca: bool, hint: &str) -> Result<(), ConfigError> {
+        if endpoints.is_empty() {
+            return Err(self.invalid(key, format!("is empty; {hint}")));
+        }
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let https = crate::witness::etcd::check_endpoint(endpoint)
+                .map_err(|reason| self.invalid(&format!("{key}[{i}]"), reason))?;
+            if https && !has_ca {
+                return Err(self.invalid(
+                    &format!("{key}[{i}]"),
+                    format!("is {endpoint:?}, an https endpoint, but [witness] names no `ca` to check its certificate"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {

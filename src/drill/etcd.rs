@@ -67,6 +67,11 @@ impl LocalEtcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The client port's address (for a proxy in front of it).
+    pub fn client_address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
     /// SIGKILL, as a crashed witness host.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -38,7 +38,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use self::pair::DrillPair;
-use self::playbook::{Action, Connect, Playbook, PlaybookError, Step, Target};
+use self::playbook::{Action, Connect, Link, Playbook, PlaybookError, Step, Target};
 use self::workload::{Finished, Route, Workload};
 use crate::config::ConfigError;
 
@@ -246,12 +246,17 @@ impl Drill {
             Action::Pause { node } => Outcome::from(self.pair.pause(node)),
             Action::Resume { node } => Outcome::from(self.pair.resume(node)),
             Action::Restart { node } => Outcome::from(self.pair.restart(node).await),
-            Action::Partition { mode, delay } => Outcome::from(self.pair.partition(*mode, *delay)),
-            Action::Heal => Outcome::from(self.pair.heal()),
+            Action::Partition { mode, delay, link } => Outcome::from(self.pair.partition(*mode, *delay, link)),
+            Action::Heal { link } => Outcome::from(self.pair.heal(link.as_ref())),
+            Action::KillWitness => Outcome::from(self.pair.kill_witness()),
+            Action::StartWitness => Outcome::from(self.pair.start_witness().await),
+            Action::PauseWitness => Outcome::from(self.pair.pause_witness()),
+            Action::ResumeWitness => Outcome::from(self.pair.resume_witness()),
             Action::Delay { delay } => Outcome::from(self.pair.delay(*delay)),
             Action::CorruptTail { node, bytes } => Outcome::from(self.pair.corrupt_tail(node, *bytes)),
             Action::TrimJournal { node } => Outcome::from(self.pair.trim_journal(node)),
             Action::WaitCaughtUp { timeout } => self.wait_caught_up(*timeout).await,
+            Action::WaitPrimary { node, timeout } => self.wait_primary(node, *timeout).await,
             Action::Switchover { .. } | Action::Failover { .. } | Action::Switchback { .. } => {
                 self.cli(orchestration_args(&step.action).unwrap_or_default(), true).await
             }
@@ -431,6 +436,30 @@ impl Drill {
     /// before: the primary is asked first, then the backup, and the backup's LSN must have
     /// reached the primary's. Without writes this is "same LSN, no lag"; under a workload an
     /// instant where both stand still at one LSN may never come, so that is not required.
+    /// Polls `node`'s status until it is primary and its write gate is open.
+    async fn wait_primary(&self, node: &str, timeout: Duration) -> Outcome {
+        let started = Instant::now();
+        loop {
+            let status = self.pair.node_status(node).await;
+            if status["role"] == "primary" && status["writes"]["accepting"] == true {
+                return Outcome::ok(format!(
+                    "{node} primary at epoch {} and taking writes after {} ms",
+                    status["epoch"],
+                    started.elapsed().as_millis()
+                ));
+            }
+            if started.elapsed() >= timeout {
+                return Outcome::failed(format!(
+                    "{node} was not a primary taking writes within {}: role {}, writes {}",
+                    humantime::format_duration(timeout),
+                    status["role"],
+                    status["writes"]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn wait_caught_up(&self, timeout: Duration) -> Outcome {
         let started = Instant::now();
         loop {
@@ -618,6 +647,16 @@ fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// ` from=witness node=a` (nothing for the peer link).
+fn link_params(link: Option<&Link>) -> String {
+    match link {
+        None => String::new(),
+        Some(Link::Peer) => " from=peer".into(),
+        Some(Link::Witness { node: None }) => " from=witness".into(),
+        Some(Link::Witness { node: Some(node) }) => format!(" from=witness node={node}"),
+    }
+}
+
 /// A step's parameters as a short text.
 fn params(step: &Step) -> String {
     let mut text = match &step.action {
@@ -633,9 +672,12 @@ fn params(step: &Step) -> String {
         Action::Kill { node } | Action::Pause { node } | Action::Resume { node } | Action::Restart { node } => {
             format!("node={node}")
         }
-        Action::Partition { mode, delay } => {
-            format!("mode={mode:?}{}", delay.map(|d| format!(" delay={}", human(d))).unwrap_or_default())
-        }
+        Action::Partition { mode, delay, link } => format!(
+            "mode={mode:?}{}{}",
+            delay.map(|d| format!(" delay={}", human(d))).unwrap_or_default(),
+            link_params(Some(link))
+        ),
+        Action::Heal { link } => link_params(link.as_ref()).trim().to_string(),
         Action::Delay { delay } => format!("delay={}", human(*delay)),
         Action::Switchover { to, .. } => to.as_ref().map(|t| format!("to={t}")).unwrap_or_default(),
         Action::Failover { to, force } => format!("to={to}{}", if *force { " force" } else { "" }),
@@ -646,10 +688,16 @@ fn params(step: &Step) -> String {
             node.as_ref().map(|n| format!("node={n}")).unwrap_or_default()
         }
         Action::WaitCaughtUp { timeout } => format!("timeout={}", human(*timeout)),
+        Action::WaitPrimary { node, timeout } => format!("node={node} timeout={}", human(*timeout)),
         Action::Verify { full } => if *full { "full" } else { "" }.to_string(),
         Action::CorruptTail { node, bytes } => format!("node={node} bytes={bytes}"),
         Action::TrimJournal { node } => format!("node={node}"),
-        Action::StopWorkload | Action::Heal | Action::Switchback { .. } => String::new(),
+        Action::StopWorkload
+        | Action::Switchback { .. }
+        | Action::KillWitness
+        | Action::StartWitness
+        | Action::PauseWitness
+        | Action::ResumeWitness => String::new(),
     };
     if step.expect_refused {
         text.push_str(" expect_refused");

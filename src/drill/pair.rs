@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::playbook::{PairSettings, PartitionMode};
+use super::etcd::LocalEtcd;
+use super::playbook::{Link, PairSettings, PartitionMode, WitnessSettings};
 use super::proxy::Proxy;
 use super::DrillError;
 use crate::config::PairConfig;
@@ -60,6 +61,10 @@ pub struct DrillPair {
     paused: Vec<String>,
     /// One proxy per node, in front of its control port (spawned pairs only).
     proxies: BTreeMap<String, Proxy>,
+    /// The drill's own etcd, when the playbook has a `[witness]` table.
+    etcd: Option<LocalEtcd>,
+    /// One proxy per node between it and `etcd` (the node's `witness_etcd`).
+    witness_proxies: BTreeMap<String, Proxy>,
 }
 
 impl DrillPair {
@@ -75,6 +80,8 @@ impl DrillPair {
             children: HashMap::new(),
             paused: Vec::new(),
             proxies: BTreeMap::new(),
+            etcd: None,
+            witness_proxies: BTreeMap::new(),
         })
     }
 
@@ -135,6 +142,14 @@ impl DrillPair {
             text = set_node_key(&text, name, "peer_via", &quoted(proxy.listen_address().to_string()));
             proxies.insert(name.to_string(), proxy);
         }
+        let (etcd, witness_proxies) = match &settings.witness {
+            None => (None, BTreeMap::new()),
+            Some(witness) => {
+                let (etcd, proxies, edited) = start_witness(&dir, witness, text).await?;
+                text = edited;
+                (Some(etcd), proxies)
+            }
+        };
         std::fs::write(&pair_file, &text)
             .map_err(|source| DrillError::Io { context: format!("writing {}", pair_file.display()), source })?;
         let config = PairConfig::load(&pair_file)?;
@@ -147,6 +162,8 @@ impl DrillPair {
             children: HashMap::new(),
             paused: Vec::new(),
             proxies,
+            etcd,
+            witness_proxies,
         })
     }
 
@@ -358,23 +375,89 @@ impl DrillPair {
         }
     }
 
-    pub fn partition(&self, mode: PartitionMode, delay: Option<Duration>) -> Result<String, DrillError> {
-        self.require_proxies()?;
-        for proxy in self.proxies.values() {
+    pub fn partition(&self, mode: PartitionMode, delay: Option<Duration>, link: &Link) -> Result<String, DrillError> {
+        let (proxies, what) = self.link_proxies(link)?;
+        for proxy in proxies {
             if let Some(delay) = delay {
                 proxy.set_delay(delay);
             }
             proxy.partition(mode);
         }
-        Ok(format!("link cut ({})", if mode == PartitionMode::Drop { "packets dropped" } else { "connections reset" }))
+        Ok(format!("{what} cut ({})", if mode == PartitionMode::Drop { "packets dropped" } else { "connections reset" }))
     }
 
-    pub fn heal(&self) -> Result<String, DrillError> {
-        self.require_proxies()?;
-        for proxy in self.proxies.values() {
+    /// Heals `link`, or (`None`) every link the drill can cut.
+    pub fn heal(&self, link: Option<&Link>) -> Result<String, DrillError> {
+        let Some(link) = link else {
+            self.require_proxies()?;
+            for proxy in self.proxies.values().chain(self.witness_proxies.values()) {
+                proxy.heal();
+            }
+            return Ok(if self.witness_proxies.is_empty() { "link healed" } else { "every link healed" }.into());
+        };
+        let (proxies, what) = self.link_proxies(link)?;
+        for proxy in proxies {
             proxy.heal();
         }
-        Ok("link healed".into())
+        Ok(format!("{what} healed"))
+    }
+
+    /// The proxies carrying `link`, and its name for a summary.
+    fn link_proxies(&self, link: &Link) -> Result<(Vec<&Proxy>, String), DrillError> {
+        match link {
+            Link::Peer => {
+                self.require_proxies()?;
+                Ok((self.proxies.values().collect(), "link".into()))
+            }
+            Link::Witness { node } => {
+                if self.witness_proxies.is_empty() {
+                    return Err(DrillError::Step("the pair has no drill-run witness to cut a node from".into()));
+                }
+                match node {
+                    None => Ok((self.witness_proxies.values().collect(), "both nodes' links to the witness".into())),
+                    Some(node) => {
+                        let proxy = self.witness_proxies.get(node).ok_or_else(|| {
+                            DrillError::Step(format!("the pair has no node {node} with a link to the witness"))
+                        })?;
+                        Ok((vec![proxy], format!("{node}'s link to the witness")))
+                    }
+                }
+            }
+        }
+    }
+
+    fn witness_mut(&mut self) -> Result<&mut LocalEtcd, DrillError> {
+        self.etcd.as_mut().ok_or_else(|| DrillError::Step("the pair has no drill-run witness (etcd)".into()))
+    }
+
+    /// SIGKILL to the drill's etcd.
+    pub fn kill_witness(&mut self) -> Result<String, DrillError> {
+        let etcd = self.witness_mut()?;
+        if !etcd.is_running() {
+            return Err(DrillError::Step("the witness (etcd) is not running".into()));
+        }
+        etcd.kill();
+        Ok("SIGKILL to the witness (etcd)".into())
+    }
+
+    /// Starts the drill's etcd again on its ports and data (killing it first if it runs) and
+    /// waits until it answers.
+    pub async fn start_witness(&mut self) -> Result<String, DrillError> {
+        let etcd = self.witness_mut()?;
+        let note = if etcd.is_running() { "was running: killed, " } else { "" };
+        let started = Instant::now();
+        etcd.restart().await?;
+        Ok(format!("{note}witness (etcd) answering after {} ms", started.elapsed().as_millis()))
+    }
+
+    pub fn pause_witness(&mut self) -> Result<String, DrillError> {
+        self.witness_mut()?.freeze();
+        Ok("SIGSTOP to the witness (etcd)".into())
+    }
+
+    pub fn resume_witness(&mut self) -> Result<String, DrillError> {
+        self.witness_mut()?.resume();
+        Ok("SIGCONT to the witness (etcd)".into())
     }
 
     pub fn delay(&self, delay: Duration) -> Result<String, DrillError> {
@@ -526,6 +609,36 @@ pub async fn node_status(config: &PairConfig, node: &str) -> Value {
         Ok(Err(error)) => serde_json::json!({ "reachable": false, "error": error }),
         Err(_) => serde_json::json!({ "reachable": false, "error": "no answer in time" }),
     }
+}
+
+/// Starts the drill's etcd under `dir` and one fault proxy per node in front of it, and adds
+/// the `[witness]` table (the real endpoint, for `hotpair witness`) and each node's
+/// `witness_etcd` (its proxy) to the pair file's `text`.
+async fn start_witness(
+    dir: &Path,
+    witness: &WitnessSettings,
+    mut text: String,
+) -> Result<(LocalEtcd, BTreeMap<String, Proxy>, String), DrillError> {
+    let etcd = LocalEtcd::start(&dir.join("etcd")).await?;
+    let quoted = |s: String| toml::Value::String(s).to_string();
+    let mut proxies = BTreeMap::new();
+    for name in ["a", "b"] {
+        let proxy = Proxy::start(etcd.client_address())
+            .await
+            .map_err(|source| DrillError::Io { context: format!("starting the witness proxy for {name}"), source })?;
+        text = set_node_key(&text, name, "witness_etcd", &format!("[{}]", quoted(format!("http://{}", proxy.listen_address()))));
+        proxies.insert(name.to_string(), proxy);
+    }
+    text.push_str(&format!(
+        "\n[witness]\netcd = [{}]\nfailover = {}\nttl = {}\n",
+        quoted(etcd.endpoint()),
+        quoted(witness.failover.clone()),
+        quoted(humantime::format_duration(witness.ttl).to_string())
+    ));
+    if let Some(d) = witness.min_interval {
+        text.push_str(&format!("min_interval = {}\n", quoted(humantime::format_duration(d).to_string())));
+    }
+    Ok((etcd, proxies, text))
 }
 
 enum StartFailure {

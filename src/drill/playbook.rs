@@ -34,6 +34,27 @@ pub struct PairSettings {
     pub client_password: bool,
     /// The spawned pair's data ports speak TLS (`hotpair init --client-tls`).
     pub client_tls: bool,
+    /// `[witness]`: the drill runs its own etcd and gives the pair a `[witness]` table.
+    pub witness: Option<WitnessSettings>,
+}
+
+/// A playbook's `[witness]` table: the pair's `[witness]` keys the drill writes (the endpoints
+/// are the drill's own etcd, reached by each node through a fault proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessSettings {
+    pub ttl: Duration,
+    /// `"automatic"` or `"observe"`.
+    pub failover: String,
+    pub min_interval: Option<Duration>,
+}
+
+/// Which link `partition` cuts and `heal` restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// The link between the two nodes (`from = "peer"`, the default).
+    Peer,
+    /// A node's link to the drill's etcd (`from = "witness"`); `None`: both nodes'.
+    Witness { node: Option<String> },
 }
 
 impl Default for PairSettings {
@@ -45,6 +66,7 @@ impl Default for PairSettings {
             heartbeat: None,
             client_password: false,
             client_tls: false,
+            witness: None,
         }
     }
 }
@@ -123,8 +145,13 @@ pub enum Action {
     Pause { node: String },
     Resume { node: String },
     Restart { node: String },
-    Partition { mode: PartitionMode, delay: Option<Duration> },
-    Heal,
+    Partition { mode: PartitionMode, delay: Option<Duration>, link: Link },
+    /// `None`: every link the drill cut.
+    Heal { link: Option<Link> },
+    KillWitness,
+    StartWitness,
+    PauseWitness,
+    ResumeWitness,
     Delay { delay: Duration },
     Switchover { to: Option<String>, timeout: Option<Duration>, max_lag: Option<Duration> },
     Failover { to: String, force: bool },
@@ -134,6 +161,8 @@ pub enum Action {
     ReplicateStart { node: Option<String> },
     ReopenLog { node: Option<String> },
     WaitCaughtUp { timeout: Duration },
+    /// Until `node` is primary and takes writes, by itself (an automatic failover).
+    WaitPrimary { node: String, timeout: Duration },
     Verify { full: bool },
     CorruptTail { node: String, bytes: u64 },
     TrimJournal { node: String },
@@ -148,8 +177,12 @@ pub const VERBS: &[(&str, &[&str])] = &[
     ("pause", &["node"]),
     ("resume", &["node"]),
     ("restart", &["node"]),
-    ("partition", &["mode", "delay"]),
-    ("heal", &[]),
+    ("partition", &["mode", "delay", "from", "node"]),
+    ("heal", &["from", "node"]),
+    ("kill-witness", &[]),
+    ("start-witness", &[]),
+    ("pause-witness", &[]),
+    ("resume-witness", &[]),
     ("delay", &["delay"]),
     ("switchover", &["to", "timeout", "max_lag", "expect_refused", "kill_after"]),
     ("failover", &["to", "force", "expect_refused", "kill_after"]),
@@ -159,14 +192,32 @@ pub const VERBS: &[(&str, &[&str])] = &[
     ("replicate-start", &["node", "expect_refused"]),
     ("reopen-log", &["node", "expect_refused"]),
     ("wait-caught-up", &["timeout"]),
+    ("wait-primary", &["node", "timeout"]),
     ("verify", &["full", "expect_refused"]),
     ("corrupt-tail", &["node", "bytes"]),
     ("trim-journal", &["node"]),
 ];
 
 /// Verbs that need the drill to own the processes or the link.
-const OWNED_ONLY: &[&str] =
-    &["kill", "pause", "resume", "restart", "partition", "heal", "delay", "corrupt-tail", "trim-journal"];
+const OWNED_ONLY: &[&str] = &[
+    "kill",
+    "pause",
+    "resume",
+    "restart",
+    "partition",
+    "heal",
+    "delay",
+    "corrupt-tail",
+    "trim-journal",
+    "kill-witness",
+    "start-witness",
+    "pause-witness",
+    "resume-witness",
+];
+/// Verbs that need the playbook's `[witness]` (the drill's own etcd).
+const WITNESS_ONLY: &[&str] = &["kill-witness", "start-witness", "pause-witness", "resume-witness"];
+/// Keys of a playbook's `[witness]` table.
+const WITNESS_KEYS: &[&str] = &["ttl", "failover", "min_interval"];
 
 /// Default `wait-caught-up` deadline.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(30);
@@ -202,6 +253,11 @@ pub struct Expectations {
     pub lost_reported: Option<bool>,
     /// At most this many writes the application saw fail (failed or unknown outcome).
     pub max_failed_writes: Option<u64>,
+    /// `true`: never two writers — the writer handoffs the clients can prove are at most the
+    /// epoch changes seen (`workload::writer_handoffs`).
+    pub single_writer: Option<bool>,
+    /// At most this many epoch changes seen over the drill (`0`: no failover, no switchover).
+    pub max_epoch_changes: Option<u64>,
 }
 
 pub const EXPECT_KEYS: &[&str] = &[
@@ -212,6 +268,8 @@ pub const EXPECT_KEYS: &[&str] = &[
     "min_acknowledged",
     "lost_reported",
     "max_failed_writes",
+    "single_writer",
+    "max_epoch_changes",
 ];
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -222,6 +280,7 @@ const TOP_KEYS: &[&str] = &[
     "heartbeat",
     "client_password",
     "client_tls",
+    "witness",
     "attach",
     "workload",
     "step",
@@ -232,7 +291,7 @@ const WORKLOAD_TABLE_KEYS: &[&str] = &["connect"];
 /// The longest duration a playbook may give any key.
 const PLAYBOOK_DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 const PAIR_SETTING_KEYS: &[&str] =
-    &["sync", "sync_timeout", "on_peer_loss", "heartbeat", "client_password", "client_tls"];
+    &["sync", "sync_timeout", "on_peer_loss", "heartbeat", "client_password", "client_tls", "witness"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Playbook {
@@ -305,7 +364,10 @@ impl Playbook {
                 | Action::Restart { node }
                 | Action::Rejoin { node, .. }
                 | Action::CorruptTail { node, .. }
-                | Action::TrimJournal { node } => ("node", Some(node)),
+                | Action::TrimJournal { node }
+                | Action::WaitPrimary { node, .. }
+                | Action::Partition { link: Link::Witness { node: Some(node) }, .. }
+                | Action::Heal { link: Some(Link::Witness { node: Some(node) }) } => ("node", Some(node)),
                 Action::Failover { to, .. } => ("to", Some(to)),
                 Action::Switchover { to, .. } => ("to", to.as_ref()),
                 Action::ReplicateStop { node } | Action::ReplicateStart { node } | Action::ReopenLog { node } => {
@@ -407,6 +469,13 @@ impl Parser<'_> {
                             self.invalid(None, Some("on_peer_loss".into()), e.0)
                         })?);
                 }
+                settings.witness = match table.get("witness") {
+                    None => None,
+                    Some(toml::Value::Table(witness)) => Some(self.witness(witness)?),
+                    Some(_) => {
+                        return Err(self.invalid(None, Some("witness".into()), "must be a table: [witness] ttl = \"3s\""))
+                    }
+                };
                 Target::Spawn(settings)
             }
         };
@@ -496,6 +565,14 @@ impl Parser<'_> {
                 format!("`{verb}` needs a pair the drill spawns (it owns the processes and the link); remove [attach]"),
             ));
         }
+        let has_witness = matches!(target, Target::Spawn(PairSettings { witness: Some(_), .. }));
+        if WITNESS_ONLY.contains(&verb) && !has_witness {
+            return Err(self.invalid(
+                Some(number),
+                Some("do".into()),
+                format!("`{verb}` needs the playbook's [witness] table (the drill then runs its own etcd)"),
+            ));
+        }
         let node = |required: bool| -> Result<Option<String>, PlaybookError> {
             let node = self.string(&fields, "node")?;
             if required && node.is_none() {
@@ -559,9 +636,14 @@ impl Parser<'_> {
                         ))
                     }
                 };
-                Action::Partition { mode, delay: self.duration(&fields, "delay")? }
+                let link = self.link(&fields, has_witness)?.unwrap_or(Link::Peer);
+                Action::Partition { mode, delay: self.duration(&fields, "delay")?, link }
             }
-            "heal" => Action::Heal,
+            "heal" => Action::Heal { link: self.link(&fields, has_witness)? },
+            "kill-witness" => Action::KillWitness,
+            "start-witness" => Action::StartWitness,
+            "pause-witness" => Action::PauseWitness,
+            "resume-witness" => Action::ResumeWitness,
             "delay" => Action::Delay {
                 delay: self.duration(&fields, "delay")?.ok_or_else(|| {
                     self.invalid(Some(number), Some("delay".into()), "is missing; write e.g. delay = \"50ms\"")
@@ -589,6 +671,10 @@ impl Parser<'_> {
             "wait-caught-up" => {
                 Action::WaitCaughtUp { timeout: self.duration(&fields, "timeout")?.unwrap_or(DEFAULT_CATCH_UP) }
             }
+            "wait-primary" => Action::WaitPrimary {
+                node: required_node()?,
+                timeout: self.duration(&fields, "timeout")?.unwrap_or(DEFAULT_CATCH_UP),
+            },
             "verify" => Action::Verify { full: self.boolean(&fields, "full")?.unwrap_or(false) },
             "corrupt-tail" => {
                 Action::CorruptTail { node: required_node()?, bytes: self.count(&fields, "bytes")?.unwrap_or(8) }
@@ -632,7 +718,62 @@ impl Parser<'_> {
             min_acknowledged: whole("min_acknowledged")?,
             lost_reported: self.boolean(&fields, "lost_reported")?,
             max_failed_writes: whole("max_failed_writes")?,
+            single_writer: self.boolean(&fields, "single_writer")?,
+            max_epoch_changes: whole("max_epoch_changes")?,
         })
+    }
+
+    /// `[witness]`: `ttl` (default 3s), `failover` (default automatic), `min_interval`.
+    fn witness(&self, table: &toml::Table) -> Result<WitnessSettings, PlaybookError> {
+        self.refuse_unknown(table, WITNESS_KEYS, None, "witness.", "[witness] takes")?;
+        let fields = Fields { table, step: None, prefix: "witness." };
+        let ttl = self.duration(&fields, "ttl")?.unwrap_or(Duration::from_secs(3));
+        if ttl.subsec_nanos() != 0 || !(2..=60).contains(&ttl.as_secs()) {
+            return Err(self.invalid(None, Some("witness.ttl".into()), "must be whole seconds from 2s to 60s"));
+        }
+        let failover = self.string(&fields, "failover")?.unwrap_or_else(|| "automatic".into());
+        if failover != "automatic" && failover != "observe" {
+            return Err(self.invalid(
+                None,
+                Some("witness.failover".into()),
+                format!("is {failover:?}; use \"automatic\" or \"observe\""),
+            ));
+        }
+        Ok(WitnessSettings { ttl, failover, min_interval: self.duration(&fields, "min_interval")? })
+    }
+
+    /// `from = "peer" | "witness"` with `node` (witness only; absent: both nodes).
+    fn link(&self, fields: &Fields<'_>, has_witness: bool) -> Result<Option<Link>, PlaybookError> {
+        let node = self.node_key(fields, "node")?;
+        let link = match self.string(fields, "from")?.as_deref() {
+            None if node.is_none() => return Ok(None),
+            None | Some("witness") => {
+                if !has_witness {
+                    return Err(self.invalid(
+                        fields.step,
+                        Some("from".into()),
+                        "cuts a node from the witness, but the playbook has no [witness] table",
+                    ));
+                }
+                Link::Witness { node }
+            }
+            Some("peer") if node.is_none() => Link::Peer,
+            Some("peer") => {
+                return Err(self.invalid(
+                    fields.step,
+                    Some("node".into()),
+                    "goes with from = \"witness\" only; the peer link joins both nodes",
+                ))
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    fields.step,
+                    Some("from".into()),
+                    format!("is {other:?}; use \"peer\" (the link between the nodes) or \"witness\""),
+                ))
+            }
+        };
+        Ok(Some(link))
     }
 
     fn key_name(fields: &Fields<'_>, key: &str) -> String {
@@ -893,7 +1034,7 @@ digests_equal = true
         assert_eq!(settings.heartbeat, Some(Duration::from_millis(50)));
         assert_eq!(
             p.steps[0].action,
-            Action::Partition { mode: PartitionMode::Reset, delay: Some(Duration::from_millis(20)) }
+            Action::Partition { mode: PartitionMode::Reset, delay: Some(Duration::from_millis(20)), link: Link::Peer }
         );
         assert_eq!(p.steps[1].action, Action::WaitCaughtUp { timeout: DEFAULT_CATCH_UP });
         assert_eq!(

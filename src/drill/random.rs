@@ -289,7 +289,7 @@ mod tests {
                         paused = None;
                     }
                     Action::Partition { .. } => cut = true,
-                    Action::Heal => cut = false,
+                    Action::Heal { .. } => cut = false,
                     Action::Failover { to, .. } | Action::Switchover { to: Some(to), .. } => {
                         assert_eq!(*to, backup, "seed {seed}: promotes the backup");
                         primary = to.clone();

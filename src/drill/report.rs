@@ -106,6 +106,15 @@ pub struct Timeline {
     pub errors: Vec<u32>,
 }
 
+/// After a `kill` step: when the clients first saw another node acknowledge a write.
+#[derive(Debug, Clone, Serialize)]
+pub struct KillToWrite {
+    pub step: usize,
+    pub node: String,
+    /// From the step's start (the SIGKILL) to that acknowledgement's arrival; `None`: none came.
+    pub ms: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub name: String,
@@ -125,6 +134,8 @@ pub struct Report {
     pub orphaned: Option<u64>,
     pub digests: Digests,
     pub role_changes: Vec<RoleChange>,
+    /// One per `kill` step while a workload ran.
+    pub kill_to_first_write: Vec<KillToWrite>,
     pub expectations: Vec<Expectation>,
     pub notes: Vec<String>,
     pub nodes: Vec<String>,
@@ -287,6 +298,31 @@ impl Report {
             };
             expectations.push(verdict("lost_reported", format!("{want} (lost <= orphaned)"), measured, pass));
         }
+        if let Some(want) = e.single_writer {
+            let epochs: Vec<u64> = role_changes.iter().filter_map(|c| c.epoch).collect();
+            let epoch_changes = match (epochs.iter().min(), epochs.iter().max()) {
+                (Some(lo), Some(hi)) => hi - lo,
+                _ => 0,
+            };
+            let (handoffs, acks) = workload::writer_handoffs(finished);
+            let (measured, pass) = if acks == 0 {
+                (not_measured("no write was acknowledged by a known node"), false)
+            } else {
+                (
+                    json!(format!("{handoffs} writer handoff(s), {epoch_changes} epoch change(s)")),
+                    (handoffs <= epoch_changes) == want,
+                )
+            };
+            expectations.push(verdict("single_writer", format!("{want} (handoffs <= epoch changes)"), measured, pass));
+        }
+        if let Some(max) = e.max_epoch_changes {
+            let epochs: Vec<u64> = role_changes.iter().filter_map(|c| c.epoch).collect();
+            let (measured, pass) = match (epochs.iter().min(), epochs.iter().max()) {
+                (Some(lo), Some(hi)) => (json!(hi - lo), hi - lo <= max),
+                _ => (not_measured("no node's epoch was seen"), false),
+            };
+            expectations.push(verdict("max_epoch_changes", format!("<= {max}"), measured, pass));
+        }
         // Implicit: the oracle must explain every value it read back.
         if let Some(w) = &workload {
             if let Some(n) = w.unexplained.filter(|n| *n > 0) {
@@ -294,6 +330,20 @@ impl Report {
             }
         }
 
+        let kill_to_first_write = steps
+            .iter()
+            .filter(|s| s.verb == "kill" && s.result == "passed")
+            .filter_map(|s| {
+                let node = s.params.strip_prefix("node=")?.to_string();
+                let index = u8::try_from(node_names.iter().position(|n| *n == node)?).ok()?;
+                let ran = finished.iter().any(|f| f.started_ms <= s.start_ms && f.stopped_ms >= s.end_ms);
+                ran.then(|| KillToWrite {
+                    step: s.number,
+                    ms: workload::first_ack_elsewhere(finished, index, s.start_ms).map(|t| t - s.start_ms),
+                    node,
+                })
+            })
+            .collect();
         let timeline = timeline(finished, duration_ms);
         let passed = aborted_at.is_none()
             && steps.iter().all(|s| s.result == "passed")
@@ -319,6 +369,7 @@ impl Report {
             orphaned: orphaned_measured,
             digests,
             role_changes,
+            kill_to_first_write,
             expectations,
             notes,
             nodes: node_names,
@@ -457,6 +508,15 @@ pub fn text(r: &Report) -> String {
         },
         d.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     );
+    for k in &r.kill_to_first_write {
+        let _ = writeln!(
+            out,
+            "kill of {} (step {}): first write acknowledged elsewhere {}",
+            k.node,
+            k.step,
+            k.ms.map_or_else(|| "never".to_string(), |ms| format!("{ms:.0} ms later"))
+        );
+    }
     if !r.role_changes.is_empty() {
         let changes: Vec<String> = r
             .role_changes

@@ -674,6 +674,48 @@ pub struct Counts {
     pub connect_errors: u64,
 }
 
+/// Writer handoffs the clients can prove: a write acknowledged by one node *sent* after another
+/// node's acknowledgement had *arrived* happened after it in real time. Scanning the
+/// acknowledgements in arrival order, each such change of node is one handoff; a change the
+/// clients cannot order (the two requests overlapped) is not counted, so every counted handoff
+/// is real. With at most one writer per epoch and epochs rising, `n` handoffs need at least `n`
+/// epoch changes: more handoffs than epoch changes means two nodes acknowledged writes in one
+/// epoch (or an old epoch's primary after a newer one), the split brain the witness prevents.
+/// Acknowledgements through a proxy (`u8::MAX`: node unknown) are left out.
+pub fn writer_handoffs(finished: &[Finished]) -> (u64, u64) {
+    let mut acks: Vec<&Attempt> = finished
+        .iter()
+        .flat_map(|f| f.clients.iter().flat_map(|c| c.attempts.iter()))
+        .filter(|a| a.outcome == Outcome::Acknowledged && a.node != u8::MAX)
+        .collect();
+    acks.sort_by(|a, b| a.end_ms.total_cmp(&b.end_ms));
+    let mut writer: Option<(u8, f64)> = None;
+    let mut handoffs = 0;
+    for a in &acks {
+        writer = match writer {
+            None => Some((a.node, a.end_ms)),
+            Some((node, last)) if node == a.node => Some((node, last.max(a.end_ms))),
+            Some((_, last)) if a.start_ms > last => {
+                handoffs += 1;
+                Some((a.node, a.end_ms))
+            }
+            unordered => unordered,
+        };
+    }
+    (handoffs, acks.len() as u64)
+}
+
+/// The first write acknowledged by a node other than `node` that ended after `after_ms` (ms
+/// since the drill started): when the clients saw a new primary take writes after a kill.
+pub fn first_ack_elsewhere(finished: &[Finished], node: u8, after_ms: f64) -> Option<f64> {
+    finished
+        .iter()
+        .flat_map(|f| f.clients.iter().flat_map(|c| c.attempts.iter()))
+        .filter(|a| a.outcome == Outcome::Acknowledged && a.node != node && a.node != u8::MAX && a.end_ms > after_ms)
+        .map(|a| a.end_ms)
+        .min_by(f64::total_cmp)
+}
+
 pub fn counts(finished: &Finished) -> Counts {
     let mut c = Counts::default();
     for log in &finished.clients {
