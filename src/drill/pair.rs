@@ -383,7 +383,10 @@ impl DrillPair {
             }
             proxy.partition(mode);
         }
-        Ok(format!("{what} cut ({})", if mode == PartitionMode::Drop { "packets dropped" } else { "connections reset" }))
+        Ok(format!(
+            "{what} cut ({})",
+            if mode == PartitionMode::Drop { "packets dropped" } else { "connections reset" }
+        ))
     }
 
     /// Heals `link`, or (`None`) every link the drill can cut.
@@ -626,7 +629,12 @@ async fn start_witness(
         let proxy = Proxy::start(etcd.client_address())
             .await
             .map_err(|source| DrillError::Io { context: format!("starting the witness proxy for {name}"), source })?;
-        text = set_node_key(&text, name, "witness_etcd", &format!("[{}]", quoted(format!("http://{}", proxy.listen_address()))));
+        text = set_node_key(
+            &text,
+            name,
+            "witness_etcd",
+            &format!("[{}]", quoted(format!("http://{}", proxy.listen_address()))),
+        );
         proxies.insert(name.to_string(), proxy);
     }
     text.push_str(&format!(

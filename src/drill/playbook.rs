@@ -141,31 +141,77 @@ pub enum Action {
     Workload(WorkloadSpec),
     StopWorkload,
     Sleep(Duration),
-    Kill { node: String },
-    Pause { node: String },
-    Resume { node: String },
-    Restart { node: String },
-    Partition { mode: PartitionMode, delay: Option<Duration>, link: Link },
+    Kill {
+        node: String,
+    },
+    Pause {
+        node: String,
+    },
+    Resume {
+        node: String,
+    },
+    Restart {
+        node: String,
+    },
+    Partition {
+        mode: PartitionMode,
+        delay: Option<Duration>,
+        link: Link,
+    },
     /// `None`: every link the drill cut.
-    Heal { link: Option<Link> },
+    Heal {
+        link: Option<Link>,
+    },
     KillWitness,
     StartWitness,
     PauseWitness,
     ResumeWitness,
-    Delay { delay: Duration },
-    Switchover { to: Option<String>, timeout: Option<Duration>, max_lag: Option<Duration> },
-    Failover { to: String, force: bool },
-    Rejoin { node: String, allow_full_copy: bool },
-    Switchback { timeout: Option<Duration> },
-    ReplicateStop { node: Option<String> },
-    ReplicateStart { node: Option<String> },
-    ReopenLog { node: Option<String> },
-    WaitCaughtUp { timeout: Duration },
+    Delay {
+        delay: Duration,
+    },
+    Switchover {
+        to: Option<String>,
+        timeout: Option<Duration>,
+        max_lag: Option<Duration>,
+    },
+    Failover {
+        to: String,
+        force: bool,
+    },
+    Rejoin {
+        node: String,
+        allow_full_copy: bool,
+    },
+    Switchback {
+        timeout: Option<Duration>,
+    },
+    ReplicateStop {
+        node: Option<String>,
+    },
+    ReplicateStart {
+        node: Option<String>,
+    },
+    ReopenLog {
+        node: Option<String>,
+    },
+    WaitCaughtUp {
+        timeout: Duration,
+    },
     /// Until `node` is primary and takes writes, by itself (an automatic failover).
-    WaitPrimary { node: String, timeout: Duration },
-    Verify { full: bool },
-    CorruptTail { node: String, bytes: u64 },
-    TrimJournal { node: String },
+    WaitPrimary {
+        node: String,
+        timeout: Duration,
+    },
+    Verify {
+        full: bool,
+    },
+    CorruptTail {
+        node: String,
+        bytes: u64,
+    },
+    TrimJournal {
+        node: String,
+    },
 }
 
 /// Every verb with the keys it takes (besides `do`), in the order the docs list them.
@@ -473,7 +519,11 @@ impl Parser<'_> {
                     None => None,
                     Some(toml::Value::Table(witness)) => Some(self.witness(witness)?),
                     Some(_) => {
-                        return Err(self.invalid(None, Some("witness".into()), "must be a table: [witness] ttl = \"3s\""))
+                        return Err(self.invalid(
+                            None,
+                            Some("witness".into()),
+                            "must be a table: [witness] ttl = \"3s\"",
+                        ))
                     }
                 };
                 Target::Spawn(settings)

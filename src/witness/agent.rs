@@ -102,7 +102,8 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
     let tls = EtcdTls { ca: config.ca.clone(), cert: config.cert.clone(), key: config.key.clone() };
     // A call must end well within a renewal period, so a hung etcd costs rounds, not the lease.
     let timeout = (config.ttl / 4).min(Duration::from_secs(1));
-    let client = EtcdClient::new(config.endpoints_for(node.name()), &tls, timeout).map_err(|e| Error::Failed(e.to_string()))?;
+    let client =
+        EtcdClient::new(config.endpoints_for(node.name()), &tls, timeout).map_err(|e| Error::Failed(e.to_string()))?;
     let (leader_key, epoch_key) = keys(node.pair.cluster);
     let mut agent = Agent {
         node: node.clone(),
