@@ -495,3 +495,28 @@ fn a_bad_witness_table_is_refused_naming_the_key() {
     let (err, path) = refused(&with("etcd = [\"http://h:2379\"]\nleader_key = \"x\""));
     assert_names(&err, &path, &["leader_key"]);
 }
+
+#[test]
+fn a_nodes_witness_etcd_replaces_the_endpoints_for_that_node_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let witness = "\n[witness]\netcd = [\"http://127.0.0.1:2379\"]\n";
+    let text = good().replace("[nodes.a]\n", "[nodes.a]\nwitness_etcd = [\"http://127.0.0.1:3379\"]\n") + witness;
+    let pair = PairConfig::load(&write(dir.path(), &text)).unwrap();
+    let w = pair.witness.expect("a witness");
+    assert_eq!(w.endpoints_for("a"), ["http://127.0.0.1:3379"]);
+    assert_eq!(w.endpoints_for("b"), ["http://127.0.0.1:2379"], "b keeps [witness] etcd");
+    assert_eq!(w.etcd, ["http://127.0.0.1:2379"], "hotpair witness uses the table's list");
+
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("[]", witness, "nodes.a.witness_etcd", &["empty"]),
+        ("[\"127.0.0.1:3379\"]", witness, "nodes.a.witness_etcd[0]", &["http://"]),
+        ("[\"https://h:2379\"]", witness, "nodes.a.witness_etcd[0]", &["ca"]),
+        ("[\"http://h:2379\"]", "", "nodes.a.witness_etcd", &["[witness]"]),
+    ];
+    for (value, table, key, words) in cases {
+        let text = good().replace("[nodes.a]\n", &format!("[nodes.a]\nwitness_etcd = {value}\n")) + table;
+        let (err, path) = refused(&text);
+        assert_eq!(err.key(), Some(*key), "{value}: {err}");
+        assert_names(&err, &path, words);
+    }
+}

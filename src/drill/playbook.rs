@@ -1093,4 +1093,55 @@ digests_equal = true
         );
         assert_eq!(p.name, "test");
     }
+
+    #[test]
+    fn witness_steps_need_the_witness_table_and_name_what_they_cut() {
+        let p = parse(
+            "[witness]\nttl = \"2s\"\nmin_interval = \"0s\"\n\
+             [[step]]\ndo = \"kill-witness\"\n[[step]]\ndo = \"start-witness\"\n\
+             [[step]]\ndo = \"partition\"\nfrom = \"witness\"\nnode = \"a\"\n\
+             [[step]]\ndo = \"heal\"\nfrom = \"witness\"\n[[step]]\ndo = \"heal\"\n\
+             [[step]]\ndo = \"wait-primary\"\nnode = \"b\"\ntimeout = \"5s\"\n\
+             [expect]\nsingle_writer = true\nmax_epoch_changes = 1\n",
+        )
+        .unwrap();
+        let Target::Spawn(settings) = &p.target else { panic!("spawned") };
+        assert_eq!(
+            settings.witness,
+            Some(WitnessSettings {
+                ttl: Duration::from_secs(2),
+                failover: "automatic".into(),
+                min_interval: Some(Duration::ZERO)
+            })
+        );
+        assert_eq!(p.steps[0].action, Action::KillWitness);
+        assert_eq!(
+            p.steps[2].action,
+            Action::Partition { mode: PartitionMode::Drop, delay: None, link: Link::Witness { node: Some("a".into()) } }
+        );
+        assert_eq!(p.steps[3].action, Action::Heal { link: Some(Link::Witness { node: None }) });
+        assert_eq!(p.steps[4].action, Action::Heal { link: None });
+        assert_eq!(p.steps[5].action, Action::WaitPrimary { node: "b".into(), timeout: Duration::from_secs(5) });
+        assert_eq!((p.expect.single_writer, p.expect.max_epoch_changes), (Some(true), Some(1)));
+        assert!(p.check_nodes(&["a".into(), "b".into()]).is_ok());
+        let err = p.check_nodes(&["x".into(), "b".into()]).unwrap_err();
+        assert_eq!((err.step(), err.key()), (Some(3), Some("node")));
+
+        // Without [witness]: refused before anything starts, naming the step.
+        let err = parse("[[step]]\ndo = \"kill-witness\"\n").unwrap_err();
+        assert_eq!((err.step(), err.key()), (Some(1), Some("do")));
+        assert!(err.to_string().contains("[witness]"), "{err}");
+        let err = parse("[[step]]\ndo = \"partition\"\nfrom = \"witness\"\n").unwrap_err();
+        assert_eq!((err.step(), err.key()), (Some(1), Some("from")));
+        let err = parse("[witness]\n[[step]]\ndo = \"partition\"\nfrom = \"peer\"\nnode = \"a\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("node"));
+        let err = parse("[witness]\n[[step]]\ndo = \"heal\"\nfrom = \"etcd\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("from"));
+        for (table, key) in [("ttl = \"2500ms\"", "witness.ttl"), ("ttl = \"1s\"", "witness.ttl"), ("failover = \"auto\"", "witness.failover"), ("etcd = []", "witness.etcd")] {
+            let err = parse(&format!("[witness]\n{table}\n[[step]]\ndo = \"verify\"\n")).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{table}: {err}");
+        }
+        let err = parse("[attach]\npair = \"p.toml\"\n[witness]\n[[step]]\ndo = \"verify\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("witness"));
+    }
 }
