@@ -122,9 +122,13 @@ pub enum Command {
     },
     /// The primary is lost: promote NODE after it applied all it received. Refuses while the
     /// primary is reachable and healthy unless --force. Prints how many transactions it missed.
+    /// With --force, NODE may also be a restarted primary whose backup is gone for good (it
+    /// waits for the backup's word): it takes a new epoch alone (runbook procedure 13).
     Failover {
         #[arg(long)]
         to: String,
+        /// Fail over although the primary is reachable and healthy, or another orchestration
+        /// may be promoting the other node; or promote a restarted primary without its backup.
         #[arg(long)]
         force: bool,
         #[arg(long)]

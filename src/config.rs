@@ -440,6 +440,9 @@ pub struct PairConfig {
     /// Bytes that must stay free on a node's data directory's file system; below it the primary
     /// refuses writes and the backup stops receiving (`crate::node::disk`). `0`: no guard.
     pub disk_min_free: u64,
+    /// SHA-256 of the pair file's bytes, hex: what `status` shows as `config_digest` and the
+    /// hello compares (two nodes running different pair files: `config-drift`).
+    pub digest: String,
     /// `[witness]`: automatic failover through etcd (`crate::witness`); `None`: manual only.
     pub witness: Option<WitnessConfig>,
 }
@@ -643,6 +646,11 @@ impl<'de> Deserialize<'de> for OrderedNodes {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The hex SHA-256 of a pair file's text.
+pub fn file_digest(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl PairConfig {
     /// Reads and validates a pair file. Relative paths inside it are resolved against the
     /// file's own directory.
@@ -658,7 +666,8 @@ impl PairConfig {
         let path =
             std::path::absolute(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let raw: RawPair = toml::from_str(text).map_err(|e| parse_error(&path, text, &e))?;
-        Validator { path: &path }.pair(raw)
+        let config = Validator { path: &path }.pair(raw)?;
+        Ok(PairConfig { digest: file_digest(text), ..config })
     }
 
     /// The pair file to use: `--pair` if given, else `$HOTPAIR_PAIR` if set and non-empty, else
@@ -931,6 +940,7 @@ impl Validator<'_> {
             clients,
             monitor,
             disk_min_free: self.byte_size("disk_min_free", raw.disk_min_free, DEFAULT_DISK_MIN_FREE)?,
+            digest: String::new(),
             witness,
         })
     }

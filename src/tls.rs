@@ -809,6 +809,18 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
+/// Adds what happened and what to do to a handshake failure that means the other end is not of
+/// this pair (rustls names only the check that failed: `UnknownIssuer`, `UnknownCA`).
+pub fn explain_foreign(message: String) -> String {
+    if message.contains("UnknownIssuer") {
+        format!("{message} (its certificate was not issued by this pair's CA: the address reaches another pair's node, or its certificates come from a CA this host does not have yet; check the address in the pair file, and after a CA rotation copy tls/ca.pem to every host: docs/runbook.md procedure 9)")
+    } else if message.contains("UnknownCA") || message.contains("BadCertificate") {
+        format!("{message} (it does not trust this side's certificate: the address reaches another pair's node, or it runs with another CA; check the address in the pair file and that both hosts have the same tls/ca.pem)")
+    } else {
+        message
+    }
+}
+
 /// A connection to a data port: plain TCP, or TLS over it (`[clients] tls = true`). What the
 /// repository's own data-port clients hold (the drill's, `hotpair proxy`'s upstreams).
 pub enum ClientStream {

@@ -206,3 +206,19 @@ fn everything_a_node_creates_is_private_to_its_owner() {
         assert_eq!(mode, 0o600, "{}", file.display());
     }
 }
+
+#[test]
+fn a_node_whose_data_directory_was_emptied_says_to_reinit_and_rejoin_it() {
+    // An empty disk mounted where b's data was: the refusal names the directory and the way
+    // back (it once said only `meta.json: No such file or directory`).
+    let mut pair = Pair::start(SyncLevel::Async);
+    pair.kill(BACKUP);
+    let dir = pair.node_dir(BACKUP);
+    std::fs::rename(&dir, pair.dir().join("b.lost")).expect("move b's directory aside");
+    std::fs::create_dir(&dir).expect("an empty directory");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let (status, stderr) = run_to_end(&pair, &["run", BACKUP]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("hotpair reinit b") && stderr.contains("hotpair rejoin b --allow-full-copy"), "{stderr}");
+    assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
+}

@@ -206,6 +206,7 @@ fn heartbeats_missing_from_the_backups_sequence_raise_heartbeat_gap_on_the_prima
             confirmed_lsn: last_lsn,
             tail_crcs: Vec::new(),
             last_crc: None,
+            config_digest: None,
         };
         wire::write_frame(&mut stream, &envelope(hello)).await.expect("send hello");
         match wire::read_frame(&mut stream).await.expect("an answer to hello") {
@@ -319,4 +320,110 @@ fn a_flipped_bit_in_a_closed_journal_segment_is_found_after_a_restart_while_the_
     let mut a = pair.redis(PRIMARY);
     let got: Option<String> = redis::Commands::get(&mut a, "after").unwrap();
     assert_eq!(got.as_deref(), Some("1"));
+}
+
+/// Waits until every event `node` raised so far has reached the notification command
+/// (`incidents_pending` in its status is what its notifier has not delivered yet).
+fn flush_notifications(pair: &Pair, node: &'static str) {
+    pair.wait_for_node(node, "every incident event delivered", |s| s["incidents_pending"] == 0);
+}
+
+#[test]
+fn a_planned_switchover_and_switchback_raise_no_critical_incident_but_a_killed_backup_does() {
+    let options = Options { heartbeat: Some("100ms"), notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let dir = pair.dir().to_path_buf();
+    let writers = common::Writers::start(&pair, 2);
+    writers.wait_acked(50);
+    pair.hotpair_ok(&["switchover", "--to", BACKUP]);
+    pair.hotpair_ok(&["switchback"]);
+    let acked = writers.acked();
+    writers.wait_acked(acked + 50);
+    drop(writers.finish());
+    pair.wait_caught_up();
+    flush_notifications(&pair, PRIMARY);
+    flush_notifications(&pair, BACKUP);
+    let events = common::notified(&dir);
+    let critical: Vec<&Value> = events.iter().filter(|e| e["severity"] == "critical").collect();
+    assert!(critical.is_empty(), "planned work paged someone: {critical:?}\nall events: {events:?}");
+    // Whatever the switchover opened is closed again: status lists no incident.
+    let text = pair.hotpair_ok(&["status"]);
+    assert!(!text.contains("INCIDENT"), "{text}");
+
+    // A real loss is still critical, and plain `status` says so.
+    let before = events.len();
+    pair.kill(BACKUP);
+    let lost = wait_notified(&dir, "a critical peer-lost on the primary", |e| {
+        event("peer-lost", PRIMARY, "open")(e) && e["severity"] == "critical"
+    });
+    assert!(common::notified(&dir).len() > before, "{lost}");
+    let text = String::from_utf8_lossy(&pair.hotpair(&["status"]).stdout).into_owned();
+    assert!(text.contains("INCIDENT peer-lost (critical, open)"), "{text}");
+}
+
+#[test]
+fn an_old_primary_restarted_after_a_failover_is_a_stale_primary_and_its_rejoin_resolves_fenced() {
+    let options = Options { heartbeat: Some("100ms"), notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let dir = pair.dir().to_path_buf();
+    let _: () = redis::cmd("SET").arg("before").arg("1").query(&mut pair.redis(PRIMARY)).expect("write");
+    pair.wait_caught_up();
+    pair.kill(PRIMARY);
+    pair.hotpair_ok(&["failover", "--to", BACKUP]);
+    pair.restart(PRIMARY);
+    let stale = wait_notified(&dir, "stale-primary on b", event("stale-primary", BACKUP, "open"));
+    assert_eq!(stale["severity"], "warning", "{stale}");
+    let message = stale["message"].as_str().unwrap_or_default();
+    assert!(message.contains("hotpair rejoin a") && message.contains("fences itself"), "{stale}");
+    let fenced = wait_notified(&dir, "a fenced", event("fenced", PRIMARY, "open"));
+    assert_eq!(fenced["severity"], "critical", "{fenced}");
+
+    pair.hotpair_ok(&["rejoin", PRIMARY]);
+    let resolved = wait_notified(&dir, "fenced resolved by the rejoin", event("fenced", PRIMARY, "resolved"));
+    assert!(resolved["message"].as_str().is_some_and(|m| m.contains("backup of epoch 2")), "{resolved}");
+    wait_notified(&dir, "stale-primary resolved", event("stale-primary", BACKUP, "resolved"));
+    assert!(
+        !common::notified(&dir).iter().any(|e| e["kind"] == "split-brain"),
+        "a restarted old primary is not a split-brain: {:?}",
+        common::notified(&dir)
+    );
+    let status = pair.node_status(PRIMARY);
+    assert!(!open_kinds(&status).contains(&"fenced".to_string()), "{status}");
+}
+
+#[test]
+fn nodes_running_different_pair_files_show_their_digests_and_a_config_drift_incident() {
+    let options = Options { heartbeat: Some("100ms"), notify_command: Some(NOTIFY), ..Options::default() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let dir = pair.dir().to_path_buf();
+    let status = pair.status();
+    let digest = |s: &Value, n: &str| s["nodes"][n]["config_digest"].as_str().map(String::from);
+    assert!(digest(&status, PRIMARY).is_some_and(|d| d.len() == 64), "{status}");
+    assert_eq!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");
+
+    // b restarted from an edited pair file, a still runs the old one.
+    pair.kill(BACKUP);
+    let text = std::fs::read_to_string(&pair.pair_file).expect("pair file");
+    let edited = text.replacen("sync_timeout = \"", "sync_timeout = \"7", 1);
+    assert_ne!(edited, text, "the pair file has a sync_timeout");
+    std::fs::write(&pair.pair_file, edited).expect("edit the pair file");
+    pair.restart(BACKUP);
+    for node in [PRIMARY, BACKUP] {
+        let drift = wait_notified(&dir, "config-drift", event("config-drift", node, "open"));
+        assert!(drift["message"].as_str().is_some_and(|m| m.contains("restart the node")), "{drift}");
+    }
+    let status = pair.status();
+    assert_ne!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");
+    let text = pair.hotpair_ok(&["status"]);
+    assert!(text.contains("INCIDENT config-drift"), "{text}");
+    let short = |n: &str| digest(&status, n).map(|d| d[..12].to_string()).unwrap_or_default();
+    assert!(text.contains(&format!("pair file {}", short(PRIMARY))), "{text}");
+    assert!(text.contains(&format!("pair file {}", short(BACKUP))), "{text}");
+
+    // a restarted from the same file: b hears the same digest and the drift is resolved.
+    pair.terminate(PRIMARY);
+    pair.restart(PRIMARY);
+    wait_notified(&dir, "config-drift resolved on b", event("config-drift", BACKUP, "resolved"));
+    let status = pair.status();
+    assert_eq!(digest(&status, PRIMARY), digest(&status, BACKUP), "{status}");
 }

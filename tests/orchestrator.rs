@@ -644,9 +644,70 @@ fn failover_after_sigkill_and_the_restarted_old_primary_fences_itself() {
     assert_eq!(status["nodes"][BACKUP]["role"], "primary", "{status}");
     assert_ne!(status["nodes"][PRIMARY]["writes"]["accepting"], true, "{status}");
     assert_eq!(pair.redis(BACKUP).get::<_, Option<String>>("on-old").unwrap(), None);
-    // The new primary heard a node claim to be primary at a lower epoch: a split-brain incident.
+    // The new primary heard the primary of the superseded epoch probe: a stale-primary
+    // incident (a node to rejoin), not a split-brain.
     let incidents = status["nodes"][BACKUP]["incidents"].as_array().cloned().unwrap_or_default();
-    assert!(incidents.iter().any(|i| i["kind"] == "split-brain"), "no split-brain incident on b: {incidents:?}");
+    assert!(incidents.iter().any(|i| i["kind"] == "stale-primary"), "no stale-primary incident on b: {incidents:?}");
+    assert!(!incidents.iter().any(|i| i["kind"] == "split-brain"), "a split-brain incident on b: {incidents:?}");
+}
+
+#[test]
+fn both_nodes_down_and_only_the_primary_back_a_forced_failover_to_it_resumes_writes() {
+    // kill -9 both; only a comes back, and waits for b's word (TRYAGAIN). Without --force the
+    // failover names the way out; with it a takes epoch 2 alone and writes resume, every
+    // acknowledged write kept. b, back later, never takes writes: it rejoins behind a. (At
+    // `durable` a write needs the backup: degrade-after lets a acknowledge without it.)
+    let options = Options { notify_command: Some(common::NOTIFY), on_peer_loss: Some("degrade-after:300ms"), ..fast() };
+    let mut pair = Pair::start_with(SyncLevel::Durable, options);
+    let load = Load::start(&pair, "both");
+    load.wait_more(30, "before the kills");
+    pair.kill(BACKUP);
+    pair.kill(PRIMARY);
+    let acked = load.stop();
+    pair.restart(PRIMARY);
+    pair.wait_for_node(PRIMARY, "a waiting for b", |s| s["awaiting_peer"] == true);
+    let waiting: RedisResult<()> = pair.redis(PRIMARY).set("while-waiting", "x");
+    assert!(waiting.is_err(), "a restarted primary took a write before its peer's word");
+
+    let (code, report) = run_json(&pair, &["failover", "--to", PRIMARY]);
+    assert_eq!(code, 1, "failover without --force: {report}");
+    let outcome = report["outcome"].as_str().unwrap_or_default();
+    assert!(outcome.contains("--force") && outcome.contains("waiting for b"), "{report}");
+
+    let (code, report) = run_json(&pair, &["failover", "--to", PRIMARY, "--force"]);
+    assert_eq!(code, 0, "forced failover to the restarted primary: {report}");
+    assert_eq!(report["details"]["epoch"], 2, "{report}");
+    assert_eq!(report["details"]["forced"], true, "{report}");
+    let outcome = report["outcome"].as_str().unwrap_or_default();
+    assert!(outcome.contains("had acknowledged LSN") && outcome.contains("hotpair rejoin b"), "{report}");
+    assert_eq!(role_of(&pair, PRIMARY), ("primary".to_string(), 2));
+    let _: () = pair.redis(PRIMARY).set("after-force", "1").expect("writes resume on a");
+    assert_acked_on(&pair, PRIMARY, &acked, "after the forced failover");
+    let forced =
+        common::wait_notified(pair.dir(), "forced-promotion on a", common::event("forced-promotion", PRIMARY, "open"));
+    assert_eq!(forced["severity"], "critical", "{forced}");
+
+    // b comes back in epoch 1: it never takes writes; it follows a, or, if it holds records a
+    // lost, is refused as diverged until rejoined.
+    pair.restart(BACKUP);
+    let status = pair.wait_for("b following a, or diverged", |s| {
+        let b = &s["nodes"][BACKUP];
+        (b["role"] == "backup" && b["epoch"] == 2 && b["following"] == true) || b["remote_journal"] == "diverged"
+    });
+    assert_ne!(status["nodes"][BACKUP]["writes"]["accepting"], true, "{status}");
+    let refused: RedisResult<()> = pair.redis(BACKUP).set("on-b", "x");
+    assert!(refused.is_err(), "the old backup took a write");
+    if status["nodes"][BACKUP]["remote_journal"] == "diverged" {
+        pair.hotpair_ok(&["rejoin", BACKUP]);
+    }
+    wait_following(&mut pair, PRIMARY);
+    assert_one_writer(&pair, PRIMARY, "after b is back");
+    common::wait_notified(
+        pair.dir(),
+        "forced-promotion resolved",
+        common::event("forced-promotion", PRIMARY, "resolved"),
+    );
+    assert_eq!(pair.redis(BACKUP).get::<_, Option<String>>("after-force").unwrap().as_deref(), Some("1"));
 }
 
 // ---------------------------------------------------------------------------------------------

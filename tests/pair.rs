@@ -372,6 +372,7 @@ fn hello(pair: &Pair, incarnation: uuid::Uuid, last_lsn: u64) -> Frame {
             confirmed_lsn: last_lsn,
             tail_crcs: Vec::new(),
             last_crc: None,
+            config_digest: None,
         },
     })
 }
@@ -526,6 +527,45 @@ fn refusals_on_both_ports_leave_the_pair_working() {
         pair.redis(BACKUP).get::<_, Option<String>>("after-control-garbage").unwrap().as_deref(),
         Some("control-garbage")
     );
+}
+
+#[test]
+fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
+    // A b of an older build (protocol 1, before the hello carried a version) says hello to a:
+    // refused, both versions named, and a keeps serving (the rolling upgrade's mixed moment).
+    let mut pair = Pair::start(SyncLevel::Async);
+    pair.kill(BACKUP);
+    pair.wait_for_node(PRIMARY, "a to see b gone", |s| s["peer"]["connected"] == false);
+    let incarnation = NodeMeta::load(&pair.node_dir(BACKUP)).expect("b's metadata").incarnation;
+    let mut old = hello(&pair, incarnation, 0);
+    if let Frame::Message(Envelope { message: Message::Hello { protocol, .. }, .. }) = &mut old {
+        *protocol = 1;
+    }
+    let as_b = hotpair::tls::node_client_config(&pair.config, BACKUP).expect("b's client config");
+    match control_exchange(&pair, PRIMARY, as_b, vec![old]) {
+        Exchange::Answered(Frame::Message(Envelope { message: Message::Refused { reason, .. }, .. })) => {
+            let ours = format!("protocol {}", hotpair::engine::PROTOCOL_VERSION);
+            assert!(reason.contains("protocol 1") && reason.contains(&ours), "{reason}");
+            assert!(reason.contains("same hotpair version"), "{reason}");
+        }
+        other => panic!("a did not refuse a hello of protocol 1: {other:?}"),
+    }
+    let _: () = pair.redis(PRIMARY).set("after-old-hello", "1").expect("a keeps taking writes");
+}
+
+#[test]
+fn reaching_another_pairs_node_says_so_and_what_to_check() {
+    // The admin's pair file names this pair's addresses but another pair's certificates: the
+    // node's certificate is not from our CA. rustls says only `UnknownIssuer`.
+    let pair = Pair::start(SyncLevel::Async);
+    let other = pair_from_another_init(pair.dir());
+    let crossed = PairConfig { tls: other.tls.clone(), cluster: other.cluster, ..pair.config.clone() };
+    let request = hotpair::admin::client::request(&crossed, PRIMARY, hotpair::replication::wire::AdminRequest::Status);
+    let err = hotpair::admin::client::block_on(request).expect("runtime").expect_err("another pair's node answered");
+    assert!(err.contains("UnknownIssuer") && err.contains("another pair's node"), "{err}");
+    assert!(err.contains("check the address in the pair file"), "{err}");
+    // The node, for its part, logs the stranger with the same explanation.
+    pair.wait_log(PRIMARY, "another pair's node", "the node explaining the foreign certificate");
 }
 
 /// Runs `hotpair init` in `dir` (never started) and loads its pair file.

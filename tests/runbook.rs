@@ -294,3 +294,29 @@ fn upgrade_procedure_runs_as_written() {
     let () = session.redis("a").set("after-upgrade", "1").expect("a is primary again and takes writes");
     assert_eq!(get(&mut session.redis("b"), "before-upgrade").as_deref(), Some("1"));
 }
+
+#[test]
+fn primary_alone_procedure_runs_as_written() {
+    // Both nodes killed at once, only a restarted: the forced failover gets writes going
+    // (at `async`: no backup needed to acknowledge), and b back later follows a.
+    let session = Session::start("async");
+    let () = session.redis("a").set("before", "1").unwrap();
+    session.shell("stop_node b KILL; stop_node a KILL; start_node a", &[]);
+    let refused: redis::RedisResult<()> = session.redis("a").set("waiting", "1");
+    assert!(refused.is_err(), "a restarted primary took a write before its peer's word");
+    let out = session.run("primary-alone", &[]);
+    assert!(out.contains("waits for b") && out.contains("--force"), "{out}");
+    assert!(out.contains("is primary of epoch 2") && out.contains("hotpair rejoin b"), "{out}");
+    let () = session.redis("a").set("after", "1").expect("a takes writes after the forced failover");
+    let out = session.run("primary-alone-b-back", &[]);
+    assert!(out.contains("digests equal"), "{out}");
+    let mut b = session.redis("b");
+    assert_eq!(get(&mut b, "before").as_deref(), Some("1"));
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while get(&mut b, "after").is_none() {
+        assert!(std::time::Instant::now() < deadline, "b never applied the write a took alone");
+        std::thread::sleep(common::POLL);
+    }
+    let refused: redis::RedisResult<()> = b.set("on-b", "1");
+    assert!(refused.is_err(), "b took a write");
+}

@@ -283,6 +283,7 @@ impl Node {
             remote_journal: if self.diverged { "diverged" } else { "active" }.into(),
             replicating: self.replicating,
             following: self.follow.is_some(),
+            awaiting_peer: state.awaiting_peer,
             failure: None,
             writes: writer
                 .then(|| protocol::WritesView { accepting: self.gate == Gate::Open, reason: self.gate.refusal() }),

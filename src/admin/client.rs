@@ -58,7 +58,7 @@ fn explain_revoked(message: String) -> String {
     } else if message.contains("Revoked") {
         format!("{message} (the node presented a certificate that is not the one in the file our pair file names for it: rotated, and this host does not have the new file yet?)")
     } else {
-        message
+        crate::tls::explain_foreign(message)
     }
 }
 
@@ -205,6 +205,9 @@ pub fn render_status(status: &Value) -> String {
         if let Some(ago) = peer["last_heartbeat_ms_ago"].as_u64() {
             notes.push(format!("last heard {ago} ms ago"));
         }
+        if let Some(digest) = node["config_digest"].as_str() {
+            notes.push(format!("pair file {}", digest.get(..12).unwrap_or(digest)));
+        }
         if node["writes"]["accepting"] == Value::Bool(false) {
             notes.push(format!("writes refused: {}", node["writes"]["reason"].as_str().unwrap_or("?")));
         }
@@ -235,6 +238,15 @@ pub fn render_status(status: &Value) -> String {
             notes.push(format!("DIVERGED after LSN {at}: run hotpair rejoin {name}"));
         }
         out.push_str(&format!("         {}\n", notes.join("; ")));
+        for incident in node["incidents"].as_array().into_iter().flatten() {
+            let field = |key: &str| incident[key].as_str().unwrap_or("?").to_string();
+            out.push_str(&format!(
+                "         INCIDENT {} ({}, open): {}\n",
+                field("kind"),
+                field("severity"),
+                field("message")
+            ));
+        }
     }
     out
 }

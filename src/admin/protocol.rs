@@ -189,6 +189,9 @@ pub struct StatusView {
     pub remote_journal: String,
     pub replicating: bool,
     pub following: bool,
+    /// A restarted primary waiting for its peer's word (absent from older nodes' status).
+    #[serde(default)]
+    pub awaiting_peer: bool,
     #[serde(deserialize_with = "required")]
     pub failure: Option<String>,
     /// `null` on a node without a pipeline.

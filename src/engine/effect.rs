@@ -130,6 +130,11 @@ pub enum ReplayBound {
 pub enum Alarm {
     Fenced,
     SplitBrain,
+    /// The primary of a superseded epoch is back (the old primary restarted after a
+    /// failover): it is told the newer epoch and fences itself; the admin rejoins it.
+    StalePrimary,
+    /// `failover --force` promoted a restarted primary whose peer is gone.
+    ForcedPromotion,
     SecondInstallation,
     OrphanedTail,
     ApplyError,

@@ -95,11 +95,35 @@ pub struct State {
 /// A decision waiting for the outcome of its long action.
 #[derive(Debug, Clone, PartialEq)]
 enum Pending {
-    Drain { op_id: Uuid, lease_ms: u64 },
-    Demote { op_id: Uuid },
-    Promote { op_id: Uuid, epoch: Epoch, expect_lsn: Option<Lsn>, stopped: Option<(Lsn, Lsn)> },
-    Rejoin { request: RejoinRequest, primary_last: Lsn, stage: RejoinStage },
-    Follow { epoch: Epoch, history: Vec<HistoryEntry> },
+    Drain {
+        op_id: Uuid,
+        lease_ms: u64,
+    },
+    Demote {
+        op_id: Uuid,
+    },
+    Promote {
+        op_id: Uuid,
+        epoch: Epoch,
+        expect_lsn: Option<Lsn>,
+        stopped: Option<(Lsn, Lsn)>,
+    },
+    /// A restarted primary promoted past its lost peer: its last LSN once known, then its
+    /// pipeline stopped, then a new epoch.
+    PromoteAlone {
+        op_id: Uuid,
+        epoch: Epoch,
+        last_lsn: Option<Lsn>,
+    },
+    Rejoin {
+        request: RejoinRequest,
+        primary_last: Lsn,
+        stage: RejoinStage,
+    },
+    Follow {
+        epoch: Epoch,
+        history: Vec<HistoryEntry>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -348,6 +372,12 @@ impl Engine {
         if let Err(reason) = self.check_epoch(epoch) {
             return refuse(out, reason);
         }
+        if self.state.role == Role::Primary && self.state.awaiting_peer {
+            // `failover --to <it> --force`: its peer, the only one who could say it was not
+            // promoted past us, is gone for good (the admin's word). Sent only with --force.
+            self.pending = Some(Pending::PromoteAlone { op_id, epoch, last_lsn: None });
+            return out.push(Effect::Run(Action::FinishInFlight));
+        }
         if self.state.role != Role::Backup {
             let reason = format!("{} is {}; only a backup can be promoted", self.id.node, self.state.role.name());
             return refuse(out, reason);
@@ -381,6 +411,9 @@ impl Engine {
             Pending::Demote { op_id } => self.demoted(op_id, outcome, out),
             Pending::Promote { op_id, epoch, expect_lsn, stopped } => {
                 self.promoting(op_id, epoch, expect_lsn, stopped, outcome, out)
+            }
+            Pending::PromoteAlone { op_id, epoch, last_lsn } => {
+                self.promoting_alone(op_id, epoch, last_lsn, outcome, out)
             }
             Pending::Rejoin { request, primary_last, stage } => {
                 self.rejoining(request, primary_last, stage, outcome, out)
@@ -494,6 +527,54 @@ impl Engine {
                 refuse(out, format!("promotion of {} failed: {reason}", self.id.node));
             }
             (Outcome::Failed { reason, applied_unconfirmed: true }, _) => self.promotion_failed(reason, out),
+            (other, _) => self.unexpected(other, out),
+        }
+    }
+
+    /// A restarted primary taking a new epoch without its peer: its journal stays as it is
+    /// (nothing to replay, nothing unconfirmed to apply), the new epoch starts after its last
+    /// LSN. Whatever the lost peer held past that (records shipped before our fsync and lost
+    /// in the crash, none acknowledged to a client) diverges: its rejoin sets them aside.
+    fn promoting_alone(&mut self, op_id: Uuid, epoch: Epoch, last_lsn: Option<Lsn>, outcome: Outcome, out: &mut Out) {
+        let still = self.state.role == Role::Primary && self.state.awaiting_peer && self.state.epoch == epoch;
+        match (outcome, last_lsn) {
+            (_, _) if !still => {
+                let reason = format!(
+                    "{} changed while it was being promoted (it is {} of epoch {}); run `hotpair status`",
+                    self.id.node,
+                    self.state.role.name(),
+                    self.state.epoch
+                );
+                refuse(out, reason)
+            }
+            (Outcome::InFlightFinished { lsn, .. }, None) => {
+                self.pending = Some(Pending::PromoteAlone { op_id, epoch, last_lsn: Some(lsn) });
+                out.push(Effect::Run(Action::StopPipeline));
+            }
+            (Outcome::PipelineStopped, Some(last)) => {
+                let new_epoch = epoch + 1;
+                let first_lsn = last + 1;
+                let promotion =
+                    Promotion { op_id, epoch: new_epoch, first_lsn, last_received_lsn: last, last_heard_lsn: last };
+                self.state.epoch = new_epoch;
+                self.state.history.push(HistoryEntry { epoch: new_epoch, first_lsn, primary: self.id.node.clone() });
+                self.state.promotion = Some(promotion.clone());
+                self.state.awaiting_peer = false;
+                let between = vec![
+                    Effect::StartPipeline { first_lsn, epoch: new_epoch, epoch_start: true },
+                    Effect::ForgetPeerAcks,
+                ];
+                self.commit(out, between);
+                let message = format!(
+                    "{} promoted itself to epoch {new_epoch} from LSN {first_lsn} without {} (failover --force): records {} may hold past LSN {last} are not here; rejoin it when it is back",
+                    self.id.node, self.id.peer, self.id.peer
+                );
+                out.push(Effect::Incident { kind: Alarm::ForcedPromotion, message });
+                out.push(Effect::Reply(Reply::Promoted { promotion, already: false }));
+            }
+            (Outcome::Failed { reason, .. }, _) => {
+                refuse(out, format!("promotion of {} failed: {reason}", self.id.node));
+            }
             (other, _) => self.unexpected(other, out),
         }
     }
@@ -708,7 +789,9 @@ impl Engine {
         if matches!(hello.role, Role::Primary | Role::Draining) {
             // A probe: tell it where we stand. Our epoch is what it needs (a higher one fences
             // it), and our last LSN (a restarted primary takes no writes while we hold more).
-            if self.writer() {
+            if self.writer() && hello.epoch < ours {
+                out.push(Effect::Incident { kind: Alarm::StalePrimary, message: self.stale_primary(&hello) });
+            } else if self.writer() {
                 let message = format!(
                     "{} claims to be primary at epoch {} while this node is primary at epoch {ours}; it is told our epoch and fences",
                     hello.from, hello.epoch
@@ -766,6 +849,26 @@ impl Engine {
             }
             Plan::Diverged { at_lsn } => HelloAnswer::Diverged { at_lsn, history: self.state.history.clone() },
         }
+    }
+
+    /// What an old primary's probe means: not two writers (it restarted waiting for our word,
+    /// or it took writes only in an epoch our promotion closed), but a node to rejoin, and
+    /// how much of its tail the rejoin will set aside.
+    fn stale_primary(&self, hello: &Hello) -> String {
+        let ours = self.state.epoch;
+        let peer = &hello.from;
+        let closed_at =
+            self.state.history.iter().find(|h| h.epoch > hello.epoch).map(|h| h.first_lsn.saturating_sub(1));
+        let beyond = closed_at.map_or(0, |at| hello.last_lsn.saturating_sub(at));
+        let tail = if beyond > 0 {
+            format!("; it holds {beyond} record(s) past LSN {} where its epoch ended, which the rejoin sets aside as orphans", closed_at.unwrap_or(0))
+        } else {
+            String::new()
+        };
+        format!(
+            "{peer}, primary of epoch {} before this node's promotion, is back; it is told epoch {ours} and fences itself, taking no more writes{tail}; run `hotpair rejoin {peer}`",
+            hello.epoch
+        )
     }
 
     fn probe_answered(
@@ -945,7 +1048,7 @@ fn pending_name(pending: &Pending) -> &'static str {
     match pending {
         Pending::Drain { .. } => "draining",
         Pending::Demote { .. } => "demoting",
-        Pending::Promote { .. } => "promoting",
+        Pending::Promote { .. } | Pending::PromoteAlone { .. } => "promoting",
         Pending::Rejoin { .. } => "rejoining",
         Pending::Follow { .. } => "starting to follow",
     }

@@ -159,6 +159,26 @@ fn a_promotion_refused_for_a_missing_drain_lsn_leaves_the_backup_following() {
     assert!(!b.busy());
 }
 
+#[test]
+fn a_restarted_primary_promoted_alone_takes_the_next_epoch_after_its_last_lsn() {
+    let (mut a, _) = engine("a", Role::Primary, 10);
+    let op_id = Uuid::from_u128(2);
+    let effects = a.step(Event::Admin(Primitive::Promote { op_id, epoch: 1, expect_lsn: None }));
+    assert_eq!(effects.last(), Some(&Effect::Run(Action::FinishInFlight)), "{effects:?}");
+    let effects = a.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::storage::digest::Digest(7) }));
+    assert_eq!(effects.last(), Some(&Effect::Run(Action::StopPipeline)), "{effects:?}");
+    let effects = a.step(Event::Done(Outcome::PipelineStopped));
+    assert_ordered(&effects);
+    assert!(effects.contains(&Effect::StartPipeline { first_lsn: 11, epoch: 2, epoch_start: true }), "{effects:?}");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Incident { kind: Alarm::ForcedPromotion, .. })), "{effects:?}");
+    assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Promoted { already: false, .. }))), "{effects:?}");
+    assert_eq!(a.state().gate, Gate::Open);
+    assert_eq!(a.state().history, history(&[(1, 1, "a"), (2, 11, "a")]));
+    // A primary taking writes is never promoted again: only one waiting for its peer is.
+    let effects = a.step(Event::Admin(Primitive::Promote { op_id, epoch: 2, expect_lsn: None }));
+    assert!(matches!(effects.last(), Some(Effect::Reply(Reply::Refused(_)))), "{effects:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The witness.
 

@@ -22,6 +22,7 @@ use super::{lock, Node};
 use crate::engine::{Action, Alarm, Effect, Event, Gate, Outcome, ReplayBound, Reply, WriteRefusal};
 use crate::node::incident::{Kind, Severity};
 use crate::storage::journal::{Lsn, RecordBody};
+use crate::storage::meta::Role;
 use crate::Error;
 
 /// How often the engine hears the time (a drain lease ends at most this late).
@@ -131,6 +132,11 @@ impl Node {
             }
             Effect::Publish(role) => {
                 self.role.send_replace(role);
+                if matches!(role, Role::Primary | Role::Backup) {
+                    // Rejoined or promoted: whatever fenced it is behind it.
+                    let message = format!("{} is {} of epoch {} now", self.name(), role.name(), self.meta().epoch);
+                    self.incidents.resolve(Kind::Fenced, message);
+                }
             }
             Effect::Writes(gate) => {
                 let in_doubt = matches!(
@@ -316,6 +322,8 @@ fn incident_kind(alarm: Alarm) -> Option<(Kind, Severity)> {
     Some(match alarm {
         Alarm::Fenced => (Kind::Fenced, Severity::Critical),
         Alarm::SplitBrain => (Kind::SplitBrain, Severity::Critical),
+        Alarm::StalePrimary => (Kind::StalePrimary, Severity::Warning),
+        Alarm::ForcedPromotion => (Kind::ForcedPromotion, Severity::Critical),
         Alarm::SecondInstallation => (Kind::SecondInstallation, Severity::Critical),
         Alarm::ApplyError => (Kind::ApplyError, Severity::Critical),
         Alarm::OrphanedTail => (Kind::OrphanedTail, Severity::Warning),

@@ -147,14 +147,14 @@ async fn connection(
             start = tokio::time::timeout_at(deadline, &mut hello) => start.map_err(|_| timed_out())?,
         },
     }
-    .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?;
+    .map_err(|e| Ended::Stranger(crate::tls::explain_foreign(format!("TLS handshake failed: {e}"))))?;
     slot.hello_received();
     let stream = tokio::select! {
         biased;
         _ = &mut evicted => return Err(evicted_error()),
         stream = tokio::time::timeout_at(deadline, start.into_stream(config)) => stream
             .map_err(|_| timed_out())?
-            .map_err(|e| Ended::Stranger(format!("TLS handshake failed: {e}")))?,
+            .map_err(|e| Ended::Stranger(crate::tls::explain_foreign(format!("TLS handshake failed: {e}"))))?,
     };
     drop(slot);
     let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
@@ -280,11 +280,13 @@ where
                 confirmed_lsn,
                 tail_crcs,
                 last_crc,
+                config_digest,
             },
     })) = first
     else {
         return Err("peer's first frame was not a hello".into());
     };
+    node.note_peer_config(config_digest);
     let meta = node.meta();
     // Only a would-be backup's tail matters (a probe, every 500 ms, reads no journal).
     let probe = matches!(hello_role, Role::Primary | Role::Draining);
@@ -372,7 +374,13 @@ where
     let welcome = Envelope {
         from: node.name().to_string(),
         epoch: meta.epoch,
-        message: Message::Welcome { start_lsn, history: meta.history.clone(), last_lsn: our_last, cut_after },
+        message: Message::Welcome {
+            start_lsn,
+            history: meta.history.clone(),
+            last_lsn: our_last,
+            cut_after,
+            config_digest: Some(node.config_digest()),
+        },
     };
     let result = match wire::write_frame(&mut stream, &Frame::Message(welcome)).await {
         Ok(()) => {

@@ -210,7 +210,7 @@ pub(super) async fn connect(
     tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(crate::tls::server_name(&node.pair, &peer.name), tcp))
         .await
         .map_err(|_| format!("TLS with {} timed out", peer.name))?
-        .map_err(|e| format!("TLS with {}: {e}", peer.name))
+        .map_err(|e| crate::tls::explain_foreign(format!("TLS with {} at {}: {e}", peer.name, peer.peer_via)))
 }
 
 /// The hello, and the engine's generation it was sent under (read first: a role change after it
@@ -242,6 +242,7 @@ fn hello(node: &Node) -> (Envelope, u64) {
             confirmed_lsn,
             tail_crcs,
             last_crc,
+            config_digest: Some(node.config_digest()),
         },
     };
     (envelope, generation)
@@ -295,13 +296,14 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
     match reply {
         Some(Frame::Message(Envelope {
             epoch,
-            message: Message::Welcome { start_lsn, history, last_lsn, cut_after },
+            message: Message::Welcome { start_lsn, history, last_lsn, cut_after, config_digest },
             ..
         })) => {
             // Following starts only while no primitive runs (a rejoin or promotion holds
             // `role_change` across its wait for `following` to be false) and the engine still
             // has the generation the hello was sent under; the engine cuts what the welcome
             // asks, then adopts the primary's history.
+            node.note_peer_config(config_digest);
             let Ok(_no_primitive) = node.role_change.try_lock() else {
                 return Err("a role change began during the hello; not following".into());
             };

@@ -13,7 +13,8 @@
 //! - A slow or hanging command cannot stall the node: each runs with a deadline
 //!   ([`COMMAND_DEADLINE`]) and is killed past it; the log is written before the commands run.
 //! - Repeats are rate-limited, not lost: while an incident of a kind is open, raising it again
-//!   updates its message and count, and is re-sent at most once per [`REPEAT_INTERVAL`].
+//!   updates its message and count, and is re-sent at most once per [`REPEAT_INTERVAL`] —
+//!   at once if the severity rose (an open incident's severity never falls).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -44,6 +45,12 @@ pub enum Kind {
     DigestMismatch,
     SyncDegraded,
     SplitBrain,
+    /// The primary of a superseded epoch came back (after a failover) and was told to fence.
+    StalePrimary,
+    /// The peer runs another pair file (its hello's digest differs from ours).
+    ConfigDrift,
+    /// A restarted primary took a new epoch without its peer (`failover --to it --force`).
+    ForcedPromotion,
     Fenced,
     OrphanedTail,
     SecondInstallation,
@@ -65,7 +72,7 @@ pub enum Kind {
     FailoverSuppressed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Severity {
     Info,
@@ -97,6 +104,9 @@ pub struct Incidents {
     open: Mutex<BTreeMap<Kind, Open>>,
     queue: SyncSender<Event>,
     dropped: AtomicU64,
+    /// Events queued and not yet logged and handed to every command (`incidents_pending` in
+    /// status: zero means every event raised so far was delivered).
+    pending: Arc<AtomicU64>,
     /// Incidents opened so far, by kind (repeats of an open one not counted), for metrics.
     raised: Mutex<BTreeMap<Kind, u64>>,
 }
@@ -105,8 +115,11 @@ impl Incidents {
     /// Starts the notifier thread for `node`.
     pub fn start(node: &str, log: PathBuf, commands: Vec<String>) -> Incidents {
         let (queue, events) = sync_channel(QUEUE);
-        let spawned =
-            std::thread::Builder::new().name("notifier".into()).spawn(move || notify_loop(events, log, commands));
+        let pending = Arc::new(AtomicU64::new(0));
+        let counted = pending.clone();
+        let spawned = std::thread::Builder::new()
+            .name("notifier".into())
+            .spawn(move || notify_loop(events, log, commands, &counted));
         if let Err(err) = spawned {
             tracing::error!(%err, "could not start the notifier thread; incidents go to the node log only");
         }
@@ -115,6 +128,7 @@ impl Incidents {
             open: Mutex::new(BTreeMap::new()),
             queue,
             dropped: AtomicU64::new(0),
+            pending,
             raised: Mutex::new(BTreeMap::new()),
         }
     }
@@ -129,7 +143,10 @@ impl Incidents {
                 existing.event.count += 1;
                 existing.event.message = message;
                 existing.event.time_ms = crate::clock::now_ms();
-                if now.duration_since(existing.last_sent) < REPEAT_INTERVAL {
+                // A graver severity (a planned outage that outlived its plan) is news: sent now.
+                let graver = severity > existing.event.severity;
+                existing.event.severity = existing.event.severity.max(severity);
+                if !graver && now.duration_since(existing.last_sent) < REPEAT_INTERVAL {
                     return;
                 }
                 existing.last_sent = now;
@@ -184,29 +201,41 @@ impl Incidents {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Events raised or resolved but not yet delivered.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::SeqCst)
+    }
+
     fn send(&self, event: Event) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send(event) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-fn notify_loop(events: Receiver<Event>, log: PathBuf, commands: Vec<String>) {
+fn notify_loop(events: Receiver<Event>, log: PathBuf, commands: Vec<String>, pending: &AtomicU64) {
     for event in events {
-        let line = serde_json::to_string(&event).unwrap_or_default();
-        let logged = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(crate::storage::datadir::PRIVATE_FILE_MODE)
-            .open(&log)
-            .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
-        if let Err(err) = logged {
-            tracing::warn!(path = %log.display(), %err, "could not append to the incident log");
-        }
-        for command in &commands {
-            if let Err(reason) = run_command(command, &line) {
-                tracing::warn!(%command, %reason, "notification command failed");
-            }
+        deliver(&event, &log, &commands);
+        pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn deliver(event: &Event, log: &std::path::Path, commands: &[String]) {
+    let line = serde_json::to_string(event).unwrap_or_default();
+    let logged = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::storage::datadir::PRIVATE_FILE_MODE)
+        .open(log)
+        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
+    if let Err(err) = logged {
+        tracing::warn!(path = %log.display(), %err, "could not append to the incident log");
+    }
+    for command in commands {
+        if let Err(reason) = run_command(command, &line) {
+            tracing::warn!(%command, %reason, "notification command failed");
         }
     }
 }

@@ -125,6 +125,8 @@ pub struct Node {
     write_deadline: std::sync::atomic::AtomicU64,
     /// What the witness agent saw last (`status` shows it); `None` without a witness.
     pub witness_seen: Mutex<Option<serde_json::Value>>,
+    /// The digest of the pair file the peer said (in its last hello or welcome) it runs.
+    peer_config_digest: Mutex<Option<String>>,
 }
 
 impl Node {
@@ -136,7 +138,14 @@ impl Node {
         // must stop here, having changed nothing (opening a journal trims its preallocated end).
         crate::storage::datadir::check_permissions(&config.dir, name)?;
         let dir_lock = crate::storage::datadir::DataDirLock::acquire(&config.dir, name)?;
-        let meta = NodeMeta::load(&config.dir)?;
+        let meta = NodeMeta::load(&config.dir).map_err(|err| match err {
+            crate::storage::meta::MetaError::Missing { path } => Error::Failed(format!(
+                "node {name} cannot start: {} holds no {} (an empty disk, or its data was lost); if node {name}'s data is gone, run `hotpair reinit {name}`, start it, then `hotpair rejoin {name} --allow-full-copy` (docs/runbook.md procedure 4)",
+                config.dir.display(),
+                path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+            )),
+            other => other.into(),
+        })?;
         if meta.cluster != pair.cluster || meta.node != name {
             return Err(Error::Failed(format!(
                 "{} belongs to node {} of cluster {}, not node {name} of cluster {}",
@@ -235,6 +244,7 @@ impl Node {
             scan_cursors: crate::kv::keyspace::ScanCursors::default(),
             write_deadline: std::sync::atomic::AtomicU64::new(u64::MAX),
             witness_seen: Mutex::new(None),
+            peer_config_digest: Mutex::new(None),
         });
         // Measured before the ports open: a node started on a full disk refuses from its first write.
         disk::check(&node);
@@ -278,6 +288,23 @@ impl Node {
     /// port do not call it master.
     pub fn awaits_peer(&self) -> bool {
         self.pipeline().is_some() && self.standing_in_doubt.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The SHA-256 of the pair file this node runs.
+    pub fn config_digest(&self) -> String {
+        self.pair.digest.clone()
+    }
+
+    /// What the peer said of its pair file; `None` from a build that does not say.
+    pub fn note_peer_config(&self, digest: Option<String>) {
+        if digest.is_some() {
+            *lock(&self.peer_config_digest) = digest;
+        }
+    }
+
+    /// The peer's pair-file digest, as last heard.
+    pub fn peer_config_digest(&self) -> Option<String> {
+        lock(&self.peer_config_digest).clone()
     }
 
     pub fn meta(&self) -> NodeMeta {

@@ -28,6 +28,11 @@ use crate::Error;
 /// How often the conditions are looked at.
 const TICK: Duration = Duration::from_millis(200);
 
+/// How long a peer may stay away inside a planned switchover before it is a real loss. A
+/// switchover's own outage is its drain, promote and re-follow (about a second); a target that
+/// needs its full `--timeout` to catch up stays connected meanwhile.
+const PLANNED_OUTAGE: Duration = Duration::from_secs(30);
+
 /// The backup's acknowledged position is saved every this many ticks (about once a second).
 const SAVE_POSITION_EVERY: u64 = 5;
 
@@ -52,14 +57,13 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         if peer.connected {
             ever_connected = true;
             node.incidents.resolve(Kind::PeerLost, format!("{name} is connected again"));
+            node.incidents.resolve(Kind::StalePrimary, format!("{name} is connected again"));
+            node.incidents.resolve(Kind::ForcedPromotion, format!("{name} is back and follows"));
         } else if ever_connected {
-            let gone = peer.since.elapsed();
-            node.incidents.raise(
-                Kind::PeerLost,
-                Severity::Critical,
-                format!("{name} is not connected (for {} ms)", gone.as_millis()),
-            );
+            let (severity, message) = peer_lost(&node, peer.since.elapsed());
+            node.incidents.raise(Kind::PeerLost, severity, message);
         }
+        check_config(&node);
         if peer.heartbeat_gaps > gaps_seen {
             let message = format!("{} heartbeat(s) from {name} went missing", peer.heartbeat_gaps - gaps_seen);
             node.incidents.raise(Kind::HeartbeatGap, Severity::Warning, message);
@@ -85,6 +89,55 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         check_lag(&node, role, &peer);
         check_canary(&node, role, &peer);
         check_retention(&node, role, &peer);
+    }
+}
+
+/// `config-drift` while the peer last said it runs another pair file than this node.
+fn check_config(node: &Node) {
+    let Some(theirs) = node.peer_config_digest() else { return };
+    let ours = node.config_digest();
+    let peer = &node.peer_config.name;
+    if theirs == ours {
+        node.incidents.resolve(Kind::ConfigDrift, format!("{peer} runs the same pair file ({})", short(&ours)));
+        return;
+    }
+    let message = format!(
+        "{} runs pair file {} ({}), {peer} runs another ({}): the nodes may disagree on addresses, sync level or limits; copy the same pair file to both hosts and restart the node that runs the old one",
+        node.name(),
+        node.pair.path.display(),
+        short(&ours),
+        short(&theirs)
+    );
+    node.incidents.raise(Kind::ConfigDrift, Severity::Warning, message);
+}
+
+/// The first 12 hex digits of a digest: what `status` shows.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+/// The peer-lost incident: informational while an orchestration this node was told of (its
+/// saved progress, written on both nodes before the first step) is under way, for at most
+/// [`PLANNED_OUTAGE`]; critical otherwise, and critical once a planned outage outlives that.
+fn peer_lost(node: &Node, gone: Duration) -> (Severity, String) {
+    let name = &node.peer_config.name;
+    let planned = node.meta().orchestration.and_then(|p| {
+        let command = p.get("command")?.as_str()?.to_string();
+        Some(format!("{command} {}", p.get("op_id")?.as_str()?))
+    });
+    match planned {
+        Some(work) if gone < PLANNED_OUTAGE => {
+            (Severity::Info, format!("{name} is not connected (for {} ms), as planned by {work}", gone.as_millis()))
+        }
+        Some(work) => (
+            Severity::Critical,
+            format!(
+                "{name} is not connected (for {} ms), longer than {work} should take ({} s); run `hotpair status`",
+                gone.as_millis(),
+                PLANNED_OUTAGE.as_secs()
+            ),
+        ),
+        None => (Severity::Critical, format!("{name} is not connected (for {} ms)", gone.as_millis())),
     }
 }
 

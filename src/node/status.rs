@@ -29,7 +29,7 @@ pub fn node_status(node: &Node) -> Value {
         _ if peer.connected && lag_records > 0 => ("dormant", "catching-up"),
         _ => ("dormant", "active"),
     };
-    json!({
+    let mut status = json!({
         "reachable": true,
         "node": node.name(),
         "role": role.name(),
@@ -64,6 +64,7 @@ pub fn node_status(node: &Node) -> Value {
         "failure": node.pipeline().and_then(|p| p.failure()).or_else(|| node.applier().and_then(|a| a.failure())),
         "incidents": node.incidents.open(),
         "incidents_dropped": node.incidents.dropped(),
+        "incidents_pending": node.incidents.pending(),
         "expired_keys": node.metrics.expired_keys(),
         "last_lsn": node.last_lsn(),
         "applied_lsn": node.store.position().applied_lsn,
@@ -80,7 +81,22 @@ pub fn node_status(node: &Node) -> Value {
         "disk_min_free": node.pair.disk_min_free,
         "disk_low": node.disk.borrow().low,
         "full_copy": node.copy_progress.borrow().map(|(done, total)| json!({ "pairs": done, "total": total })),
-    })
+    });
+    if let Value::Object(fields) = &mut status {
+        fields.extend(operations(node, role));
+    }
+    status
+}
+
+/// Day-two fields: the pair file this node runs and the peer's (different: `config-drift`),
+/// and whether a restarted primary waits for its peer's word.
+fn operations(node: &Node, role: Role) -> serde_json::Map<String, Value> {
+    let mut fields = serde_json::Map::new();
+    fields.insert("config_digest".into(), json!(node.config_digest()));
+    fields.insert("peer_config_digest".into(), json!(node.peer_config_digest()));
+    // `failover --to <it> --force` if the peer is gone for good (runbook procedure 13).
+    fields.insert("awaiting_peer".into(), json!(node.awaits_peer() && role == Role::Primary));
+    fields
 }
 
 /// How far behind the backup is, in time: the age of the oldest commit it has not applied.

@@ -759,8 +759,34 @@ fn failover(view: &PairView, memory: &Memory, to: &str, force: bool) -> Next {
         if !target.reachable() {
             return refuse(format!("{to} is unreachable ({}); cannot promote it", target.error()));
         }
-        if target.is(Role::Primary) && !old.is(Role::Primary) {
+        let alone = target.awaiting_peer() && !old.reachable();
+        if alone && !force {
+            return refuse(format!(
+                "{to} is a restarted primary (epoch {}) waiting for {} to confirm it was not promoted past it, and {} is unreachable ({}): start {}; if it is lost for good and was not failed over to meanwhile, `hotpair failover --to {to} --force` gives {to} a new epoch without it (runbook procedure 13)",
+                target.epoch(),
+                old.name,
+                old.name,
+                old.error(),
+                old.name
+            ));
+        }
+        if target.is(Role::Primary) && !old.is(Role::Primary) && !alone {
             return refuse(format!("{to} is already the primary (epoch {})", target.epoch()));
+        }
+        if alone {
+            return Next::Save(Some(Progress {
+                op_id: memory.op_id,
+                command: "failover".into(),
+                from: old.name.clone(),
+                to: to.into(),
+                epoch: target.epoch(),
+                step: Step::Promote,
+                // What the lost peer had acknowledged, read before the new epoch resets it.
+                drain_lsn: Some(target.peer_acknowledged()),
+                drain_digest: None,
+                first_lsn: None,
+                reason: Some(ALONE.into()),
+            }));
         }
         if !target.is(Role::Backup) {
             return refuse(format!("{to} is {}; only a backup can be failed over to", target.role_name()));
@@ -853,6 +879,9 @@ fn failover(view: &PairView, memory: &Memory, to: &str, force: bool) -> Next {
             return next;
         }
     }
+    if p.reason.as_deref() == Some(ALONE) {
+        return promoted_alone(&p, &promoted, &old.name);
+    }
     let details = vec![
         ("epoch".to_string(), json!(promoted.epoch)),
         ("first_lsn".to_string(), json!(promoted.first_lsn)),
@@ -867,6 +896,35 @@ fn failover(view: &PairView, memory: &Memory, to: &str, force: bool) -> Next {
         result: Ok(format!(
             "{to} is primary of epoch {} from LSN {}; last primary LSN heard {}, about {} transaction(s) never received; run `hotpair rejoin {}` when it is back",
             promoted.epoch, promoted.first_lsn, promoted.last_heard_lsn, promoted.not_received, old.name
+        )),
+        details,
+    })
+}
+
+/// A forced failover's mark in its progress: the target was a restarted primary promoted
+/// without its peer (`drain_lsn` then holds what the peer had acknowledged).
+const ALONE: &str = "restarted primary promoted without its peer";
+
+/// The end of `failover --to <restarted primary> --force`: the new epoch, and what the lost
+/// peer may hold that the new primary does not.
+fn promoted_alone(p: &Progress, promoted: &PromoteReply, peer: &str) -> Next {
+    let last = promoted.first_lsn.saturating_sub(1);
+    let acknowledged = p.drain_lsn.unwrap_or(0);
+    let details = vec![
+        ("epoch".to_string(), json!(promoted.epoch)),
+        ("first_lsn".to_string(), json!(promoted.first_lsn)),
+        ("peer_acknowledged_lsn".to_string(), json!(acknowledged)),
+        ("to".to_string(), json!(p.to)),
+        ("from".to_string(), json!(peer)),
+        ("forced".to_string(), json!(true)),
+    ];
+    Next::Finish(Finish {
+        clear: true,
+        result: Ok(format!(
+            "{to} is primary of epoch {} from LSN {} without {peer}; {peer} had acknowledged LSN {acknowledged}. It may also hold records past LSN {last} that {to} shipped before its own fsync and lost when it went down: none of them was acknowledged to a client by {to}, and they are set aside as orphans when {peer} is rejoined. Should {peer} have been failed over to while {to} was down, its writes of that epoch are orphaned the same way. Run `hotpair rejoin {peer}` when it is back",
+            promoted.epoch,
+            promoted.first_lsn,
+            to = p.to
         )),
         details,
     })

@@ -67,6 +67,16 @@ impl NodeView {
         self.status.as_ref().ok().and_then(|s| s.failure.clone())
     }
 
+    /// A restarted primary that takes no writes until its peer confirms it.
+    pub fn awaiting_peer(&self) -> bool {
+        self.status.as_ref().is_ok_and(|s| s.awaiting_peer && s.role == Role::Primary)
+    }
+
+    /// How far the peer acknowledged as durable to this primary in its epoch.
+    pub fn peer_acknowledged(&self) -> Lsn {
+        self.status.as_ref().map_or(0, |s| s.peer.acknowledged_lsn)
+    }
+
     pub fn peer_connected(&self) -> bool {
         self.status.as_ref().is_ok_and(|s| s.peer.connected)
     }

@@ -96,6 +96,9 @@ pub enum Message {
         tail_crcs: Vec<u32>,
         #[serde(default)]
         last_crc: Option<u32>,
+        /// The SHA-256 of the pair file the sender runs (`config-drift` when it differs).
+        #[serde(default)]
+        config_digest: Option<String>,
     },
     /// The primary accepts the backup: records from `start_lsn` on follow. With `cut_after`, the
     /// backup first drops every record past that LSN: they were shipped before the primary's
@@ -106,6 +109,9 @@ pub enum Message {
         last_lsn: Lsn,
         #[serde(default)]
         cut_after: Option<Lsn>,
+        /// The SHA-256 of the pair file the primary runs.
+        #[serde(default)]
+        config_digest: Option<String>,
     },
     /// The primary's journal is durable up to `lsn`: the backup may apply up to it. Sent when
     /// no batch is about to carry it.

@@ -86,6 +86,12 @@ pub struct NodeMeta {
 pub enum MetaError {
     #[error("node metadata {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "node metadata {} is missing: {} is not a node's data directory, or what it held was lost; for a node whose data was lost, move the directory aside, run `hotpair reinit NODE`, start it, then `hotpair rejoin NODE --allow-full-copy` (docs/runbook.md procedure 4)",
+        path.display(),
+        path.parent().map_or_else(|| path.display(), |d| d.display())
+    )]
+    Missing { path: PathBuf },
     #[error("node metadata {} is damaged: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
     #[error("node metadata {} has format version {found}; this build reads version {META_FORMAT_VERSION}", path.display())]
@@ -146,8 +152,13 @@ impl NodeMeta {
 
     pub fn load(dir: &Path) -> Result<NodeMeta, MetaError> {
         let path = dir.join(META_FILE);
-        let text = crate::bounded_read::read_to_string(&path, crate::bounded_read::META_LIMIT)
-            .map_err(|source| MetaError::Io { path: path.clone(), source })?;
+        let text =
+            crate::bounded_read::read_to_string(&path, crate::bounded_read::META_LIMIT).map_err(
+                |source| match source.kind() {
+                    std::io::ErrorKind::NotFound => MetaError::Missing { path: path.clone() },
+                    _ => MetaError::Io { path: path.clone(), source },
+                },
+            )?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| MetaError::Damaged { path: path.clone(), reason: e.to_string() })?;
         let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;

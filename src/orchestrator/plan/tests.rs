@@ -32,6 +32,7 @@ fn node(name: &str, role: Role, epoch: u64, history: Vec<HistoryEntry>, lsn: Lsn
             remote_journal: if writer { "dormant" } else { "active" }.into(),
             replicating: true,
             following: role == Role::Backup,
+            awaiting_peer: false,
             failure: None,
             writes: writer.then(|| WritesView { accepting: role == Role::Primary, reason: None }),
             history,
