@@ -1,6 +1,7 @@
 //! The witness playbooks (`playbooks/witness-*.toml`) run as drills: each spawns a pair with the
 //! drill's own etcd on 127.0.0.1 (one fault proxy per node in front of it), injects its faults
-//! (kill -9 and SIGSTOP of the primary, etcd killed, a node cut from etcd) and must hold every
+//! (kill -9 and SIGSTOP of the primary, both nodes killed, etcd killed, a node cut from etcd, the
+//! primary cut from both its backup and etcd) and must hold every
 //! expectation: no acknowledged write lost at `durable`, never two writers, no failover where
 //! none is due, the old primary rejoining by itself. Without an etcd executable (Debian's
 //! `etcd-server`, which `.ci/run` installs) the test prints SKIPPED.
@@ -29,7 +30,7 @@ fn every_witness_playbook_holds_its_expectations() {
         .filter(|p| p.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("witness-")))
         .collect();
     books.sort();
-    assert!(books.len() >= 4, "expected the four witness playbooks, found {books:?}");
+    assert!(books.len() >= 6, "expected the six witness playbooks, found {books:?}");
     let work = tempfile::tempdir().expect("temp dir");
     let mut failed = Vec::new();
     for book in &books {

@@ -1117,7 +1117,11 @@ digests_equal = true
         assert_eq!(p.steps[0].action, Action::KillWitness);
         assert_eq!(
             p.steps[2].action,
-            Action::Partition { mode: PartitionMode::Drop, delay: None, link: Link::Witness { node: Some("a".into()) } }
+            Action::Partition {
+                mode: PartitionMode::Drop,
+                delay: None,
+                link: Link::Witness { node: Some("a".into()) }
+            }
         );
         assert_eq!(p.steps[3].action, Action::Heal { link: Some(Link::Witness { node: None }) });
         assert_eq!(p.steps[4].action, Action::Heal { link: None });
@@ -1137,7 +1141,12 @@ digests_equal = true
         assert_eq!(err.key(), Some("node"));
         let err = parse("[witness]\n[[step]]\ndo = \"heal\"\nfrom = \"etcd\"\n").unwrap_err();
         assert_eq!(err.key(), Some("from"));
-        for (table, key) in [("ttl = \"2500ms\"", "witness.ttl"), ("ttl = \"1s\"", "witness.ttl"), ("failover = \"auto\"", "witness.failover"), ("etcd = []", "witness.etcd")] {
+        for (table, key) in [
+            ("ttl = \"2500ms\"", "witness.ttl"),
+            ("ttl = \"1s\"", "witness.ttl"),
+            ("failover = \"auto\"", "witness.failover"),
+            ("etcd = []", "witness.etcd"),
+        ] {
             let err = parse(&format!("[witness]\n{table}\n[[step]]\ndo = \"verify\"\n")).unwrap_err();
             assert_eq!(err.key(), Some(key), "{table}: {err}");
         }
