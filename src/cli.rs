@@ -257,6 +257,11 @@ pub enum Command {
         /// Episodes (a fault and its repair) in the random schedule.
         #[arg(long, requires = "random", default_value_t = crate::drill::random::DEFAULT_EPISODES)]
         steps: u32,
+        /// With --random: the pair gets an etcd witness (ttl 2s) run by the drill, and the
+        /// schedule also draws witness faults (kill -9 or SIGSTOP of the primary repaired by
+        /// automatic failover, etcd killed, a node cut from etcd); judged also by single_writer.
+        #[arg(long, requires = "random")]
+        witness: bool,
         /// Where to write the JSON report (the SVG timeline goes next to it, as .svg).
         #[arg(long)]
         report: Option<PathBuf>,
@@ -494,9 +499,9 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
             crate::admin::restore::main(&options)
         }
         Command::Demo { dir, records, committers } => crate::admin::demo::run(dir, records, committers).map(|_| 0),
-        Command::Drill { playbook, random: Some(seed), steps, report } => {
+        Command::Drill { playbook, random: Some(seed), steps, witness, report } => {
             debug_assert!(playbook.is_none(), "clap refuses a playbook with --random");
-            crate::drill::main_random(seed, steps, report)
+            crate::drill::main_random(seed, steps, witness, report)
         }
         Command::Drill { playbook, random: None, report, .. } => match playbook {
             Some(playbook) => crate::drill::main(&playbook, report),

@@ -77,9 +77,9 @@ pub fn main(playbook: &Path, report: Option<PathBuf>) -> Result<u8, crate::Error
 }
 
 /// `hotpair drill --random SEED --steps N`: prints the schedule, then runs it like a playbook.
-pub fn main_random(seed: u64, episodes: u32, report: Option<PathBuf>) -> Result<u8, crate::Error> {
+pub fn main_random(seed: u64, episodes: u32, witness: bool, report: Option<PathBuf>) -> Result<u8, crate::Error> {
     let episodes = random::check_episodes(episodes).map_err(crate::Error::Usage)?;
-    let (text, book) = random::playbook(seed, episodes).map_err(DrillError::from)?;
+    let (text, book) = random::playbook_with(seed, episodes, witness).map_err(DrillError::from)?;
     println!("random drill, seed {seed}, {episodes} episodes; the schedule (a playbook):");
     println!("----- random-{seed}.toml -----\n{text}----- end of schedule -----");
     let code = run_book(book, report)?;
