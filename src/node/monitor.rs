@@ -102,7 +102,7 @@ pub(super) fn check_config(node: &Node) {
         return;
     }
     let message = format!(
-        "{} runs pair file {} ({}), {peer} runs another ({}): the nodes may disagree on addresses, sync level or limits; copy the same pair file to both hosts and restart the node that runs the old one",
+        "{} runs pair file {} ({}), {peer} runs another ({}): the nodes may disagree on addresses, sync level or limits; copy the same pair file to both hosts and run `hotpair reload` (for a key it refuses, restart the node that runs the old one)",
         node.name(),
         node.pair().path.display(),
         short(&ours),

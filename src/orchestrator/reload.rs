@@ -7,8 +7,9 @@
 //! - Each apply names the digest its check read; a file edited in between is refused there.
 //! - Applied on the first node and not the second is exit 3, naming the resume (`hotpair
 //!   reload` again: an apply of an unchanged file is a no-op, so re-running is safe).
-//! - After both applied, each node is told the other's new digest, so `config-drift` resolves
-//!   as soon as the two files are the same (or stays, saying so, when they are not).
+//! - Each apply tells the node the digest its peer runs once applied, so `config-drift`
+//!   resolves as soon as the two files are the same (or stays, saying so, when they are not),
+//!   and none is raised in passing between the two applies.
 
 use serde_json::Value;
 
@@ -36,21 +37,25 @@ async fn reload_both(run: &Run) -> Result<String, OrchestrationError> {
     for checked in [&checked_a, &checked_b] {
         run.say(format!("  check {:<6} {}", checked.node, describe(checked)));
     }
-    let applied_a = ask(run, &first, true, Some(checked_a.digest.clone()), None)
+    // Each node is told the digest its peer runs once applied, so neither raises a passing
+    // config-drift between the two applies.
+    let applied_a = ask(run, &first, true, Some(checked_a.digest.clone()), Some(checked_b.digest.clone()))
         .await
         .map_err(OrchestrationError::Refused)?;
-    let applied_b = ask(run, &second, true, Some(checked_b.digest.clone()), Some(applied_a.digest.clone()))
-        .await
-        .map_err(|reason| OrchestrationError::PartWay {
-            reason: format!("applied on {first} ({}) but not on {second}: {reason}", describe(&applied_a)),
-            resume: RESUME.to_string(),
-        })?;
-    // The first node heard the second's new digest only now; an unchanged file applies as a
-    // no-op, so this only updates what it compares with.
-    if let Err(reason) = ask(run, &first, true, Some(applied_a.digest.clone()), Some(applied_b.digest.clone())).await
-    {
-        tracing::warn!(node = %first, %reason, "could not tell the node its peer's new pair-file digest");
-    }
+    let applied_b = ask(run, &second, true, Some(checked_b.digest.clone()), Some(applied_a.digest.clone())).await;
+    let applied_b = match applied_b {
+        Ok(applied) => applied,
+        Err(reason) => {
+            // The second still runs its old file: the first must compare with that (an unchanged
+            // file applies as a no-op, so this only corrects what it compares with).
+            let still = Some(checked_b.previous_digest.clone());
+            let _ = ask(run, &first, true, Some(applied_a.digest.clone()), still).await;
+            return Err(OrchestrationError::PartWay {
+                reason: format!("applied on {first} ({}) but not on {second}: {reason}", describe(&applied_a)),
+                resume: RESUME.to_string(),
+            });
+        }
+    };
     run.detail("nodes", [&applied_a, &applied_b]);
     let same = applied_a.digest == applied_b.digest;
     let digests = if same {
