@@ -417,7 +417,7 @@ where
                 history: meta.history.clone(),
                 pipeline,
                 peer: node.peer.clone(),
-                heartbeat: node.pair().heartbeat,
+                heartbeat: node.heartbeat.subscribe(),
                 prompt_confirm: node.pair().sync == crate::config::SyncLevel::Applied,
                 first_ack: Some(first_ack),
             };

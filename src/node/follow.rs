@@ -328,7 +328,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 store: node.store.clone(),
                 applier,
                 primary: node.peer.clone(),
-                heartbeat: node.pair().heartbeat,
+                heartbeat: node.heartbeat.subscribe(),
                 ack_every_receipt: node.pair().sync == crate::config::SyncLevel::Received,
             };
             let stop = stop_when_not_following(node, role);

@@ -73,6 +73,8 @@ pub struct Node {
     /// take one snapshot ([`Node::pair`]) and use it for what they do (a commit waits under
     /// the one sync level it read).
     pair: std::sync::RwLock<Arc<PairConfig>>,
+    /// The pair's heartbeat interval; replication sessions take a reloaded one at their next tick.
+    pub heartbeat: watch::Sender<Duration>,
     /// The master name (`name`): a reload never changes it (it needs a restart).
     pub master_name: String,
     /// The data port's users once it serves (`None`: no AUTH); `hotpair reload` re-reads them.
@@ -221,6 +223,7 @@ impl Node {
         let client_memory = crate::server::memory::ClientMemory::new(pair.limits.max_client_memory);
         let node = Arc::new(Node {
             master_name: pair.name.clone(),
+            heartbeat: watch::channel(pair.heartbeat).0,
             data_users: Mutex::new(None),
             pair: std::sync::RwLock::new(Arc::new(pair)),
             config,
@@ -308,6 +311,7 @@ impl Node {
 
     /// Swaps in a reloaded pair file (`reload` checked what changed may change live).
     pub(crate) fn set_pair(&self, pair: PairConfig) {
+        self.heartbeat.send_if_modified(|every| std::mem::replace(every, pair.heartbeat) != pair.heartbeat);
         *self.pair.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
     }
 
