@@ -320,3 +320,20 @@ fn primary_alone_procedure_runs_as_written() {
     let refused: redis::RedisResult<()> = b.set("on-b", "1");
     assert!(refused.is_err(), "b took a write");
 }
+
+#[test]
+fn reload_procedure_runs_as_written() {
+    let session = Session::start("durable");
+    // The admin's edit (on both hosts; here both nodes run the one file).
+    let text = std::fs::read_to_string(&session.pair_file).unwrap();
+    assert!(text.contains("sync = \"durable\""), "{text}");
+    std::fs::write(&session.pair_file, text.replacen("sync = \"durable\"", "sync = \"async\"", 1)).unwrap();
+    let out = session.run("reload", &[]);
+    assert!(out.contains("reload done") && out.contains("both run"), "{out}");
+    let status: serde_json::Value =
+        serde_json::from_str(&session.shell("hotpair status --json", &[])).expect("status --json");
+    for node in ["a", "b"] {
+        assert_eq!(status["nodes"][node]["sync"], "async", "{status}");
+    }
+    let () = session.redis("a").set("after-reload", "1").expect("writes go on after the reload");
+}

@@ -32,7 +32,14 @@ async fn reload_both(run: &Run) -> Result<String, OrchestrationError> {
     let (a, b) = tokio::join!(ask(run, &first, false, None, None), ask(run, &second, false, None, None));
     let (checked_a, checked_b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(reason), _) | (_, Err(reason)) => return Err(OrchestrationError::Refused(reason)),
+        (Err(reason), _) | (_, Err(reason)) => {
+            let reason = if reason.contains("nothing was changed") {
+                reason
+            } else {
+                format!("{reason}; nothing was changed (reload needs both nodes up)")
+            };
+            return Err(OrchestrationError::Refused(reason));
+        }
     };
     for checked in [&checked_a, &checked_b] {
         run.say(format!("  check {:<6} {}", checked.node, describe(checked)));
@@ -79,10 +86,7 @@ async fn ask(
     peer_digest: Option<String>,
 ) -> Result<ReloadReply, String> {
     let request = AdminRequest::Reload { apply, expect_digest, peer_digest };
-    let answer: Value = run
-        .send(node, request, crate::admin::client::ADMIN_TIMEOUT)
-        .await
-        .map_err(|reason| format!("{node} refused the reload: {reason}"))?;
+    let answer: Value = run.send(node, request, crate::admin::client::ADMIN_TIMEOUT).await?;
     protocol::read("reload", answer)
 }
 
