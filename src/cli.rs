@@ -77,6 +77,13 @@ pub enum Command {
         /// more serve more clients at once.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Client certificate to present to data ports that ask for one ([clients]
+        /// tls_auth_clients); default: tls/app.client.pem beside the pair's CA, if present.
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// The key of --client-cert.
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
     },
     /// Both nodes at a glance: role, epoch, LSNs, lag, sync level, journals, peer link.
     Status {
@@ -418,11 +425,13 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
     let load_pair = || crate::config::PairConfig::load(&crate::config::PairConfig::locate(pair.as_deref()));
     match command {
         Command::Run { node } => crate::node::run(load_pair()?, &node).map(|_| 0),
-        Command::Proxy { listen, hold_timeout, max_connections, threads } => {
+        Command::Proxy { listen, hold_timeout, max_connections, threads, client_cert, client_key } => {
             if max_connections == 0 || threads == 0 {
                 return Err(Error::Usage("--max-connections and --threads must be at least 1".into()));
             }
-            let options = crate::proxy::Options { listen, hold_timeout, max_connections, threads };
+            let client_identity =
+                client_cert.zip(client_key).map(|(cert, key)| crate::tls::ClientIdentityFiles { cert, key });
+            let options = crate::proxy::Options { listen, hold_timeout, max_connections, threads, client_identity };
             crate::proxy::main(load_pair()?, options).map(|_| 0)
         }
         Command::Reinit { node } => {

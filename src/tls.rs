@@ -239,17 +239,44 @@ pub fn data_server_config(pair: &PairConfig, node: &str) -> Result<Arc<ServerCon
     Ok(Arc::new(config))
 }
 
-/// The repository's own data-port clients (drill, benches): trust only the pair's CA, and
-/// present the admin certificate when a node asks for one. Connect with [`data_server_name`].
-pub fn data_client_config(pair: &PairConfig) -> Result<Arc<ClientConfig>, TlsError> {
+/// A client certificate and key to present to data ports that ask for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The applications' certificate `hotpair init --client-tls` writes next to the pair's CA
+/// (`tls/app.client.pem|key`), if both files are there.
+pub fn app_client_files(pair: &PairConfig) -> Option<ClientIdentityFiles> {
+    let dir = pair.tls.ca.parent()?;
+    let files = ClientIdentityFiles {
+        cert: dir.join(crate::admin::init::APP_CLIENT_CERT),
+        key: dir.join(crate::admin::init::APP_CLIENT_KEY),
+    };
+    (files.cert.is_file() && files.key.is_file()).then_some(files)
+}
+
+/// A data-port client of the pair (the proxy, the drill's workload, benches): trusts only the
+/// pair's CA and presents `identity` when a node asks for a client certificate — an
+/// application's certificate, never the admin's (whoever holds the admin key can fail the pair
+/// over, and a proxy's host needs no such power). Connect with [`data_server_name`].
+pub fn data_client_config(
+    pair: &PairConfig,
+    identity: Option<&ClientIdentityFiles>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = ca_roots(pair)?;
-    let (certs, private_key) = load_identity(&pair.tls.admin_cert, &pair.tls.admin_key, "admin")?;
-    let config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, private_key)
-        .map_err(|e| identity_error(&pair.tls.admin_cert, &pair.tls.admin_key, e))?;
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let (certs, private_key) = load_identity(&files.cert, &files.key, "the data-port client")?;
+            builder.with_client_auth_cert(certs, private_key).map_err(|e| identity_error(&files.cert, &files.key, e))?
+        }
+    };
     Ok(Arc::new(config))
 }
 

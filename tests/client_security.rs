@@ -224,3 +224,64 @@ fn the_sentinel_port_names_the_primary_without_auth_and_checks_an_auth_it_is_sen
     );
     assert_eq!(exchange(&mut raw, &format!("AUTH {password}\r\nAUTH default {password}\r\n"), 2), "+OK\r\n+OK\r\n");
 }
+
+/// `hotpair proxy --listen ADDRESS EXTRA…` for `pair`, killed when dropped.
+struct ProxyProcess(std::process::Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proxy_command(pair: &Pair, address: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hotpair"));
+    command.arg("--pair").arg(&pair.pair_file).args(["proxy", "--listen", address]).args(extra);
+    command
+}
+
+#[test]
+fn the_proxy_presents_the_applications_certificate_never_the_admins() {
+    // Data ports that require client certificates: the proxy presents tls/app.client.pem (a
+    // certificate that can do nothing but talk to data ports), found beside the CA or given
+    // with --client-cert; without one it refuses to start saying what to pass. The admin's
+    // certificate — which can fail the pair over — is never needed on the proxy's host.
+    let pair = secured(&["--client-tls"], &[("tls_auth_clients = \"no\"", "tls_auth_clients = \"yes\"")]);
+    let moved = pair.dir().join("elsewhere");
+    std::fs::create_dir(&moved).expect("mkdir");
+    for file in ["app.client.pem", "app.client.key"] {
+        std::fs::rename(tls_dir(&pair, file), moved.join(file)).expect("move the applications' certificate away");
+    }
+    let address = format!("127.0.0.1:{}", common::free_control_port());
+    let out = proxy_command(&pair, &address, &[]).output().expect("run hotpair proxy");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("--client-cert") && said.contains("tls_auth_clients"), "{said}");
+
+    let (cert, key) = (moved.join("app.client.pem"), moved.join("app.client.key"));
+    let args = ["--client-cert", cert.to_str().unwrap(), "--client-key", key.to_str().unwrap()];
+    let _proxy = ProxyProcess(
+        proxy_command(&pair, &address, &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn hotpair proxy"),
+    );
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let written = redis::Client::open(format!("redis://{address}/"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("SET").arg("via-proxy").arg("app-cert").query::<()>(&mut c));
+        if written.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write through the proxy within {:?}: {written:?}", common::DEADLINE);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut again = redis::Client::open(format!("redis://{address}/"))
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .expect("a second connection through the proxy");
+    let value: String = redis::cmd("GET").arg("via-proxy").query(&mut again).expect("GET through the proxy");
+    assert_eq!(value, "app-cert");
+}

@@ -64,7 +64,10 @@ impl DataEndpoint {
             None => None,
         };
         let connector = match pair.clients.tls {
-            true => Some(TlsConnector::from(crate::tls::data_client_config(pair)?)),
+            true => Some(TlsConnector::from(crate::tls::data_client_config(
+                pair,
+                crate::tls::app_client_files(pair).as_ref(),
+            )?)),
             false => None,
         };
         Ok(pair

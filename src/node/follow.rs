@@ -21,8 +21,8 @@
 //! ([`run_on_own_thread`]). At `durable` and `applied` a session fsyncs each received batch on
 //! that thread before it acks (`replication::follow`): a slow disk holds up the session and
 //! nothing else, not the node's status, control port or reads; and the fsync needs no hand-off
-//! of the node's runtime to another thread per batch (`block_in_place` cost 2.4 µs of backup
-//! CPU per SET and 5% of the pair's SET/s: docs/benchmarks.md, "The follower on its own thread").
+//! of the node's runtime to another thread per batch (what `block_in_place` would cost:
+//! docs/benchmarks.md, "The follower on its own thread").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,7 +28,7 @@
 //!   proxy. The proxy itself takes no `AUTH` of its own: run it where only the application
 //!   reaches it (its host's loopback).
 //! - With `[clients] tls = true` the proxy speaks TLS to the data ports (trusting only the pair's
-//!   CA, presenting the admin certificate if the nodes ask for one); its own clients connect to
+//!   CA, presenting the applications' certificate (never the admin's) if the nodes ask for one); its own clients connect to
 //!   it in plain TCP, so it belongs on the application's host.
 
 pub mod follow;
@@ -58,6 +58,9 @@ pub struct Options {
     pub max_connections: usize,
     /// Worker threads (`--threads`, default 1).
     pub threads: usize,
+    /// The certificate to present to data ports that ask for one (`--client-cert`/`--client-key`);
+    /// `None`: the applications' certificate next to the pair's CA, if there is one.
+    pub client_identity: Option<crate::tls::ClientIdentityFiles>,
 }
 
 /// How the proxy reaches data ports that take TLS only (`[clients] tls = true`).
@@ -73,6 +76,23 @@ impl UpstreamTls {
     }
 }
 
+/// The client certificate the proxy presents to TLS data ports: the one it was given, else the
+/// applications' one beside the pair's CA. Refuses to start, saying what to pass, when the
+/// nodes require a client certificate and there is none — rather than fail every connection.
+fn upstream_identity(
+    pair: &PairConfig,
+    given: Option<crate::tls::ClientIdentityFiles>,
+) -> Result<Option<crate::tls::ClientIdentityFiles>, Error> {
+    let identity = given.or_else(|| crate::tls::app_client_files(pair));
+    if identity.is_none() && pair.clients.tls_auth_clients == crate::config::ClientCertificates::Required {
+        return Err(Error::Usage(format!(
+            "the data ports require a client certificate ([clients] tls_auth_clients = \"yes\") and {} holds no applications' certificate (app.client.pem/.key): pass --client-cert and --client-key (a certificate from the pair's CA, as `hotpair init --client-tls` writes)",
+            pair.tls.ca.parent().map_or_else(|| pair.tls.ca.display().to_string(), |d| d.display().to_string())
+        )));
+    }
+    Ok(identity)
+}
+
 /// Runs the proxy in the foreground until SIGINT or SIGTERM.
 pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
     // One thread by default: a client's bytes and its upstream's are handled in one task, and
@@ -83,10 +103,13 @@ pub fn main(pair: PairConfig, options: Options) -> Result<(), Error> {
         .build()
         .map_err(|source| Error::Io { context: "starting the async runtime".into(), source })?;
     let tls = match pair.clients.tls {
-        true => Some(Arc::new(UpstreamTls {
-            connector: tokio_rustls::TlsConnector::from(crate::tls::data_client_config(&pair)?),
-            pair: pair.clone(),
-        })),
+        true => {
+            let identity = upstream_identity(&pair, options.client_identity.clone())?;
+            Some(Arc::new(UpstreamTls {
+                connector: tokio_rustls::TlsConnector::from(crate::tls::data_client_config(&pair, identity.as_ref())?),
+                pair: pair.clone(),
+            }))
+        }
         false => None,
     };
     runtime.block_on(async move {
