@@ -206,3 +206,24 @@ fn reload_rereads_the_client_password_file_so_a_rotated_password_takes_effect_wi
     // A connection authenticated before the reload stays so (Redis' `CONFIG SET requirepass`).
     already.set::<_, _, ()>("after-rotation", "1").expect("an open session keeps working");
 }
+
+#[test]
+fn a_reloaded_heartbeat_is_taken_by_the_running_sessions_at_their_next_tick() {
+    let mut pair = Pair::start_with(SyncLevel::Durable, fast());
+    let gap = |s: &Value, node: &str| s["nodes"][node]["peer"]["last_heartbeat_ms_ago"].as_u64();
+    edit(&pair, "heartbeat = \"100ms\"", "heartbeat = \"1500ms\"");
+    let out = pair.hotpair_ok(&["reload"]);
+    assert!(out.contains("heartbeat"), "{out}");
+    // At 100 ms the last heartbeat is never 700 ms old; at 1.5 s it soon is, on both sides of
+    // the session that was running before the reload (no reconnect: still connected).
+    for node in [PRIMARY, BACKUP] {
+        pair.wait_for(&format!("{node} hearing heartbeats 1.5 s apart"), |s| {
+            gap(s, node).is_some_and(|ms| ms > 700) && s["nodes"][node]["peer"]["connected"] == true
+        });
+    }
+    let status = pair.status();
+    for node in [PRIMARY, BACKUP] {
+        let open = status["nodes"][node]["incidents"].as_array().cloned().unwrap_or_default();
+        assert!(!open.iter().any(|i| i["kind"] == "peer-lost"), "no session ended: {status}");
+    }
+}
