@@ -153,12 +153,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Both nodes re-read the pair file each was started with (and the client password and
-    /// users files) and take, with no restart, what can change live: sync, sync_timeout,
+    /// Both nodes re-read their pair file and take what can change live, with no restart.
+    ///
+    /// Each node re-reads the pair file it was started with (and the client password and
+    /// users files) and takes what can change live: sync, sync_timeout,
     /// on_peer_loss, heartbeat, disk_min_free, notify, monitor alerts, some limits, client
     /// passwords. Checked on both nodes first: a key that needs a restart (addresses,
     /// directories, certificates, cluster, names) is refused by name and nothing changes
-    /// (exit 1). Exit 3: applied on one node only; run `hotpair reload` again.
+    /// (exit 1). Exit 3: applied on one node only; run `hotpair reload` again. The full list of
+    /// keys: docs/runbook.md, procedure 14.
     Reload {
         #[arg(long)]
         json: bool,
