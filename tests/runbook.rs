@@ -18,12 +18,13 @@ const PRELUDE: &str = r#"set -euo pipefail
 start_node() {
   hotpair run "$1" >> "$PIDS/$1.log" 2>&1 &
   echo $! > "$PIDS/$1.pid"
-  for _ in $(seq 600); do
+  local deadline=$((SECONDS + 120))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     # `status` exits 1 while the other node is down: read its table, not its exit status.
     if { hotpair status 2>/dev/null || true; } | grep -q "^$1 .*\(primary\|backup\|fenced\)"; then return 0; fi
     sleep 0.1
   done
-  echo "node $1 did not answer within 60 s" >&2
+  echo "node $1 did not answer within 120 s" >&2
   return 1
 }
 stop_node() {
