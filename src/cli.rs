@@ -153,6 +153,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Both nodes re-read their pair file and take what can change live, with no restart.
+    ///
+    /// Each node re-reads the pair file it was started with (and the client password and
+    /// users files) and takes what can change live: sync, sync_timeout,
+    /// on_peer_loss, heartbeat, disk_min_free, notify, monitor alerts, some limits, client
+    /// passwords. Checked on both nodes first: a key that needs a restart (addresses,
+    /// directories, certificates, cluster, names) is refused by name and nothing changes
+    /// (exit 1). Exit 3: applied on one node only; run `hotpair reload` again. The full list of
+    /// keys: docs/runbook.md, procedure 14.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// Compares both nodes' digests at one LSN; --full also recomputes each from the stored data.
     Verify {
         #[arg(long)]
@@ -451,6 +464,7 @@ fn dispatch(pair: Option<PathBuf>, command: Command) -> Result<u8, Error> {
         Command::Verify { full, json } => {
             crate::admin::client::block_on(crate::orchestrator::verify(&load_pair()?, full, json))
         }
+        Command::Reload { json } => crate::admin::client::block_on(crate::orchestrator::reload(&load_pair()?, json)),
         Command::Init { dir, nodes, sync, client_password, client_tls } => {
             let options = crate::admin::init::InitOptions { client_password, client_tls };
             let report = crate::admin::init::init_with(&dir, &nodes, sync, options)?;

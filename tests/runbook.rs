@@ -18,12 +18,13 @@ const PRELUDE: &str = r#"set -euo pipefail
 start_node() {
   hotpair run "$1" >> "$PIDS/$1.log" 2>&1 &
   echo $! > "$PIDS/$1.pid"
-  for _ in $(seq 600); do
+  local deadline=$((SECONDS + 120))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     # `status` exits 1 while the other node is down: read its table, not its exit status.
     if { hotpair status 2>/dev/null || true; } | grep -q "^$1 .*\(primary\|backup\|fenced\)"; then return 0; fi
     sleep 0.1
   done
-  echo "node $1 did not answer within 60 s" >&2
+  echo "node $1 did not answer within 120 s" >&2
   return 1
 }
 stop_node() {
@@ -319,4 +320,21 @@ fn primary_alone_procedure_runs_as_written() {
     }
     let refused: redis::RedisResult<()> = b.set("on-b", "1");
     assert!(refused.is_err(), "b took a write");
+}
+
+#[test]
+fn reload_procedure_runs_as_written() {
+    let session = Session::start("durable");
+    // The admin's edit (on both hosts; here both nodes run the one file).
+    let text = std::fs::read_to_string(&session.pair_file).unwrap();
+    assert!(text.contains("sync = \"durable\""), "{text}");
+    std::fs::write(&session.pair_file, text.replacen("sync = \"durable\"", "sync = \"async\"", 1)).unwrap();
+    let out = session.run("reload", &[]);
+    assert!(out.contains("reload done") && out.contains("both run"), "{out}");
+    let status: serde_json::Value =
+        serde_json::from_str(&session.shell("hotpair status --json", &[])).expect("status --json");
+    for node in ["a", "b"] {
+        assert_eq!(status["nodes"][node]["sync"], "async", "{status}");
+    }
+    let () = session.redis("a").set("after-reload", "1").expect("writes go on after the reload");
 }

@@ -92,6 +92,23 @@ pub struct FenceReply {
     pub epoch: Epoch,
 }
 
+/// `hotpair reload` on one node: what its pair file changes, and whether it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadReply {
+    pub node: String,
+    /// The pair file the node re-read: the one it was started with.
+    pub path: String,
+    /// The digest the node ran before.
+    pub previous_digest: String,
+    /// The digest of the file as read now (what the node runs once applied).
+    pub digest: String,
+    /// The keys that differ (all of them live: a restart key is a refusal).
+    pub changed: Vec<String>,
+    /// `false` for the check.
+    pub applied: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitAppliedReply {

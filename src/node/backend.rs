@@ -117,10 +117,10 @@ impl DataSecurity {
 
     /// Reads the password and users files and the data-port certificate: an error names the file.
     pub fn load(node: &Node) -> Result<DataSecurity, Error> {
-        let clients = &node.pair.clients;
+        let clients = &node.pair().clients;
         let users = Users::load(clients.password_file.as_deref(), clients.users_file.as_deref())?.map(Arc::new);
         let tls = match clients.tls {
-            true => Some(tokio_rustls::TlsAcceptor::from(crate::tls::data_server_config(&node.pair, node.name())?)),
+            true => Some(tokio_rustls::TlsAcceptor::from(crate::tls::data_server_config(&node.pair(), node.name())?)),
             false => None,
         };
         if let Some(users) = &users {
@@ -133,7 +133,7 @@ impl DataSecurity {
 /// Serves the data port until the node shuts down.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, security: DataSecurity) -> Result<(), Error> {
     let options = ServeOptions {
-        limits: node.pair.limits.data_port(),
+        limits: node.pair().limits.data_port(),
         tls: security.tls,
         users: security.users,
         memory: node.client_memory.clone(),
@@ -152,7 +152,7 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, security:
 /// The bound on a reply a command builds (`MGET`, `HMGET`, `KEYS`): `client_output_buffer_limit`
 /// each, and all clients' memory together.
 fn reply_limit(node: &Node) -> ReplyLimit<'_> {
-    ReplyLimit { memory: &node.client_memory, max_bytes: node.pair.limits.client_output_buffer_limit }
+    ReplyLimit { memory: &node.client_memory, max_bytes: node.pair().limits.client_output_buffer_limit }
 }
 
 fn not_primary(role: Role) -> Frame {
@@ -272,7 +272,7 @@ async fn run_transaction(node: &Arc<Node>, commands: Vec<Command>, watcher: Opti
         Ok((None, Some(replies))) => replies,
         Ok((Some(lsn), Some(replies))) => match wait_sync(node, lsn).await {
             Ok(()) => {
-                node.metrics.observe_commit(node.pair.sync, submitted.elapsed());
+                node.metrics.observe_commit(node.pair().sync, submitted.elapsed());
                 replies
             }
             Err(message) => {
@@ -390,8 +390,8 @@ impl keyspace::Writer for ReadView<'_> {
 /// twice. The local check is what keeps a write from being acknowledged before the primary's
 /// own fsync: the backup may well hold it durably first.
 pub async fn wait_sync(node: &Node, lsn: u64) -> Result<(), String> {
-    let level = node.pair.sync;
-    let timeout = node.pair.sync_timeout;
+    let level = node.pair().sync;
+    let timeout = node.pair().sync_timeout;
     let deadline = Instant::now() + timeout;
     let not_reached = |what: &str| {
         format!(
@@ -435,7 +435,7 @@ async fn wait_peer(node: &Node, lsn: u64, level: SyncLevel, deadline: Instant) -
         if reached {
             return Ok(());
         }
-        let degrade_at = match node.pair.on_peer_loss {
+        let degrade_at = match node.pair().on_peer_loss {
             PeerLossPolicy::DegradeAfter(after) if !state.connected => Some(state.since + after),
             _ => None,
         };

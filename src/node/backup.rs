@@ -85,12 +85,12 @@ where
     tracing::info!(lsn = start.applied_lsn, keys = start.key_count, "backup: scanning the store");
     let begin = json!({
         "backup": "begin",
-        "cluster": node.pair.cluster,
+        "cluster": node.pair().cluster,
         "node": node.name(),
         "role": role.name(),
         "epoch": node.meta().epoch,
         "history": history,
-        "sync": node.pair.sync,
+        "sync": node.pair().sync,
         "start": start,
     });
     reply(node, stream, true, begin).await?;

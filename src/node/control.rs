@@ -57,7 +57,7 @@ enum Ended {
 }
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), Error> {
-    let config = crate::tls::server_config(&node.pair, node.name())?;
+    let config = crate::tls::server_config(&node.pair(), node.name())?;
     // Handshakes in slots of their own (`server::handshake`); sessions are not counted there,
     // and `accept` never waits for a slot, so stalled strangers cannot keep the peer out.
     let slots = HandshakeSlots::new();
@@ -158,7 +158,7 @@ async fn connection(
     };
     drop(slot);
     let certs = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
-    let peer = crate::tls::identify_peer(&node.pair, &certs).map_err(|e| Ended::Stranger(e.to_string()))?;
+    let peer = crate::tls::identify_peer(&node.pair(), &certs).map_err(|e| Ended::Stranger(e.to_string()))?;
     match peer {
         Peer::Admin => {
             let Ok(permit) = admins.try_acquire_owned() else {
@@ -183,7 +183,7 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     _session: OwnedSemaphorePermit,
 ) -> Result<(), String> {
-    let idle = node.pair.limits.admin_idle_timeout;
+    let idle = node.pair().limits.admin_idle_timeout;
     loop {
         let Ok(next) = tokio::time::timeout(idle, wire::read_frame(&mut stream)).await else {
             tracing::info!(idle = %humantime::format_duration(idle), "admin connection idle; closed");
@@ -195,7 +195,7 @@ async fn admin<S: AsyncRead + AsyncWrite + Unpin>(
         let Frame::Message(Envelope { message: Message::Admin { request }, .. }) = frame else {
             return Err("admin connection sent something other than an admin request".into());
         };
-        if let Err(err) = crate::tls::identify_peer(&node.pair, &certs) {
+        if let Err(err) = crate::tls::identify_peer(&node.pair(), &certs) {
             let reply = Envelope {
                 from: node.name().to_string(),
                 epoch: node.meta().epoch,
@@ -233,6 +233,15 @@ async fn handle_admin(node: &Arc<Node>, request: AdminRequest) -> (bool, serde_j
             match journal.reopen_log(node.meta().epoch, crate::clock::now_ms()) {
                 Ok(path) => (true, serde_json::json!({ "new_segment": path })),
                 Err(err) => (false, serde_json::json!({ "error": err.to_string() })),
+            }
+        }
+        AdminRequest::Reload { apply, expect_digest, peer_digest } => {
+            match super::reload::handle(node, apply, expect_digest, peer_digest) {
+                Ok(reply) => (true, crate::admin::protocol::body(&reply)),
+                Err(reason) => {
+                    tracing::warn!(%reason, "refused a reload");
+                    (false, serde_json::json!({ "error": reason }))
+                }
             }
         }
         primitive => match super::primitives::handle(node, primitive).await {
@@ -408,8 +417,8 @@ where
                 history: meta.history.clone(),
                 pipeline,
                 peer: node.peer.clone(),
-                heartbeat: node.pair.heartbeat,
-                prompt_confirm: node.pair.sync == crate::config::SyncLevel::Applied,
+                heartbeat: node.heartbeat.subscribe(),
+                prompt_confirm: node.pair().sync == crate::config::SyncLevel::Applied,
                 first_ack: Some(first_ack),
             };
             let stop = stop_signal(&node);
@@ -466,8 +475,8 @@ fn check_copy_request(
     if from != node.peer_config.name {
         return Err(format!("copy request claims to be {from}, but the certificate is {}", node.peer_config.name));
     }
-    if cluster != node.pair.cluster {
-        return Err(format!("peer is in cluster {cluster}, this pair is {}", node.pair.cluster));
+    if cluster != node.pair().cluster {
+        return Err(format!("peer is in cluster {cluster}, this pair is {}", node.pair().cluster));
     }
     if let Some(known) = node.meta().peer.map(|p| p.incarnation).filter(|known| *known != incarnation) {
         return Err(format!(

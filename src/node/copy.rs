@@ -241,7 +241,7 @@ impl Retry {
 async fn attempt(node: &Arc<Node>, checkpoint: Option<CopyCheckpoint>) -> Result<(), Retry> {
     let failed = |e: String| Retry::Failed(format!("full copy: {e}"));
     let connector = tokio_rustls::TlsConnector::from(
-        crate::tls::node_client_config(&node.pair, node.name()).map_err(|e| failed(e.to_string()))?,
+        crate::tls::node_client_config(&node.pair(), node.name()).map_err(|e| failed(e.to_string()))?,
     );
     let mut stream = super::follow::connect(node, &connector).await.map_err(failed)?;
     let resume = checkpoint.as_ref().map(|c| CopyResume {
@@ -250,7 +250,7 @@ async fn attempt(node: &Arc<Node>, checkpoint: Option<CopyCheckpoint>) -> Result
         redo_lsn: c.redo_lsn,
     });
     let meta = node.meta();
-    let request = Message::CopyRequest { cluster: node.pair.cluster, incarnation: meta.incarnation, resume };
+    let request = Message::CopyRequest { cluster: node.pair().cluster, incarnation: meta.incarnation, resume };
     let envelope = Envelope { from: node.name().to_string(), epoch: meta.epoch, message: request };
     wire::write_frame(&mut stream, &Frame::Message(envelope)).await.map_err(|e| failed(e.to_string()))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(QUEUED_BATCHES);

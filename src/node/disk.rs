@@ -108,7 +108,7 @@ pub fn format_bytes(bytes: u64) -> String {
 /// Measures once, publishes the result and raises or resolves `disk-low` on a change.
 /// Also called right after a write failed, so a full disk is seen without waiting for a tick.
 pub fn check(node: &Node) -> DiskSpace {
-    let min_free = node.pair.disk_min_free;
+    let min_free = node.pair().disk_min_free;
     let measured = match free_bytes(&node.config.dir) {
         Ok(free) => Some(free),
         Err(err) => {

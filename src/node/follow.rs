@@ -94,7 +94,7 @@ where
 }
 
 pub async fn run(node: Arc<Node>) -> Result<(), Error> {
-    let connector = TlsConnector::from(crate::tls::node_client_config(&node.pair, node.name())?);
+    let connector = TlsConnector::from(crate::tls::node_client_config(&node.pair(), node.name())?);
     let mut shutdown = node.shutdown.subscribe();
     let mut replicating = node.replicating.subscribe();
     let mut role = node.subscribe_role();
@@ -207,7 +207,7 @@ pub(super) async fn connect(
     let _ = tcp.set_nodelay(true);
     // A hung peer accepts TCP (the kernel does) but never finishes TLS or answers the hello:
     // bound both, so the loop goes on retrying instead of waiting on it forever.
-    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(crate::tls::server_name(&node.pair, &peer.name), tcp))
+    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(crate::tls::server_name(&node.pair(), &peer.name), tcp))
         .await
         .map_err(|_| format!("TLS with {} timed out", peer.name))?
         .map_err(|e| crate::tls::explain_foreign(format!("TLS with {} at {}: {e}", peer.name, peer.peer_via)))
@@ -234,7 +234,7 @@ fn hello(node: &Node) -> (Envelope, u64) {
         epoch: meta.epoch,
         message: Message::Hello {
             protocol: crate::engine::PROTOCOL_VERSION,
-            cluster: node.pair.cluster,
+            cluster: node.pair().cluster,
             incarnation: meta.incarnation,
             role: node.role(),
             history: meta.history.clone(),
@@ -328,8 +328,8 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 store: node.store.clone(),
                 applier,
                 primary: node.peer.clone(),
-                heartbeat: node.pair.heartbeat,
-                ack_every_receipt: node.pair.sync == crate::config::SyncLevel::Received,
+                heartbeat: node.heartbeat.subscribe(),
+                ack_every_receipt: node.pair().sync == crate::config::SyncLevel::Received,
             };
             let stop = stop_when_not_following(node, role);
             node.following.send_replace(true);

@@ -109,6 +109,9 @@ pub struct Incidents {
     pending: Arc<AtomicU64>,
     /// Incidents opened so far, by kind (repeats of an open one not counted), for metrics.
     raised: Mutex<BTreeMap<Kind, u64>>,
+    /// Where events go (`notify.incident_log`, `notify.commands`): `hotpair reload` may change
+    /// them; the notifier reads them afresh for each event.
+    targets: Arc<Mutex<(PathBuf, Vec<String>)>>,
 }
 
 impl Incidents {
@@ -117,9 +120,11 @@ impl Incidents {
         let (queue, events) = sync_channel(QUEUE);
         let pending = Arc::new(AtomicU64::new(0));
         let counted = pending.clone();
+        let targets = Arc::new(Mutex::new((log, commands)));
+        let read_by_loop = targets.clone();
         let spawned = std::thread::Builder::new()
             .name("notifier".into())
-            .spawn(move || notify_loop(events, log, commands, &counted));
+            .spawn(move || notify_loop(events, &read_by_loop, &counted));
         if let Err(err) = spawned {
             tracing::error!(%err, "could not start the notifier thread; incidents go to the node log only");
         }
@@ -130,7 +135,13 @@ impl Incidents {
             dropped: AtomicU64::new(0),
             pending,
             raised: Mutex::new(BTreeMap::new()),
+            targets,
         }
+    }
+
+    /// Sends the events raised from now on to `log` and `commands` (`hotpair reload`).
+    pub fn set_targets(&self, log: PathBuf, commands: Vec<String>) {
+        *lock(&self.targets) = (log, commands);
     }
 
     /// Opens (or refreshes) an incident of `kind`.
@@ -215,8 +226,9 @@ impl Incidents {
     }
 }
 
-fn notify_loop(events: Receiver<Event>, log: PathBuf, commands: Vec<String>, pending: &AtomicU64) {
+fn notify_loop(events: Receiver<Event>, targets: &Mutex<(PathBuf, Vec<String>)>, pending: &AtomicU64) {
     for event in events {
+        let (log, commands) = targets.lock().unwrap_or_else(|e| e.into_inner()).clone();
         deliver(&event, &log, &commands);
         pending.fetch_sub(1, Ordering::SeqCst);
     }

@@ -41,6 +41,7 @@ mod journal_check;
 pub mod metrics;
 mod monitor;
 pub mod primitives;
+mod reload;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -68,7 +69,16 @@ const REMOTE_SYNC_PACE: Duration = Duration::from_millis(10);
 
 /// Everything one running node shares between its tasks.
 pub struct Node {
-    pub pair: PairConfig,
+    /// The pair file this node runs: swapped whole by `hotpair reload` ([`reload`]). Readers
+    /// take one snapshot ([`Node::pair`]) and use it for what they do (a commit waits under
+    /// the one sync level it read).
+    pair: std::sync::RwLock<Arc<PairConfig>>,
+    /// The pair's heartbeat interval; replication sessions take a reloaded one at their next tick.
+    pub heartbeat: watch::Sender<Duration>,
+    /// The master name (`name`): a reload never changes it (it needs a restart).
+    pub master_name: String,
+    /// The data port's users once it serves (`None`: no AUTH); `hotpair reload` re-reads them.
+    pub(crate) data_users: Mutex<Option<Arc<crate::server::auth::Users>>>,
     pub config: NodeConfig,
     pub peer_config: NodeConfig,
     meta: Mutex<NodeMeta>,
@@ -212,7 +222,10 @@ impl Node {
         let notify = pair.notify.clone();
         let client_memory = crate::server::memory::ClientMemory::new(pair.limits.max_client_memory);
         let node = Arc::new(Node {
-            pair,
+            master_name: pair.name.clone(),
+            heartbeat: watch::channel(pair.heartbeat).0,
+            data_users: Mutex::new(None),
+            pair: std::sync::RwLock::new(Arc::new(pair)),
             config,
             peer_config,
             meta: Mutex::new(meta),
@@ -256,7 +269,7 @@ impl Node {
             );
             node.copy_progress.send_replace(Some((cut_off.pairs, cut_off.total)));
         }
-        lock(&node.engine).set_witness(node.pair.witness.as_ref().map(crate::witness::policy));
+        lock(&node.engine).set_witness(node.pair().witness.as_ref().map(crate::witness::policy));
         let met_peer = node.meta().peer.is_some();
         let recovered = crate::engine::Recovered { persisted, last_lsn: node.last_lsn(), met_peer };
         node.step_now(crate::engine::Event::Restarted(recovered))?;
@@ -290,9 +303,21 @@ impl Node {
         self.pipeline().is_some() && self.standing_in_doubt.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The pair file as this node runs it now (a snapshot: a reload swaps in a new one).
+    pub fn pair(&self) -> Arc<PairConfig> {
+        // A poisoned lock still holds a whole config: the writer only swaps an `Arc`.
+        self.pair.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Swaps in a reloaded pair file (`reload` checked what changed may change live).
+    pub(crate) fn set_pair(&self, pair: PairConfig) {
+        self.heartbeat.send_if_modified(|every| std::mem::replace(every, pair.heartbeat) != pair.heartbeat);
+        *self.pair.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
+    }
+
     /// The SHA-256 of the pair file this node runs.
     pub fn config_digest(&self) -> String {
-        self.pair.digest.clone()
+        self.pair().digest.clone()
     }
 
     /// What the peer said of its pair file; `None` from a build that does not say.
@@ -469,7 +494,7 @@ impl Node {
     /// runs at `applied`, where every commit waits for it. A switchover's wait-applied phase
     /// hurries it; `WAIT` may wait up to one pace longer.
     fn backup_applier(&self) -> Applier {
-        let pace = if self.pair.sync == crate::config::SyncLevel::Applied {
+        let pace = if self.pair().sync == crate::config::SyncLevel::Applied {
             Duration::ZERO
         } else {
             crate::kv::applier::APPLY_PACE
@@ -566,7 +591,7 @@ impl Node {
 
     /// The error a write gets while disk space is low (see [`disk`]), `None` otherwise.
     pub fn disk_refusal(&self) -> Option<String> {
-        self.disk.borrow().refusal(self.name(), self.pair.disk_min_free)
+        self.disk.borrow().refusal(self.name(), self.pair().disk_min_free)
     }
 
     pub fn is_degraded(&self) -> bool {
@@ -770,6 +795,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     // Before any port opens: a password file or data-port certificate that cannot be used stops
     // the node here, naming the file, rather than leaving it up without its data port.
     let data_security = backend::DataSecurity::load(&node)?;
+    *lock(&node.data_users) = data_security.users();
     let control = bind(node.config.control, "control").await?;
     let data = bind(node.config.data, "data").await?;
     let sentinel = bind(node.config.sentinel, "sentinel").await?;
@@ -801,7 +827,7 @@ async fn serve(node: Arc<Node>) -> Result<(), Error> {
     tasks.spawn(disk::run(node.clone()));
     tasks.spawn(expiry::run(node.clone()));
     tasks.spawn(apply::tick(node.clone()));
-    if node.pair.witness.is_some() {
+    if node.pair().witness.is_some() {
         tasks.spawn(crate::witness::agent::run(node.clone()));
     }
     journal_check::start(node.clone());

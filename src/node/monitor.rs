@@ -93,7 +93,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
 }
 
 /// `config-drift` while the peer last said it runs another pair file than this node.
-fn check_config(node: &Node) {
+pub(super) fn check_config(node: &Node) {
     let Some(theirs) = node.peer_config_digest() else { return };
     let ours = node.config_digest();
     let peer = &node.peer_config.name;
@@ -102,9 +102,9 @@ fn check_config(node: &Node) {
         return;
     }
     let message = format!(
-        "{} runs pair file {} ({}), {peer} runs another ({}): the nodes may disagree on addresses, sync level or limits; copy the same pair file to both hosts and restart the node that runs the old one",
+        "{} runs pair file {} ({}), {peer} runs another ({}): the nodes may disagree on addresses, sync level or limits; copy the same pair file to both hosts and run `hotpair reload` (for a key it refuses, restart the node that runs the old one)",
         node.name(),
-        node.pair.path.display(),
+        node.pair().path.display(),
         short(&ours),
         short(&theirs)
     );
@@ -151,7 +151,7 @@ fn check_lag(node: &Node, role: Role, peer: &crate::replication::PeerState) {
     let Some(pipeline) = node.pipeline() else { return };
     let records = pipeline.last_lsn().saturating_sub(peer.applied_lsn);
     let ms = super::status::lag_ms(node, role, peer, records, crate::clock::now_ms());
-    let limits = &node.pair.monitor;
+    let limits = &node.pair().monitor;
     if records > limits.lag_alert_records || Duration::from_millis(ms) > limits.lag_alert {
         let message = format!(
             "{} is {records} record(s) and {ms} ms behind (alert above {} records or {})",
@@ -170,7 +170,7 @@ fn check_lag(node: &Node, role: Role, peer: &crate::replication::PeerState) {
 /// or late when the last one took longer than the interval to arrive. Outside a session the
 /// peer-lost incident speaks instead, and this one is left as it is.
 fn check_canary(node: &Node, role: Role, peer: &crate::replication::PeerState) {
-    let Some(interval) = node.pair.monitor.canary_interval else { return };
+    let Some(interval) = node.pair().monitor.canary_interval else { return };
     if role != Role::Backup || !peer.connected || !*node.following.borrow() {
         return;
     }
@@ -212,7 +212,7 @@ fn time_without_canary(session: Instant, last_canary: Option<Instant>) -> Instan
 /// On the primary: its backup gone longer than `monitor.retention_alert` while the journal
 /// keeps the records it lacks (they are never trimmed while it may come back for them).
 fn check_retention(node: &Node, role: Role, peer: &crate::replication::PeerState) {
-    let bound = node.pair.monitor.retention_alert;
+    let bound = node.pair().monitor.retention_alert;
     let Some(pipeline) = node.pipeline().filter(|_| role == Role::Primary) else {
         node.incidents.resolve(Kind::RetentionPinned, "this node is no longer the primary");
         return;
@@ -236,7 +236,7 @@ fn check_retention(node: &Node, role: Role, peer: &crate::replication::PeerState
 /// The primary's canaries: one record every `monitor.canary_interval` through the journal, so
 /// the backup can tell that records flow end to end even when nobody writes.
 pub async fn write_canaries(node: Arc<Node>) -> Result<(), Error> {
-    let Some(interval) = node.pair.monitor.canary_interval else { return Ok(()) };
+    let Some(interval) = node.pair().monitor.canary_interval else { return Ok(()) };
     let mut shutdown = node.shutdown.subscribe();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -260,7 +260,7 @@ pub async fn write_canaries(node: Arc<Node>) -> Result<(), Error> {
 /// The backup's periodic digest check (see the module invariants), every
 /// `monitor.digest_interval`, off the async threads.
 pub async fn check_digests(node: Arc<Node>) -> Result<(), Error> {
-    let Some(interval) = node.pair.monitor.digest_interval else { return Ok(()) };
+    let Some(interval) = node.pair().monitor.digest_interval else { return Ok(()) };
     let mut shutdown = node.shutdown.subscribe();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -38,7 +38,7 @@ pub fn node_status(node: &Node) -> Value {
         "received_lsn": received_lsn,
         "durable_lsn": if role == Role::Primary { node.local.durable_lsn() } else { node.remote.durable_lsn().max(node.store.position().applied_lsn) },
         "digest": digest.to_hex(),
-        "sync": node.pair.sync.name(),
+        "sync": node.pair().sync.name(),
         "lag_records": lag_records,
         "lag_ms": lag_ms(node, role, &peer, lag_records, now),
         "local_journal": local_journal,
@@ -78,7 +78,7 @@ pub fn node_status(node: &Node) -> Value {
         "rejoined": meta.rejoined,
         "following": *node.following.borrow(),
         "disk_free_bytes": super::disk::free_bytes(&node.config.dir).ok(),
-        "disk_min_free": node.pair.disk_min_free,
+        "disk_min_free": node.pair().disk_min_free,
         "disk_low": node.disk.borrow().low,
         "full_copy": node.copy_progress.borrow().map(|(done, total)| json!({ "pairs": done, "total": total })),
     });
@@ -125,7 +125,7 @@ fn canary(node: &Node, role: Role, peer: &crate::replication::PeerState) -> serd
         return serde_json::Value::Null;
     }
     json!({
-        "interval_ms": node.pair.monitor.canary_interval.map(|i| i.as_millis() as u64),
+        "interval_ms": node.pair().monitor.canary_interval.map(|i| i.as_millis() as u64),
         "received": peer.canaries,
         "last_ms_ago": peer.last_canary_at.map(|at| at.elapsed().as_millis() as u64),
         "last_delay_ms": peer.last_canary_delay_ms,

@@ -21,6 +21,7 @@
 
 pub mod commands;
 pub mod plan;
+pub mod reload;
 pub mod view;
 
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use crate::replication::wire::AdminRequest;
 use crate::storage::journal::{Epoch, Lsn};
 
 pub use commands::{failover, rejoin, switchback, switchover, verify};
+pub use reload::reload;
 
 /// The phases of the orchestration commands, as they are printed and persisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

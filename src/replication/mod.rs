@@ -112,6 +112,33 @@ pub fn silence_limit(heartbeat: Duration) -> Duration {
     heartbeat.saturating_mul(SILENT_HEARTBEATS).max(MIN_SILENCE)
 }
 
+/// A session's heartbeat interval as it last read it: `hotpair reload` may change the node's,
+/// and the session takes it at its next tick (the silence limit with it). Both nodes reload
+/// within milliseconds of each other, far inside [`MIN_SILENCE`].
+struct Beat {
+    every: Duration,
+}
+
+impl Beat {
+    fn new(source: &watch::Receiver<Duration>) -> Beat {
+        Beat { every: *source.borrow() }
+    }
+
+    /// The new interval, if it changed since the last look.
+    fn changed(&mut self, source: &watch::Receiver<Duration>) -> Option<Duration> {
+        let now = *source.borrow();
+        (now != self.every).then(|| {
+            self.every = now;
+            now
+        })
+    }
+
+    /// A ticker whose first tick is one interval away (the tick that read it was just sent).
+    fn ticker(every: Duration) -> tokio::time::Interval {
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    }
+}
+
 /// Resolves once nothing has been heard for `limit` (`heard` holds when the peer last spoke).
 async fn silence(heard: &watch::Receiver<Instant>, limit: Duration) -> ReplicationError {
     loop {
@@ -229,7 +256,9 @@ pub struct ShipContext {
     pub history: Vec<HistoryEntry>,
     pub pipeline: Arc<Pipeline>,
     pub peer: watch::Sender<PeerState>,
-    pub heartbeat: Duration,
+    /// The heartbeat interval; `hotpair reload` may change it, and the session takes the new
+    /// one at its next tick ([`Beat`]).
+    pub heartbeat: watch::Receiver<Duration>,
     /// Tell the backup the primary's durable LSN as soon as it moves, not after
     /// [`CONFIRM_DELAY`]: commits wait for the backup's applier (sync level `applied`).
     pub prompt_confirm: bool,
@@ -250,12 +279,13 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let peer = ctx.peer.clone();
     let (heard_tx, heard) = watch::channel(Instant::now());
-    let limit = silence_limit(ctx.heartbeat);
+    let mut beat = Beat::new(&ctx.heartbeat);
+    let mut limit = silence_limit(beat.every);
     let first_ack = ctx.first_ack.take();
     let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx, first_ack).await });
     let mut durable = ctx.journal.subscribe_durable();
     let mut shippable = ctx.journal.subscribe_shippable();
-    let mut ticker = tokio::time::interval(ctx.heartbeat);
+    let mut ticker = tokio::time::interval(beat.every);
     let mut next = start_lsn;
     let mut files: Option<std::iter::Peekable<JournalReader>> = None;
     let mut seq = 0u64;
@@ -326,6 +356,9 @@ where
             _ = durable.changed(), if confirm_due => {}
             () = tokio::time::sleep_until(confirm_at), if unconfirmed && !confirm_due => {}
             _ = ticker.tick() => {
+                if let Some(every) = beat.changed(&ctx.heartbeat) {
+                    (ticker, limit) = (Beat::ticker(every), silence_limit(every));
+                }
                 seq += 1;
                 told = durable_lsn;
                 let heartbeat =
@@ -446,7 +479,8 @@ pub struct FollowContext {
     pub applier: Arc<Applier>,
     /// The primary as this backup sees it: link state, its last LSN, and our own progress.
     pub primary: watch::Sender<PeerState>,
-    pub heartbeat: Duration,
+    /// As [`ShipContext::heartbeat`].
+    pub heartbeat: watch::Receiver<Duration>,
     /// Commits wait for `received` (the pair's sync level): ack every batch as it arrives.
     /// Otherwise a receipt alone waits for the next durable or applied ack, or the next
     /// heartbeat tick: at `durable` an ack per receipt woke every waiting committer on the
@@ -471,7 +505,8 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Result<Option<Frame>, WireError>>(4);
     let (heard_tx, heard) = watch::channel(Instant::now());
-    let limit = silence_limit(ctx.heartbeat);
+    let mut beat = Beat::new(&ctx.heartbeat);
+    let mut limit = silence_limit(beat.every);
     let read_task = tokio::spawn(async move {
         loop {
             let frame = wire::read_frame(&mut reader).await;
@@ -484,7 +519,7 @@ where
     });
     let mut durable = ctx.remote.subscribe_durable();
     let mut applied = ctx.applier.subscribe();
-    let mut ticker = tokio::time::interval(ctx.heartbeat);
+    let mut ticker = tokio::time::interval(beat.every);
     let mut heartbeats = HeartbeatTracker::default();
     // After a full copy the remote journal starts empty at the store's LSN: count the copy.
     let mut received = ctx.remote.last_lsn().unwrap_or(0).max(ctx.store.position().applied_lsn);
@@ -579,6 +614,9 @@ where
             _ = durable.changed() => {}
             _ = applied.changed() => {}
             _ = ticker.tick() => {
+                if let Some(every) = beat.changed(&ctx.heartbeat) {
+                    (ticker, limit) = (Beat::ticker(every), silence_limit(every));
+                }
                 report_receipt = true;
                 seq += 1;
                 let heartbeat =

@@ -258,6 +258,16 @@ pub enum AdminRequest {
     AcceptPeer {
         incarnation: Uuid,
     },
+    /// `hotpair reload`: re-read the pair file the node was started with; `apply` swaps it in
+    /// if `expect_digest` (the check's) is still its digest. `peer_digest`: the digest the
+    /// peer runs after its own apply (what the `config-drift` check compares with).
+    Reload {
+        apply: bool,
+        #[serde(deserialize_with = "crate::admin::protocol::required")]
+        expect_digest: Option<String>,
+        #[serde(deserialize_with = "crate::admin::protocol::required")]
+        peer_digest: Option<String>,
+    },
     /// `hotpair backup`: the connection turns into a stream (`node::backup`): replies with
     /// `"backup"` set to `begin`, `scanned` and `end`, the store's pairs as [`Frame::Copy`] and
     /// the journal records as [`Frame::Records`] between them. `journal_from` asks for records

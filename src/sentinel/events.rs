@@ -50,7 +50,7 @@ impl Hub {
     pub fn new(node: &Node) -> Hub {
         let first = Event {
             channel: VIEW_CHANNEL,
-            message: super::current_view(node).message(&node.pair.name, node.name()),
+            message: super::current_view(node).message(&node.pair().name, node.name()),
             seq: 0,
         };
         Hub { events: broadcast::channel(CHANNEL_CAPACITY).0, view: watch::channel(first).0 }
@@ -62,7 +62,7 @@ pub async fn publish(node: Arc<Node>, hub: Arc<Hub>) {
     let mut role = node.subscribe_role();
     let mut following = node.following.subscribe();
     let mut shutdown = node.shutdown.subscribe();
-    let master = node.pair.name.clone();
+    let master = node.pair().name.clone();
     let mut last = super::current_view(&node);
     let mut last_named = last.primary.clone();
     let mut seq = 0u64;

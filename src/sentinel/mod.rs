@@ -66,11 +66,11 @@ pub fn current_view(node: &Node) -> View {
 fn snapshot(node: &Node) -> answers::Snapshot<'_> {
     answers::Snapshot {
         view: current_view(node),
-        master: &node.pair.name,
+        master: &node.master_name,
         me: &node.config,
         peer: &node.peer_config,
-        cluster: node.pair.cluster,
-        down_after_ms: node.pair.sync_timeout.as_millis() as u64,
+        cluster: node.pair().cluster,
+        down_after_ms: node.pair().sync_timeout.as_millis() as u64,
     }
 }
 

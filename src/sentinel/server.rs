@@ -52,7 +52,7 @@ const READ_CHUNK_BYTES: usize = 4096;
 
 /// Accepts Sentinel clients until the node shuts down.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, hub: Arc<Hub>, users: Option<Arc<Users>>) {
-    let permits = Arc::new(Semaphore::new(node.pair.limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let permits = Arc::new(Semaphore::new(node.pair().limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let mut shutdown = node.shutdown.subscribe();
     let mut connections = tokio::task::JoinSet::new();
     loop {

@@ -73,9 +73,16 @@ fn same(a: &Digest, b: &Digest) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The data port's users. Built once at start; shared by every connection.
+/// The data port's users. Built at start and shared by every connection; `hotpair reload`
+/// swaps the table in place ([`Users::replace`]), so the next `AUTH` checks the new passwords
+/// (connections already authenticated stay so, as with Redis' `CONFIG SET requirepass`).
 #[derive(Debug, Default)]
 pub struct Users {
+    table: std::sync::RwLock<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
     default: Option<Digest>,
     named: HashMap<Vec<u8>, (Digest, Rights)>,
 }
@@ -86,25 +93,37 @@ impl Users {
         if password_file.is_none() && users_file.is_none() {
             return Ok(None);
         }
-        let mut users = Users::default();
+        let mut table = Table::default();
         if let Some(path) = password_file {
-            users.default = Some(digest(&read_password(path)?));
+            table.default = Some(digest(&read_password(path)?));
         }
         if let Some(path) = users_file {
             let text = read_private(path, "users file", MAX_USERS_FILE_BYTES)?;
-            users.named = parse_users(path, &text)?;
+            table.named = parse_users(path, &text)?;
         }
-        Ok(Some(users))
+        Ok(Some(Users { table: std::sync::RwLock::new(table) }))
+    }
+
+    /// Takes `other`'s passwords and users from now on (`hotpair reload`).
+    pub fn replace(&self, other: Users) {
+        let table = other.table.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // A poisoned lock still holds a whole table: `replace` only assigns it.
+        self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The rights of `user` (the default user when `None`) if `password` is theirs.
     pub fn check(&self, user: Option<&[u8]>, password: &[u8]) -> Option<Rights> {
         let attempt = digest(password);
         match user {
-            None => self.default.filter(|known| same(known, &attempt)).map(|_| Rights::ReadWrite),
+            None => self.table().default.filter(|known| same(known, &attempt)).map(|_| Rights::ReadWrite),
             Some(name) if name == DEFAULT_USER.as_bytes() => self.check(None, password),
             Some(name) => {
-                let (known, rights) = self.named.get(name)?;
+                let table = self.table();
+                let (known, rights) = table.named.get(name)?;
                 same(known, &attempt).then_some(*rights)
             }
         }
@@ -112,7 +131,7 @@ impl Users {
 
     /// How many named users the users file gave.
     pub fn named_users(&self) -> usize {
-        self.named.len()
+        self.table().named.len()
     }
 }
 

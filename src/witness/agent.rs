@@ -98,20 +98,20 @@ struct Agent {
 
 /// Runs the agent until shutdown.
 pub async fn run(node: Arc<Node>) -> Result<(), Error> {
-    let Some(config) = node.pair.witness.clone() else { return Ok(()) };
+    let Some(config) = node.pair().witness.clone() else { return Ok(()) };
     let tls = EtcdTls { ca: config.ca.clone(), cert: config.cert.clone(), key: config.key.clone() };
     // A call must end well within a renewal period, so a hung etcd costs rounds, not the lease.
     let timeout = (config.ttl / 4).min(Duration::from_secs(1));
     let client =
         EtcdClient::new(config.endpoints_for(node.name()), &tls, timeout).map_err(|e| Error::Failed(e.to_string()))?;
-    let (leader_key, epoch_key) = keys(node.pair.cluster);
+    let (leader_key, epoch_key) = keys(node.pair().cluster);
     let mut agent = Agent {
         node: node.clone(),
         client,
         ttl: config.ttl,
         leader_key: leader_key.into_bytes(),
         epoch_key: epoch_key.into_bytes(),
-        paused_key: paused_key(node.pair.cluster).into_bytes(),
+        paused_key: paused_key(node.pair().cluster).into_bytes(),
         paused: false,
         leader: None,
         held: None,
@@ -452,7 +452,7 @@ impl Agent {
         let peer = self.node.peer_config.name.clone();
         tracing::warn!("fenced behind a newer epoch: rejoining behind {peer} by itself (hotpair rejoin {name})");
         // The orchestration's future is not `Send`: it runs on a thread and runtime of its own.
-        let (pair, node) = (self.node.pair.clone(), name.clone());
+        let (pair, node) = (self.node.pair().clone(), name.clone());
         let (done, code) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new().name("auto-rejoin".into()).spawn(move || {
             let code = tokio::runtime::Builder::new_current_thread().enable_all().build().map_or(1, |runtime| {
