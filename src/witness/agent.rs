@@ -91,6 +91,8 @@ struct Agent {
     /// The lease we hold (id) and its safe end.
     held: Option<(i64, u64)>,
     last_renew: Option<Instant>,
+    /// When this node last heard a primary — or was not a backup: a node demoted a moment ago
+    /// (a switchover, a rejoin) has not lost any primary, whatever it did before.
     last_contact: Instant,
     lag_ms: u64,
     last_rejoin: Option<Instant>,
@@ -148,6 +150,10 @@ impl Agent {
             }
         }
         let role = self.node.role();
+        if role != Role::Backup {
+            // The silence a takeover needs is counted from when this node became a backup.
+            self.last_contact = Instant::now();
+        }
         match role {
             Role::Primary | Role::Draining => self.hold().await,
             Role::Backup => {
