@@ -9,8 +9,9 @@
 //! They run one after another (the drills measure outages and time to the first write: two at
 //! once on 2 cores would measure the machine). `tests/playbooks.rs` leaves them to this test.
 
-use std::path::PathBuf;
 use std::process::Command;
+
+mod drill_suite;
 
 use hotpair::drill::etcd::LocalEtcd;
 
@@ -26,42 +27,10 @@ fn every_witness_playbook_holds_its_expectations() {
         );
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("playbooks");
-    let mut books: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("playbooks/ exists")
-        .map(|e| e.expect("readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .filter(|p| p.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("witness-")))
-        .collect();
-    books.sort();
+    let books = drill_suite::playbooks(|name| name.starts_with("witness-"));
     assert!(books.len() >= 6, "expected the six witness playbooks, found {books:?}");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut failed = Vec::new();
-    for book in &books {
-        let name = book.file_stem().unwrap_or_default().to_string_lossy().to_string();
-        let report = work.path().join(format!("{name}.json"));
-        let started = std::time::Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_hotpair"))
-            .arg("drill")
-            .arg(book)
-            .arg("--report")
-            .arg(&report)
-            .env("TMPDIR", work.path())
-            .output()
-            .expect("run hotpair drill");
-        eprintln!("{name}: exit {:?} in {:.1}s", out.status.code(), started.elapsed().as_secs_f64());
-        if !out.status.success() {
-            failed.push(format!(
-                "{name}: exit {:?}\n{}\n{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-            continue;
-        }
+    drill_suite::drill_all(&books, "witness playbooks", |name, report| {
         // What each playbook is for must show in its report, not only in its verdict.
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).expect("the report")).expect("report JSON");
         let expectation = |key: &str| {
             report["expectations"]
                 .as_array()
@@ -74,15 +43,7 @@ fn every_witness_playbook_holds_its_expectations() {
             assert!(kill["ms"].as_f64().is_some(), "{name}: b took writes after the kill: {kill}");
             eprintln!("{name}: first write on b {} ms after kill -9 (ttl 3s)", kill["ms"]);
         }
-    }
-    if !failed.is_empty() {
-        let kept = work.keep();
-        panic!(
-            "witness playbooks failed (their pairs' directories are kept in {}):\n{}",
-            kept.display(),
-            failed.join("\n\n")
-        );
-    }
+    });
 }
 
 /// Random schedules with the witness (`hotpair drill --random SEED --witness`): manual and
