@@ -11,8 +11,8 @@
 //! ## Invariants
 //! - A primary with a witness takes writes only while its standing is valid: until the later
 //!   of its lease's safe end (renewal sent + ttl shrunk for clock drift, minus a margin) and
-//!   its backup's failsafe (the send time of the last heartbeat the backup echoed, plus the
-//!   same). The node checks that deadline again when it acknowledges a write
+//!   its backup's failsafe (the monotonic send time of the last heartbeat the backup echoed,
+//!   plus the same). The node checks that deadline again when it acknowledges a write
 //!   ([`super::Effect::WriteDeadline`]), so a process resumed after a freeze acknowledges
 //!   nothing of the old epoch even before the next tick.
 //! - A backup asks to take over only when all hold: the leader key is gone, it has heard

@@ -54,9 +54,10 @@
 //! requests) travel in. The node's side — accepting the peer, the follower loop, the full copy —
 //! is in `node::control`, `node::follow` and `node::copy`, since it needs the node's state.
 
+pub mod echo;
 pub mod wire;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -65,6 +66,7 @@ use tokio::time::Instant;
 
 use crate::kv::applier::Applier;
 use crate::kv::pipeline::Pipeline;
+use crate::replication::echo::SentHeartbeats;
 use crate::replication::wire::{Envelope, Frame, Message, WireError, BATCH_BYTES};
 use crate::storage::digest::Digest;
 use crate::storage::journal::{format, Epoch, HistoryEntry, Journal, JournalError, JournalReader, Lsn, RecordBody};
@@ -182,9 +184,11 @@ pub struct PeerState {
     pub peer_last_lsn: Lsn,
     /// Heartbeat sequence numbers that never arrived.
     pub heartbeat_gaps: u64,
-    /// On a primary: its own clock (wall ms) at the send of the last heartbeat the backup
-    /// echoed — the backup heard from us at or after that moment (witness failsafe).
-    pub echoed_ms: u64,
+    /// On a primary: the monotonic moment just before it sent the last heartbeat the backup
+    /// echoed — the backup heard from us at or after it (witness failsafe). The echo's wall
+    /// value is only looked up among what this session sent ([`echo::SentHeartbeats`]): a
+    /// wall-clock step moves nothing here.
+    pub echoed_sent_at: Option<Instant>,
     /// On a backup: canary records received, when the last one arrived, and how long it took
     /// from the primary's clock to ours (clocks of the two hosts are assumed close).
     pub canaries: u64,
@@ -207,7 +211,7 @@ impl Default for PeerState {
             last_heard_ms: 0,
             peer_last_lsn: 0,
             heartbeat_gaps: 0,
-            echoed_ms: 0,
+            echoed_sent_at: None,
             canaries: 0,
             last_canary_at: None,
             last_canary_delay_ms: 0,
@@ -282,7 +286,10 @@ where
     let mut beat = Beat::new(&ctx.heartbeat);
     let mut limit = silence_limit(beat.every);
     let first_ack = ctx.first_ack.take();
-    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx, first_ack).await });
+    // Heartbeats sent in this session, for the ack reader to date the backup's echoes.
+    let beats_sent = Arc::new(Mutex::new(SentHeartbeats::default()));
+    let echoes = beats_sent.clone();
+    let mut acks = tokio::spawn(async move { read_acks(&mut reader, &peer, &heard_tx, first_ack, &echoes).await });
     let mut durable = ctx.journal.subscribe_durable();
     let mut shippable = ctx.journal.subscribe_shippable();
     let mut ticker = tokio::time::interval(beat.every);
@@ -361,8 +368,9 @@ where
                 }
                 seq += 1;
                 told = durable_lsn;
-                let heartbeat =
-                    Message::Heartbeat { seq, time_ms: crate::clock::now_ms(), last_lsn: durable_lsn, head_lsn: until, echo_ms: 0 };
+                let time_ms = crate::clock::now_ms();
+                beats_sent.lock().unwrap_or_else(|p| p.into_inner()).sent(time_ms, Instant::now());
+                let heartbeat = Message::Heartbeat { seq, time_ms, last_lsn: durable_lsn, head_lsn: until, echo_ms: 0 };
                 if let Err(err) = write_or_silence(&mut writer, &shipper_message(&ctx, heartbeat), &heard, limit).await {
                     break Err(err);
                 }
@@ -429,6 +437,7 @@ async fn read_acks<R: AsyncRead + Unpin>(
     peer: &watch::Sender<PeerState>,
     heard: &watch::Sender<Instant>,
     mut first_ack: Option<tokio::sync::oneshot::Sender<()>>,
+    beats_sent: &Mutex<SentHeartbeats>,
 ) -> Result<(), ReplicationError> {
     let mut heartbeats = HeartbeatTracker::default();
     loop {
@@ -458,8 +467,11 @@ async fn read_acks<R: AsyncRead + Unpin>(
                 if gap > 0 {
                     tracing::warn!(gap, "heartbeats from the backup went missing");
                 }
+                let echoed_at = beats_sent.lock().unwrap_or_else(|p| p.into_inner()).echoed(echo_ms);
                 peer.send_modify(|s| {
-                    s.echoed_ms = s.echoed_ms.max(echo_ms);
+                    if let Some(at) = echoed_at {
+                        s.echoed_sent_at = Some(s.echoed_sent_at.map_or(at, |held| held.max(at)));
+                    }
                     s.heartbeat_gaps += gap;
                     s.last_heard_ms = now;
                     s.peer_last_lsn = last_lsn;
@@ -528,7 +540,9 @@ where
     // Set at every heartbeat tick: then a receipt alone is worth an ack too.
     let mut report_receipt = true;
     let mut unapplied = UnappliedTimes::default();
-    // The primary's clock reading in the last heartbeat it sent us, echoed back (witness failsafe).
+    // The primary's clock reading in the last heartbeat it sent us, echoed back (witness
+    // failsafe): the latest, not the largest, so that a step back of the primary's wall clock
+    // does not leave us echoing a value it sent long ago (it dates echoes by what it sent).
     let mut echo_ms = 0u64;
     let result = loop {
         let applied_lsn = *applied.borrow_and_update();
@@ -593,7 +607,7 @@ where
                 },
                 Some(Ok(Some(Frame::Message(envelope)))) => match envelope.message {
                     Message::Heartbeat { seq, last_lsn, head_lsn, time_ms, .. } => {
-                        echo_ms = echo_ms.max(time_ms);
+                        echo_ms = time_ms;
                         let gap = heartbeats.observe(seq);
                         if gap > 0 {
                             tracing::warn!(gap, "heartbeats from the primary went missing");

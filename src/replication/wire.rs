@@ -134,7 +134,9 @@ pub enum Message {
     /// Liveness both ways; a gap in `seq` means lost messages. `last_lsn` is the primary's
     /// durable LSN (the backup's received one); `head_lsn` the last LSN the sender appended.
     /// From a backup, `echo_ms` is the `time_ms` of the last heartbeat it received from the
-    /// primary (0: none yet): the primary's witness failsafe counts from when it sent that one.
+    /// primary (0: none yet): the primary's witness failsafe counts from when it sent that one,
+    /// by its monotonic clock (it looks the value up among the heartbeats it sent,
+    /// `replication::echo`).
     Heartbeat {
         seq: u64,
         time_ms: u64,

@@ -18,7 +18,8 @@
 //! - Time for the engine is the node's monotonic clock ([`Node::now_ms`]), read *before* the
 //!   etcd call whose success it dates: a lease renewed at `sent` is counted from `sent`.
 //! - A lease's safe end is `sent + ttl / (1 + DRIFT) - MARGIN`; the failsafe's is the same from
-//!   the send time of the last heartbeat the backup echoed (docs/witness.md, "Timing").
+//!   the monotonic send time of the last heartbeat the backup echoed, never a wall-clock age
+//!   (docs/witness.md, "Timing").
 //! - Silence of the primary is measured from the last round that saw the follower in a session
 //!   (later than the last receipt: a takeover can only come later, never sooner).
 //! - Nothing here changes a role: the engine decides, [`Node::drive`] carries it out.
@@ -341,11 +342,11 @@ impl Agent {
     /// The failsafe: until when the backup's last echo keeps us safe (`None` without a session).
     fn backed_until(&self) -> Option<u64> {
         let peer = self.node.peer.borrow().clone();
-        if !peer.connected || peer.echoed_ms == 0 {
-            return None;
-        }
-        let age = crate::clock::now_ms().saturating_sub(peer.echoed_ms);
-        let sent = self.node.now_ms().saturating_sub(age);
+        let echoed_sent_at = peer.echoed_sent_at.filter(|_| peer.connected)?;
+        // Monotonic throughout (no wall clock): `now` read first, so the send is dated no later
+        // than it was.
+        let now = self.node.now_ms();
+        let sent = now.saturating_sub(echoed_sent_at.elapsed().as_millis() as u64);
         Some(safe_end(sent, self.ttl_ms()))
     }
 
