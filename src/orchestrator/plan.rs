@@ -794,7 +794,7 @@ fn failover(view: &PairView, memory: &Memory, to: &str, force: bool) -> Next {
         // Another orchestration that may be promoting the other node: two promotions from one
         // epoch would both claim the next (the simulation found it: a switchover's CLI killed
         // with its promote in flight, then a failover to the old primary).
-        if let Some(other) = promoting_elsewhere(view, to).filter(|_| !force) {
+        if let Some(other) = promoting_elsewhere(view, to, target.epoch()).filter(|_| !force) {
             return refuse(format!(
                 "{} {} from {} to {} is under way (step {}) and may be promoting {}: finish it (`hotpair {}`), or add --force to fail over to {to} anyway",
                 other.command,
@@ -932,10 +932,15 @@ fn promoted_alone(p: &Progress, promoted: &PromoteReply, peer: &str) -> Next {
 
 /// An unfinished orchestration of the pair that may promote a node other than `to`: a
 /// switchover past its demote, or a failover to the other node.
-fn promoting_elsewhere(view: &PairView, to: &str) -> Option<Progress> {
+/// A current switchover or failover that may be promoting the node other than `to` into the
+/// epoch a promotion of `to` (at `epoch`) would claim. Once `to` holds a later epoch than the
+/// one that run began in, it has seen that promotion happen: its own claims the epoch after
+/// (found by `drill --random 59 --witness`: a switchover killed after its promote, b following
+/// the new primary a, then a killed and `failover --to b` refused for good).
+fn promoting_elsewhere(view: &PairView, to: &str, epoch: u64) -> Option<Progress> {
     let switchover = view.progress("switchover").ok().flatten().filter(|p| p.step.rank() >= Step::Demote.rank());
     let failover = view.progress("failover").ok().flatten();
-    [switchover, failover].into_iter().flatten().find(|p| p.to != to && current(p, view))
+    [switchover, failover].into_iter().flatten().find(|p| p.to != to && p.epoch >= epoch && current(p, view))
 }
 
 // ---------------------------------------------------------------------------------------------

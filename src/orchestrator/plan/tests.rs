@@ -345,3 +345,26 @@ fn a_failover_is_refused_while_a_switchover_may_be_promoting_the_other_node() {
     let to_b = Command::Failover { to: "b".into(), force: false };
     assert!(matches!(plan(&to_b, &view, &memory(None)), Next::Save(Some(_))));
 }
+
+#[test]
+fn a_switchover_whose_promotion_the_target_has_seen_does_not_hold_a_failover_up() {
+    // `drill --random 59 --witness`: a switchover a -> b killed after b's promote (record at
+    // step reverse, epoch 1), a already following b in epoch 2, then b killed. A failover to a
+    // claims epoch 3, not b's 2: no conflict, and refusing it left the pair without a writer.
+    let mut a = node("a", Role::Backup, 2, two(), 60);
+    if let Ok(s) = &mut a.status {
+        s.orchestration = Some(serde_json::to_value(progress(EARLIER, Step::Reverse, Some(40))).unwrap());
+    }
+    let view = pair(a, down("b"));
+    let to_a = Command::Failover { to: "a".into(), force: false };
+    let next = plan(&to_a, &view, &memory(None));
+    assert!(matches!(&next, Next::Save(Some(p)) if p.command == "failover" && p.epoch == 2), "{next:?}");
+    // The same record with a still in epoch 1 (it never saw b promoted) is refused as before.
+    let mut a = node("a", Role::Backup, 1, one(), 40);
+    if let Ok(s) = &mut a.status {
+        s.orchestration = Some(serde_json::to_value(progress(EARLIER, Step::Reverse, Some(40))).unwrap());
+    }
+    let next = plan(&to_a, &pair(a, down("b")), &memory(None));
+    let Next::Finish(Finish { result: Err(err), .. }) = next else { panic!("{next:?}") };
+    assert!(err.to_string().contains("may be promoting b"), "{err}");
+}
