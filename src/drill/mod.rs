@@ -288,8 +288,11 @@ impl Drill {
     }
 
     /// A step whose command is SIGKILLed `after` it started (if it still runs), then run again
-    /// as an admin would: a switchover or failover whose node is primary by then is done; any
-    /// other command is run again and must succeed (the orchestrator resumes what it began).
+    /// as an admin would: a switchover or failover whose node is primary by then, and whose
+    /// record no node still holds, is done; any other command is run again and must succeed
+    /// (the orchestrator resumes what it began). A record left means the run stopped after the
+    /// promote but before its last steps: left unfinished, it refuses the next switchover
+    /// (`drill --random 73 --witness`), so the admin's `hotpair switchover` finishes it.
     async fn execute_killed(&mut self, step: &Step, after: Duration) -> Outcome {
         let Some(args) = orchestration_args(&step.action) else {
             return Outcome::failed("kill_after applies to switchover, failover, rejoin and switchback only");
@@ -321,8 +324,9 @@ impl Drill {
             Action::Failover { to, .. } => Some(to.clone()),
             _ => None,
         };
-        if let Some(target) = promoted {
-            if primary_of(&self.pair.status().await).as_deref() == Some(target.as_str()) {
+        if let (Some(target), Some(command)) = (promoted, args.first()) {
+            let status = self.pair.status().await;
+            if primary_of(&status).as_deref() == Some(target.as_str()) && !run_recorded(&status, command) {
                 return Outcome::ok(format!("{first}; {target} is primary already, nothing to run again"));
             }
         }
@@ -559,6 +563,14 @@ fn parse_json_object(text: &str) -> Option<Value> {
 }
 
 /// The reachable primary of the highest epoch in a status, if any.
+/// Whether a reachable node still holds the record of an unfinished `command` run (status's
+/// `orchestration`).
+fn run_recorded(status: &Value, command: &str) -> bool {
+    status["nodes"]
+        .as_object()
+        .is_some_and(|nodes| nodes.values().any(|n| n["reachable"] == true && n["orchestration"]["command"] == command))
+}
+
 pub fn primary_of(status: &Value) -> Option<String> {
     status["nodes"]
         .as_object()?
@@ -989,5 +1001,20 @@ mod tests {
         assert!(caught_up("b", &node("primary", 10, 0), "a", &json!({"reachable": false})).is_err());
         let status = json!({"nodes": {"a": node("backup", 1, 0), "b": node("primary", 1, 0)}});
         assert_eq!(primary_of(&status).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_killed_run_whose_record_is_left_is_run_again() {
+        let record = json!({"command": "switchover", "from": "a", "to": "b", "step": "Demote"});
+        let status = |orchestration: Value, reachable: bool| {
+            json!({"nodes": {
+                "a": {"reachable": reachable, "role": "backup", "orchestration": orchestration},
+                "b": {"reachable": true, "role": "primary", "orchestration": null},
+            }})
+        };
+        assert!(run_recorded(&status(record.clone(), true), "switchover"), "the promote done, the run not");
+        assert!(!run_recorded(&status(record.clone(), true), "failover"), "another command's record");
+        assert!(!run_recorded(&status(Value::Null, true), "switchover"), "finished: nothing left");
+        assert!(!run_recorded(&status(record, false), "switchover"), "an unreachable node's record is unknown");
     }
 }
