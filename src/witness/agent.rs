@@ -91,8 +91,8 @@ struct Agent {
     /// The lease we hold (id) and its safe end.
     held: Option<(i64, u64)>,
     last_renew: Option<Instant>,
-    /// When this node last heard a primary — or was not a backup: a node demoted a moment ago
-    /// (a switchover, a rejoin) has not lost any primary, whatever it did before.
+    /// When this node last heard a primary (or started). The engine counts the silence a
+    /// takeover needs from when the node became a backup at the earliest.
     last_contact: Instant,
     lag_ms: u64,
     last_rejoin: Option<Instant>,
@@ -149,12 +149,7 @@ impl Agent {
                 self.step(WitnessReport::Paused(self.paused));
             }
         }
-        let role = self.node.role();
-        if role != Role::Backup {
-            // The silence a takeover needs is counted from when this node became a backup.
-            self.last_contact = Instant::now();
-        }
-        match role {
+        match self.node.role() {
             Role::Primary | Role::Draining => self.hold().await,
             Role::Backup => {
                 self.release().await;
@@ -377,9 +372,8 @@ impl Agent {
             primary_silent_ms: now.duration_since(self.last_contact).as_millis() as u64,
             lag_ms: self.lag_ms,
         };
-        if let WitnessDecision::Claim { epoch: next } = self.step(report) {
-            let silent = self.last_contact.elapsed();
-            self.claim(next, epoch.as_ref(), silent).await;
+        if let WitnessDecision::Claim { epoch: next, silent_ms } = self.step(report) {
+            self.claim(next, epoch.as_ref(), Duration::from_millis(silent_ms)).await;
         }
     }
 
