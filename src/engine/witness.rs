@@ -153,6 +153,9 @@ pub struct WitnessState {
     /// (`None` while it is anything else): the silence a takeover needs counts from then at
     /// the earliest.
     pub backup_since_ms: Option<u64>,
+    /// From a claim decided until the next round or the promotion's end: the backup echoes
+    /// no heartbeat it receives now (see [`Engine::may_echo`]).
+    pub claiming: bool,
 }
 
 impl WitnessState {
@@ -168,6 +171,7 @@ impl WitnessState {
             suppressed: None,
             lost_said: false,
             backup_since_ms: None,
+            claiming: false,
         }
     }
 }
@@ -360,7 +364,17 @@ impl Engine {
     pub(super) fn witness_role_changed(&mut self) {
         if let Some(w) = &mut self.state.witness {
             w.backup_since_ms = None;
+            w.claiming = false;
         }
+    }
+
+    /// Whether a backup may echo a heartbeat it receives now. Its echo promises the primary
+    /// "I heard you at your `p0` and take over no sooner than a ttl after" (the failsafe); a
+    /// backup that has decided to claim the next epoch can keep that promise only for what it
+    /// heard before (found by the simulation: a heartbeat of a link healed during the claim,
+    /// echoed, let the old primary go on writing beside the new one).
+    pub fn may_echo(&self) -> bool {
+        !self.state.witness.as_ref().is_some_and(|w| w.claiming)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -374,8 +388,11 @@ impl Engine {
         lag_ms: u64,
         out: &mut Out,
     ) -> WitnessDecision {
+        let promoting = self.pending.is_some();
         let Some(w) = &mut self.state.witness else { return WitnessDecision::Nothing };
         w.reachable = reachable;
+        // A claim decided at the last round was lost by now, unless its promotion runs.
+        w.claiming &= promoting;
         let policy = w.policy;
         let paused = w.paused;
         if self.state.role != Role::Backup || self.pending.is_some() || !reachable {
@@ -411,6 +428,9 @@ impl Engine {
                 out,
             );
             return WitnessDecision::Nothing;
+        }
+        if let Some(w) = &mut self.state.witness {
+            w.claiming = true;
         }
         WitnessDecision::Claim { epoch: next, silent_ms }
     }
