@@ -191,6 +191,18 @@ fn witnessed(node: &str, role: Role, last_lsn: Lsn, policy: WitnessPolicy) -> En
     engine.set_witness(Some(policy));
     let persisted = Persisted { role, epoch: 1, history: history(&[(1, 1, "a")]), promotion: None, rejoined: None };
     engine.step(Event::Restarted(Recovered { persisted, last_lsn, met_peer: last_lsn > 0 }));
+    if role == Role::Backup {
+        // Its first round as a backup: the silence a takeover needs counts from here.
+        engine.step(Event::Witness(WitnessReport::Watcher {
+            now_ms: 0,
+            wall_ms: 0,
+            reachable: true,
+            leader_present: true,
+            epoch_key: None,
+            primary_silent_ms: 0,
+            lag_ms: 0,
+        }));
+    }
     engine
 }
 
@@ -209,8 +221,12 @@ fn holder(now_ms: u64, epoch_key: Option<WitnessEpoch>, lease: Option<u64>, back
 }
 
 fn watcher(leader_present: bool, silent: u64, lag: u64, epoch_key: Option<WitnessEpoch>) -> Event {
+    watcher_at(10_000, leader_present, silent, lag, epoch_key)
+}
+
+fn watcher_at(now_ms: u64, leader_present: bool, silent: u64, lag: u64, epoch_key: Option<WitnessEpoch>) -> Event {
     Event::Witness(WitnessReport::Watcher {
-        now_ms: 10_000,
+        now_ms,
         wall_ms: 1_000_000,
         reachable: true,
         leader_present,
@@ -285,11 +301,39 @@ fn a_newer_witness_epoch_fences_a_primary_first_and_asks_for_a_rejoin() {
 }
 
 #[test]
-fn a_restarted_primary_holding_the_key_in_its_epoch_takes_writes_without_its_peer() {
+fn a_restarted_primary_whose_peer_stays_silent_goes_on_alone_in_a_new_epoch() {
     let mut a = witnessed("a", Role::Primary, 10, POLICY);
     assert!(a.state().awaiting_peer);
+    // Holding the key is not enough at once: its peer may answer (a restart for an upgrade).
     let effects = a.step(holder(100, key(1, "a", 0, false), Some(2500), None));
-    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing));
+    assert!(matches!(a.state().gate, Gate::Refusing(_)), "{effects:?}");
+    let effects = a.step(holder(3099, key(1, "a", 0, false), Some(5500), None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "not a ttl yet");
+    // A ttl of silence: raise the witness's epoch key, then start epoch 2 after LSN 10 — its
+    // peer's records past 10, if any, are of epoch 1 and set aside at its rejoin.
+    let effects = a.step(holder(3100, key(1, "a", 0, false), Some(5500), None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::PromoteAlone { epoch: 2 }));
+    // A restart between the raise and the promotion: the raised key is ours, not a fence.
+    let mut again = witnessed("a", Role::Primary, 10, POLICY);
+    let effects = again.step(holder(100, key(2, "a", 0, false), Some(2500), None));
+    assert_eq!(again.state().role, Role::Primary, "{effects:?}");
+    let effects = again.step(holder(3100, key(2, "a", 0, false), Some(5500), None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::PromoteAlone { epoch: 2 }));
+    // The promotion, as `failover --force`'s.
+    let op_id = Uuid::from_u128(4);
+    let effects = a.step(Event::Witness(WitnessReport::Raised { op_id, epoch: 2 }));
+    assert_eq!(effects, vec![Effect::Run(Action::FinishInFlight)]);
+    a.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::storage::digest::Digest(7) }));
+    let effects = a.step(Event::Done(Outcome::PipelineStopped));
+    assert_ordered(&effects);
+    assert!(incident(&effects, Alarm::ForcedPromotion), "{effects:?}");
+    assert_eq!((a.state().epoch, a.state().gate.clone()), (2, Gate::Open), "{effects:?}");
+    assert_eq!(a.state().history.last().map(|h| h.first_lsn), Some(11));
+    // Someone else's newer epoch still fences.
+    let mut b_ahead = witnessed("a", Role::Primary, 10, POLICY);
+    b_ahead.step(holder(100, key(2, "b", 0, true), None, None));
+    assert_eq!(b_ahead.state().role, Role::Fenced);
 }
 
 #[test]
@@ -314,7 +358,10 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
     b.step(Event::Witness(WitnessReport::Paused(true)));
     assert_eq!(decision(&b.step(watcher(false, 3000, 0, seen.clone()))), Some(&WitnessDecision::Nothing), "paused");
     b.step(Event::Witness(WitnessReport::Paused(false)));
-    assert_eq!(decision(&b.step(watcher(false, 3000, 0, seen.clone()))), Some(&WitnessDecision::Claim { epoch: 2 }));
+    assert_eq!(
+        decision(&b.step(watcher(false, 3000, 0, seen.clone()))),
+        Some(&WitnessDecision::Claim { epoch: 2, silent_ms: 3000 })
+    );
     // The claim won: the same promotion as `hotpair failover`'s.
     let op_id = Uuid::from_u128(9);
     let effects = b.step(Event::Witness(WitnessReport::Claimed { op_id, epoch: 2, lease_until_ms: 12_000 }));
@@ -332,4 +379,26 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
     let effects = b.step(watcher(false, 3000, 0, seen));
     assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing));
     assert!(incident(&effects, Alarm::WouldAct), "{effects:?}");
+}
+
+#[test]
+fn a_backup_counts_the_silence_a_takeover_needs_from_when_it_became_one() {
+    // A node that led for long, then became a backup (a switchover, a rejoin), last heard "a
+    // primary" long ago: that is no lost primary. Its count starts at its first round as backup.
+    let seen = key(1, "a", 0, false);
+    let mut b = witnessed("b", Role::Primary, 10, POLICY);
+    b.step(holder(100, seen.clone(), Some(2500), None));
+    let op_id = Uuid::from_u128(3);
+    b.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 5000, now_ms: 200 }));
+    b.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::storage::digest::Digest(7) }));
+    assert_eq!(b.step(Event::Admin(Primitive::Demote { op_id, epoch: 1 })), vec![Effect::Run(Action::StopPipeline)]);
+    b.step(Event::Done(Outcome::PipelineStopped));
+    assert_eq!(b.state().role, Role::Backup);
+    let decide = |b: &mut Engine, now: u64| decision(&b.step(watcher_at(now, false, 60_000, 0, seen.clone()))).cloned();
+    assert_eq!(decide(&mut b, 50_000), Some(WitnessDecision::Nothing), "just became a backup");
+    assert_eq!(decide(&mut b, 52_999), Some(WitnessDecision::Nothing), "a backup for less than the ttl");
+    assert_eq!(decide(&mut b, 53_000), Some(WitnessDecision::Claim { epoch: 2, silent_ms: 3000 }));
+    // Heard within the ttl: the agent's own count still rules.
+    let effects = b.step(watcher_at(60_000, false, 2999, 0, seen));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "{effects:?}");
 }

@@ -16,7 +16,10 @@
 //!   ([`super::Effect::WriteDeadline`]), so a process resumed after a freeze acknowledges
 //!   nothing of the old epoch even before the next tick.
 //! - A backup asks to take over only when all hold: the leader key is gone, it has heard
-//!   nothing from the primary for at least the ttl, its lag is within `max_lag`, the last
+//!   nothing from the primary for at least the ttl *and has been a backup for at least the ttl*
+//!   (a node demoted a moment ago by a switchover or a rejoin has lost no primary, however long
+//!   ago it last heard one: counting from then would let it claim the next epoch in the gap
+//!   between the old holder's release and the new primary's claim), its lag is within `max_lag`, the last
 //!   automatic failover is `min_interval` old, the witness shows no epoch beyond ours, and no
 //!   pause. Each unmet condition is reported once as `failover-suppressed`, with the reason.
 //! - A witness epoch above ours fences a writer before anything else, as a peer's would.
@@ -77,6 +80,9 @@ pub enum WitnessReport {
     },
     /// The backup won its claim of `epoch` in etcd, holding the leader key until `lease_until_ms`.
     Claimed { op_id: Uuid, epoch: Epoch, lease_until_ms: u64 },
+    /// A restarted primary whose peer stays silent raised the witness's epoch key to `epoch`
+    /// (ours + 1) under its lease: it starts that epoch alone.
+    Raised { op_id: Uuid, epoch: Epoch },
     /// `hotpair witness pause|resume`.
     Paused(bool),
 }
@@ -122,9 +128,16 @@ pub enum WitnessDecision {
     /// wins, report [`WitnessReport::Claimed`].
     Claim {
         epoch: Epoch,
+        /// The silence that allowed it: the shorter of the primary's and the time as a backup.
+        silent_ms: u64,
     },
     /// Rejoin behind the peer as `hotpair rejoin` does.
     Rejoin,
+    /// Raise the witness's epoch key to `epoch` (ours + 1) under our lease, then report
+    /// [`WitnessReport::Raised`]: a restarted primary goes on alone, in a new epoch.
+    PromoteAlone {
+        epoch: Epoch,
+    },
 }
 
 /// What the engine keeps of the witness.
@@ -144,6 +157,15 @@ pub struct WitnessState {
     pub suppressed: Option<String>,
     /// Whether the last lease-less stretch was said (`witness-lost`).
     pub lost_said: bool,
+    /// Engine ms of the first round this node watched as a backup since it last became one
+    /// (`None` while it is anything else): the silence a takeover needs counts from then at
+    /// the earliest.
+    pub backup_since_ms: Option<u64>,
+    /// From a claim decided until the next round or the promotion's end: the backup echoes
+    /// no heartbeat it receives now (see [`Engine::may_echo`]).
+    pub claiming: bool,
+    /// Engine ms of the first round a restarted primary waited for its peer's word.
+    pub alone_since_ms: Option<u64>,
 }
 
 impl WitnessState {
@@ -158,6 +180,9 @@ impl WitnessState {
             reachable: false,
             suppressed: None,
             lost_said: false,
+            backup_since_ms: None,
+            claiming: false,
+            alone_since_ms: None,
         }
     }
 }
@@ -177,14 +202,17 @@ impl Engine {
                 self.holder(now_ms, reachable, epoch_key, lease_until_ms, backed_until_ms, out)
             }
             WitnessReport::Watcher {
-                now_ms: _,
+                now_ms,
                 wall_ms,
                 reachable,
                 leader_present,
                 epoch_key,
                 primary_silent_ms,
                 lag_ms,
-            } => self.watcher(wall_ms, reachable, leader_present, epoch_key, primary_silent_ms, lag_ms, out),
+            } => {
+                let silent_ms = self.silence(now_ms, primary_silent_ms);
+                self.watcher(wall_ms, reachable, leader_present, epoch_key, silent_ms, lag_ms, out)
+            }
             WitnessReport::Claimed { op_id, epoch, lease_until_ms } => {
                 if let Some(w) = &mut self.state.witness {
                     (w.valid_until_ms, w.lease_until_ms) = (lease_until_ms, lease_until_ms);
@@ -202,6 +230,22 @@ impl Engine {
                     self.id.node,
                     self.state.role.name(),
                     self.state.epoch
+                );
+                return out.push(Effect::Reply(Reply::Refused(reason)));
+            }
+            WitnessReport::Raised { op_id, epoch } => {
+                let ours = self.state.epoch;
+                let alone = self.state.role == Role::Primary && self.state.awaiting_peer;
+                if self.pending.is_none() && alone && epoch == ours + 1 {
+                    // The same promotion as `failover --to <it> --force`'s.
+                    self.pending =
+                        Some(super::Pending::PromoteAlone { op_id, epoch: ours, last_lsn: None, by_witness: true });
+                    return out.push(Effect::Run(super::Action::FinishInFlight));
+                }
+                let reason = format!(
+                    "{} raised the witness to epoch {epoch} but is {} at epoch {ours}: not promoting",
+                    self.id.node,
+                    self.state.role.name()
                 );
                 return out.push(Effect::Reply(Reply::Refused(reason)));
             }
@@ -229,7 +273,11 @@ impl Engine {
         if let Some(w) = &mut self.state.witness {
             w.reachable = reachable;
         }
-        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours) {
+        // Our own raise of the epoch key, from a round before (a restart may have come between).
+        let alone = self.state.role == Role::Primary && self.state.awaiting_peer;
+        let me = self.id.node.clone();
+        let raised = move |k: &WitnessEpoch| alone && k.epoch == ours + 1 && k.node == me;
+        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours && !raised(k)) {
             if self.writer() {
                 let reason = format!("the witness shows epoch {} led by {}, ahead of our {ours}", key.epoch, key.node);
                 self.fence(reason, out);
@@ -255,13 +303,34 @@ impl Engine {
         if deadline_changed {
             out.push(Effect::WriteDeadline(Some(valid_until)));
         }
-        // The witness holds our key in our epoch and shows nothing newer: a restarted primary
-        // may take writes without its peer's word (its peer may be gone too).
-        if lease > now_ms && epoch_key.as_ref().is_some_and(|k| k.epoch == ours) && self.state.awaiting_peer {
-            self.state.awaiting_peer = false;
-            out.push(Effect::Note("the witness shows no epoch beyond ours and we hold its leader key".into()));
-        }
+        let decision = self.go_alone(now_ms, lease, epoch_key.as_ref(), &raised);
         self.judge_standing(now_ms, out);
+        decision
+    }
+
+    /// A restarted primary waits for its peer's word; if none comes for a ttl while it holds the
+    /// leader key and the witness shows no newer epoch, it may go on without — but in a new
+    /// epoch: its peer may hold records it shipped before its crash and lost, and a record it
+    /// writes again at such an LSN in the same epoch would be a second truth of one (epoch,
+    /// LSN) (found by the simulation). The epoch key is raised first, under its lease, so that
+    /// the peer cannot claim the same epoch.
+    fn go_alone(
+        &mut self,
+        now_ms: u64,
+        lease: u64,
+        epoch_key: Option<&WitnessEpoch>,
+        raised: &dyn Fn(&WitnessEpoch) -> bool,
+    ) -> WitnessDecision {
+        let ours = self.state.epoch;
+        let waiting = self.state.role == Role::Primary && self.state.awaiting_peer && self.pending.is_none();
+        let Some(w) = self.state.witness.as_mut().filter(|_| waiting && lease > now_ms) else {
+            return WitnessDecision::Nothing;
+        };
+        let since = *w.alone_since_ms.get_or_insert(now_ms);
+        let shows_us = epoch_key.is_some_and(|k| k.epoch == ours || raised(k));
+        if shows_us && now_ms >= since.saturating_add(w.policy.ttl_ms) && w.policy.automatic && !w.paused {
+            return WitnessDecision::PromoteAlone { epoch: ours + 1 };
+        }
         WitnessDecision::Nothing
     }
 
@@ -330,6 +399,36 @@ impl Engine {
         WitnessDecision::Nothing
     }
 
+    /// How long this node has lost its primary: what the agent measured, but no longer than
+    /// it has been a backup.
+    fn silence(&mut self, now_ms: u64, primary_silent_ms: u64) -> u64 {
+        let backup = self.state.role == Role::Backup;
+        let Some(w) = &mut self.state.witness else { return primary_silent_ms };
+        if !backup {
+            w.backup_since_ms = None;
+            return 0;
+        }
+        let since = *w.backup_since_ms.get_or_insert(now_ms);
+        primary_silent_ms.min(now_ms.saturating_sub(since))
+    }
+
+    /// A published role change: whatever the node was, the backup's count starts again.
+    pub(super) fn witness_role_changed(&mut self) {
+        if let Some(w) = &mut self.state.witness {
+            w.backup_since_ms = None;
+            w.claiming = false;
+        }
+    }
+
+    /// Whether a backup may echo a heartbeat it receives now. Its echo promises the primary
+    /// "I heard you at your `p0` and take over no sooner than a ttl after" (the failsafe); a
+    /// backup that has decided to claim the next epoch can keep that promise only for what it
+    /// heard before (found by the simulation: a heartbeat of a link healed during the claim,
+    /// echoed, let the old primary go on writing beside the new one).
+    pub fn may_echo(&self) -> bool {
+        !self.state.witness.as_ref().is_some_and(|w| w.claiming)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn watcher(
         &mut self,
@@ -337,18 +436,21 @@ impl Engine {
         reachable: bool,
         leader_present: bool,
         epoch_key: Option<WitnessEpoch>,
-        primary_silent_ms: u64,
+        silent_ms: u64,
         lag_ms: u64,
         out: &mut Out,
     ) -> WitnessDecision {
+        let promoting = self.pending.is_some();
         let Some(w) = &mut self.state.witness else { return WitnessDecision::Nothing };
         w.reachable = reachable;
+        // A claim decided at the last round was lost by now, unless its promotion runs.
+        w.claiming &= promoting;
         let policy = w.policy;
         let paused = w.paused;
         if self.state.role != Role::Backup || self.pending.is_some() || !reachable {
             return WitnessDecision::Nothing;
         }
-        if leader_present || primary_silent_ms < policy.ttl_ms {
+        if leader_present || silent_ms < policy.ttl_ms {
             // The primary holds its lease, or we heard it within the ttl: nothing to decide.
             if let Some(w) = &mut self.state.witness {
                 w.suppressed = None;
@@ -362,7 +464,7 @@ impl Engine {
         if let Some(reason) = reason {
             self.say_suppressed(
                 format!(
-                    "{} does not take over from {peer} (lease gone, silent {primary_silent_ms} ms): {reason}",
+                    "{} does not take over from {peer} (lease gone, silent {silent_ms} ms): {reason}",
                     self.id.node
                 ),
                 out,
@@ -372,14 +474,17 @@ impl Engine {
         if !policy.automatic {
             self.say_suppressed(
                 format!(
-                    "observe mode: would fail over to {} as primary of epoch {next} ({peer}'s lease is gone and it was silent {primary_silent_ms} ms)",
+                    "observe mode: would fail over to {} as primary of epoch {next} ({peer}'s lease is gone and it was silent {silent_ms} ms)",
                     self.id.node
                 ),
                 out,
             );
             return WitnessDecision::Nothing;
         }
-        WitnessDecision::Claim { epoch: next }
+        if let Some(w) = &mut self.state.witness {
+            w.claiming = true;
+        }
+        WitnessDecision::Claim { epoch: next, silent_ms }
     }
 
     /// Reports a held-back decision once per distinct reason (the text after its last `: `,
