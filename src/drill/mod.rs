@@ -562,7 +562,6 @@ fn parse_json_object(text: &str) -> Option<Value> {
     })
 }
 
-/// The reachable primary of the highest epoch in a status, if any.
 /// Whether a reachable node still holds the record of an unfinished `command` run (status's
 /// `orchestration`).
 fn run_recorded(status: &Value, command: &str) -> bool {
@@ -571,6 +570,7 @@ fn run_recorded(status: &Value, command: &str) -> bool {
         .is_some_and(|nodes| nodes.values().any(|n| n["reachable"] == true && n["orchestration"]["command"] == command))
 }
 
+/// The reachable primary of the highest epoch in a status, if any.
 pub fn primary_of(status: &Value) -> Option<String> {
     status["nodes"]
         .as_object()?

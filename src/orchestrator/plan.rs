@@ -931,12 +931,11 @@ fn promoted_alone(p: &Progress, promoted: &PromoteReply, peer: &str) -> Next {
 }
 
 /// An unfinished orchestration of the pair that may promote a node other than `to`: a
-/// switchover past its demote, or a failover to the other node.
-/// A current switchover or failover that may be promoting the node other than `to` into the
-/// epoch a promotion of `to` (at `epoch`) would claim. Once `to` holds a later epoch than the
-/// one that run began in, it has seen that promotion happen: its own claims the epoch after
-/// (found by `drill --random 59 --witness`: a switchover killed after its promote, b following
-/// the new primary a, then a killed and `failover --to b` refused for good).
+/// switchover past its demote, or a failover to the other node — into the epoch a promotion
+/// of `to` (at `epoch`) would claim. Once `to` holds a later epoch than the one that run began
+/// in, it has seen that promotion happen, and its own claims the epoch after (found by `drill
+/// --random 59 --witness`: a switchover killed after its promote, b following the new primary
+/// a, then a killed and `failover --to b` refused until `--force`).
 fn promoting_elsewhere(view: &PairView, to: &str, epoch: u64) -> Option<Progress> {
     let switchover = view.progress("switchover").ok().flatten().filter(|p| p.step.rank() >= Step::Demote.rank());
     let failover = view.progress("failover").ok().flatten();
