@@ -64,7 +64,7 @@ fn random_witness_schedules_lose_nothing_and_never_have_two_writers() {
             ((first.parse().unwrap()..=last.parse().unwrap()).collect(), steps)
         }
         // Seed 21: a freeze past the ttl, a kill -9 repaired automatically, the primary and the
-        // backup each cut from etcd. The long run over seeds 1..120 (10 episodes) is in
+        // backup each cut from etcd. The long run over seeds 1..140 (10 episodes) is in
         // docs/benchmarks.md ("Random witness drills over many seeds").
         Err(_) => (vec![21], 5),
     };
