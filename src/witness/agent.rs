@@ -226,12 +226,14 @@ impl Agent {
             self.leader = self.held.map(|_| Leader { node: self.node.name().to_string(), epoch: ours });
         }
         let backed = self.backed_until();
+        let followed = self.node.followed_until_ms.load(std::sync::atomic::Ordering::SeqCst);
         let report = WitnessReport::Holder {
             now_ms: self.node.now_ms(),
             reachable,
             epoch_key: epoch.as_ref().map(|(e, _)| e.clone()),
             lease_until_ms: self.held.map(|(_, until)| until),
             backed_until_ms: backed,
+            promised_until_ms: if followed == 0 { 0 } else { followed + self.ttl_ms() },
         };
         match self.step(report) {
             WitnessDecision::Rejoin => self.rejoin().await,
@@ -411,12 +413,22 @@ impl Agent {
             reachable,
             leader_present,
             epoch_key: epoch.as_ref().map(|(e, _)| e.clone()),
-            primary_silent_ms: now.duration_since(self.last_contact).as_millis() as u64,
+            primary_silent_ms: self.silence(now),
             lag_ms: self.lag_ms,
         };
         if let WitnessDecision::Claim { epoch: next, silent_ms } = self.step(report) {
             self.claim(next, epoch.as_ref(), Duration::from_millis(silent_ms)).await;
         }
+    }
+
+    /// How long this node has heard nothing from a primary: since the round that last saw it
+    /// following, or the end of its last session, whichever is later (a heartbeat may arrive
+    /// between the last round and the session's end).
+    fn silence(&self, now: Instant) -> u64 {
+        let since_round = now.duration_since(self.last_contact).as_millis() as u64;
+        let followed = self.node.followed_until_ms.load(std::sync::atomic::Ordering::SeqCst);
+        let since_session = self.node.now_ms().saturating_sub(followed);
+        since_round.min(since_session)
     }
 
     /// Claims epoch `next` in etcd and, if won, promotes as `hotpair failover` does.
