@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::witness::{etcd_tls_or_skip, pair_with_options, role, Writer};
+use common::witness::{etcd_tls_or_skip, pair_with_options, role, witness_table, Writer};
 use common::{Options, BACKUP, DEADLINE, POLL, PRIMARY};
 use hotpair::config::SyncLevel;
 use hotpair::drill::etcd::EtcdCerts;
@@ -126,4 +126,33 @@ fn a_pair_with_an_https_witness_fails_over_by_itself_after_kill_9() {
     // `status` exits non-zero (a is down) but shows b's view of the witness.
     let status = String::from_utf8_lossy(&pair.hotpair(&["status"]).stdout).into_owned();
     assert!(status.contains("witness automatic: reachable, leader b (epoch 2), holds the lease"), "{status}");
+}
+
+#[test]
+fn a_node_whose_witness_ca_is_wrong_says_why_in_status_and_keeps_taking_writes() {
+    let Some(witness) = etcd_tls_or_skip("a_node_whose_witness_ca_is_wrong_says_why_in_status_and_keeps_taking_writes")
+    else {
+        return;
+    };
+    // The pair names another CA than the one that signed etcd's certificate: a setup mistake.
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other = EtcdCerts::make(other_dir.path()).expect("another CA");
+    let table = witness_table(&witness)
+        .replace(&witness.etcd.certs().expect("tls").ca.display().to_string(), &other.ca.display().to_string());
+    assert!(table.contains(&other.ca.display().to_string()), "{table}");
+    let options = Options { append: Some(table), ..Options::default() };
+    let pair = common::Pair::start_with(SyncLevel::Durable, options);
+    // The backup acknowledges the primary, so writes go on (the failsafe) ...
+    let mut redis = pair.redis(PRIMARY);
+    let _: () = redis::Commands::set(&mut redis, "k", "v").expect("a takes writes with its backup");
+    // ... and each node says why it cannot use the witness.
+    for node in [PRIMARY, BACKUP] {
+        let s = pair.wait_for_node(node, "the witness error in status", |s| s["witness"]["error"].is_string());
+        assert_eq!(s["witness"]["reachable"], false, "{s}");
+        let error = s["witness"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("not signed by the CA in [witness] ca"), "{node}: {error}");
+    }
+    let status = String::from_utf8_lossy(&pair.hotpair(&["status"]).stdout).into_owned();
+    assert!(status.contains("UNREACHABLE (no etcd endpoint answered"), "{status}");
+    assert!(status.contains("etcd's certificate is not signed by the CA"), "{status}");
 }
