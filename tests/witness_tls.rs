@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::witness::{etcd_tls_or_skip, pair_with_options, role, witness_table, Writer};
 use common::{Options, BACKUP, DEADLINE, POLL, PRIMARY};
 use hotpair::config::SyncLevel;
-use hotpair::drill::etcd::EtcdCerts;
+use hotpair::drill::etcd::{EtcdCerts, LocalEtcd};
 use hotpair::witness::{Cas, EtcdClient, EtcdError, EtcdTls};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -155,4 +155,32 @@ fn a_node_whose_witness_ca_is_wrong_says_why_in_status_and_keeps_taking_writes()
     let status = String::from_utf8_lossy(&pair.hotpair(&["status"]).stdout).into_owned();
     assert!(status.contains("UNREACHABLE (no etcd endpoint answered"), "{status}");
     assert!(status.contains("etcd's certificate is not signed by the CA"), "{status}");
+}
+
+#[test]
+fn a_server_certificate_without_client_auth_is_named_as_the_cause() {
+    if LocalEtcd::executable().is_none() {
+        eprintln!("SKIPPED a_server_certificate_without_client_auth_is_named_as_the_cause: no etcd executable");
+        return;
+    }
+    // etcd 3.4's JSON gateway presents the server certificate to etcd's own gRPC port: with
+    // --client-cert-auth and no clientAuth in it, every call fails although TLS to etcd works.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = EtcdCerts::make_with(&dir.path().join("tls"), false).expect("certificates");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let etcd = runtime.block_on(LocalEtcd::start_tls_unchecked(dir.path(), certs)).expect("start etcd");
+    let client = client(&etcd.endpoint(), &etcd.client_tls());
+    let deadline = Instant::now() + DEADLINE;
+    let err = loop {
+        // Until etcd's gRPC side is up, calls fail otherwise; then always with HTTP 503.
+        match runtime.block_on(client.get(b"/nothing")) {
+            Err(err @ EtcdError::Status { .. }) => break err,
+            other => assert!(Instant::now() < deadline, "no HTTP error from etcd: {other:?}"),
+        }
+        std::thread::sleep(POLL);
+    };
+    let text = err.to_string();
+    assert!(text.contains(&etcd.endpoint()) && text.contains("HTTP 503"), "{text}");
+    assert!(text.contains("server certificate needs extended key usage clientAuth"), "{text}");
+    eprintln!("server certificate without clientAuth: {text}");
 }

@@ -61,9 +61,16 @@ impl EtcdCerts {
     /// Makes the CA and both certificates in `dir` (created if needed): `ca.pem`, `etcd.pem`,
     /// `etcd.key`, `client.pem`, `client.key`. Each call makes a new CA.
     pub fn make(dir: &Path) -> Result<EtcdCerts, DrillError> {
+        Self::make_with(dir, true)
+    }
+
+    /// As [`EtcdCerts::make`]; `server_client_auth: false` leaves `clientAuth` out of the server
+    /// certificate, the mistake that breaks etcd's JSON gateway under `--client-cert-auth`.
+    pub fn make_with(dir: &Path, server_client_auth: bool) -> Result<EtcdCerts, DrillError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| DrillError::Io { context: format!("creating {}", dir.display()), source })?;
-        let made = make_certs().map_err(|e| DrillError::Setup(format!("making etcd's test certificates: {e}")))?;
+        let made = make_certs(server_client_auth)
+            .map_err(|e| DrillError::Setup(format!("making etcd's test certificates: {e}")))?;
         let certs = EtcdCerts {
             ca: dir.join("ca.pem"),
             server_cert: dir.join("etcd.pem"),
@@ -92,7 +99,7 @@ struct MadeCerts {
     client: (String, String),
 }
 
-fn make_certs() -> Result<MadeCerts, rcgen::Error> {
+fn make_certs(server_client_auth: bool) -> Result<MadeCerts, rcgen::Error> {
     use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyPair};
     let today = crate::admin::init::days_since_epoch();
     let ca_key = KeyPair::generate()?;
@@ -111,7 +118,8 @@ fn make_certs() -> Result<MadeCerts, rcgen::Error> {
         let cert = params.signed_by(&key, &ca, &ca_key)?;
         Ok((cert.pem(), key.serialize_pem()))
     };
-    let server = leaf(vec!["127.0.0.1".into(), "localhost".into()], vec![Eku::ServerAuth, Eku::ClientAuth])?;
+    let server_usages = if server_client_auth { vec![Eku::ServerAuth, Eku::ClientAuth] } else { vec![Eku::ServerAuth] };
+    let server = leaf(vec!["127.0.0.1".into(), "localhost".into()], server_usages)?;
     let client = leaf(vec!["hotpair-witness-client".into()], vec![Eku::ClientAuth])?;
     Ok(MadeCerts { ca: ca.pem(), server, client })
 }
@@ -147,7 +155,23 @@ impl LocalEtcd {
         Self::start_with(dir, Some(certs)).await
     }
 
+    /// Starts etcd serving https with `certs` and returns once it listens, without waiting for
+    /// it to answer: for certificates it may not be able to answer with.
+    pub async fn start_tls_unchecked(dir: &Path, certs: EtcdCerts) -> Result<LocalEtcd, DrillError> {
+        let mut etcd = Self::prepare(dir, Some(certs))?;
+        etcd.spawn()?;
+        etcd.wait_listening().await?;
+        Ok(etcd)
+    }
+
     async fn start_with(dir: &Path, certs: Option<EtcdCerts>) -> Result<LocalEtcd, DrillError> {
+        let mut etcd = Self::prepare(dir, certs)?;
+        etcd.spawn()?;
+        etcd.wait_ready().await?;
+        Ok(etcd)
+    }
+
+    fn prepare(dir: &Path, certs: Option<EtcdCerts>) -> Result<LocalEtcd, DrillError> {
         let exe = Self::executable().ok_or_else(|| {
             DrillError::Setup(format!(
                 "no etcd executable: install Debian's `etcd-server` package or set {ETCD_ENV} to the etcd binary"
@@ -156,10 +180,7 @@ impl LocalEtcd {
         std::fs::create_dir_all(dir)
             .map_err(|source| DrillError::Io { context: format!("creating {}", dir.display()), source })?;
         let client_port = super::pair::free_control_port()?;
-        let mut etcd = LocalEtcd { exe, dir: dir.to_path_buf(), client_port, child: None, frozen: false, certs };
-        etcd.spawn()?;
-        etcd.wait_ready().await?;
-        Ok(etcd)
+        Ok(LocalEtcd { exe, dir: dir.to_path_buf(), client_port, child: None, frozen: false, certs })
     }
 
     /// The client URL, as a `[witness] etcd` entry takes it.
@@ -261,6 +282,35 @@ impl LocalEtcd {
         Ok(())
     }
 
+    /// Waits until the client port accepts connections.
+    async fn wait_listening(&mut self) -> Result<(), DrillError> {
+        let deadline = Instant::now() + START_DEADLINE;
+        while tokio::net::TcpStream::connect(self.client_address()).await.is_err() {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(DrillError::Setup(format!(
+                    "etcd did not listen within {START_DEADLINE:?}; see {}",
+                    self.dir.join("etcd.log").display()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    fn check_alive(&mut self) -> Result<(), DrillError> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(DrillError::Setup(format!(
+                    "etcd exited at start ({status}); see {}",
+                    self.dir.join("etcd.log").display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn wait_ready(&mut self) -> Result<(), DrillError> {
         let client = EtcdClient::new(&[self.endpoint()], &self.client_tls(), Duration::from_millis(500))
             .map_err(|e| DrillError::Setup(e.to_string()))?;
@@ -269,15 +319,7 @@ impl LocalEtcd {
             if client.get(b"/hotpair-drill-ready").await.is_ok() {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(DrillError::Setup(format!(
-                        "etcd exited at start ({status}); see {}",
-                        self.dir.join("etcd.log").display()
-                    )));
-                }
-            }
+            self.check_alive()?;
             if Instant::now() > deadline {
                 return Err(DrillError::Setup(format!(
                     "etcd did not answer within {START_DEADLINE:?}; see {}",

@@ -60,8 +60,8 @@ pub enum EtcdError {
     Tls(String),
     #[error("no etcd endpoint answered within {timeout:?} ({detail})")]
     Unreachable { timeout: Duration, detail: String },
-    #[error("etcd at {endpoint} answered {path} with HTTP {status}: {body}")]
-    Status { endpoint: String, path: &'static str, status: u16, body: String },
+    #[error("etcd at {endpoint} answered {path} with HTTP {status}: {body}{hint}")]
+    Status { endpoint: String, path: &'static str, status: u16, body: String, hint: &'static str },
     #[error("etcd at {endpoint} answered {path} with a reply that does not parse: {reason}")]
     Malformed { endpoint: String, path: &'static str, reason: String },
 }
@@ -281,11 +281,14 @@ impl EtcdClient {
                     return Ok((endpoint.url.clone(), reply));
                 }
                 Ok(Ok((status, reply))) => {
+                    let body: String = String::from_utf8_lossy(&reply).chars().take(300).collect();
+                    let hint = status_hint(endpoint, status, &body);
                     return Err(EtcdError::Status {
                         endpoint: endpoint.url.clone(),
                         path,
                         status: status.as_u16(),
-                        body: String::from_utf8_lossy(&reply).chars().take(300).collect(),
+                        body,
+                        hint,
                     });
                 }
                 Ok(Err(reason)) => failures.push(format!("{}: {reason}", endpoint.url)),
@@ -356,6 +359,19 @@ impl EtcdClient {
         } else {
             format!("TLS: {detail} ({tls_error})")
         }
+    }
+}
+
+/// What an https etcd's 503 "connection closed" means: its JSON gateway could not reach its own
+/// gRPC server. With `--client-cert-auth` the gateway presents etcd's server certificate as its
+/// client certificate, which etcd refuses unless it also has extended key usage `clientAuth`
+/// (etcd 3.4's log: "certificate specifies an incompatible key usage").
+fn status_hint(endpoint: &Endpoint, status: StatusCode, body: &str) -> &'static str {
+    if endpoint.https && status == StatusCode::SERVICE_UNAVAILABLE && body.contains("connection closed") {
+        " (etcd's JSON gateway could not reach etcd itself: with --client-cert-auth, etcd's server \
+         certificate needs extended key usage clientAuth as well as serverAuth)"
+    } else {
+        ""
     }
 }
 
