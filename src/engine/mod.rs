@@ -1031,6 +1031,7 @@ impl Engine {
         if self.published != Some(self.state.role) {
             self.published = Some(self.state.role);
             self.state.generation += 1;
+            self.witness_role_changed();
             out.push(Effect::Publish(self.state.role));
         }
         if changed && gate == Gate::Open {

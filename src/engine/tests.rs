@@ -191,6 +191,18 @@ fn witnessed(node: &str, role: Role, last_lsn: Lsn, policy: WitnessPolicy) -> En
     engine.set_witness(Some(policy));
     let persisted = Persisted { role, epoch: 1, history: history(&[(1, 1, "a")]), promotion: None, rejoined: None };
     engine.step(Event::Restarted(Recovered { persisted, last_lsn, met_peer: last_lsn > 0 }));
+    if role == Role::Backup {
+        // Its first round as a backup: the silence a takeover needs counts from here.
+        engine.step(Event::Witness(WitnessReport::Watcher {
+            now_ms: 0,
+            wall_ms: 0,
+            reachable: true,
+            leader_present: true,
+            epoch_key: None,
+            primary_silent_ms: 0,
+            lag_ms: 0,
+        }));
+    }
     engine
 }
 
@@ -209,8 +221,12 @@ fn holder(now_ms: u64, epoch_key: Option<WitnessEpoch>, lease: Option<u64>, back
 }
 
 fn watcher(leader_present: bool, silent: u64, lag: u64, epoch_key: Option<WitnessEpoch>) -> Event {
+    watcher_at(10_000, leader_present, silent, lag, epoch_key)
+}
+
+fn watcher_at(now_ms: u64, leader_present: bool, silent: u64, lag: u64, epoch_key: Option<WitnessEpoch>) -> Event {
     Event::Witness(WitnessReport::Watcher {
-        now_ms: 10_000,
+        now_ms,
         wall_ms: 1_000_000,
         reachable: true,
         leader_present,
@@ -314,7 +330,10 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
     b.step(Event::Witness(WitnessReport::Paused(true)));
     assert_eq!(decision(&b.step(watcher(false, 3000, 0, seen.clone()))), Some(&WitnessDecision::Nothing), "paused");
     b.step(Event::Witness(WitnessReport::Paused(false)));
-    assert_eq!(decision(&b.step(watcher(false, 3000, 0, seen.clone()))), Some(&WitnessDecision::Claim { epoch: 2 }));
+    assert_eq!(
+        decision(&b.step(watcher(false, 3000, 0, seen.clone()))),
+        Some(&WitnessDecision::Claim { epoch: 2, silent_ms: 3000 })
+    );
     // The claim won: the same promotion as `hotpair failover`'s.
     let op_id = Uuid::from_u128(9);
     let effects = b.step(Event::Witness(WitnessReport::Claimed { op_id, epoch: 2, lease_until_ms: 12_000 }));
@@ -332,4 +351,26 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
     let effects = b.step(watcher(false, 3000, 0, seen));
     assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing));
     assert!(incident(&effects, Alarm::WouldAct), "{effects:?}");
+}
+
+#[test]
+fn a_backup_counts_the_silence_a_takeover_needs_from_when_it_became_one() {
+    // A node that led for long, then became a backup (a switchover, a rejoin), last heard "a
+    // primary" long ago: that is no lost primary. Its count starts at its first round as backup.
+    let seen = key(1, "a", 0, false);
+    let mut b = witnessed("b", Role::Primary, 10, POLICY);
+    b.step(holder(100, seen.clone(), Some(2500), None));
+    let op_id = Uuid::from_u128(3);
+    b.step(Event::Admin(Primitive::Drain { op_id, epoch: 1, lease_ms: 5000, now_ms: 200 }));
+    b.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::storage::digest::Digest(7) }));
+    assert_eq!(b.step(Event::Admin(Primitive::Demote { op_id, epoch: 1 })), vec![Effect::Run(Action::StopPipeline)]);
+    b.step(Event::Done(Outcome::PipelineStopped));
+    assert_eq!(b.state().role, Role::Backup);
+    let decide = |b: &mut Engine, now: u64| decision(&b.step(watcher_at(now, false, 60_000, 0, seen.clone()))).cloned();
+    assert_eq!(decide(&mut b, 50_000), Some(WitnessDecision::Nothing), "just became a backup");
+    assert_eq!(decide(&mut b, 52_999), Some(WitnessDecision::Nothing), "a backup for less than the ttl");
+    assert_eq!(decide(&mut b, 53_000), Some(WitnessDecision::Claim { epoch: 2, silent_ms: 3000 }));
+    // Heard within the ttl: the agent's own count still rules.
+    let effects = b.step(watcher_at(60_000, false, 2999, 0, seen));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "{effects:?}");
 }

@@ -16,7 +16,10 @@
 //!   ([`super::Effect::WriteDeadline`]), so a process resumed after a freeze acknowledges
 //!   nothing of the old epoch even before the next tick.
 //! - A backup asks to take over only when all hold: the leader key is gone, it has heard
-//!   nothing from the primary for at least the ttl, its lag is within `max_lag`, the last
+//!   nothing from the primary for at least the ttl *and has been a backup for at least the ttl*
+//!   (a node demoted a moment ago by a switchover or a rejoin has lost no primary, however long
+//!   ago it last heard one: counting from then would let it claim the next epoch in the gap
+//!   between the old holder's release and the new primary's claim), its lag is within `max_lag`, the last
 //!   automatic failover is `min_interval` old, the witness shows no epoch beyond ours, and no
 //!   pause. Each unmet condition is reported once as `failover-suppressed`, with the reason.
 //! - A witness epoch above ours fences a writer before anything else, as a peer's would.
@@ -122,6 +125,8 @@ pub enum WitnessDecision {
     /// wins, report [`WitnessReport::Claimed`].
     Claim {
         epoch: Epoch,
+        /// The silence that allowed it: the shorter of the primary's and the time as a backup.
+        silent_ms: u64,
     },
     /// Rejoin behind the peer as `hotpair rejoin` does.
     Rejoin,
@@ -144,6 +149,13 @@ pub struct WitnessState {
     pub suppressed: Option<String>,
     /// Whether the last lease-less stretch was said (`witness-lost`).
     pub lost_said: bool,
+    /// Engine ms of the first round this node watched as a backup since it last became one
+    /// (`None` while it is anything else): the silence a takeover needs counts from then at
+    /// the earliest.
+    pub backup_since_ms: Option<u64>,
+    /// From a claim decided until the next round or the promotion's end: the backup echoes
+    /// no heartbeat it receives now (see [`Engine::may_echo`]).
+    pub claiming: bool,
 }
 
 impl WitnessState {
@@ -158,6 +170,8 @@ impl WitnessState {
             reachable: false,
             suppressed: None,
             lost_said: false,
+            backup_since_ms: None,
+            claiming: false,
         }
     }
 }
@@ -177,14 +191,17 @@ impl Engine {
                 self.holder(now_ms, reachable, epoch_key, lease_until_ms, backed_until_ms, out)
             }
             WitnessReport::Watcher {
-                now_ms: _,
+                now_ms,
                 wall_ms,
                 reachable,
                 leader_present,
                 epoch_key,
                 primary_silent_ms,
                 lag_ms,
-            } => self.watcher(wall_ms, reachable, leader_present, epoch_key, primary_silent_ms, lag_ms, out),
+            } => {
+                let silent_ms = self.silence(now_ms, primary_silent_ms);
+                self.watcher(wall_ms, reachable, leader_present, epoch_key, silent_ms, lag_ms, out)
+            }
             WitnessReport::Claimed { op_id, epoch, lease_until_ms } => {
                 if let Some(w) = &mut self.state.witness {
                     (w.valid_until_ms, w.lease_until_ms) = (lease_until_ms, lease_until_ms);
@@ -330,6 +347,36 @@ impl Engine {
         WitnessDecision::Nothing
     }
 
+    /// How long this node has lost its primary: what the agent measured, but no longer than
+    /// it has been a backup.
+    fn silence(&mut self, now_ms: u64, primary_silent_ms: u64) -> u64 {
+        let backup = self.state.role == Role::Backup;
+        let Some(w) = &mut self.state.witness else { return primary_silent_ms };
+        if !backup {
+            w.backup_since_ms = None;
+            return 0;
+        }
+        let since = *w.backup_since_ms.get_or_insert(now_ms);
+        primary_silent_ms.min(now_ms.saturating_sub(since))
+    }
+
+    /// A published role change: whatever the node was, the backup's count starts again.
+    pub(super) fn witness_role_changed(&mut self) {
+        if let Some(w) = &mut self.state.witness {
+            w.backup_since_ms = None;
+            w.claiming = false;
+        }
+    }
+
+    /// Whether a backup may echo a heartbeat it receives now. Its echo promises the primary
+    /// "I heard you at your `p0` and take over no sooner than a ttl after" (the failsafe); a
+    /// backup that has decided to claim the next epoch can keep that promise only for what it
+    /// heard before (found by the simulation: a heartbeat of a link healed during the claim,
+    /// echoed, let the old primary go on writing beside the new one).
+    pub fn may_echo(&self) -> bool {
+        !self.state.witness.as_ref().is_some_and(|w| w.claiming)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn watcher(
         &mut self,
@@ -337,18 +384,21 @@ impl Engine {
         reachable: bool,
         leader_present: bool,
         epoch_key: Option<WitnessEpoch>,
-        primary_silent_ms: u64,
+        silent_ms: u64,
         lag_ms: u64,
         out: &mut Out,
     ) -> WitnessDecision {
+        let promoting = self.pending.is_some();
         let Some(w) = &mut self.state.witness else { return WitnessDecision::Nothing };
         w.reachable = reachable;
+        // A claim decided at the last round was lost by now, unless its promotion runs.
+        w.claiming &= promoting;
         let policy = w.policy;
         let paused = w.paused;
         if self.state.role != Role::Backup || self.pending.is_some() || !reachable {
             return WitnessDecision::Nothing;
         }
-        if leader_present || primary_silent_ms < policy.ttl_ms {
+        if leader_present || silent_ms < policy.ttl_ms {
             // The primary holds its lease, or we heard it within the ttl: nothing to decide.
             if let Some(w) = &mut self.state.witness {
                 w.suppressed = None;
@@ -362,7 +412,7 @@ impl Engine {
         if let Some(reason) = reason {
             self.say_suppressed(
                 format!(
-                    "{} does not take over from {peer} (lease gone, silent {primary_silent_ms} ms): {reason}",
+                    "{} does not take over from {peer} (lease gone, silent {silent_ms} ms): {reason}",
                     self.id.node
                 ),
                 out,
@@ -372,14 +422,17 @@ impl Engine {
         if !policy.automatic {
             self.say_suppressed(
                 format!(
-                    "observe mode: would fail over to {} as primary of epoch {next} ({peer}'s lease is gone and it was silent {primary_silent_ms} ms)",
+                    "observe mode: would fail over to {} as primary of epoch {next} ({peer}'s lease is gone and it was silent {silent_ms} ms)",
                     self.id.node
                 ),
                 out,
             );
             return WitnessDecision::Nothing;
         }
-        WitnessDecision::Claim { epoch: next }
+        if let Some(w) = &mut self.state.witness {
+            w.claiming = true;
+        }
+        WitnessDecision::Claim { epoch: next, silent_ms }
     }
 
     /// Reports a held-back decision once per distinct reason (the text after its last `: `,

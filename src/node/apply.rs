@@ -46,6 +46,11 @@ impl Node {
         lock(&self.engine).state().clone()
     }
 
+    /// Whether the follower may echo a heartbeat it receives now (`Engine::may_echo`).
+    pub(crate) fn may_echo(&self) -> bool {
+        lock(&self.engine).may_echo()
+    }
+
     /// A replication session with the peer began (`true`) or ended.
     pub(crate) fn note_peer_link(&self, up: bool) {
         let event = if up { Event::PeerBack } else { Event::PeerLost };

@@ -330,6 +330,10 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
                 primary: node.peer.clone(),
                 heartbeat: node.heartbeat.subscribe(),
                 ack_every_receipt: node.pair().sync == crate::config::SyncLevel::Received,
+                may_echo: {
+                    let node = node.clone();
+                    Arc::new(move || node.may_echo())
+                },
             };
             let stop = stop_when_not_following(node, role);
             node.following.send_replace(true);

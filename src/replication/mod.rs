@@ -486,6 +486,9 @@ pub struct FollowContext {
     /// heartbeat tick: at `durable` an ack per receipt woke every waiting committer on the
     /// primary for nothing, half the acks of every batch.
     pub ack_every_receipt: bool,
+    /// Whether a heartbeat received now may be echoed (`engine::Engine::may_echo`: not once
+    /// the witness agent has decided to claim the next epoch).
+    pub may_echo: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// The primary's last LSN as a batch told it: what a failover's estimate of the transactions
@@ -593,7 +596,9 @@ where
                 },
                 Some(Ok(Some(Frame::Message(envelope)))) => match envelope.message {
                     Message::Heartbeat { seq, last_lsn, head_lsn, time_ms, .. } => {
-                        echo_ms = echo_ms.max(time_ms);
+                        if (ctx.may_echo)() {
+                            echo_ms = echo_ms.max(time_ms);
+                        }
                         let gap = heartbeats.observe(seq);
                         if gap > 0 {
                             tracing::warn!(gap, "heartbeats from the primary went missing");

@@ -73,9 +73,16 @@ pub struct Leader {
     pub epoch: u64,
 }
 
-/// The safe end (engine ms) of a lease of `ttl_ms` counted from `sent_ms`.
+/// The safe end (engine ms, this node's clock) of a lease of `ttl_ms` counted from `sent_ms`.
+///
+/// Whoever may act when it ends (etcd dropping the key, the backup counting its silence) counts
+/// `ttl` on a clock that may run fast by ρ: no sooner than `ttl/(1+ρ)` real time. Our clock
+/// may run slow by ρ: `x` of it may take `x/(1-ρ)` real time. So `x = ttl·(1-ρ)/(1+ρ)`, less
+/// the margin. (`ttl/(1+ρ)` alone, as this was until 2026-12-07, overran by up to
+/// `ttl·ρ/(1+ρ)`: more than the margin past a 20 s ttl, when this clock runs slow and etcd's
+/// fast.)
 pub fn safe_end(sent_ms: u64, ttl_ms: u64) -> u64 {
-    (sent_ms + ttl_ms * 100 / (100 + DRIFT_PERCENT)).saturating_sub(MARGIN_MS)
+    (sent_ms + ttl_ms * (100 - DRIFT_PERCENT) / (100 + DRIFT_PERCENT)).saturating_sub(MARGIN_MS)
 }
 
 struct Agent {
@@ -91,8 +98,8 @@ struct Agent {
     /// The lease we hold (id) and its safe end.
     held: Option<(i64, u64)>,
     last_renew: Option<Instant>,
-    /// When this node last heard a primary — or was not a backup: a node demoted a moment ago
-    /// (a switchover, a rejoin) has not lost any primary, whatever it did before.
+    /// When this node last heard a primary (or started). The engine counts the silence a
+    /// takeover needs from when the node became a backup at the earliest.
     last_contact: Instant,
     lag_ms: u64,
     last_rejoin: Option<Instant>,
@@ -153,12 +160,7 @@ impl Agent {
                 self.step(WitnessReport::Paused(self.paused));
             }
         }
-        let role = self.node.role();
-        if role != Role::Backup {
-            // The silence a takeover needs is counted from when this node became a backup.
-            self.last_contact = Instant::now();
-        }
-        match role {
+        match self.node.role() {
             Role::Primary | Role::Draining => self.hold().await,
             Role::Backup => {
                 self.release().await;
@@ -390,9 +392,8 @@ impl Agent {
             primary_silent_ms: now.duration_since(self.last_contact).as_millis() as u64,
             lag_ms: self.lag_ms,
         };
-        if let WitnessDecision::Claim { epoch: next } = self.step(report) {
-            let silent = self.last_contact.elapsed();
-            self.claim(next, epoch.as_ref(), silent).await;
+        if let WitnessDecision::Claim { epoch: next, silent_ms } = self.step(report) {
+            self.claim(next, epoch.as_ref(), Duration::from_millis(silent_ms)).await;
         }
     }
 
@@ -507,5 +508,23 @@ impl Agent {
             "suppressed": witness.and_then(|w| w.suppressed.clone()),
         });
         *self.node.witness_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_safe_end_comes_before_anyone_else_may_act_whatever_the_drift() {
+        let rho = DRIFT_PERCENT as f64 / 100.0;
+        for ttl_s in 2..=60 {
+            let ttl = ttl_s * 1000;
+            // Our clock slow: the real time until our end. Theirs fast: the earliest real
+            // time at which etcd drops the key or the backup's ttl of silence is over.
+            let ours = safe_end(0, ttl) as f64 / (1.0 - rho);
+            let theirs = ttl as f64 / (1.0 + rho);
+            assert!(ours + MARGIN_MS as f64 / (1.0 - rho) <= theirs + 1.0, "ttl {ttl_s} s: {ours} ms vs {theirs} ms");
+        }
     }
 }
