@@ -362,12 +362,14 @@ impl EtcdClient {
     }
 }
 
-/// What an https etcd's 503 "connection closed" means: its JSON gateway could not reach its own
-/// gRPC server. With `--client-cert-auth` the gateway presents etcd's server certificate as its
+/// What an https etcd's 503 "connection closed" (or "transport: …", the same refusal seen at
+/// another moment of the gateway's dial) means: its JSON gateway could not reach its own gRPC
+/// server. With `--client-cert-auth` the gateway presents etcd's server certificate as its
 /// client certificate, which etcd refuses unless it also has extended key usage `clientAuth`
 /// (etcd 3.4's log: "certificate specifies an incompatible key usage").
 fn status_hint(endpoint: &Endpoint, status: StatusCode, body: &str) -> &'static str {
-    if endpoint.https && status == StatusCode::SERVICE_UNAVAILABLE && body.contains("connection closed") {
+    let gateway_cut = body.contains("connection closed") || body.contains("transport:");
+    if endpoint.https && status == StatusCode::SERVICE_UNAVAILABLE && gateway_cut {
         " (etcd's JSON gateway could not reach etcd itself: with --client-cert-auth, etcd's server \
          certificate needs extended key usage clientAuth as well as serverAuth)"
     } else {
