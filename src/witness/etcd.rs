@@ -48,6 +48,8 @@ use tokio::net::TcpStream;
 
 /// Largest reply body read from etcd: the witness reads one small key at a time.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// How long a failed call waits for its connection's own error, which names the cause.
+const CONNECTION_ERROR_WAIT: Duration = Duration::from_millis(100);
 
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -416,14 +418,21 @@ where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-    let driver = tokio::spawn(connection);
-    let result = async {
+    let mut driver = tokio::spawn(connection);
+    let result: Result<_, BoxError> = async {
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_REPLY_BYTES).collect().await?.to_bytes();
         Ok((status, body))
     }
     .await;
+    if result.is_err() {
+        // A connection that failed says why itself (a TLS alert from etcd, say); the request's
+        // own error is then only "canceled" or "connection closed". It has ended, or ends soon.
+        if let Ok(Ok(Err(connection_error))) = tokio::time::timeout(CONNECTION_ERROR_WAIT, &mut driver).await {
+            return Err(connection_error.into());
+        }
+    }
     driver.abort();
     result
 }
