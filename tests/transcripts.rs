@@ -257,7 +257,7 @@ fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
 /// - `peer-acked`, `peer-lost`, `peer-back`, `tick now=`
 /// - the witness (after `witness ttl= [observe] [max-lag=] [min-interval=]`):
 ///   `holder now= [key-epoch= key-node= [key-auto-at=]] [lease=] [backed=] [unreachable]`,
-///   `watcher silent= [leader] [lag=] [wall=] [key-…]`, `claimed op= epoch= lease=`, `paused`, `resumed`
+///   `watcher [now=] silent= [leader] [lag=] [wall=] [key-…]`, `claimed op= epoch= lease=`, `raised op= epoch=`, `paused`, `resumed`
 fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
     let (verb, rest) = tokens.split_first().ok_or("no event")?;
     let args = Args::parse(rest);
@@ -375,6 +375,7 @@ fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
             epoch: args.number("epoch")?,
             lease_until_ms: args.number("lease")?,
         }),
+        "raised" => Event::Witness(WitnessReport::Raised { op_id: args.id("op")?, epoch: args.number("epoch")? }),
         "paused" => Event::Witness(WitnessReport::Paused(true)),
         "resumed" => Event::Witness(WitnessReport::Paused(false)),
         other => return Err(format!("unknown event {other}")),

@@ -114,6 +114,8 @@ enum Pending {
         op_id: Uuid,
         epoch: Epoch,
         last_lsn: Option<Lsn>,
+        /// Asked by the witness agent (its peer silent for a ttl), not by `failover --force`.
+        by_witness: bool,
     },
     Rejoin {
         request: RejoinRequest,
@@ -375,7 +377,7 @@ impl Engine {
         if self.state.role == Role::Primary && self.state.awaiting_peer {
             // `failover --to <it> --force`: its peer, the only one who could say it was not
             // promoted past us, is gone for good (the admin's word). Sent only with --force.
-            self.pending = Some(Pending::PromoteAlone { op_id, epoch, last_lsn: None });
+            self.pending = Some(Pending::PromoteAlone { op_id, epoch, last_lsn: None, by_witness: false });
             return out.push(Effect::Run(Action::FinishInFlight));
         }
         if self.state.role != Role::Backup {
@@ -412,8 +414,8 @@ impl Engine {
             Pending::Promote { op_id, epoch, expect_lsn, stopped } => {
                 self.promoting(op_id, epoch, expect_lsn, stopped, outcome, out)
             }
-            Pending::PromoteAlone { op_id, epoch, last_lsn } => {
-                self.promoting_alone(op_id, epoch, last_lsn, outcome, out)
+            Pending::PromoteAlone { op_id, epoch, last_lsn, by_witness } => {
+                self.promoting_alone(op_id, epoch, last_lsn, by_witness, outcome, out)
             }
             Pending::Rejoin { request, primary_last, stage } => {
                 self.rejoining(request, primary_last, stage, outcome, out)
@@ -535,7 +537,15 @@ impl Engine {
     /// (nothing to replay, nothing unconfirmed to apply), the new epoch starts after its last
     /// LSN. Whatever the lost peer held past that (records shipped before our fsync and lost
     /// in the crash, none acknowledged to a client) diverges: its rejoin sets them aside.
-    fn promoting_alone(&mut self, op_id: Uuid, epoch: Epoch, last_lsn: Option<Lsn>, outcome: Outcome, out: &mut Out) {
+    fn promoting_alone(
+        &mut self,
+        op_id: Uuid,
+        epoch: Epoch,
+        last_lsn: Option<Lsn>,
+        by_witness: bool,
+        outcome: Outcome,
+        out: &mut Out,
+    ) {
         let still = self.state.role == Role::Primary && self.state.awaiting_peer && self.state.epoch == epoch;
         match (outcome, last_lsn) {
             (_, _) if !still => {
@@ -548,7 +558,7 @@ impl Engine {
                 refuse(out, reason)
             }
             (Outcome::InFlightFinished { lsn, .. }, None) => {
-                self.pending = Some(Pending::PromoteAlone { op_id, epoch, last_lsn: Some(lsn) });
+                self.pending = Some(Pending::PromoteAlone { op_id, epoch, last_lsn: Some(lsn), by_witness });
                 out.push(Effect::Run(Action::StopPipeline));
             }
             (Outcome::PipelineStopped, Some(last)) => {
@@ -565,8 +575,13 @@ impl Engine {
                     Effect::ForgetPeerAcks,
                 ];
                 self.commit(out, between);
+                let why = if by_witness {
+                    format!("{} did not answer for a ttl; the witness showed no newer epoch", self.id.peer)
+                } else {
+                    "failover --force".to_string()
+                };
                 let message = format!(
-                    "{} promoted itself to epoch {new_epoch} from LSN {first_lsn} without {} (failover --force): records {} may hold past LSN {last} are not here; rejoin it when it is back",
+                    "{} promoted itself to epoch {new_epoch} from LSN {first_lsn} without {} ({why}): records {} may hold past LSN {last} are not here; rejoin it when it is back",
                     self.id.node, self.id.peer, self.id.peer
                 );
                 out.push(Effect::Incident { kind: Alarm::ForcedPromotion, message });

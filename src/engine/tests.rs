@@ -301,11 +301,39 @@ fn a_newer_witness_epoch_fences_a_primary_first_and_asks_for_a_rejoin() {
 }
 
 #[test]
-fn a_restarted_primary_holding_the_key_in_its_epoch_takes_writes_without_its_peer() {
+fn a_restarted_primary_whose_peer_stays_silent_goes_on_alone_in_a_new_epoch() {
     let mut a = witnessed("a", Role::Primary, 10, POLICY);
     assert!(a.state().awaiting_peer);
+    // Holding the key is not enough at once: its peer may answer (a restart for an upgrade).
     let effects = a.step(holder(100, key(1, "a", 0, false), Some(2500), None));
-    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing));
+    assert!(matches!(a.state().gate, Gate::Refusing(_)), "{effects:?}");
+    let effects = a.step(holder(3099, key(1, "a", 0, false), Some(5500), None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "not a ttl yet");
+    // A ttl of silence: raise the witness's epoch key, then start epoch 2 after LSN 10 — its
+    // peer's records past 10, if any, are of epoch 1 and set aside at its rejoin.
+    let effects = a.step(holder(3100, key(1, "a", 0, false), Some(5500), None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::PromoteAlone { epoch: 2 }));
+    // A restart between the raise and the promotion: the raised key is ours, not a fence.
+    let mut again = witnessed("a", Role::Primary, 10, POLICY);
+    let effects = again.step(holder(100, key(2, "a", 0, false), Some(2500), None));
+    assert_eq!(again.state().role, Role::Primary, "{effects:?}");
+    let effects = again.step(holder(3100, key(2, "a", 0, false), Some(5500), None));
+    assert_eq!(decision(&effects), Some(&WitnessDecision::PromoteAlone { epoch: 2 }));
+    // The promotion, as `failover --force`'s.
+    let op_id = Uuid::from_u128(4);
+    let effects = a.step(Event::Witness(WitnessReport::Raised { op_id, epoch: 2 }));
+    assert_eq!(effects, vec![Effect::Run(Action::FinishInFlight)]);
+    a.step(Event::Done(Outcome::InFlightFinished { lsn: 10, digest: crate::storage::digest::Digest(7) }));
+    let effects = a.step(Event::Done(Outcome::PipelineStopped));
+    assert_ordered(&effects);
+    assert!(incident(&effects, Alarm::ForcedPromotion), "{effects:?}");
+    assert_eq!((a.state().epoch, a.state().gate.clone()), (2, Gate::Open), "{effects:?}");
+    assert_eq!(a.state().history.last().map(|h| h.first_lsn), Some(11));
+    // Someone else's newer epoch still fences.
+    let mut b_ahead = witnessed("a", Role::Primary, 10, POLICY);
+    b_ahead.step(holder(100, key(2, "b", 0, true), None, None));
+    assert_eq!(b_ahead.state().role, Role::Fenced);
 }
 
 #[test]

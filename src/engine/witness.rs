@@ -80,6 +80,9 @@ pub enum WitnessReport {
     },
     /// The backup won its claim of `epoch` in etcd, holding the leader key until `lease_until_ms`.
     Claimed { op_id: Uuid, epoch: Epoch, lease_until_ms: u64 },
+    /// A restarted primary whose peer stays silent raised the witness's epoch key to `epoch`
+    /// (ours + 1) under its lease: it starts that epoch alone.
+    Raised { op_id: Uuid, epoch: Epoch },
     /// `hotpair witness pause|resume`.
     Paused(bool),
 }
@@ -130,6 +133,11 @@ pub enum WitnessDecision {
     },
     /// Rejoin behind the peer as `hotpair rejoin` does.
     Rejoin,
+    /// Raise the witness's epoch key to `epoch` (ours + 1) under our lease, then report
+    /// [`WitnessReport::Raised`]: a restarted primary goes on alone, in a new epoch.
+    PromoteAlone {
+        epoch: Epoch,
+    },
 }
 
 /// What the engine keeps of the witness.
@@ -156,6 +164,8 @@ pub struct WitnessState {
     /// From a claim decided until the next round or the promotion's end: the backup echoes
     /// no heartbeat it receives now (see [`Engine::may_echo`]).
     pub claiming: bool,
+    /// Engine ms of the first round a restarted primary waited for its peer's word.
+    pub alone_since_ms: Option<u64>,
 }
 
 impl WitnessState {
@@ -172,6 +182,7 @@ impl WitnessState {
             lost_said: false,
             backup_since_ms: None,
             claiming: false,
+            alone_since_ms: None,
         }
     }
 }
@@ -222,6 +233,22 @@ impl Engine {
                 );
                 return out.push(Effect::Reply(Reply::Refused(reason)));
             }
+            WitnessReport::Raised { op_id, epoch } => {
+                let ours = self.state.epoch;
+                let alone = self.state.role == Role::Primary && self.state.awaiting_peer;
+                if self.pending.is_none() && alone && epoch == ours + 1 {
+                    // The same promotion as `failover --to <it> --force`'s.
+                    self.pending =
+                        Some(super::Pending::PromoteAlone { op_id, epoch: ours, last_lsn: None, by_witness: true });
+                    return out.push(Effect::Run(super::Action::FinishInFlight));
+                }
+                let reason = format!(
+                    "{} raised the witness to epoch {epoch} but is {} at epoch {ours}: not promoting",
+                    self.id.node,
+                    self.state.role.name()
+                );
+                return out.push(Effect::Reply(Reply::Refused(reason)));
+            }
             WitnessReport::Paused(paused) => {
                 if let Some(w) = &mut self.state.witness {
                     w.paused = paused;
@@ -246,7 +273,11 @@ impl Engine {
         if let Some(w) = &mut self.state.witness {
             w.reachable = reachable;
         }
-        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours) {
+        // Our own raise of the epoch key, from a round before (a restart may have come between).
+        let alone = self.state.role == Role::Primary && self.state.awaiting_peer;
+        let me = self.id.node.clone();
+        let raised = move |k: &WitnessEpoch| alone && k.epoch == ours + 1 && k.node == me;
+        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours && !raised(k)) {
             if self.writer() {
                 let reason = format!("the witness shows epoch {} led by {}, ahead of our {ours}", key.epoch, key.node);
                 self.fence(reason, out);
@@ -272,13 +303,34 @@ impl Engine {
         if deadline_changed {
             out.push(Effect::WriteDeadline(Some(valid_until)));
         }
-        // The witness holds our key in our epoch and shows nothing newer: a restarted primary
-        // may take writes without its peer's word (its peer may be gone too).
-        if lease > now_ms && epoch_key.as_ref().is_some_and(|k| k.epoch == ours) && self.state.awaiting_peer {
-            self.state.awaiting_peer = false;
-            out.push(Effect::Note("the witness shows no epoch beyond ours and we hold its leader key".into()));
-        }
+        let decision = self.go_alone(now_ms, lease, epoch_key.as_ref(), &raised);
         self.judge_standing(now_ms, out);
+        decision
+    }
+
+    /// A restarted primary waits for its peer's word; if none comes for a ttl while it holds the
+    /// leader key and the witness shows no newer epoch, it may go on without — but in a new
+    /// epoch: its peer may hold records it shipped before its crash and lost, and a record it
+    /// writes again at such an LSN in the same epoch would be a second truth of one (epoch,
+    /// LSN) (found by the simulation). The epoch key is raised first, under its lease, so that
+    /// the peer cannot claim the same epoch.
+    fn go_alone(
+        &mut self,
+        now_ms: u64,
+        lease: u64,
+        epoch_key: Option<&WitnessEpoch>,
+        raised: &dyn Fn(&WitnessEpoch) -> bool,
+    ) -> WitnessDecision {
+        let ours = self.state.epoch;
+        let waiting = self.state.role == Role::Primary && self.state.awaiting_peer && self.pending.is_none();
+        let Some(w) = self.state.witness.as_mut().filter(|_| waiting && lease > now_ms) else {
+            return WitnessDecision::Nothing;
+        };
+        let since = *w.alone_since_ms.get_or_insert(now_ms);
+        let shows_us = epoch_key.is_some_and(|k| k.epoch == ours || raised(k));
+        if shows_us && now_ms >= since.saturating_add(w.policy.ttl_ms) && w.policy.automatic && !w.paused {
+            return WitnessDecision::PromoteAlone { epoch: ours + 1 };
+        }
         WitnessDecision::Nothing
     }
 

@@ -237,12 +237,47 @@ impl Agent {
         let report = WitnessReport::Holder {
             now_ms: self.node.now_ms(),
             reachable,
-            epoch_key: epoch.map(|(e, _)| e),
+            epoch_key: epoch.as_ref().map(|(e, _)| e.clone()),
             lease_until_ms: self.held.map(|(_, until)| until),
             backed_until_ms: backed,
         };
-        if self.step(report) == WitnessDecision::Rejoin {
-            self.rejoin().await;
+        match self.step(report) {
+            WitnessDecision::Rejoin => self.rejoin().await,
+            WitnessDecision::PromoteAlone { epoch: next } => self.go_alone(next, epoch.as_ref()).await,
+            WitnessDecision::Nothing | WitnessDecision::Claim { .. } => {}
+        }
+    }
+
+    /// A restarted primary whose peer stays silent: raise the epoch key to `next` under our
+    /// lease (unless a round before did), then start that epoch as `failover --force` would.
+    async fn go_alone(&mut self, next: u64, epoch: Option<&(WitnessEpoch, i64)>) {
+        let Some((lease, _)) = self.held else { return };
+        let me = self.node.name().to_string();
+        if !epoch.is_some_and(|(e, _)| e.epoch == next && e.node == me) {
+            let Some((_, revision)) = epoch else { return };
+            let leader = serde_json::to_vec(&Leader { node: me.clone(), epoch: next }).unwrap_or_default();
+            let value = WitnessEpoch { epoch: next, node: me.clone(), at_ms: crate::clock::now_ms(), automatic: false };
+            let epoch_value = serde_json::to_vec(&value).unwrap_or_default();
+            let puts: [(&[u8], &[u8], i64); 2] =
+                [(&self.leader_key, &leader, lease), (&self.epoch_key, &epoch_value, 0)];
+            match self.client.put_all_if(&[Compare::AtRevision(&self.epoch_key, *revision)], &puts).await {
+                Ok(true) => {
+                    tracing::warn!(epoch = next, "the peer is silent: raised the witness's epoch key to go on alone")
+                }
+                Ok(false) => return tracing::info!(epoch = next, "the witness's epoch key moved; not going on alone"),
+                Err(err) => return tracing::warn!(%err, "raising the witness's epoch key"),
+            }
+        }
+        let reply = {
+            let _one = self.node.role_change.lock().await;
+            self.node.drive(Event::Witness(WitnessReport::Raised { op_id: Uuid::new_v4(), epoch: next })).await
+        };
+        match reply {
+            Ok(Reply::Promoted { promotion, .. }) => {
+                tracing::warn!(epoch = promotion.epoch, first_lsn = promotion.first_lsn, "went on alone in a new epoch")
+            }
+            Ok(other) => tracing::warn!(?other, "raised the witness's epoch key but the promotion was refused"),
+            Err(reason) => tracing::error!(%reason, "raised the witness's epoch key but the promotion failed"),
         }
     }
 
