@@ -103,6 +103,9 @@ struct Agent {
     last_contact: Instant,
     lag_ms: u64,
     last_rejoin: Option<Instant>,
+    /// Why the last round could not read the witness (`status` shows it: a TLS or address
+    /// mistake is otherwise only in the log); `None` once a round reads it again.
+    last_error: Option<String>,
 }
 
 /// Runs the agent until shutdown.
@@ -128,6 +131,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         last_contact: Instant::now(),
         lag_ms: 0,
         last_rejoin: None,
+        last_error: None,
     };
     let mut shutdown = node.shutdown.subscribe();
     let mut ticker = tokio::time::interval(ROUND);
@@ -211,10 +215,14 @@ impl Agent {
             Ok(epoch) => epoch,
             Err(err) => {
                 tracing::debug!(%err, "reading the witness's epoch key");
+                self.last_error = Some(err);
                 reachable = false;
                 None
             }
         };
+        if reachable {
+            self.last_error = None;
+        }
         if !fenced && reachable && epoch.as_ref().is_none_or(|(e, _)| e.epoch <= ours) {
             if self.held.is_some() {
                 self.renew().await;
@@ -402,6 +410,11 @@ impl Agent {
         let leader = self.client.get(&self.leader_key).await;
         let epoch = self.read_epoch().await;
         let reachable = leader.is_ok() && epoch.is_ok();
+        self.last_error = match (&leader, &epoch) {
+            (Err(err), _) => Some(err.to_string()),
+            (_, Err(err)) => Some(err.clone()),
+            _ => None,
+        };
         let leader_present = leader.as_ref().map_or(true, |l| l.is_some());
         if let Ok(kv) = &leader {
             self.leader = kv.as_ref().and_then(|kv| serde_json::from_slice(&kv.value).ok());
@@ -533,6 +546,7 @@ impl Agent {
             "etcd": config.endpoints_for(self.node.name()),
             "ttl_ms": self.ttl_ms(),
             "reachable": witness.is_some_and(|w| w.reachable),
+            "error": self.last_error,
             "paused": witness.is_some_and(|w| w.paused),
             "holds_lease": self.held.is_some(),
             "leader": self.leader,
