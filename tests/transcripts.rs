@@ -256,7 +256,7 @@ fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
 /// - `probe-answer epoch= [leader=] [last=] our-last=`, `welcomed epoch= history= [cut-after=] [generation=]`
 /// - `peer-acked`, `peer-lost`, `peer-back`, `tick now=`
 /// - the witness (after `witness ttl= [observe] [max-lag=] [min-interval=]`):
-///   `holder now= [key-epoch= key-node= [key-auto-at=]] [lease=] [backed=] [unreachable]`,
+///   `holder now= [key-epoch= key-node= [key-auto-at=]] [lease=] [backed=] [promised=] [unreachable]`,
 ///   `watcher [now=] silent= [leader] [lag=] [wall=] [key-…]`, `claimed op= epoch= lease=`, `raised op= epoch=`, `paused`, `resumed`
 fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
     let (verb, rest) = tokens.split_first().ok_or("no event")?;
@@ -360,6 +360,7 @@ fn parse_event(engine: &Engine, tokens: &[String]) -> Result<Event, String> {
             epoch_key: witness_epoch(&args)?,
             lease_until_ms: args.maybe("lease")?,
             backed_until_ms: args.maybe("backed")?,
+            promised_until_ms: args.maybe("promised")?.unwrap_or(0),
         }),
         "watcher" => Event::Witness(WitnessReport::Watcher {
             now_ms: args.maybe("now")?.unwrap_or(0),

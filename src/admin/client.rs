@@ -227,11 +227,15 @@ pub fn render_status(status: &Value) -> String {
                 Some(left) if flag("holds_lease") => format!("holds the lease ({left} ms left)"),
                 _ => "holds no lease".to_string(),
             };
+            let reachable = match witness.get("error").and_then(Value::as_str) {
+                _ if flag("reachable") => "reachable".to_string(),
+                Some(error) => format!("UNREACHABLE ({error})"),
+                None => "UNREACHABLE".to_string(),
+            };
             notes.push(format!(
-                "witness {}{}: {}, {leader}, {lease}",
+                "witness {}{}: {reachable}, {leader}, {lease}",
                 witness["mode"].as_str().unwrap_or("?"),
                 if flag("paused") { " PAUSED" } else { "" },
-                if flag("reachable") { "reachable" } else { "UNREACHABLE" },
             ));
         }
         if let Some(at) = node["diverged_at"].as_u64() {

@@ -217,6 +217,7 @@ fn holder(now_ms: u64, epoch_key: Option<WitnessEpoch>, lease: Option<u64>, back
         epoch_key,
         lease_until_ms: lease,
         backed_until_ms: backed,
+        promised_until_ms: 0,
     })
 }
 
@@ -292,6 +293,12 @@ fn a_newer_witness_epoch_fences_a_primary_first_and_asks_for_a_rejoin() {
     );
     assert_ordered(&effects);
     assert_eq!(a.state().role, Role::Fenced);
+    assert_eq!(decision(&effects), Some(&WitnessDecision::Rejoin));
+    // The witness gives our own epoch to the other node (its claim beside an admin's promotion
+    // of ours): its primary is the one; ours fences.
+    let mut a = witnessed("a", Role::Primary, 10, POLICY);
+    let effects = a.step(holder(100, key(1, "b", 5, true), Some(2500), None));
+    assert_eq!(a.state().role, Role::Fenced, "{effects:?}");
     assert_eq!(decision(&effects), Some(&WitnessDecision::Rejoin));
     // Observe mode: said, not done.
     let mut a = witnessed("a", Role::Primary, 10, WitnessPolicy { automatic: false, ..POLICY });
@@ -385,7 +392,7 @@ fn a_backup_claims_the_next_epoch_only_when_every_condition_holds() {
 fn a_backup_counts_the_silence_a_takeover_needs_from_when_it_became_one() {
     // A node that led for long, then became a backup (a switchover, a rejoin), last heard "a
     // primary" long ago: that is no lost primary. Its count starts at its first round as backup.
-    let seen = key(1, "a", 0, false);
+    let seen = key(1, "b", 0, false);
     let mut b = witnessed("b", Role::Primary, 10, POLICY);
     b.step(holder(100, seen.clone(), Some(2500), None));
     let op_id = Uuid::from_u128(3);
@@ -401,4 +408,25 @@ fn a_backup_counts_the_silence_a_takeover_needs_from_when_it_became_one() {
     // Heard within the ttl: the agent's own count still rules.
     let effects = b.step(watcher_at(60_000, false, 2999, 0, seen));
     assert_eq!(decision(&effects), Some(&WitnessDecision::Nothing), "{effects:?}");
+}
+
+#[test]
+fn a_promoted_backup_writes_on_its_own_lease_only_once_its_echo_promise_is_kept() {
+    // It echoed its old primary until its session ended at 1000 (ttl 3000): that primary may
+    // write on that echo until about 4000, so our own lease counts from then on.
+    let mut a = witnessed("a", Role::Primary, 0, POLICY);
+    let report = |now_ms| {
+        Event::Witness(WitnessReport::Holder {
+            now_ms,
+            reachable: true,
+            epoch_key: key(1, "a", 0, false),
+            lease_until_ms: Some(9000),
+            backed_until_ms: None,
+            promised_until_ms: 4000,
+        })
+    };
+    let effects = a.step(report(3999));
+    assert!(matches!(a.state().gate, Gate::Refusing(WriteRefusal::NoWitness { .. })), "{effects:?}");
+    let effects = a.step(report(4000));
+    assert_eq!(a.state().gate, Gate::Open, "{effects:?}");
 }

@@ -22,7 +22,12 @@
 //!   between the old holder's release and the new primary's claim), its lag is within `max_lag`, the last
 //!   automatic failover is `min_interval` old, the witness shows no epoch beyond ours, and no
 //!   pause. Each unmet condition is reported once as `failover-suppressed`, with the reason.
-//! - A witness epoch above ours fences a writer before anything else, as a peer's would.
+//! - A witness epoch above ours fences a writer before anything else, as a peer's would; so
+//!   does our own epoch given to the other node (an admin's promotion racing a claim: the
+//!   witness names each epoch's primary, and its compare-and-set is what makes one).
+//! - A restarted primary goes on without its peer's word only in a new epoch it first raised
+//!   in the witness, after a ttl of its peer's silence.
+//! - A backup echoes no heartbeat it receives after it decided to claim ([`Engine::may_echo`]).
 
 use uuid::Uuid;
 
@@ -65,6 +70,9 @@ pub enum WitnessReport {
         lease_until_ms: Option<u64>,
         /// Engine ms until which the backup's echo keeps us safe (`None`: no backup session).
         backed_until_ms: Option<u64>,
+        /// Engine ms until which this node, as a backup, promised its old primary not to take
+        /// over: a ttl after its last session with it ended (0: none).
+        promised_until_ms: u64,
     },
     /// On a backup: what it sees of the primary and the witness.
     Watcher {
@@ -198,7 +206,19 @@ impl Engine {
             return out.push(Effect::Reply(Reply::Witness(WitnessDecision::Nothing)));
         }
         let decision = match report {
-            WitnessReport::Holder { now_ms, reachable, epoch_key, lease_until_ms, backed_until_ms } => {
+            WitnessReport::Holder {
+                now_ms,
+                reachable,
+                epoch_key,
+                lease_until_ms,
+                backed_until_ms,
+                promised_until_ms,
+            } => {
+                // Our own lease makes us a writer only once our promise to the old primary
+                // is kept: an admin's promotion of a backup that echoed its primary a moment
+                // ago would otherwise leave that primary's failsafe running beside us (found by
+                // the simulation). A claim comes only after a ttl of silence anyway.
+                let lease_until_ms = lease_until_ms.filter(|_| now_ms >= promised_until_ms);
                 self.holder(now_ms, reachable, epoch_key, lease_until_ms, backed_until_ms, out)
             }
             WitnessReport::Watcher {
@@ -283,6 +303,19 @@ impl Engine {
                 self.fence(reason, out);
             }
             return self.rejoin_decision(key, out, automatic);
+        }
+        // The witness names each epoch's primary. An admin's promotion (a switchover whose
+        // promote came late, a failover) does not go through its compare-and-set, a claim does:
+        // if both made a primary of one epoch, the witness's is the one (found by the
+        // simulation: a node demoted by a switchover claimed the epoch its target was being
+        // promoted to, when the promote came more than a ttl after the demote).
+        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch == ours && k.node != self.id.node) {
+            if self.writer() {
+                let reason =
+                    format!("the witness gives epoch {ours} to {}, not to us: two primaries of one epoch", key.node);
+                self.fence(reason, out);
+                return self.rejoin_decision(key, out, automatic);
+            }
         }
         if self.state.role == Role::Fenced {
             if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch >= ours && k.node != self.id.node) {

@@ -344,6 +344,7 @@ async fn session(node: &Arc<Node>, connector: &TlsConnector, established: &mut b
             // then mark that live session lost.
             replication::set_connected(&node.peer, false);
             node.note_peer_link(false);
+            node.followed_until_ms.store(node.now_ms(), std::sync::atomic::Ordering::SeqCst);
             node.following.send_replace(false);
             result
         }

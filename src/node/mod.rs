@@ -109,6 +109,9 @@ pub struct Node {
     pub(crate) role_change: tokio::sync::Mutex<()>,
     /// Whether the follower is in a session with the primary right now.
     pub following: watch::Sender<bool>,
+    /// Engine ms when the follower's last session with a primary ended (0: none): no
+    /// heartbeat was received, nor echoed, after it (the witness's echo promise).
+    pub(crate) followed_until_ms: std::sync::atomic::AtomicU64,
     /// While true the follower opens no session (a promotion or rejoin is taking over).
     follower_held: watch::Sender<bool>,
     /// A full copy in progress: pairs received so far and the total expected.
@@ -245,6 +248,7 @@ impl Node {
             degraded: std::sync::atomic::AtomicBool::new(false),
             role_change: tokio::sync::Mutex::new(()),
             following: watch::channel(false).0,
+            followed_until_ms: std::sync::atomic::AtomicU64::new(0),
             follower_held: watch::channel(false).0,
             copy_progress: watch::channel(None).0,
             incidents: crate::node::incident::Incidents::start(name, notify.incident_log, notify.commands),

@@ -104,6 +104,9 @@ struct Agent {
     last_contact: Instant,
     lag_ms: u64,
     last_rejoin: Option<Instant>,
+    /// Why the last round could not read the witness (`status` shows it: a TLS or address
+    /// mistake is otherwise only in the log); `None` once a round reads it again.
+    last_error: Option<String>,
 }
 
 /// Runs the agent until shutdown.
@@ -129,6 +132,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         last_contact: Instant::now(),
         lag_ms: 0,
         last_rejoin: None,
+        last_error: None,
     };
     let mut shutdown = node.shutdown.subscribe();
     let mut ticker = tokio::time::interval(ROUND);
@@ -212,10 +216,14 @@ impl Agent {
             Ok(epoch) => epoch,
             Err(err) => {
                 tracing::debug!(%err, "reading the witness's epoch key");
+                self.last_error = Some(err);
                 reachable = false;
                 None
             }
         };
+        if reachable {
+            self.last_error = None;
+        }
         if !fenced && reachable && epoch.as_ref().is_none_or(|(e, _)| e.epoch <= ours) {
             if self.held.is_some() {
                 self.renew().await;
@@ -227,12 +235,14 @@ impl Agent {
             self.leader = self.held.map(|_| Leader { node: self.node.name().to_string(), epoch: ours });
         }
         let backed = self.backed_until();
+        let followed = self.node.followed_until_ms.load(std::sync::atomic::Ordering::SeqCst);
         let report = WitnessReport::Holder {
             now_ms: self.node.now_ms(),
             reachable,
             epoch_key: epoch.as_ref().map(|(e, _)| e.clone()),
             lease_until_ms: self.held.map(|(_, until)| until),
             backed_until_ms: backed,
+            promised_until_ms: if followed == 0 { 0 } else { followed + self.ttl_ms() },
         };
         match self.step(report) {
             WitnessDecision::Rejoin => self.rejoin().await,
@@ -401,6 +411,11 @@ impl Agent {
         let leader = self.client.get(&self.leader_key).await;
         let epoch = self.read_epoch().await;
         let reachable = leader.is_ok() && epoch.is_ok();
+        self.last_error = match (&leader, &epoch) {
+            (Err(err), _) => Some(err.to_string()),
+            (_, Err(err)) => Some(err.clone()),
+            _ => None,
+        };
         let leader_present = leader.as_ref().map_or(true, |l| l.is_some());
         if let Ok(kv) = &leader {
             self.leader = kv.as_ref().and_then(|kv| serde_json::from_slice(&kv.value).ok());
@@ -412,12 +427,22 @@ impl Agent {
             reachable,
             leader_present,
             epoch_key: epoch.as_ref().map(|(e, _)| e.clone()),
-            primary_silent_ms: now.duration_since(self.last_contact).as_millis() as u64,
+            primary_silent_ms: self.silence(now),
             lag_ms: self.lag_ms,
         };
         if let WitnessDecision::Claim { epoch: next, silent_ms } = self.step(report) {
             self.claim(next, epoch.as_ref(), Duration::from_millis(silent_ms)).await;
         }
+    }
+
+    /// How long this node has heard nothing from a primary: since the round that last saw it
+    /// following, or the end of its last session, whichever is later (a heartbeat may arrive
+    /// between the last round and the session's end).
+    fn silence(&self, now: Instant) -> u64 {
+        let since_round = now.duration_since(self.last_contact).as_millis() as u64;
+        let followed = self.node.followed_until_ms.load(std::sync::atomic::Ordering::SeqCst);
+        let since_session = self.node.now_ms().saturating_sub(followed);
+        since_round.min(since_session)
     }
 
     /// Claims epoch `next` in etcd and, if won, promotes as `hotpair failover` does.
@@ -522,6 +547,7 @@ impl Agent {
             "etcd": config.endpoints_for(self.node.name()),
             "ttl_ms": self.ttl_ms(),
             "reachable": witness.is_some_and(|w| w.reachable),
+            "error": self.last_error,
             "paused": witness.is_some_and(|w| w.paused),
             "holds_lease": self.held.is_some(),
             "leader": self.leader,

@@ -48,6 +48,8 @@ use tokio::net::TcpStream;
 
 /// Largest reply body read from etcd: the witness reads one small key at a time.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// How long a failed call waits for its connection's own error, which names the cause.
+const CONNECTION_ERROR_WAIT: Duration = Duration::from_millis(100);
 
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +62,8 @@ pub enum EtcdError {
     Tls(String),
     #[error("no etcd endpoint answered within {timeout:?} ({detail})")]
     Unreachable { timeout: Duration, detail: String },
-    #[error("etcd at {endpoint} answered {path} with HTTP {status}: {body}")]
-    Status { endpoint: String, path: &'static str, status: u16, body: String },
+    #[error("etcd at {endpoint} answered {path} with HTTP {status}: {body}{hint}")]
+    Status { endpoint: String, path: &'static str, status: u16, body: String, hint: &'static str },
     #[error("etcd at {endpoint} answered {path} with a reply that does not parse: {reason}")]
     Malformed { endpoint: String, path: &'static str, reason: String },
 }
@@ -126,6 +128,8 @@ pub struct EtcdClient {
     preferred: AtomicUsize,
     timeout: Duration,
     tls: Option<Arc<ClientConfig>>,
+    /// The files behind `tls`, named in errors.
+    tls_files: EtcdTls,
 }
 
 impl EtcdClient {
@@ -136,11 +140,12 @@ impl EtcdClient {
         if endpoints.is_empty() {
             return Err(EtcdError::BadEndpoint { endpoint: String::new(), reason: "no endpoint given".into() });
         }
+        let tls_files = tls;
         let tls = match endpoints.iter().find(|e| e.https) {
-            Some(endpoint) => Some(client_tls(tls, &endpoint.url)?),
+            Some(endpoint) => Some(client_tls(tls_files, &endpoint.url)?),
             None => None,
         };
-        Ok(EtcdClient { endpoints, preferred: AtomicUsize::new(0), timeout, tls })
+        Ok(EtcdClient { endpoints, preferred: AtomicUsize::new(0), timeout, tls, tls_files: tls_files.clone() })
     }
 
     /// The configured endpoints, for messages and `status`.
@@ -278,11 +283,14 @@ impl EtcdClient {
                     return Ok((endpoint.url.clone(), reply));
                 }
                 Ok(Ok((status, reply))) => {
+                    let body: String = String::from_utf8_lossy(&reply).chars().take(300).collect();
+                    let hint = status_hint(endpoint, status, &body);
                     return Err(EtcdError::Status {
                         endpoint: endpoint.url.clone(),
                         path,
                         status: status.as_u16(),
-                        body: String::from_utf8_lossy(&reply).chars().take(300).collect(),
+                        body,
+                        hint,
                     });
                 }
                 Ok(Err(reason)) => failures.push(format!("{}: {reason}", endpoint.url)),
@@ -309,31 +317,122 @@ impl EtcdClient {
                 let stream = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                exchange(TokioIo::new(stream), request).await
+                    .map_err(|e| self.tls_failure(&e))?;
+                // With TLS 1.3 the server judges our certificate after the handshake: its
+                // refusal arrives as an alert while the request is under way.
+                exchange(TokioIo::new(stream), request).await.map_err(|e| self.tls_failure(&*e))
             }
-            _ => exchange(TokioIo::new(tcp), request).await,
+            _ => exchange(TokioIo::new(tcp), request).await.map_err(|e| error_chain(&*e)),
+        }
+    }
+
+    /// One sentence for a failure on a TLS connection: what is wrong and which setting to look
+    /// at when rustls says why; else the whole chain of causes.
+    fn tls_failure(&self, error: &(dyn std::error::Error + 'static)) -> String {
+        let Some(tls_error) = rustls_cause(error) else { return error_chain(error) };
+        let ca = self.tls_files.ca.as_ref().map_or("?".into(), |p| p.display().to_string());
+        let detail = match tls_error {
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ) => format!("etcd's certificate is not signed by the CA in [witness] ca ({ca})"),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            ) => "etcd's certificate is not valid for the endpoint's host (its subject alternative names)".into(),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. }
+                | rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. },
+            ) => "etcd's certificate has expired or is not valid yet (or this host's clock is wrong)".into(),
+            rustls::Error::AlertReceived(_) => match &self.tls_files.cert {
+                None => "etcd refused the connection: it requires a client certificate \
+                         (--client-cert-auth) and [witness] names none; set `cert` and `key`"
+                    .into(),
+                Some(cert) => format!(
+                    "etcd refused our client certificate ({}): is it signed by the CA etcd trusts \
+                     (--trusted-ca-file) and made for client authentication?",
+                    cert.display()
+                ),
+            },
+            _ => String::new(),
+        };
+        if detail.is_empty() {
+            format!("TLS: {tls_error}")
+        } else {
+            format!("TLS: {detail} ({tls_error})")
         }
     }
 }
 
-async fn exchange<T>(io: T, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+/// What an https etcd's 503 "connection closed" (or "transport: …", the same refusal seen at
+/// another moment of the gateway's dial) means: its JSON gateway could not reach its own gRPC
+/// server. With `--client-cert-auth` the gateway presents etcd's server certificate as its
+/// client certificate, which etcd refuses unless it also has extended key usage `clientAuth`
+/// (etcd 3.4's log: "certificate specifies an incompatible key usage").
+fn status_hint(endpoint: &Endpoint, status: StatusCode, body: &str) -> &'static str {
+    let gateway_cut = body.contains("connection closed") || body.contains("transport:");
+    if endpoint.https && status == StatusCode::SERVICE_UNAVAILABLE && gateway_cut {
+        " (etcd's JSON gateway could not reach etcd itself: with --client-cert-auth, etcd's server \
+         certificate needs extended key usage clientAuth as well as serverAuth)"
+    } else {
+        ""
+    }
+}
+
+/// The first rustls error among `error` and its causes (rustls hands them over inside
+/// `io::Error`s, which hyper wraps in turn).
+fn rustls_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(found) = current.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        let inner = current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(found) = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return Some(found);
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// An error and each of its causes, joined by ": " (hyper's own text alone is often just
+/// "connection error").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        next = cause.source();
+    }
+    text
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+async fn exchange<T>(io: T, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), BoxError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
-    let result = async {
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    let mut driver = tokio::spawn(connection);
+    let result: Result<_, BoxError> = async {
+        let response = sender.send_request(request).await?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the reply: {e}"))?
-            .to_bytes();
+        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES).collect().await?.to_bytes();
         Ok((status, body))
     }
     .await;
+    if result.is_err() {
+        // A connection that failed says why itself (a TLS alert from etcd, say); the request's
+        // own error is then only "canceled" or "connection closed". It has ended, or ends soon.
+        if let Ok(Ok(Err(connection_error))) = tokio::time::timeout(CONNECTION_ERROR_WAIT, &mut driver).await {
+            return Err(connection_error.into());
+        }
+    }
     driver.abort();
     result
 }

@@ -12,6 +12,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod powerloss;
+pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
