@@ -295,9 +295,8 @@ impl Engine {
         }
         // Our own raise of the epoch key, from a round before (a restart may have come between).
         let alone = self.state.role == Role::Primary && self.state.awaiting_peer;
-        let me = self.id.node.clone();
-        let raised = move |k: &WitnessEpoch| alone && k.epoch == ours + 1 && k.node == me;
-        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours && !raised(k)) {
+        let raised = alone && epoch_key.as_ref().is_some_and(|k| k.epoch == ours + 1 && k.node == self.id.node);
+        if let Some(key) = epoch_key.as_ref().filter(|k| k.epoch > ours && !raised) {
             if self.writer() {
                 let reason = format!("the witness shows epoch {} led by {}, ahead of our {ours}", key.epoch, key.node);
                 self.fence(reason, out);
@@ -336,7 +335,8 @@ impl Engine {
         if deadline_changed {
             out.push(Effect::WriteDeadline(Some(valid_until)));
         }
-        let decision = self.go_alone(now_ms, lease, epoch_key.as_ref(), &raised);
+        let shows_us = raised || epoch_key.as_ref().is_some_and(|k| k.epoch == ours);
+        let decision = self.go_alone(now_ms, lease, shows_us);
         self.judge_standing(now_ms, out);
         decision
     }
@@ -347,20 +347,14 @@ impl Engine {
     /// writes again at such an LSN in the same epoch would be a second truth of one (epoch,
     /// LSN) (found by the simulation). The epoch key is raised first, under its lease, so that
     /// the peer cannot claim the same epoch.
-    fn go_alone(
-        &mut self,
-        now_ms: u64,
-        lease: u64,
-        epoch_key: Option<&WitnessEpoch>,
-        raised: &dyn Fn(&WitnessEpoch) -> bool,
-    ) -> WitnessDecision {
+    /// `shows_us`: the witness's epoch key holds our epoch, or the next one raised by us.
+    fn go_alone(&mut self, now_ms: u64, lease: u64, shows_us: bool) -> WitnessDecision {
         let ours = self.state.epoch;
         let waiting = self.state.role == Role::Primary && self.state.awaiting_peer && self.pending.is_none();
         let Some(w) = self.state.witness.as_mut().filter(|_| waiting && lease > now_ms) else {
             return WitnessDecision::Nothing;
         };
         let since = *w.alone_since_ms.get_or_insert(now_ms);
-        let shows_us = epoch_key.is_some_and(|k| k.epoch == ours || raised(k));
         if shows_us && now_ms >= since.saturating_add(w.policy.ttl_ms) && w.policy.automatic && !w.paused {
             return WitnessDecision::PromoteAlone { epoch: ours + 1 };
         }

@@ -99,9 +99,6 @@ struct Agent {
     /// The lease we hold (id) and its safe end.
     held: Option<(i64, u64)>,
     last_renew: Option<Instant>,
-    /// When this node last heard a primary (or started). The engine counts the silence a
-    /// takeover needs from when the node became a backup at the earliest.
-    last_contact: Instant,
     lag_ms: u64,
     last_rejoin: Option<Instant>,
     /// Why the last round could not read the witness (`status` shows it: a TLS or address
@@ -129,7 +126,6 @@ pub async fn run(node: Arc<Node>) -> Result<(), Error> {
         leader: None,
         held: None,
         last_renew: None,
-        last_contact: Instant::now(),
         lag_ms: 0,
         last_rejoin: None,
         last_error: None,
@@ -399,9 +395,8 @@ impl Agent {
 
     /// The backup's round.
     async fn watch(&mut self) {
-        let now = Instant::now();
-        if *self.node.following.borrow() {
-            self.last_contact = now;
+        let following = *self.node.following.borrow();
+        if following {
             let peer = self.node.peer.borrow().clone();
             let position = self.node.store.position();
             let lag_records = peer.peer_last_lsn.saturating_sub(position.applied_lsn);
@@ -427,7 +422,7 @@ impl Agent {
             reachable,
             leader_present,
             epoch_key: epoch.as_ref().map(|(e, _)| e.clone()),
-            primary_silent_ms: self.silence(now),
+            primary_silent_ms: self.silence(following),
             lag_ms: self.lag_ms,
         };
         if let WitnessDecision::Claim { epoch: next, silent_ms } = self.step(report) {
@@ -435,14 +430,15 @@ impl Agent {
         }
     }
 
-    /// How long this node has heard nothing from a primary: since the round that last saw it
-    /// following, or the end of its last session, whichever is later (a heartbeat may arrive
-    /// between the last round and the session's end).
-    fn silence(&self, now: Instant) -> u64 {
-        let since_round = now.duration_since(self.last_contact).as_millis() as u64;
+    /// How long this node has heard nothing from a primary: none while it follows one, else
+    /// since its last session ended (or the node started). The engine counts it from when
+    /// the node became a backup at the earliest.
+    fn silence(&self, following: bool) -> u64 {
+        if following {
+            return 0;
+        }
         let followed = self.node.followed_until_ms.load(std::sync::atomic::Ordering::SeqCst);
-        let since_session = self.node.now_ms().saturating_sub(followed);
-        since_round.min(since_session)
+        self.node.now_ms().saturating_sub(followed)
     }
 
     /// Claims epoch `next` in etcd and, if won, promotes as `hotpair failover` does.
